@@ -1,0 +1,109 @@
+//! Types shared between the eBPF programs (agent-ebpf) and the userspace agent.
+//!
+//! Everything here is `#[repr(C)]`, sized in multiples of 8 bytes with explicit
+//! padding fields, so the kernel and user views of a map value can never disagree.
+#![no_std]
+
+/// Instance slots: one per nginx instance (master + workers) on the node.
+/// Slot `GLOBAL_SLOT` holds node-wide self-metrics of the eBPF side.
+pub const MAX_INSTANCES: u32 = 255;
+pub const GLOBAL_SLOT: u32 = MAX_INSTANCES;
+/// Tracked client connections across all instances on the node.
+pub const MAX_CONNS: u32 = 262_144;
+/// (netns, port) pairs nginx listens on.
+pub const MAX_LISTENERS: u32 = 4096;
+
+/// Phase of a connection in stub_status's terms.
+pub const PHASE_WAITING: u8 = 0;
+pub const PHASE_READING: u8 = 1;
+pub const PHASE_WRITING: u8 = 2;
+pub const PHASE_CLOSED: u8 = 3;
+
+/// Key of the LISTENERS map: a listening port in one network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// Inode number of the network namespace (as in `stat /proc/PID/ns/net`).
+    pub netns: u32,
+    /// Local port, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Per-connection state, keyed by the kernel's socket cookie.
+///
+/// Kept small and fixed-size; per-request events (status codes, latency) grow
+/// from `req_start_ns` / `requests` in a later stage without changing the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Conn {
+    /// Instance slot the connection belongs to.
+    pub slot: u32,
+    /// One of the PHASE_* constants.
+    pub phase: u8,
+    /// 1 once a final (non-1xx) response status line was sent for the current request.
+    pub resp_started: u8,
+    /// 1 if the connection was found by the userspace scan at start (sock_diag),
+    /// not seen being accepted.
+    pub seeded: u8,
+    pub _pad0: u8,
+    /// Requests seen on this connection.
+    pub requests: u32,
+    pub _pad1: u32,
+    /// bpf_ktime_get_ns() at accept.
+    pub accepted_ns: u64,
+    /// bpf_ktime_get_ns() when the current request's first bytes were read.
+    pub req_start_ns: u64,
+}
+
+/// Per-CPU counters of one instance slot. Counters only grow; the gauges are
+/// signed per-CPU deltas whose sum over CPUs is the gauge's value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlotStats {
+    pub accepted: u64,
+    pub requests: u64,
+    pub closed: u64,
+    /// Responses whose first send carried a final status line.
+    pub responses: u64,
+    /// Sends that left data behind (short write or EAGAIN): nginx waits to write.
+    pub blocked_sends: u64,
+    /// Accepts whose connection could not be tracked because CONNS was full.
+    pub conn_map_full: u64,
+    pub active: i64,
+    pub reading: i64,
+    pub writing: i64,
+    /// Program invocations that matched a tracked connection.
+    pub events: u64,
+}
+
+/// Kernel structure offsets, read from the running kernel's BTF in userspace at
+/// load time (Rust eBPF has no CO-RE field relocations), passed in as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    /// offsetof(struct sock_common, skc_num): local port, host order (u16).
+    pub skc_num: u32,
+    /// offsetof(struct sock_common, skc_net): `possible_net_t`, whose first
+    /// member is `struct net *net`.
+    pub skc_net: u32,
+    /// offsetof(struct net, ns) + offsetof(struct ns_common, inum).
+    pub net_ns_inum: u32,
+    /// Non-zero once userspace filled the struct in.
+    pub valid: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all types are #[repr(C)], Copy, with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::ListenKey {}
+    unsafe impl aya::Pod for super::Conn {}
+    unsafe impl aya::Pod for super::SlotStats {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+// Layout guards: a change here must be a deliberate change on both sides.
+const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Conn>() == 32);
+const _: () = assert!(core::mem::size_of::<SlotStats>() == 80);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 16);
