@@ -1,5 +1,9 @@
 //! Builds the eBPF object (agent-ebpf) with the pinned nightly toolchain and
 //! bpf-linker, so `cargo build -p ngxprobe` is enough once `cargo xtask setup` ran.
+//!
+//! With AYA_BUILD_SKIP=1 (fast `cargo check` while editing userspace code) an
+//! empty object is written instead and the agent refuses to start with a clear
+//! message.
 use anyhow::{Context as _, anyhow};
 
 /// The nightly that builds agent-ebpf (rustc 1.97, LLVM 22: matches bpf-linker 0.13 on llvm-22).
@@ -20,5 +24,10 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Custom(EBPF_TOOLCHAIN),
     )
-    .context("building the eBPF programs (run `cargo xtask setup` first: pinned nightly + bpf-linker)")
+    .context("building the eBPF programs (run `cargo xtask setup` first: pinned nightly + bpf-linker)")?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("ngxprobe");
+    if !out.exists() {
+        std::fs::write(&out, b"").context("writing the placeholder eBPF object")?;
+    }
+    Ok(())
 }

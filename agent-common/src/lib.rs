@@ -21,7 +21,7 @@ pub const PHASE_CLOSED: u8 = 3;
 
 /// Key of the LISTENERS map: a listening port in one network namespace.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenKey {
     /// Inode number of the network namespace (as in `stat /proc/PID/ns/net`).
     pub netns: u32,

@@ -1,12 +1,56 @@
 //! ngxprobe: zero-config nginx visibility from eBPF.
 //!
 //! Pipeline (data flows one way): discover/probe → collect → expose (/metrics)
-//! → store → query → rules → notify.
+//! → store → query → rules → notify. `agent` wires the stages together.
+mod agent;
+mod cli;
 mod collect;
 mod config;
 mod discover;
 mod expose;
+mod logging;
 mod metrics;
+mod preflight;
 mod probe;
+mod query;
+mod series;
+mod store;
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        Some(cli::Command::Check {
+            what: cli::CheckWhat::Config { file },
+        }) => {
+            let Some(path) = file.or(cli.run.config) else {
+                eprintln!("ngxprobe check config: give a FILE (or --config FILE)");
+                return ExitCode::from(2);
+            };
+            match config::check(&path) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some(cli::Command::ShowConfig) => match agent::effective_config(&cli.run) {
+            Ok(c) => {
+                print!("{}", config::redacted_yaml(&c));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ngxprobe: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        None => agent::run(cli.run),
+    }
+}

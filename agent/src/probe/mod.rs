@@ -1,1 +1,243 @@
-//! stage: probe
+//! Probe stage: loads ngxprobe's eBPF programs, attaches them, and gives the
+//! collect stage a small typed interface over their maps.
+mod btf_offsets;
+mod load_error;
+
+use std::{collections::BTreeMap, path::Path};
+
+use agent_common::{
+    Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, PHASE_WAITING, SlotStats,
+};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::BtfTracePoint,
+    util::nr_cpus,
+};
+
+pub use load_error::ProbeError;
+
+/// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ngxprobe"));
+
+/// Program name in the object → kernel tracepoint it attaches to.
+const PROGRAMS: [(&str, &str); 4] = [
+    ("ngx_set_state", "inet_sock_set_state"),
+    ("ngx_destroy_sock", "tcp_destroy_sock"),
+    ("ngx_recv", "sock_recv_length"),
+    ("ngx_send", "sock_send_length"),
+];
+
+/// bpf_map_update_elem flag: fail if the key exists.
+const BPF_NOEXIST: u64 = 1;
+
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// Counters of one instance slot, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotTotals {
+    pub accepted: u64,
+    pub requests: u64,
+    pub closed: u64,
+    pub responses: u64,
+    pub blocked_sends: u64,
+    pub conn_map_full: u64,
+    pub active: i64,
+    pub reading: i64,
+    pub writing: i64,
+    pub events: u64,
+}
+
+/// Run statistics of one program (non-zero only with kernel.bpf_stats_enabled=1).
+#[derive(Clone, Debug)]
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+/// Loaded and attached programs plus handles on their maps.
+pub struct Probe {
+    ebpf: Ebpf,
+    listeners: HashMap<MapData, ListenKey, u32>,
+    conns: HashMap<MapData, u64, Conn>,
+    stats: PerCpuArray<MapData, SlotStats>,
+    installed: BTreeMap<ListenKey, u32>,
+    ncpus: usize,
+    conn_capacity: u32,
+    pub offsets: KernelOffsets,
+}
+
+impl Probe {
+    /// Loads the programs into the kernel and attaches them.
+    pub fn load(max_connections: u32) -> Result<Probe, ProbeError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        let offsets = btf_offsets::kernel_offsets(Path::new(BTF_PATH))
+            .map_err(|e| ProbeError::Offsets(e.to_string()))?;
+        let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("KERNEL_OFFSETS", &offsets, true)
+            .map_max_entries("CONNS", max_connections.max(1024))
+            .load(EBPF_OBJECT)
+            .map_err(load_error::from_ebpf_error)?;
+        for (prog, tracepoint) in PROGRAMS {
+            let program: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or(ProbeError::MissingProgram(prog))?
+                .try_into()
+                .map_err(|e| load_error::from_program_error(prog, e))?;
+            program
+                .load(tracepoint, &btf)
+                .map_err(|e| load_error::from_program_error(prog, e))?;
+            program
+                .attach()
+                .map_err(|e| load_error::attach_error(prog, tracepoint, e))?;
+        }
+        let listeners = HashMap::try_from(take_map(&mut ebpf, "LISTENERS")?)
+            .map_err(|e| ProbeError::Map("LISTENERS", e.to_string()))?;
+        let conns = HashMap::try_from(take_map(&mut ebpf, "CONNS")?)
+            .map_err(|e| ProbeError::Map("CONNS", e.to_string()))?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)
+            .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
+        let ncpus = nr_cpus().map_err(|(what, e)| ProbeError::Map("STATS", format!("{what}: {e}")))?;
+        Ok(Probe {
+            ebpf,
+            listeners,
+            conns,
+            stats,
+            installed: BTreeMap::new(),
+            ncpus,
+            conn_capacity: max_connections.max(1024),
+            offsets,
+        })
+    }
+
+    /// Makes the LISTENERS map equal `desired` ((netns, port) → slot).
+    pub fn set_listeners(&mut self, desired: &BTreeMap<ListenKey, u32>) -> Result<(), ProbeError> {
+        let stale: Vec<ListenKey> = self
+            .installed
+            .keys()
+            .filter(|k| !desired.contains_key(k))
+            .copied()
+            .collect();
+        for k in stale {
+            // Already gone is fine: the map is ours alone.
+            let _ = self.listeners.remove(&k);
+            self.installed.remove(&k);
+        }
+        for (k, slot) in desired {
+            if self.installed.get(k) != Some(slot) {
+                self.listeners
+                    .insert(k, slot, 0)
+                    .map_err(|e| ProbeError::Map("LISTENERS", e.to_string()))?;
+                self.installed.insert(*k, *slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Counters of `slot`, summed over CPUs.
+    pub fn slot_totals(&self, slot: u32) -> Result<SlotTotals, ProbeError> {
+        let per_cpu = self
+            .stats
+            .get(&slot, 0)
+            .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
+        let mut t = SlotTotals::default();
+        for s in per_cpu.iter() {
+            t.accepted = t.accepted.wrapping_add(s.accepted);
+            t.requests = t.requests.wrapping_add(s.requests);
+            t.closed = t.closed.wrapping_add(s.closed);
+            t.responses = t.responses.wrapping_add(s.responses);
+            t.blocked_sends = t.blocked_sends.wrapping_add(s.blocked_sends);
+            t.conn_map_full = t.conn_map_full.wrapping_add(s.conn_map_full);
+            t.active = t.active.wrapping_add(s.active);
+            t.reading = t.reading.wrapping_add(s.reading);
+            t.writing = t.writing.wrapping_add(s.writing);
+            t.events = t.events.wrapping_add(s.events);
+        }
+        Ok(t)
+    }
+
+    /// Node-wide eBPF self counters.
+    pub fn global_totals(&self) -> Result<SlotTotals, ProbeError> {
+        self.slot_totals(GLOBAL_SLOT)
+    }
+
+    /// Zeroes a slot before it is given to a new instance.
+    pub fn reset_slot(&mut self, slot: u32) -> Result<(), ProbeError> {
+        let zero = PerCpuValues::try_from(vec![SlotStats::default(); self.ncpus])
+            .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
+        self.stats
+            .set(slot, zero, 0)
+            .map_err(|e| ProbeError::Map("STATS", e.to_string()))
+    }
+
+    /// Starts tracking a connection found open at start (not seen accepted).
+    /// Returns false if the programs already track it.
+    pub fn seed_conn(&mut self, cookie: u64, slot: u32) -> Result<bool, ProbeError> {
+        let conn = Conn {
+            slot,
+            phase: PHASE_WAITING,
+            seeded: 1,
+            ..Conn::default()
+        };
+        match self.conns.insert(cookie, conn, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) => Err(ProbeError::Map("CONNS", e.to_string())),
+        }
+    }
+
+    /// Forgets a seeded connection that turned out to be gone, if the programs
+    /// have not touched it since. Returns true if it was removed.
+    pub fn unseed_conn(&mut self, cookie: u64) -> Result<bool, ProbeError> {
+        match self.conns.get(&cookie, 0) {
+            Ok(c) if c.seeded == 1 && c.phase == PHASE_WAITING && c.requests == 0 => {
+                let _ = self.conns.remove(&cookie);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Entries in CONNS (walks the keys: call at most every few seconds).
+    pub fn tracked_connections(&self) -> usize {
+        self.conns.keys().filter(|k| k.is_ok()).count()
+    }
+
+    pub fn conn_capacity(&self) -> u32 {
+        self.conn_capacity
+    }
+
+    pub fn listener_count(&self) -> usize {
+        self.installed.len()
+    }
+
+    /// Per-program run time and count (kernel.bpf_stats_enabled=1 fills them).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        PROGRAMS
+            .iter()
+            .filter_map(|(name, _)| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramStats {
+                    name,
+                    run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn programs_loaded(&self) -> usize {
+        PROGRAMS.len()
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::Map(name, "missing from the object".into()))
+}
+
+const _: () = assert!(GLOBAL_SLOT == MAX_INSTANCES);

@@ -1,0 +1,230 @@
+//! Runs the agent: config → preflight → probe → discovery loop → HTTP server.
+use std::{
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    cli::RunArgs,
+    collect::Collector,
+    config::{self, Config, ConfigError},
+    discover, expose, logging,
+    metrics::Family,
+    preflight,
+    probe::Probe,
+};
+
+/// Config file (or embedded defaults) with command-line flags applied.
+pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
+    let mut cfg = match &args.config {
+        Some(path) => config::load(path)?,
+        None => Config::default(),
+    };
+    cfg.apply(config::Overrides {
+        listen_address: args.listen_address.clone(),
+        log_level: args.log_level.clone(),
+        log_format: args.log_format.clone(),
+        discovery_interval: args.discovery_interval.clone(),
+        proc_path: args.proc_path.clone(),
+    })?;
+    Ok(cfg)
+}
+
+/// The collect stage as the expose stage sees it.
+struct Source(Arc<Mutex<Collector>>);
+
+impl expose::MetricsSource for Source {
+    fn families(&self) -> Vec<Family> {
+        match self.0.lock() {
+            Ok(c) => c.families(),
+            // A panic elsewhere poisoned the lock: keep serving what we have.
+            Err(p) => p.into_inner().families(),
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    let cfg = match effective_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ngxprobe: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = logging::init(cfg.log.level.as_str(), cfg.log.format) {
+        eprintln!("ngxprobe: cannot set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
+    let pre = preflight::run();
+    for n in &pre.notes {
+        debug!("{n}");
+    }
+    for w in &pre.warnings {
+        warn!("{w}");
+    }
+    if !pre.fatal.is_empty() {
+        for f in &pre.fatal {
+            error!("{f}");
+        }
+        return ExitCode::FAILURE;
+    }
+    let probe = match Probe::load(cfg.ebpf.max_connections.get()) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        programs = probe.programs_loaded(),
+        "eBPF programs loaded and attached"
+    );
+    let labels = cfg
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+        .collect();
+    let collector = Arc::new(Mutex::new(Collector::new(
+        probe,
+        cfg.discovery.proc_path.clone(),
+        cfg.discovery.stopped_instance_retention.as_duration(),
+        labels,
+    )));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let health = Arc::new(expose::Health::default());
+    health.set_not_ready("first discovery scan has not finished");
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let discovery = {
+        let collector = collector.clone();
+        let health = health.clone();
+        let interval = cfg.discovery.interval.as_duration();
+        let proc_root = cfg.discovery.proc_path.clone();
+        std::thread::Builder::new()
+            .name("discovery".into())
+            .spawn(move || discovery_loop(collector, health, interval, proc_root, stop_rx))
+    };
+    let discovery = match discovery {
+        Ok(h) => h,
+        Err(e) => {
+            error!("cannot start the discovery thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let source: Arc<dyn expose::MetricsSource> = Arc::new(Source(collector));
+    let result = runtime.block_on(expose::serve(
+        cfg.web.listen_address,
+        cfg.web.telemetry_path.clone(),
+        source,
+        health,
+        shutdown_signal(),
+    ));
+    let _ = stop_tx.send(());
+    let _ = discovery.join();
+    match result {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    info!("shutting down");
+}
+
+/// Scans /proc every `interval` and reconciles the collector with what it finds.
+fn discovery_loop(
+    collector: Arc<Mutex<Collector>>,
+    health: Arc<expose::Health>,
+    interval: Duration,
+    proc_root: std::path::PathBuf,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
+    let mut saw_none_logged = false;
+    let mut last_error: Option<String> = None;
+    loop {
+        let started = Instant::now();
+        let scan = discover::scan(&proc_root);
+        let took = started.elapsed();
+        {
+            let mut c = match collector.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            match scan {
+                Ok(instances) => {
+                    last_error = None;
+                    let report = c.apply_scan(instances, took, Instant::now());
+                    for d in &report.discovered {
+                        info!(instance = %d, "nginx instance discovered");
+                    }
+                    for d in &report.restarted {
+                        info!(instance = %d, "nginx instance running again");
+                    }
+                    for d in &report.stopped {
+                        warn!(instance = %d, "nginx instance stopped");
+                    }
+                    for d in &report.forgotten {
+                        info!(instance = %d, "stopped nginx instance forgotten after retention");
+                    }
+                    for e in &report.errors {
+                        warn!("{e}");
+                    }
+                    if c.instance_count() == 0 {
+                        if !saw_none_logged {
+                            info!("no nginx running yet; watching for it");
+                            saw_none_logged = true;
+                        }
+                    } else {
+                        saw_none_logged = false;
+                    }
+                    health.set_ready(true);
+                }
+                Err(e) => {
+                    c.scan_failed(took);
+                    let msg = e.to_string();
+                    if last_error.as_deref() != Some(msg.as_str()) {
+                        warn!("discovery scan failed: {msg}");
+                        last_error = Some(msg);
+                    }
+                    health.set_ready(true);
+                }
+            }
+        }
+        match stop.recv_timeout(interval) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            _ => return,
+        }
+    }
+}

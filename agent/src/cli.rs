@@ -1,0 +1,56 @@
+//! Command line: `ngxprobe [FLAGS]` runs the agent; subcommands check things.
+//! Flag names follow nginx-prometheus-exporter / Prometheus (`--web.listen-address`).
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ngxprobe", version, about = "Zero-config nginx metrics from eBPF socket probes")]
+pub struct Cli {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// YAML config file (embedded defaults when absent).
+    #[arg(long, env = "NGXPROBE_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Address for /metrics, e.g. ":9113", "127.0.0.1:9113", "[::1]:9113".
+    #[arg(long = "web.listen-address")]
+    pub listen_address: Option<String>,
+    /// debug, info, warn or error.
+    #[arg(long = "log.level")]
+    pub log_level: Option<String>,
+    /// text or json.
+    #[arg(long = "log.format")]
+    pub log_format: Option<String>,
+    /// How often /proc is scanned for nginx (e.g. 1s).
+    #[arg(long = "discovery.interval")]
+    pub discovery_interval: Option<String>,
+    /// Where the host's /proc is mounted (in a container: /host/proc).
+    #[arg(long = "discovery.proc-path")]
+    pub proc_path: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Validate files without starting the agent.
+    Check {
+        #[command(subcommand)]
+        what: CheckWhat,
+    },
+    /// Print the effective configuration (secrets redacted) and exit.
+    ShowConfig,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckWhat {
+    /// Validate a config file (like `promtool check config`).
+    Config {
+        /// The file to check (defaults to --config).
+        file: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,324 @@
+//! Turns instance slots and probe self-statistics into metric families.
+//!
+//! The nginx_* families carry exactly nginx-prometheus-exporter's names, types
+//! and HELP (shared/reference/nginx-prometheus-exporter-0.11.metrics.txt), one
+//! set per instance, told apart by stable labels. Everything richer is ngxprobe_*.
+use std::time::Duration;
+
+use super::registry::{Collector, Tracked};
+use crate::{
+    metrics::{Family, MetricType},
+    probe::SlotTotals,
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct DiscoveryStats {
+    pub scans: u64,
+    pub errors: u64,
+    pub last_duration: Duration,
+}
+
+/// nginx-prometheus-exporter's families, verbatim.
+const NGINX_ACCEPTED: (&str, &str) = ("nginx_connections_accepted", "Accepted client connections");
+const NGINX_ACTIVE: (&str, &str) = ("nginx_connections_active", "Active client connections");
+const NGINX_HANDLED: (&str, &str) = ("nginx_connections_handled", "Handled client connections");
+const NGINX_READING: (&str, &str) = (
+    "nginx_connections_reading",
+    "Connections where NGINX is reading the request header",
+);
+const NGINX_WAITING: (&str, &str) = ("nginx_connections_waiting", "Idle client connections");
+const NGINX_WRITING: (&str, &str) = (
+    "nginx_connections_writing",
+    "Connections where NGINX is writing the response back to the client",
+);
+const NGINX_REQUESTS: (&str, &str) = ("nginx_http_requests_total", "Total http requests");
+const NGINX_UP: (&str, &str) = ("nginx_up", "Status of the last metric scrape");
+
+fn fam(def: (&str, &str), kind: MetricType) -> Family {
+    Family::new(def.0, def.1, kind)
+}
+
+/// The stub_status view of one instance, as nginx defines it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StubStatus {
+    pub accepted: u64,
+    pub handled: u64,
+    pub requests: u64,
+    pub active: u64,
+    pub reading: u64,
+    pub writing: u64,
+    pub waiting: u64,
+}
+
+/// stub_status semantics from slot totals: waiting = active − (reading + writing),
+/// as ngx_http_stub_status_module computes it. Per-CPU gauge sums can be
+/// transiently negative while events are in flight on other CPUs: clamp at 0.
+pub fn stub_status(t: &SlotTotals, seeded_active: i64) -> StubStatus {
+    let active = (t.active + seeded_active).max(0) as u64;
+    let reading = t.reading.max(0) as u64;
+    let writing = t.writing.max(0) as u64;
+    StubStatus {
+        accepted: t.accepted,
+        // nginx counts a connection handled unless worker_connections ran out;
+        // that is invisible from the socket, so handled follows accepted.
+        handled: t.accepted,
+        requests: t.requests,
+        active,
+        reading: reading.min(active),
+        writing: writing.min(active.saturating_sub(reading.min(active))),
+        waiting: active.saturating_sub(reading + writing),
+    }
+}
+
+impl Collector {
+    fn labels(&self, t: &Tracked) -> Vec<(String, String)> {
+        let mut l = vec![("conf_path".to_string(), t.inst.key.conf_path.clone())];
+        if let Some(id) = &t.inst.key.container_id {
+            l.push(("container_id".to_string(), id.clone()));
+        }
+        l.extend(self.extra_labels.iter().cloned());
+        l
+    }
+
+    /// All families the collect stage exposes (process metrics are added by expose).
+    pub fn families(&self) -> Vec<Family> {
+        let mut accepted = fam(NGINX_ACCEPTED, MetricType::Counter);
+        let mut active = fam(NGINX_ACTIVE, MetricType::Gauge);
+        let mut handled = fam(NGINX_HANDLED, MetricType::Counter);
+        let mut reading = fam(NGINX_READING, MetricType::Gauge);
+        let mut waiting = fam(NGINX_WAITING, MetricType::Gauge);
+        let mut writing = fam(NGINX_WRITING, MetricType::Gauge);
+        let mut requests = fam(NGINX_REQUESTS, MetricType::Counter);
+        let mut up = fam(NGINX_UP, MetricType::Gauge);
+
+        let mut responses = Family::new(
+            "ngxprobe_nginx_responses_total",
+            "HTTP/1.x responses whose status line ngxprobe saw nginx send",
+            MetricType::Counter,
+        );
+        let mut blocked = Family::new(
+            "ngxprobe_nginx_blocked_writes_total",
+            "Writes by nginx that the socket did not take in full (short write or EAGAIN)",
+            MetricType::Counter,
+        );
+        let mut closed = Family::new(
+            "ngxprobe_nginx_connections_closed_total",
+            "Client connections closed",
+            MetricType::Counter,
+        );
+        let mut workers = Family::new(
+            "ngxprobe_nginx_workers",
+            "Worker processes of the nginx instance",
+            MetricType::Gauge,
+        );
+        let mut listeners = Family::new(
+            "ngxprobe_nginx_listener_info",
+            "Listening sockets of the nginx instance, in its own network namespace",
+            MetricType::Gauge,
+        );
+        let mut info = Family::new(
+            "ngxprobe_nginx_instance_info",
+            "nginx instances found on the node",
+            MetricType::Gauge,
+        );
+        let mut slot_errors = 0u64;
+
+        for t in self.instances.values() {
+            let labels = self.labels(t);
+            if t.stopped_since.is_some() {
+                up.push_owned(labels, 0.0);
+                continue;
+            }
+            let totals = match self.probe.slot_totals(t.slot) {
+                Ok(x) => x,
+                Err(_) => {
+                    slot_errors += 1;
+                    up.push_owned(labels, 0.0);
+                    continue;
+                }
+            };
+            let s = stub_status(&totals, t.seeded_active);
+            accepted.push_owned(labels.clone(), s.accepted as f64);
+            handled.push_owned(labels.clone(), s.handled as f64);
+            requests.push_owned(labels.clone(), s.requests as f64);
+            active.push_owned(labels.clone(), s.active as f64);
+            reading.push_owned(labels.clone(), s.reading as f64);
+            writing.push_owned(labels.clone(), s.writing as f64);
+            waiting.push_owned(labels.clone(), s.waiting as f64);
+            up.push_owned(labels.clone(), 1.0);
+            responses.push_owned(labels.clone(), totals.responses as f64);
+            blocked.push_owned(labels.clone(), totals.blocked_sends as f64);
+            closed.push_owned(labels.clone(), totals.closed as f64);
+            workers.push_owned(labels.clone(), t.inst.worker_pids.len() as f64);
+            for l in &t.inst.listeners {
+                let mut ll = labels.clone();
+                let addr = match l.addr {
+                    std::net::IpAddr::V4(a) => format!("{a}:{}", l.port),
+                    std::net::IpAddr::V6(a) => format!("[{a}]:{}", l.port),
+                };
+                ll.push(("address".into(), addr));
+                listeners.push_owned(ll, 1.0);
+            }
+            let mut il = labels.clone();
+            il.push(("exe".into(), t.inst.exe.clone()));
+            il.push(("netns".into(), t.inst.key.netns.to_string()));
+            info.push_owned(il, 1.0);
+        }
+
+        let mut out = vec![
+            accepted, active, handled, reading, waiting, writing, requests, up, responses, blocked,
+            closed, workers, listeners, info,
+        ];
+        out.extend(self.self_families(slot_errors));
+        out
+    }
+
+    fn self_families(&self, slot_errors: u64) -> Vec<Family> {
+        let mut out = Vec::new();
+        let mut build = Family::new(
+            "ngxprobe_build_info",
+            "A metric with a constant '1' value labeled by version and target from which ngxprobe was built",
+            MetricType::Gauge,
+        );
+        build.push(
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("arch", std::env::consts::ARCH),
+            ],
+            1.0,
+        );
+        out.push(build);
+
+        let mut n = Family::new(
+            "ngxprobe_nginx_instances",
+            "nginx instances currently running on the node",
+            MetricType::Gauge,
+        );
+        n.push(&[], self.instance_count() as f64);
+        out.push(n);
+
+        let d = &self.discovery;
+        let mut scans = Family::new(
+            "ngxprobe_discovery_scans_total",
+            "Discovery scans of /proc for nginx processes",
+            MetricType::Counter,
+        );
+        scans.push(&[], d.scans as f64);
+        out.push(scans);
+        let mut errs = Family::new(
+            "ngxprobe_discovery_errors_total",
+            "Discovery scans or steps that failed",
+            MetricType::Counter,
+        );
+        errs.push(&[], (d.errors + slot_errors) as f64);
+        out.push(errs);
+        let mut dur = Family::new(
+            "ngxprobe_discovery_duration_seconds",
+            "Duration of the last discovery scan",
+            MetricType::Gauge,
+        );
+        dur.push(&[], d.last_duration.as_secs_f64());
+        out.push(dur);
+
+        let mut loaded = Family::new(
+            "ngxprobe_ebpf_programs_loaded",
+            "eBPF programs loaded and attached",
+            MetricType::Gauge,
+        );
+        loaded.push(&[], self.probe.programs_loaded() as f64);
+        out.push(loaded);
+
+        let mut run_s = Family::new(
+            "ngxprobe_ebpf_program_run_seconds_total",
+            "Time the kernel spent running each eBPF program (counts only while kernel.bpf_stats_enabled=1)",
+            MetricType::Counter,
+        );
+        let mut runs = Family::new(
+            "ngxprobe_ebpf_program_runs_total",
+            "Runs of each eBPF program (counts only while kernel.bpf_stats_enabled=1)",
+            MetricType::Counter,
+        );
+        for p in self.probe.program_stats() {
+            run_s.push(&[("program", p.name)], p.run_time_ns as f64 / 1e9);
+            runs.push(&[("program", p.name)], p.run_count as f64);
+        }
+        out.push(run_s);
+        out.push(runs);
+
+        let mut stats_on = Family::new(
+            "ngxprobe_ebpf_stats_enabled",
+            "1 if kernel.bpf_stats_enabled is on (program run time is being measured)",
+            MetricType::Gauge,
+        );
+        let on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .map(|s| s.trim() == "1")
+            .unwrap_or(false);
+        stats_on.push(&[], if on { 1.0 } else { 0.0 });
+        out.push(stats_on);
+
+        let mut cap = Family::new(
+            "ngxprobe_ebpf_map_capacity",
+            "Maximum entries of each eBPF map",
+            MetricType::Gauge,
+        );
+        cap.push(&[("map", "CONNS")], self.probe.conn_capacity() as f64);
+        cap.push(&[("map", "LISTENERS")], agent_common::MAX_LISTENERS as f64);
+        out.push(cap);
+        let mut used = Family::new(
+            "ngxprobe_ebpf_map_entries",
+            "Entries in use in each eBPF map",
+            MetricType::Gauge,
+        );
+        used.push(&[("map", "LISTENERS")], self.probe.listener_count() as f64);
+        let tracked: i64 = self
+            .instances
+            .values()
+            .filter_map(|t| self.probe.slot_totals(t.slot).ok().map(|x| x.active + t.seeded_active))
+            .sum();
+        used.push(&[("map", "CONNS")], tracked.max(0) as f64);
+        out.push(used);
+
+        if let Ok(g) = self.probe.global_totals() {
+            let mut full = Family::new(
+                "ngxprobe_ebpf_conn_map_full_total",
+                "Accepted connections that could not be tracked because the CONNS map was full",
+                MetricType::Counter,
+            );
+            full.push(&[], g.conn_map_full as f64);
+            out.push(full);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_is_active_minus_reading_and_writing() {
+        let t = SlotTotals {
+            accepted: 10,
+            requests: 20,
+            active: 5,
+            reading: 1,
+            writing: 2,
+            ..Default::default()
+        };
+        let s = stub_status(&t, 1);
+        assert_eq!((s.active, s.reading, s.writing, s.waiting), (6, 1, 2, 3));
+        assert_eq!(s.handled, 10);
+    }
+
+    #[test]
+    fn transient_negative_gauges_are_clamped() {
+        let t = SlotTotals {
+            active: 1,
+            reading: -1,
+            writing: 3,
+            ..Default::default()
+        };
+        let s = stub_status(&t, 0);
+        assert_eq!(s.reading + s.writing + s.waiting, s.active);
+    }
+}

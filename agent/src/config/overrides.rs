@@ -1,0 +1,59 @@
+//! Command-line flags win over the config file (like Prometheus flags do).
+use std::path::PathBuf;
+
+use super::{Config, ConfigError, ListenAddress, LogFormat, LogLevel, PromDuration};
+
+/// Raw flag values; `None` means "flag not given, keep the file's value".
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub listen_address: Option<String>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub discovery_interval: Option<String>,
+    pub proc_path: Option<PathBuf>,
+}
+
+impl Config {
+    /// Applies command-line overrides; an invalid flag value is an error
+    /// naming the config field it overrides.
+    pub fn apply(&mut self, overrides: Overrides) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| ConfigError::Override { field, message };
+        if let Some(text) = overrides.listen_address {
+            self.web.listen_address = text
+                .parse::<ListenAddress>()
+                .map_err(|e| invalid("web.listen_address", e.to_string()))?;
+        }
+        if let Some(text) = overrides.log_level {
+            self.log.level = text
+                .parse::<LogLevel>()
+                .map_err(|e| invalid("log.level", e))?;
+        }
+        if let Some(text) = overrides.log_format {
+            self.log.format = text
+                .parse::<LogFormat>()
+                .map_err(|e| invalid("log.format", e))?;
+        }
+        if let Some(text) = overrides.discovery_interval {
+            let interval = text
+                .parse::<PromDuration>()
+                .map_err(|e| invalid("discovery.interval", e.to_string()))?;
+            if interval.is_zero() {
+                return Err(invalid(
+                    "discovery.interval",
+                    "must be greater than 0s".to_string(),
+                ));
+            }
+            self.discovery.interval = interval;
+        }
+        if let Some(path) = overrides.proc_path {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(
+                    "discovery.proc_path",
+                    "must not be empty".to_string(),
+                ));
+            }
+            self.discovery.proc_path = path;
+        }
+        Ok(())
+    }
+}

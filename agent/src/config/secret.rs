@@ -1,0 +1,116 @@
+//! Secrets (webhook URLs, API keys) that must never reach logs, `/config`
+//! dumps or error messages. Only [`Secret::expose`] reveals the value.
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::path::Path;
+
+use super::ConfigError;
+
+/// What Display, Debug and serialization print instead of the value.
+pub const REDACTED: &str = "<secret>";
+
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The real value: call this only where the secret is used (HTTP request).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// Reads a secret from a file (`*_file` fields, Kubernetes secret mounts).
+/// Surrounding whitespace is trimmed, as Prometheus does, so the trailing
+/// newline of `echo URL > file` doesn't end up in the secret.
+pub fn load_secret_file(path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value = text.trim();
+    if value.is_empty() {
+        return Err(ConfigError::SecretFile {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "file is empty"),
+        });
+    }
+    Ok(Secret::new(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_shows_the_value() {
+        let s = Secret::new("https://hooks.slack.com/services/T0/B0/XYZ");
+        assert_eq!(format!("{s}"), "<secret>");
+        assert_eq!(format!("{s:?}"), "<secret>");
+        assert_eq!(
+            serde_json::to_string(&s).ok().as_deref(),
+            Some("\"<secret>\"")
+        );
+        assert_eq!(s.expose(), "https://hooks.slack.com/services/T0/B0/XYZ");
+    }
+
+    #[test]
+    fn deserializes_the_real_value() {
+        let s: Secret = serde_json::from_str("\"hunter2\"").unwrap_or_default();
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn loads_trimmed_secret_file() {
+        let dir = std::env::temp_dir().join(format!("ngxprobe-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("api_url");
+        std::fs::write(&file, "  https://example.invalid/hook\n").unwrap();
+        let secret = load_secret_file(&file).unwrap();
+        assert_eq!(secret.expose(), "https://example.invalid/hook");
+
+        std::fs::write(&file, "\n").unwrap();
+        let empty = load_secret_file(&file).unwrap_err().to_string();
+        assert!(
+            empty.contains("api_url") && empty.contains("empty"),
+            "{empty}"
+        );
+
+        let missing = load_secret_file(&dir.join("nope")).unwrap_err().to_string();
+        assert!(missing.contains("nope"), "{missing}");
+        // The error names the file but never contains the secret.
+        assert!(!missing.contains("example.invalid"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,362 @@
+//! Loading tests: defaults, and one test per error kind. Each error test
+//! asserts the exact FILE:LINE:COL: FIELD prefix, so a regression in
+//! position or path reporting fails.
+use super::*;
+use std::time::Duration;
+
+fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    parse(Path::new("config.yml"), text)
+}
+
+fn error_of(text: &str) -> String {
+    match parse_str(text) {
+        Ok(cfg) => panic!("expected an error, got {cfg:?}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+fn assert_error_starts(text: &str, prefix: &str) {
+    let err = error_of(text);
+    assert!(
+        err.starts_with(prefix),
+        "error {err:?} should start with {prefix:?}"
+    );
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let cfg = Config::default();
+    assert_eq!(
+        cfg.web.listen_address,
+        ListenAddress::AllInterfaces { port: 9113 }
+    );
+    assert_eq!(cfg.web.telemetry_path, "/metrics");
+    assert_eq!(cfg.log.level, LogLevel::Info);
+    assert_eq!(cfg.log.format, LogFormat::Text);
+    assert_eq!(cfg.discovery.interval.as_duration(), Duration::from_secs(1));
+    assert_eq!(cfg.discovery.proc_path, PathBuf::from("/proc"));
+    assert_eq!(
+        cfg.discovery.stopped_instance_retention.as_duration(),
+        Duration::from_secs(300)
+    );
+    assert_eq!(cfg.ebpf.max_connections.get(), 262_144);
+    assert!(cfg.labels.is_empty());
+}
+
+#[test]
+fn embedded_defaults_match() {
+    let parsed = parse_str(DEFAULT_CONFIG_YAML).map_err(|e| e.to_string());
+    assert_eq!(parsed, Ok(Config::default()));
+}
+
+#[test]
+fn missing_sections_and_fields_take_defaults() {
+    let cfg = parse_str("web:\n  telemetry_path: /stats\n").map_err(|e| e.to_string());
+    let mut expected = Config::default();
+    expected.web.telemetry_path = "/stats".to_string();
+    assert_eq!(cfg, Ok(expected));
+    // An empty section (YAML null) is the section's defaults.
+    assert_eq!(
+        parse_str("web:\nlog:\n").map_err(|e| e.to_string()),
+        Ok(Config::default())
+    );
+}
+
+#[test]
+fn full_config_parses() {
+    let text = r#"
+web:
+  listen_address: "[::1]:9200"
+  telemetry_path: /nginx/metrics
+log: { level: debug, format: json }
+discovery:
+  interval: 500ms
+  proc_path: /host/proc
+  stopped_instance_retention: 1h30m
+ebpf:
+  max_connections: 1024
+labels:
+  cluster: prod
+  dc: eu-1
+"#;
+    let cfg = match parse_str(text) {
+        Ok(cfg) => cfg,
+        Err(err) => panic!("{err}"),
+    };
+    assert_eq!(cfg.web.listen_address.to_string(), "[::1]:9200");
+    assert_eq!(cfg.web.telemetry_path, "/nginx/metrics");
+    assert_eq!(
+        (cfg.log.level, cfg.log.format),
+        (LogLevel::Debug, LogFormat::Json)
+    );
+    assert_eq!(
+        cfg.discovery.interval.as_duration(),
+        Duration::from_millis(500)
+    );
+    assert_eq!(cfg.discovery.proc_path, PathBuf::from("/host/proc"));
+    assert_eq!(
+        cfg.discovery.stopped_instance_retention.as_duration(),
+        Duration::from_secs(5400)
+    );
+    assert_eq!(cfg.ebpf.max_connections.get(), 1024);
+    let labels: Vec<(&str, &str)> = cfg
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(labels, [("cluster", "prod"), ("dc", "eu-1")]);
+}
+
+#[test]
+fn unknown_field_names_file_line_and_path() {
+    assert_error_starts(
+        "discovery:\n  interval: 1s\n  intervall: 2s\n",
+        "config.yml:3:3: discovery.intervall: unknown field, expected one of interval, proc_path, stopped_instance_retention",
+    );
+    assert_error_starts(
+        "# top\nfoo: 1\n",
+        "config.yml:2:1: foo: unknown field, expected one of web, log",
+    );
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    assert_error_starts(
+        "ebpf:\n  max_connections: lots\n",
+        "config.yml:2:20: ebpf.max_connections: ",
+    );
+    assert_error_starts(
+        "ebpf:\n  max_connections: 0\n",
+        "config.yml:2:20: ebpf.max_connections: ",
+    );
+    assert_error_starts("web: 5\n", "config.yml:1:6: web: ");
+    assert_error_starts("labels: [a, b]\n", "config.yml:1:9: labels: ");
+}
+
+#[test]
+fn bad_duration_names_the_field() {
+    assert_error_starts(
+        "discovery:\n  interval: 5x\n",
+        "config.yml:2:13: discovery.interval: invalid duration \"5x\"",
+    );
+    assert_error_starts(
+        "discovery:\n  stopped_instance_retention: 1.5h\n",
+        "config.yml:2:31: discovery.stopped_instance_retention: invalid duration",
+    );
+    assert_error_starts(
+        "discovery:\n  interval: 0s\n",
+        "config.yml:2:13: discovery.interval: must be greater than 0s",
+    );
+}
+
+#[test]
+fn bad_listen_address_names_the_field() {
+    assert_error_starts(
+        "web:\n  listen_address: \"9113\"\n",
+        "config.yml:2:19: web.listen_address: invalid listen address \"9113\"",
+    );
+    assert_error_starts(
+        "web:\n  listen_address: \"::1:9113\"\n",
+        "config.yml:2:19: web.listen_address: invalid listen address",
+    );
+}
+
+#[test]
+fn bad_enum_label_and_path_values() {
+    assert_error_starts(
+        "log:\n  level: loud\n",
+        "config.yml:2:10: log.level: unknown variant `loud`",
+    );
+    assert_error_starts(
+        "log:\n  format: xml\n",
+        "config.yml:2:11: log.format: unknown variant `xml`",
+    );
+    assert_error_starts("labels:\n  bad-name: x\n", "config.yml:2:");
+    assert!(error_of("labels:\n  bad-name: x\n").contains("labels.bad-name: invalid label name"));
+    assert!(error_of("labels:\n  __x: y\n").contains("reserved"));
+    assert_error_starts(
+        "web:\n  telemetry_path: /healthz\n",
+        "config.yml:2:19: web.telemetry_path: ",
+    );
+    assert_error_starts(
+        "web:\n  telemetry_path: metrics\n",
+        "config.yml:2:19: web.telemetry_path: ",
+    );
+}
+
+#[test]
+fn yaml_syntax_and_duplicate_keys() {
+    let err = error_of("web:\n  listen_address: [\n");
+    assert!(err.starts_with("config.yml:"), "{err}");
+    assert!(
+        err.chars()
+            .nth("config.yml:".len())
+            .is_some_and(|c| c.is_ascii_digit()),
+        "no line: {err}"
+    );
+    let dup = error_of("web:\n  telemetry_path: /a\n  telemetry_path: /b\n");
+    assert!(
+        dup.starts_with("config.yml:3:") && dup.to_lowercase().contains("duplicate"),
+        "{dup}"
+    );
+}
+
+#[test]
+fn empty_and_missing_files() {
+    for empty in ["", "\n\n", "# only a comment\n", "---\n"] {
+        let err = parse_str(empty).map(|_| ()).map_err(|e| e.to_string());
+        assert!(
+            matches!(&err, Err(e) if e.starts_with("config.yml: config file is empty")),
+            "{empty:?}: {err:?}"
+        );
+    }
+    let missing = load(Path::new("/nonexistent/ngxprobe.yml"))
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    assert_eq!(
+        missing,
+        Err("/nonexistent/ngxprobe.yml: config file not found".to_string())
+    );
+    let dir = load(Path::new("/")).map(|_| ()).map_err(|e| e.to_string());
+    assert!(
+        matches!(&dir, Err(e) if e.starts_with("/: cannot read config file")),
+        "{dir:?}"
+    );
+}
+
+#[test]
+fn check_reports_like_promtool() {
+    let dir = std::env::temp_dir().join(format!("ngxprobe-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yml");
+    std::fs::write(&good, "web:\n  listen_address: \"127.0.0.1:9113\"\n").unwrap();
+    let report = check(&good).map_err(|e| e.to_string());
+    assert!(
+        matches!(&report, Ok(r) if r.contains(&format!("SUCCESS: {} is valid", good.display()))),
+        "{report:?}"
+    );
+    let bad = dir.join("bad.yml");
+    std::fs::write(&bad, "web:\n  listen_adress: x\n").unwrap();
+    let err = check(&bad).map_err(|e| e.to_string());
+    assert!(
+        matches!(&err, Err(e) if e.starts_with(&format!("{}:2:3: web.listen_adress:", bad.display()))),
+        "{err:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn overrides_win_over_the_file() {
+    let mut cfg = Config::default();
+    let applied = cfg.apply(Overrides {
+        listen_address: Some("127.0.0.1:9999".to_string()),
+        log_level: Some("debug".to_string()),
+        log_format: Some("json".to_string()),
+        discovery_interval: Some("250ms".to_string()),
+        proc_path: Some(PathBuf::from("/host/proc")),
+    });
+    assert!(applied.is_ok(), "{applied:?}");
+    assert_eq!(cfg.web.listen_address.to_string(), "127.0.0.1:9999");
+    assert_eq!(
+        (cfg.log.level, cfg.log.format),
+        (LogLevel::Debug, LogFormat::Json)
+    );
+    assert_eq!(
+        cfg.discovery.interval.as_duration(),
+        Duration::from_millis(250)
+    );
+    assert_eq!(cfg.discovery.proc_path, PathBuf::from("/host/proc"));
+
+    // No overrides: nothing changes.
+    let before = cfg.clone();
+    assert!(cfg.apply(Overrides::default()).is_ok());
+    assert_eq!(cfg, before);
+}
+
+#[test]
+fn bad_overrides_name_the_field() {
+    let cases = [
+        (
+            Overrides {
+                listen_address: Some("nope".into()),
+                ..Default::default()
+            },
+            "web.listen_address",
+        ),
+        (
+            Overrides {
+                log_level: Some("loud".into()),
+                ..Default::default()
+            },
+            "log.level",
+        ),
+        (
+            Overrides {
+                log_format: Some("xml".into()),
+                ..Default::default()
+            },
+            "log.format",
+        ),
+        (
+            Overrides {
+                discovery_interval: Some("5".into()),
+                ..Default::default()
+            },
+            "discovery.interval",
+        ),
+        (
+            Overrides {
+                discovery_interval: Some("0s".into()),
+                ..Default::default()
+            },
+            "discovery.interval",
+        ),
+        (
+            Overrides {
+                proc_path: Some(PathBuf::new()),
+                ..Default::default()
+            },
+            "discovery.proc_path",
+        ),
+    ];
+    for (overrides, field) in cases {
+        let err = Config::default()
+            .apply(overrides)
+            .map_err(|e| e.to_string());
+        assert!(
+            matches!(&err, Err(e) if e.starts_with(field)),
+            "{field}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn redacted_yaml_round_trips() {
+    let mut cfg = Config::default();
+    cfg.labels
+        .insert("cluster".parse().unwrap(), "prod".to_string());
+    cfg.discovery.interval = PromDuration::from_millis(1500);
+    let yaml = redacted_yaml(&cfg);
+    assert!(
+        yaml.contains("listen_address: \":9113\"") || yaml.contains("listen_address: ':9113'"),
+        "{yaml}"
+    );
+    assert!(yaml.contains("interval: 1s500ms"), "{yaml}");
+    assert_eq!(parse_str(&yaml).map_err(|e| e.to_string()), Ok(cfg));
+}
+
+#[test]
+fn redacted_yaml_hides_secrets() {
+    #[derive(serde::Serialize)]
+    struct WithSecret {
+        api_url: Secret,
+    }
+    let yaml = serde_saphyr::to_string(&WithSecret {
+        api_url: Secret::new("https://hooks.example/T0"),
+    })
+    .unwrap_or_default();
+    assert!(
+        yaml.contains("<secret>") && !yaml.contains("hooks.example"),
+        "{yaml}"
+    );
+}

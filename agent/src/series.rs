@@ -1,0 +1,196 @@
+//! The read/write interface between the store stage and its neighbours:
+//! collect/expose feed families in, the query and rules stages read series out.
+//! Kept small and stage-neutral; the store implements it, nothing else does.
+use std::{collections::BTreeMap, fmt};
+
+/// A label set, sorted by name, including `__name__`. Empty values are never kept
+/// (Prometheus treats an empty label as absent).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels(pub Vec<(String, String)>);
+
+impl Labels {
+    /// Builds a sorted label set, dropping empty values; later duplicates win.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let map: BTreeMap<String, String> = pairs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        Labels(map.into_iter().collect())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| self.0[i].1.as_str())
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.get("__name__")
+    }
+}
+
+impl fmt::Display for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name().unwrap_or("");
+        write!(f, "{name}{{")?;
+        let mut first = true;
+        for (k, v) in &self.0 {
+            if k == "__name__" {
+                continue;
+            }
+            if !first {
+                write!(f, ", ")?;
+            }
+            first = false;
+            write!(f, "{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))?;
+        }
+        write!(f, "}}")
+    }
+}
+
+/// The value Prometheus writes as a staleness marker (a signalling NaN with
+/// this exact bit pattern; any other NaN is an ordinary value).
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+pub fn is_stale_marker(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+pub fn stale_marker() -> f64 {
+    f64::from_bits(STALE_NAN_BITS)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatchOp {
+    Equal,
+    NotEqual,
+    Regex,
+    NotRegex,
+}
+
+/// A label matcher. Regexes are fully anchored and `.` matches newline, as
+/// Prometheus compiles them (`^(?s:re)$`).
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub name: String,
+    pub op: MatchOp,
+    pub value: String,
+    re: Option<regex::Regex>,
+}
+
+impl Matcher {
+    pub fn new(op: MatchOp, name: &str, value: &str) -> Result<Self, regex::Error> {
+        let re = match op {
+            MatchOp::Regex | MatchOp::NotRegex => Some(regex::Regex::new(&format!("^(?s:{value})$"))?),
+            _ => None,
+        };
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value: value.to_string(),
+            re,
+        })
+    }
+
+    /// Whether a label value (empty string when the label is absent) matches.
+    pub fn matches(&self, v: &str) -> bool {
+        match self.op {
+            MatchOp::Equal => v == self.value,
+            MatchOp::NotEqual => v != self.value,
+            MatchOp::Regex => self.re.as_ref().is_some_and(|r| r.is_match(v)),
+            MatchOp::NotRegex => !self.re.as_ref().is_some_and(|r| r.is_match(v)),
+        }
+    }
+
+    pub fn matches_labels(&self, l: &Labels) -> bool {
+        self.matches(l.get(&self.name).unwrap_or(""))
+    }
+}
+
+/// One series' samples in a time range, oldest first. Stale markers are kept
+/// (the query engine needs them); timestamps are Unix milliseconds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesData {
+    pub labels: Labels,
+    pub samples: Vec<(i64, f64)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    Unknown,
+}
+
+/// Metadata of a metric name (type, HELP, unit), as /api/v1/metadata serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricMeta {
+    pub kind: MetricKind,
+    pub help: String,
+    pub unit: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("storage read failed: {0}")]
+    Io(String),
+    #[error("part of the requested range is unreadable ({0}); it was skipped")]
+    Corrupt(String),
+}
+
+/// What the query and rules stages read. Implementations must never block
+/// ingest for long: readers see a consistent snapshot of the head.
+pub trait SeriesReader: Send + Sync {
+    /// Series matching all `matchers` with at least one sample in [mint, maxt]
+    /// (inclusive, ms), with their samples in that range.
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>, ReadError>;
+    /// Label names of series matching `matchers` (all series when empty) in range.
+    fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError>;
+    /// Values of label `name` over matching series in range, sorted.
+    fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError>;
+    /// Metadata by metric name (all names when `metric` is None).
+    fn metadata(&self, metric: Option<&str>) -> Vec<(String, MetricMeta)>;
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AppendError {
+    #[error("out of order sample")]
+    OutOfOrder,
+    #[error("duplicate sample for timestamp")]
+    Duplicate,
+    #[error("storage is not writable: {0}")]
+    Unwritable(String),
+}
+
+/// What writers (the agent's sampler, recording rules, ALERTS) use.
+pub trait SeriesWriter: Send + Sync {
+    /// Appends one sample. Out-of-order and duplicate samples are rejected and
+    /// counted, never stored.
+    fn append(&self, labels: &Labels, t: i64, v: f64) -> Result<(), AppendError>;
+    /// Records metadata for a metric name.
+    fn set_metadata(&self, metric: &str, meta: MetricMeta);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regex_matchers_are_anchored_and_dot_matches_newline() {
+        let m = Matcher::new(MatchOp::Regex, "a", "fo.").unwrap();
+        assert!(m.matches("foo"));
+        assert!(!m.matches("xfoo"));
+        assert!(!m.matches("foox"));
+        assert!(m.matches("fo\n"));
+        let n = Matcher::new(MatchOp::NotRegex, "a", "").unwrap();
+        assert!(n.matches("x") && !n.matches(""));
+    }
+
+    #[test]
+    fn labels_sorted_and_empty_dropped() {
+        let l = Labels::new([("b".into(), "1".into()), ("a".into(), "".into()), ("__name__".into(), "m".into())]);
+        assert_eq!(l.0.len(), 2);
+        assert_eq!(l.name(), Some("m"));
+        assert_eq!(l.to_string(), "m{b=\"1\"}");
+    }
+}

@@ -1,0 +1,256 @@
+//! Persisted blocks in redb (one file, `blocks.redb`): redb gives crash-safe
+//! copy-on-write commits and MVCC readers, so a long query never blocks a
+//! persist and a kill -9 mid-commit leaves the previous commit intact.
+//!
+//! Tables:
+//! - `series`: id → labels (needed to answer queries for series that are no
+//!   longer in the head);
+//! - `chunks`: (id, chunk mint) → chunk bytes (one chunk per series per 2 h
+//!   block, CRC inside, so corruption is detected per chunk);
+//! - `blocks`: (block start, id, chunk mint) → chunk bytes length, for
+//!   deletion in whole blocks and for size accounting;
+//! - `meta`: metric name → type/help/unit.
+use super::chunk;
+use super::wal::{Record, encode};
+use crate::series::{Labels, MetricMeta};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::path::Path;
+
+const SERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("series");
+const CHUNKS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("chunks");
+const BLOCKS: TableDefinition<(i64, u64, i64), u64> = TableDefinition::new("blocks");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+pub const BLOCK_MS: i64 = 2 * 3600 * 1000;
+
+pub fn block_of(t: i64) -> i64 {
+    t.div_euclid(BLOCK_MS) * BLOCK_MS
+}
+
+pub type DbResult<T> = Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+pub fn open(path: &Path) -> DbResult<Database> {
+    // redb's default page cache (1 GiB) would dominate the agent's RSS; block
+    // reads are mostly sequential whole chunks, so a small cache suffices.
+    let db = Database::builder().set_cache_size(16 << 20).create(path).map_err(err)?;
+    // Make sure all tables exist so readers never see "table does not exist".
+    let w = db.begin_write().map_err(err)?;
+    {
+        w.open_table(SERIES).map_err(err)?;
+        w.open_table(CHUNKS).map_err(err)?;
+        w.open_table(BLOCKS).map_err(err)?;
+        w.open_table(META).map_err(err)?;
+    }
+    w.commit().map_err(err)?;
+    Ok(db)
+}
+
+/// Labels are stored in the WAL's series record format (one codec to test).
+fn enc_labels(id: u32, labels: &Labels) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode(&mut b, &Record::Series { id, labels: labels.clone() });
+    b
+}
+
+fn dec_labels(b: &[u8]) -> Option<Labels> {
+    match super::wal::parse(b) {
+        (mut v, None) if v.len() == 1 => match v.pop() {
+            Some(Record::Series { labels, .. }) => Some(labels),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn enc_meta(name: &str, meta: &MetricMeta) -> Vec<u8> {
+    let mut b = Vec::new();
+    encode(&mut b, &Record::Meta { name: name.to_string(), meta: meta.clone() });
+    b
+}
+
+fn dec_meta(b: &[u8]) -> Option<MetricMeta> {
+    match super::wal::parse(b) {
+        (mut v, None) if v.len() == 1 => match v.pop() {
+            Some(Record::Meta { meta, .. }) => Some(meta),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// What `load` found on disk.
+#[derive(Default)]
+pub struct Loaded {
+    /// id, labels, (mint, maxt) of its persisted data if any.
+    pub series: Vec<(u32, Labels, Option<(i64, i64)>)>,
+    pub meta: Vec<(String, MetricMeta)>,
+    /// Unreadable entries (reported and skipped).
+    pub corrupt: Vec<String>,
+    pub stored_bytes: u64,
+}
+
+pub fn load(db: &Database) -> DbResult<Loaded> {
+    let r = db.begin_read().map_err(err)?;
+    let series = r.open_table(SERIES).map_err(err)?;
+    let chunks = r.open_table(CHUNKS).map_err(err)?;
+    let blocks = r.open_table(BLOCKS).map_err(err)?;
+    let meta = r.open_table(META).map_err(err)?;
+    let mut out = Loaded::default();
+    for item in series.iter().map_err(err)? {
+        let (k, v) = item.map_err(err)?;
+        let id = k.value();
+        let Some(labels) = dec_labels(v.value()).filter(|_| id <= u32::MAX as u64) else {
+            out.corrupt.push(format!("series record {id}"));
+            continue;
+        };
+        let mut range: Option<(i64, i64)> = None;
+        for c in chunks.range((id, i64::MIN)..=(id, i64::MAX)).map_err(err)? {
+            let (k, v) = c.map_err(err)?;
+            match chunk::header(v.value()) {
+                Ok((_, mint, maxt)) => {
+                    range = Some(range.map_or((mint, maxt), |(a, b)| (a.min(mint), b.max(maxt))));
+                }
+                Err(e) => out.corrupt.push(format!("chunk {id}@{}: {e}", k.value().1)),
+            }
+        }
+        out.series.push((id as u32, labels, range));
+    }
+    for item in meta.iter().map_err(err)? {
+        let (k, v) = item.map_err(err)?;
+        match dec_meta(v.value()) {
+            Some(m) => out.meta.push((k.value().to_string(), m)),
+            None => out.corrupt.push(format!("metadata {}", k.value())),
+        }
+    }
+    for item in blocks.iter().map_err(err)? {
+        out.stored_bytes += item.map_err(err)?.1.value();
+    }
+    Ok(out)
+}
+
+pub struct PersistBatch {
+    pub new_series: Vec<(u32, Labels)>,
+    pub chunks: Vec<(u32, Vec<u8>, i64)>, // id, bytes, mint
+    pub meta: Vec<(String, MetricMeta)>,
+}
+
+pub fn persist(db: &Database, b: &PersistBatch) -> DbResult<u64> {
+    let w = db.begin_write().map_err(err)?;
+    let mut bytes = 0;
+    {
+        let mut series = w.open_table(SERIES).map_err(err)?;
+        for (id, labels) in &b.new_series {
+            series.insert(*id as u64, enc_labels(*id, labels).as_slice()).map_err(err)?;
+        }
+        let mut chunks = w.open_table(CHUNKS).map_err(err)?;
+        let mut blocks = w.open_table(BLOCKS).map_err(err)?;
+        for (id, data, mint) in &b.chunks {
+            chunks.insert((*id as u64, *mint), data.as_slice()).map_err(err)?;
+            blocks.insert((block_of(*mint), *id as u64, *mint), data.len() as u64).map_err(err)?;
+            bytes += data.len() as u64;
+        }
+        let mut meta = w.open_table(META).map_err(err)?;
+        for (name, m) in &b.meta {
+            meta.insert(name.as_str(), enc_meta(name, m).as_slice()).map_err(err)?;
+        }
+    }
+    w.commit().map_err(err)?;
+    Ok(bytes)
+}
+
+/// Chunks of series `id` overlapping [mint, maxt], decoded. Corrupt chunks are
+/// skipped and described in `corrupt`.
+pub fn read(db: &Database, id: u32, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>, corrupt: &mut Vec<String>) -> DbResult<()> {
+    let r = db.begin_read().map_err(err)?;
+    let chunks = r.open_table(CHUNKS).map_err(err)?;
+    // A chunk never spans more than one block, so older keys cannot overlap.
+    let from = mint.saturating_sub(BLOCK_MS);
+    for c in chunks.range((id as u64, from)..=(id as u64, maxt)).map_err(err)? {
+        let (k, v) = c.map_err(err)?;
+        let data = v.value();
+        match chunk::header(data) {
+            Ok((_, _, cmaxt)) if cmaxt < mint => continue,
+            Ok(_) => {}
+            Err(e) => {
+                corrupt.push(format!("series {id} chunk at {}: {e}", k.value().1));
+                continue;
+            }
+        }
+        let start = out.len();
+        if let Err(e) = chunk::decode_into(data, out) {
+            out.truncate(start);
+            corrupt.push(format!("series {id} chunk at {}: {e}", k.value().1));
+        }
+    }
+    Ok(())
+}
+
+/// Deletes whole blocks starting before `before` (retention by time), or the
+/// oldest blocks until `max_bytes` of chunk data remain (retention by size).
+/// Returns (blocks deleted, bytes freed, ids that lost chunks).
+pub fn delete_blocks(db: &Database, before: i64, max_bytes: Option<u64>, stored: u64) -> DbResult<(u64, u64, Vec<u32>)> {
+    let w = db.begin_write().map_err(err)?;
+    let (mut nblocks, mut freed, mut ids) = (0u64, 0u64, Vec::new());
+    {
+        let mut blocks = w.open_table(BLOCKS).map_err(err)?;
+        let mut chunks = w.open_table(CHUNKS).map_err(err)?;
+        // Group block entries by block start, oldest first.
+        let mut entries: Vec<(i64, u64, i64, u64)> = Vec::new();
+        for item in blocks.iter().map_err(err)? {
+            let (k, v) = item.map_err(err)?;
+            let (b, id, mint) = k.value();
+            entries.push((b, id, mint, v.value()));
+        }
+        let mut i = 0;
+        while i < entries.len() {
+            let b = entries[i].0;
+            let j = i + entries[i..].iter().take_while(|e| e.0 == b).count();
+            let over_size = max_bytes.is_some_and(|m| stored.saturating_sub(freed) > m);
+            if b + BLOCK_MS > before && !over_size {
+                break;
+            }
+            for &(b, id, mint, len) in &entries[i..j] {
+                blocks.remove((b, id, mint)).map_err(err)?;
+                chunks.remove((id, mint)).map_err(err)?;
+                freed += len;
+                ids.push(id as u32);
+            }
+            nblocks += 1;
+            i = j;
+        }
+    }
+    w.commit().map_err(err)?;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok((nblocks, freed, ids))
+}
+
+/// Removes a series with no data left anywhere.
+pub fn remove_series(db: &Database, ids: &[u32]) -> DbResult<()> {
+    let w = db.begin_write().map_err(err)?;
+    {
+        let mut series = w.open_table(SERIES).map_err(err)?;
+        for &id in ids {
+            series.remove(id as u64).map_err(err)?;
+        }
+    }
+    w.commit().map_err(err)
+}
+
+/// (mint, maxt) of series `id`'s remaining persisted chunks.
+pub fn range_of(db: &Database, id: u32) -> DbResult<Option<(i64, i64)>> {
+    let r = db.begin_read().map_err(err)?;
+    let chunks = r.open_table(CHUNKS).map_err(err)?;
+    let mut range: Option<(i64, i64)> = None;
+    for c in chunks.range((id as u64, i64::MIN)..=(id as u64, i64::MAX)).map_err(err)? {
+        let (_, v) = c.map_err(err)?;
+        if let Ok((_, mint, maxt)) = chunk::header(v.value()) {
+            range = Some(range.map_or((mint, maxt), |(a, b)| (a.min(mint), b.max(maxt))));
+        }
+    }
+    Ok(range)
+}

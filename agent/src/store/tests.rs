@@ -1,0 +1,471 @@
+//! Store tests: behaviour through the public API, restarts, corruption,
+//! retention, a SIGKILL crash loop and a real full disk (tmpfs).
+use super::*;
+use crate::series::{MatchOp, is_stale_marker};
+use redb::ReadableTable as _;
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicUsize;
+
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!("ngxprobe-store-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Relaxed)));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn cfg(dir: &Path) -> StorageConfig {
+    StorageConfig { path: dir.to_path_buf(), ..StorageConfig::default() }
+}
+
+fn m(op: MatchOp, n: &str, v: &str) -> Matcher {
+    Matcher::new(op, n, v).unwrap()
+}
+
+fn fam(name: &str, kind: MetricType, samples: &[(&[(&str, &str)], f64)]) -> Family {
+    let mut f = Family::new(name, &format!("help of {name}"), kind);
+    for (l, v) in samples {
+        f.push(l, *v);
+    }
+    f
+}
+
+fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
+    fams.iter()
+        .find(|f| f.name == name)
+        .and_then(|f| f.samples.iter().find(|s| labels.iter().all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))))
+        .map(|s| s.value)
+        .unwrap_or_else(|| panic!("no metric {name} {labels:?}"))
+}
+
+fn all(store: &Store, name: &str) -> Vec<SeriesData> {
+    store.select(&[m(MatchOp::Equal, "__name__", name)], i64::MIN, i64::MAX).unwrap()
+}
+
+/// Synthetic tick: `n` counter series whose value depends only on (i, t).
+fn tick(n: usize, t: i64) -> Vec<Family> {
+    let mut f = Family::new("req_total", "Requests.", MetricType::Counter);
+    for i in 0..n {
+        f.push_owned(vec![("worker".into(), i.to_string())], value(i, t));
+    }
+    vec![f]
+}
+
+fn value(i: usize, t: i64) -> f64 {
+    let k = t / 1000;
+    (k * (i as i64 + 1) + (k * 7919 + i as i64) % 13) as f64
+}
+
+#[test]
+fn ingest_select_stale_rejects_and_metadata() {
+    let d = TempDir::new("basic");
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let both: &[(&[(&str, &str)], f64)] = &[(&[("code", "200")], 1.0), (&[("code", "500")], 2.0)];
+    let r = s.ingest(&[fam("http_total", MetricType::Counter, both)], 1000);
+    assert_eq!((r.appended, r.new_series, r.stale_markers), (2, 2, 0));
+    // code=500 disappears: stale marker at the next ingest.
+    let r = s.ingest(&[fam("http_total", MetricType::Counter, &[(&[("code", "200")], 3.0)])], 2000);
+    assert_eq!((r.appended, r.stale_markers), (1, 1));
+    // Same timestamp again: duplicate; older: out of order. Neither stored.
+    let r = s.ingest(&[fam("http_total", MetricType::Counter, &[(&[("code", "200")], 9.0)])], 2000);
+    assert_eq!(r.duplicate, 1);
+    assert_eq!(s.append(&Labels::new([("__name__".into(), "http_total".into()), ("code".into(), "200".into())]), 1500, 7.0), Err(AppendError::OutOfOrder));
+    let got = s.select(&[m(MatchOp::Equal, "__name__", "http_total"), m(MatchOp::Regex, "code", "5..")], 0, 10_000).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].samples[0], (1000, 2.0));
+    assert!(is_stale_marker(got[0].samples[1].1) && got[0].samples[1].0 == 2000);
+    let ok = s.select(&[m(MatchOp::NotEqual, "code", "500")], 0, 10_000).unwrap();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].samples, vec![(1000, 1.0), (2000, 3.0)]);
+    // Range restriction.
+    assert_eq!(s.select(&[m(MatchOp::Equal, "code", "200")], 1500, 2500).unwrap()[0].samples, vec![(2000, 3.0)]);
+    assert!(s.select(&[m(MatchOp::Equal, "code", "200")], 3000, 4000).unwrap().is_empty());
+    assert_eq!(s.label_names(&[], 0, 10_000).unwrap(), vec!["__name__", "code"]);
+    assert_eq!(s.label_values("code", &[], 0, 10_000).unwrap(), vec!["200", "500"]);
+    assert_eq!(s.metadata(Some("http_total"))[0].1.kind, MetricKind::Counter);
+    let fams = s.self_families();
+    assert_eq!(metric(&fams, "ngxprobe_store_samples_rejected_total", &[("reason", "duplicate")]), 1.0);
+    assert_eq!(metric(&fams, "ngxprobe_store_samples_rejected_total", &[("reason", "out_of_order")]), 1.0);
+    assert_eq!(metric(&fams, "ngxprobe_store_writable", &[]), 1.0);
+    assert_eq!(metric(&fams, "ngxprobe_store_series", &[]), 2.0);
+}
+
+#[test]
+fn second_agent_is_refused_and_wal_replays() {
+    let d = TempDir::new("lock");
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    for k in 1..=500 {
+        s.ingest(&tick(5, k * 1000), k * 1000);
+    }
+    match Store::open(&cfg(&d.0)) {
+        Err(e @ StoreError::Locked { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("in use by another ngxprobe") && msg.contains(&std::process::id().to_string()), "{msg}");
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("second open of a locked directory succeeded"),
+    }
+    drop(s); // no close: the head only exists in the WAL
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let got = all(&s, "req_total");
+    assert_eq!(got.len(), 5);
+    for sd in &got {
+        let i: usize = sd.labels.get("worker").unwrap().parse().unwrap();
+        assert_eq!(sd.samples.len(), 500);
+        assert!(sd.samples.iter().all(|&(t, v)| v == value(i, t)));
+    }
+    assert_eq!(s.metadata(Some("req_total")).len(), 1);
+}
+
+#[test]
+fn blocks_persist_wal_stays_small_and_reopen_reads_everything() {
+    let d = TempDir::new("persist");
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let step = 10_000;
+    let n = 6 * 360; // 6 h at 10 s
+    for k in 1..=n {
+        s.ingest(&tick(20, k * step), k * step);
+    }
+    let fams = s.self_families();
+    assert!(metric(&fams, "ngxprobe_store_blocks_persisted_total", &[]) >= 2.0);
+    // The WAL holds at most ~1.5 blocks plus a checkpoint, not 6 h.
+    let wal = metric(&fams, "ngxprobe_store_bytes", &[("kind", "wal")]);
+    assert!(wal < (20.0 * 3.0 * 360.0 * 12.0), "wal {wal} bytes");
+    // Reads across head and disk see every sample exactly once.
+    let check = |s: &Store| {
+        let got = all(s, "req_total");
+        assert_eq!(got.len(), 20);
+        for sd in &got {
+            let i: usize = sd.labels.get("worker").unwrap().parse().unwrap();
+            assert_eq!(sd.samples.len(), n as usize, "{}", sd.labels);
+            assert!(sd.samples.iter().enumerate().all(|(j, &(t, v))| t == (j as i64 + 1) * step && v == value(i, t)));
+        }
+    };
+    check(&s);
+    drop(s);
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    check(&s);
+    s.close().unwrap();
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    check(&s);
+    // Appends continue after the persisted range.
+    assert!(s.ingest(&tick(20, (n + 1) * step), (n + 1) * step).appended == 20);
+}
+
+#[test]
+fn torn_wal_tail_is_truncated_and_counted() {
+    let d = TempDir::new("torn");
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    for k in 1..=100 {
+        s.ingest(&tick(3, k * 1000), k * 1000);
+    }
+    drop(s);
+    let wal_dir = d.0.join(WAL_DIR);
+    let last = *wal::segments(&wal_dir).unwrap().last().unwrap();
+    let path = wal::segment_path(&wal_dir, last);
+    let len = fs::metadata(&path).unwrap().len();
+    // Tear the last record in half, as a kill during write(2) would.
+    OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    assert_eq!(metric(&s.self_families(), "ngxprobe_store_wal_truncations_total", &[]), 1.0);
+    for sd in all(&s, "req_total") {
+        assert_eq!(sd.samples.len(), 99, "only the torn tick is lost");
+    }
+    // And appending works after the truncation.
+    assert_eq!(s.ingest(&tick(3, 101_000), 101_000).appended, 3);
+}
+
+#[test]
+fn corrupt_chunk_is_reported_and_skipped() {
+    let d = TempDir::new("corrupt");
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let step = 60_000;
+    for k in 1..=8 * 60 {
+        s.ingest(&tick(2, k * step), k * step);
+    }
+    s.close().unwrap();
+    // Damage one persisted chunk of worker 0 directly in redb.
+    {
+        let db = disk::open(&d.0.join(DB_FILE)).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(redb::TableDefinition::<(u64, i64), &[u8]>::new("chunks")).unwrap();
+            let first = t.iter().unwrap().next().unwrap().unwrap().0.value();
+            let mut bad = t.get(first).unwrap().unwrap().value().to_vec();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0xff;
+            t.insert(first, bad.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let got = all(&s, "req_total");
+    let lens: Vec<usize> = got.iter().map(|g| g.samples.len()).collect();
+    assert_eq!(got.len(), 2);
+    assert!(lens.contains(&(8 * 60)), "undamaged series complete: {lens:?}");
+    assert!(lens.iter().any(|&l| l < 8 * 60 && l > 0), "damaged series keeps its other blocks: {lens:?}");
+    assert!(metric(&s.self_families(), "ngxprobe_store_corrupt_chunks_total", &[]) >= 1.0);
+}
+
+#[test]
+fn retention_by_time_deletes_whole_old_blocks() {
+    let d = TempDir::new("ret");
+    let mut c = cfg(&d.0);
+    c.retention = crate::config::PromDuration::from_secs(5 * 3600);
+    let s = Store::open(&c).unwrap();
+    let step = 30_000;
+    let n = 12 * 120; // 12 h
+    for k in 1..=n {
+        s.ingest(&tick(4, k * step), k * step);
+    }
+    let got = all(&s, "req_total");
+    let oldest = got.iter().map(|g| g.samples[0].0).min().unwrap();
+    let newest = n * step;
+    // Everything newer than retention is kept; older goes in whole blocks.
+    assert!(oldest > newest - 5 * 3600 * 1000 - BLOCK_MS, "oldest {oldest}");
+    assert!(oldest <= newest - 5 * 3600 * 1000, "kept too little: oldest {oldest}");
+    assert_eq!(oldest % BLOCK_MS, 0, "deletion is by whole blocks");
+    assert!(metric(&s.self_families(), "ngxprobe_store_blocks_deleted_total", &[]) >= 3.0);
+    for g in &got {
+        assert!(g.samples.windows(2).all(|w| w[1].0 - w[0].0 == step), "no holes");
+    }
+}
+
+#[test]
+fn retention_by_size_keeps_directory_under_limit() {
+    let d = TempDir::new("size");
+    let mut c = cfg(&d.0);
+    c.retention_size = ByteSize(1 << 20);
+    let s = Store::open(&c).unwrap();
+    let step = 1000;
+    let mut f = Family::new("noise", "Incompressible.", MetricType::Gauge);
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut over = 0;
+    for k in 1..=30 * 3600 / 2 {
+        f.samples.clear();
+        for i in 0..10 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            f.push(&[("i", &i.to_string())], f64::from_bits(x >> 2));
+        }
+        s.ingest(std::slice::from_ref(&f), k * step);
+        if k % 3600 == 0 && dir_bytes(&d.0) > (1 << 20) + (1 << 20) / 2 {
+            over += 1;
+        }
+    }
+    let fams = s.self_families();
+    assert!(metric(&fams, "ngxprobe_store_blocks_deleted_total", &[]) >= 1.0);
+    assert!(over <= 3, "directory above 1.5x the limit at {over} checks");
+    let got = s.select(&[m(MatchOp::Equal, "__name__", "noise")], i64::MIN, i64::MAX).unwrap();
+    assert!(got[0].samples[0].0 > 1000, "oldest data deleted");
+}
+
+// ---- crash test -------------------------------------------------------------
+
+const CHILD_ENV: &str = "NGXPROBE_STORE_CRASH_CHILD";
+const CRASH_SERIES: usize = 30;
+const CRASH_STEP: i64 = 20_000; // 20 s: a block is persisted every 360 ticks
+
+/// Writer side of the crash test; only does something when re-executed by
+/// `sigkill_during_ingest_loses_nothing_acknowledged`.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else { return };
+    let s = Store::open(&cfg(Path::new(&dir))).unwrap();
+    let last = all(&s, "req_total").iter().filter_map(|g| g.samples.last().map(|x| x.0)).max().unwrap_or(0);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "start {last}").unwrap();
+    out.flush().unwrap();
+    for k in 1..=200_000 {
+        let t = last + k * CRASH_STEP;
+        s.ingest(&tick(CRASH_SERIES, t), t);
+        // ingest() has written the WAL to the kernel: acknowledged.
+        writeln!(out, "ok {t}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sigkill_during_ingest_loses_nothing_acknowledged() {
+    let d = TempDir::new("crash");
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut acked = 0i64;
+    let rounds = 24;
+    for round in 0..rounds {
+        let mut child = KillOnDrop(
+            Command::new(&exe)
+                .args(["--exact", "store::tests::crash_child", "--nocapture", "--test-threads=1"])
+                .env(CHILD_ENV, &d.0)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let stdout = child.0.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<i64>();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                // With --nocapture the harness's "test ... " prefix may share
+                // the first line.
+                if let Some(t) = line.strip_prefix("ok ") {
+                    let _ = tx.send(t.parse().unwrap_or(0));
+                } else if let Some(i) = line.find("start ") {
+                    let _ = tx.send(-line[i + 6..].trim().parse::<i64>().unwrap_or(0) - 1);
+                }
+            }
+        });
+        // Wait for the child to open the store (bounded), then kill it at a
+        // random point: 0-600 ms into ingest, which crosses block persists and
+        // WAL checkpoints.
+        let start = rx.recv_timeout(Duration::from_secs(60)).expect("child did not start");
+        let resumed = -start - 1;
+        assert!(resumed >= acked, "round {round}: child resumed at {resumed}, acknowledged {acked}");
+        std::thread::sleep(Duration::from_millis(rng.next() % 600));
+        let pid = child.0.id() as libc::pid_t;
+        // SAFETY: kill(2) on the pid of our own child, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = child.0.wait();
+        reader.join().unwrap();
+        while let Ok(t) = rx.try_recv() {
+            if t > 0 {
+                acked = acked.max(t);
+            }
+        }
+        // Reopen: must succeed and hold every acknowledged sample.
+        let s = Store::open(&cfg(&d.0)).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let got = all(&s, "req_total");
+        if acked > 0 {
+            assert_eq!(got.len(), CRASH_SERIES, "round {round}");
+        }
+        for g in &got {
+            let i: usize = g.labels.get("worker").unwrap().parse().unwrap();
+            let want = (acked / CRASH_STEP) as usize;
+            assert!(g.samples.len() >= want, "round {round}: {} has {} samples, {want} acknowledged", g.labels, g.samples.len());
+            for (j, &(t, v)) in g.samples.iter().enumerate() {
+                assert_eq!(t, (j as i64 + 1) * CRASH_STEP, "round {round}: hole or duplicate in {}", g.labels);
+                assert_eq!(v, value(i, t), "round {round}: wrong value");
+            }
+        }
+        let fams = s.self_families();
+        assert_eq!(metric(&fams, "ngxprobe_store_corrupt_chunks_total", &[]), 0.0, "round {round}");
+        assert_eq!(metric(&fams, "ngxprobe_store_wal_corruptions_total", &[]), 0.0, "round {round}");
+        drop(s);
+    }
+    assert!(acked > 0, "the child never acknowledged a sample");
+}
+
+// ---- disk full --------------------------------------------------------------
+
+struct Tmpfs(PathBuf);
+impl Tmpfs {
+    fn mount(p: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(p).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(p).output();
+        match out {
+            Ok(o) if o.status.success() => Tmpfs(p.to_path_buf()),
+            Ok(o) => panic!("disk-full test needs root to mount a tmpfs: mount failed: {}", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => panic!("disk-full test needs mount(8): {e}"),
+        }
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_keeps_serving_from_memory_and_resumes() {
+    let d = TempDir::new("full");
+    let mnt = d.0.join("mnt");
+    let fs_guard = Tmpfs::mount(&mnt, "4m");
+    let data = mnt.join("data");
+    let s = Store::open(&cfg(&data)).unwrap();
+    let mut t = 0;
+    let ingest = |s: &Store, t: &mut i64| {
+        *t += 1000;
+        s.ingest(&tick(20, *t), *t)
+    };
+    for _ in 0..100 {
+        assert!(ingest(&s, &mut t).writable);
+    }
+    // Fill the filesystem.
+    let filler = mnt.join("filler");
+    {
+        let mut f = File::create(&filler).unwrap();
+        let buf = vec![0u8; 64 << 10];
+        while f.write_all(&buf).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut full_at = None;
+    for k in 0..20_000 {
+        let r = ingest(&s, &mut t);
+        assert_eq!(r.appended, 20, "samples are still accepted into memory");
+        if !r.writable {
+            full_at = Some(k);
+            break;
+        }
+    }
+    assert!(full_at.is_some(), "never noticed the full disk");
+    for _ in 0..50 {
+        assert!(!ingest(&s, &mut t).writable);
+    }
+    let fams = s.self_families();
+    assert_eq!(metric(&fams, "ngxprobe_store_writable", &[]), 0.0);
+    assert!(metric(&fams, "ngxprobe_store_write_errors_total", &[]) >= 1.0);
+    // Queries are served from memory, including samples written while full.
+    let got = all(&s, "req_total");
+    assert!(got.iter().all(|g| g.samples.last().unwrap().0 == t));
+    // Space returns: writing resumes within the retry period.
+    fs::remove_file(&filler).unwrap();
+    std::thread::sleep(RETRY_EVERY + Duration::from_millis(100));
+    let mut resumed = false;
+    for _ in 0..5 {
+        if ingest(&s, &mut t).writable {
+            resumed = true;
+            break;
+        }
+        std::thread::sleep(RETRY_EVERY);
+    }
+    assert!(resumed, "did not resume writing after space returned");
+    assert_eq!(metric(&s.self_families(), "ngxprobe_store_writable", &[]), 1.0);
+    drop(s);
+    // Nothing accepted during the outage was lost across a restart.
+    let s = Store::open(&cfg(&data)).unwrap();
+    for g in all(&s, "req_total") {
+        assert_eq!(g.samples.len() as i64, t / 1000, "{}", g.labels);
+    }
+    drop(s);
+    drop(fs_guard);
+}
