@@ -69,7 +69,10 @@ struct IoVec {
 }
 
 /// True if the bytes just read begin like an HTTP/1.x request line: a method
-/// token of 3+ upper-case letters followed by a space. Unknown syscalls say yes.
+/// token of 3 to 14 upper-case letters, a space, and the start of a request
+/// target ('/', '*', or an absolute URI / CONNECT authority). Unknown syscalls
+/// say yes. Body bytes nginx discards after answering early rarely look like
+/// that; a run of capitals alone is not enough.
 #[inline(always)]
 pub fn looks_like_request_start() -> bool {
     let Some(a) = syscall_args() else {
@@ -79,21 +82,22 @@ pub fn looks_like_request_start() -> bool {
         return true;
     }
     // SAFETY: user memory is read with bpf_probe_read_user only.
-    let Ok(b) = (unsafe { bpf_probe_read_user(a.arg2 as *const [u8; 8]) }) else {
+    let Ok(b) = (unsafe { bpf_probe_read_user(a.arg2 as *const [u8; 16]) }) else {
         return true;
     };
     let mut i = 0;
-    while i < 8 {
+    while i < 15 {
         let c = b[i];
         if c == b' ' {
-            return i >= 3;
+            let t = b[i + 1];
+            return i >= 3 && (t == b'/' || t == b'*' || t.is_ascii_alphanumeric());
         }
         if !(c.is_ascii_uppercase() || c == b'-' || c == b'_') {
             return false;
         }
         i += 1;
     }
-    true
+    false
 }
 
 /// Classifies the write behind the current `sock_send_length` event.

@@ -1,0 +1,77 @@
+//! ngxprobe end-to-end harness: real nginx, real agent, real clients.
+//!
+//! * [`nginx`]: a private nginx instance on loopback (child process, killed by PID).
+//! * [`oracle`]: nginx's own stub_status, the reference numbers.
+//! * [`agent`]: the ngxprobe binary (`$NGXPROBE_BIN`), its /readyz and /metrics.
+//! * [`clients`]: raw HTTP/1.x clients and wrk.
+//! * [`metrics_text`]: Prometheus text parsing, per-`conf_path` views.
+//! * [`measure`]: the exact measurement protocol and the invariant monitor.
+//!
+//! Tests in one binary are serialised ([`util::serial`]) and each has a
+//! watchdog; every process started is killed by PID on drop, also on panic.
+pub mod agent;
+pub mod clients;
+pub mod measure;
+pub mod metrics_text;
+pub mod nginx;
+pub mod oracle;
+pub mod util;
+
+pub use agent::Agent;
+pub use measure::{Report, Target, measure};
+pub use nginx::{Nginx, NginxOptions};
+
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+/// Per-test limit for the watchdog.
+pub const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+/// The usual setup: serialised test, watchdog, nginx (started first, so the
+/// agent discovers an already-running instance), agent ready, instance up.
+pub struct Session {
+    // Drop order = field order: agent, nginx, then the watchdog and the lock.
+    pub agent: Agent,
+    pub nginx: Nginx,
+    _watchdog: util::Watchdog,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Session {
+    pub fn start(name: &str, opts: NginxOptions) -> Session {
+        let serial = util::serial();
+        let wd = util::watchdog(name, TEST_LIMIT);
+        eprintln!("[e2e] ---- {name} ----");
+        let nginx = Nginx::start(opts).expect("start nginx");
+        let agent = Agent::start().expect("start ngxprobe");
+        agent
+            .wait_instance_up(&nginx.conf_label())
+            .expect("agent reports the nginx instance up");
+        Session {
+            agent,
+            nginx,
+            _watchdog: wd,
+            _serial: serial,
+        }
+    }
+
+    pub fn one_worker(name: &str) -> Session {
+        Self::start(name, NginxOptions::default())
+    }
+}
+
+/// Serialisation + watchdog for tests that set things up themselves.
+pub struct Guard {
+    _watchdog: util::Watchdog,
+    _serial: MutexGuard<'static, ()>,
+}
+
+pub fn guard(name: &str) -> Guard {
+    let serial = util::serial();
+    let wd = util::watchdog(name, TEST_LIMIT);
+    eprintln!("[e2e] ---- {name} ----");
+    Guard {
+        _watchdog: wd,
+        _serial: serial,
+    }
+}

@@ -1,0 +1,446 @@
+//! A private nginx instance (Debian's /usr/sbin/nginx, or $NGINX_BIN) on
+//! loopback, run as a child process with its own prefix in a temp dir.
+//!
+//! Layout of the instance:
+//! * main server on `127.0.0.1:<main_port>` and `[::1]:<main_port>`: static
+//!   files from `<dir>/html` (`index.html` ≈600 bytes, `big.bin` 10 MB) with
+//!   sendfile on; `/nosendfile/` aliases the same files with sendfile off;
+//!   `location = /echo { return 200 "ok\n"; }`.
+//! * oracle server on `127.0.0.1:<oracle_port>`: `location = /stub { stub_status; }`.
+//!   It belongs to the same instance, so its connections and requests are
+//!   counted by nginx and by ngxprobe alike.
+use crate::oracle::{self, StubStatus};
+use crate::util::{
+    self, ChildGuard, Poll, TCP_LISTEN, TempDir, children_of, cmdline, poll, socket_inodes,
+    tcp_sockets,
+};
+use anyhow::{Context, Result, bail};
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub const BIG_FILE_SIZE: u64 = 10 * 1024 * 1024;
+pub const INDEX_SIZE: usize = 600;
+
+#[derive(Clone, Debug)]
+pub struct NginxOptions {
+    pub worker_processes: u32,
+    /// Used in the temp dir name, to tell instances apart in logs.
+    pub tag: String,
+}
+
+impl Default for NginxOptions {
+    fn default() -> Self {
+        NginxOptions {
+            worker_processes: 1,
+            tag: "nginx".into(),
+        }
+    }
+}
+
+impl NginxOptions {
+    pub fn workers(n: u32) -> Self {
+        NginxOptions {
+            worker_processes: n,
+            ..Default::default()
+        }
+    }
+}
+
+pub fn nginx_bin() -> PathBuf {
+    std::env::var_os("NGINX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
+}
+
+pub struct Nginx {
+    // Field order = drop order: the process goes before its directory.
+    master: ChildGuard,
+    dir: TempDir,
+    opts: NginxOptions,
+    conf: PathBuf,
+    main_port: u16,
+    oracle_port: u16,
+}
+
+impl Nginx {
+    /// Starts nginx and waits (bounded) until both servers answer and all
+    /// workers are up. Retries with fresh ports if a port was taken meanwhile.
+    pub fn start(opts: NginxOptions) -> Result<Nginx> {
+        let bin = nginx_bin();
+        if !bin.exists() {
+            bail!(
+                "nginx binary {} not found (install Debian's nginx or set NGINX_BIN)",
+                bin.display()
+            );
+        }
+        let mut last_err = None;
+        for _attempt in 0..3 {
+            match Self::try_start(&opts) {
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    eprintln!("[e2e] nginx start failed, retrying with new ports: {e:#}");
+                    last_err = Some(e)
+                }
+            }
+        }
+        Err(last_err.unwrap())
+    }
+
+    fn try_start(opts: &NginxOptions) -> Result<Nginx> {
+        let dir = TempDir::new(&opts.tag)?;
+        let d = dir.path();
+        let main_port = util::free_port()?;
+        let oracle_port = util::free_port()?;
+        write_site(d)?;
+        let conf = d.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            config_text(d, opts.worker_processes, main_port, oracle_port),
+        )?;
+        let mut cmd = Command::new(nginx_bin());
+        cmd.arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(d.join("stdout.log"))?)
+            .stderr(std::fs::File::create(d.join("stderr.log"))?);
+        let master = ChildGuard::spawn(&mut cmd, "nginx")?;
+        let mut n = Nginx {
+            master,
+            dir,
+            opts: opts.clone(),
+            conf,
+            main_port,
+            oracle_port,
+        };
+        n.wait_ready()?;
+        Ok(n)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let addrs = [self.main_addr(), self.main_addr_v6(), self.oracle_addr()];
+        let want = self.opts.worker_processes as usize;
+        let res = poll(
+            "nginx to listen and start its workers",
+            Duration::from_secs(10),
+            Duration::from_millis(25),
+            || {
+                if let Some(st) = self.master.try_wait()? {
+                    bail!("nginx exited with {st}");
+                }
+                for a in addrs {
+                    if let Err(e) = TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+                        return Ok(Poll::Pending(format!("connect {a}: {e}")));
+                    }
+                }
+                let w = self.worker_pids();
+                if w.len() != want {
+                    return Ok(Poll::Pending(format!("{} workers, want {want}", w.len())));
+                }
+                oracle::fetch(self.oracle_addr())?;
+                Ok(Poll::Ready(()))
+            },
+        );
+        res.with_context(|| {
+            format!(
+                "nginx did not become ready; error.log:\n{}\nstderr:\n{}",
+                util::tail(&self.dir.path().join("error.log"), 20),
+                util::tail(&self.dir.path().join("stderr.log"), 20)
+            )
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    /// Absolute path of the `-c` config: the `conf_path` label ngxprobe uses.
+    pub fn conf_path(&self) -> &Path {
+        &self.conf
+    }
+    pub fn conf_label(&self) -> String {
+        self.conf.to_string_lossy().into_owned()
+    }
+    pub fn main_port(&self) -> u16 {
+        self.main_port
+    }
+    pub fn oracle_port(&self) -> u16 {
+        self.oracle_port
+    }
+    pub fn main_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.main_port))
+    }
+    pub fn main_addr_v6(&self) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, self.main_port))
+    }
+    pub fn oracle_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.oracle_port))
+    }
+    /// `http://127.0.0.1:<main_port><path>`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.main_port)
+    }
+    /// `http://[::1]:<main_port><path>`
+    pub fn url_v6(&self, path: &str) -> String {
+        format!("http://[::1]:{}{path}", self.main_port)
+    }
+    pub fn master_pid(&self) -> i32 {
+        self.master.pid()
+    }
+    pub fn worker_processes(&self) -> u32 {
+        self.opts.worker_processes
+    }
+
+    /// Current (non-zombie) worker processes, excluding ones shutting down
+    /// after a reload.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        children_of(self.master_pid())
+            .into_iter()
+            .filter(|p| {
+                let c = cmdline(*p);
+                c.contains("worker process") && !c.contains("shutting down")
+            })
+            .collect()
+    }
+
+    /// Every live child of the master (workers, also those shutting down).
+    pub fn all_children(&self) -> Vec<i32> {
+        children_of(self.master_pid())
+    }
+
+    /// Reads stub_status once.
+    pub fn oracle(&self) -> Result<StubStatus> {
+        oracle::fetch(self.oracle_addr())
+    }
+
+    /// Ground truth from the kernel: TCP connections (not listeners) that
+    /// nginx processes hold open right now, from /proc/PID/fd and /proc/net/tcp{,6}.
+    pub fn open_connections(&self) -> usize {
+        let socks = tcp_sockets();
+        let mut inodes = HashSet::new();
+        let mut pids = self.all_children();
+        pids.push(self.master_pid());
+        for p in pids {
+            for i in socket_inodes(p) {
+                if let Some((_, state)) = socks.get(&i)
+                    && *state != TCP_LISTEN
+                {
+                    inodes.insert(i);
+                }
+            }
+        }
+        inodes.len()
+    }
+
+    /// `nginx -s reload` (signals the master through the pid file), then waits
+    /// (bounded) until a full new set of workers runs. Returns the new worker pids.
+    pub fn reload(&self) -> Result<Vec<i32>> {
+        let old: HashSet<i32> = self.worker_pids().into_iter().collect();
+        let d = self.dir.path();
+        let mut cmd = Command::new(nginx_bin());
+        cmd.arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .arg("-s")
+            .arg("reload")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut g = ChildGuard::spawn(&mut cmd, "nginx -s reload")?;
+        let st = g.wait_timeout(Duration::from_secs(10))?;
+        if !st.success() {
+            bail!(
+                "nginx -s reload failed: {st}; error.log:\n{}",
+                util::tail(&d.join("error.log"), 10)
+            );
+        }
+        let want = self.opts.worker_processes as usize;
+        let new = poll(
+            "new workers after reload",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let now = self.worker_pids();
+                let new: Vec<i32> = now.iter().copied().filter(|p| !old.contains(p)).collect();
+                Ok(if new.len() == want {
+                    Poll::Ready(new)
+                } else {
+                    Poll::Pending(format!("workers {now:?}, old {old:?}"))
+                })
+            },
+        )?;
+        // Old workers finish their in-flight requests and close idle
+        // keep-alive connections, then exit.
+        poll(
+            "old workers to exit after reload",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let left: Vec<i32> = self
+                    .all_children()
+                    .into_iter()
+                    .filter(|p| old.contains(p))
+                    .collect();
+                Ok(if left.is_empty() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!("old workers still running: {left:?}"))
+                })
+            },
+        )?;
+        Ok(new)
+    }
+
+    /// SIGKILLs one worker and waits (bounded) until the master has respawned
+    /// it. Returns the killed pid.
+    pub fn kill_worker(&self) -> Result<i32> {
+        let before = self.worker_pids();
+        let victim = *before.first().context("no worker to kill")?;
+        if unsafe { libc::kill(victim, libc::SIGKILL) } != 0 {
+            bail!(
+                "kill({victim}, SIGKILL): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let want = self.opts.worker_processes as usize;
+        poll(
+            "master to respawn the killed worker",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                let now = self.worker_pids();
+                Ok(if now.len() == want && !now.contains(&victim) {
+                    Poll::Ready(victim)
+                } else {
+                    Poll::Pending(format!("workers {now:?}, killed {victim}"))
+                })
+            },
+        )
+    }
+
+    pub fn error_log_tail(&self, n: usize) -> String {
+        util::tail(&self.dir.path().join("error.log"), n)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Workers do not die with the master: collect them first, then kill
+        // the master (ChildGuard) and every child by PID.
+        let kids = self.all_children();
+        if std::thread::panicking() {
+            eprintln!(
+                "[e2e] nginx {} error.log tail:\n{}",
+                self.conf.display(),
+                self.error_log_tail(15)
+            );
+        }
+        self.master.stop(libc::SIGKILL, Duration::from_secs(5));
+        for k in kids {
+            unsafe { libc::kill(k, libc::SIGKILL) };
+        }
+        // A kept directory (failed test) keeps its logs, not the 10 MB file.
+        let _ = std::fs::remove_file(self.dir.path().join("html/big.bin"));
+    }
+}
+
+fn write_site(d: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let html = d.join("html");
+    std::fs::create_dir_all(&html)?;
+    std::fs::create_dir_all(d.join("tmp"))?;
+    std::fs::create_dir_all(d.join("logs"))?;
+    for p in [html.as_path(), &d.join("tmp"), &d.join("logs")] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let mut index =
+        String::from("<!DOCTYPE html>\n<html><head><title>ngxprobe e2e</title></head><body>\n");
+    while index.len() < INDEX_SIZE - 16 {
+        index.push_str("<p>ngxprobe e2e test page</p>\n");
+    }
+    index.push_str("</body></html>\n");
+    std::fs::write(html.join("index.html"), index.as_bytes())?;
+    // Deterministic, incompressible-ish content.
+    let mut big = Vec::with_capacity(BIG_FILE_SIZE as usize);
+    let mut x: u32 = 0x1234_5678;
+    while big.len() < BIG_FILE_SIZE as usize {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        big.extend_from_slice(&x.to_le_bytes());
+    }
+    big.truncate(BIG_FILE_SIZE as usize);
+    std::fs::write(html.join("big.bin"), &big)?;
+    for f in ["index.html", "big.bin"] {
+        std::fs::set_permissions(html.join(f), std::fs::Permissions::from_mode(0o644))?;
+    }
+    Ok(())
+}
+
+pub fn config_text(d: &Path, workers: u32, main_port: u16, oracle_port: u16) -> String {
+    let d = d.display();
+    format!(
+        r#"# ngxprobe e2e instance (generated)
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {d}/nginx.pid;
+error_log {d}/error.log notice;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    types {{
+        text/html html;
+        application/octet-stream bin;
+    }}
+    default_type application/octet-stream;
+    access_log off;
+    keepalive_timeout 65;
+    keepalive_requests 100000;
+    sendfile on;
+    client_body_temp_path {d}/tmp/client_body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+
+    server {{
+        listen 127.0.0.1:{main_port};
+        listen [::1]:{main_port};
+        server_name main;
+        root {d}/html;
+        index index.html;
+
+        location / {{
+        }}
+        location /nosendfile/ {{
+            sendfile off;
+            alias {d}/html/;
+        }}
+        location = /echo {{
+            return 200 "ok\n";
+        }}
+    }}
+
+    server {{
+        listen 127.0.0.1:{oracle_port};
+        server_name oracle;
+        location = /stub {{
+            stub_status;
+        }}
+    }}
+}}
+"#
+    )
+}
