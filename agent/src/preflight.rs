@@ -25,7 +25,7 @@ const CAPS: [(u32, &str, bool, &str); 6] = [
     (38, "CAP_PERFMON", true, "attach tracing programs and read kernel memory"),
     (19, "CAP_SYS_PTRACE", true, "read other processes' /proc/PID/exe, fd and ns entries"),
     (21, "CAP_SYS_ADMIN", false, "enter containers' network namespaces to find connections open before the agent started"),
-    (12, "CAP_NET_ADMIN", false, "socket diagnostics of other network namespaces"),
+    (12, "CAP_NET_ADMIN", false, "query socket diagnostics in other network namespaces"),
     (2, "CAP_DAC_READ_SEARCH", false, "read /proc entries of processes of other users"),
 ];
 

@@ -90,15 +90,19 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<tokio::net::Tcp
 }
 
 /// Binds `listen` and serves until `shutdown` completes.
+///
+/// `api` carries the routes of later stages (Prometheus HTTP API, rules and
+/// alerts); everything it does not match falls through to /metrics & co.
 pub async fn serve(
     listen: ListenAddress,
     telemetry_path: String,
     source: Arc<dyn MetricsSource>,
     health: Arc<Health>,
+    api: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let listener = bind(&listen)?;
-    serve_listener(listener, telemetry_path, source, health, shutdown).await
+    serve_listener_with(listener, telemetry_path, source, health, api, shutdown).await
 }
 
 /// Serves on an already bound listener (tests bind 127.0.0.1:0 first).
@@ -107,6 +111,18 @@ pub async fn serve_listener(
     telemetry_path: String,
     source: Arc<dyn MetricsSource>,
     health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    serve_listener_with(listener, telemetry_path, source, health, Router::new(), shutdown).await
+}
+
+/// As [`serve_listener`], with the routes of later stages in front.
+pub async fn serve_listener_with(
+    listener: tokio::net::TcpListener,
+    telemetry_path: String,
+    source: Arc<dyn MetricsSource>,
+    health: Arc<Health>,
+    api: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     validate_telemetry_path(&telemetry_path).map_err(ServeError::TelemetryPath)?;
@@ -120,7 +136,7 @@ pub async fn serve_listener(
         source,
         health,
     });
-    let app = Router::new().fallback(dispatch).with_state(state);
+    let app = api.merge(Router::new().fallback(dispatch).with_state(state));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
