@@ -15,6 +15,9 @@ use crate::{
     metrics::Family,
     preflight,
     probe::Probe,
+    query,
+    series::SeriesReader,
+    store::Store,
 };
 
 /// Config file (or embedded defaults) with command-line flags applied.
@@ -29,6 +32,7 @@ pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
         log_format: args.log_format.clone(),
         discovery_interval: args.discovery_interval.clone(),
         proc_path: args.proc_path.clone(),
+        storage_path: args.storage_path.clone(),
     })?;
     Ok(cfg)
 }
@@ -95,6 +99,17 @@ pub fn run(args: RunArgs) -> ExitCode {
         cfg.discovery.stopped_instance_retention.as_duration(),
         labels,
     )));
+    let store = if cfg.storage.enabled {
+        match Store::open(&cfg.storage) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -126,16 +141,49 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     let source: Arc<dyn expose::MetricsSource> = Arc::new(Source(collector));
+    let (sampler_stop, sampler) = match &store {
+        Some(store) => match start_sampler(store.clone(), source.clone(), cfg.storage.interval.as_duration()) {
+            Ok((tx, h)) => (Some(tx), Some(h)),
+            Err(e) => {
+                error!("cannot start the sampler thread: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => (None, None),
+    };
+    let mut api = axum::Router::new();
+    if let Some(store) = &store {
+        let reader: Arc<dyn SeriesReader> = store.clone();
+        api = api.merge(query::api::api_router(reader, query::QueryOptions::default()));
+    }
+    let source: Arc<dyn expose::MetricsSource> = match &store {
+        Some(store) => Arc::new(WithStore(source, store.clone())),
+        None => source,
+    };
     let result = runtime.block_on(expose::serve(
         cfg.web.listen_address,
         cfg.web.telemetry_path.clone(),
         source,
         health,
-        axum::Router::new(),
+        api,
         shutdown_signal(),
     ));
     let _ = stop_tx.send(());
     let _ = discovery.join();
+    if let (Some(tx), Some(h)) = (sampler_stop, sampler) {
+        let _ = tx.send(());
+        let _ = h.join();
+    }
+    if let Some(store) = store {
+        match Arc::try_unwrap(store) {
+            Ok(s) => {
+                if let Err(e) = s.close() {
+                    warn!("closing the store: {e}");
+                }
+            }
+            Err(s) => s.flush(),
+        }
+    }
     match result {
         Ok(()) => {
             info!("stopped");
@@ -146,6 +194,52 @@ pub fn run(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// /metrics with the store's own families added.
+struct WithStore(Arc<dyn expose::MetricsSource>, Arc<Store>);
+
+impl expose::MetricsSource for WithStore {
+    fn families(&self) -> Vec<Family> {
+        let mut f = self.0.families();
+        f.extend(self.1.self_families());
+        f
+    }
+}
+
+/// Samples everything /metrics shows into the store every `interval`, at
+/// timestamps aligned to the interval (regular timestamps compress to nothing).
+fn start_sampler(
+    store: Arc<Store>,
+    source: Arc<dyn expose::MetricsSource>,
+    interval: Duration,
+) -> std::io::Result<(std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let step = i64::try_from(interval.as_millis()).unwrap_or(1000).max(1);
+    let h = std::thread::Builder::new().name("sampler".into()).spawn(move || {
+        loop {
+            let now = now_ms();
+            let next = (now / step + 1) * step;
+            let wait = Duration::from_millis((next - now).max(0) as u64);
+            match rx.recv_timeout(wait) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let mut families = source.families();
+            families.extend(expose::process_families());
+            families.extend(store.self_families());
+            let report = store.ingest(&families, next);
+            debug!(?report, "sampled into the store");
+        }
+    })?;
+    Ok((tx, h))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Loading parses the kernel's whole BTF (several MB) twice; the heap keeps
@@ -237,6 +331,51 @@ fn discovery_loop(
         match stop.recv_timeout(interval) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
             _ => return,
+        }
+    }
+}
+
+/// `ngxprobe query EXPR`: against a running agent (--addr, default the
+/// configured listen address on loopback) or a data directory (--data-dir).
+pub fn query_cli(
+    args: &RunArgs,
+    expr: &str,
+    time: Option<&str>,
+    addr: Option<String>,
+    data_dir: Option<std::path::PathBuf>,
+) -> ExitCode {
+    let mut out = std::io::stdout();
+    let result = match data_dir {
+        Some(dir) => {
+            let mut sc = crate::store::StorageConfig::default();
+            sc.path = dir;
+            match Store::open(&sc) {
+                Ok(store) => query::cli::run_query_cli(query::cli::QueryTarget::Reader(&store), expr, time, &mut out),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        None => {
+            let addr = match addr {
+                Some(a) => a,
+                None => match effective_config(args) {
+                    Ok(c) => match c.web.listen_address {
+                        config::ListenAddress::AllInterfaces { port } => format!("127.0.0.1:{port}"),
+                        config::ListenAddress::Socket(a) => a.to_string(),
+                    },
+                    Err(e) => {
+                        eprintln!("ngxprobe: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            query::cli::run_query_cli(query::cli::QueryTarget::Http(addr), expr, time, &mut out)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ngxprobe query: {e}");
+            ExitCode::FAILURE
         }
     }
 }

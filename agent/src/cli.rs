@@ -33,6 +33,9 @@ pub struct RunArgs {
     /// Where the host's /proc is mounted (in a container: /host/proc).
     #[arg(long = "discovery.proc-path")]
     pub proc_path: Option<PathBuf>,
+    /// Data directory of the embedded store (default /var/lib/ngxprobe).
+    #[arg(long = "storage.path")]
+    pub storage_path: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -44,6 +47,20 @@ pub enum Command {
     },
     /// Print the effective configuration (secrets redacted) and exit.
     ShowConfig,
+    /// Evaluate a PromQL expression against a running agent or a data dir.
+    Query {
+        /// The PromQL expression.
+        expr: String,
+        /// Evaluation time (RFC 3339 or Unix seconds; default now).
+        #[arg(long)]
+        time: Option<String>,
+        /// A running agent's address (host:port), e.g. 127.0.0.1:9113.
+        #[arg(long, conflicts_with = "data_dir")]
+        addr: Option<String>,
+        /// Read a data directory directly (the agent must not be running on it).
+        #[arg(long = "data-dir")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

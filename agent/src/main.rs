@@ -3,6 +3,7 @@
 //! Pipeline (data flows one way): discover/probe → collect → expose (/metrics)
 //! → store → query → rules → notify. `agent` wires the stages together.
 mod agent;
+mod alerts;
 mod cli;
 mod collect;
 mod config;
@@ -13,6 +14,8 @@ mod metrics;
 mod preflight;
 mod probe;
 mod query;
+mod rules;
+mod notify;
 mod series;
 mod store;
 
@@ -51,6 +54,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(cli::Command::Query {
+            expr,
+            time,
+            addr,
+            data_dir,
+        }) => agent::query_cli(&cli.run, &expr, time.as_deref(), addr, data_dir),
         None => agent::run(cli.run),
     }
 }

@@ -47,8 +47,11 @@ impl Agent {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let logf = std::fs::File::create(&log)?;
         let mut cmd = Command::new(&bin);
+        // A private store directory: one agent per data dir (the store locks it).
         cmd.arg("--web.listen-address")
             .arg(addr.to_string())
+            .arg("--storage.path")
+            .arg(dir.path().join("data"))
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);

@@ -1,1 +1,137 @@
-fn main() {}
+//! Developer tasks for ngxprobe: `cargo xtask <setup|build|run|test|bench>`.
+mod bench;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ngxprobe developer tasks", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install/check everything needed to build and test (idempotent, needs root).
+    Setup,
+    /// Setup, then build the agent (`cargo build -p ngxprobe`, release unless --debug).
+    Build {
+        /// Release build of the agent (the default; the eBPF object is always release).
+        #[arg(long)]
+        release: bool,
+        /// Debug build of the agent.
+        #[arg(long, conflicts_with = "release")]
+        debug: bool,
+        /// Skip `setup`.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Setup, build (release), then run target/release/ngxprobe with ARGS
+    /// (its embedded defaults when none: /metrics on :9113).
+    Run {
+        /// Skip `setup`.
+        #[arg(long)]
+        no_setup: bool,
+        /// Arguments for the agent (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Setup, build, then run every test (unit, integration, end-to-end).
+    Test {
+        /// Skip `setup`.
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCmd,
+    },
+    /// Internal: one side of the loopback TCP ping-pong used by `bench overhead`.
+    #[command(hide = true)]
+    PingPong(bench::PingPongArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Cost of the agent to nginx (µs CPU per request, with vs without the agent),
+    /// eBPF run time per request, cost to other processes, agent RSS and CPU.
+    Overhead(bench::OverheadArgs),
+    /// Store benchmark (not implemented yet).
+    Store,
+    /// Query benchmark (not implemented yet).
+    Query,
+    /// Alert latency benchmark (not implemented yet).
+    AlertLatency,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match dispatch(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn dispatch(cmd: Cmd) -> Result<i32> {
+    match cmd {
+        Cmd::Setup => setup::setup().map(|()| 0),
+        Cmd::Build { debug, no_setup, .. } => {
+            if !no_setup {
+                setup::setup()?;
+            }
+            build(!debug).map(|()| 0)
+        }
+        Cmd::Run { no_setup, args } => {
+            if !no_setup {
+                setup::setup()?;
+            }
+            build(true)?;
+            exec_agent(&args)
+        }
+        Cmd::Test { no_setup } => test::test(no_setup),
+        Cmd::Bench { which } => match which {
+            BenchCmd::Overhead(args) => bench::overhead(args).map(|()| 0),
+            BenchCmd::Store | BenchCmd::Query | BenchCmd::AlertLatency => {
+                eprintln!("not implemented yet");
+                Ok(2)
+            }
+        },
+        Cmd::PingPong(args) => bench::ping_pong(args).map(|()| 0),
+    }
+}
+
+/// `cargo build -p ngxprobe` (agent/build.rs builds the eBPF object, always release).
+pub fn build(release: bool) -> Result<()> {
+    println!("== build (agent: {})", if release { "release" } else { "debug" });
+    let started = Instant::now();
+    let mut cmd = util::cargo();
+    cmd.args(["build", "-p", "ngxprobe"]);
+    if release {
+        cmd.arg("--release");
+    }
+    util::run(&mut cmd).context("building the agent failed")?;
+    println!("build: done in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+/// Replaces xtask with the agent, so signals (Ctrl-C, SIGTERM) reach it directly.
+fn exec_agent(args: &[String]) -> Result<i32> {
+    let bin = util::agent_bin();
+    if !bin.is_file() {
+        bail!("{} missing after the build", bin.display());
+    }
+    println!("== run: {} {}", bin.display(), args.join(" "));
+    use std::os::unix::process::CommandExt as _;
+    let err = std::process::Command::new(&bin).args(args).exec();
+    Err(err).with_context(|| format!("could not exec {}", bin.display()))
+}

@@ -4,5 +4,5 @@
 mod families;
 mod registry;
 
-pub use families::DiscoveryStats;
-pub use registry::{Collector, ScanReport};
+
+pub use registry::Collector;

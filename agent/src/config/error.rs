@@ -27,6 +27,10 @@ pub enum ConfigError {
     #[error("{0}")]
     Invalid(Box<InvalidField>),
 
+    /// Fields that parse but do not make sense together (e.g. storage.interval 0s).
+    #[error("{path}: {message}")]
+    Semantic { path: std::path::PathBuf, message: String },
+
     /// A command-line flag that overrides a config field has a bad value.
     #[error("{field} (command-line override): {message}")]
     Override {

@@ -44,6 +44,8 @@ pub struct Config {
     pub ebpf: EbpfConfig,
     /// Extra constant labels added to every nginx_* sample.
     pub labels: BTreeMap<LabelName, String>,
+    /// The embedded time-series store (store stage).
+    pub storage: crate::store::StorageConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,14 +139,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             err.into_inner()
         })
     });
-    result.map_err(|err| {
+    let config = result.map_err(|err| {
         ConfigError::Invalid(Box::new(InvalidField::from_yaml(
             path.to_path_buf(),
             text,
             &err,
             field_path.as_ref(),
         )))
-    })
+    })?;
+    config.validate().map_err(|message| ConfigError::Semantic {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    Ok(config)
+}
+
+impl Config {
+    /// Checks across fields that serde cannot express.
+    pub fn validate(&self) -> Result<(), String> {
+        self.storage.validate()
+    }
 }
 
 /// A file of only comments, blank lines and document markers configures

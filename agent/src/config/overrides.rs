@@ -11,6 +11,7 @@ pub struct Overrides {
     pub log_format: Option<String>,
     pub discovery_interval: Option<String>,
     pub proc_path: Option<PathBuf>,
+    pub storage_path: Option<PathBuf>,
 }
 
 impl Config {
@@ -53,6 +54,12 @@ impl Config {
                 ));
             }
             self.discovery.proc_path = path;
+        }
+        if let Some(path) = overrides.storage_path {
+            if path.as_os_str().is_empty() {
+                return Err(invalid("storage.path", "must not be empty".to_string()));
+            }
+            self.storage.path = path;
         }
         Ok(())
     }

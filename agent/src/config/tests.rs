@@ -254,8 +254,10 @@ fn overrides_win_over_the_file() {
         log_format: Some("json".to_string()),
         discovery_interval: Some("250ms".to_string()),
         proc_path: Some(PathBuf::from("/host/proc")),
+        storage_path: Some(PathBuf::from("/tmp/ngxprobe-data")),
     });
     assert!(applied.is_ok(), "{applied:?}");
+    assert_eq!(cfg.storage.path, PathBuf::from("/tmp/ngxprobe-data"));
     assert_eq!(cfg.web.listen_address.to_string(), "127.0.0.1:9999");
     assert_eq!(
         (cfg.log.level, cfg.log.format),

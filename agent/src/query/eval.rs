@@ -59,6 +59,9 @@ impl Default for EvalOpts {
     }
 }
 
+/// Hard cap on the step grid of one subquery evaluation.
+pub const MAX_SUBQUERY_STEPS: u64 = 2_000_000;
+
 pub(crate) struct Ctx<'a> {
     pub reader: &'a dyn SeriesReader,
     pub opts: &'a EvalOpts,
@@ -375,6 +378,12 @@ impl<'a> Ctx<'a> {
         }
         let mut series = vec![];
         if start <= hi {
+            // Dense grids: refuse subqueries whose step grid alone would
+            // exceed the sample budget (e.g. `x[1y:1ms]`).
+            let steps = ((hi - start) / step) as u64 + 1;
+            if steps > (self.opts.max_samples as u64).min(MAX_SUBQUERY_STEPS) {
+                return Err(EvalError::TooManySamples("query execution".into()));
+            }
             let inner = Grid { start, end: hi, step };
             match self.eval(&sq.expr, inner)? {
                 Value::Vector(vs) => {

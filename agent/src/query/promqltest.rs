@@ -287,7 +287,7 @@ fn skip_rule(expr: &str, hist_metrics: &[String], nhcb: bool) -> Option<&'static
     static EXPERIMENTAL: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let re = EXPERIMENTAL.get_or_init(|| {
         regex::Regex::new(
-            r"\b(fill|fill_left|fill_right)\s*\(|\b(smoothed|anchored)\b|\blimit_ratio\b|\bdouble_exponential_smoothing\b|\[[^\]:]*[0-9smhdwy)]\s*[-+*/%^]\s*[^\]]*\]|__type__|__unit__|\bstart_timestamp\b",
+            r"\b(fill|fill_left|fill_right)\s*\(|\b(smoothed|anchored)\b|\blimit_ratio\b|\bdouble_exponential_smoothing\b|\[[^\]:]*[0-9smhdwy)]\s*[-+*/%^]\s*[^\]]*\]|__type__|__unit__|\bstart_timestamp\b|\[[^\]]*\b(step|range|min|max)\(|offset\s*-?\s*\(|\[\s*\(|@\s*\(",
         )
         .unwrap()
     });

@@ -61,8 +61,12 @@ fn promql_conformance() {
         }
     }
     println!("promqltest total: {} passed, {} failed, {} skipped", total.0, total.1, total.2);
-    if std::env::var("NGXPROBE_UPDATE_BASELINE").is_ok() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/query/conformance-baseline.txt");
+    if let Ok(target) = std::env::var("NGXPROBE_UPDATE_BASELINE") {
+        let path = if target.ends_with(".txt") {
+            PathBuf::from(target)
+        } else {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/query/conformance-baseline.txt")
+        };
         let body: String = passing.iter().map(|s| format!("{s}\n")).collect();
         std::fs::write(path, format!("# promqltest cases that pass; regenerate with NGXPROBE_UPDATE_BASELINE=1\n{body}")).unwrap();
         return;
@@ -70,4 +74,86 @@ fn promql_conformance() {
     let regressed: Vec<&str> =
         BASELINE.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).filter(|l| !passing.contains(*l)).collect();
     assert!(regressed.is_empty(), "conformance regressions: {regressed:?}");
+}
+
+mod api_tests {
+    use std::sync::Arc;
+
+    use crate::{
+        query::{api::api_router, cli::http_get, testing::MemSeries, QueryOptions},
+        series::Labels,
+    };
+
+    fn serve() -> String {
+        let store = Arc::new(MemSeries::new());
+        let l = Labels::new([("__name__".into(), "nginx_http_requests_total".into()), ("instance".into(), "a".into())]);
+        for i in 0..100 {
+            store.add(&l, i * 15_000, i as f64 * 10.0);
+        }
+        let app = api_router(store, QueryOptions::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            rt.block_on(async move {
+                let lis = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(lis.local_addr().unwrap().to_string()).unwrap();
+                axum::serve(lis, app).await.unwrap();
+            });
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn query_api_shapes_and_errors() {
+        let a = serve();
+        let r: serde_json::Value =
+            serde_json::from_str(&http_get(&a, "/api/v1/query?query=sum%20by%20(instance)%20(rate(nginx_http_requests_total%5B1m%5D))&time=600").unwrap()).unwrap();
+        assert_eq!(r["status"], "success", "{r}");
+        assert_eq!(r["data"]["resultType"], "vector");
+        assert_eq!(r["data"]["result"][0]["metric"]["instance"], "a");
+        assert_eq!(r["data"]["result"][0]["value"][1], "0.6666666666666666");
+        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/query_range?query=1&start=0&end=60&step=15").unwrap()).unwrap();
+        assert_eq!(r["data"]["resultType"], "matrix", "{r}");
+        assert_eq!(r["data"]["result"][0]["values"].as_array().unwrap().len(), 5);
+        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/query?query=sum(").unwrap()).unwrap();
+        assert_eq!(r["errorType"], "bad_data", "{r}");
+        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/query_range?query=1&start=0&end=100000&step=1").unwrap()).unwrap();
+        assert!(r["error"].as_str().unwrap().contains("11,000 points"), "{r}");
+        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/label/instance/values").unwrap()).unwrap();
+        assert_eq!(r["data"][0], "a", "{r}");
+        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/series?match%5B%5D=nginx_http_requests_total").unwrap()).unwrap();
+        assert_eq!(r["data"][0]["instance"], "a", "{r}");
+    }
+}
+
+/// Every prefix of a set of hostile queries must parse-or-fail and evaluate
+/// without panicking (a cheap deterministic stand-in for fuzzing).
+#[test]
+fn no_panic_on_truncated_and_hostile_queries() {
+    use crate::series::Labels;
+    let store = MemSeries::new();
+    let l = Labels::new([("__name__".into(), "m".into()), ("le".into(), "+Inf".into())]);
+    for i in 0..20 {
+        store.add(&l, i * 15_000, i as f64);
+    }
+    let qs = [
+        r#"sum by (le) (rate(m{le=~"(.*"}[1m:15s] offset -1m @ end()))"#,
+        r#"histogram_quantile(0.9, sum by (le) (rate(m[5m]))) / on() group_left vector(0)"#,
+        r#"topk(-1e400, m) or bottomk(NaN, m) unless limitk(1e30, m)"#,
+        r#"label_replace(m, "x", "$1$2${9}", "le", "(.*)") ^ quantile_over_time(2, m[1h])"#,
+        r#"count_values("le", m) * on(le) group_right(__name__) m"#,
+        r#"predict_linear(m[1d:1s], 1e308) + deriv(m[0s]) - timestamp(-m)"#,
+        r#"absent_over_time(nonexistent{a!~".*"}[1y]) @ -1e15"#,
+        r#"day_of_week(vector(1e300)) + year(vector(-Inf)) + month(vector(NaN))"#,
+    ];
+    for q in qs {
+        for (i, _) in q.char_indices().chain(std::iter::once((q.len(), ' '))) {
+            let sub = &q[..i];
+            let r = std::panic::catch_unwind(|| {
+                let _ = super::instant_query(&store, sub, 300_000, &super::QueryOptions::default());
+                let _ = super::range_query(&store, sub, 0, 300_000, 15_000, &super::QueryOptions::default());
+            });
+            assert!(r.is_ok(), "panic on {sub:?}");
+        }
+    }
 }

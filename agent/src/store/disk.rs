@@ -1,23 +1,32 @@
-//! Persisted blocks in redb (one file, `blocks.redb`): redb gives crash-safe
-//! copy-on-write commits and MVCC readers, so a long query never blocks a
-//! persist and a kill -9 mid-commit leaves the previous commit intact.
+//! Persisted blocks: chunk bytes in append-only files `chunks/<block start>`
+//! (one per 2 h block), the index in redb (`blocks.redb`).
 //!
-//! Tables:
-//! - `series`: id → labels (needed to answer queries for series that are no
-//!   longer in the head);
-//! - `chunks`: (id, chunk mint) → chunk bytes (one chunk per series per 2 h
-//!   block, CRC inside, so corruption is detected per chunk);
-//! - `blocks`: (block start, id, chunk mint) → chunk bytes length, for
-//!   deletion in whole blocks and for size accounting;
+//! Why not chunk bytes inside redb too: redb stores each value inline in a
+//! B-tree leaf rounded up to a power-of-two number of pages, which cost +75 %
+//! on top of 0.8 B/sample chunks (measured: 1.44 vs 0.82 B/sample for 24 h).
+//! Files written once, fsynced, and only then referenced by a redb commit keep
+//! redb's crash safety: a kill -9 before the commit leaves unreferenced bytes
+//! at a file's end (harmless, freed with the block), never a dangling index
+//! entry. Each chunk carries its own CRC, so corruption is found per chunk.
+//!
+//! redb tables:
+//! - `series`: id → labels (answers queries for series no longer in the head);
+//! - `chunks`: (id, chunk mint) → (chunk maxt, file offset, length);
+//! - `blocks`: (block start, id, chunk mint) → length, for deletion in whole
+//!   blocks and size accounting;
 //! - `meta`: metric name → type/help/unit.
 use super::chunk;
 use super::wal::{Record, encode};
 use crate::series::{Labels, MetricMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 const SERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("series");
-const CHUNKS: TableDefinition<(u64, i64), &[u8]> = TableDefinition::new("chunks");
+const CHUNKS: TableDefinition<(u64, i64), (i64, u64, u64)> = TableDefinition::new("chunk_index");
+pub const CHUNK_DIR: &str = "chunks";
 const BLOCKS: TableDefinition<(i64, u64, i64), u64> = TableDefinition::new("blocks");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -110,12 +119,8 @@ pub fn load(db: &Database) -> DbResult<Loaded> {
         let mut range: Option<(i64, i64)> = None;
         for c in chunks.range((id, i64::MIN)..=(id, i64::MAX)).map_err(err)? {
             let (k, v) = c.map_err(err)?;
-            match chunk::header(v.value()) {
-                Ok((_, mint, maxt)) => {
-                    range = Some(range.map_or((mint, maxt), |(a, b)| (a.min(mint), b.max(maxt))));
-                }
-                Err(e) => out.corrupt.push(format!("chunk {id}@{}: {e}", k.value().1)),
-            }
+            let (mint, maxt) = (k.value().1, v.value().0);
+            range = Some(range.map_or((mint, maxt), |(a, b)| (a.min(mint), b.max(maxt))));
         }
         out.series.push((id as u32, labels, range));
     }
@@ -138,7 +143,35 @@ pub struct PersistBatch {
     pub meta: Vec<(String, MetricMeta)>,
 }
 
-pub fn persist(db: &Database, b: &PersistBatch) -> DbResult<u64> {
+fn block_path(dir: &Path, block: i64) -> std::path::PathBuf {
+    dir.join(CHUNK_DIR).join(format!("{block}"))
+}
+
+/// Appends the batch's chunks to their block files and fsyncs them, then
+/// commits the index entries pointing at them.
+pub fn persist(db: &Database, dir: &Path, b: &PersistBatch) -> DbResult<u64> {
+    let cdir = dir.join(CHUNK_DIR);
+    fs::create_dir_all(&cdir).map_err(err)?;
+    let mut by_block: std::collections::BTreeMap<i64, Vec<&(u32, Vec<u8>, i64)>> = Default::default();
+    for c in &b.chunks {
+        by_block.entry(block_of(c.2)).or_default().push(c);
+    }
+    let mut placed = Vec::with_capacity(b.chunks.len()); // (id, mint, maxt, off, len)
+    for (block, chunks) in &by_block {
+        let path = block_path(dir, *block);
+        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
+        let mut off = f.metadata().map_err(err)?.len();
+        let mut buf = Vec::new();
+        for (id, data, mint) in chunks {
+            let maxt = chunk::header(data).map(|h| h.2).map_err(err)?;
+            placed.push((*id, *mint, maxt, off, data.len() as u64));
+            off += data.len() as u64;
+            buf.extend_from_slice(data);
+        }
+        f.write_all(&buf).map_err(err)?;
+        f.sync_data().map_err(err)?;
+    }
+    File::open(&cdir).and_then(|d| d.sync_all()).map_err(err)?;
     let w = db.begin_write().map_err(err)?;
     let mut bytes = 0;
     {
@@ -148,10 +181,10 @@ pub fn persist(db: &Database, b: &PersistBatch) -> DbResult<u64> {
         }
         let mut chunks = w.open_table(CHUNKS).map_err(err)?;
         let mut blocks = w.open_table(BLOCKS).map_err(err)?;
-        for (id, data, mint) in &b.chunks {
-            chunks.insert((*id as u64, *mint), data.as_slice()).map_err(err)?;
-            blocks.insert((block_of(*mint), *id as u64, *mint), data.len() as u64).map_err(err)?;
-            bytes += data.len() as u64;
+        for &(id, mint, maxt, off, len) in &placed {
+            chunks.insert((id as u64, mint), (maxt, off, len)).map_err(err)?;
+            blocks.insert((block_of(mint), id as u64, mint), len).map_err(err)?;
+            bytes += len;
         }
         let mut meta = w.open_table(META).map_err(err)?;
         for (name, m) in &b.meta {
@@ -164,26 +197,46 @@ pub fn persist(db: &Database, b: &PersistBatch) -> DbResult<u64> {
 
 /// Chunks of series `id` overlapping [mint, maxt], decoded. Corrupt chunks are
 /// skipped and described in `corrupt`.
-pub fn read(db: &Database, id: u32, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>, corrupt: &mut Vec<String>) -> DbResult<()> {
+pub fn read(db: &Database, dir: &Path, id: u32, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>, corrupt: &mut Vec<String>) -> DbResult<()> {
     let r = db.begin_read().map_err(err)?;
     let chunks = r.open_table(CHUNKS).map_err(err)?;
     // A chunk never spans more than one block, so older keys cannot overlap.
     let from = mint.saturating_sub(BLOCK_MS);
+    let mut file: Option<(i64, File)> = None;
+    let mut buf = Vec::new();
     for c in chunks.range((id as u64, from)..=(id as u64, maxt)).map_err(err)? {
         let (k, v) = c.map_err(err)?;
-        let data = v.value();
-        match chunk::header(data) {
-            Ok((_, _, cmaxt)) if cmaxt < mint => continue,
-            Ok(_) => {}
-            Err(e) => {
-                corrupt.push(format!("series {id} chunk at {}: {e}", k.value().1));
-                continue;
+        let cmint = k.value().1;
+        let (cmaxt, off, len) = v.value();
+        if cmaxt < mint {
+            continue;
+        }
+        let block = block_of(cmint);
+        let what = || format!("series {id} chunk at {cmint} in block file {block}");
+        if file.as_ref().is_none_or(|f| f.0 != block) {
+            match File::open(block_path(dir, block)) {
+                Ok(f) => file = Some((block, f)),
+                Err(e) => {
+                    corrupt.push(format!("{}: {e}", what()));
+                    file = None;
+                    continue;
+                }
             }
         }
+        let Some((_, f)) = file.as_ref() else { continue };
+        if len > (chunk::MAX_SAMPLES * 20) {
+            corrupt.push(format!("{}: implausible length {len}", what()));
+            continue;
+        }
+        buf.resize(len as usize, 0);
+        if let Err(e) = f.read_exact_at(&mut buf, off) {
+            corrupt.push(format!("{}: {e}", what()));
+            continue;
+        }
         let start = out.len();
-        if let Err(e) = chunk::decode_into(data, out) {
+        if let Err(e) = chunk::decode_into(&buf, out) {
             out.truncate(start);
-            corrupt.push(format!("series {id} chunk at {}: {e}", k.value().1));
+            corrupt.push(format!("{}: {e}", what()));
         }
     }
     Ok(())
@@ -192,9 +245,10 @@ pub fn read(db: &Database, id: u32, mint: i64, maxt: i64, out: &mut Vec<(i64, f6
 /// Deletes whole blocks starting before `before` (retention by time), or the
 /// oldest blocks until `max_bytes` of chunk data remain (retention by size).
 /// Returns (blocks deleted, bytes freed, ids that lost chunks).
-pub fn delete_blocks(db: &Database, before: i64, max_bytes: Option<u64>, stored: u64) -> DbResult<(u64, u64, Vec<u32>)> {
+pub fn delete_blocks(db: &Database, dir: &Path, before: i64, max_bytes: Option<u64>, stored: u64) -> DbResult<(u64, u64, Vec<u32>)> {
     let w = db.begin_write().map_err(err)?;
     let (mut nblocks, mut freed, mut ids) = (0u64, 0u64, Vec::new());
+    let mut gone_blocks = Vec::new();
     {
         let mut blocks = w.open_table(BLOCKS).map_err(err)?;
         let mut chunks = w.open_table(CHUNKS).map_err(err)?;
@@ -220,10 +274,15 @@ pub fn delete_blocks(db: &Database, before: i64, max_bytes: Option<u64>, stored:
                 ids.push(id as u32);
             }
             nblocks += 1;
+            gone_blocks.push(b);
             i = j;
         }
     }
     w.commit().map_err(err)?;
+    for b in gone_blocks {
+        // Unreferenced now; a failure only leaves garbage, retried never.
+        let _ = fs::remove_file(block_path(dir, b));
+    }
     ids.sort_unstable();
     ids.dedup();
     Ok((nblocks, freed, ids))
@@ -247,10 +306,9 @@ pub fn range_of(db: &Database, id: u32) -> DbResult<Option<(i64, i64)>> {
     let chunks = r.open_table(CHUNKS).map_err(err)?;
     let mut range: Option<(i64, i64)> = None;
     for c in chunks.range((id as u64, i64::MIN)..=(id as u64, i64::MAX)).map_err(err)? {
-        let (_, v) = c.map_err(err)?;
-        if let Ok((_, mint, maxt)) = chunk::header(v.value()) {
-            range = Some(range.map_or((mint, maxt), |(a, b)| (a.min(mint), b.max(maxt))));
-        }
+        let (k, v) = c.map_err(err)?;
+        let (mint, maxt) = (k.value().1, v.value().0);
+        range = Some(range.map_or((mint, maxt), |(a, b)| (a.min(mint), b.max(maxt))));
     }
     Ok(range)
 }

@@ -121,6 +121,10 @@ struct Writer {
     persisted_before: i64,
     /// Metadata as last written to the WAL, to log changes only.
     meta_logged: HashMap<String, MetricMeta>,
+    /// family name → sample labels as given → series: lets `ingest` find a
+    /// series without building and sorting a `Labels` (the hot path). Cleared
+    /// when retention removes series.
+    ingest_cache: HashMap<String, HashMap<Vec<(String, String)>, Arc<MemSeries>>>,
 }
 
 pub struct Store {
@@ -225,6 +229,7 @@ impl Store {
                 max_t: i64::MIN,
                 persisted_before: i64::MIN,
                 meta_logged: HashMap::new(),
+                ingest_cache: HashMap::new(),
             }),
             db: RwLock::new(None),
             stats: Stats::default(),
@@ -454,7 +459,7 @@ impl Store {
         }
         batch.meta = read(&self.meta).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let blocks: BTreeSet<i64> = batch.chunks.iter().map(|c| disk::block_of(c.2)).collect();
-        let bytes = disk::persist(&db, &batch)?;
+        let bytes = disk::persist(&db, &self.dir, &batch)?;
         self.stats.stored_bytes.fetch_add(bytes, Relaxed);
         self.stats.blocks_persisted.fetch_add(blocks.len() as u64, Relaxed);
         for (id, _) in &batch.new_series {
@@ -538,7 +543,7 @@ impl Store {
             limit.saturating_sub(overhead)
         });
         let stored = self.stats.stored_bytes.load(Relaxed);
-        match disk::delete_blocks(&db, before, max_bytes, stored) {
+        match disk::delete_blocks(&db, &self.dir, before, max_bytes, stored) {
             Ok((0, _, _)) => {}
             Ok((n, freed, ids)) => {
                 info!(blocks = n, bytes = freed, "store: retention deleted old blocks");
@@ -564,6 +569,7 @@ impl Store {
                             reg.by_labels.remove(&s.labels);
                             w.prev_ingest.remove(&s.id);
                         }
+                        w.ingest_cache.clear();
                     }
                 }
                 // Give freed pages back to the filesystem when over the size limit.
@@ -660,10 +666,19 @@ impl Store {
         for f in families {
             self.note_meta(&mut w, &f.name, meta_of(f));
             for s in &f.samples {
-                let labels = Labels::new(
-                    std::iter::once(("__name__".to_string(), f.name.clone())).chain(s.labels.iter().filter(|(k, _)| k != "__name__").cloned()),
-                );
-                let series = self.series_for(&mut w, &labels, &mut rep.new_series);
+                let cached = w.ingest_cache.get(&f.name).and_then(|c| c.get(&s.labels)).cloned();
+                let series = match cached {
+                    Some(series) => series,
+                    None => {
+                        let labels = Labels::new(
+                            std::iter::once(("__name__".to_string(), f.name.clone()))
+                                .chain(s.labels.iter().filter(|(k, _)| k != "__name__").cloned()),
+                        );
+                        let series = self.series_for(&mut w, &labels, &mut rep.new_series);
+                        w.ingest_cache.entry(f.name.clone()).or_default().insert(s.labels.clone(), series.clone());
+                        series
+                    }
+                };
                 cur.insert(series.id);
                 match series.append(t_ms, s.value) {
                     Ok(()) => {
@@ -727,7 +742,11 @@ impl Store {
         if !w.writable {
             return Err("storage not writable; the head stays in the WAL as far as it was written".into());
         }
-        self.persist(&mut w, i64::MAX)
+        self.persist(&mut w, i64::MAX)?;
+        drop(w);
+        // Hand pages freed by retention and copy-on-write back to the filesystem.
+        self.compact();
+        Ok(())
     }
 
     /// ngxprobe_store_* self-metrics.
@@ -771,7 +790,8 @@ impl Store {
         one("ngxprobe_store_blocks_persisted_total", "Block-series chunk groups written to disk.", MetricType::Counter, st.blocks_persisted.load(Relaxed) as f64);
         one("ngxprobe_store_blocks_deleted_total", "Blocks deleted by retention (time or size).", MetricType::Counter, st.blocks_deleted.load(Relaxed) as f64);
         let mut bytes = Family::new("ngxprobe_store_bytes", "Bytes on disk in the data directory.", MetricType::Gauge);
-        bytes.push(&[("kind", "blocks")], fs::metadata(self.dir.join(DB_FILE)).map_or(0, |m| m.len()) as f64);
+        bytes.push(&[("kind", "index")], fs::metadata(self.dir.join(DB_FILE)).map_or(0, |m| m.len()) as f64);
+        bytes.push(&[("kind", "blocks")], dir_bytes(&self.dir.join(disk::CHUNK_DIR)) as f64);
         bytes.push(&[("kind", "wal")], dir_bytes(&self.dir.join(WAL_DIR)) as f64);
         bytes.push(&[("kind", "chunks")], st.stored_bytes.load(Relaxed) as f64);
         out.push(bytes);
@@ -825,7 +845,7 @@ impl SeriesReader for Store {
                 && b >= mint
                 && a <= maxt
             {
-                disk::read(db, s.id, mint, maxt, &mut samples, &mut corrupt).map_err(ReadError::Io)?;
+                disk::read(db, &self.dir, s.id, mint, maxt, &mut samples, &mut corrupt).map_err(ReadError::Io)?;
             }
             for c in &snap.sealed {
                 let start = samples.len();

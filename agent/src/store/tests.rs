@@ -2,7 +2,6 @@
 //! retention, a SIGKILL crash loop and a real full disk (tmpfs).
 use super::*;
 use crate::series::{MatchOp, is_stale_marker};
-use redb::ReadableTable as _;
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicUsize;
@@ -195,19 +194,15 @@ fn corrupt_chunk_is_reported_and_skipped() {
         s.ingest(&tick(2, k * step), k * step);
     }
     s.close().unwrap();
-    // Damage one persisted chunk of worker 0 directly in redb.
+    // Damage one persisted chunk in the oldest block file.
     {
-        let db = disk::open(&d.0.join(DB_FILE)).unwrap();
-        let w = db.begin_write().unwrap();
-        {
-            let mut t = w.open_table(redb::TableDefinition::<(u64, i64), &[u8]>::new("chunks")).unwrap();
-            let first = t.iter().unwrap().next().unwrap().unwrap().0.value();
-            let mut bad = t.get(first).unwrap().unwrap().value().to_vec();
-            let mid = bad.len() / 2;
-            bad[mid] ^= 0xff;
-            t.insert(first, bad.as_slice()).unwrap();
-        }
-        w.commit().unwrap();
+        let cdir = d.0.join(disk::CHUNK_DIR);
+        let mut files: Vec<PathBuf> = fs::read_dir(&cdir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        let mut bytes = fs::read(&files[0]).unwrap();
+        let mid = bytes.len() / 4;
+        bytes[mid] ^= 0xff;
+        fs::write(&files[0], bytes).unwrap();
     }
     let s = Store::open(&cfg(&d.0)).unwrap();
     let got = all(&s, "req_total");
@@ -318,7 +313,11 @@ impl Drop for KillOnDrop {
 #[test]
 fn sigkill_during_ingest_loses_nothing_acknowledged() {
     let d = TempDir::new("crash");
-    let exe = std::env::current_exe().unwrap();
+    let data = d.0.join("data");
+    // Run a private copy: a concurrent `cargo build` may replace or delete the
+    // test binary on disk while this test runs; /proc/self/exe still reaches it.
+    let exe = d.0.join("crash-child-exe");
+    fs::copy("/proc/self/exe", &exe).unwrap_or_else(|e| panic!("cannot copy the test binary for the writer child: {e}"));
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut acked = 0i64;
     let rounds = 24;
@@ -326,11 +325,11 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
         let mut child = KillOnDrop(
             Command::new(&exe)
                 .args(["--exact", "store::tests::crash_child", "--nocapture", "--test-threads=1"])
-                .env(CHILD_ENV, &d.0)
+                .env(CHILD_ENV, &data)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap(),
+                .unwrap_or_else(|e| panic!("cannot re-run the test binary {} as the writer child: {e}", exe.display())),
         );
         let stdout = child.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<i64>();
@@ -363,7 +362,7 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
             }
         }
         // Reopen: must succeed and hold every acknowledged sample.
-        let s = Store::open(&cfg(&d.0)).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let s = Store::open(&cfg(&data)).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         let got = all(&s, "req_total");
         if acked > 0 {
             assert_eq!(got.len(), CRASH_SERIES, "round {round}");

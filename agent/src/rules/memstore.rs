@@ -1,0 +1,78 @@
+//! An in-memory series store (reader and writer) for `ngxprobe test rules`
+//! and tests; the agent uses the real store.
+use std::{collections::BTreeMap, sync::RwLock};
+
+use crate::series::{AppendError, Labels, Matcher, MetricMeta, ReadError, SeriesData, SeriesReader, SeriesWriter};
+
+#[derive(Default)]
+pub struct MemStore {
+    series: RwLock<BTreeMap<Labels, Vec<(i64, f64)>>>,
+}
+
+impl MemStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts a sample anywhere in time (test input), replacing one at the same time.
+    pub fn insert(&self, labels: &Labels, t: i64, v: f64) {
+        let mut s = self.series.write().unwrap_or_else(|e| e.into_inner());
+        let x = s.entry(labels.clone()).or_default();
+        match x.binary_search_by_key(&t, |p| p.0) {
+            Ok(i) => x[i].1 = v,
+            Err(i) => x.insert(i, (t, v)),
+        }
+    }
+
+    pub fn all(&self) -> Vec<SeriesData> {
+        let s = self.series.read().unwrap_or_else(|e| e.into_inner());
+        s.iter().map(|(l, v)| SeriesData { labels: l.clone(), samples: v.clone() }).collect()
+    }
+}
+
+impl SeriesWriter for MemStore {
+    fn append(&self, labels: &Labels, t: i64, v: f64) -> Result<(), AppendError> {
+        let mut s = self.series.write().unwrap_or_else(|e| e.into_inner());
+        let x = s.entry(labels.clone()).or_default();
+        if let Some(&(lt, lv)) = x.last() {
+            if t < lt {
+                return Err(AppendError::OutOfOrder);
+            }
+            if t == lt {
+                return if lv.to_bits() == v.to_bits() { Ok(()) } else { Err(AppendError::Duplicate) };
+            }
+        }
+        x.push((t, v));
+        Ok(())
+    }
+    fn set_metadata(&self, _metric: &str, _meta: MetricMeta) {}
+}
+
+impl SeriesReader for MemStore {
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>, ReadError> {
+        let s = self.series.read().unwrap_or_else(|e| e.into_inner());
+        Ok(s.iter()
+            .filter(|(l, _)| matchers.iter().all(|m| m.matches_labels(l)))
+            .filter_map(|(l, x)| {
+                let a = x.partition_point(|p| p.0 < mint);
+                let b = x.partition_point(|p| p.0 <= maxt);
+                (a < b).then(|| SeriesData { labels: l.clone(), samples: x[a..b].to_vec() })
+            })
+            .collect())
+    }
+    fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
+        let mut out: Vec<String> = self.select(matchers, mint, maxt)?.into_iter().flat_map(|s| s.labels.0.into_iter().map(|(k, _)| k)).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+    fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
+        let mut out: Vec<String> = self.select(matchers, mint, maxt)?.into_iter().filter_map(|s| s.labels.get(name).map(str::to_string)).collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+    fn metadata(&self, _metric: Option<&str>) -> Vec<(String, MetricMeta)> {
+        vec![]
+    }
+}
