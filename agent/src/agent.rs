@@ -14,9 +14,12 @@ use crate::{
     discover, expose, logging,
     metrics::Family,
     preflight,
+    notify::{FanoutSink, ForwardingSink, Notifier},
+    alerts::AlertSink,
     probe::Probe,
     query,
-    series::SeriesReader,
+    rules::{self, RuleManager},
+    series::{SeriesReader, SeriesWriter},
     store::Store,
 };
 
@@ -140,7 +143,89 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let source: Arc<dyn expose::MetricsSource> = Arc::new(Source(collector));
+    let collect: Arc<dyn expose::MetricsSource> = Arc::new(Source(collector));
+
+    // notify: the built-in notifier and/or forwarding to external Alertmanagers.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut sinks: Vec<Arc<dyn AlertSink>> = Vec::new();
+    let mut tasks = Vec::new();
+    let notifier = match cfg.alertmanager.clone() {
+        Some(am) => {
+            let dir = cfg.storage.path.join("notify");
+            let n = match runtime.block_on(async { Notifier::new(am, &dir) }) {
+                Ok(n) => n,
+                Err(e) => {
+                    error!("notifier: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            n.set_external_url(&external_url(&cfg));
+            sinks.push(Arc::new(n.clone()));
+            let (n2, rx) = (n.clone(), shutdown_rx.clone());
+            tasks.push(runtime.spawn(async move { n2.run(wait_shutdown(rx)).await }));
+            Some(n)
+        }
+        None => None,
+    };
+    let forwarder = if cfg.alerting.alertmanagers.is_empty() {
+        None
+    } else {
+        let f = match runtime.block_on(async { ForwardingSink::new(&cfg.alerting) }) {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                error!("alerting.alertmanagers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        sinks.push(f.clone());
+        let (f2, rx) = (f.clone(), shutdown_rx.clone());
+        tasks.push(runtime.spawn(async move { f2.run(wait_shutdown(rx)).await }));
+        Some(f)
+    };
+
+    // rules: need the store (they read history and write ALERTS / recordings).
+    let mut api = axum::Router::new();
+    let mut rules_thread = None;
+    let rules = match &store {
+        Some(store) => {
+            let reader: Arc<dyn SeriesReader> = store.clone();
+            let writer: Arc<dyn SeriesWriter> = store.clone();
+            let sink: Arc<dyn AlertSink> = Arc::new(FanoutSink(sinks));
+            let m = Arc::new(RuleManager::new(reader.clone(), writer, sink, cfg.rules.clone()));
+            match m.load_configured() {
+                Ok(n) => info!(rules = n, "rules loaded"),
+                Err(e) => {
+                    error!("rules: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            match m.spawn() {
+                Ok(t) => rules_thread = Some(t),
+                Err(e) => {
+                    error!("cannot start the rules thread: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            api = api
+                .merge(query::api::api_router(reader, query::QueryOptions::default()))
+                .merge(rules::rules_router(m.clone()));
+            Some(m)
+        }
+        None => {
+            if !cfg.rules.rule_files.is_empty() {
+                warn!("storage is disabled: rules are not evaluated (they need the store)");
+            }
+            None
+        }
+    };
+
+    let source: Arc<dyn expose::MetricsSource> = Arc::new(Pipeline {
+        collect,
+        store: store.clone(),
+        rules,
+        notifier,
+        forwarder,
+    });
     let (sampler_stop, sampler) = match &store {
         Some(store) => match start_sampler(store.clone(), source.clone(), cfg.storage.interval.as_duration()) {
             Ok((tx, h)) => (Some(tx), Some(h)),
@@ -151,15 +236,6 @@ pub fn run(args: RunArgs) -> ExitCode {
         },
         None => (None, None),
     };
-    let mut api = axum::Router::new();
-    if let Some(store) = &store {
-        let reader: Arc<dyn SeriesReader> = store.clone();
-        api = api.merge(query::api::api_router(reader, query::QueryOptions::default()));
-    }
-    let source: Arc<dyn expose::MetricsSource> = match &store {
-        Some(store) => Arc::new(WithStore(source, store.clone())),
-        None => source,
-    };
     let result = runtime.block_on(expose::serve(
         cfg.web.listen_address,
         cfg.web.telemetry_path.clone(),
@@ -168,6 +244,14 @@ pub fn run(args: RunArgs) -> ExitCode {
         api,
         shutdown_signal(),
     ));
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = runtime.block_on(t);
+    }
+    if let Some((h, tx)) = rules_thread {
+        let _ = tx.send(());
+        let _ = h.join();
+    }
     let _ = stop_tx.send(());
     let _ = discovery.join();
     if let (Some(tx), Some(h)) = (sampler_stop, sampler) {
@@ -196,13 +280,30 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-/// /metrics with the store's own families added.
-struct WithStore(Arc<dyn expose::MetricsSource>, Arc<Store>);
+/// /metrics: the collect stage's families plus every later stage's own.
+struct Pipeline {
+    collect: Arc<dyn expose::MetricsSource>,
+    store: Option<Arc<Store>>,
+    rules: Option<Arc<RuleManager>>,
+    notifier: Option<Notifier>,
+    forwarder: Option<Arc<ForwardingSink>>,
+}
 
-impl expose::MetricsSource for WithStore {
+impl expose::MetricsSource for Pipeline {
     fn families(&self) -> Vec<Family> {
-        let mut f = self.0.families();
-        f.extend(self.1.self_families());
+        let mut f = self.collect.families();
+        if let Some(s) = &self.store {
+            f.extend(s.self_families());
+        }
+        if let Some(r) = &self.rules {
+            f.extend(r.families());
+        }
+        if let Some(n) = &self.notifier {
+            f.extend(n.self_families());
+        }
+        if let Some(fw) = &self.forwarder {
+            f.extend(fw.self_families());
+        }
         f
     }
 }
@@ -227,12 +328,35 @@ fn start_sampler(
             }
             let mut families = source.families();
             families.extend(expose::process_families());
-            families.extend(store.self_families());
             let report = store.ingest(&families, next);
             debug!(?report, "sampled into the store");
         }
     })?;
     Ok((tx, h))
+}
+
+/// Resolves when the shutdown flag flips (or its sender is gone).
+async fn wait_shutdown(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What templates and generator URLs use to link back to this agent.
+fn external_url(cfg: &Config) -> String {
+    if !cfg.rules.external_url.is_empty() {
+        return cfg.rules.external_url.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let port = match cfg.web.listen_address {
+        config::ListenAddress::AllInterfaces { port } => port,
+        config::ListenAddress::Socket(a) => a.port(),
+    };
+    format!("http://{host}:{port}")
 }
 
 fn now_ms() -> i64 {

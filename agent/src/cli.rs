@@ -47,6 +47,11 @@ pub enum Command {
     },
     /// Print the effective configuration (secrets redacted) and exit.
     ShowConfig,
+    /// Run rule unit tests (the `promtool test rules` format).
+    Test {
+        #[command(subcommand)]
+        what: TestWhat,
+    },
     /// Evaluate a PromQL expression against a running agent or a data dir.
     Query {
         /// The PromQL expression.
@@ -69,5 +74,19 @@ pub enum CheckWhat {
     Config {
         /// The file to check (defaults to --config).
         file: Option<PathBuf>,
+    },
+    /// Validate rule files (like `promtool check rules`).
+    Rules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TestWhat {
+    /// Unit-test rule files (like `promtool test rules`).
+    Rules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }

@@ -44,6 +44,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(cli::Command::Check {
+            what: cli::CheckWhat::Rules { files },
+        }) => ExitCode::from(rules::check_rules_cli(&files, &mut std::io::stdout())),
+        Some(cli::Command::Test {
+            what: cli::TestWhat::Rules { files },
+        }) => ExitCode::from(rules::test_rules_cli(&files, &mut std::io::stdout())),
         Some(cli::Command::ShowConfig) => match agent::effective_config(&cli.run) {
             Ok(c) => {
                 print!("{}", config::redacted_yaml(&c));

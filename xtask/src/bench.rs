@@ -73,10 +73,26 @@ struct Workload {
 }
 
 const WORKLOADS: &[Workload] = &[
-    Workload { name: "keepalive, sendfile on", path: "/index.html", close: false },
-    Workload { name: "keepalive, sendfile off", path: "/nosendfile/index.html", close: false },
-    Workload { name: "Connection: close, sendfile on", path: "/index.html", close: true },
-    Workload { name: "Connection: close, sendfile off", path: "/nosendfile/index.html", close: true },
+    Workload {
+        name: "keepalive, sendfile on",
+        path: "/index.html",
+        close: false,
+    },
+    Workload {
+        name: "keepalive, sendfile off",
+        path: "/nosendfile/index.html",
+        close: false,
+    },
+    Workload {
+        name: "Connection: close, sendfile on",
+        path: "/index.html",
+        close: true,
+    },
+    Workload {
+        name: "Connection: close, sendfile off",
+        path: "/nosendfile/index.html",
+        close: true,
+    },
 ];
 
 /// One wrk run.
@@ -108,7 +124,9 @@ struct Results {
 
 pub fn overhead(args: OverheadArgs) -> Result<()> {
     if !util::is_root() {
-        bail!("`cargo xtask bench overhead` must run as root (the agent loads eBPF programs; bpf_stats is a sysctl)");
+        bail!(
+            "`cargo xtask bench overhead` must run as root (the agent loads eBPF programs; bpf_stats is a sysctl)"
+        );
     }
     if !args.no_setup {
         crate::setup::setup()?;
@@ -117,7 +135,10 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
         crate::build(true)?;
     }
     if args.rounds < 5 {
-        eprintln!("note: {} rounds; medians need >= 5 rounds to mean much on a noisy machine", args.rounds);
+        eprintln!(
+            "note: {} rounds; medians need >= 5 rounds to mean much on a noisy machine",
+            args.rounds
+        );
     }
     let agent = args.agent.clone().unwrap_or_else(util::agent_bin);
     for (what, path) in [("agent", agent.as_path()), ("nginx", args.nginx.as_path())] {
@@ -150,7 +171,11 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
 
     let mut results = Results::default();
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 { [Mode::A, Mode::B] } else { [Mode::B, Mode::A] };
+        let order = if round % 2 == 0 {
+            [Mode::A, Mode::B]
+        } else {
+            [Mode::B, Mode::A]
+        };
         for mode in order {
             check_interrupted()?;
             run_phase(&args, &agent, &tmp.0, &nginx, round, mode, &mut results)?;
@@ -172,8 +197,16 @@ fn run_phase(
     results: &mut Results,
 ) -> Result<()> {
     // Order matters on the way out: agent stops first, then stats go back.
-    let _stats = if mode == Mode::B && !args.no_bpf_stats { Some(SysctlGuard::set(STATS_SYSCTL, "1")?) } else { None };
-    let agent = if mode == Mode::B { Some(Agent::start(agent_bin, dir, &nginx.conf)?) } else { None };
+    let _stats = if mode == Mode::B && !args.no_bpf_stats {
+        Some(SysctlGuard::set(STATS_SYSCTL, "1")?)
+    } else {
+        None
+    };
+    let agent = if mode == Mode::B {
+        Some(Agent::start(agent_bin, dir, &nginx.conf)?)
+    } else {
+        None
+    };
     for (i, w) in WORKLOADS.iter().enumerate() {
         nginx.check_alive()?;
         let r = measure(args, dir, nginx, w, agent.as_ref())?;
@@ -188,7 +221,11 @@ fn run_phase(
             r.worker_us_per_req
         );
         if let Some(ns) = r.bpf_ns_per_req {
-            let _ = write!(line, ", eBPF {ns:.0} ns/req ({:.2} runs/req)", r.bpf_runs_per_req.unwrap_or(f64::NAN));
+            let _ = write!(
+                line,
+                ", eBPF {ns:.0} ns/req ({:.2} runs/req)",
+                r.bpf_runs_per_req.unwrap_or(f64::NAN)
+            );
         }
         if let (Some(cpu), Some(rss)) = (r.agent_cpu_pct, r.agent_rss_kib) {
             let _ = write!(line, ", agent {cpu:.1}% CPU {:.1} MiB", rss as f64 / 1024.0);
@@ -222,7 +259,13 @@ fn run_phase(
 }
 
 /// One wrk run with every measurement around it.
-fn measure(args: &OverheadArgs, dir: &Path, nginx: &Nginx, w: &Workload, agent: Option<&Agent>) -> Result<RunResult> {
+fn measure(
+    args: &OverheadArgs,
+    dir: &Path,
+    nginx: &Nginx,
+    w: &Workload,
+    agent: Option<&Agent>,
+) -> Result<RunResult> {
     let stub0 = nginx.stub_requests()?;
     let m0 = agent.map(Agent::scrape).transpose()?;
     let a0 = agent.map(|a| cpu_time_us(a.guard.pid())).transpose()?;
@@ -233,7 +276,11 @@ fn measure(args: &OverheadArgs, dir: &Path, nginx: &Nginx, w: &Workload, agent: 
     let wall = started.elapsed().as_secs_f64();
     let a1 = agent.map(|a| cpu_time_us(a.guard.pid())).transpose()?;
     if out.requests <= 0.0 {
-        bail!("wrk completed no requests on {} (output in {})", w.name, dir.display());
+        bail!(
+            "wrk completed no requests on {} (output in {})",
+            w.name,
+            dir.display()
+        );
     }
     let mut r = RunResult {
         requests: out.requests,
@@ -254,9 +301,13 @@ fn measure(args: &OverheadArgs, dir: &Path, nginx: &Nginx, w: &Workload, agent: 
         if !run_s.is_empty() {
             r.bpf_ns_per_req = Some(run_s.values().sum::<f64>() * 1e9 / out.requests);
             r.bpf_runs_per_req = Some(runs.values().sum::<f64>() / out.requests);
-            r.bpf_ns_by_program = run_s.into_iter().map(|(p, s)| (p, s * 1e9 / out.requests)).collect();
+            r.bpf_ns_by_program = run_s
+                .into_iter()
+                .map(|(p, s)| (p, s * 1e9 / out.requests))
+                .collect();
         }
-        let agent_reqs = m1.sum_for_conf(REQUESTS_METRIC, &nginx.conf) - m0.sum_for_conf(REQUESTS_METRIC, &nginx.conf);
+        let agent_reqs = m1.sum_for_conf(REQUESTS_METRIC, &nginx.conf)
+            - m0.sum_for_conf(REQUESTS_METRIC, &nginx.conf);
         // stub_status counts its own request: one more on the second read.
         let stub_reqs = stub1 - stub0 - 1.0;
         if m1.has_conf(&nginx.conf) && stub_reqs > 0.0 {
@@ -275,7 +326,14 @@ struct WrkOut {
     agent_rss_max_kib: Option<u64>,
 }
 
-fn wrk(dir: &Path, port: u16, w: &Workload, connections: u32, seconds: u32, agent: Option<&Agent>) -> Result<WrkOut> {
+fn wrk(
+    dir: &Path,
+    port: u16,
+    w: &Workload,
+    connections: u32,
+    seconds: u32,
+    agent: Option<&Agent>,
+) -> Result<WrkOut> {
     let out_path = dir.join("wrk.out");
     let out_file = std::fs::File::create(&out_path)?;
     let mut cmd = Command::new("wrk");
@@ -306,8 +364,14 @@ fn wrk(dir: &Path, port: u16, w: &Workload, connections: u32, seconds: u32, agen
     if !status.success() {
         bail!("wrk failed ({}):\n{text}", util::describe(status));
     }
-    let (requests, secs) = parse_wrk(&text).ok_or_else(|| anyhow!("could not parse wrk's output:\n{text}"))?;
-    Ok(WrkOut { requests, seconds: secs, errors: parse_wrk_errors(&text), agent_rss_max_kib: rss_max })
+    let (requests, secs) =
+        parse_wrk(&text).ok_or_else(|| anyhow!("could not parse wrk's output:\n{text}"))?;
+    Ok(WrkOut {
+        requests,
+        seconds: secs,
+        errors: parse_wrk_errors(&text),
+        agent_rss_max_kib: rss_max,
+    })
 }
 
 /// From wrk's "  123456 requests in 10.00s, 80.1MB read" line.
@@ -321,7 +385,13 @@ fn parse_wrk(text: &str) -> Option<(f64, f64)> {
 }
 
 fn parse_duration_secs(s: &str) -> Option<f64> {
-    for (suffix, mult) in [("ms", 1e-3), ("us", 1e-6), ("m", 60.0), ("h", 3600.0), ("s", 1.0)] {
+    for (suffix, mult) in [
+        ("ms", 1e-3),
+        ("us", 1e-6),
+        ("m", 60.0),
+        ("h", 3600.0),
+        ("s", 1.0),
+    ] {
         if let Some(v) = s.strip_suffix(suffix) {
             return v.parse::<f64>().ok().map(|v| v * mult);
         }
@@ -364,7 +434,9 @@ impl Nginx {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         // ~600 bytes, like a small static page.
-        let mut page = String::from("<!DOCTYPE html>\n<html><head><title>ngxprobe bench</title></head><body>\n");
+        let mut page = String::from(
+            "<!DOCTYPE html>\n<html><head><title>ngxprobe bench</title></head><body>\n",
+        );
         while page.len() < 580 {
             page.push_str("<p>ngxprobe overhead benchmark page.</p>\n");
         }
@@ -400,7 +472,10 @@ http {{
 "#
         );
         std::fs::write(&conf, conf_text)?;
-        let conf = conf.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?.to_string();
+        let conf = conf
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?
+            .to_string();
         let log = std::fs::File::create(dir.join("logs/nginx.out"))?;
         let mut cmd = Command::new(bin);
         cmd.arg("-p")
@@ -423,16 +498,27 @@ http {{
                 .collect();
             if let [w] = workers[..] {
                 guard.extra = vec![w];
-                if matches!(http_get(port, "/index.html", Duration::from_secs(2)), Ok((200, _))) {
+                if matches!(
+                    http_get(port, "/index.html", Duration::from_secs(2)),
+                    Ok((200, _))
+                ) {
                     break w;
                 }
             }
             if Instant::now() > deadline {
-                bail!("nginx on 127.0.0.1:{port} not serving after 15 s (logs in {})", dir.display());
+                bail!(
+                    "nginx on 127.0.0.1:{port} not serving after 15 s (logs in {})",
+                    dir.display()
+                );
             }
             sleep(Duration::from_millis(50))?;
         };
-        Ok(Nginx { guard, worker, port, conf })
+        Ok(Nginx {
+            guard,
+            worker,
+            port,
+            conf,
+        })
     }
 
     fn check_alive(&self) -> Result<()> {
@@ -468,7 +554,10 @@ impl Agent {
     fn start(bin: &Path, dir: &Path, conf: &str) -> Result<Self> {
         let port = util::free_port()?;
         let log_path = dir.join("agent.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let mut cmd = Command::new(bin);
         cmd.args(["--web.listen-address", &format!("127.0.0.1:{port}")])
             .stdin(Stdio::null())
@@ -484,13 +573,23 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(st) = guard.try_wait()? {
-                bail!("the agent exited during startup ({}); last log lines:\n{}", util::describe(st), tail(&log_path));
+                bail!(
+                    "the agent exited during startup ({}); last log lines:\n{}",
+                    util::describe(st),
+                    tail(&log_path)
+                );
             }
-            if matches!(http_get(port, "/readyz", Duration::from_secs(2)), Ok((200, _))) {
+            if matches!(
+                http_get(port, "/readyz", Duration::from_secs(2)),
+                Ok((200, _))
+            ) {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("the agent's /readyz not 200 after 60 s; last log lines:\n{}", tail(&log_path));
+                bail!(
+                    "the agent's /readyz not 200 after 60 s; last log lines:\n{}",
+                    tail(&log_path)
+                );
             }
             sleep(Duration::from_millis(100))?;
         }
@@ -499,7 +598,9 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !agent.scrape()?.has_conf(conf) {
             if Instant::now() > deadline {
-                eprintln!("warning: the agent does not report conf_path=\"{conf}\" after 20 s; continuing");
+                eprintln!(
+                    "warning: the agent does not report conf_path=\"{conf}\" after 20 s; continuing"
+                );
                 break;
             }
             sleep(Duration::from_millis(200))?;
@@ -508,7 +609,8 @@ impl Agent {
     }
 
     fn scrape(&self) -> Result<Metrics> {
-        let (code, body) = http_get(self.port, "/metrics", Duration::from_secs(10)).context("scraping the agent")?;
+        let (code, body) = http_get(self.port, "/metrics", Duration::from_secs(10))
+            .context("scraping the agent")?;
         if code != 200 {
             bail!("the agent's /metrics returned {code}");
         }
@@ -525,8 +627,11 @@ impl Agent {
     }
 }
 
-/// Prometheus text-format samples: (name, labels, value).
-struct Metrics(Vec<(String, Vec<(String, String)>, f64)>);
+/// One text-format sample: (name, labels, value).
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Prometheus text-format samples.
+struct Metrics(Vec<Sample>);
 
 impl Metrics {
     fn parse(text: &str) -> Self {
@@ -538,7 +643,10 @@ impl Metrics {
             let mut out = BTreeMap::new();
             for (n, labels, v) in &m.0 {
                 if n == name {
-                    let prog = labels.iter().find(|(k, _)| k == "program").map_or("?", |(_, v)| v.as_str());
+                    let prog = labels
+                        .iter()
+                        .find(|(k, _)| k == "program")
+                        .map_or("?", |(_, v)| v.as_str());
                     *out.entry(prog.to_string()).or_insert(0.0) += v;
                 }
             }
@@ -557,20 +665,22 @@ impl Metrics {
     fn sum_for_conf(&self, name: &str, conf: &str) -> f64 {
         self.0
             .iter()
-            .filter(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == "conf_path" && v == conf))
+            .filter(|(n, labels, _)| {
+                n == name && labels.iter().any(|(k, v)| k == "conf_path" && v == conf)
+            })
             .map(|(_, _, v)| v)
             .sum()
     }
 
     fn has_conf(&self, conf: &str) -> bool {
-        self.0
-            .iter()
-            .any(|(n, labels, _)| n.starts_with("nginx_") && labels.iter().any(|(k, v)| k == "conf_path" && v == conf))
+        self.0.iter().any(|(n, labels, _)| {
+            n.starts_with("nginx_") && labels.iter().any(|(k, v)| k == "conf_path" && v == conf)
+        })
     }
 }
 
 /// `name{a="b",c="d"} 1.5 [timestamp]` -> (name, labels, value).
-fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
+fn parse_sample(line: &str) -> Option<Sample> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
@@ -627,7 +737,10 @@ struct SysctlGuard {
 
 impl SysctlGuard {
     fn set(path: &'static str, value: &str) -> Result<Self> {
-        let previous = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?.trim().to_string();
+        let previous = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .to_string();
         std::fs::write(path, value).with_context(|| format!("writing {value} to {path}"))?;
         Ok(SysctlGuard { path, previous })
     }
@@ -636,7 +749,10 @@ impl SysctlGuard {
 impl Drop for SysctlGuard {
     fn drop(&mut self) {
         if let Err(e) = std::fs::write(self.path, &self.previous) {
-            eprintln!("xtask: could not restore {} to {}: {e} — restore it by hand!", self.path, self.previous);
+            eprintln!(
+                "xtask: could not restore {} to {}: {e} — restore it by hand!",
+                self.path, self.previous
+            );
         }
     }
 }
@@ -651,8 +767,14 @@ fn rusage_cpu_s(ru: &libc::rusage) -> f64 {
 /// CPU seconds of `dd if=/dev/zero of=/dev/null bs=1 count=N` (2N syscalls).
 fn dd_cpu(count: u64) -> Result<f64> {
     let mut cmd = Command::new("dd");
-    cmd.args(["if=/dev/zero", "of=/dev/null", "bs=1", &format!("count={count}"), "status=none"])
-        .stdin(Stdio::null());
+    cmd.args([
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=1",
+        &format!("count={count}"),
+        "status=none",
+    ])
+    .stdin(Stdio::null());
     let (st, ru) = ProcGuard::spawn("dd", &mut cmd)?.wait_rusage()?;
     if !st.success() {
         bail!("dd failed ({})", util::describe(st));
@@ -684,9 +806,17 @@ fn ping_pong_cpu(dir: &Path, count: u64) -> Result<f64> {
     let cpu = (cpus - 1).to_string();
     let spawn = |role: &str| {
         let mut cmd = Command::new(&exe);
-        cmd.args(["ping-pong", role, "--cpu", &cpu, "--count", &count.to_string(), "--port-file"])
-            .arg(&port_file)
-            .stdin(Stdio::null());
+        cmd.args([
+            "ping-pong",
+            role,
+            "--cpu",
+            &cpu,
+            "--count",
+            &count.to_string(),
+            "--port-file",
+        ])
+        .arg(&port_file)
+        .stdin(Stdio::null());
         ProcGuard::spawn(&format!("ping-pong {role}"), &mut cmd)
     };
     let mut server = spawn("server")?;
@@ -703,7 +833,11 @@ fn ping_pong_cpu(dir: &Path, count: u64) -> Result<f64> {
     let (cst, cru) = spawn("client")?.wait_rusage()?;
     let (sst, sru) = server.wait_rusage()?;
     if !cst.success() || !sst.success() {
-        bail!("ping-pong failed (client {}, server {})", util::describe(cst), util::describe(sst));
+        bail!(
+            "ping-pong failed (client {}, server {})",
+            util::describe(cst),
+            util::describe(sst)
+        );
     }
     Ok((rusage_cpu_s(&cru) + rusage_cpu_s(&sru)) * 1e6 / count as f64)
 }
@@ -758,7 +892,11 @@ fn pin_to_cpu(cpu: usize) {
 // ---------------------------------------------------------------- report
 
 fn fmt(v: f64, digits: usize) -> String {
-    if v.is_finite() { format!("{v:.digits$}") } else { "n/a".into() }
+    if v.is_finite() {
+        format!("{v:.digits$}")
+    } else {
+        "n/a".into()
+    }
 }
 
 /// Median of per-round B/A ratios (round i of B against round i of A).
@@ -784,7 +922,11 @@ fn report(args: &OverheadArgs, res: &Results) -> String {
     let _ = writeln!(
         s,
         "A = no agent, B = agent running{}. Medians over rounds; ratios are medians of per-round B/A.",
-        if args.no_bpf_stats { "" } else { " with kernel.bpf_stats_enabled=1 (adds ~20 ns per program run to B)" }
+        if args.no_bpf_stats {
+            ""
+        } else {
+            " with kernel.bpf_stats_enabled=1 (adds ~20 ns per program run to B)"
+        }
     );
     let _ = writeln!(s);
     let _ = writeln!(
@@ -815,7 +957,10 @@ fn report(args: &OverheadArgs, res: &Results) -> String {
             fmt(median(&col(a, &|r| Some(r.rps))), 0),
             fmt(median(&col(b, &|r| Some(r.rps))), 0),
             fmt(median(&col(b, &|r| r.agent_cpu_pct)), 1),
-            fmt(median(&col(b, &|r| r.agent_rss_kib.map(|k| k as f64 / 1024.0))), 1),
+            fmt(
+                median(&col(b, &|r| r.agent_rss_kib.map(|k| k as f64 / 1024.0))),
+                1
+            ),
             fmt(median(&col(b, &|r| r.agent_vs_stub)), 4),
             errs(a),
             errs(b),
@@ -825,8 +970,18 @@ fn report(args: &OverheadArgs, res: &Results) -> String {
     let _ = writeln!(s, "| other processes (not nginx) | A | B | B/A |");
     let _ = writeln!(s, "|---|---|---|---|");
     for (name, unit, map, digits) in [
-        (format!("`dd bs=1 count={}`", args.dd_count), "s CPU", &res.dd, 3),
-        (format!("loopback TCP ping-pong, {} round trips", args.ping_pongs), "µs CPU/round trip", &res.ping_pong, 2),
+        (
+            format!("`dd bs=1 count={}`", args.dd_count),
+            "s CPU",
+            &res.dd,
+            3,
+        ),
+        (
+            format!("loopback TCP ping-pong, {} round trips", args.ping_pongs),
+            "µs CPU/round trip",
+            &res.ping_pong,
+            2,
+        ),
     ] {
         let a = map.get(&Mode::A).map_or(&[][..], Vec::as_slice);
         let b = map.get(&Mode::B).map_or(&[][..], Vec::as_slice);
@@ -859,7 +1014,10 @@ fn report(args: &OverheadArgs, res: &Results) -> String {
             let _ = write!(s, "| {p} |");
             for i in 0..WORKLOADS.len() {
                 let b = res.runs.get(&(i, Mode::B)).unwrap_or(&empty);
-                let v: Vec<f64> = b.iter().map(|r| r.bpf_ns_by_program.get(p).copied().unwrap_or(f64::NAN)).collect();
+                let v: Vec<f64> = b
+                    .iter()
+                    .map(|r| r.bpf_ns_by_program.get(p).copied().unwrap_or(f64::NAN))
+                    .collect();
                 let _ = write!(s, " {} |", fmt(median(&v), 0));
             }
             let _ = writeln!(s);

@@ -21,8 +21,14 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "used by tests"),
     ("iproute2", "ss/ip for tests"),
     ("prometheus", "promtool and reference Prometheus for tests"),
-    ("prometheus-alertmanager", "reference Alertmanager for tests"),
-    ("prometheus-nginx-exporter", "reference nginx_* metrics for tests"),
+    (
+        "prometheus-alertmanager",
+        "reference Alertmanager for tests",
+    ),
+    (
+        "prometheus-nginx-exporter",
+        "reference nginx_* metrics for tests",
+    ),
     ("procps", "ps/sysctl/pgrep for tests"),
 ];
 
@@ -138,8 +144,11 @@ impl PolicyRcD {
         if path.exists() {
             return Ok(PolicyRcD(None));
         }
-        std::fs::write(path, "#!/bin/sh\n# temporary, written by `cargo xtask setup`\nexit 101\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# temporary, written by `cargo xtask setup`\nexit 101\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
         Ok(PolicyRcD(Some(path.to_path_buf())))
@@ -173,7 +182,9 @@ fn stop_and_disable(service: &str) {
         quiet("update-rc.d", &[service, "disable"]) || stopped
     };
     if done {
-        println!("note: stopped/disabled the {service} service Debian sets up on install (tests start their own)");
+        println!(
+            "note: stopped/disabled the {service} service Debian sets up on install (tests start their own)"
+        );
     }
 }
 
@@ -181,13 +192,17 @@ fn stop_and_disable(service: &str) {
 
 fn nightly() -> Result<()> {
     if util::which("rustup").is_none() {
-        bail!("rustup not found on PATH (install it from https://rustup.rs, then `. ~/.cargo/env`)");
+        bail!(
+            "rustup not found on PATH (install it from https://rustup.rs, then `. ~/.cargo/env`)"
+        );
     }
     let what = format!("Rust toolchain {EBPF_TOOLCHAIN} + rust-src (builds agent-ebpf)");
     let toolchains = output_ok("rustup", ["toolchain", "list"]).unwrap_or_default();
-    let has_toolchain = toolchains
-        .lines()
-        .any(|l| l.split_whitespace().next().is_some_and(|t| t.starts_with(EBPF_TOOLCHAIN)));
+    let has_toolchain = toolchains.lines().any(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|t| t.starts_with(EBPF_TOOLCHAIN))
+    });
     if !has_toolchain {
         println!("installing: {what} (toolchain not installed)");
         run(Command::new("rustup").args([
@@ -200,16 +215,30 @@ fn nightly() -> Result<()> {
             "rust-src",
         ]))?;
     }
-    let components =
-        output_ok("rustup", ["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN])
-            .unwrap_or_default();
+    let components = output_ok(
+        "rustup",
+        [
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ],
+    )
+    .unwrap_or_default();
     if components.lines().any(|l| l.trim() == "rust-src") {
         if has_toolchain {
             println!("ok: {what} (already present)");
         }
     } else {
         println!("installing: rust-src for {EBPF_TOOLCHAIN} (component missing)");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ]))?;
     }
     Ok(())
 }
@@ -246,7 +275,9 @@ fn bpf_linker() -> Result<()> {
     .context("installing bpf-linker failed")?;
     match bpf_linker_version() {
         Some(v) if v.contains(BPF_LINKER_VERSION) => Ok(()),
-        other => bail!("bpf-linker still not usable after install (`bpf-linker --version`: {other:?})"),
+        other => {
+            bail!("bpf-linker still not usable after install (`bpf-linker --version`: {other:?})")
+        }
     }
 }
 
@@ -254,7 +285,8 @@ fn bpf_linker() -> Result<()> {
 
 /// (mount point, fs type) of every mount, from /proc/self/mountinfo.
 fn mounts_table() -> Result<Vec<(String, String)>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(info
         .lines()
         .filter_map(|l| {
@@ -296,7 +328,9 @@ fn mounts() -> Result<()> {
         } else {
             "/sys/fs/cgroup"
         };
-        println!("installing: cgroup2 at {point} (no cgroup2 mount; needed for cgroup eBPF programs)");
+        println!(
+            "installing: cgroup2 at {point} (no cgroup2 mount; needed for cgroup eBPF programs)"
+        );
         mount("cgroup2", "none", point)?;
     }
     Ok(())
@@ -307,17 +341,26 @@ fn mounts() -> Result<()> {
 fn kernel() -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let release = release.trim();
-    let mut nums = release.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let mut nums = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
     let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
     if (major, minor) < (6, 3) {
-        bail!("kernel {release} is too old: ngxprobe needs Linux >= 6.3 (cannot be installed by setup)");
+        bail!(
+            "kernel {release} is too old: ngxprobe needs Linux >= 6.3 (cannot be installed by setup)"
+        );
     }
     println!("ok: kernel {release} (>= 6.3)");
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("/sys/kernel/btf/vmlinux missing: ngxprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
+        bail!(
+            "/sys/kernel/btf/vmlinux missing: ngxprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        );
     }
     println!("ok: kernel BTF at /sys/kernel/btf/vmlinux (already present)");
     let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-    println!("ok: kernel.bpf_stats_enabled left untouched (currently {})", stats.trim());
+    println!(
+        "ok: kernel.bpf_stats_enabled left untouched (currently {})",
+        stats.trim()
+    );
     Ok(())
 }

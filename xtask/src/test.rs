@@ -31,26 +31,42 @@ pub fn test(no_setup: bool) -> Result<i32> {
         steps.push((name.to_string(), r, t.elapsed()));
         ok
     };
-    let ready = (no_setup || step("setup", &crate::setup::setup)) && step("build", &|| crate::build(true));
+    let ready =
+        (no_setup || step("setup", &crate::setup::setup)) && step("build", &|| crate::build(true));
 
     let mut passes = Vec::new();
     if ready {
         match e2e_packages() {
             Ok(e2e) => {
-                let mut args: Vec<String> =
-                    ["test", "--workspace", "--exclude", "agent-ebpf", "--no-fail-fast"].map(String::from).into();
+                let mut args: Vec<String> = [
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "agent-ebpf",
+                    "--no-fail-fast",
+                ]
+                .map(String::from)
+                .into();
                 for p in &e2e {
                     args.extend(["--exclude".to_string(), p.clone()]);
                 }
                 passes.push(run_pass("unit + integration tests", &args));
                 for p in &e2e {
-                    let args: Vec<String> = ["test", "-p", p, "--no-fail-fast", "--", "--test-threads=1"]
-                        .map(String::from)
-                        .into();
-                    passes.push(run_pass(&format!("end-to-end tests ({p}, single-threaded)"), &args));
+                    let args: Vec<String> =
+                        ["test", "-p", p, "--no-fail-fast", "--", "--test-threads=1"]
+                            .map(String::from)
+                            .into();
+                    passes.push(run_pass(
+                        &format!("end-to-end tests ({p}, single-threaded)"),
+                        &args,
+                    ));
                 }
             }
-            Err(e) => steps.push(("find test packages".into(), Err(format!("{e:#}")), Duration::ZERO)),
+            Err(e) => steps.push((
+                "find test packages".into(),
+                Err(format!("{e:#}")),
+                Duration::ZERO,
+            )),
         }
     }
 
@@ -108,19 +124,25 @@ fn e2e_packages() -> Result<Vec<String>> {
     if !out.status.success() {
         bail!("cargo metadata failed");
     }
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
     let tests_dir = root.join("tests");
     let mut names = Vec::new();
-    for pkg in meta["packages"].as_array().ok_or_else(|| anyhow!("cargo metadata: no packages"))? {
+    for pkg in meta["packages"]
+        .as_array()
+        .ok_or_else(|| anyhow!("cargo metadata: no packages"))?
+    {
         let manifest = Path::new(pkg["manifest_path"].as_str().unwrap_or_default());
-        if manifest.starts_with(&tests_dir) {
-            if let Some(name) = pkg["name"].as_str() {
-                names.push(name.to_string());
-            }
+        if manifest.starts_with(&tests_dir)
+            && let Some(name) = pkg["name"].as_str()
+        {
+            names.push(name.to_string());
         }
     }
     if names.is_empty() && tests_dir.join("Cargo.toml").is_file() {
-        bail!("tests/Cargo.toml exists but tests/ is not a member of the workspace (add it to [workspace] members in Cargo.toml)");
+        bail!(
+            "tests/Cargo.toml exists but tests/ is not a member of the workspace (add it to [workspace] members in Cargo.toml)"
+        );
     }
     Ok(names)
 }
@@ -139,7 +161,11 @@ fn run_pass(name: &str, args: &[String]) -> Pass {
         let shared = shared.canonicalize().unwrap_or(shared);
         cmd.env("NGXPROBE_SHARED", shared);
     }
-    let mut pass = Pass { name: name.to_string(), command: format!("cargo {}", args.join(" ")), ..Pass::default() };
+    let mut pass = Pass {
+        name: name.to_string(),
+        command: format!("cargo {}", args.join(" ")),
+        ..Pass::default()
+    };
     let started = Instant::now();
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -159,7 +185,10 @@ fn run_pass(name: &str, args: &[String]) -> Pass {
         Ok(st) => {
             pass.ok = st.success();
             if !st.success() && pass.failed == 0 {
-                pass.error = Some(format!("cargo test failed ({}) — see the output above (build error?)", util::describe(st)));
+                pass.error = Some(format!(
+                    "cargo test failed ({}) — see the output above (build error?)",
+                    util::describe(st)
+                ));
             }
         }
         Err(e) => pass.error = Some(format!("waiting for cargo: {e}")),
@@ -173,7 +202,9 @@ fn parse_line(line: &str, pass: &mut Pass) {
     if let Some(rest) = line.strip_prefix("test result: ") {
         for part in rest.split(';') {
             let mut words = part.split_whitespace().skip_while(|w| w.ends_with('.'));
-            let (Some(n), Some(what)) = (words.next(), words.next()) else { continue };
+            let (Some(n), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
             let Ok(n) = n.parse::<u64>() else { continue };
             match what {
                 "passed" => pass.passed += n,
@@ -182,7 +213,10 @@ fn parse_line(line: &str, pass: &mut Pass) {
                 _ => {}
             }
         }
-    } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
+    } else if let Some(name) = line
+        .strip_prefix("test ")
+        .and_then(|l| l.strip_suffix(" ... FAILED"))
+    {
         pass.failures.push(name.to_string());
     }
 }
@@ -194,8 +228,14 @@ mod tests {
     #[test]
     fn counts_libtest_summary_lines() {
         let mut p = Pass::default();
-        parse_line("test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s", &mut p);
-        parse_line("test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out", &mut p);
+        parse_line(
+            "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s",
+            &mut p,
+        );
+        parse_line(
+            "test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out",
+            &mut p,
+        );
         parse_line("test e2e::counts_requests ... FAILED", &mut p);
         parse_line("test e2e::other ... ok", &mut p);
         assert_eq!((p.passed, p.failed, p.ignored), (15, 2, 1));

@@ -20,7 +20,11 @@ pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => {
             let dir = PathBuf::from(dir);
-            if dir.is_absolute() { dir } else { workspace_root().join(dir) }
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
         }
         _ => workspace_root().join("target"),
     }
@@ -195,7 +199,11 @@ impl ProcGuard {
                 return Ok((ExitStatus::from_raw(status), ru));
             }
             if r < 0 {
-                bail!("wait4({}) failed: {}", self.name, std::io::Error::last_os_error());
+                bail!(
+                    "wait4({}) failed: {}",
+                    self.name,
+                    std::io::Error::last_os_error()
+                );
             }
             check_interrupted()?;
             std::thread::sleep(Duration::from_millis(5));
@@ -206,7 +214,10 @@ impl ProcGuard {
 fn alive(pid: u32) -> bool {
     // A zombie still answers kill(0); look at its state instead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !matches!(stat_fields(&s).and_then(|f| f.first().copied()), Some("Z") | Some("X")),
+        Ok(s) => !matches!(
+            stat_fields(&s).and_then(|f| f.first().copied()),
+            Some("Z") | Some("X")
+        ),
         Err(_) => false,
     }
 }
@@ -222,22 +233,26 @@ fn signal(pid: u32, sig: libc::c_int) {
 
 impl Drop for ProcGuard {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Ok(None) = child.try_wait() {
-                signal(child.id(), self.term_signal);
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < deadline {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take()
+            && let Ok(None) = child.try_wait()
+        {
+            signal(child.id(), self.term_signal);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
                 }
-                if let Ok(None) = child.try_wait() {
-                    eprintln!("xtask: {} (pid {}) ignored SIGTERM, killing it", self.name, child.id());
-                    let _ = child.kill();
-                }
-                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(20));
             }
+            if let Ok(None) = child.try_wait() {
+                eprintln!(
+                    "xtask: {} (pid {}) ignored SIGTERM, killing it",
+                    self.name,
+                    child.id()
+                );
+                let _ = child.kill();
+            }
+            let _ = child.wait();
         }
         for &pid in &self.extra {
             let deadline = Instant::now() + Duration::from_secs(3);
@@ -309,12 +324,16 @@ pub fn clock_ticks() -> f64 {
 
 /// Children of `ppid` (scans /proc).
 pub fn children_of(ppid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| stat_fields(&s).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())))
+                .and_then(|s| {
+                    stat_fields(&s).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
+                })
                 == Some(ppid)
         })
         .collect()
@@ -343,7 +362,10 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);
@@ -365,5 +387,9 @@ pub fn median(values: &[f64]) -> f64 {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }

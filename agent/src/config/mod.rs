@@ -46,6 +46,17 @@ pub struct Config {
     pub labels: BTreeMap<LabelName, String>,
     /// The embedded time-series store (store stage).
     pub storage: crate::store::StorageConfig,
+    /// Alerting and recording rules (rules stage).
+    pub rules: crate::rules::RulesConfig,
+    /// Built-in notifier, configured exactly like alertmanager.yml (global,
+    /// route, receivers, inhibit_rules, templates), inline...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<crate::notify::NotifyConfig>,
+    /// ...or an unchanged alertmanager.yml (relative to this file's directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alertmanager_config_file: Option<PathBuf>,
+    /// Also forward alerts to external Alertmanagers (Prometheus `alerting:` syntax).
+    pub alerting: crate::notify::AlertingConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,7 +158,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             field_path.as_ref(),
         )))
     })?;
+    let mut config = config;
     config.validate().map_err(|message| ConfigError::Semantic {
+        path: path.to_path_buf(),
+        message,
+    })?;
+    config.resolve_notify(path, text).map_err(|message| ConfigError::Semantic {
         path: path.to_path_buf(),
         message,
     })?;
@@ -157,7 +173,31 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 impl Config {
     /// Checks across fields that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
-        self.storage.validate()
+        self.storage.validate()?;
+        if self.alertmanager.is_some() && self.alertmanager_config_file.is_some() {
+            return Err("set either alertmanager (inline) or alertmanager_config_file, not both".into());
+        }
+        Ok(())
+    }
+
+    /// Loads `alertmanager_config_file` (relative to the config file) into
+    /// `alertmanager`, and validates receivers and templates, so a bad
+    /// notifier config stops the agent at start with file, line and field.
+    fn resolve_notify(&mut self, path: &Path, text: &str) -> Result<(), String> {
+        if let Some(file) = self.alertmanager_config_file.clone() {
+            let file = match path.parent() {
+                Some(dir) if file.is_relative() => dir.join(file),
+                _ => file,
+            };
+            let am = crate::notify::load_file(&file).map_err(|e| e.to_string())?;
+            self.alertmanager = Some(am);
+        } else if let Some(am) = self.alertmanager.as_mut() {
+            am.origin = crate::notify::Origin::embedded(path, text, &["alertmanager"]);
+        }
+        if let Some(am) = &self.alertmanager {
+            crate::notify::compile::validate(am).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 

@@ -14,6 +14,10 @@ pub mod functions;
 pub mod value;
 
 #[cfg(test)]
+mod differential;
+#[cfg(test)]
+pub(crate) mod promharness;
+#[cfg(test)]
 mod promqltest;
 #[cfg(test)]
 pub(crate) mod testing;

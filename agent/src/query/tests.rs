@@ -2,7 +2,10 @@
 //! if a case listed in conformance-baseline.txt no longer passes.
 use std::path::PathBuf;
 
-use super::{promqltest, testing::MemSeries};
+use super::{
+    promqltest,
+    testing::{MemSeries, SwapStore},
+};
 
 fn shared_dir() -> Option<PathBuf> {
     let mut cands = vec![];
@@ -18,36 +21,58 @@ fn shared_dir() -> Option<PathBuf> {
 
 const BASELINE: &str = include_str!("conformance-baseline.txt");
 
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// Runs every promqltest file over the real store (a fresh temporary data
+/// directory per file and per `clear`), loading samples through
+/// `SeriesWriter::append`.
 #[test]
 fn promql_conformance() {
     let Some(dir) = shared_dir() else {
-        eprintln!("promqltest: conformance data not found (set NGXPROBE_SHARED); skipping");
+        let msg = "promqltest: conformance data (shared/conformance/promqltest) not found: run from a checkout with \
+                   ../shared beside it, or set NGXPROBE_SHARED=/path/to/shared";
+        assert!(!in_ci(), "{msg} (CI is set, so this is a failure, not a skip)");
+        eprintln!("{msg}; skipping");
         return;
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "test")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "test"))
+        .collect();
     files.sort();
+    assert!(!files.is_empty() || !in_ci(), "promqltest: no .test files in {}", dir.display());
     let mut passing = std::collections::BTreeSet::new();
     let mut total = (0, 0, 0);
+    let mut refused_total = 0;
     let verbose = std::env::var("NGXPROBE_CONFORMANCE_VERBOSE").is_ok();
     for f in &files {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         let text = std::fs::read_to_string(f).unwrap();
-        let store = MemSeries::new();
+        let store = SwapStore::new("promqltest");
         let rep = promqltest::run_file(&text, &store, &mut |op| match op {
             promqltest::LoadOp::Clear => store.clear(),
             promqltest::LoadOp::Sample(l, t, v) => store.add(l, t, v),
         });
+        let refused = store.take_refused();
         let mut by_rule = std::collections::BTreeMap::new();
         for (_, r) in &rep.skipped {
             *by_rule.entry(*r).or_insert(0) += 1;
         }
         println!(
-            "promqltest {name}: {} passed, {} failed, {} skipped {:?}",
+            "promqltest {name}: {} passed, {} failed, {} skipped {:?}{}",
             rep.passed.len(),
             rep.failed.len(),
             rep.skipped.len(),
-            by_rule
+            by_rule,
+            if refused.is_empty() { String::new() } else { format!(", {} samples refused by the store", refused.len()) }
         );
+        for r in refused.iter().take(if verbose { usize::MAX } else { 3 }) {
+            println!("  REFUSED {name}: {} @{}: {}", r.labels, r.t, r.err);
+        }
+        refused_total += refused.len();
         if verbose {
             for (l, e) in &rep.failed {
                 println!("  FAIL {name}:{l}: {e}");
@@ -60,7 +85,10 @@ fn promql_conformance() {
             passing.insert(format!("{name}:{l}"));
         }
     }
-    println!("promqltest total: {} passed, {} failed, {} skipped", total.0, total.1, total.2);
+    println!(
+        "promqltest total (real store): {} passed, {} failed, {} skipped; {} samples refused by the store",
+        total.0, total.1, total.2, refused_total
+    );
     if let Ok(target) = std::env::var("NGXPROBE_UPDATE_BASELINE") {
         let path = if target.ends_with(".txt") {
             PathBuf::from(target)

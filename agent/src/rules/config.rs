@@ -33,7 +33,8 @@ pub struct RulesConfig {
     /// Minimum time an alert waits to fire again after a restart
     /// (Prometheus: `--rules.alert.for-grace-period`, 10m).
     pub for_grace_period: PromDuration,
-    /// Base of generator URLs (`<external_url>/graph?g0.expr=...`); empty: `http://<hostname>:9113`.
+    /// Base of alert generator URLs (`<external_url>/graph?g0.expr=...`) and `externalURL` in
+    /// templates; empty gives a relative link (set it to how users reach this agent).
     pub external_url: String,
 }
 

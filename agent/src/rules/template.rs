@@ -77,7 +77,7 @@ fn go_parse_float(s: &str) -> Option<f64> {
 fn str_arg<'a>(args: &'a [Value], i: usize, f: &str) -> Result<&'a str, TemplateError> {
     match args.get(i) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(exec_err(format!("error calling {f}: wrong type for value; expected string; got {}", other.type_name()))),
+        Some(other) => Err(exec_err(format!("wrong type for value; expected string; got {}", other.type_name()))),
         None => Err(exec_err(format!("wrong number of args for {f}: want {} got {}", i + 1, args.len()))),
     }
 }
@@ -445,47 +445,47 @@ fn referenced_label_keys(text: &str) -> Vec<String> {
 fn build_template(name: &str, ts_ms: i64, external_url: &str, query: Option<QueryFn>) -> Template {
     let ext = external_url.to_string();
     let ext_path = url_path(external_url);
-    let mut t = Template::new(name)
-        .func("__gofmt", |a| Ok(a.last().map(go_print).unwrap_or(Value::Nil)))
-        .func("index", go_index)
-        .func("query", move |a| {
+    let mut t = Template::new(name);
+    t = t.func("__gofmt", called("__gofmt", |a| Ok(a.last().map(go_print).unwrap_or(Value::Nil))));
+    t = t.func("index", called("index", go_index));
+    t = t.func("query", called("query", move |a| {
             let q = str_arg(a, 0, "query")?;
-            let f = query.as_ref().ok_or_else(|| exec_err("error calling query: queries are not available here"))?;
-            let res = f(q).map_err(|e| exec_err(format!("error calling query: {e}")))?;
+            let f = query.as_ref().ok_or_else(|| exec_err("queries are not available here"))?;
+            let res = f(q).map_err(|e| exec_err(e.to_string()))?;
             Ok(Value::List(res.iter().map(|(l, v)| sample_value(l, *v)).collect::<Vec<_>>().into()))
-        })
-        .func("first", |a| match a.first() {
+        }));
+    t = t.func("first", called("first", |a| match a.first() {
             Some(Value::List(l)) if !l.is_empty() => Ok(l[0].clone()),
-            Some(Value::List(_)) | Some(Value::Nil) => Err(exec_err("error calling first: first() called on vector with no elements")),
-            _ => Err(exec_err("error calling first: wrong type for value; expected template.queryResult")),
-        })
-        .func("label", |a| {
+            Some(Value::List(_)) | Some(Value::Nil) => Err(exec_err("first() called on vector with no elements")),
+            _ => Err(exec_err("wrong type for value; expected template.queryResult")),
+        }));
+    t = t.func("label", called("label", |a| {
             let name = str_arg(a, 0, "label")?;
             Ok(a.get(1).and_then(sample_labels).and_then(|m| m.get(name).cloned()).unwrap_or_else(|| s("")))
-        })
-        .func("value", |a| Ok(a.first().and_then(|v| v.field("Value").cloned()).unwrap_or(Value::Nil)))
-        .func("strvalue", |a| Ok(a.first().and_then(sample_labels).and_then(|m| m.get("__value__").cloned()).unwrap_or_else(|| s(""))))
-        .func("args", |a| {
+        }));
+    t = t.func("value", called("value", |a| Ok(a.first().and_then(|v| v.field("Value").cloned()).unwrap_or(Value::Nil))));
+    t = t.func("strvalue", called("strvalue", |a| Ok(a.first().and_then(sample_labels).and_then(|m| m.get("__value__").cloned()).unwrap_or_else(|| s("")))));
+    t = t.func("args", called("args", |a| {
             let m: BTreeMap<Arc<str>, Value> = a.iter().enumerate().map(|(i, v)| (Arc::from(format!("arg{i}").as_str()), v.clone())).collect();
             Ok(Value::Map(Arc::new(m)))
-        })
-        .func("reReplaceAll", |a| {
+        }));
+    t = t.func("reReplaceAll", called("reReplaceAll", |a| {
             let (p, r, t) = (str_arg(a, 0, "reReplaceAll")?, str_arg(a, 1, "reReplaceAll")?, str_arg(a, 2, "reReplaceAll")?);
             let re = regex::Regex::new(p).map_err(|e| exec_err(format!("regexp: Compile({p:?}): {e}")))?;
             Ok(s(re.replace_all(t, r).into_owned()))
-        })
-        .func("safeHtml", |a| Ok(s(str_arg(a, 0, "safeHtml")?)))
-        .func("match", |a| {
+        }));
+    t = t.func("safeHtml", called("safeHtml", |a| Ok(s(str_arg(a, 0, "safeHtml")?))));
+    t = t.func("match", called("match", |a| {
             let (p, t) = (str_arg(a, 0, "match")?, str_arg(a, 1, "match")?);
-            let re = regex::Regex::new(p).map_err(|e| exec_err(format!("error calling match: {e}")))?;
+            let re = regex::Regex::new(p).map_err(|e| exec_err(e.to_string()))?;
             Ok(Value::Bool(re.is_match(t)))
-        })
-        .func("title", |a| Ok(s(title_case(str_arg(a, 0, "title")?))))
-        .func("toUpper", |a| Ok(s(str_arg(a, 0, "toUpper")?.to_uppercase())))
-        .func("toLower", |a| Ok(s(str_arg(a, 0, "toLower")?.to_lowercase())))
-        .func("graphLink", |a| Ok(s(format!("/graph?g0.expr={}&g0.tab=0", query_escape(str_arg(a, 0, "graphLink")?)))))
-        .func("tableLink", |a| Ok(s(format!("/graph?g0.expr={}&g0.tab=1", query_escape(str_arg(a, 0, "tableLink")?)))))
-        .func("sortByLabel", |a| {
+        }));
+    t = t.func("title", called("title", |a| Ok(s(title_case(str_arg(a, 0, "title")?)))));
+    t = t.func("toUpper", called("toUpper", |a| Ok(s(str_arg(a, 0, "toUpper")?.to_uppercase()))));
+    t = t.func("toLower", called("toLower", |a| Ok(s(str_arg(a, 0, "toLower")?.to_lowercase()))));
+    t = t.func("graphLink", called("graphLink", |a| Ok(s(format!("/graph?g0.expr={}&g0.tab=0", query_escape(str_arg(a, 0, "graphLink")?))))));
+    t = t.func("tableLink", called("tableLink", |a| Ok(s(format!("/graph?g0.expr={}&g0.tab=1", query_escape(str_arg(a, 0, "tableLink")?))))));
+    t = t.func("sortByLabel", called("sortByLabel", |a| {
             let label = str_arg(a, 0, "sortByLabel")?.to_string();
             let mut v: Vec<Value> = match a.get(1) {
                 Some(Value::List(l)) => l.to_vec(),
@@ -494,12 +494,12 @@ fn build_template(name: &str, ts_ms: i64, external_url: &str, query: Option<Quer
             let key = |x: &Value| sample_labels(x).and_then(|m| m.get(label.as_str())).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
             v.sort_by_key(key);
             Ok(Value::List(v.into()))
-        })
-        .func("stripPort", |a| {
+        }));
+    t = t.func("stripPort", called("stripPort", |a| {
             let hp = str_arg(a, 0, "stripPort")?;
             Ok(s(split_host_port(hp).map(|(h, _)| h).unwrap_or_else(|| hp.to_string())))
-        })
-        .func("stripDomain", |a| {
+        }));
+    t = t.func("stripDomain", called("stripDomain", |a| {
             let hp = str_arg(a, 0, "stripDomain")?;
             let (host, port) = split_host_port(hp).unwrap_or_else(|| (hp.to_string(), String::new()));
             if host.parse::<std::net::IpAddr>().is_ok() {
@@ -513,36 +513,46 @@ fn build_template(name: &str, ts_ms: i64, external_url: &str, query: Option<Quer
             } else {
                 Ok(s(format!("{short}:{port}")))
             }
-        })
-        .func("humanize", |a| Ok(s(humanize(to_float(a.first().unwrap_or(&Value::Nil))?))))
-        .func("humanize1024", |a| Ok(s(humanize1024(to_float(a.first().unwrap_or(&Value::Nil))?))))
-        .func("humanizeDuration", |a| Ok(s(humanize_duration(to_float(a.first().unwrap_or(&Value::Nil))?))))
-        .func("humanizePercentage", |a| Ok(s(format!("{}%", go_fmt_g(to_float(a.first().unwrap_or(&Value::Nil))? * 100.0, Some(4))))))
-        .func("humanizeTimestamp", |a| {
+        }));
+    t = t.func("humanize", called("humanize", |a| Ok(s(humanize(to_float(a.first().unwrap_or(&Value::Nil))?)))));
+    t = t.func("humanize1024", called("humanize1024", |a| Ok(s(humanize1024(to_float(a.first().unwrap_or(&Value::Nil))?)))));
+    t = t.func("humanizeDuration", called("humanizeDuration", |a| Ok(s(humanize_duration(to_float(a.first().unwrap_or(&Value::Nil))?)))));
+    t = t.func("humanizePercentage", called("humanizePercentage", |a| Ok(s(format!("{}%", go_fmt_g(to_float(a.first().unwrap_or(&Value::Nil))? * 100.0, Some(4)))))));
+    t = t.func("humanizeTimestamp", called("humanizeTimestamp", |a| {
             let v = to_float(a.first().unwrap_or(&Value::Nil))?;
             if v.is_nan() || v.is_infinite() {
                 return Ok(s(go_fmt_g(v, Some(4))));
             }
             Ok(s(go_time_string(v)?))
-        })
-        .func("toTime", |a| {
+        }));
+    t = t.func("toTime", called("toTime", |a| {
             let v = to_float(a.first().unwrap_or(&Value::Nil))?;
             if v.is_nan() || v.is_infinite() {
-                return Err(exec_err("error calling toTime: value is NaN or Inf"));
+                return Err(exec_err("value is NaN or Inf"));
             }
             Ok(s(go_time_string(v)?))
-        })
-        .func("toDuration", |a| {
+        }));
+    t = t.func("toDuration", called("toDuration", |a| {
             let v = to_float(a.first().unwrap_or(&Value::Nil))?;
             Ok(s(go_duration_string((v * 1e9) as i64)))
-        })
-        .func("now", move |_| Ok(Value::Float(ts_ms as f64 / 1000.0)))
-        .func("pathPrefix", move |_| Ok(s(ext_path.as_str())))
-        .func("externalURL", move |_| Ok(s(ext.as_str())))
-        .func("parseDuration", |a| Ok(Value::Float(parse_duration_secs(str_arg(a, 0, "parseDuration")?)?)))
-        .func("urlQueryEscape", |a| Ok(s(query_escape(str_arg(a, 0, "urlQueryEscape")?))));
+        }));
+    t = t.func("now", called("now", move |_| Ok(Value::Float(ts_ms as f64 / 1000.0))));
+    t = t.func("pathPrefix", called("pathPrefix", move |_| Ok(s(ext_path.as_str()))));
+    t = t.func("externalURL", called("externalURL", move |_| Ok(s(ext.as_str()))));
+    t = t.func("parseDuration", called("parseDuration", |a| Ok(Value::Float(parse_duration_secs(str_arg(a, 0, "parseDuration")?)?))));
+    t = t.func("urlQueryEscape", called("urlQueryEscape", |a| Ok(s(query_escape(str_arg(a, 0, "urlQueryEscape")?)))));
     t = t.missing_key(gotmpl::MissingKey::ZeroValue);
     t
+}
+
+/// Prefixes a function's errors with `error calling NAME: `, as Go does.
+fn called(name: &'static str, f: impl Fn(&[Value]) -> gotmpl::Result<Value> + Send + Sync + 'static) -> impl Fn(&[Value]) -> gotmpl::Result<Value> + Send + Sync + 'static {
+    move |a| {
+        f(a).map_err(|e| match e {
+            TemplateError::Exec(m) if !m.starts_with("error calling") && !m.starts_with("wrong number") => exec_err(format!("error calling {name}: {m}")),
+            other => other,
+        })
+    }
 }
 
 fn url_path(u: &str) -> String {
@@ -690,7 +700,10 @@ fn go_error(name: &str, full: &str, e: &TemplateError) -> String {
         }
         TemplateError::UndefinedVariable(v) => format!("template: {name}:{}: undefined variable {v:?}", line_of(full, v)),
         TemplateError::UndefinedFunction(f) => format!("template: {name}:{}: function {f:?} not defined", line_of(full, f)),
-        TemplateError::Exec(m) => format!("template: {name}: executing {name:?}: {m}"),
+        TemplateError::Exec(m) => match m.strip_prefix("error calling ").and_then(|r| r.split_once(':')) {
+            Some((f, _)) => format!("template: {name}:{}: executing {name:?} at <{f}>: {m}", line_of(full, f)),
+            None => format!("template: {name}: executing {name:?}: {m}"),
+        },
         other => format!("template: {name}: executing {name:?}: {other}"),
     }
 }

@@ -124,9 +124,9 @@ async fn run_scenario(make_config: fn(&str) -> String) -> Option<(Vec<serde_json
 
     // 1. Both firing (no EndsAt: resolve_timeout applies).
     let firing = vec![a1(std::time::UNIX_EPOCH), a2(std::time::UNIX_EPOCH)];
+    let t0 = std::time::Instant::now();
     am.post(&firing).await;
     notifier.send(firing);
-    let t0 = std::time::Instant::now();
     wait_for("firing message on both sides", Duration::from_secs(40), || {
         both_since(t0, &|b| text(b).contains("FIRING"))
     })
