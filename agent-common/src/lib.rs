@@ -8,8 +8,8 @@
 /// Slot `GLOBAL_SLOT` holds node-wide self-metrics of the eBPF side.
 pub const MAX_INSTANCES: u32 = 255;
 pub const GLOBAL_SLOT: u32 = MAX_INSTANCES;
-/// Tracked client connections across all instances on the node.
-pub const MAX_CONNS: u32 = 262_144;
+/// Connections open before the agent started, handed over by cookie.
+pub const MAX_SEEDS: u32 = 65_536;
 /// (netns, port) pairs nginx listens on.
 pub const MAX_LISTENERS: u32 = 4096;
 
@@ -49,10 +49,14 @@ pub struct Conn {
     pub _pad0: u8,
     /// Requests seen on this connection.
     pub requests: u32,
-    pub _pad1: u32,
+    /// Bytes nginx asked for in its first read on this connection: its
+    /// client_header_buffer_size, which every later request-line read also
+    /// asks for (a discarded body is read in other sizes).
+    pub first_read_size: u32,
     /// bpf_ktime_get_ns() at accept.
     pub accepted_ns: u64,
-    /// bpf_ktime_get_ns() when the current request's first bytes were read.
+    /// Reserved for per-request timing (latency, a later stage); not filled
+    /// yet so the hot path does not pay for a clock read nobody uses.
     pub req_start_ns: u64,
 }
 
@@ -73,7 +77,7 @@ pub struct SlotStats {
     pub active: i64,
     pub reading: i64,
     pub writing: i64,
-    /// Program invocations that matched a tracked connection.
+    /// Reserved (kept for layout stability).
     pub events: u64,
 }
 
@@ -82,6 +86,10 @@ pub struct SlotStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelOffsets {
+    /// offsetof(struct sock, sk_wmem_queued) (int).
+    pub sk_wmem_queued: u32,
+    /// offsetof(struct sock, sk_sndbuf) (int).
+    pub sk_sndbuf: u32,
     /// offsetof(struct sock_common, skc_num): local port, host order (u16).
     pub skc_num: u32,
     /// offsetof(struct sock_common, skc_net): `possible_net_t`, whose first
@@ -106,4 +114,4 @@ mod user {
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Conn>() == 32);
 const _: () = assert!(core::mem::size_of::<SlotStats>() == 80);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 16);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24);

@@ -3,16 +3,23 @@
 //! Hooks (all fire only on network events, never on other syscalls):
 //! - `inet_sock_set_state`: a handshake completing on a port nginx listens on
 //!   (matched by network namespace + port) is an accepted connection; the move
-//!   out of ESTABLISHED/CLOSE_WAIT is nginx (or the peer) closing it.
+//!   to FIN_WAIT1/LAST_ACK/CLOSE is nginx (or the peer) closing it.
 //! - `sock_recv_length`: nginx read request bytes. Data on a connection with no
 //!   request in progress starts a request, as ngx_http_alloc_request counts it.
-//! - `sock_send_length`: nginx wrote. A final status line at the head of a write
-//!   marks the response start (a second one without a read in between is a
-//!   pipelined request); a short or refused write means nginx is still writing.
-//! - `tcp_destroy_sock`: the socket is gone; forget it.
+//! - `sock_send_length`: nginx wrote. The first write of a request is its
+//!   response; a status line written after a complete response, with no read in
+//!   between, is a pipelined request; a write the socket did not take in full
+//!   means nginx is still writing.
+//! - `tcp_destroy_sock`: the socket is gone.
 //!
-//! Per-connection state lives in CONNS keyed by socket cookie; per-instance
-//! counters in the per-CPU STATS array (userspace sums over CPUs).
+//! Per-connection state lives in socket-local storage (CONN_STORE): a socket
+//! without it costs one pointer test, so other processes' traffic is nearly
+//! free. Per-instance counters live in the per-CPU STATS array.
+//!
+//! Cost discipline: the common keep-alive request is one storage lookup per
+//! event plus, on reads after a response, 16 bytes of the read buffer (to tell a
+//! new request from a discarded request body). Payload is read nowhere else
+//! except in the rare ambiguous writes (100 Continue, pipelining).
 #![no_std]
 #![no_main]
 // Atomic add on map values (the BPF target's core has no AtomicU64::fetch_add).
@@ -24,27 +31,45 @@ mod payload;
 use core::{
     ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr,
 };
 
 use agent_common::{
-    Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_CONNS, MAX_INSTANCES, MAX_LISTENERS,
+    Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, MAX_LISTENERS, MAX_SEEDS,
     PHASE_CLOSED, PHASE_READING, PHASE_WAITING, PHASE_WRITING, SlotStats,
 };
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
-    macros::{btf_tracepoint, map},
-    maps::{HashMap, PerCpuArray},
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+    },
+    macros::{btf_map, btf_tracepoint, map},
+    maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
 
-use payload::{SendHead, looks_like_request_start, send_head};
+use payload::{
+    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, looks_like_request_start,
+    syscall_args, write_head,
+};
+
+#[btf_map]
+static CONN_STORE: SkStorage<Conn> = SkStorage::new();
 
 #[map]
 static LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
+/// Connections found open when the agent started (socket cookie → slot),
+/// adopted into CONN_STORE at their first event.
 #[map]
-static CONNS: HashMap<u64, Conn> = HashMap::with_max_entries(MAX_CONNS, 0);
+static SEEDS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SEEDS, 0);
+
+/// [0]: non-zero while SEEDS may hold entries (userspace sets and clears it),
+/// so sockets without state only pay the cookie + SEEDS lookup then.
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 static STATS: PerCpuArray<SlotStats> = PerCpuArray::with_max_entries(MAX_INSTANCES + 1, 0);
@@ -52,6 +77,8 @@ static STATS: PerCpuArray<SlotStats> = PerCpuArray::with_max_entries(MAX_INSTANC
 /// Filled in by userspace at load time from /sys/kernel/btf/vmlinux.
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
+    sk_wmem_queued: 0,
+    sk_sndbuf: 0,
     skc_num: 0,
     skc_net: 0,
     net_ns_inum: 0,
@@ -68,13 +95,56 @@ const MSG_PEEK: i32 = 2;
 #[inline(always)]
 fn offsets() -> KernelOffsets {
     // SAFETY: a read of our own global; volatile so the loader's value is used.
-    unsafe { core::ptr::read_volatile(&KERNEL_OFFSETS) }
+    unsafe { ptr::read_volatile(&KERNEL_OFFSETS) }
 }
 
+/// The connection state of `sk`, or None for sockets nginx did not accept.
 #[inline(always)]
-fn cookie(sk: *const c_void) -> u64 {
-    // SAFETY: `sk` is the tracepoint's `struct sock *` argument (a BTF pointer).
-    unsafe { bpf_get_socket_cookie(sk as *mut c_void) }
+fn conn_of(sk: *const c_void) -> Option<*mut Conn> {
+    // SAFETY: `sk` is the tracepoint's `struct sock *` (a BTF pointer).
+    let p = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&CONN_STORE).cast_mut().cast(),
+            sk as *mut c_void,
+            ptr::null_mut(),
+            0,
+        )
+    } as *mut Conn;
+    if !p.is_null() {
+        return Some(p);
+    }
+    let slot = take_seed(sk)?;
+    let init = Conn {
+        slot,
+        phase: PHASE_WAITING,
+        seeded: 1,
+        ..Conn::default()
+    };
+    // SAFETY: as above; `init` lives on this stack frame during the call.
+    let p = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&CONN_STORE).cast_mut().cast(),
+            sk as *mut c_void,
+            ptr::from_ref(&init).cast_mut().cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    } as *mut Conn;
+    if p.is_null() { None } else { Some(p) }
+}
+
+/// If `sk` was found open at agent start, removes and returns its slot.
+#[inline(always)]
+fn take_seed(sk: *const c_void) -> Option<u32> {
+    let pending = CONTROL.get(0).copied().unwrap_or(0);
+    if pending == 0 {
+        return None;
+    }
+    // SAFETY: `sk` is the tracepoint's `struct sock *` (a BTF pointer).
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
+    // SAFETY: plain value read from our own map.
+    let slot = unsafe { SEEDS.get(&cookie) }.copied()?;
+    let _ = SEEDS.remove(&cookie);
+    Some(slot)
 }
 
 #[inline(always)]
@@ -82,12 +152,21 @@ fn stats(slot: u32) -> Option<*mut SlotStats> {
     STATS.get_ptr_mut(slot)
 }
 
-// Per-CPU values can still be touched by a softirq that interrupts a program on
-// the same CPU, so updates are atomic (uncontended, hence cheap).
+// Gauges (active/reading/writing) and accept/close counters are also changed
+// from softirq (handshakes, resets), which can interrupt a program on the same
+// CPU: those updates are atomic. Counters only the syscall-side programs touch
+// (requests, responses, blocked writes) use plain per-CPU adds.
 #[inline(always)]
 fn add_u(field: *mut u64, v: u64) {
     // SAFETY: `field` points into a live per-CPU map value.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(field, v) };
+}
+
+/// Plain add for per-CPU counters only process-context programs change.
+#[inline(always)]
+fn inc_local(field: *mut u64) {
+    // SAFETY: `field` points into a live per-CPU map value.
+    unsafe { *field = (*field).wrapping_add(1) };
 }
 
 #[inline(always)]
@@ -99,7 +178,7 @@ fn add_i(field: *mut i64, v: i64) {
 /// Moves a connection to `phase`, keeping the reading/writing gauges in step.
 #[inline(always)]
 fn set_phase(conn: *mut Conn, st: *mut SlotStats, phase: u8) {
-    // SAFETY: both pointers come from map lookups in this program invocation.
+    // SAFETY: both pointers come from map/storage lookups in this invocation.
     unsafe {
         let old = (*conn).phase;
         if old == phase {
@@ -167,14 +246,23 @@ fn on_established(sk: *const c_void) {
     };
     // SAFETY: `st` is a live per-CPU value.
     unsafe { add_u(&raw mut (*st).accepted, 1) };
-    let conn = Conn {
+    let init = Conn {
         slot,
         phase: PHASE_WAITING,
         // SAFETY: helper without preconditions.
         accepted_ns: unsafe { bpf_ktime_get_ns() },
         ..Conn::default()
     };
-    if CONNS.insert(cookie(sk), conn, BPF_NOEXIST as u64).is_ok() {
+    // SAFETY: `sk` is the tracepoint's socket; `init` outlives the call.
+    let p = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&CONN_STORE).cast_mut().cast(),
+            sk as *mut c_void,
+            ptr::from_ref(&init).cast_mut().cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    };
+    if !p.is_null() {
         // SAFETY: as above.
         unsafe { add_i(&raw mut (*st).active, 1) };
     } else if let Some(g) = stats(GLOBAL_SLOT) {
@@ -183,20 +271,19 @@ fn on_established(sk: *const c_void) {
     }
 }
 
-/// nginx closed the connection (FIN_WAIT1 / LAST_ACK), or it was reset/closed:
-/// it leaves `active` exactly once; the entry stays until tcp_destroy_sock so a
-/// late read cannot re-create it.
+/// nginx closed the connection (FIN_WAIT1 / LAST_ACK), or it was reset: it
+/// leaves `active` exactly once (the state stays, marked closed, until the
+/// socket is freed, so a late read cannot count it again).
 #[inline(always)]
 fn on_closing(sk: *const c_void) {
-    let Some(conn) = CONNS.get_ptr_mut(cookie(sk)) else {
-        return;
-    };
-    close_conn(conn);
+    if let Some(conn) = conn_of(sk) {
+        close_conn(conn);
+    }
 }
 
 #[inline(always)]
 fn close_conn(conn: *mut Conn) {
-    // SAFETY: `conn` comes from a CONNS lookup in this invocation.
+    // SAFETY: `conn` comes from a storage lookup in this invocation.
     unsafe {
         if (*conn).phase == PHASE_CLOSED {
             return;
@@ -214,10 +301,8 @@ fn close_conn(conn: *mut Conn) {
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn ngx_destroy_sock(ctx: BtfTracePointContext) -> u32 {
     let sk: *const c_void = ctx.arg(0);
-    let key = cookie(sk);
-    if let Some(conn) = CONNS.get_ptr_mut(key) {
+    if let Some(conn) = conn_of(sk) {
         close_conn(conn);
-        let _ = CONNS.remove(key);
     }
     0
 }
@@ -230,28 +315,34 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
         return 0;
     }
     let sk: *const c_void = ctx.arg(0);
-    let Some(conn) = CONNS.get_ptr_mut(cookie(sk)) else {
+    let Some(conn) = conn_of(sk) else {
         return 0;
     };
-    // SAFETY: `conn` and `st` come from map lookups in this invocation.
+    // SAFETY: `conn` and `st` come from lookups in this invocation.
     unsafe {
         if (*conn).phase != PHASE_WAITING {
             // Reading the rest of a header, or a request body: same request.
             return 0;
         }
-        // After a response, data is a new request unless it is the tail of a
-        // body nginx discards after answering early (405, 413, ...).
-        if (*conn).resp_started != 0 && !looks_like_request_start() {
-            return 0;
+        let a = syscall_args();
+        let want = a.arg3 as u32;
+        if (*conn).first_read_size == 0 {
+            (*conn).first_read_size = want;
+        } else if (*conn).resp_started != 0 {
+            // After a response, data is a new request unless it is the tail
+            // of a body nginx discards after answering early (405, 413, ...).
+            // Request lines are read into the header buffer, whose size the
+            // first read showed; anything else is the discard path.
+            if want != (*conn).first_read_size || !looks_like_request_start(&a) {
+                return 0;
+            }
         }
         let Some(st) = stats((*conn).slot) else {
             return 0;
         };
-        add_u(&raw mut (*st).requests, 1);
-        add_u(&raw mut (*st).events, 1);
+        inc_local(&raw mut (*st).requests);
         (*conn).requests = (*conn).requests.wrapping_add(1);
         (*conn).resp_started = 0;
-        (*conn).req_start_ns = bpf_ktime_get_ns();
         set_phase(conn, st, PHASE_READING);
     }
     0
@@ -260,53 +351,88 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
     let sk: *const c_void = ctx.arg(0);
-    let Some(conn) = CONNS.get_ptr_mut(cookie(sk)) else {
+    let Some(conn) = conn_of(sk) else {
         return 0;
     };
     let ret: i32 = ctx.arg(1);
-    // SAFETY: `conn` and `st` come from map lookups in this invocation.
+    // SAFETY: `conn` and `st` come from lookups in this invocation.
     unsafe {
-        if (*conn).phase == PHASE_CLOSED {
+        let phase = (*conn).phase;
+        if phase == PHASE_CLOSED {
             return 0;
         }
         let Some(st) = stats((*conn).slot) else {
             return 0;
         };
-        add_u(&raw mut (*st).events, 1);
-        let head = send_head(ret);
-        if head.final_status {
-            if (*conn).resp_started != 0 {
-                // A second response with no read in between: nginx created the
-                // next (pipelined) request from bytes it had already read.
-                add_u(&raw mut (*st).requests, 1);
+        let a = syscall_args();
+        if ret > 0 {
+            let started = (*conn).resp_started != 0;
+            if !started && (phase == PHASE_READING || phase == PHASE_WRITING) {
+                // First write since the request began (or since 100 Continue):
+                // the response, unless it is the 25-byte interim answer.
+                if !(is_plain_write(&a) && a.arg3 == CONTINUE_LEN && write_head(&a) == Head::Interim) {
+                    (*conn).resp_started = 1;
+                    inc_local(&raw mut (*st).responses);
+                }
+            } else if started && phase == PHASE_WAITING && a.nr != SYS_SENDFILE && write_head(&a) == Head::Final {
+                // A new status line after a complete response with no read in
+                // between: nginx made the next request from bytes it had
+                // already read (pipelining).
+                inc_local(&raw mut (*st).requests);
+                inc_local(&raw mut (*st).responses);
                 (*conn).requests = (*conn).requests.wrapping_add(1);
-                (*conn).req_start_ns = bpf_ktime_get_ns();
+            } else if !started && phase == PHASE_WAITING {
+                // Found open at start, mid-request: nginx counted that request
+                // before we watched; just follow the response.
+                (*conn).resp_started = 1;
             }
-            (*conn).resp_started = 1;
-            add_u(&raw mut (*st).responses, 1);
         }
-        let blocked = is_blocked(&head, ret);
+        let blocked = is_blocked(sk, &a, ret);
         if blocked {
-            add_u(&raw mut (*st).blocked_sends, 1);
+            inc_local(&raw mut (*st).blocked_sends);
         }
         // Done writing once a final response went out in full; until then (or
         // while the socket refuses data) the request is in the writing phase.
-        let phase = if blocked || (*conn).resp_started == 0 {
+        let next = if blocked || (*conn).resp_started == 0 {
             PHASE_WRITING
         } else {
             PHASE_WAITING
         };
-        set_phase(conn, st, phase);
+        set_phase(conn, st, next);
     }
     0
 }
 
 #[inline(always)]
-fn is_blocked(head: &SendHead, ret: i32) -> bool {
+fn is_plain_write(a: &SyscallArgs) -> bool {
+    a.nr == SYS_WRITE || a.nr == SYS_SENDTO
+}
+
+/// The socket did not take the whole write: nginx waits to write more.
+#[inline(always)]
+fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
     if ret < 0 {
         return true;
     }
-    head.requested != 0 && (ret as u64) < head.requested
+    if is_plain_write(a) {
+        return (ret as u64) < a.arg3;
+    }
+    if a.nr == SYS_SENDFILE {
+        return (ret as u64) < a.arg4;
+    }
+    // writev and the rest: a short write leaves the send buffer full
+    // (sk_stream_memory_free() false), which is what stopped it.
+    let off = offsets();
+    let base = sk as *const u8;
+    // SAFETY: kernel reads at offsets from this kernel's BTF.
+    unsafe {
+        let queued = bpf_probe_read_kernel(base.add(off.sk_wmem_queued as usize) as *const i32);
+        let sndbuf = bpf_probe_read_kernel(base.add(off.sk_sndbuf as usize) as *const i32);
+        match (queued, sndbuf) {
+            (Ok(q), Ok(b)) => q >= b,
+            _ => false,
+        }
+    }
 }
 
 #[cfg(not(test))]

@@ -78,7 +78,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
         return ExitCode::FAILURE;
     }
-    let probe = match Probe::load(cfg.ebpf.max_connections.get()) {
+    let probe = match Probe::load(cfg.ebpf.max_seeded_connections.get()) {
         Ok(p) => p,
         Err(e) => {
             error!("{e}");

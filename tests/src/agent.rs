@@ -17,6 +17,20 @@ pub fn binary_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_BIN))
 }
 
+/// How to start the agent ([`Agent::start_opts`]); the default is what
+/// [`Agent::start`] does.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Binary (default [`binary_path`]).
+    pub bin: Option<PathBuf>,
+    /// YAML text for `--config` (written to `<agent dir>/config.yml`).
+    pub config: Option<String>,
+    /// `--storage.path` (default: `<agent dir>/data`, a fresh store).
+    pub storage_path: Option<PathBuf>,
+    /// More arguments, after the others.
+    pub extra_args: Vec<String>,
+}
+
 pub struct Agent {
     child: ChildGuard,
     addr: SocketAddr,
@@ -33,7 +47,25 @@ impl Agent {
 
     /// Starts the agent binary at `bin` (see [`Agent::start`]).
     pub fn start_with(bin: &std::path::Path) -> Result<Agent> {
-        let bin = bin.to_path_buf();
+        Self::start_opts(&AgentOptions {
+            bin: Some(bin.to_path_buf()),
+            ..Default::default()
+        })
+    }
+
+    /// Starts the agent with `yaml` as its `--config` file (written into the
+    /// agent's temp dir). `--web.listen-address` and `--storage.path` are still
+    /// passed on the command line and override the file.
+    pub fn start_with_config(yaml: &str) -> Result<Agent> {
+        Self::start_opts(&AgentOptions {
+            config: Some(yaml.to_string()),
+            ..Default::default()
+        })
+    }
+
+    /// Starts the agent as `opts` says and waits (bounded) for /readyz → 200.
+    pub fn start_opts(opts: &AgentOptions) -> Result<Agent> {
+        let bin = opts.bin.clone().unwrap_or_else(binary_path);
         if !bin.is_file() {
             bail!(
                 "ngxprobe binary not found at {} — build it (`cargo xtask build` or \
@@ -47,11 +79,22 @@ impl Agent {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let logf = std::fs::File::create(&log)?;
         let mut cmd = Command::new(&bin);
-        // A private store directory: one agent per data dir (the store locks it).
+        if let Some(yaml) = &opts.config {
+            let conf = dir.path().join("config.yml");
+            std::fs::write(&conf, yaml)?;
+            cmd.arg("--config").arg(conf);
+        }
+        // A private store directory unless the caller brings one: one agent
+        // per data dir (the store locks it).
+        let data = opts
+            .storage_path
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
         cmd.arg("--web.listen-address")
             .arg(addr.to_string())
             .arg("--storage.path")
-            .arg(dir.path().join("data"))
+            .arg(data)
+            .args(&opts.extra_args)
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);
@@ -116,6 +159,35 @@ impl Agent {
         Ok(())
     }
 
+    /// SIGKILLs the agent (no shutdown code runs) and reaps it.
+    pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.stop(libc::SIGKILL, Duration::from_secs(5))
+    }
+
+    /// Path of the agent's log file (stdout and stderr).
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
+    /// `GET path` on the agent, expecting 200 and a JSON body.
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let (status, body) = http_get(self.addr, path)?;
+        let text = String::from_utf8_lossy(&body);
+        if status != 200 {
+            bail!("GET {path}: status {status}: {text}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON: {text}"))
+    }
+
+    /// `GET /api/v1/query?query=<promql>` → `data` (status must be "success").
+    pub fn query(&self, promql: &str) -> Result<serde_json::Value> {
+        let v = self.get_json(&format!("/api/v1/query?query={}", url_encode(promql)))?;
+        if v["status"] != "success" {
+            bail!("query {promql:?}: {v}");
+        }
+        Ok(v["data"].clone())
+    }
+
     pub fn scrape(&self) -> Result<Scrape> {
         scrape(self.addr)
     }
@@ -170,4 +242,17 @@ pub fn scrape(addr: SocketAddr) -> Result<Scrape> {
         );
     }
     Scrape::parse(String::from_utf8(body).context("/metrics is not UTF-8")?)
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

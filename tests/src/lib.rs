@@ -6,6 +6,7 @@
 //! * [`clients`]: raw HTTP/1.x clients and wrk.
 //! * [`metrics_text`]: Prometheus text parsing, per-`conf_path` views.
 //! * [`measure`]: the exact measurement protocol and the invariant monitor.
+//! * [`slack_receiver`]: a local HTTP server standing in for Slack's webhook.
 //!
 //! Tests in one binary are serialised ([`util::serial`]) and each has a
 //! watchdog; every process started is killed by PID on drop, also on panic.
@@ -15,9 +16,10 @@ pub mod measure;
 pub mod metrics_text;
 pub mod nginx;
 pub mod oracle;
+pub mod slack_receiver;
 pub mod util;
 
-pub use agent::Agent;
+pub use agent::{Agent, AgentOptions};
 pub use measure::{Report, Target, measure};
 pub use nginx::{Nginx, NginxOptions};
 

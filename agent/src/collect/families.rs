@@ -261,7 +261,7 @@ impl Collector {
             "Maximum entries of each eBPF map",
             MetricType::Gauge,
         );
-        cap.push(&[("map", "CONNS")], self.probe.conn_capacity() as f64);
+        cap.push(&[("map", "SEEDS")], self.probe.seed_capacity() as f64);
         cap.push(&[("map", "LISTENERS")], agent_common::MAX_LISTENERS as f64);
         out.push(cap);
         let mut used = Family::new(
@@ -275,13 +275,20 @@ impl Collector {
             .values()
             .filter_map(|t| self.probe.slot_totals(t.slot).ok().map(|x| x.active + t.seeded_active))
             .sum();
-        used.push(&[("map", "CONNS")], tracked.max(0) as f64);
+        let seeds: usize = self.instances.values().map(|t| t.pending_seeds.len()).sum();
+        used.push(&[("map", "SEEDS")], seeds as f64);
         out.push(used);
-
+        let mut live = Family::new(
+            "ngxprobe_ebpf_tracked_connections",
+            "Client connections with per-socket state in the kernel (socket storage, freed with the socket)",
+            MetricType::Gauge,
+        );
+        live.push(&[], tracked.max(0) as f64);
+        out.push(live);
         if let Ok(g) = self.probe.global_totals() {
             let mut full = Family::new(
-                "ngxprobe_ebpf_conn_map_full_total",
-                "Accepted connections that could not be tracked because the CONNS map was full",
+                "ngxprobe_ebpf_untracked_connections_total",
+                "Accepted connections that could not be tracked (socket storage could not be allocated)",
                 MetricType::Counter,
             );
             full.push(&[], g.conn_map_full as f64);

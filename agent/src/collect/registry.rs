@@ -22,6 +22,8 @@ pub(super) struct Tracked {
     /// Connections found open at discovery (sock_diag) and handed to the
     /// programs: they were accepted before we watched, so `active` starts here.
     pub seeded_active: i64,
+    /// Seeds (socket cookies) the programs have not adopted yet.
+    pub pending_seeds: BTreeSet<u64>,
 }
 
 /// What changed in one reconcile, for the caller to log.
@@ -113,6 +115,7 @@ impl Collector {
                                 inst,
                                 stopped_since: None,
                                 seeded_active: 0,
+                                pending_seeds: BTreeSet::new(),
                             },
                         );
                     }
@@ -141,18 +144,31 @@ impl Collector {
                 Some(_) => true,
             }
         });
-        // Listeners first, then seeding: a connection accepted after the
-        // listener is installed is tracked by the programs, and the seed insert
-        // (NOEXIST) then leaves it alone, so nothing is counted twice.
+        // Connections open *before* the listener is installed were accepted
+        // unseen: list them first, then install, then hand them over. One
+        // accepted in between is tracked by the programs instead, never twice.
+        let mut open_before = Vec::new();
+        for key in new_keys {
+            let Some(t) = self.instances.get(&key) else { continue };
+            match discover::existing_conns(&t.inst, &self.proc_root) {
+                Ok(conns) => open_before.push((key, conns)),
+                Err(e) => report
+                    .errors
+                    .push(format!("finding open connections of {}: {e}", describe(&key))),
+            }
+        }
         if let Err(e) = self.install_listeners() {
             report.errors.push(e.to_string());
         }
-        for key in new_keys {
-            if let Err(e) = self.seed(&key) {
+        for (key, conns) in open_before {
+            if let Err(e) = self.seed(&key, &conns) {
                 report
                     .errors
-                    .push(format!("finding open connections of {}: {e}", describe(&key)));
+                    .push(format!("handing open connections of {} to the probe: {e}", describe(&key)));
             }
+        }
+        if let Err(e) = self.reconcile_seeds() {
+            report.errors.push(format!("following connections open at start: {e}"));
         }
         report
     }
@@ -182,36 +198,67 @@ impl Collector {
     }
 
     /// Hands connections that were open before we watched to the programs.
-    fn seed(&mut self, key: &InstanceKey) -> Result<(), String> {
-        let Some(t) = self.instances.get(key) else {
+    fn seed(&mut self, key: &InstanceKey, conns: &[discover::ExistingConn]) -> Result<(), String> {
+        let Some(slot) = self.instances.get(key).map(|t| t.slot) else {
             return Ok(());
         };
-        let (slot, inst) = (t.slot, t.inst.clone());
-        let before = discover::existing_conns(&inst, &self.proc_root).map_err(|e| e.to_string())?;
         let mut seeded = BTreeSet::new();
-        for c in &before {
+        for c in conns {
             if self.probe.seed_conn(c.cookie, slot).map_err(|e| e.to_string())? {
                 seeded.insert(c.cookie);
             }
         }
-        // A connection that closed between the dump and our insert would stay
-        // in the map forever: dump again and take back what is gone.
-        if !seeded.is_empty() {
-            let after: BTreeSet<u64> = discover::existing_conns(&inst, &self.proc_root)
-                .map_err(|e| e.to_string())?
-                .iter()
-                .map(|c| c.cookie)
-                .collect();
-            for cookie in seeded.clone() {
-                if !after.contains(&cookie)
-                    && self.probe.unseed_conn(cookie).map_err(|e| e.to_string())?
-                {
-                    seeded.remove(&cookie);
-                }
-            }
-        }
         if let Some(t) = self.instances.get_mut(key) {
             t.seeded_active += seeded.len() as i64;
+            t.pending_seeds.extend(seeded);
+        }
+        Ok(())
+    }
+
+    /// Follows seeds until the programs adopt them (at the socket's first
+    /// event, which includes its close). A seed whose socket vanished first
+    /// (it closed between the listing and the hand-over) is withdrawn and no
+    /// longer counted. Seed lookups in the programs stop when none is left.
+    fn reconcile_seeds(&mut self) -> Result<(), String> {
+        let keys: Vec<InstanceKey> = self
+            .instances
+            .iter()
+            .filter(|(_, t)| !t.pending_seeds.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let Some(t) = self.instances.get(&key) else { continue };
+            let inst = t.inst.clone();
+            let pending = t.pending_seeds.clone();
+            let stopped = t.stopped_since.is_some();
+            let open: BTreeSet<u64> = if stopped {
+                BTreeSet::new()
+            } else {
+                discover::existing_conns(&inst, &self.proc_root)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|c| c.cookie)
+                    .collect()
+            };
+            let mut withdrawn = 0i64;
+            let mut done = BTreeSet::new();
+            for cookie in pending {
+                if !self.probe.seed_pending(cookie) {
+                    done.insert(cookie);
+                } else if !open.contains(&cookie) {
+                    if self.probe.withdraw_seed(cookie) {
+                        withdrawn += 1;
+                    }
+                    done.insert(cookie);
+                }
+            }
+            if let Some(t) = self.instances.get_mut(&key) {
+                t.seeded_active -= withdrawn;
+                t.pending_seeds.retain(|c| !done.contains(c));
+            }
+        }
+        if self.instances.values().all(|t| t.pending_seeds.is_empty()) {
+            self.probe.set_seeding(false).map_err(|e| e.to_string())?;
         }
         Ok(())
     }

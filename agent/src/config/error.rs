@@ -141,7 +141,7 @@ fn dotted(steps: &[Step]) -> String {
 fn bare_message(err: &serde_saphyr::Error) -> String {
     use serde_saphyr::Error as E;
     match err.without_snippet() {
-        // serde-saphyr says just "invalid u32" for `max_connections: lots`.
+        // serde-saphyr says just "invalid u32" for `max_seeded_connections: lots`.
         E::Message { msg, .. } if integer_type(msg).is_some() => {
             format!(
                 "expected an integer ({})",

@@ -105,13 +105,13 @@ impl Default for DiscoveryConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EbpfConfig {
-    pub max_connections: NonZeroU32,
+    pub max_seeded_connections: NonZeroU32,
 }
 
 impl Default for EbpfConfig {
     fn default() -> Self {
         EbpfConfig {
-            max_connections: NonZeroU32::new(262_144).unwrap_or(NonZeroU32::MIN),
+            max_seeded_connections: NonZeroU32::new(65_536).unwrap_or(NonZeroU32::MIN),
         }
     }
 }

@@ -39,7 +39,7 @@ fn defaults_are_the_documented_ones() {
         cfg.discovery.stopped_instance_retention.as_duration(),
         Duration::from_secs(300)
     );
-    assert_eq!(cfg.ebpf.max_connections.get(), 262_144);
+    assert_eq!(cfg.ebpf.max_seeded_connections.get(), 65_536);
     assert!(cfg.labels.is_empty());
 }
 
@@ -74,7 +74,7 @@ discovery:
   proc_path: /host/proc
   stopped_instance_retention: 1h30m
 ebpf:
-  max_connections: 1024
+  max_seeded_connections: 1024
 labels:
   cluster: prod
   dc: eu-1
@@ -98,7 +98,7 @@ labels:
         cfg.discovery.stopped_instance_retention.as_duration(),
         Duration::from_secs(5400)
     );
-    assert_eq!(cfg.ebpf.max_connections.get(), 1024);
+    assert_eq!(cfg.ebpf.max_seeded_connections.get(), 1024);
     let labels: Vec<(&str, &str)> = cfg
         .labels
         .iter()
@@ -122,12 +122,12 @@ fn unknown_field_names_file_line_and_path() {
 #[test]
 fn wrong_type_names_the_field() {
     assert_error_starts(
-        "ebpf:\n  max_connections: lots\n",
-        "config.yml:2:20: ebpf.max_connections: ",
+        "ebpf:\n  max_seeded_connections: lots\n",
+        "config.yml:2:27: ebpf.max_seeded_connections: ",
     );
     assert_error_starts(
-        "ebpf:\n  max_connections: 0\n",
-        "config.yml:2:20: ebpf.max_connections: ",
+        "ebpf:\n  max_seeded_connections: 0\n",
+        "config.yml:2:27: ebpf.max_seeded_connections: ",
     );
     assert_error_starts("web: 5\n", "config.yml:1:6: web: ");
     assert_error_starts("labels: [a, b]\n", "config.yml:1:9: labels: ");

@@ -32,7 +32,11 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, OffsetsError> {
         })?;
     let net_ns_inum =
         field_offset(&btf, "net", "ns")? + field_offset(&btf, "ns_common", "inum")?;
+    let sk_wmem_queued = field_offset(&btf, "sock", "sk_wmem_queued")?;
+    let sk_sndbuf = field_offset(&btf, "sock", "sk_sndbuf")?;
     Ok(KernelOffsets {
+        sk_wmem_queued,
+        sk_sndbuf,
         skc_num,
         skc_net,
         net_ns_inum,

@@ -5,12 +5,10 @@ mod load_error;
 
 use std::{collections::BTreeMap, path::Path};
 
-use agent_common::{
-    Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, PHASE_WAITING, SlotStats,
-};
+use agent_common::{GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, SlotStats};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
     programs::BtfTracePoint,
     util::nr_cpus,
 };
@@ -60,17 +58,18 @@ pub struct ProgramStats {
 pub struct Probe {
     ebpf: Ebpf,
     listeners: HashMap<MapData, ListenKey, u32>,
-    conns: HashMap<MapData, u64, Conn>,
+    seeds: HashMap<MapData, u64, u32>,
+    control: Array<MapData, u32>,
     stats: PerCpuArray<MapData, SlotStats>,
     installed: BTreeMap<ListenKey, u32>,
     ncpus: usize,
-    conn_capacity: u32,
+    max_seeds: u32,
     pub offsets: KernelOffsets,
 }
 
 impl Probe {
     /// Loads the programs into the kernel and attaches them.
-    pub fn load(max_connections: u32) -> Result<Probe, ProbeError> {
+    pub fn load(max_seeds: u32) -> Result<Probe, ProbeError> {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -80,7 +79,7 @@ impl Probe {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("KERNEL_OFFSETS", &offsets, true)
-            .map_max_entries("CONNS", max_connections.max(1024))
+            .map_max_entries("SEEDS", max_seeds.max(16))
             .load(EBPF_OBJECT)
             .map_err(load_error::from_ebpf_error)?;
         for (prog, tracepoint) in PROGRAMS {
@@ -98,19 +97,22 @@ impl Probe {
         }
         let listeners = HashMap::try_from(take_map(&mut ebpf, "LISTENERS")?)
             .map_err(|e| ProbeError::Map("LISTENERS", e.to_string()))?;
-        let conns = HashMap::try_from(take_map(&mut ebpf, "CONNS")?)
-            .map_err(|e| ProbeError::Map("CONNS", e.to_string()))?;
+        let seeds = HashMap::try_from(take_map(&mut ebpf, "SEEDS")?)
+            .map_err(|e| ProbeError::Map("SEEDS", e.to_string()))?;
+        let control = Array::try_from(take_map(&mut ebpf, "CONTROL")?)
+            .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))?;
         let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
         let ncpus = nr_cpus().map_err(|(what, e)| ProbeError::Map("STATS", format!("{what}: {e}")))?;
         Ok(Probe {
             ebpf,
             listeners,
-            conns,
+            seeds,
+            control,
             stats,
             installed: BTreeMap::new(),
             ncpus,
-            conn_capacity: max_connections.max(1024),
+            max_seeds: max_seeds.max(16),
             offsets,
         })
     }
@@ -175,41 +177,43 @@ impl Probe {
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))
     }
 
-    /// Starts tracking a connection found open at start (not seen accepted).
-    /// Returns false if the programs already track it.
+    /// Hands a connection found open at start (not seen accepted) to the
+    /// programs, which adopt it at its next event. Returns false if the seed
+    /// table is full.
     pub fn seed_conn(&mut self, cookie: u64, slot: u32) -> Result<bool, ProbeError> {
-        let conn = Conn {
-            slot,
-            phase: PHASE_WAITING,
-            seeded: 1,
-            ..Conn::default()
-        };
-        match self.conns.insert(cookie, conn, BPF_NOEXIST) {
+        self.set_seeding(true)?;
+        match self.seeds.insert(cookie, slot, BPF_NOEXIST) {
             Ok(()) => Ok(true),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-            Err(e) => Err(ProbeError::Map("CONNS", e.to_string())),
-        }
-    }
-
-    /// Forgets a seeded connection that turned out to be gone, if the programs
-    /// have not touched it since. Returns true if it was removed.
-    pub fn unseed_conn(&mut self, cookie: u64) -> Result<bool, ProbeError> {
-        match self.conns.get(&cookie, 0) {
-            Ok(c) if c.seeded == 1 && c.phase == PHASE_WAITING && c.requests == 0 => {
-                let _ = self.conns.remove(&cookie);
-                Ok(true)
+            Err(aya::maps::MapError::SyscallError(e))
+                if matches!(e.io_error.raw_os_error(), Some(libc::EEXIST) | Some(libc::E2BIG)) =>
+            {
+                Ok(false)
             }
-            _ => Ok(false),
+            Err(e) => Err(ProbeError::Map("SEEDS", e.to_string())),
         }
     }
 
-    /// Entries in CONNS (walks the keys: call at most every few seconds).
-    pub fn tracked_connections(&self) -> usize {
-        self.conns.keys().filter(|k| k.is_ok()).count()
+    /// True while a seed is waiting for its socket's first event.
+    pub fn seed_pending(&self, cookie: u64) -> bool {
+        self.seeds.get(&cookie, 0).is_ok()
     }
 
-    pub fn conn_capacity(&self) -> u32 {
-        self.conn_capacity
+    /// Withdraws a seed whose socket is gone. True if it was still pending
+    /// (false: the programs adopted it meanwhile, and account for it).
+    pub fn withdraw_seed(&mut self, cookie: u64) -> bool {
+        self.seeds.remove(&cookie).is_ok()
+    }
+
+    /// Turns the programs' seed lookups on or off (off once none is pending,
+    /// so sockets without state cost only a pointer test again).
+    pub fn set_seeding(&mut self, on: bool) -> Result<(), ProbeError> {
+        self.control
+            .set(0, u32::from(on), 0)
+            .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))
+    }
+
+    pub fn seed_capacity(&self) -> u32 {
+        self.max_seeds
     }
 
     pub fn listener_count(&self) -> usize {

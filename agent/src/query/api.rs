@@ -79,6 +79,10 @@ fn json_response(code: StatusCode, v: J) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
 }
 
+fn json_body(code: StatusCode, body: String) -> Response {
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 fn ok(data: J) -> Response {
     json_response(StatusCode::OK, json!({"status": "success", "data": data}))
 }
@@ -218,23 +222,118 @@ fn ts_json(t: i64) -> J {
     json!(t as f64 / 1000.0)
 }
 
-fn result_json(r: &QueryResult, limit: usize) -> J {
+/// The success body of a query answer, written straight into a string
+/// (building a `serde_json::Value` tree costs more than evaluating a large
+/// range query). Same shapes and number formats as Prometheus.
+pub(crate) fn result_body(r: &QueryResult, limit: usize) -> String {
     let lim = |n: usize| if limit == 0 { n } else { n.min(limit) };
+    let mut o = String::with_capacity(64);
+    o.push_str(r#"{"status":"success","data":{"resultType":"#);
+    let point = |o: &mut String, t: i64, v: f64| {
+        o.push('[');
+        push_ts(o, t);
+        o.push_str(",\"");
+        push_value(o, v);
+        o.push_str("\"]");
+    };
     match r {
-        QueryResult::Scalar(t, v) => json!({"resultType": "scalar", "result": [ts_json(*t), format_value(*v)]}),
-        QueryResult::String(t, s) => json!({"resultType": "string", "result": [ts_json(*t), s]}),
-        QueryResult::Vector(vs) => json!({
-            "resultType": "vector",
-            "result": vs.iter().take(lim(vs.len())).map(|(l, t, v)| json!({"metric": labels_json(l), "value": [ts_json(*t), format_value(*v)]})).collect::<Vec<_>>()
-        }),
-        QueryResult::Matrix(m) => json!({
-            "resultType": "matrix",
-            "result": m.iter().take(lim(m.len())).map(|s| json!({
-                "metric": labels_json(&s.labels),
-                "values": s.samples.iter().map(|(t, v)| json!([ts_json(*t), format_value(*v)])).collect::<Vec<_>>()
-            })).collect::<Vec<_>>()
-        }),
+        QueryResult::Scalar(t, v) => {
+            o.push_str(r#""scalar","result":"#);
+            point(&mut o, *t, *v);
+        }
+        QueryResult::String(t, s) => {
+            o.push_str(r#""string","result":["#);
+            push_ts(&mut o, *t);
+            o.push(',');
+            push_str(&mut o, s);
+            o.push(']');
+        }
+        QueryResult::Vector(vs) => {
+            o.push_str(r#""vector","result":["#);
+            for (i, (l, t, v)) in vs.iter().take(lim(vs.len())).enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                o.push_str(r#"{"metric":"#);
+                push_labels(&mut o, l);
+                o.push_str(r#","value":"#);
+                point(&mut o, *t, *v);
+                o.push('}');
+            }
+            o.push(']');
+        }
+        QueryResult::Matrix(m) => {
+            o.push_str(r#""matrix","result":["#);
+            let points: usize = m.iter().take(lim(m.len())).map(|s| s.samples.len()).sum();
+            o.reserve(points * 32);
+            for (i, s) in m.iter().take(lim(m.len())).enumerate() {
+                if i > 0 {
+                    o.push(',');
+                }
+                o.push_str(r#"{"metric":"#);
+                push_labels(&mut o, &s.labels);
+                o.push_str(r#","values":["#);
+                for (k, (t, v)) in s.samples.iter().enumerate() {
+                    if k > 0 {
+                        o.push(',');
+                    }
+                    point(&mut o, *t, *v);
+                }
+                o.push_str("]}");
+            }
+            o.push(']');
+        }
     }
+    o.push_str("}}");
+    o
+}
+
+/// Unix seconds as Prometheus writes them: `1700000000`, `1700000000.5`.
+fn push_ts(o: &mut String, t: i64) {
+    use std::fmt::Write as _;
+    let (s, ms) = (t.div_euclid(1000), t.rem_euclid(1000));
+    if ms == 0 {
+        let _ = write!(o, "{s}");
+    } else if t < 0 {
+        // Exact and simple for the rare negative timestamp.
+        let _ = write!(o, "{}", t as f64 / 1000.0);
+    } else {
+        let frac = format!("{ms:03}");
+        let _ = write!(o, "{s}.{}", frac.trim_end_matches('0'));
+    }
+}
+
+fn push_value(o: &mut String, v: f64) {
+    use std::fmt::Write as _;
+    if v.is_finite() {
+        // Rust's Display is Go's FormatFloat(v, 'f', -1, 64): shortest, no exponent.
+        let _ = write!(o, "{v}");
+    } else {
+        o.push_str(&format_value(v));
+    }
+}
+
+fn push_str(o: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        o.push('"');
+        o.push_str(s);
+        o.push('"');
+    } else {
+        o.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    }
+}
+
+fn push_labels(o: &mut String, l: &Labels) {
+    o.push('{');
+    for (i, (k, v)) in l.0.iter().enumerate() {
+        if i > 0 {
+            o.push(',');
+        }
+        push_str(o, k);
+        o.push(':');
+        push_str(o, v);
+    }
+    o.push('}');
 }
 
 async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, QueryError> + Send + 'static) -> Result<T, ApiError> {
@@ -270,7 +369,7 @@ async fn query_inner(st: ApiState, q: Option<String>, body: Bytes) -> Result<Res
     let eo = eval_opts(&st.opts, timeout);
     let reader = st.reader.clone();
     let r = run_blocking(move || instant_query_expr(reader.as_ref(), &expr, t, &eo)).await?;
-    Ok(ok(result_json(&r, limit)))
+    Ok(json_body(StatusCode::OK, result_body(&r, limit)))
 }
 
 async fn query_range(State(st): State<ApiState>, RawQuery(q): RawQuery, body: Bytes) -> Response {
@@ -312,7 +411,7 @@ async fn query_range_inner(st: ApiState, q: Option<String>, body: Bytes) -> Resu
     let eo = eval_opts(&st.opts, timeout);
     let reader = st.reader.clone();
     let r = run_blocking(move || range_query_expr(reader.as_ref(), &expr, start, end, step, &eo)).await?;
-    Ok(ok(result_json(&r, limit)))
+    Ok(json_body(StatusCode::OK, result_body(&r, limit)))
 }
 
 /// Parses `match[]` selectors into matcher sets.

@@ -14,7 +14,11 @@ pub mod functions;
 pub mod value;
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod differential;
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 pub(crate) mod promharness;
 #[cfg(test)]
@@ -91,30 +95,215 @@ pub fn parse(q: &str) -> Result<Expr, QueryError> {
     }
 }
 
-/// Adds a `line:col:` position to a parser message when it has none.
+/// Adds a `line:col:` position to a parser message when it has none, and
+/// rewords promql-parser's messages where Prometheus says it differently.
 fn parse_error_text(q: &str, msg: &str) -> String {
     if msg.starts_with(|c: char| c.is_ascii_digit()) {
         return format!("parse error: {msg}");
     }
-    // promql-parser reports syntax errors without a position; locate the first
-    // token the lexer rejects, or else point at the end of input.
-    let pos = error_position(q);
+    let (pos, msg) = locate_error(q, msg);
     let (line, col) = line_col(q, pos);
     format!("{line}:{col}: parse error: {msg}")
 }
 
 fn line_col(q: &str, byte: usize) -> (usize, usize) {
-    let before = &q[..byte.min(q.len())];
+    let before = &q[..floor_boundary(q, byte)];
     let line = before.matches('\n').count() + 1;
     let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
     (line, col)
 }
 
-/// Byte offset of the longest prefix that still lexes and parses as a
-/// prefix: we find the shortest prefix at which the lexer fails, or the end.
+fn floor_boundary(q: &str, mut i: usize) -> usize {
+    i = i.min(q.len());
+    while !q.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Where the error is (byte offset; `q.len()` = after the end) and the
+/// message to show. Cheap heuristics over promql-parser's position-less
+/// messages; only runs on the error path.
+fn locate_error(q: &str, msg: &str) -> (usize, String) {
+    static QUOTED: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let quoted = QUOTED.get_or_init(|| regex::Regex::new(r"(name|function|call to|operator) '([^']*)'").unwrap());
+    // Prometheus quotes names with "..." and says "range vector"/"instant vector".
+    let mut text = quoted.replace_all(msg, "$1 \"$2\"").into_owned();
+    for (a, b) in [("type matrix", "type range vector"), ("got matrix", "got range vector"), ("type vector", "type instant vector"), ("got vector", "got instant vector")] {
+        text = text.replace(a, b);
+    }
+    let end = q.trim_end().len();
+    if msg == promql_parser_invalid() {
+        return match first_unviable_token(q) {
+            Some((at, tok)) => (at, format!("unexpected {}", describe_token(tok))),
+            None => (end, "unexpected end of input".into()),
+        };
+    }
+    if msg.contains("unclosed left") || msg.contains("end of input") {
+        let text = if msg.contains("end of input inside brackets") { "unclosed left bracket".into() } else { text };
+        return (end, text);
+    }
+    let first = q.len() - q.trim_start().len();
+    // Errors about a call: Prometheus points at the call (arity, unknown
+    // function) or at the offending argument (argument type).
+    if let Some(c) = quoted.captures(msg) {
+        let name = c.get(2).map_or("", |m| m.as_str());
+        if c[1].starts_with("function") || c[1].starts_with("call") || c[1].starts_with("name") {
+            if let Some(at) = find_call(q, name) {
+                if msg.starts_with("expected type") {
+                    let open = q[at..].find('(').map_or(at, |i| at + i + 1);
+                    let arg = open + (q[open..].len() - q[open..].trim_start().len());
+                    return (arg, text);
+                }
+                return (at, text);
+            }
+        }
+        return (first, text);
+    }
+    if msg.starts_with("binary expression") || msg.starts_with("set operator") || msg.starts_with("wrong number of arguments") {
+        return (first, text);
+    }
+    (error_position(q), text)
+}
+
+fn promql_parser_invalid() -> &'static str {
+    "invalid promql query"
+}
+
+/// Byte offset of `name(` in `q` (first occurrence as a whole word).
+fn find_call(q: &str, name: &str) -> Option<usize> {
+    if name.is_empty() {
+        return None;
+    }
+    let b = q.as_bytes();
+    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
+    q.match_indices(name).map(|(i, _)| i).find(|&i| {
+        (i == 0 || !word(b[i - 1])) && q[i + name.len()..].trim_start().starts_with('(')
+    })
+}
+
+/// A rough PromQL tokenizer (enough to find token starts for error positions).
+fn rough_tokens(q: &str) -> Vec<(usize, &str)> {
+    let b = q.as_bytes();
+    let mut out = vec![];
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let start = i;
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        if c == b'#' {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if c == b'"' || c == b'\'' || c == b'`' {
+            i += 1;
+            while i < b.len() && b[i] != c {
+                if b[i] == b'\\' && c != b'`' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i = (i + 1).min(b.len());
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' && !out.last().is_some_and(|(_, t): &(usize, &str)| t.ends_with(|x: char| x.is_ascii_digit() || x.is_ascii_alphabetic())) {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+                i += 1;
+            }
+        } else if c.is_ascii_digit() || c == b'.' {
+            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                i += 1;
+            }
+        } else if !c.is_ascii() {
+            i += q[i..].chars().next().map_or(1, char::len_utf8);
+        } else {
+            let two = q.get(i..i + 2).unwrap_or("");
+            i += if ["==", "!=", ">=", "<=", "=~", "!~"].contains(&two) { 2 } else { 1 };
+        }
+        out.push((start, &q[start..floor_boundary(q, i)]));
+    }
+    out
+}
+
+fn describe_token(t: &str) -> String {
+    const KEYWORDS: [&str; 11] = ["by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or", "unless"];
+    let c = t.chars().next().unwrap_or(' ');
+    if KEYWORDS.contains(&t.to_ascii_lowercase().as_str()) {
+        format!("<{}>", t.to_ascii_lowercase())
+    } else if c.is_ascii_alphabetic() || c == '_' {
+        format!("identifier {t:?}")
+    } else if c.is_ascii_digit() || c == '.' {
+        format!("number {t:?}")
+    } else if matches!(c, '"' | '\'' | '`') {
+        format!("string {t}")
+    } else if matches!(c, '(' | ')' | '{' | '}' | '[' | ']' | ',' | ':' | '@') {
+        format!("{t:?}")
+    } else {
+        format!("<op:{t}>")
+    }
+}
+
+/// Whether some completion makes `prefix` syntactically valid (semantic
+/// errors count as valid syntax): a small set of continuations plus the
+/// closers of every open bracket.
+fn viable_prefix(prefix: &str) -> bool {
+    let mut stack = vec![];
+    for (_, t) in rough_tokens(prefix) {
+        match t {
+            "(" | "{" | "[" => stack.push(t),
+            ")" | "}" | "]" => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    let closers: String = stack.iter().rev().map(|t| match *t {
+        "(" => ")",
+        "{" => "}",
+        _ => "]",
+    }).collect();
+    const PRE: [&str; 9] = ["", " x", " 1", "=\"v\"", "\"v\"", "m", ":1m", " 1m", " x=\"v\""];
+    const POST: [&str; 4] = ["", " (x)", " x", " (x) (x)"];
+    PRE.iter().any(|pre| {
+        POST.iter().any(|post| {
+            let cand = format!("{prefix}{pre}{closers}{post}");
+            match std::panic::catch_unwind(|| promql_parser::parser::parse(&cand)) {
+                Ok(Ok(_)) => true,
+                Ok(Err(m)) => !(m == promql_parser_invalid() || m.contains("unexpected") || m.contains("unclosed") || m.contains("end of input")),
+                Err(_) => false,
+            }
+        })
+    })
+}
+
+/// The first token after which the query cannot be completed (binary search:
+/// non-viability is inherited by longer prefixes), or None when every prefix
+/// could continue (the input ended too early). Queries too long for this to
+/// be cheap are located by the lexer instead.
+fn first_unviable_token(q: &str) -> Option<(usize, &str)> {
+    let toks = rough_tokens(q);
+    if toks.is_empty() || q.len() > 4096 {
+        return None;
+    }
+    let end_of = |k: usize| toks[k].0 + toks[k].1.len();
+    if viable_prefix(q) {
+        return None;
+    }
+    // Invariant: prefix through token lo-1 viable (or empty), through hi not.
+    let (mut lo, mut hi) = (0usize, toks.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if viable_prefix(&q[..end_of(mid)]) { lo = mid + 1 } else { hi = mid }
+    }
+    Some(toks[hi])
+}
+
+/// Byte offset of the longest prefix that still lexes: the first prefix
+/// ending at a char boundary whose lexing fails marks the error.
 fn error_position(q: &str) -> usize {
-    // Grow the input token-wise: the first prefix ending at a char boundary
-    // whose lexing fails marks the error.
     let mut last_ok = 0;
     for (i, _) in q.char_indices().chain(std::iter::once((q.len(), ' '))) {
         if promql_parser::parser::lexer(&q[..i]).is_ok() {

@@ -130,14 +130,14 @@ pub fn nginx_dataset(start_s: i64, n: usize) -> Vec<GenFamily> {
         for (si, status) in ["200", "404", "500"].iter().enumerate() {
             // Counters start where a long-running nginx would be (see
             // `nginx_dataset` on why not at 0).
-            let mut v = 0.0 * (100_000 + rng.below(100_000) * 10) as f64 / (si as f64 + 1.0);
+            let mut v = (100_000 + rng.below(100_000) * 10) as f64 / (si as f64 + 1.0);
             let samples = times
                 .iter()
                 .enumerate()
                 .map(|(k, &t)| {
                     // A restart of one target half way: counter reset.
                     if ti == 1 && si == 0 && k == n / 2 {
-                        v = 0.0;
+                        v = 5_000.0;
                     }
                     v += match si {
                         0 => 20 + rng.below(80),

@@ -185,3 +185,67 @@ fn no_panic_on_truncated_and_hostile_queries() {
         }
     }
 }
+
+/// Positions and texts as Prometheus 2.42 answers these (checked by hand
+/// against `prometheus` on 127.0.0.1); the rest of the message may differ.
+#[test]
+fn parse_error_positions_like_prometheus() {
+    let cases = [
+        ("sum(", "1:5: parse error: unclosed left parenthesis"),
+        ("sum(rate(x[5m])", "1:16: parse error: unclosed left parenthesis"),
+        ("x{a=\"b\"", "1:8: parse error: unexpected end of input inside braces"),
+        ("x{a=}", "1:5: parse error: unexpected \"}\""),
+        ("x{=~\"b\"}", "1:3: parse error: unexpected <op:=~>"),
+        ("1 +", "1:4: parse error: unexpected end of input"),
+        ("foo bar", "1:5: parse error: unexpected identifier \"bar\""),
+        ("x[5m", "1:5: parse error: unclosed left bracket"),
+        ("x offset", "1:9: parse error: unexpected end of input in offset, expected duration"),
+        ("sum by a (x)", "1:8: parse error: unexpected identifier \"a\""),
+        ("topk(x)", "1:1: parse error: wrong number of arguments for aggregate expression provided, expected 2, got 1"),
+        ("foo(x)", "1:1: parse error: unknown function with name \"foo\""),
+        ("rate(x)", "1:6: parse error: expected type range vector in call to function \"rate\", got instant vector"),
+        ("1 == bool 2 3", "1:13: parse error: unexpected number \"3\""),
+        ("x ^^ 2", "1:4: parse error: unexpected <op:^>"),
+        ("label_replace(x, \"a\")", "1:1: parse error: expected 5 argument(s) in call to \"label_replace\", got 2"),
+        (" sum(x) by", "1:11: parse error: unexpected end of input"),
+        ("sum(x)\n  by", "2:5: parse error: unexpected end of input"),
+    ];
+    let mut bad = vec![];
+    for (q, want) in cases {
+        match super::parse(q) {
+            Err(super::QueryError::BadData(m)) if m.starts_with(want) => {}
+            other => bad.push(format!("{q:?}: want {want:?}, got {other:?}")),
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// The hand-written JSON of query answers: valid, escaped, Prometheus's formats.
+#[test]
+fn result_body_json_shapes_and_escapes() {
+    use super::{api::result_body, QueryResult, RangeSeries};
+    use crate::series::Labels;
+    let l = Labels::new([("__name__".into(), "m".into()), ("a".into(), "q\"\\\n\u{1}é".into())]);
+    let r = QueryResult::Matrix(vec![RangeSeries {
+        labels: l.clone(),
+        samples: vec![(-1500, f64::NAN), (1500, 1.5), (2000, f64::INFINITY), (3010, -0.0), (4100, 1e300), (5000, f64::NEG_INFINITY)],
+    }]);
+    let v: serde_json::Value = serde_json::from_str(&result_body(&r, 0)).unwrap();
+    assert_eq!(v["status"], "success");
+    assert_eq!(v["data"]["resultType"], "matrix");
+    let s = &v["data"]["result"][0];
+    assert_eq!(s["metric"]["a"], "q\"\\\n\u{1}é");
+    let pts: Vec<(f64, String)> =
+        s["values"].as_array().unwrap().iter().map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().to_string())).collect();
+    let want = [(-1.5, "NaN"), (1.5, "1.5"), (2.0, "+Inf"), (3.01, "-0"), (4.1, &format!("1{}", "0".repeat(300))[..]), (5.0, "-Inf")];
+    assert_eq!(pts.len(), want.len());
+    for ((t, v), (wt, wv)) in pts.iter().zip(want) {
+        assert_eq!((*t, v.as_str()), (wt, wv));
+    }
+    let body = result_body(&QueryResult::Vector(vec![(l, 1_700_000_000_000, 2.0)]), 0);
+    assert!(body.contains(r#""value":[1700000000,"2"]"#), "{body}");
+    let body = result_body(&QueryResult::Scalar(1_700_000_000_250, 0.1), 0);
+    assert_eq!(body, r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.25,"0.1"]}}"#);
+    let body = result_body(&QueryResult::String(1000, "x\"y".into()), 0);
+    assert_eq!(body, r#"{"status":"success","data":{"resultType":"string","result":[1,"x\"y"]}}"#);
+}
