@@ -1,5 +1,8 @@
 //! Developer tasks for ngxprobe: `cargo xtask <setup|build|run|test|bench>`.
 mod bench;
+mod bench_alert;
+mod bench_query;
+mod bench_store;
 mod setup;
 mod test;
 mod util;
@@ -66,12 +69,13 @@ enum BenchCmd {
     /// Cost of the agent to nginx (µs CPU per request, with vs without the agent),
     /// eBPF run time per request, cost to other processes, agent RSS and CPU.
     Overhead(bench::OverheadArgs),
-    /// Store benchmark (not implemented yet).
-    Store,
-    /// Query benchmark (not implemented yet).
-    Query,
-    /// Alert latency benchmark (not implemented yet).
-    AlertLatency,
+    /// Store: bytes/sample vs Prometheus (promtool), appends/s, 24 h read, RSS/series.
+    Store(bench_store::StoreArgs),
+    /// Query latency, ngxprobe vs Prometheus on the same data (median of interleaved runs).
+    Query(bench_query::QueryArgs),
+    /// Load start → Slack POST (firing) and load end → resolved POST, ngxprobe
+    /// vs Prometheus + Alertmanager + nginx-exporter, same rule/route/load.
+    AlertLatency(bench_alert::AlertLatencyArgs),
 }
 
 fn main() {
@@ -107,10 +111,9 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
         Cmd::Test { no_setup } => test::test(no_setup),
         Cmd::Bench { which } => match which {
             BenchCmd::Overhead(args) => bench::overhead(args).map(|()| 0),
-            BenchCmd::Store | BenchCmd::Query | BenchCmd::AlertLatency => {
-                eprintln!("not implemented yet");
-                Ok(2)
-            }
+            BenchCmd::Query(args) => bench_query::query(args).map(|()| 0),
+            BenchCmd::AlertLatency(args) => bench_alert::alert_latency(args).map(|()| 0),
+            BenchCmd::Store(args) => bench_store::store(args).map(|()| 0),
         },
         Cmd::PingPong(args) => bench::ping_pong(args).map(|()| 0),
     }

@@ -13,7 +13,7 @@ use axum::{
 use serde_json::{json, Value as J};
 
 use super::{
-    instant_query_expr, parse, range_query_expr, value::format_value, EvalError, QueryError, QueryOptions, QueryResult,
+    instant_query_expr, parse, range_query_expr, EvalError, QueryError, QueryOptions, QueryResult,
 };
 use crate::series::{Labels, MatchOp, Matcher, MetricKind, SeriesReader};
 
@@ -233,7 +233,7 @@ pub(crate) fn result_body(r: &QueryResult, limit: usize) -> String {
         o.push('[');
         push_ts(o, t);
         o.push_str(",\"");
-        push_value(o, v);
+        super::value::push_value(o, v);
         o.push_str("\"]");
     };
     match r {
@@ -288,28 +288,31 @@ pub(crate) fn result_body(r: &QueryResult, limit: usize) -> String {
     o
 }
 
-/// Unix seconds as Prometheus writes them: `1700000000`, `1700000000.5`.
+/// Unix seconds as Prometheus writes them: `1700000000`, `1700000000.5`
+/// (no allocation: this runs once per point of a range query).
 fn push_ts(o: &mut String, t: i64) {
     use std::fmt::Write as _;
-    let (s, ms) = (t.div_euclid(1000), t.rem_euclid(1000));
-    if ms == 0 {
-        let _ = write!(o, "{s}");
-    } else if t < 0 {
+    if t < 0 {
         // Exact and simple for the rare negative timestamp.
         let _ = write!(o, "{}", t as f64 / 1000.0);
-    } else {
-        let frac = format!("{ms:03}");
-        let _ = write!(o, "{s}.{}", frac.trim_end_matches('0'));
+        return;
     }
-}
-
-fn push_value(o: &mut String, v: f64) {
-    use std::fmt::Write as _;
-    if v.is_finite() {
-        // Rust's Display is Go's FormatFloat(v, 'f', -1, 64): shortest, no exponent.
-        let _ = write!(o, "{v}");
-    } else {
-        o.push_str(&format_value(v));
+    let (mut s, ms) = (t / 1000, t % 1000);
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (s % 10) as u8;
+        s /= 10;
+        if s == 0 {
+            break;
+        }
+    }
+    o.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+    if ms != 0 {
+        let d = [b'.', b'0' + (ms / 100) as u8, b'0' + (ms / 10 % 10) as u8, b'0' + (ms % 10) as u8];
+        let n = if ms % 100 == 0 { 2 } else if ms % 10 == 0 { 3 } else { 4 };
+        o.push_str(std::str::from_utf8(&d[..n]).unwrap_or(""));
     }
 }
 

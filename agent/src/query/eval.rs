@@ -351,9 +351,10 @@ impl<'a> Ctx<'a> {
                 let data = self.select(&ms.vs, lo - range + 1, hi)?;
                 let series = data
                     .into_iter()
-                    .map(|sd| RangeSeries {
-                        labels: sd.labels,
-                        samples: sd.samples.into_iter().filter(|(_, v)| !is_stale_marker(*v)).collect(),
+                    .map(|sd| {
+                        let mut samples = sd.samples;
+                        samples.retain(|(_, v)| !is_stale_marker(*v)); // in place
+                        RangeSeries { labels: sd.labels, samples }
                     })
                     .collect();
                 Ok(RangeArg { series, range, fixed_ref: fixed, offset: off })

@@ -9,7 +9,6 @@
 //! More cases: PROPTEST_CASES=5000 cargo test -p ngxprobe query::fuzz.
 use std::{
     path::PathBuf,
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -29,10 +28,10 @@ fn corpus_dir() -> PathBuf {
 }
 
 /// A small store with the shapes queries meet: counters with a reset,
-/// gauges, a classic histogram, stale markers, NaN/±Inf values.
-fn store() -> &'static TempStore {
-    static S: OnceLock<TempStore> = OnceLock::new();
-    S.get_or_init(|| {
+/// gauges, a classic histogram, stale markers, NaN/±Inf values. One per
+/// test (dropped at its end, which deletes the temporary directory).
+fn store() -> TempStore {
+    {
         let s = TempStore::new("fuzz");
         let l = |pairs: &[(&str, &str)]| Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         for i in 0..240i64 {
@@ -56,13 +55,13 @@ fn store() -> &'static TempStore {
             s.store.append(&l(&[("__name__", "odd"), ("x", "y")]), t, odd).unwrap();
         }
         s
-    })
+    }
 }
 
 /// Parses and evaluates `q` (instant at several times, and a range query)
 /// with a deadline; Err describes a panic or a blown time bound.
-fn check(q: &str) -> Result<(), String> {
-    let reader = &store().store;
+fn check(st: &TempStore, q: &str) -> Result<(), String> {
+    let reader = &st.store;
     let started = Instant::now();
     let opts = || EvalOpts { deadline: Some(Instant::now() + DEADLINE), max_samples: 5_000_000, ..EvalOpts::default() };
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -107,10 +106,11 @@ fn fuzz_corpus_replay() {
     files.sort();
     assert!(!files.is_empty(), "empty fuzz corpus");
     let mut bad = vec![];
+    let st = store();
     for f in &files {
         let q = std::fs::read_to_string(f).unwrap();
         let q = q.strip_suffix('\n').unwrap_or(&q);
-        if let Err(e) = check(q) {
+        if let Err(e) = check(&st, q) {
             bad.push(format!("{}: {e}", f.file_name().unwrap().to_string_lossy()));
         }
     }
@@ -258,25 +258,32 @@ fn expr() -> impl Strategy<Value = String> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn fuzz_token_soup(q in token_soup()) {
-        check(&q).map_err(TestCaseError::fail)?;
+/// Runs `strategy` through `check` (PROPTEST_CASES cases, default 256)
+/// over one store; fails with proptest's minimal failing input.
+fn run_fuzz(strategy: impl Strategy<Value = String>) {
+    let st = store();
+    let cfg = ProptestConfig { failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(cfg);
+    if let Err(e) = runner.run(&strategy, |q| check(&st, &q).map_err(TestCaseError::fail)) {
+        panic!("{e}");
     }
+}
 
-    #[test]
-    fn fuzz_structured(q in expr()) {
-        check(&q).map_err(TestCaseError::fail)?;
-    }
+#[test]
+fn fuzz_token_soup() {
+    run_fuzz(token_soup());
+}
 
-    /// Arbitrary bytes (as UTF-8): the parser and the error-position code
-    /// must never panic on them.
-    #[test]
-    fn fuzz_arbitrary_text(q in "\\PC{0,40}") {
-        check(&q).map_err(TestCaseError::fail)?;
-    }
+#[test]
+fn fuzz_structured() {
+    run_fuzz(expr());
+}
+
+/// Arbitrary text: the parser and the error-position code must never
+/// panic on it.
+#[test]
+fn fuzz_arbitrary_text() {
+    run_fuzz("\\PC{0,40}");
 }
 
 /// Share of generated inputs that parse (the fuzzers should mostly reach

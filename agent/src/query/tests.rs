@@ -249,3 +249,39 @@ fn result_body_json_shapes_and_escapes() {
     let body = result_body(&QueryResult::String(1000, "x\"y".into()), 0);
     assert_eq!(body, r#"{"status":"success","data":{"resultType":"string","result":[1,"x\"y"]}}"#);
 }
+
+proptest::proptest! {
+    /// Floats are spelled like Go's FormatFloat(v, 'f', -1, 64): plain
+    /// decimal, shortest digits that round-trip.
+    #[test]
+    fn format_value_round_trips_without_exponent(bits in proptest::prelude::any::<u64>(), small in -1e7f64..1e7, k in 0u32..40) {
+        for v in [f64::from_bits(bits), small, small / 10f64.powi(k as i32), (small * 1000.0).round(), 10f64.powi(k as i32 - 20)] {
+            let s = super::value::format_value(v);
+            if v.is_nan() {
+                proptest::prop_assert_eq!(s.as_str(), "NaN");
+                continue;
+            }
+            proptest::prop_assert!(!s.contains('e') && !s.ends_with(".0"), "{:?} -> {}", v, s);
+            let back: f64 = s.replace("+Inf", "inf").replace("-Inf", "-inf").parse().unwrap();
+            proptest::prop_assert_eq!(back.to_bits(), v.to_bits(), "{:?} -> {}", v, s);
+            // Never more significant digits than Rust's shortest Display.
+            let sig = |x: &str| x.trim_start_matches('-').replace('.', "").trim_matches('0').len();
+            proptest::prop_assert!(sig(&s) <= sig(&format!("{v}")), "{:?} -> {}", v, s);
+        }
+    }
+}
+
+/// Spellings checked against Prometheus 2.42's API.
+#[test]
+fn format_value_like_prometheus() {
+    use super::value::format_value as f;
+    assert_eq!(f(-1519218211223713.25), "-1519218211223713.2");
+    assert_eq!(f(2.5e-7), "0.00000025");
+    assert_eq!(f(123456789012345678.0), "123456789012345680");
+    assert_eq!(f(0.3), "0.3");
+    assert_eq!(f(2.0), "2");
+    assert_eq!(f(-0.0), "-0");
+    assert_eq!(f(1e300), format!("1{}", "0".repeat(300)));
+    assert_eq!(f(5e-324), format!("0.{}5", "0".repeat(323)));
+    assert_eq!(f(f64::INFINITY), "+Inf");
+}

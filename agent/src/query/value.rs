@@ -88,24 +88,70 @@ impl Labels {
 /// Formats a float the way Prometheus's JSON API and Go's
 /// `strconv.FormatFloat(f, 'f', -1, 64)` do (shortest repr, no exponent).
 pub fn format_value(v: f64) -> String {
+    let mut s = String::new();
+    push_value(&mut s, v);
+    s
+}
+
+/// Appends [`format_value`]`(v)` without allocating. Digits come from
+/// serde_json's float writer (Ryū: shortest round-trip digits, ties to even,
+/// exactly as Go's shortest formatting — Rust's `Display` rounds some exact
+/// ties the other way, e.g. -1519218211223713.25 → Go/Prometheus "…713.2",
+/// Display "…713.3"); Ryū's exponent form is rewritten as plain decimal and
+/// "2.0" becomes Go's "2".
+pub fn push_value(o: &mut String, v: f64) {
     if v.is_nan() {
-        "NaN".into()
-    } else if v == f64::INFINITY {
-        "+Inf".into()
-    } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
-    } else {
-        // Prometheus's API uses 'f' with -1 precision: no exponent.
-        let s = format!("{v}");
-        if s.contains('e') {
-            format_no_exp(v)
-        } else {
-            s
-        }
+        o.push_str("NaN");
+        return;
+    }
+    if v.is_infinite() {
+        o.push_str(if v > 0.0 { "+Inf" } else { "-Inf" });
+        return;
+    }
+    let start = o.len();
+    // SAFETY: serde_json writes ASCII only, so the String stays UTF-8.
+    let res = serde_json::to_writer(unsafe { o.as_mut_vec() }, &v);
+    if res.is_err() {
+        o.truncate(start);
+        o.push_str(&format!("{v}"));
+        return;
+    }
+    let written = &o[start..];
+    if let Some(e) = written.find('e') {
+        let plain = expand_exponent(&written[..e], written[e + 1..].parse().unwrap_or(0));
+        o.truncate(start);
+        o.push_str(&plain);
+    } else if written.ends_with(".0") {
+        o.truncate(o.len() - 2);
     }
 }
 
-fn format_no_exp(v: f64) -> String {
-    // Rust's Display for f64 already never uses exponent notation; kept for safety.
-    format!("{v}")
+/// `mantissa`e`exp` (mantissa like "-1.25") as plain decimal.
+fn expand_exponent(mantissa: &str, exp: i32) -> String {
+    let (neg, m) = match mantissa.strip_prefix('-') {
+        Some(m) => (true, m),
+        None => (false, mantissa),
+    };
+    let int_len = m.find('.').unwrap_or(m.len()) as i32;
+    let digits: String = m.chars().filter(|c| *c != '.').collect();
+    let digits = digits.trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    let pos = int_len + exp;
+    let mut out = String::with_capacity(digits.len() + pos.unsigned_abs() as usize + 3);
+    if neg {
+        out.push('-');
+    }
+    if pos <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-pos) as usize));
+        out.push_str(digits);
+    } else if pos as usize >= digits.len() {
+        out.push_str(digits);
+        out.extend(std::iter::repeat_n('0', pos as usize - digits.len()));
+    } else {
+        out.push_str(&digits[..pos as usize]);
+        out.push('.');
+        out.push_str(&digits[pos as usize..]);
+    }
+    out
 }
