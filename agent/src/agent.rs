@@ -191,7 +191,10 @@ pub fn run(args: RunArgs) -> ExitCode {
             let reader: Arc<dyn SeriesReader> = store.clone();
             let writer: Arc<dyn SeriesWriter> = store.clone();
             let sink: Arc<dyn AlertSink> = Arc::new(FanoutSink(sinks));
-            let m = Arc::new(RuleManager::new(reader.clone(), writer, sink, cfg.rules.clone()));
+            // Rules read history plus the probes' live values (see live.rs).
+            let rules_reader: Arc<dyn SeriesReader> =
+                Arc::new(crate::live::LiveReader::new(reader.clone(), collect.clone()));
+            let m = Arc::new(RuleManager::new(rules_reader, writer, sink, cfg.rules.clone()));
             match m.load_configured() {
                 Ok(n) => info!(rules = n, "rules loaded"),
                 Err(e) => {

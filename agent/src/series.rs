@@ -15,6 +15,14 @@ impl Labels {
         Labels(map.into_iter().collect())
     }
 
+    /// The series of one exposed sample: `__name__` = the family's name.
+    pub fn of_sample(family: &str, labels: &[(String, String)]) -> Self {
+        Labels::new(
+            std::iter::once(("__name__".to_string(), family.to_string()))
+                .chain(labels.iter().filter(|(k, _)| k != "__name__").cloned()),
+        )
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0
             .binary_search_by(|(k, _)| k.as_str().cmp(name))
@@ -44,6 +52,39 @@ impl fmt::Display for Labels {
         }
         write!(f, "}}")
     }
+}
+
+/// Whether `name` is a label name in Prometheus's classic character set
+/// (`[a-zA-Z_][a-zA-Z0-9_]*`), as rule files and Alertmanager require.
+pub fn is_valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A string in double quotes, escaped the way Go's `%q` does for label values.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Go's `labels.Labels.String()` for a label map: `{a="1", b="2"}`.
+pub fn labels_string(labels: &BTreeMap<String, String>) -> String {
+    let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", go_quote(v))).collect();
+    format!("{{{}}}", parts.join(", "))
 }
 
 /// The value Prometheus writes as a staleness marker (a signalling NaN with
