@@ -9,6 +9,7 @@ mod collect;
 mod config;
 mod discover;
 mod expose;
+mod gotime;
 mod live;
 mod logging;
 mod metrics;

@@ -82,39 +82,37 @@ pub fn quiesce(nginx: &Nginx, held: i64) -> Result<StubStatus> {
 /// worker was SIGKILLed, stub_status never decrements the dead worker's
 /// connections).
 pub fn quiesce_by_kernel(nginx: &Nginx, held: usize) -> Result<StubStatus> {
-    poll(
+    holds_exactly(
+        nginx,
+        held,
         &format!(
             "nginx {} to hold exactly {held} connections (kernel view)",
             nginx.conf_label()
         ),
-        QUIESCE_TIMEOUT,
         Duration::from_millis(20),
-        || {
-            let n = nginx.open_connections();
-            Ok(if n == held {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(format!("{n} open"))
-            })
-        },
     )?;
     let o = nginx.oracle()?;
     // The oracle's connection is closed when fetch returns; make sure nothing
     // else is still open.
-    poll(
+    holds_exactly(
+        nginx,
+        held,
         "oracle connection gone (kernel view)",
-        QUIESCE_TIMEOUT,
         Duration::from_millis(10),
-        || {
-            let n = nginx.open_connections();
-            Ok(if n == held {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(format!("{n} open"))
-            })
-        },
     )?;
     Ok(o)
+}
+
+/// Polls the kernel every `interval` until nginx holds exactly `held` connections.
+fn holds_exactly(nginx: &Nginx, held: usize, what: &str, interval: Duration) -> Result<()> {
+    poll(what, QUIESCE_TIMEOUT, interval, || {
+        let n = nginx.open_connections();
+        Ok(if n == held {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{n} open"))
+        })
+    })
 }
 
 /// One instance in a measurement.

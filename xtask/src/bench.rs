@@ -481,11 +481,8 @@ http {{
         cmd.arg("-p")
             .arg(dir)
             .args(["-c", &conf, "-e"])
-            .arg(dir.join("logs/error.log"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let mut guard = ProcGuard::spawn("nginx", &mut cmd)?;
+            .arg(dir.join("logs/error.log"));
+        let mut guard = ProcGuard::spawn_logged("nginx", &mut cmd, log)?;
         let deadline = Instant::now() + Duration::from_secs(15);
         let worker = loop {
             if let Some(st) = guard.try_wait()? {
@@ -559,16 +556,8 @@ impl Agent {
             .append(true)
             .open(&log_path)?;
         let mut cmd = Command::new(bin);
-        cmd.args(["--web.listen-address", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let mut guard = ProcGuard::spawn("ngxprobe", &mut cmd)?;
-        let tail = |p: &Path| {
-            let s = std::fs::read_to_string(p).unwrap_or_default();
-            let lines: Vec<&str> = s.lines().collect();
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        };
+        cmd.args(["--web.listen-address", &format!("127.0.0.1:{port}")]);
+        let mut guard = ProcGuard::spawn_logged("ngxprobe", &mut cmd, log)?;
         // Ready: GET /readyz == 200.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -576,7 +565,7 @@ impl Agent {
                 bail!(
                     "the agent exited during startup ({}); last log lines:\n{}",
                     util::describe(st),
-                    tail(&log_path)
+                    util::tail(&log_path, 30)
                 );
             }
             if matches!(
@@ -588,7 +577,7 @@ impl Agent {
             if Instant::now() > deadline {
                 bail!(
                     "the agent's /readyz not 200 after 60 s; last log lines:\n{}",
-                    tail(&log_path)
+                    util::tail(&log_path, 30)
                 );
             }
             sleep(Duration::from_millis(100))?;

@@ -168,6 +168,13 @@ impl ProcGuard {
         })
     }
 
+    /// Like [`ProcGuard::spawn`], with stdin from /dev/null and stdout and
+    /// stderr into `log`.
+    pub fn spawn_logged(name: &str, cmd: &mut Command, log: std::fs::File) -> Result<Self> {
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        Self::spawn(name, cmd)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -264,6 +271,13 @@ impl Drop for ProcGuard {
             }
         }
     }
+}
+
+/// The last `n` lines of a (log) file; empty when it cannot be read.
+pub fn tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A temporary directory removed on drop.

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::locate::{Anchor, Step, locate};
+use super::locate::{common_message, dotted, error_location, locate, steps_from_path, take_unknown_field};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -81,35 +81,17 @@ impl InvalidField {
         err: &serde_saphyr::Error,
         path: Option<&serde_path_to_error::Path>,
     ) -> Self {
-        use serde_path_to_error::Segment;
-        let mut steps: Vec<Step> = Vec::new();
-        for segment in path.into_iter().flat_map(|p| p.iter()) {
-            match segment {
-                Segment::Map { key } | Segment::Enum { variant: key } => {
-                    steps.push(Step::Key(key.clone()))
-                }
-                Segment::Seq { index } => steps.push(Step::Index(*index)),
-                // A key that could not be read: the path ends at its parent.
-                Segment::Unknown => break,
-            }
-        }
+        let mut steps = steps_from_path(path, None);
         let mut message = bare_message(err);
-        let mut anchor = Anchor::Value;
-        // serde says "unknown field `intervall`, expected one of `a`, `b`": the
-        // name belongs in the path (`discovery.intervall: unknown field, ...`).
-        if let Some((name, rest)) = message
-            .strip_prefix("unknown field `")
-            .and_then(|m| m.split_once('`'))
-        {
-            if steps.last() != Some(&Step::Key(name.to_string())) {
-                steps.push(Step::Key(name.to_string()));
-            }
-            message = format!("unknown field{}", rest.replace('`', ""));
-            anchor = Anchor::Key;
+        let mut anchor_key = false;
+        // `discovery.intervall: unknown field, expected one of ...`
+        if let Some((_, rest)) = take_unknown_field(&mut steps, &message) {
+            message = format!("unknown field{rest}");
+            anchor_key = true;
         }
-        let position = locate(text, &steps, anchor)
+        let position = locate(text, &steps, anchor_key)
             .filter(|_| !steps.is_empty())
-            .or_else(|| err.location().map(|loc| (loc.line(), loc.column())));
+            .or_else(|| error_location(err));
         InvalidField {
             file,
             position,
@@ -119,43 +101,18 @@ impl InvalidField {
     }
 }
 
-/// `discovery.interval`, `receivers[0].name`.
-fn dotted(steps: &[Step]) -> String {
-    let mut out = String::new();
-    for step in steps {
-        match step {
-            Step::Key(key) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Step::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
 /// The error text without serde-saphyr's own " at line X column Y" suffix
 /// (we print the position in the `FILE:LINE:COL` prefix instead).
 fn bare_message(err: &serde_saphyr::Error) -> String {
-    use serde_saphyr::Error as E;
     match err.without_snippet() {
         // serde-saphyr says just "invalid u32" for `max_seeded_connections: lots`.
-        E::Message { msg, .. } if integer_type(msg).is_some() => {
+        serde_saphyr::Error::Message { msg, .. } if integer_type(msg).is_some() => {
             format!(
                 "expected an integer ({})",
                 integer_type(msg).unwrap_or_default()
             )
         }
-        E::Message { msg, .. } | E::HookError { msg, .. } => msg.clone(),
-        E::Eof { .. } => "unexpected end of input".to_string(),
-        E::Unexpected { expected, .. } => match *expected {
-            "mapping start" => "expected a mapping (key: value pairs)".to_string(),
-            "sequence start" => "expected a list".to_string(),
-            other => format!("expected {other}"),
-        },
-        other => other.to_string(),
+        other => common_message(other).unwrap_or_else(|| other.to_string()),
     }
 }
 

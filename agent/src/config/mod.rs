@@ -8,7 +8,7 @@
 mod duration;
 mod error;
 mod listen;
-mod locate;
+pub mod locate;
 mod overrides;
 // Secrets are used once alerting receivers (api_url / api_url_file) land.
 #[allow(dead_code)]

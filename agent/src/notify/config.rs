@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_saphyr::Spanned;
 
 use super::NotifyError;
 use super::matchers::{MatcherList, RegexString, valid_label_name};
+use crate::config::locate::{
+    common_message, dotted, error_location, locate_nearest, steps_from_path, take_unknown_field,
+};
+pub(crate) use crate::config::locate::{Step, key};
 use crate::config::{InvalidField, PromDuration, Secret};
 
 /// Alertmanager's top-level configuration keys.
@@ -319,14 +321,11 @@ pub fn parse(path: &Path, text: &str) -> Result<NotifyConfig, NotifyError> {
     let mut cfg = match result {
         Ok(cfg) => cfg,
         Err(err) => {
-            let steps = steps_from_path(field_path.as_ref());
-            let (mut steps, message, anchor_key) = refine(steps, bare_message(&err));
-            if steps.is_empty() {
-                let position = err.location().map(|l| (l.line(), l.column()));
-                return Err(origin.error_at(std::mem::take(&mut steps), message, position));
-            }
-            let position = locate(text, &steps, anchor_key)
-                .or_else(|| err.location().map(|l| (l.line(), l.column())));
+            let steps = steps_from_path(field_path.as_ref(), None);
+            let (steps, message, anchor_key) = refine(steps, bare_message(&err));
+            let position = locate_nearest(text, &steps, anchor_key)
+                .filter(|_| !steps.is_empty())
+                .or_else(|| error_location(&err));
             return Err(origin.error_at(steps, message, position));
         }
     };
@@ -351,7 +350,7 @@ impl Origin {
     pub(crate) fn error(&self, steps: Vec<Step>, message: impl Into<String>, anchor_key: bool) -> NotifyError {
         let mut all: Vec<Step> = self.prefix.iter().cloned().map(Step::Key).collect();
         all.extend(steps.iter().cloned());
-        let position = self.text.as_deref().and_then(|t| locate(t, &all, anchor_key));
+        let position = self.text.as_deref().and_then(|t| locate_nearest(t, &all, anchor_key));
         self.error_at(steps, message.into(), position)
     }
 }
@@ -362,195 +361,40 @@ impl fmt::Display for Origin {
     }
 }
 
-fn steps_from_path(path: Option<&serde_path_to_error::Path>) -> Vec<Step> {
-    use serde_path_to_error::Segment;
-    let mut steps = Vec::new();
-    for segment in path.into_iter().flat_map(|p| p.iter()) {
-        match segment {
-            Segment::Map { key } | Segment::Enum { variant: key } => steps.push(Step::Key(key.clone())),
-            Segment::Seq { index } => steps.push(Step::Index(*index)),
-            Segment::Unknown => break,
-        }
-    }
-    steps
-}
-
 /// Moves the field name of "unknown field `x`" into the path.
 fn refine(mut steps: Vec<Step>, message: String) -> (Vec<Step>, String, bool) {
-    if let Some((name, rest)) = message
-        .strip_prefix("unknown field `")
-        .and_then(|m| m.split_once('`'))
-    {
-        if steps.last() != Some(&Step::Key(name.to_string())) {
-            steps.push(Step::Key(name.to_string()));
-        }
-        let mut msg = format!("unknown field{}", rest.replace('`', ""));
-        if matches!(
-            name,
-            "email_configs"
-                | "pagerduty_configs"
-                | "opsgenie_configs"
-                | "victorops_configs"
-                | "pushover_configs"
-                | "wechat_configs"
-                | "sns_configs"
-                | "telegram_configs"
-                | "webex_configs"
-                | "discord_configs"
-                | "msteams_configs"
-        ) {
-            msg = format!("{name} are not supported by ngxprobe (use slack_configs or webhook_configs)");
-        }
-        return (steps, msg, true);
-    }
-    (steps, message, false)
+    let Some((name, rest)) = take_unknown_field(&mut steps, &message) else {
+        return (steps, message, false);
+    };
+    let msg = if matches!(
+        name,
+        "email_configs"
+            | "pagerduty_configs"
+            | "opsgenie_configs"
+            | "victorops_configs"
+            | "pushover_configs"
+            | "wechat_configs"
+            | "sns_configs"
+            | "telegram_configs"
+            | "webex_configs"
+            | "discord_configs"
+            | "msteams_configs"
+    ) {
+        format!("{name} are not supported by ngxprobe (use slack_configs or webhook_configs)")
+    } else {
+        format!("unknown field{rest}")
+    };
+    (steps, msg, true)
 }
 
 fn bare_message(err: &serde_saphyr::Error) -> String {
-    use serde_saphyr::Error as E;
-    match err.without_snippet() {
-        E::Message { msg, .. } | E::HookError { msg, .. } => msg.clone(),
-        E::Eof { .. } => "unexpected end of input".to_string(),
-        E::Unexpected { expected, .. } => match *expected {
-            "mapping start" => "expected a mapping (key: value pairs)".to_string(),
-            "sequence start" => "expected a list".to_string(),
-            other => format!("expected {other}"),
-        },
-        other => {
-            let s = other.to_string();
-            match s.find(" at line ") {
-                Some(i) => s[..i].to_string(),
-                None => s,
-            }
+    common_message(err).unwrap_or_else(|| {
+        let s = err.without_snippet().to_string();
+        match s.find(" at line ") {
+            Some(i) => s[..i].to_string(),
+            None => s,
         }
-    }
-}
-
-/// One step of a field path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Step {
-    Key(String),
-    Index(usize),
-}
-
-pub(crate) fn key(s: &str) -> Step {
-    Step::Key(s.to_string())
-}
-
-fn dotted(steps: &[Step]) -> String {
-    let mut out = String::new();
-    for step in steps {
-        match step {
-            Step::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Step::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
-/// 1-based (line, column) of `path` in YAML `text`: the key when `anchor_key`
-/// (unknown fields), else the value. Falls back to the deepest found parent.
-fn locate(text: &str, path: &[Step], anchor_key: bool) -> Option<(u64, u64)> {
-    let root: Spanned<Node> = serde_saphyr::from_str(text).ok()?;
-    let mut node = &root;
-    let mut key_pos = None;
-    let mut best = None;
-    for step in path {
-        match (&node.value, step) {
-            (Node::Map(entries), Step::Key(name)) => {
-                let Some((k, v)) = entries.iter().find(|(k, _)| k.value == *name) else {
-                    return best;
-                };
-                key_pos = Some((k.referenced.line(), k.referenced.column()));
-                node = v;
-            }
-            (Node::Seq(items), Step::Index(i)) => {
-                let Some(item) = items.get(*i) else { return best };
-                node = item;
-                key_pos = None;
-            }
-            _ => return best,
-        }
-        best = Some(key_pos.unwrap_or((node.referenced.line(), node.referenced.column())));
-    }
-    match (anchor_key, key_pos) {
-        (true, Some(k)) => Some(k),
-        _ => Some((node.referenced.line(), node.referenced.column())),
-    }
-}
-
-enum Node {
-    Map(Vec<(Spanned<String>, Spanned<Node>)>),
-    Seq(Vec<Spanned<Node>>),
-    Scalar,
-}
-
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NodeVisitor)
-    }
-}
-
-struct NodeVisitor;
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any YAML value")
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_i128<E: de::Error>(self, _: i128) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_u128<E: de::Error>(self, _: u128) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Node, E> {
-        Ok(Node::Scalar)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
-        Node::deserialize(d)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Spanned<Node>>()? {
-            items.push(item);
-        }
-        Ok(Node::Seq(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(k) = map.next_key::<Spanned<String>>()? {
-            let v = map.next_value::<Spanned<Node>>()?;
-            entries.push((k, v));
-        }
-        Ok(Node::Map(entries))
-    }
+    })
 }
 
 pub(crate) fn check_label_name(name: &str) -> bool {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compile::{Compiled, GroupBy, InhibitRule, Route};
 use crate::alerts::Alert;
+use crate::series::labels_string;
 
 /// Prometheus' label-set fingerprint (FNV-1a 64 over name, 0xff, value, 0xff).
 pub fn fingerprint(labels: &BTreeMap<String, String>) -> u64 {
@@ -37,15 +38,6 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> u64 {
         add(0xff);
     }
     h
-}
-
-/// `{a="b", c="d"}` as Prometheus prints a label set.
-pub fn labels_string(labels: &BTreeMap<String, String>) -> String {
-    let parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}={}", super::matchers::go_quote(v)))
-        .collect();
-    format!("{{{}}}", parts.join(", "))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

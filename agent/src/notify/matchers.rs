@@ -7,6 +7,8 @@ use std::fmt;
 use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use crate::series::{go_quote, is_valid_label_name as valid_label_name};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatchOp {
     Equal,
@@ -79,30 +81,6 @@ impl fmt::Display for Matcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}{}", self.name, self.op.as_str(), go_quote(&self.value))
     }
-}
-
-pub fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-pub fn valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Parses one entry of a `matchers:` list: one or more comma-separated

@@ -159,6 +159,29 @@ fn intern(sigs: &mut HashMap<Labels, usize>, l: Labels) -> usize {
     *sigs.entry(l).or_insert(n)
 }
 
+/// At step `i`, drops the values of `target` whose matching signature has a
+/// value in `by` (`if_present`), or has none (`!if_present`). `present` is
+/// scratch space indexed by signature.
+fn drop_at_step(
+    i: usize,
+    present: &mut [bool],
+    (by, by_sig): (&[Series], &[usize]),
+    (target, target_sig): (&mut [Series], &[usize]),
+    if_present: bool,
+) {
+    present.iter_mut().for_each(|p| *p = false);
+    for (j, s) in by.iter().enumerate() {
+        if s.vals[i].is_some() {
+            present[by_sig[j]] = true;
+        }
+    }
+    for (j, s) in target.iter_mut().enumerate() {
+        if present[target_sig[j]] == if_present {
+            s.vals[i] = None;
+        }
+    }
+}
+
 fn set_op(ctx: &Ctx, op: TokenId, l: Vec<Series>, r: Vec<Series>, m: &Matching, g: Grid) -> Result<Value, EvalError> {
     let mut sigs = HashMap::new();
     let lsig: Vec<usize> = l.iter().map(|s| intern(&mut sigs, m.signature(&s.labels))).collect();
@@ -181,48 +204,16 @@ fn set_op(ctx: &Ctx, op: TokenId, l: Vec<Series>, r: Vec<Series>, m: &Matching, 
                     }
                     continue;
                 }
-                present.iter_mut().for_each(|p| *p = false);
-                for (j, s) in r.iter().enumerate() {
-                    if s.vals[i].is_some() {
-                        present[rsig[j]] = true;
-                    }
-                }
-                for (j, s) in l.iter_mut().enumerate() {
-                    if !present[lsig[j]] {
-                        s.vals[i] = None;
-                    }
-                }
+                drop_at_step(i, &mut present, (&r, &rsig), (&mut l, &lsig), false);
             }
             token::T_LUNLESS => {
                 if !l_any || !r_any {
                     continue;
                 }
-                present.iter_mut().for_each(|p| *p = false);
-                for (j, s) in r.iter().enumerate() {
-                    if s.vals[i].is_some() {
-                        present[rsig[j]] = true;
-                    }
-                }
-                for (j, s) in l.iter_mut().enumerate() {
-                    if present[lsig[j]] {
-                        s.vals[i] = None;
-                    }
-                }
+                drop_at_step(i, &mut present, (&r, &rsig), (&mut l, &lsig), true);
             }
-            _ => {
-                // or
-                present.iter_mut().for_each(|p| *p = false);
-                for (j, s) in l.iter().enumerate() {
-                    if s.vals[i].is_some() {
-                        present[lsig[j]] = true;
-                    }
-                }
-                for (j, s) in r.iter_mut().enumerate() {
-                    if present[rsig[j]] {
-                        s.vals[i] = None;
-                    }
-                }
-            }
+            // or
+            _ => drop_at_step(i, &mut present, (&l, &lsig), (&mut r, &rsig), true),
         }
     }
     let mut out: Vec<Series> = l.into_iter().filter(|s| s.vals.iter().any(|v| v.is_some())).collect();

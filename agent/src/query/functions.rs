@@ -6,6 +6,7 @@ use super::{
     eval::{exec_err, merge_same_labels, selector_matchers, unparen, Ctx, EvalError, RangeArg},
     value::{Grid, Series, Value},
 };
+use crate::gotime::civil_from_days;
 use crate::series::{Labels, MatchOp};
 
 /// Functions that need native histograms, info() or other features ngxprobe
@@ -393,7 +394,9 @@ pub(crate) fn parse_go_float(s: &str) -> Result<f64, ()> {
     s.parse::<f64>().map_err(|_| ())
 }
 
-fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
+/// Prometheus's `almost.Equal`: equal within a relative tolerance `eps`
+/// (NaN equals NaN).
+pub(crate) fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
     if a.is_nan() && b.is_nan() {
         return true;
     }
@@ -472,19 +475,6 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
         rank -= co[b - 1].1;
     }
     start + (end - start) * (rank / count)
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z.rem_euclid(146097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 fn is_leap(y: i64) -> bool {

@@ -25,7 +25,7 @@ use std::{collections::HashMap, time::Duration};
 
 use super::{
     eval::EvalOpts,
-    instant_query_expr, parse, range_query_expr, QueryError, QueryResult,
+    instant_query_expr, parse, promqltest_duration, range_query_expr, QueryError, QueryResult,
 };
 use crate::series::{stale_marker, Labels, SeriesReader};
 
@@ -62,41 +62,6 @@ struct Eval {
     expected: Vec<(Labels, Vec<Seq>)>,
     has_histogram: bool,
     bad: Option<String>,
-}
-
-pub fn parse_duration_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(0);
-    }
-    let mut total: i64 = 0;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let nd = rest.chars().take_while(|c| c.is_ascii_digit()).count();
-        if nd == 0 {
-            return None;
-        }
-        let n: i64 = rest[..nd].parse().ok()?;
-        rest = &rest[nd..];
-        let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let mult = match unit {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            "y" => 31_536_000_000,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(mult)?)?;
-    }
-    Some(total)
 }
 
 fn parse_number(s: &str) -> Option<f64> {
@@ -266,21 +231,9 @@ fn parse_values(s: &str) -> Result<Option<Vec<Seq>>, String> {
     Ok(Some(out))
 }
 
+/// promqltest's tolerance for comparing sample values.
 fn almost_equal(a: f64, b: f64) -> bool {
-    let eps = 1e-6;
-    if a.is_nan() && b.is_nan() {
-        return true;
-    }
-    if a == b {
-        return true;
-    }
-    let abs_sum = a.abs() + b.abs();
-    let diff = (a - b).abs();
-    let min_normal = f64::from_bits(0x0010000000000000);
-    if a == 0.0 || b == 0.0 || abs_sum < min_normal {
-        return diff < eps * min_normal;
-    }
-    diff / abs_sum.min(f64::MAX) < eps
+    super::functions::almost_equal(a, b, 1e-6)
 }
 
 fn skip_rule(expr: &str, hist_metrics: &[String], nhcb: bool) -> Option<&'static str> {
@@ -344,7 +297,7 @@ pub fn run_file(text: &str, reader: &dyn SeriesReader, load: &mut dyn FnMut(Load
         } else if cmd.starts_with("load") {
             let nhcb = cmd == "load_with_nhcb";
             nhcb_loaded |= nhcb;
-            let gap = parse_duration_ms(l.split_whitespace().nth(1).unwrap_or("")).unwrap_or(0);
+            let gap = promqltest_duration(l.split_whitespace().nth(1).unwrap_or("")).unwrap_or(0);
             i += 1;
             let mut defs: Vec<(Labels, Vec<Seq>)> = vec![];
             while i < lines.len() && !lines[i].is_empty() {
@@ -429,13 +382,13 @@ fn parse_eval(lines: &[String], start: usize) -> (Eval, usize) {
     let mode;
     if let Some(c) = ri.captures(l) {
         mode = c.get(1).map(|m| m.as_str().to_string());
-        ev.at = c.get(2).and_then(|m| parse_duration_ms(m.as_str())).unwrap_or(0);
+        ev.at = c.get(2).and_then(|m| promqltest_duration(m.as_str())).unwrap_or(0);
         ev.expr = c[3].to_string();
     } else if let Some(c) = rr.captures(l) {
         mode = c.get(1).map(|m| m.as_str().to_string());
-        let f = parse_duration_ms(&c[2]);
-        let t = parse_duration_ms(&c[3]);
-        let s = parse_duration_ms(&c[4]);
+        let f = promqltest_duration(&c[2]);
+        let t = promqltest_duration(&c[3]);
+        let s = promqltest_duration(&c[4]);
         match (f, t, s) {
             (Some(f), Some(t), Some(s)) => ev.range = Some((f, t, s)),
             _ => ev.bad = Some("bad range".into()),
@@ -465,7 +418,7 @@ fn parse_eval(lines: &[String], start: usize) -> (Eval, usize) {
         if let Some(r) = dl.strip_prefix("expect range vector") {
             let parts: Vec<&str> = r.split_whitespace().collect();
             if parts.len() == 6 {
-                if let (Some(f), Some(t), Some(s)) = (parse_duration_ms(parts[1]), parse_duration_ms(parts[3]), parse_duration_ms(parts[5])) {
+                if let (Some(f), Some(t), Some(s)) = (promqltest_duration(parts[1]), promqltest_duration(parts[3]), promqltest_duration(parts[5])) {
                     ev.expect_range_vector = Some((f, t, s));
                     ev.at = t;
                     continue;

@@ -10,6 +10,8 @@ use serde_saphyr::Spanned;
 
 use super::template;
 use crate::config::PromDuration;
+pub use crate::series::is_valid_label_name;
+use crate::config::locate::{dotted, error_location, locate, steps_from_path, take_unknown_field};
 
 /// A validated rule group.
 #[derive(Clone, Debug)]
@@ -245,17 +247,8 @@ pub fn parse_text(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError
 }
 
 fn yaml_error(file: &str, text: &str, err: &serde_saphyr::Error, path: Option<&serde_path_to_error::Path>) -> RuleError {
-    use serde_path_to_error::Segment;
-    let mut steps: Vec<Step> = Vec::new();
-    for seg in path.into_iter().flat_map(|p| p.iter()) {
-        match seg {
-            // `value` is Spanned's own field (no rule-file field has that name).
-            Segment::Map { key } if key == "value" => {}
-            Segment::Map { key } | Segment::Enum { variant: key } => steps.push(Step::Key(key.clone())),
-            Segment::Seq { index } => steps.push(Step::Index(*index)),
-            Segment::Unknown => break,
-        }
-    }
+    // `value` is Spanned's own field (no rule-file field has that name).
+    let mut steps = steps_from_path(path, Some("value"));
     let mut message = match err.without_snippet() {
         serde_saphyr::Error::Message { msg, .. } => msg.clone(),
         other => other.to_string(),
@@ -266,15 +259,12 @@ fn yaml_error(file: &str, text: &str, err: &serde_saphyr::Error, path: Option<&s
     }
     let mut kind = ErrorKind::Yaml;
     let mut anchor_key = false;
-    if let Some((name, rest)) = message.strip_prefix("unknown field `").and_then(|m| m.split_once('`')) {
-        if steps.last() != Some(&Step::Key(name.to_string())) {
-            steps.push(Step::Key(name.to_string()));
-        }
-        message = format!("field {name} not found in rule file format{}", rest.replace('`', ""));
+    if let Some((name, rest)) = take_unknown_field(&mut steps, &message) {
+        message = format!("field {name} not found in rule file format{rest}");
         kind = ErrorKind::UnknownField;
         anchor_key = true;
     }
-    let pos = locate(text, &steps, anchor_key).filter(|_| !steps.is_empty()).or_else(|| err.location().map(|l| (l.line(), l.column())));
+    let pos = locate(text, &steps, anchor_key).filter(|_| !steps.is_empty()).or_else(|| error_location(err));
     let mut msg = String::new();
     if let Some((l, c)) = pos {
         msg.push_str(&format!("{l}:{c}: "));
@@ -286,11 +276,6 @@ fn yaml_error(file: &str, text: &str, err: &serde_saphyr::Error, path: Option<&s
     }
     msg.push_str(&message);
     RuleError { file: file.to_string(), kind, message: msg }
-}
-
-pub fn is_valid_label_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_') && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
 pub fn is_valid_metric_name(s: &str) -> bool {
@@ -445,116 +430,4 @@ fn validate(file: &str, raw: RawFile) -> Result<Vec<GroupDef>, Vec<RuleError>> {
 /// Number of rules in a file as written (valid or not), for messages.
 pub fn count_rules(groups: &[GroupDef]) -> usize {
     groups.iter().map(|g| g.rules.len()).sum()
-}
-
-// ---------- locating a field path in YAML text ----------
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-fn dotted(steps: &[Step]) -> String {
-    let mut out = String::new();
-    for s in steps {
-        match s {
-            Step::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            Step::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
-}
-
-enum YNode {
-    Map(Vec<(Spanned<String>, Spanned<YNode>)>),
-    Seq(Vec<Spanned<YNode>>),
-    Scalar,
-}
-
-impl<'de> Deserialize<'de> for YNode {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> de::Visitor<'de> for V {
-            type Value = YNode;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any YAML value")
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_i128<E: de::Error>(self, _: i128) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_u128<E: de::Error>(self, _: u128) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<YNode, E> {
-                Ok(YNode::Scalar)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<YNode, D::Error> {
-                YNode::deserialize(d)
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<YNode, A::Error> {
-                let mut items = Vec::new();
-                while let Some(i) = seq.next_element::<Spanned<YNode>>()? {
-                    items.push(i);
-                }
-                Ok(YNode::Seq(items))
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<YNode, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(k) = map.next_key::<Spanned<String>>()? {
-                    let v = map.next_value::<Spanned<YNode>>()?;
-                    entries.push((k, v));
-                }
-                Ok(YNode::Map(entries))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-fn locate(text: &str, path: &[Step], anchor_key: bool) -> Option<(u64, u64)> {
-    let root: Spanned<YNode> = serde_saphyr::from_str(text).ok()?;
-    let mut node = &root;
-    let mut key_pos = None;
-    for step in path {
-        match (&node.value, step) {
-            (YNode::Map(entries), Step::Key(name)) => {
-                let (k, v) = entries.iter().find(|(k, _)| k.value == *name)?;
-                key_pos = Some((k.referenced.line(), k.referenced.column()));
-                node = v;
-            }
-            (YNode::Seq(items), Step::Index(i)) => {
-                node = items.get(*i)?;
-                key_pos = None;
-            }
-            _ => return None,
-        }
-    }
-    match (anchor_key, key_pos) {
-        (true, Some(k)) => Some(k),
-        _ => Some((node.referenced.line(), node.referenced.column())),
-    }
 }

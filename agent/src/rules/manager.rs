@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     alerts::AlertSink,
+    gotime::format_utc,
     metrics::{Family, MetricType},
     series::{SeriesReader, SeriesWriter},
 };
@@ -415,17 +416,7 @@ pub fn go_fmt_e(v: f64) -> String {
 /// (zero time when never evaluated).
 pub fn rfc3339(ms: Option<i64>) -> String {
     let Some(ms) = ms else { return "0001-01-01T00:00:00Z".into() };
-    let secs = ms.div_euclid(1000);
-    let frac = ms.rem_euclid(1000);
-    let (y, mo, d) = super::template::civil_from_days(secs.div_euclid(86400));
-    let r = secs.rem_euclid(86400);
-    let mut out = format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}", r / 3600, (r / 60) % 60, r % 60);
-    if frac != 0 {
-        out.push('.');
-        out.push_str(format!("{frac:03}").trim_end_matches('0'));
-    }
-    out.push('Z');
-    out
+    format_utc(ms.div_euclid(1000), ms.rem_euclid(1000) as u32 * 1_000_000, 'T', "Z")
 }
 
 /// Paths of rule files for a reload check without swapping anything in.

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     config::PromDuration,
     query::{instant_query, QueryOptions, QueryResult},
-    series::{stale_marker, Labels},
+    series::{go_quote, labels_string, stale_marker, Labels},
 };
 
 /// promtool's exit codes.
@@ -300,29 +300,6 @@ fn fmt_e_upper(v: f64) -> String {
     super::manager::go_fmt_e(v).to_uppercase().replace("INF", "Inf").replace("NAN", "NaN")
 }
 
-/// Go's `labels.Labels.String()`: `{a="1", b="2"}`.
-fn labels_str(m: &BTreeMap<String, String>) -> String {
-    let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", go_quote(v))).collect();
-    format!("{{{}}}", parts.join(", "))
-}
-
-fn go_quote(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Parses a series selector of input/expected samples (`up{job="a"}`, `{a="b"}`, ``).
 pub fn parse_metric(s: &str) -> Result<BTreeMap<String, String>, String> {
     if s.trim().is_empty() {
@@ -601,7 +578,7 @@ fn samples_string(s: &[(BTreeMap<String, String>, f64)]) -> String {
     if s.is_empty() {
         return "nil".into();
     }
-    s.iter().map(|(l, v)| format!("{} {}", labels_str(l), fmt_e_upper(*v))).collect::<Vec<_>>().join(", ")
+    s.iter().map(|(l, v)| format!("{} {}", labels_string(l), fmt_e_upper(*v))).collect::<Vec<_>>().join(", ")
 }
 
 type LabelsAndAnnotations = (BTreeMap<String, String>, BTreeMap<String, String>);
@@ -610,7 +587,7 @@ fn alerts_string(a: &[LabelsAndAnnotations]) -> String {
     if a.is_empty() {
         return "[]".into();
     }
-    let one = |(l, an): &LabelsAndAnnotations| format!("Labels:{}\nAnnotations:{}", labels_str(l), labels_str(an));
+    let one = |(l, an): &LabelsAndAnnotations| format!("Labels:{}\nAnnotations:{}", labels_string(l), labels_string(an));
     let mut s = format!("[\n0:{}", indent_lines(&format!("\n{}", one(&a[0])), "  "));
     for (i, x) in a[1..].iter().enumerate() {
         s.push_str(&format!(",\n{}:{}", i + 1, indent_lines(&format!("\n{}", one(x)), "  ")));

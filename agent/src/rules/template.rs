@@ -10,6 +10,7 @@
 //!   pre-filled with `""`, and `index` on a string map returns `""` for a missing key.
 use std::{collections::BTreeMap, sync::Arc};
 
+use crate::gotime::format_utc;
 use gotmpl::{
     parse::{CommandNode, Expr, ListNode, Node},
     Template, TemplateError, Value,
@@ -268,31 +269,7 @@ pub fn go_time_string(secs: f64) -> Result<String, TemplateError> {
     // model.TimeFromUnixNano truncates to milliseconds.
     let ms = (ns as i64) / 1_000_000;
     let (sec, msr) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-    let days = sec.div_euclid(86400);
-    let rem = sec.rem_euclid(86400);
-    let (y, mo, d) = civil_from_days(days);
-    let mut out = format!("{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, (rem / 60) % 60, rem % 60);
-    if msr != 0 {
-        let frac = format!("{msr:03}");
-        out.push('.');
-        out.push_str(frac.trim_end_matches('0'));
-    }
-    out.push_str(" +0000 UTC");
-    Ok(out)
-}
-
-/// Days since 1970-01-01 to (year, month, day) (Howard Hinnant's algorithm).
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    Ok(format_utc(sec, msr as u32 * 1_000_000, ' ', " +0000 UTC"))
 }
 
 /// Go's `time.Duration.String()`.
