@@ -231,7 +231,9 @@ fn handle(conn: TcpStream, sh: &Arc<Shared>) -> Result<()> {
             if h.is_empty() {
                 break;
             }
-            let (k, v) = h.split_once(':').with_context(|| format!("bad header {h:?}"))?;
+            let (k, v) = h
+                .split_once(':')
+                .with_context(|| format!("bad header {h:?}"))?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
         let get = |n: &str| {
@@ -240,8 +242,7 @@ fn handle(conn: TcpStream, sh: &Arc<Shared>) -> Result<()> {
                 .find(|(k, _)| k.eq_ignore_ascii_case(n))
                 .map(|(_, v)| v.clone())
         };
-        let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-        {
+        let body = if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
             read_chunked(&mut r)?
         } else {
             let len: usize = get("content-length")
@@ -346,7 +347,9 @@ mod tests {
         assert_eq!(all[1].body, "{\"a\":1}\n");
         assert!(rx.errors().is_empty());
         let r = rx
-            .wait_for("second POST", 1, Duration::from_secs(1), |r| r.body.contains("\"a\""))
+            .wait_for("second POST", 1, Duration::from_secs(1), |r| {
+                r.body.contains("\"a\"")
+            })
             .unwrap();
         assert_eq!(r.seq, 1);
     }

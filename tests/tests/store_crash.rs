@@ -113,7 +113,11 @@ fn check_clean_open(agent: &Agent) -> u64 {
         .lines()
         .filter(|l| l.contains("ERROR") || l.to_ascii_lowercase().contains("corrupt"))
         .collect();
-    assert!(bad.is_empty(), "agent logged errors on open:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "agent logged errors on open:\n{}",
+        bad.join("\n")
+    );
     get("ngxprobe_store_wal_truncations_total") as u64
 }
 

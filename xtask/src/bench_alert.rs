@@ -95,7 +95,10 @@ const RULES: &str = r#"groups:
 "#;
 
 fn receivers(url: &str) -> String {
-    SEED_RECEIVERS.replace("https://hooks.slack.com/services/your/slack/webhook/url", url)
+    SEED_RECEIVERS.replace(
+        "https://hooks.slack.com/services/your/slack/webhook/url",
+        url,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -184,7 +187,10 @@ pub fn alert_latency(args: AlertLatencyArgs) -> Result<()> {
     let alertmanager = spawn_logged(
         "alertmanager",
         Command::new(&args.alertmanager)
-            .arg(format!("--config.file={}", am_dir.join("alertmanager.yml").display()))
+            .arg(format!(
+                "--config.file={}",
+                am_dir.join("alertmanager.yml").display()
+            ))
             .arg(format!("--storage.path={}", am_dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
             .arg("--cluster.listen-address="),
@@ -216,8 +222,14 @@ scrape_configs:
     let prometheus = spawn_logged(
         "prometheus",
         Command::new(&args.prometheus)
-            .arg(format!("--config.file={}", prom_dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", prom_dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                prom_dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prom_dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
         &dir.join("prometheus.log"),
     )?;
@@ -262,12 +274,16 @@ alertmanager:
     let conf = nginx.conf.clone();
     let ngx_sel = format!("nginx_http_requests_total{{conf_path=\"{conf}\"}}");
     let peer_sel = "nginx_http_requests_total{job=\"nginx\"}".to_string();
-    wait_until("both sides to have nginx_http_requests_total for 6 s", 40, || {
-        check_procs(&mut procs, &dir)?;
-        let a = range_samples(agent_port, &ngx_sel, 30)?;
-        let p = range_samples(prom_port, &peer_sel, 30)?;
-        Ok(a.len() >= 6 && p.len() >= 6)
-    })?;
+    wait_until(
+        "both sides to have nginx_http_requests_total for 6 s",
+        40,
+        || {
+            check_procs(&mut procs, &dir)?;
+            let a = range_samples(agent_port, &ngx_sel, 30)?;
+            let p = range_samples(prom_port, &peer_sel, 30)?;
+            Ok(a.len() >= 6 && p.len() >= 6)
+        },
+    )?;
     let load_desc = match args.wrk_connections {
         Some(c) => format!("wrk -t1 -c{c} (flat out)"),
         None => format!("{} req/s paced, 1 keep-alive connection", args.rps),
@@ -289,7 +305,10 @@ alertmanager:
         // load (the previous burst's resolved POSTs came after that anyway).
         wait_until("both sides quiet (no active alert)", 60, || {
             check_procs(&mut procs, &dir)?;
-            Ok(active_alerts(agent_port, Some(&conf))? == 0 && active_alerts(prom_port, None)? == 0)
+            Ok(
+                active_alerts(agent_port, Some(&conf))? == 0
+                    && active_alerts(prom_port, None)? == 0,
+            )
         })?;
         // Alertmanager keeps an emptied aggregation group until its next
         // maintenance run (every 30 s); an alert arriving while the group
@@ -298,10 +317,14 @@ alertmanager:
         // gone so that every burst measures a first notification (group_wait)
         // on both sides, like the first one.
         if !args.reuse_groups {
-            wait_until("Alertmanager to drop the emptied aggregation group", 45, || {
-                check_procs(&mut procs, &dir)?;
-                Ok(metric(am_port, "alertmanager_dispatcher_aggregation_groups")? == 0.0)
-            })?;
+            wait_until(
+                "Alertmanager to drop the emptied aggregation group",
+                45,
+                || {
+                    check_procs(&mut procs, &dir)?;
+                    Ok(metric(am_port, "alertmanager_dispatcher_aggregation_groups")? == 0.0)
+                },
+            )?;
         }
         // Start bursts at different phases of the 1 s sampling/evaluation
         // ticks: burst i starts (i × 337 ms) mod 1 s after a whole second.
@@ -322,7 +345,12 @@ alertmanager:
             sides: Vec::new(),
         };
         let sides = [
-            (Side::Ngxprobe, agent_port, ngx_sel.as_str(), Some(conf.as_str())),
+            (
+                Side::Ngxprobe,
+                agent_port,
+                ngx_sel.as_str(),
+                Some(conf.as_str()),
+            ),
             (Side::Peer, prom_port, peer_sel.as_str(), None),
         ];
         // Firing POSTs first (and each alert's activeAt while it is still
@@ -334,7 +362,12 @@ alertmanager:
                 &format!("{} firing POST (burst {i})", side.name()),
                 seen,
                 t_end + Duration::from_secs(30),
-                |p| p.path == side.hook() && p.title() == TITLE && p.firing() && mine(side, p, &conf),
+                |p| {
+                    p.path == side.hook()
+                        && p.title() == TITLE
+                        && p.firing()
+                        && mine(side, p, &conf)
+                },
                 &mut || check_procs(&mut procs, &dir),
             )?;
             let active_at = alert_active_at(port, c).ok().flatten();
@@ -345,7 +378,12 @@ alertmanager:
                 &format!("{} resolved POST (burst {i})", side.name()),
                 fire.seq + 1,
                 t_end + Duration::from_secs(40),
-                |p| p.path == side.hook() && p.title() == TITLE && p.resolved() && mine(side, p, &conf),
+                |p| {
+                    p.path == side.hook()
+                        && p.title() == TITLE
+                        && p.resolved()
+                        && mine(side, p, &conf)
+                },
                 &mut || check_procs(&mut procs, &dir),
             )?;
             let detectable = first_detectable(port, sel, wall_start).ok().flatten();
@@ -365,10 +403,18 @@ alertmanager:
             let n = rx
                 .since(seen)
                 .iter()
-                .filter(|p| p.path == side.hook() && p.title() == TITLE && p.firing() && mine(side, p, &conf))
+                .filter(|p| {
+                    p.path == side.hook()
+                        && p.title() == TITLE
+                        && p.firing()
+                        && mine(side, p, &conf)
+                })
                 .count();
             if n != 1 {
-                eprintln!("warning: burst {i}: {} sent {n} firing POSTs (want 1)", side.name());
+                eprintln!(
+                    "warning: burst {i}: {} sent {n} firing POSTs (want 1)",
+                    side.name()
+                );
             }
         }
         println!("{}", b.line());
@@ -472,7 +518,11 @@ fn report(args: &AlertLatencyArgs, load: &str, rows: &[Burst]) -> String {
          ngxprobe: storage.interval 1s, evaluation_interval 1s. Peer: exporter scraped every \
          1s, evaluation_interval 1s, Alertmanager without cluster{}. {} bursts × {} s of load \
          ({load}), each started at a different phase of the 1 s ticks.\n",
-        if args.reuse_groups { "" } else { ", its emptied group dropped before each burst" },
+        if args.reuse_groups {
+            ""
+        } else {
+            ", its emptied group dropped before each burst"
+        },
         rows.len(),
         args.load_seconds
     );
@@ -646,7 +696,7 @@ fn paced_load(port: u16, rps: u32, dur: Duration) -> Result<u64> {
         let mut body = vec![0; len];
         r.read_exact(&mut body)?;
         n += 1;
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             check_interrupted()?;
         }
     }
@@ -683,7 +733,10 @@ fn range_samples(port: u16, sel: &str, secs: u32) -> Result<Vec<(i64, f64)>> {
     for s in v["data"]["result"].as_array().into_iter().flatten() {
         for p in s["values"].as_array().into_iter().flatten() {
             let t = p[0].as_f64().unwrap_or(0.0);
-            let x: f64 = p[1].as_str().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
+            let x: f64 = p[1]
+                .as_str()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(f64::NAN);
             out.push(((t * 1000.0).round() as i64, x));
         }
     }
@@ -710,7 +763,10 @@ fn first_detectable(port: u16, sel: &str, start_ms: i64) -> Result<Option<(i64, 
             port,
             &format!("/api/v1/query?query={q}&time={}.{:03}", t / 1000, t % 1000),
         )?;
-        if v["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) {
+        if v["data"]["result"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+        {
             return Ok(Some((first, Some(t))));
         }
     }
@@ -756,7 +812,11 @@ fn alert_active_at(port: u16, conf: Option<&str>) -> Result<Option<i64>> {
 fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let (date, rest) = s.split_once('T')?;
     let mut d = date.split('-');
-    let (y, m, dd): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    let (y, m, dd): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
     let (clock, offset_s) = if let Some(c) = rest.strip_suffix('Z') {
         (c, 0)
     } else {
@@ -764,7 +824,10 @@ fn parse_rfc3339_ms(s: &str) -> Option<i64> {
         let (c, off) = rest.split_at(pos);
         let sign = if off.starts_with('-') { -1 } else { 1 };
         let (oh, om) = off[1..].split_once(':')?;
-        (c, sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60))
+        (
+            c,
+            sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60),
+        )
     };
     let mut c = clock.split(':');
     let h: i64 = c.next()?.parse().ok()?;
@@ -785,9 +848,7 @@ fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 
 fn spawn_logged(name: &str, cmd: &mut Command, log: &Path) -> Result<ProcGuard> {
     let f = std::fs::File::create(log)?;
-    cmd.stdin(Stdio::null())
-        .stdout(f.try_clone()?)
-        .stderr(f);
+    cmd.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f);
     ProcGuard::spawn(name, cmd)
 }
 
@@ -820,7 +881,10 @@ fn check_procs(procs: &mut [ProcGuard], dir: &Path) -> Result<()> {
 fn wait_ok(procs: &mut [ProcGuard], what: &str, port: u16, path: &str, dir: &Path) -> Result<()> {
     wait_until(&format!("{what} GET {path} == 200"), 60, || {
         check_procs(procs, dir)?;
-        Ok(matches!(http_get(port, path, Duration::from_secs(2)), Ok((200, _))))
+        Ok(matches!(
+            http_get(port, path, Duration::from_secs(2)),
+            Ok((200, _))
+        ))
     })
 }
 
@@ -911,7 +975,10 @@ http {{
             }
             let workers = util::children_of(guard.pid());
             if !workers.is_empty()
-                && matches!(http_get(port, "/stub", Duration::from_secs(2)), Ok((200, _)))
+                && matches!(
+                    http_get(port, "/stub", Duration::from_secs(2)),
+                    Ok((200, _))
+                )
             {
                 // Workers are killed by PID too if they outlive the master.
                 guard.extra = workers;
@@ -1032,7 +1099,7 @@ impl Receiver {
                 bail!("timed out waiting for {what}; received since: {got:#?}");
             }
             n += 1;
-            if n % 20 == 0 {
+            if n.is_multiple_of(20) {
                 check()?;
             }
             check_interrupted()?;
@@ -1075,7 +1142,9 @@ fn serve_conn(c: TcpStream, posts: &Mutex<Vec<Post>>) -> Result<()> {
             if let Some((k, v)) = h.split_once(':') {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse().unwrap_or(0);
-                } else if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
+                } else if k.eq_ignore_ascii_case("connection")
+                    && v.trim().eq_ignore_ascii_case("close")
+                {
                     close = true;
                 }
             }
@@ -1123,7 +1192,10 @@ mod tests {
         let r = receivers("http://127.0.0.1:1/x");
         assert!(r.contains("api_url: 'http://127.0.0.1:1/x'"));
         assert_eq!(
-            r.replace("http://127.0.0.1:1/x", "https://hooks.slack.com/services/your/slack/webhook/url"),
+            r.replace(
+                "http://127.0.0.1:1/x",
+                "https://hooks.slack.com/services/your/slack/webhook/url"
+            ),
             SEED_RECEIVERS
         );
     }

@@ -107,6 +107,11 @@ struct Group {
     next_flush: SystemTime,
     has_flushed: bool,
     in_flight: bool,
+    /// When the group was first seen with no alerts left. Alertmanager keeps
+    /// such a group (and its group_interval cadence) until its periodic
+    /// maintenance, so an alert arriving meanwhile goes out at the next tick
+    /// rather than after a fresh group_wait.
+    emptied_at: Option<SystemTime>,
 }
 
 /// What one flush of one group hands to the notify pipeline.
@@ -136,6 +141,8 @@ pub struct Dispatcher {
 pub const MIN_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Resolved alerts stay in the store this long (Alertmanager's GC period).
 const STORE_RETENTION: Duration = Duration::from_secs(30 * 60);
+/// Alertmanager's dispatcher maintenance period: empty groups live at most this long.
+const EMPTY_GROUP_RETENTION: Duration = Duration::from_secs(30);
 
 impl Dispatcher {
     pub fn new(compiled: Compiled) -> Dispatcher {
@@ -227,7 +234,9 @@ impl Dispatcher {
                 alerts: BTreeMap::new(),
                 has_flushed: false,
                 in_flight: false,
+                emptied_at: None,
             });
+            group.emptied_at = None;
             if !group.has_flushed && a.starts_at + group.route.group_wait < now {
                 group.next_flush = now;
             }
@@ -265,8 +274,24 @@ impl Dispatcher {
         let held: BTreeSet<u64> = self.groups.values().flat_map(|g| g.alerts.keys().copied()).collect();
         self.store
             .retain(|fp, (a, _)| held.contains(fp) || !a.resolved_at(now) || a.ends_at + STORE_RETENTION > now);
-        // Groups with nothing left are dropped (Alertmanager: on next flush).
-        self.groups.retain(|_, g| g.in_flight || !g.alerts.is_empty());
+        // Groups with nothing left are dropped at Alertmanager's maintenance
+        // (every 30 s); until then they keep their flush cadence.
+        for g in self.groups.values_mut() {
+            if g.alerts.is_empty() && g.emptied_at.is_none() {
+                g.emptied_at = Some(now);
+            }
+        }
+        self.groups.retain(|_, g| {
+            g.in_flight || g.emptied_at.is_none_or(|t| now < t + EMPTY_GROUP_RETENTION)
+        });
+        // An empty group's tick sends nothing; keep the cadence.
+        for g in self.groups.values_mut() {
+            if g.alerts.is_empty() && !g.in_flight {
+                while g.next_flush <= now {
+                    g.next_flush += g.route.group_interval.max(Duration::from_millis(1));
+                }
+            }
+        }
 
         let mut jobs = Vec::new();
         let keys: Vec<GroupKey> = self
@@ -320,9 +345,6 @@ impl Dispatcher {
                     g.alerts.remove(fp);
                 }
             }
-        }
-        if g.alerts.is_empty() {
-            self.groups.remove(&job.group_key);
         }
     }
 

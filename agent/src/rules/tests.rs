@@ -350,7 +350,7 @@ groups:
         let c: RulesConfig = serde_saphyr::from_str("default_rules: false\nevaluation_interval: 5s\n").unwrap();
         assert!(!c.default_rules);
         assert_eq!(c.evaluation_interval, PromDuration::from_secs(5));
-        assert_eq!(RulesConfig::default().evaluation_interval, PromDuration::from_secs(1));
+        assert_eq!(RulesConfig::default().evaluation_interval, PromDuration::from_millis(250));
         assert!(serde_saphyr::from_str::<RulesConfig>("rule_file: []\n").is_err());
     }
 

@@ -118,9 +118,38 @@ fn old_alerts_flush_at_once_and_resolved_leave_after_success() {
     d.complete(&jobs[0], false);
     let jobs = d.due(t(1600));
     assert_eq!(names(&jobs[0]), ["Old(resolved)"]);
-    // …a successful one drops it and the group.
+    // …a successful one drops it. The emptied group lives on until
+    // Alertmanager's maintenance (at most 30 s), then it is gone.
     d.complete(&jobs[0], true);
+    assert!(d.due(t(1601)).is_empty());
+    assert_eq!(d.group_count(), 1);
+    assert!(d.due(t(1630)).is_empty());
+    assert_eq!(d.group_count(), 1);
+    d.due(t(1632));
     assert_eq!(d.group_count(), 0);
+}
+
+/// As in Alertmanager: an alert arriving while its group is still there
+/// (emptied, before maintenance) goes out at the group's next interval tick,
+/// without a new group_wait; after maintenance it waits group_wait again.
+#[test]
+fn emptied_group_is_reused_until_maintenance() {
+    let mut d = dispatcher(BASE);
+    d.insert(&firing("A", &[], t(0)), t(0));
+    let jobs = d.due(t(30));
+    assert_eq!(names(&jobs[0]), ["A"]);
+    d.complete(&jobs[0], true);
+    d.insert(&alert(&[("alertname", "A")], &[], t(0), t(40)), t(40));
+    let jobs = d.due(t(330));
+    assert_eq!(names(&jobs[0]), ["A(resolved)"]);
+    d.complete(&jobs[0], true);
+    // Group emptied at 331; a new alert at 340 rides the 5m cadence (next tick
+    // 630), not group_wait (it would be 370).
+    assert!(d.due(t(331)).is_empty());
+    d.insert(&firing("A", &[("instance", "x")], t(340)), t(340));
+    assert!(d.due(t(370)).is_empty(), "must not wait a fresh group_wait");
+    let jobs = d.due(t(630));
+    assert_eq!(names(&jobs[0]), ["A@x"]);
 }
 
 #[test]
