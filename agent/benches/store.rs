@@ -9,6 +9,8 @@
 //! (append, chunk codec, 24 h read).
 //!
 //! Env: STORE_BENCH_HOURS (default 24), PROMTOOL (default promtool; "" skips),
+//! STORE_BENCH_DETAIL (per-class table also per metric name),
+//! STORE_BENCH_CLASSES_ONLY (only the per-class chunk table: codec iteration),
 //! STORE_BENCH_DIR (default target/store-bench).
 #![allow(dead_code)]
 
@@ -164,6 +166,52 @@ fn families(g: &mut [Gen]) -> Vec<Family> {
     fams
 }
 
+/// Benchmark class of a generator, for the per-class breakdown.
+fn class_of(k: &Kind) -> &'static str {
+    match k {
+        Kind::Counter { rate, .. } if *rate < 1.0 => "idle (counters < 1/s, flat/rare-step gauges)",
+        Kind::Counter { sd, .. } if *sd > 1000.0 => "counter, bytes (±200 KB/s noise)",
+        Kind::Counter { .. } => "counter, integer/decimal",
+        Kind::FloatSum { .. } => "float (`_sum`, full mantissa)",
+        Kind::Walk { .. } | Kind::Noisy { .. } => "gauge (random walk, noisy 3-decimal)",
+        Kind::Steppy { .. } => "idle (counters < 1/s, flat/rare-step gauges)",
+    }
+}
+
+/// Chunk bytes per class: every series' samples cut at 2 h block boundaries
+/// and encoded exactly as the store persists them (one chunk per series per
+/// block). Returns (class, series, samples, bytes), plus per metric name when
+/// `detail` is set.
+fn class_breakdown(g0: &[Gen], ticks: i64, detail: bool) -> Vec<(String, usize, u64, u64)> {
+    let mut rows: Vec<(String, usize, u64, u64)> = Vec::new();
+    let mut add = |key: String, n: u64, bytes: u64| match rows.iter_mut().find(|r| r.0 == key) {
+        Some(r) => {
+            r.1 += 1;
+            r.2 += n;
+            r.3 += bytes;
+        }
+        None => rows.push((key, 1, n, bytes)),
+    };
+    for g in g0 {
+        let mut g = g.clone();
+        let samples: Vec<(i64, f64)> = (0..ticks).map(|k| (T0 + k * 1000, g.next())).collect();
+        let bytes: u64 = samples
+            .chunk_by(|a, b| a.0.div_euclid(store::BLOCK_MS) == b.0.div_euclid(store::BLOCK_MS))
+            .map(|c| store::chunk::encode(c).len() as u64)
+            .sum();
+        add(class_of(&g.kind).to_string(), samples.len() as u64, bytes);
+        if detail {
+            let key = match &g.kind {
+                Kind::Counter { rate, .. } => format!("  {} (rate {rate})", g.name),
+                _ => format!("  {}", g.name),
+            };
+            add(key, samples.len() as u64, bytes);
+        }
+    }
+    rows.sort_by_key(|r| r.0.starts_with(' '));
+    rows
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -271,6 +319,28 @@ fn promtool(bin: &str, om: &Path, out: &Path, extra: &[&str]) -> Option<(u64, u6
     Some((total, chunks, index, took))
 }
 
+fn print_classes(g0: &[Gen], ticks: i64) {
+    let detail = std::env::var_os("STORE_BENCH_DETAIL").is_some();
+    let t = Instant::now();
+    let rows = class_breakdown(&g0, ticks, detail);
+    let enc_took = t.elapsed();
+    let (all_n, all_b) = rows.iter().filter(|r| !r.0.starts_with(' ')).fold((0, 0), |a, r| (a.0 + r.2, a.1 + r.3));
+    println!("Chunk bytes by class (each series re-encoded per 2 h block as persisted; {:.1} M samples/s encode):", all_n as f64 / enc_took.as_secs_f64() / 1e6);
+    println!();
+    println!("| class | series | bytes/sample | bits/sample | share of chunk bytes |");
+    println!("|---|---|---|---|---|");
+    for (class, series, n, bytes) in &rows {
+        println!(
+            "| {class} | {series} | {:.3} | {:.2} | {:.1} % |",
+            *bytes as f64 / *n as f64,
+            *bytes as f64 * 8.0 / *n as f64,
+            *bytes as f64 * 100.0 / all_b.max(1) as f64
+        );
+    }
+    println!("| all | {} | {:.3} | {:.2} | 100 % |", g0.len(), all_b as f64 / all_n.max(1) as f64, all_b as f64 * 8.0 / all_n.max(1) as f64);
+    println!();
+}
+
 fn main() {
     let hours: i64 = std::env::var("STORE_BENCH_HOURS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
     let ticks = hours * 3600;
@@ -280,6 +350,11 @@ fn main() {
     std::fs::create_dir_all(&base).expect("bench dir");
     let g0 = gens();
     let dir = base.join("ngxprobe");
+    if std::env::var_os("STORE_BENCH_CLASSES_ONLY").is_some() {
+        // Codec iteration: the per-class table only, no ingest/promtool/criterion.
+        print_classes(&g0, ticks);
+        return;
+    }
 
     eprintln!("store bench: {} series x {ticks} s ...", g0.len());
     let mut f = run_ingest(&dir, &g0, ticks);
@@ -341,6 +416,7 @@ fn main() {
     println!("| read one series' {hours} h ({ticks} samples), first read after reopen | {:.2} ms | |", read_once.as_secs_f64() * 1e3);
     println!("| RSS growth per active series (peak during ingest) | {:.1} KiB (head chunks {:.1} KiB) | |", f.rss_per_series_kib, f.head_bytes_per_series / 1024.0);
     println!();
+    print_classes(&g0, ticks);
 
     // Criterion micro-benchmarks.
     let mut c = Criterion::default().configure_from_args().sample_size(20).measurement_time(Duration::from_secs(3));

@@ -273,12 +273,20 @@ const CHILD_ENV: &str = "NGXPROBE_STORE_CRASH_CHILD";
 const CRASH_SERIES: usize = 30;
 const CRASH_STEP: i64 = 20_000; // 20 s: a block is persisted every 360 ticks
 
+/// The crash test checks that nothing acknowledged is lost, so retention must
+/// not delete anything however far the child gets: at 20 s per tick, the
+/// default 15 d are reached after 64 800 ticks, which a fast child writes
+/// within the test's 24 rounds.
+fn crash_cfg(dir: &Path) -> StorageConfig {
+    StorageConfig { retention: crate::config::PromDuration::from_secs(100 * 365 * 24 * 3600), ..cfg(dir) }
+}
+
 /// Writer side of the crash test; only does something when re-executed by
 /// `sigkill_during_ingest_loses_nothing_acknowledged`.
 #[test]
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
-    let s = Store::open(&cfg(Path::new(&dir))).unwrap();
+    let s = Store::open(&crash_cfg(Path::new(&dir))).unwrap();
     let last = all(&s, "req_total").iter().filter_map(|g| g.samples.last().map(|x| x.0)).max().unwrap_or(0);
     let mut out = std::io::stdout().lock();
     writeln!(out, "start {last}").unwrap();
@@ -362,7 +370,7 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
             }
         }
         // Reopen: must succeed and hold every acknowledged sample.
-        let s = Store::open(&cfg(&data)).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let s = Store::open(&crash_cfg(&data)).unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
         let got = all(&s, "req_total");
         if acked > 0 {
             assert_eq!(got.len(), CRASH_SERIES, "round {round}");
