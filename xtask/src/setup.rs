@@ -16,6 +16,11 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// Debian packages: (package, why).
 const PACKAGES: &[(&str, &str)] = &[
     (LLVM_PACKAGE, "LLVM 22 for bpf-linker"),
+    // llvm-config lists these as link dependencies of LLVM's libraries; the
+    // bpf-linker build fails without them on a machine that lacks them.
+    ("zlib1g-dev", "linked by bpf-linker (LLVM's system libs)"),
+    ("libzstd-dev", "linked by bpf-linker (LLVM's system libs)"),
+    ("libpolly-22-dev", "LLVM 22's Polly libraries, referenced by llvm-config"),
     ("nginx", "tests and benchmarks run their own nginx"),
     ("wrk", "load generator for tests and benchmarks"),
     ("curl", "used by tests"),
