@@ -16,10 +16,10 @@
 //! without it costs one pointer test, so other processes' traffic is nearly
 //! free. Per-instance counters live in the per-CPU STATS array.
 //!
-//! Cost discipline: the common keep-alive request is one storage lookup per
-//! event plus, on reads after a response, 16 bytes of the read buffer (to tell a
-//! new request from a discarded request body). Payload is read nowhere else
-//! except in the rare ambiguous writes (100 Continue, pipelining).
+//! Cost discipline: the common keep-alive request is one storage lookup and
+//! the syscall's registers per event; no payload is read. Only the rare
+//! ambiguous writes (a 25-byte send that may be 100 Continue, a status line
+//! after a complete response: pipelining) look at 12 bytes of nginx's buffer.
 #![no_std]
 #![no_main]
 // Atomic add on map values (the BPF target's core has no AtomicU64::fetch_add).
@@ -51,7 +51,7 @@ use aya_ebpf::{
 };
 
 use payload::{
-    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, looks_like_request_start,
+    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, reads_into_stack,
     syscall_args, write_head,
 };
 
@@ -330,10 +330,11 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
             (*conn).first_read_size = want;
         } else if (*conn).resp_started != 0 {
             // After a response, data is a new request unless it is the tail
-            // of a body nginx discards after answering early (405, 413, ...).
-            // Request lines are read into the header buffer, whose size the
-            // first read showed; anything else is the discard path.
-            if want != (*conn).first_read_size || !looks_like_request_start(&a) {
+            // of a body nginx discards after answering early (405, 413, ...)
+            // or lingering-close input: those go into stack buffers, request
+            // lines into the header buffer, whose size the first read showed
+            // (a smaller read finishes a pipelined request nginx already made).
+            if want != (*conn).first_read_size || reads_into_stack(&a) {
                 return 0;
             }
         }

@@ -28,6 +28,10 @@ struct PtRegs {
     si: u64,
     di: u64,
     orig_ax: u64,
+    ip: u64,
+    cs: u64,
+    flags: u64,
+    sp: u64,
 }
 
 /// The arguments of the syscall the task is in.
@@ -40,6 +44,8 @@ pub struct SyscallArgs {
     pub arg3: u64,
     /// Fourth argument (sendfile's count).
     pub arg4: u64,
+    /// The user stack pointer at the syscall.
+    pub sp: u64,
 }
 
 pub const SYS_READ: u64 = 0;
@@ -69,6 +75,7 @@ pub fn syscall_args() -> SyscallArgs {
             arg2: (*regs).si,
             arg3: (*regs).dx,
             arg4: (*regs).r10,
+            sp: (*regs).sp,
         }
     }
 }
@@ -86,36 +93,24 @@ fn unknown() -> SyscallArgs {
         arg2: 0,
         arg3: 0,
         arg4: 0,
+        sp: 0,
     }
 }
 
-/// True if the bytes just read begin like an HTTP/1.x request line: a method
-/// token of 3 to 14 upper-case letters, a space, and the start of a request
-/// target ('/', '*', or an absolute URI / CONNECT authority). Unknown syscalls
-/// say yes. Body bytes nginx discards after answering early rarely look like
-/// that; a run of capitals alone is not enough.
+/// Bytes above the stack pointer that still count as the caller's stack.
+const STACK_WINDOW: u64 = 1 << 20;
+
+/// True if the read goes into a buffer on the caller's stack. nginx reads
+/// request lines into pool memory, but the tail of a request body it
+/// discards, and lingering-close input, into stack buffers
+/// (ngx_http_read_discarded_request_body, ngx_http_lingering_close_handler):
+/// telling the two apart needs no look at the bytes.
 #[inline(always)]
-pub fn looks_like_request_start(a: &SyscallArgs) -> bool {
-    if a.nr != SYS_READ && a.nr != SYS_RECVFROM {
-        return true;
-    }
-    // SAFETY: user memory is read with bpf_probe_read_user only.
-    let Ok(b) = (unsafe { bpf_probe_read_user(a.arg2 as *const [u8; 16]) }) else {
-        return true;
-    };
-    let mut i = 0;
-    while i < 15 {
-        let c = b[i];
-        if c == b' ' {
-            let t = b[i + 1];
-            return i >= 3 && (t == b'/' || t == b'*' || t.is_ascii_alphanumeric());
-        }
-        if !(c.is_ascii_uppercase() || c == b'-' || c == b'_') {
-            return false;
-        }
-        i += 1;
-    }
-    false
+pub fn reads_into_stack(a: &SyscallArgs) -> bool {
+    (a.nr == SYS_READ || a.nr == SYS_RECVFROM)
+        && a.sp != 0
+        && a.arg2 >= a.sp
+        && a.arg2 - a.sp < STACK_WINDOW
 }
 
 /// What the head of a plain write (write/sendto) says.

@@ -45,6 +45,7 @@ struct NginxProc {
 /// skipped; missing privileges to inspect a process are an error.
 pub fn scan(proc_root: &Path) -> Result<Vec<Instance>, DiscoverError> {
     let procs = find_nginx_processes(proc_root)?;
+    prune_listener_cache(&procs);
     let mut tree = Ancestry {
         proc_root,
         procs: &procs,
@@ -235,12 +236,51 @@ fn master_key(
     }))
 }
 
+/// Listeners found per master, with the socket inodes they were found from.
+/// The TCP tables list every socket of the namespace (thousands of TIME_WAIT
+/// rows under load) and cost milliseconds to parse; a master's listening
+/// sockets change only on reload, when its set of socket fds changes too.
+static LISTENER_CACHE: std::sync::Mutex<Option<HashMap<u32, (BTreeSet<u64>, BTreeSet<Listener>)>>> =
+    std::sync::Mutex::new(None);
+
 /// LISTEN sockets held by a process, from its fds matched against the TCP
 /// tables of its own network namespace. `None` if it exited meanwhile.
 fn listeners_of(proc_root: &Path, pid: u32) -> Result<Option<BTreeSet<Listener>>, DiscoverError> {
     let Some(inodes) = proc::socket_inodes(proc_root, pid)? else {
         return Ok(None);
     };
+    let inode_set = inodes.clone();
+    {
+        let cache = LISTENER_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, listeners)) = cache.as_ref().and_then(|c| c.get(&pid))
+            && *known == inode_set
+        {
+            return Ok(Some(listeners.clone()));
+        }
+    }
+    let found = listeners_from_tables(proc_root, pid, &inodes)?;
+    if let Some(listeners) = &found {
+        let mut cache = LISTENER_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get_or_insert_with(HashMap::new)
+            .insert(pid, (inode_set, listeners.clone()));
+    }
+    Ok(found)
+}
+
+/// Forgets cached listeners of processes that are gone.
+fn prune_listener_cache(alive: &HashMap<u32, NginxProc>) {
+    let mut cache = LISTENER_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = cache.as_mut() {
+        c.retain(|pid, _| alive.contains_key(pid));
+    }
+}
+
+fn listeners_from_tables(
+    proc_root: &Path,
+    pid: u32,
+    inodes: &BTreeSet<u64>,
+) -> Result<Option<BTreeSet<Listener>>, DiscoverError> {
     let net = pid_dir(proc_root, pid).join("net");
     let mut listeners = BTreeSet::new();
     for table in ["tcp", "tcp6"] {
