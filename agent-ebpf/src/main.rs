@@ -120,12 +120,19 @@ fn conn_of(sk: *const c_void) -> Option<*mut Conn> {
         seeded: 1,
         ..Conn::default()
     };
-    // SAFETY: as above; `init` lives on this stack frame during the call.
+    create_state(sk, &init)
+}
+
+/// Attaches `init` to `sk` as its connection state (None if the kernel could
+/// not allocate it).
+#[inline(always)]
+fn create_state(sk: *const c_void, init: &Conn) -> Option<*mut Conn> {
+    // SAFETY: `sk` is the tracepoint's socket; `init` outlives the call.
     let p = unsafe {
         bpf_sk_storage_get(
             ptr::from_ref(&CONN_STORE).cast_mut().cast(),
             sk as *mut c_void,
-            ptr::from_ref(&init).cast_mut().cast(),
+            ptr::from_ref(init).cast_mut().cast(),
             BPF_SK_STORAGE_GET_F_CREATE as u64,
         )
     } as *mut Conn;
@@ -253,16 +260,7 @@ fn on_established(sk: *const c_void) {
         accepted_ns: unsafe { bpf_ktime_get_ns() },
         ..Conn::default()
     };
-    // SAFETY: `sk` is the tracepoint's socket; `init` outlives the call.
-    let p = unsafe {
-        bpf_sk_storage_get(
-            ptr::from_ref(&CONN_STORE).cast_mut().cast(),
-            sk as *mut c_void,
-            ptr::from_ref(&init).cast_mut().cast(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
-        )
-    };
-    if !p.is_null() {
+    if create_state(sk, &init).is_some() {
         // SAFETY: as above.
         unsafe { add_i(&raw mut (*st).active, 1) };
     } else if let Some(g) = stats(GLOBAL_SLOT) {

@@ -31,20 +31,9 @@ const BPF_NOEXIST: u64 = 1;
 
 pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
-/// Counters of one instance slot, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlotTotals {
-    pub accepted: u64,
-    pub requests: u64,
-    pub closed: u64,
-    pub responses: u64,
-    pub blocked_sends: u64,
-    pub conn_map_full: u64,
-    pub active: i64,
-    pub reading: i64,
-    pub writing: i64,
-    pub events: u64,
-}
+/// Counters of one instance slot, summed over CPUs: the kernel's per-CPU
+/// value type, added up field by field.
+pub type SlotTotals = SlotStats;
 
 /// Run statistics of one program (non-zero only with kernel.bpf_stats_enabled=1).
 #[derive(Clone, Debug)]
@@ -147,7 +136,7 @@ impl Probe {
             .stats
             .get(&slot, 0)
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
-        let mut t = SlotTotals::default();
+        let mut t = SlotStats::default();
         for s in per_cpu.iter() {
             t.accepted = t.accepted.wrapping_add(s.accepted);
             t.requests = t.requests.wrapping_add(s.requests);
