@@ -65,7 +65,7 @@ fn fmt_metric(m: &J) -> String {
 fn rows_from_json(d: &J) -> Vec<(String, String)> {
     let r = &d["result"];
     match d["resultType"].as_str() {
-        Some("scalar") | Some("string") => vec![(d["resultType"].as_str().unwrap().into(), r[1].as_str().unwrap_or("").into())],
+        Some("scalar") | Some("string") => vec![(d["resultType"].as_str().unwrap_or("").into(), r[1].as_str().unwrap_or("").into())],
         Some("vector") => r.as_array().into_iter().flatten().map(|s| (fmt_metric(&s["metric"]), s["value"][1].as_str().unwrap_or("").into())).collect(),
         _ => r
             .as_array()

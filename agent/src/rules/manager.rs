@@ -268,7 +268,12 @@ impl RuleManager {
                 if *t > now {
                     continue;
                 }
-                self.eval_one(g, *t);
+                // A bug in one group's evaluation must not stop alerting for
+                // all groups: contain it, log it, and go on at the next tick.
+                let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.eval_one(g, *t)));
+                if evaluated.is_err() {
+                    tracing::error!("rule group evaluation panicked; the group is retried at its next interval");
+                }
                 let (interval, key) = {
                     let gi = g.lock().unwrap_or_else(|e| e.into_inner());
                     (gi.interval_ms, gi.key())
