@@ -411,7 +411,11 @@ fn rules_run_loop_evaluates_on_schedule_and_stops() {
     let m = Arc::new(RuleManager::new(store.clone(), store, Arc::new(Null), cfg));
     m.load(&[]).unwrap();
     let (h, stop) = m.spawn().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(550));
+    // Wait (bounded) until the scheduler has run the group three times.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while m.groups()[0].evals_done < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     stop.send(()).unwrap();
     h.join().unwrap();
     let g = &m.groups()[0];

@@ -456,14 +456,15 @@ fn disk_full_keeps_serving_from_memory_and_resumes() {
     assert!(got.iter().all(|g| g.samples.last().unwrap().0 == t));
     // Space returns: writing resumes within the retry period.
     fs::remove_file(&filler).unwrap();
-    std::thread::sleep(RETRY_EVERY + Duration::from_millis(100));
+    // Poll (bounded: a few retry periods) until an ingest finds the disk writable.
+    let deadline = std::time::Instant::now() + RETRY_EVERY * 6;
     let mut resumed = false;
-    for _ in 0..5 {
+    while std::time::Instant::now() < deadline {
         if ingest(&s, &mut t).writable {
             resumed = true;
             break;
         }
-        std::thread::sleep(RETRY_EVERY);
+        std::thread::sleep(Duration::from_millis(50));
     }
     assert!(resumed, "did not resume writing after space returned");
     assert_eq!(metric(&s.self_families(), "ngxprobe_store_writable", &[]), 1.0);
