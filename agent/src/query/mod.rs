@@ -11,6 +11,7 @@ pub mod binary;
 pub mod cli;
 pub mod eval;
 pub mod functions;
+mod go_strings;
 pub mod value;
 
 #[cfg(test)]
@@ -89,7 +90,10 @@ pub fn parse(q: &str) -> Result<Expr, QueryError> {
         return Err(QueryError::BadData("1:1: parse error: no expression found in input".into()));
     }
     match std::panic::catch_unwind(|| promql_parser::parser::parse(q)) {
-        Ok(Ok(e)) => Ok(e),
+        Ok(Ok(mut e)) => {
+            go_strings::apply_go_bytes(q, &mut e);
+            Ok(e)
+        }
         Ok(Err(msg)) => Err(QueryError::BadData(parse_error_text(q, &msg))),
         Err(_) => Err(QueryError::BadData("parse error: invalid query".into())),
     }

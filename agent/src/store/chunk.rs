@@ -383,6 +383,14 @@ pub fn decode(data: &[u8]) -> Result<Vec<(i64, f64)>, ChunkError> {
 /// validated too, so a chunk with a valid CRC but impossible contents (a bug,
 /// or a chunk from a future version) is an error, never a panic.
 pub fn decode_into(data: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkError> {
+    decode_range_into(data, i64::MIN, i64::MAX, out)
+}
+
+/// Appends the samples with `mint <= t <= maxt`. The payload is sequential,
+/// so samples before `mint` are decoded and dropped, but decoding stops at
+/// the first sample after `maxt`: a query window ending mid-chunk (the usual
+/// case for "the last hour") pays only for the part up to its end.
+pub fn decode_range_into(data: &[u8], mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>) -> Result<(), ChunkError> {
     if data.len() < 6 {
         return Err(corrupt("short chunk"));
     }
@@ -437,6 +445,9 @@ pub fn decode_into(data: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkEr
     let (mut t, mut prev_d) = (first_t, 0i64);
     let (mut prev_x, mut prev_dx) = (0i64, 0i64);
     let mut prev_v = 0.0f64;
+    if first_t > maxt || last_t < mint {
+        return Ok(());
+    }
     out.reserve(n as usize);
     for i in 0..n {
         if i > 0 {
@@ -492,7 +503,13 @@ pub fn decode_into(data: &[u8], out: &mut Vec<(i64, f64)>) -> Result<(), ChunkEr
             return Err(corrupt("payload truncated"));
         }
         prev_v = v;
-        out.push((t, v));
+        if t > maxt {
+            // Timestamps strictly increase: nothing later is wanted.
+            return Ok(());
+        }
+        if t >= mint {
+            out.push((t, v));
+        }
     }
     if n > 0 && t != last_t {
         return Err(corrupt("last timestamp mismatch"));
@@ -571,6 +588,20 @@ mod tests {
             let s: Vec<(i64, f64)> = ts.iter().zip(&vs).map(|(&t, &v)| (t, v)).collect();
             let dec = decode(&encode_with(&s, p)).unwrap();
             prop_assert!(same(&s, &dec), "{p:?}: {s:?} != {dec:?}");
+        }
+
+        #[test]
+        fn window_decode_is_the_filtered_full_decode(n in 0usize..400, gaps in prop::collection::vec(1i64..5000, 400),
+                                                    vs in prop::collection::vec(special(), 400), p in plan(),
+                                                    a in -1000i64..2_000_000, len in -10i64..2_000_000) {
+            let mut t = 0;
+            let s: Vec<(i64, f64)> = (0..n).map(|i| { t += gaps[i]; (t, vs[i]) }).collect();
+            let data = encode_with(&s, p);
+            let (mint, maxt) = (a, a + len);
+            let mut got = vec![(0, 1.5)]; // appends, keeps what was there
+            decode_range_into(&data, mint, maxt, &mut got).unwrap();
+            let want: Vec<(i64, f64)> = [(0, 1.5)].into_iter().chain(s.iter().copied().filter(|x| x.0 >= mint && x.0 <= maxt)).collect();
+            prop_assert!(same(&want, &got), "{p:?} [{mint}, {maxt}]: {want:?} != {got:?}");
         }
 
         #[test]

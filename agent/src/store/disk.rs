@@ -216,53 +216,72 @@ pub fn persist(db: &Database, dir: &Path, b: &PersistBatch) -> DbResult<u64> {
 
 /// Chunks of series `id` overlapping [mint, maxt], decoded. Corrupt chunks are
 /// skipped and described in `corrupt`.
-pub fn read(db: &Database, dir: &Path, id: u32, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>, corrupt: &mut Vec<String>) -> DbResult<()> {
-    let r = db.begin_read().map_err(err)?;
-    let chunks = r.open_table(CHUNKS).map_err(err)?;
-    let blocks = r.open_table(BLOCKS).map_err(err)?;
-    let mut buf = Vec::new();
-    if mint > maxt {
-        return Ok(());
+/// Reads chunks for many series under one redb read transaction, keeping
+/// each block's file open across series: a 100-series query otherwise paid a
+/// transaction and an open()/close() per series and block.
+pub struct Reader<'a> {
+    dir: &'a Path,
+    chunks: redb::ReadOnlyTable<(i64, u32, i64), (u32, u64, u32)>,
+    blocks: redb::ReadOnlyTable<i64, (u64, u64)>,
+    /// Block start → its file, or None when it could not be opened (reported
+    /// once per chunk that needed it).
+    files: std::collections::HashMap<i64, Option<File>>,
+    buf: Vec<u8>,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(db: &Database, dir: &'a Path) -> DbResult<Self> {
+        let r = db.begin_read().map_err(err)?;
+        Ok(Reader {
+            dir,
+            chunks: r.open_table(CHUNKS).map_err(err)?,
+            blocks: r.open_table(BLOCKS).map_err(err)?,
+            files: Default::default(),
+            buf: Vec::new(),
+        })
     }
-    // Blocks whose span [b, b + BLOCK_MS) reaches mint (no overflow at i64::MIN).
-    for b in blocks.range(mint.saturating_sub(BLOCK_MS - 1)..=maxt).map_err(err)? {
-        let block = b.map_err(err)?.0.value();
-        let mut file: Option<File> = None;
-        for c in chunks.range((block, id, i64::MIN)..=(block, id, maxt)).map_err(err)? {
-            let (k, v) = c.map_err(err)?;
-            let cmint = k.value().2;
-            let (span, off, len) = v.value();
-            if cmint.saturating_add(span as i64) < mint {
-                continue;
-            }
-            let what = || format!("series {id} chunk at {cmint} in block file {block}");
-            if file.is_none() {
-                match File::open(block_path(dir, block)) {
-                    Ok(f) => file = Some(f),
-                    Err(e) => {
-                        corrupt.push(format!("{}: {e}", what()));
-                        break;
-                    }
+
+    /// Appends series `id`'s samples in [mint, maxt] to `out`; chunks that
+    /// cannot be read or decoded are skipped and described in `corrupt`.
+    pub fn read(&mut self, id: u32, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>, corrupt: &mut Vec<String>) -> DbResult<()> {
+        if mint > maxt {
+            return Ok(());
+        }
+        // Blocks whose span [b, b + BLOCK_MS) reaches mint (no overflow at i64::MIN).
+        for b in self.blocks.range(mint.saturating_sub(BLOCK_MS - 1)..=maxt).map_err(err)? {
+            let block = b.map_err(err)?.0.value();
+            for c in self.chunks.range((block, id, i64::MIN)..=(block, id, maxt)).map_err(err)? {
+                let (k, v) = c.map_err(err)?;
+                let cmint = k.value().2;
+                let (span, off, len) = v.value();
+                if cmint.saturating_add(span as i64) < mint {
+                    continue;
+                }
+                let what = || format!("series {id} chunk at {cmint} in block file {block}");
+                let dir = self.dir;
+                let file = self.files.entry(block).or_insert_with(|| File::open(block_path(dir, block)).ok());
+                let Some(f) = file.as_ref() else {
+                    corrupt.push(format!("{}: block file {} cannot be opened", what(), block_path(dir, block).display()));
+                    continue;
+                };
+                if len as u64 > (chunk::MAX_SAMPLES * 20) {
+                    corrupt.push(format!("{}: implausible length {len}", what()));
+                    continue;
+                }
+                self.buf.resize(len as usize, 0);
+                if let Err(e) = f.read_exact_at(&mut self.buf, off) {
+                    corrupt.push(format!("{}: {e}", what()));
+                    continue;
+                }
+                let start = out.len();
+                if let Err(e) = chunk::decode_range_into(&self.buf, mint, maxt, out) {
+                    out.truncate(start);
+                    corrupt.push(format!("{}: {e}", what()));
                 }
             }
-            let Some(f) = file.as_ref() else { continue };
-            if len as u64 > (chunk::MAX_SAMPLES * 20) {
-                corrupt.push(format!("{}: implausible length {len}", what()));
-                continue;
-            }
-            buf.resize(len as usize, 0);
-            if let Err(e) = f.read_exact_at(&mut buf, off) {
-                corrupt.push(format!("{}: {e}", what()));
-                continue;
-            }
-            let start = out.len();
-            if let Err(e) = chunk::decode_into(&buf, out) {
-                out.truncate(start);
-                corrupt.push(format!("{}: {e}", what()));
-            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Deletes whole blocks starting before `before` (retention by time), or the
