@@ -150,6 +150,16 @@ fn blocks_persist_wal_stays_small_and_reopen_reads_everything() {
             assert_eq!(sd.samples.len(), n as usize, "{}", sd.labels);
             assert!(sd.samples.iter().enumerate().all(|(j, &(t, v))| t == (j as i64 + 1) * step && v == value(i, t)));
         }
+        // A window starting and ending inside chunks (decoding stops at its
+        // end), over 20 series (decoded on several threads where there are
+        // cores): the same series in the same order, exactly the samples in it.
+        let (a, b) = (47 * 60_000 + 1, 4 * 3_600_000 + 13 * 60_000);
+        let win = s.select(&[m(MatchOp::Equal, "__name__", "req_total")], a, b).unwrap();
+        assert_eq!(win.iter().map(|x| &x.labels).collect::<Vec<_>>(), got.iter().map(|x| &x.labels).collect::<Vec<_>>());
+        for (w, full) in win.iter().zip(&got) {
+            let want: Vec<(i64, f64)> = full.samples.iter().copied().filter(|x| x.0 >= a && x.0 <= b).collect();
+            assert_eq!(w.samples, want, "{}", w.labels);
+        }
     };
     check(&s);
     drop(s);
