@@ -434,6 +434,31 @@ fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
     }
 }
 
+// Benchmark floor: the same four hooks with empty programs, attached instead
+// of the real ones only when the agent runs with NGXPROBE_EBPF_FLOOR=1 (used
+// by `cargo xtask bench overhead --floor`). What they cost is the price of
+// being attached to these tracepoints at all (dispatch, plus bpf_stats' own
+// clock reads), which no program body can go below.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn floor_set_state(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn floor_destroy_sock(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn floor_recv(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn floor_send(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

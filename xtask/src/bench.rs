@@ -46,6 +46,11 @@ pub struct OverheadArgs {
     /// B is not inflated by the stats' own ~20 ns per program run).
     #[arg(long)]
     no_bpf_stats: bool,
+    /// Also run F = the agent with empty programs on the same four hooks
+    /// (NGXPROBE_EBPF_FLOOR=1): the floor any program there costs, measured
+    /// in the same interleaved rounds.
+    #[arg(long)]
+    floor: bool,
     /// nginx binary.
     #[arg(long, default_value = "/usr/sbin/nginx")]
     nginx: PathBuf,
@@ -64,6 +69,8 @@ pub struct OverheadArgs {
 enum Mode {
     A,
     B,
+    /// Agent with empty programs (`--floor`).
+    F,
 }
 
 struct Workload {
@@ -171,11 +178,14 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
 
     let mut results = Results::default();
     for round in 0..args.rounds {
-        let order = if round % 2 == 0 {
-            [Mode::A, Mode::B]
+        let mut order = if args.floor {
+            vec![Mode::A, Mode::B, Mode::F]
         } else {
-            [Mode::B, Mode::A]
+            vec![Mode::A, Mode::B]
         };
+        if round % 2 == 1 {
+            order.reverse();
+        }
         for mode in order {
             check_interrupted()?;
             run_phase(&args, &agent, &tmp.0, &nginx, round, mode, &mut results)?;
@@ -197,19 +207,19 @@ fn run_phase(
     results: &mut Results,
 ) -> Result<()> {
     // Order matters on the way out: agent stops first, then stats go back.
-    let _stats = if mode == Mode::B && !args.no_bpf_stats {
+    let _stats = if mode != Mode::A && !args.no_bpf_stats {
         Some(SysctlGuard::set(STATS_SYSCTL, "1")?)
     } else {
         None
     };
-    let agent = if mode == Mode::B {
-        Some(Agent::start(agent_bin, dir, &nginx.conf)?)
+    let agent = if mode != Mode::A {
+        Some(Agent::start(agent_bin, dir, &nginx.conf, mode == Mode::F)?)
     } else {
         None
     };
     for (i, w) in WORKLOADS.iter().enumerate() {
         nginx.check_alive()?;
-        let r = measure(args, dir, nginx, w, agent.as_ref())?;
+        let r = measure(args, dir, nginx, w, agent.as_ref(), mode == Mode::F)?;
         let mut line = format!(
             "round {}/{} {:?} {:<32} {:>8.0} req ({:>6.0}/s) worker {:>6.2} µs/req",
             round + 1,
@@ -265,6 +275,7 @@ fn measure(
     nginx: &Nginx,
     w: &Workload,
     agent: Option<&Agent>,
+    floor: bool,
 ) -> Result<RunResult> {
     let stub0 = nginx.stub_requests()?;
     let m0 = agent.map(Agent::scrape).transpose()?;
@@ -310,7 +321,8 @@ fn measure(
             - m0.sum_for_conf(REQUESTS_METRIC, &nginx.conf);
         // stub_status counts its own request: one more on the second read.
         let stub_reqs = stub1 - stub0 - 1.0;
-        if m1.has_conf(&nginx.conf) && stub_reqs > 0.0 {
+        // (The floor's empty programs count nothing.)
+        if !floor && m1.has_conf(&nginx.conf) && stub_reqs > 0.0 {
             r.agent_vs_stub = Some(agent_reqs / stub_reqs);
         }
     }
@@ -548,7 +560,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(bin: &Path, dir: &Path, conf: &str) -> Result<Self> {
+    fn start(bin: &Path, dir: &Path, conf: &str, floor: bool) -> Result<Self> {
         let port = util::free_port()?;
         let log_path = dir.join("agent.log");
         let log = std::fs::OpenOptions::new()
@@ -557,6 +569,9 @@ impl Agent {
             .open(&log_path)?;
         let mut cmd = Command::new(bin);
         cmd.args(["--web.listen-address", &format!("127.0.0.1:{port}")]);
+        if floor {
+            cmd.env("NGXPROBE_EBPF_FLOOR", "1");
+        }
         let mut guard = ProcGuard::spawn_logged("ngxprobe", &mut cmd, log)?;
         // Ready: GET /readyz == 200.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -955,6 +970,43 @@ fn report(args: &OverheadArgs, res: &Results) -> String {
             errs(b),
         );
     }
+    if res.runs.keys().any(|(_, m)| *m == Mode::F) {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "F = the agent with empty programs on the same four hooks: the floor of being attached there at all."
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| workload | eBPF ns/req B | eBPF ns/req F (floor) | runs/req F | B − F ns/req (program bodies) | nginx F/A | nginx B/F |"
+        );
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        for (i, w) in WORKLOADS.iter().enumerate() {
+            let get = |m: Mode| res.runs.get(&(i, m)).map_or(&[][..], Vec::as_slice);
+            let (a, b, f) = (get(Mode::A), get(Mode::B), get(Mode::F));
+            let col = |runs: &[RunResult], g: &dyn Fn(&RunResult) -> Option<f64>| -> Vec<f64> {
+                runs.iter().map(|r| g(r).unwrap_or(f64::NAN)).collect()
+            };
+            let (nb, nf) = (col(b, &|r| r.bpf_ns_per_req), col(f, &|r| r.bpf_ns_per_req));
+            let (ua, ub, uf) = (
+                col(a, &|r| Some(r.worker_us_per_req)),
+                col(b, &|r| Some(r.worker_us_per_req)),
+                col(f, &|r| Some(r.worker_us_per_req)),
+            );
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                w.name,
+                fmt(median(&nb), 0),
+                fmt(median(&nf), 0),
+                fmt(median(&col(f, &|r| r.bpf_runs_per_req)), 2),
+                fmt(diff_median(&nf, &nb), 0),
+                fmt(ratio_median(&ua, &uf), 3),
+                fmt(ratio_median(&uf, &ub), 3),
+            );
+        }
+    }
     let _ = writeln!(s);
     let _ = writeln!(s, "| other processes (not nginx) | A | B | B/A |");
     let _ = writeln!(s, "|---|---|---|---|");
@@ -974,19 +1026,26 @@ fn report(args: &OverheadArgs, res: &Results) -> String {
     ] {
         let a = map.get(&Mode::A).map_or(&[][..], Vec::as_slice);
         let b = map.get(&Mode::B).map_or(&[][..], Vec::as_slice);
-        let _ = writeln!(
+        let f = map.get(&Mode::F).map_or(&[][..], Vec::as_slice);
+        let _ = write!(
             s,
             "| {name} | {} {unit} | {} {unit} | {} |",
             fmt(median(a), digits),
             fmt(median(b), digits),
             fmt(ratio_median(a, b), 3)
         );
+        if !f.is_empty() {
+            let _ = write!(s, " F/A {} |", fmt(ratio_median(a, f), 3));
+        }
+        let _ = writeln!(s);
     }
     // eBPF time per program, per workload.
+    // The agent's real programs (B), not F's empty ones.
     let mut programs: Vec<String> = res
         .runs
-        .values()
-        .flatten()
+        .iter()
+        .filter(|((_, m), _)| *m == Mode::B)
+        .flat_map(|(_, runs)| runs)
         .flat_map(|r| r.bpf_ns_by_program.keys().cloned())
         .collect();
     programs.sort();

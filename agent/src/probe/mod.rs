@@ -26,6 +26,17 @@ const PROGRAMS: [(&str, &str); 4] = [
     ("ngx_send", "sock_send_length"),
 ];
 
+/// Empty programs on the same tracepoints, attached instead of PROGRAMS when
+/// FLOOR_ENV is "1": `cargo xtask bench overhead --floor` measures with them
+/// what merely being attached costs (the floor under the real programs).
+const FLOOR_PROGRAMS: [(&str, &str); 4] = [
+    ("floor_set_state", "inet_sock_set_state"),
+    ("floor_destroy_sock", "tcp_destroy_sock"),
+    ("floor_recv", "sock_recv_length"),
+    ("floor_send", "sock_send_length"),
+];
+pub const FLOOR_ENV: &str = "NGXPROBE_EBPF_FLOOR";
+
 /// bpf_map_update_elem flag: fail if the key exists.
 const BPF_NOEXIST: u64 = 1;
 
@@ -54,6 +65,8 @@ pub struct Probe {
     ncpus: usize,
     max_seeds: u32,
     pub offsets: KernelOffsets,
+    /// The attached programs: PROGRAMS, or FLOOR_PROGRAMS in floor mode.
+    programs: &'static [(&'static str, &'static str)],
 }
 
 impl Probe {
@@ -71,7 +84,13 @@ impl Probe {
             .map_max_entries("SEEDS", max_seeds.max(16))
             .load(EBPF_OBJECT)
             .map_err(load_error::from_ebpf_error)?;
-        for (prog, tracepoint) in PROGRAMS {
+        let programs: &'static [(&str, &str)] = if std::env::var(FLOOR_ENV).is_ok_and(|v| v == "1") {
+            tracing::warn!("{FLOOR_ENV}=1: empty benchmark programs attached, nginx is NOT being measured");
+            &FLOOR_PROGRAMS
+        } else {
+            &PROGRAMS
+        };
+        for &(prog, tracepoint) in programs {
             let program: &mut BtfTracePoint = ebpf
                 .program_mut(prog)
                 .ok_or(ProbeError::MissingProgram(prog))?
@@ -103,6 +122,7 @@ impl Probe {
             ncpus,
             max_seeds: max_seeds.max(16),
             offsets,
+            programs,
         })
     }
 
@@ -211,7 +231,7 @@ impl Probe {
 
     /// Per-program run time and count (kernel.bpf_stats_enabled=1 fills them).
     pub fn program_stats(&self) -> Vec<ProgramStats> {
-        PROGRAMS
+        self.programs
             .iter()
             .filter_map(|(name, _)| {
                 let info = self.ebpf.program(name)?.info().ok()?;
@@ -225,7 +245,7 @@ impl Probe {
     }
 
     pub fn programs_loaded(&self) -> usize {
-        PROGRAMS.len()
+        self.programs.len()
     }
 }
 
