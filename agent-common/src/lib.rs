@@ -30,7 +30,7 @@ pub struct ListenKey {
     pub _pad: u16,
 }
 
-/// Per-connection state, keyed by the kernel's socket cookie.
+/// Per-connection state, in the socket's local storage (CONN_STORE).
 ///
 /// Kept small and fixed-size; per-request events (status codes, latency) grow
 /// from `req_start_ns` / `requests` in a later stage without changing the key.
@@ -53,7 +53,8 @@ pub struct Conn {
     /// client_header_buffer_size, which every later request-line read also
     /// asks for (a discarded body is read in other sizes).
     pub first_read_size: u32,
-    /// bpf_ktime_get_ns() at accept.
+    /// Reserved: bpf_ktime_get_ns() at accept, for connection timing in a
+    /// later stage; 0 for now (a clock read per accept nobody uses).
     pub accepted_ns: u64,
     /// Reserved for per-request timing (latency, a later stage); not filled
     /// yet so the hot path does not pay for a clock read nobody uses.

@@ -42,7 +42,7 @@ use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
     helpers::{
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_kernel,
         generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
     },
     macros::{btf_map, btf_tracepoint, map},
@@ -89,6 +89,7 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 const MSG_PEEK: i32 = 2;
 
@@ -212,7 +213,13 @@ pub fn ngx_set_state(ctx: BtfTracePointContext) -> u32 {
     let new: i32 = ctx.arg(2);
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         on_established(sk);
-    } else if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK || new == TCP_CLOSE {
+    } else if (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT)
+        && (new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK || new == TCP_CLOSE)
+    {
+        // Only the way out of the open states: a connection leaves `active`
+        // there, once (FIN_WAIT2 → CLOSE, LAST_ACK → CLOSE, ... are the same
+        // connection already closed, and tcp_destroy_sock is the backstop).
+        // Saves two storage lookups per connection on `Connection: close`.
         on_closing(sk);
     }
     0
@@ -253,11 +260,11 @@ fn on_established(sk: *const c_void) {
     };
     // SAFETY: `st` is a live per-CPU value.
     unsafe { add_u(&raw mut (*st).accepted, 1) };
+    // accepted_ns stays 0 until per-request latency (a later stage) needs it:
+    // a clock read per accept is not free on a VM.
     let init = Conn {
         slot,
         phase: PHASE_WAITING,
-        // SAFETY: helper without preconditions.
-        accepted_ns: unsafe { bpf_ktime_get_ns() },
         ..Conn::default()
     };
     if create_state(sk, &init).is_some() {
