@@ -309,7 +309,8 @@ fn measure(
         let m1 = agent.scrape()?;
         let run_s = m1.delta_by_program(&m0, RUN_SECONDS_METRIC);
         let runs = m1.delta_by_program(&m0, RUNS_METRIC);
-        if !run_s.is_empty() {
+        // With bpf_stats off the kernel reports zeros: no figure, not 0 ns.
+        if !run_s.is_empty() && !args.no_bpf_stats {
             r.bpf_ns_per_req = Some(run_s.values().sum::<f64>() * 1e9 / out.requests);
             r.bpf_runs_per_req = Some(runs.values().sum::<f64>() / out.requests);
             r.bpf_ns_by_program = run_s
