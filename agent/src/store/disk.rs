@@ -223,9 +223,9 @@ pub struct Reader<'a> {
     dir: &'a Path,
     chunks: redb::ReadOnlyTable<(i64, u32, i64), (u32, u64, u32)>,
     blocks: redb::ReadOnlyTable<i64, (u64, u64)>,
-    /// Block start → its file, or None when it could not be opened (reported
-    /// once per chunk that needed it).
-    files: std::collections::HashMap<i64, Option<File>>,
+    /// Block start → its file, or why it could not be opened (reported for
+    /// each chunk that needed it).
+    files: std::collections::HashMap<i64, Result<File, String>>,
     buf: Vec<u8>,
 }
 
@@ -259,10 +259,16 @@ impl<'a> Reader<'a> {
                 }
                 let what = || format!("series {id} chunk at {cmint} in block file {block}");
                 let dir = self.dir;
-                let file = self.files.entry(block).or_insert_with(|| File::open(block_path(dir, block)).ok());
-                let Some(f) = file.as_ref() else {
-                    corrupt.push(format!("{}: block file {} cannot be opened", what(), block_path(dir, block).display()));
-                    continue;
+                let file = self.files.entry(block).or_insert_with(|| {
+                    let path = block_path(dir, block);
+                    File::open(&path).map_err(|e| format!("{}: {e}", path.display()))
+                });
+                let f = match file {
+                    Ok(f) => &*f,
+                    Err(e) => {
+                        corrupt.push(format!("{}: {e}", what()));
+                        continue;
+                    }
                 };
                 if len as u64 > (chunk::MAX_SAMPLES * 20) {
                     corrupt.push(format!("{}: implausible length {len}", what()));

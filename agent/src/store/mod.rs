@@ -886,8 +886,9 @@ impl SeriesReader for Store {
         let series = self.matching(matchers);
         // Decoding is the cost of a big select (the range coder trades CPU for
         // 3x fewer bytes than Gorilla), so many series are decoded by up to
-        // READ_THREADS threads, each over a contiguous slice (the answer keeps
-        // the index's order). Small selects stay on the caller's thread.
+        // read_threads() threads, each over a contiguous slice (the answer
+        // keeps the index's order). Small selects stay on the caller's thread,
+        // and so does a slice whose thread the OS refuses to start.
         let threads = read_threads().min(series.len() / SERIES_PER_READ_THREAD).max(1);
         let parts: Vec<Result<(Vec<SeriesData>, Vec<String>), ReadError>> = if threads == 1 {
             vec![self.read_series(&series, mint, maxt)]
@@ -896,10 +897,18 @@ impl SeriesReader for Store {
             std::thread::scope(|scope| {
                 let mut slices = series.chunks(per);
                 let first = slices.next().unwrap_or(&[]);
-                let handles: Vec<_> = slices.map(|part| scope.spawn(move || self.read_series(part, mint, maxt))).collect();
+                let spawned: Vec<_> = slices
+                    .map(|part| {
+                        let job = move || self.read_series(part, mint, maxt);
+                        std::thread::Builder::new().name("store-read".into()).spawn_scoped(scope, job).map_err(|_| part)
+                    })
+                    .collect();
                 let mut parts = vec![self.read_series(first, mint, maxt)];
-                for h in handles {
-                    parts.push(h.join().unwrap_or_else(|_| Err(ReadError::Io("store read thread panicked".into()))));
+                for h in spawned {
+                    parts.push(match h {
+                        Ok(h) => h.join().unwrap_or_else(|_| Err(ReadError::Io("store read thread panicked".into()))),
+                        Err(part) => self.read_series(part, mint, maxt),
+                    });
                 }
                 parts
             })
