@@ -423,7 +423,8 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
         return f64::INFINITY;
     }
     buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-    if buckets.last().unwrap().0 != f64::INFINITY {
+    // No +Inf bucket (or no buckets at all): no quantile.
+    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
         return f64::NAN;
     }
     // coalesce
@@ -454,7 +455,7 @@ fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
     if co.len() < 2 {
         return f64::NAN;
     }
-    let obs = co.last().unwrap().1;
+    let Some(&(_, obs)) = co.last() else { return f64::NAN };
     if obs == 0.0 {
         return f64::NAN;
     }
