@@ -60,10 +60,16 @@ impl Prob {
         (range >> PROB_BITS) * self.p as u32
     }
 
-    /// `update` without a branch on `bit` (the decoder's hot path; the two
-    /// must agree exactly, which the round-trip tests check).
+    /// Adapts toward `bit`. Steps of at least 1, so a certain bit keeps
+    /// getting cheaper (down to 1/65536) instead of stalling where the shifted
+    /// gap truncates to 0 (at 255/65536 with shift 8: ~0.0056 bit per regular
+    /// timestamp). p stays within [1, 65535]: the shift is >= 1, so a step is
+    /// at most half the gap and neither end is reached (both symbols keep
+    /// range). Both directions are computed and one is selected by mask: on
+    /// noisy data the bits are coin flips, and a branch on `bit` mispredicted
+    /// on about half of them in the decoder's hot loop.
     #[inline(always)]
-    fn update_branchless(&mut self, bit: bool) {
+    fn update(&mut self, bit: bool) {
         let s = RATE[self.n as usize];
         let p = self.p as u32;
         let down = if p > 1 { (p >> s).max(1) } else { 0 };
@@ -71,26 +77,6 @@ impl Prob {
         let mask = (bit as u32).wrapping_neg();
         self.p = ((p + up) & !mask | (p.wrapping_sub(down)) & mask) as u16;
         self.n += (self.n < N_CAP) as u16;
-    }
-
-    #[inline(always)]
-    fn update(&mut self, bit: bool) {
-        let s = RATE[self.n as usize];
-        // Steps of at least 1, so a certain bit keeps getting cheaper (down
-        // to 1/65536) instead of stalling where the shifted gap truncates to
-        // 0 (at 255/65536 with shift 8: ~0.0056 bit per regular timestamp).
-        // p stays within [1, 65535]: the shift is >= 1, so a step is at most
-        // half the gap and neither end is reached (both symbols keep range).
-        if bit {
-            if self.p > 1 {
-                self.p -= (self.p >> s).max(1);
-            }
-        } else if (self.p as u32) < PROB_ONE - 1 {
-            self.p += (((PROB_ONE - self.p as u32) >> s) as u16).max(1);
-        }
-        if self.n < N_CAP {
-            self.n += 1;
-        }
     }
 }
 
@@ -245,7 +231,7 @@ impl<'a> Decoder<'a> {
         let mask = (bit as u32).wrapping_neg();
         self.code -= bound & mask;
         self.range = (bound & !mask) | (self.range.wrapping_sub(bound) & mask);
-        p.update_branchless(bit);
+        p.update(bit);
         self.normalize();
         bit
     }
