@@ -35,8 +35,8 @@ use core::{
 };
 
 use agent_common::{
-    Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, MAX_LISTENERS, MAX_SEEDS,
-    PHASE_CLOSED, PHASE_READING, PHASE_WAITING, PHASE_WRITING, SlotStats,
+    Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, MAX_LISTENERS, MAX_SEEDS, PHASE_CLOSED, PHASE_READING,
+    PHASE_WAITING, PHASE_WRITING, SlotStats,
 };
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
@@ -51,8 +51,7 @@ use aya_ebpf::{
 };
 
 use payload::{
-    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, reads_into_stack,
-    syscall_args, write_head,
+    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, reads_into_stack, syscall_args, write_head,
 };
 
 #[btf_map]
@@ -240,12 +239,10 @@ fn on_established(sk: *const c_void) {
         let Ok(port) = bpf_probe_read_kernel(base.add(off.skc_num as usize) as *const u16) else {
             return;
         };
-        let Ok(net) = bpf_probe_read_kernel(base.add(off.skc_net as usize) as *const *const u8)
-        else {
+        let Ok(net) = bpf_probe_read_kernel(base.add(off.skc_net as usize) as *const *const u8) else {
             return;
         };
-        let Ok(inum) = bpf_probe_read_kernel(net.add(off.net_ns_inum as usize) as *const u32)
-        else {
+        let Ok(inum) = bpf_probe_read_kernel(net.add(off.net_ns_inum as usize) as *const u32) else {
             return;
         };
         (port, inum)

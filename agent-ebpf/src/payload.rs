@@ -107,10 +107,7 @@ const STACK_WINDOW: u64 = 1 << 20;
 /// telling the two apart needs no look at the bytes.
 #[inline(always)]
 pub fn reads_into_stack(a: &SyscallArgs) -> bool {
-    (a.nr == SYS_READ || a.nr == SYS_RECVFROM)
-        && a.sp != 0
-        && a.arg2 >= a.sp
-        && a.arg2 - a.sp < STACK_WINDOW
+    (a.nr == SYS_READ || a.nr == SYS_RECVFROM) && a.sp != 0 && a.arg2 >= a.sp && a.arg2 - a.sp < STACK_WINDOW
 }
 
 /// What the head of a plain write (write/sendto) says.

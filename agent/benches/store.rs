@@ -14,12 +14,12 @@
 //! STORE_BENCH_DIR (default target/store-bench).
 #![allow(dead_code)]
 
-#[path = "../src/series.rs"]
-mod series;
-#[path = "../src/metrics.rs"]
-mod metrics;
 #[path = "../src/config/duration.rs"]
 mod duration;
+#[path = "../src/metrics.rs"]
+mod metrics;
+#[path = "../src/series.rs"]
+mod series;
 mod config {
     pub use super::duration::PromDuration;
 }
@@ -27,9 +27,9 @@ mod config {
 mod store;
 
 use criterion::Criterion;
-use std::hint::black_box;
 use metrics::{Family, MetricType};
 use series::{Labels, MatchOp, Matcher, SeriesReader, SeriesWriter};
+use std::hint::black_box;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -121,28 +121,123 @@ fn gens() -> Vec<Gen> {
     };
     for w in 0..12 {
         let wl = ("worker", w.to_string());
-        for (code, rate) in [("200", 250.0), ("304", 30.0), ("404", 5.0), ("499", 0.5), ("500", 0.1), ("502", 0.02)] {
-            add("nginx_http_requests_total", &[wl.clone(), ("code", code.into())], Kind::Counter { rate, sd: f64::sqrt(rate), div: 1.0 }, 1e6 * rate);
+        for (code, rate) in [
+            ("200", 250.0),
+            ("304", 30.0),
+            ("404", 5.0),
+            ("499", 0.5),
+            ("500", 0.1),
+            ("502", 0.02),
+        ] {
+            add(
+                "nginx_http_requests_total",
+                &[wl.clone(), ("code", code.into())],
+                Kind::Counter {
+                    rate,
+                    sd: f64::sqrt(rate),
+                    div: 1.0,
+                },
+                1e6 * rate,
+            );
         }
-        add("nginx_http_response_bytes_total", &[wl.clone()], Kind::Counter { rate: 1.2e6, sd: 2e5, div: 1.0 }, 5e12);
-        for (le, f) in [("0.005", 0.2), ("0.01", 0.45), ("0.025", 0.7), ("0.05", 0.85), ("0.1", 0.93), ("0.25", 0.98), ("1", 0.999), ("+Inf", 1.0)] {
+        add(
+            "nginx_http_response_bytes_total",
+            &[wl.clone()],
+            Kind::Counter {
+                rate: 1.2e6,
+                sd: 2e5,
+                div: 1.0,
+            },
+            5e12,
+        );
+        for (le, f) in [
+            ("0.005", 0.2),
+            ("0.01", 0.45),
+            ("0.025", 0.7),
+            ("0.05", 0.85),
+            ("0.1", 0.93),
+            ("0.25", 0.98),
+            ("1", 0.999),
+            ("+Inf", 1.0),
+        ] {
             let rate = 290.0 * f;
-            add("nginx_http_request_duration_seconds_bucket", &[wl.clone(), ("le", le.into())], Kind::Counter { rate, sd: f64::sqrt(rate), div: 1.0 }, 1e6 * f);
+            add(
+                "nginx_http_request_duration_seconds_bucket",
+                &[wl.clone(), ("le", le.into())],
+                Kind::Counter {
+                    rate,
+                    sd: f64::sqrt(rate),
+                    div: 1.0,
+                },
+                1e6 * f,
+            );
         }
-        add("nginx_http_request_duration_seconds_count", &[wl.clone()], Kind::Counter { rate: 290.0, sd: 17.0, div: 1.0 }, 1e6);
-        add("nginx_http_request_duration_seconds_sum", &[wl.clone()], Kind::FloatSum { rate: 290.0 }, 12345.678);
+        add(
+            "nginx_http_request_duration_seconds_count",
+            &[wl.clone()],
+            Kind::Counter {
+                rate: 290.0,
+                sd: 17.0,
+                div: 1.0,
+            },
+            1e6,
+        );
+        add(
+            "nginx_http_request_duration_seconds_sum",
+            &[wl.clone()],
+            Kind::FloatSum { rate: 290.0 },
+            12345.678,
+        );
         for (state, max) in [("active", 400), ("reading", 10), ("writing", 40), ("waiting", 350)] {
-            add("nginx_connections", &[wl.clone(), ("state", state.into())], Kind::Walk { max, step: 3 }, max as f64 / 2.0);
+            add(
+                "nginx_connections",
+                &[wl.clone(), ("state", state.into())],
+                Kind::Walk { max, step: 3 },
+                max as f64 / 2.0,
+            );
         }
     }
     for p in ["nginx-master", "nginx-worker-agg", "ngxprobe", "node"] {
         let pl = ("process", p.to_string());
-        add("process_cpu_seconds_total", &[pl.clone()], Kind::Counter { rate: 30.0, sd: 5.0, div: 100.0 }, 123456.0);
-        add("process_resident_memory_bytes", &[pl.clone()], Kind::Steppy { unit: 4096.0, p: 0.02 }, 4096.0 * 12000.0);
-        add("process_open_fds", &[pl.clone()], Kind::Steppy { unit: 1.0, p: 0.005 }, 64.0);
+        add(
+            "process_cpu_seconds_total",
+            &[pl.clone()],
+            Kind::Counter {
+                rate: 30.0,
+                sd: 5.0,
+                div: 100.0,
+            },
+            123456.0,
+        );
+        add(
+            "process_resident_memory_bytes",
+            &[pl.clone()],
+            Kind::Steppy { unit: 4096.0, p: 0.02 },
+            4096.0 * 12000.0,
+        );
+        add(
+            "process_open_fds",
+            &[pl.clone()],
+            Kind::Steppy { unit: 1.0, p: 0.005 },
+            64.0,
+        );
         add("nginx_up", &[pl.clone()], Kind::Steppy { unit: 0.0, p: 0.0 }, 1.0);
-        add("ngxprobe_ebpf_program_runs_total", &[pl.clone()], Kind::Counter { rate: 3000.0, sd: 200.0, div: 1.0 }, 1e9);
-        add("nginx_upstream_latency_seconds", &[pl.clone()], Kind::Noisy { mean: 0.025, sd: 0.01 }, 0.0);
+        add(
+            "ngxprobe_ebpf_program_runs_total",
+            &[pl.clone()],
+            Kind::Counter {
+                rate: 3000.0,
+                sd: 200.0,
+                div: 1.0,
+            },
+            1e9,
+        );
+        add(
+            "nginx_upstream_latency_seconds",
+            &[pl.clone()],
+            Kind::Noisy { mean: 0.025, sd: 0.01 },
+            0.0,
+        );
     }
     v
 }
@@ -152,7 +247,11 @@ fn families(g: &mut [Gen]) -> Vec<Family> {
     for s in g.iter_mut() {
         let v = s.next();
         if fams.last().is_none_or(|f| f.name != s.name) {
-            let kind = if s.name.ends_with("_total") || s.name.ends_with("_bucket") || s.name.ends_with("_count") || s.name.ends_with("_sum") {
+            let kind = if s.name.ends_with("_total")
+                || s.name.ends_with("_bucket")
+                || s.name.ends_with("_count")
+                || s.name.ends_with("_sum")
+            {
                 MetricType::Counter
             } else {
                 MetricType::Gauge
@@ -215,7 +314,11 @@ fn class_breakdown(g0: &[Gen], ticks: i64, detail: bool) -> Vec<(String, usize, 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -261,7 +364,10 @@ struct Figures {
 fn run_ingest(dir: &Path, g0: &[Gen], ticks: i64) -> Figures {
     let _ = std::fs::remove_dir_all(dir);
     let rss0 = rss_kib();
-    let cfg = StorageConfig { path: dir.to_path_buf(), ..StorageConfig::default() };
+    let cfg = StorageConfig {
+        path: dir.to_path_buf(),
+        ..StorageConfig::default()
+    };
     let store = Store::open(&cfg).expect("open store");
     let mut g = g0.to_vec();
     let mut busy = Duration::ZERO;
@@ -324,8 +430,14 @@ fn print_classes(g0: &[Gen], ticks: i64) {
     let t = Instant::now();
     let rows = class_breakdown(&g0, ticks, detail);
     let enc_took = t.elapsed();
-    let (all_n, all_b) = rows.iter().filter(|r| !r.0.starts_with(' ')).fold((0, 0), |a, r| (a.0 + r.2, a.1 + r.3));
-    println!("Chunk bytes by class (each series re-encoded per 2 h block as persisted; {:.1} M samples/s encode):", all_n as f64 / enc_took.as_secs_f64() / 1e6);
+    let (all_n, all_b) = rows
+        .iter()
+        .filter(|r| !r.0.starts_with(' '))
+        .fold((0, 0), |a, r| (a.0 + r.2, a.1 + r.3));
+    println!(
+        "Chunk bytes by class (each series re-encoded per 2 h block as persisted; {:.1} M samples/s encode):",
+        all_n as f64 / enc_took.as_secs_f64() / 1e6
+    );
     println!();
     println!("| class | series | bytes/sample | bits/sample | share of chunk bytes |");
     println!("|---|---|---|---|---|");
@@ -337,16 +449,24 @@ fn print_classes(g0: &[Gen], ticks: i64) {
             *bytes as f64 * 100.0 / all_b.max(1) as f64
         );
     }
-    println!("| all | {} | {:.3} | {:.2} | 100 % |", g0.len(), all_b as f64 / all_n.max(1) as f64, all_b as f64 * 8.0 / all_n.max(1) as f64);
+    println!(
+        "| all | {} | {:.3} | {:.2} | 100 % |",
+        g0.len(),
+        all_b as f64 / all_n.max(1) as f64,
+        all_b as f64 * 8.0 / all_n.max(1) as f64
+    );
     println!();
 }
 
 fn main() {
-    let hours: i64 = std::env::var("STORE_BENCH_HOURS").ok().and_then(|v| v.parse().ok()).unwrap_or(24);
+    let hours: i64 = std::env::var("STORE_BENCH_HOURS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24);
     let ticks = hours * 3600;
-    let base = std::env::var("STORE_BENCH_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/store-bench")
-    });
+    let base = std::env::var("STORE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/store-bench"));
     std::fs::create_dir_all(&base).expect("bench dir");
     let g0 = gens();
     let dir = base.join("ngxprobe");
@@ -361,11 +481,22 @@ fn main() {
     let appends_per_s = f.samples as f64 / f.ingest.as_secs_f64();
 
     // One-shot 24 h read of one busy series (also measured by criterion below).
-    let store = Store::open(&StorageConfig { path: dir.clone(), ..StorageConfig::default() }).expect("reopen");
+    let store = Store::open(&StorageConfig {
+        path: dir.clone(),
+        ..StorageConfig::default()
+    })
+    .expect("reopen");
     // Chunk payload after close (everything persisted), from the store's own metric.
-    f.ngx_chunk_bytes = store.self_families().iter().find(|f| f.name == "ngxprobe_store_bytes").map_or(0.0, |f| {
-        f.samples.iter().find(|s| s.labels.iter().any(|(_, v)| v == "chunks")).map_or(0.0, |s| s.value)
-    }) as u64;
+    f.ngx_chunk_bytes = store
+        .self_families()
+        .iter()
+        .find(|f| f.name == "ngxprobe_store_bytes")
+        .map_or(0.0, |f| {
+            f.samples
+                .iter()
+                .find(|s| s.labels.iter().any(|(_, v)| v == "chunks"))
+                .map_or(0.0, |s| s.value)
+        }) as u64;
     let sel = [
         Matcher::new(MatchOp::Equal, "__name__", "nginx_http_requests_total").unwrap(),
         Matcher::new(MatchOp::Equal, "worker", "3").unwrap(),
@@ -384,7 +515,10 @@ fn main() {
         let om = base.join("data.om");
         eprintln!("writing OpenMetrics for promtool ...");
         write_openmetrics(&om, &g0, ticks).expect("write openmetrics");
-        for (label, extra) in [("2h blocks (promtool default)", vec![]), ("24h block", vec!["--max-block-duration=24h"])] {
+        for (label, extra) in [
+            ("2h blocks (promtool default)", vec![]),
+            ("24h block", vec!["--max-block-duration=24h"]),
+        ] {
             if let Some(r) = promtool(&prom, &om, &base.join(format!("prom-{}", extra.len())), &extra) {
                 prom_rows.push((label, r));
             }
@@ -394,7 +528,10 @@ fn main() {
 
     let n = f.samples as f64;
     println!();
-    println!("## Store benchmark: {} series, {hours} h of 1 s samples, {} samples", f.series, f.samples);
+    println!(
+        "## Store benchmark: {} series, {hours} h of 1 s samples, {} samples",
+        f.series, f.samples
+    );
     println!();
     println!("| | ngxprobe | Prometheus 2.42 (promtool) |");
     println!("|---|---|---|");
@@ -410,16 +547,33 @@ fn main() {
         );
     }
     if prom_rows.is_empty() {
-        println!("| bytes/sample on disk | {:.3} (chunk data {:.3}) | (promtool not run) |", f.ngx_bytes as f64 / n, f.ngx_chunk_bytes as f64 / n);
+        println!(
+            "| bytes/sample on disk | {:.3} (chunk data {:.3}) | (promtool not run) |",
+            f.ngx_bytes as f64 / n,
+            f.ngx_chunk_bytes as f64 / n
+        );
     }
-    println!("| append throughput, 1 thread, full ingest incl. WAL + block writes | {:.2} M samples/s | |", appends_per_s / 1e6);
-    println!("| read one series' {hours} h ({ticks} samples), first read after reopen | {:.2} ms | |", read_once.as_secs_f64() * 1e3);
-    println!("| RSS growth per active series (peak during ingest) | {:.1} KiB (head chunks {:.1} KiB) | |", f.rss_per_series_kib, f.head_bytes_per_series / 1024.0);
+    println!(
+        "| append throughput, 1 thread, full ingest incl. WAL + block writes | {:.2} M samples/s | |",
+        appends_per_s / 1e6
+    );
+    println!(
+        "| read one series' {hours} h ({ticks} samples), first read after reopen | {:.2} ms | |",
+        read_once.as_secs_f64() * 1e3
+    );
+    println!(
+        "| RSS growth per active series (peak during ingest) | {:.1} KiB (head chunks {:.1} KiB) | |",
+        f.rss_per_series_kib,
+        f.head_bytes_per_series / 1024.0
+    );
     println!();
     print_classes(&g0, ticks);
 
     // Criterion micro-benchmarks.
-    let mut c = Criterion::default().configure_from_args().sample_size(20).measurement_time(Duration::from_secs(3));
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3));
     c.bench_function(&format!("read one series {hours}h"), |b| {
         b.iter(|| black_box(store.select(&sel, i64::MIN, i64::MAX).unwrap()))
     });
@@ -430,17 +584,30 @@ fn main() {
         (0..7200).map(|k| (T0 + k * 1000, g.next())).collect()
     };
     let enc = store::chunk::encode(&samples);
-    c.bench_function("chunk encode 7200 counter samples", |b| b.iter(|| black_box(store::chunk::encode(black_box(&samples)))));
-    c.bench_function("chunk decode 7200 counter samples", |b| b.iter(|| black_box(store::chunk::decode(black_box(&enc)).unwrap())));
+    c.bench_function("chunk encode 7200 counter samples", |b| {
+        b.iter(|| black_box(store::chunk::encode(black_box(&samples))))
+    });
+    c.bench_function("chunk decode 7200 counter samples", |b| {
+        b.iter(|| black_box(store::chunk::decode(black_box(&enc)).unwrap()))
+    });
 
     // Raw SeriesWriter::append throughput: 300 series, ticks in order.
     let adir = base.join("append");
     c.bench_function("append 300 series x 100 ticks", |b| {
         b.iter_custom(|iters| {
             let _ = std::fs::remove_dir_all(&adir);
-            let s = Store::open(&StorageConfig { path: adir.clone(), ..StorageConfig::default() }).unwrap();
+            let s = Store::open(&StorageConfig {
+                path: adir.clone(),
+                ..StorageConfig::default()
+            })
+            .unwrap();
             let labels: Vec<Labels> = (0..300)
-                .map(|i| Labels::new([("__name__".to_string(), "m".to_string()), ("i".to_string(), i.to_string())]))
+                .map(|i| {
+                    Labels::new([
+                        ("__name__".to_string(), "m".to_string()),
+                        ("i".to_string(), i.to_string()),
+                    ])
+                })
                 .collect();
             let t = Instant::now();
             let mut k = 0i64;

@@ -8,14 +8,14 @@ use std::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
+    alerts::AlertSink,
     cli::RunArgs,
     collect::Collector,
     config::{self, Config, ConfigError},
     discover, expose, logging,
     metrics::Family,
-    preflight,
     notify::{FanoutSink, ForwardingSink, Notifier},
-    alerts::AlertSink,
+    preflight,
     probe::Probe,
     query,
     rules::{self, RuleManager},

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "ngxprobe", version, about = "Zero-config nginx metrics from eBPF socket probes")]
+#[command(
+    name = "ngxprobe",
+    version,
+    about = "Zero-config nginx metrics from eBPF socket probes"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub run: RunArgs,

@@ -23,7 +23,12 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub fn format_utc(secs: i64, nanos: u32, sep: char, suffix: &str) -> String {
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
-    let mut out = format!("{y:04}-{m:02}-{d:02}{sep}{:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60);
+    let mut out = format!(
+        "{y:04}-{m:02}-{d:02}{sep}{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
     if nanos != 0 {
         out.push('.');
         out.push_str(format!("{nanos:09}").trim_end_matches('0'));
@@ -41,8 +46,14 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(format_utc(1_705_407_980, 526_679_846, ' ', " +0000 UTC"), "2024-01-16 12:26:20.526679846 +0000 UTC");
-        assert_eq!(format_utc(1_705_407_980, 120_000_000, 'T', "Z"), "2024-01-16T12:26:20.12Z");
+        assert_eq!(
+            format_utc(1_705_407_980, 526_679_846, ' ', " +0000 UTC"),
+            "2024-01-16 12:26:20.526679846 +0000 UTC"
+        );
+        assert_eq!(
+            format_utc(1_705_407_980, 120_000_000, 'T', "Z"),
+            "2024-01-16T12:26:20.12Z"
+        );
         assert_eq!(format_utc(-1, 0, 'T', "Z"), "1969-12-31T23:59:59Z");
     }
 }

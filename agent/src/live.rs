@@ -73,8 +73,7 @@ impl SeriesReader for LiveReader {
             return Ok(out);
         }
         let live = self.live_at(maxt);
-        let mut index: HashMap<Labels, usize> =
-            out.iter().enumerate().map(|(i, s)| (s.labels.clone(), i)).collect();
+        let mut index: HashMap<Labels, usize> = out.iter().enumerate().map(|(i, s)| (s.labels.clone(), i)).collect();
         for (labels, v) in live.iter() {
             if !matchers.iter().all(|m| m.matches_labels(labels)) {
                 continue;
@@ -133,7 +132,12 @@ mod tests {
                 .filter(|s| m.iter().all(|x| x.matches_labels(&s.labels)))
                 .map(|s| SeriesData {
                     labels: s.labels.clone(),
-                    samples: s.samples.iter().copied().filter(|(t, _)| *t >= mint && *t <= maxt).collect(),
+                    samples: s
+                        .samples
+                        .iter()
+                        .copied()
+                        .filter(|(t, _)| *t >= mint && *t <= maxt)
+                        .collect(),
                 })
                 .collect())
         }

@@ -33,11 +33,7 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), LoggingError> {
     let result = match format {
         LogFormat::Text => builder.try_init(),
         // One JSON object per line, fields flattened for log shippers.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
     };
     result.map_err(|err| LoggingError::AlreadyInitialised(err.to_string()))
 }
@@ -84,9 +80,7 @@ impl<K: Eq + Hash, S: PartialEq> Default for OnceLogger<K, S> {
 #[allow(dead_code)]
 impl<K: Eq + Hash, S: PartialEq> OnceLogger<K, S> {
     pub const fn new() -> Self {
-        OnceLogger {
-            last: Mutex::new(None),
-        }
+        OnceLogger { last: Mutex::new(None) }
     }
 
     /// Records `state` for `key`; true when it differs from the last one
@@ -142,10 +136,7 @@ mod tests {
         assert_eq!(f.ok().as_deref(), Some("ngxprobe=debug"));
         // Blank RUST_LOG is ignored.
         assert_eq!(
-            filter("warn", Some(" "))
-                .map(|f| f.to_string())
-                .ok()
-                .as_deref(),
+            filter("warn", Some(" ")).map(|f| f.to_string()).ok().as_deref(),
             Some("warn")
         );
         assert!(filter("info", Some("ngxprobe=[")).is_err());

@@ -13,11 +13,11 @@ mod gotime;
 mod live;
 mod logging;
 mod metrics;
+mod notify;
 mod preflight;
 mod probe;
 mod query;
 mod rules;
-mod notify;
 mod series;
 mod store;
 

@@ -40,10 +40,7 @@ impl Family {
     /// Adds a sample with the given labels.
     pub fn push(&mut self, labels: &[(&str, &str)], value: f64) {
         self.samples.push(Sample {
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             value,
         });
     }

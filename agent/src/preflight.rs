@@ -22,11 +22,36 @@ pub struct Preflight {
 /// Linux capability numbers (include/uapi/linux/capability.h).
 const CAPS: [(u32, &str, bool, &str); 6] = [
     (39, "CAP_BPF", true, "load eBPF programs and maps"),
-    (38, "CAP_PERFMON", true, "attach tracing programs and read kernel memory"),
-    (19, "CAP_SYS_PTRACE", true, "read other processes' /proc/PID/exe, fd and ns entries"),
-    (21, "CAP_SYS_ADMIN", false, "enter containers' network namespaces to find connections open before the agent started"),
-    (12, "CAP_NET_ADMIN", false, "query socket diagnostics in other network namespaces"),
-    (2, "CAP_DAC_READ_SEARCH", false, "read /proc entries of processes of other users"),
+    (
+        38,
+        "CAP_PERFMON",
+        true,
+        "attach tracing programs and read kernel memory",
+    ),
+    (
+        19,
+        "CAP_SYS_PTRACE",
+        true,
+        "read other processes' /proc/PID/exe, fd and ns entries",
+    ),
+    (
+        21,
+        "CAP_SYS_ADMIN",
+        false,
+        "enter containers' network namespaces to find connections open before the agent started",
+    ),
+    (
+        12,
+        "CAP_NET_ADMIN",
+        false,
+        "query socket diagnostics in other network namespaces",
+    ),
+    (
+        2,
+        "CAP_DAC_READ_SEARCH",
+        false,
+        "read /proc entries of processes of other users",
+    ),
 ];
 
 pub fn run() -> Preflight {
@@ -44,10 +69,12 @@ pub fn run() -> Preflight {
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("tracefs")) {
-        p.notes.push("tracefs is not mounted: not needed (programs attach via BPF links)".into());
+        p.notes
+            .push("tracefs is not mounted: not needed (programs attach via BPF links)".into());
     }
     if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2")) {
-        p.notes.push("no cgroup v2 mount: not needed by the current programs".into());
+        p.notes
+            .push("no cgroup v2 mount: not needed by the current programs".into());
     }
     p
 }
@@ -96,12 +123,17 @@ fn check_caps(p: &mut Preflight, eff: u64) {
         p.fatal.push(format!(
             "missing capabilities: {}{}",
             req.join(", "),
-            if euid != 0 { "; run as root or grant them (see deploy/)" } else { "" }
+            if euid != 0 {
+                "; run as root or grant them (see deploy/)"
+            } else {
+                ""
+            }
         ));
     }
     let opt = missing(false);
     if !opt.is_empty() {
-        p.warnings.push(format!("missing optional capabilities: {}", opt.join(", ")));
+        p.warnings
+            .push(format!("missing optional capabilities: {}", opt.join(", ")));
     }
 }
 

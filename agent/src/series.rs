@@ -48,7 +48,11 @@ impl fmt::Display for Labels {
                 write!(f, ", ")?;
             }
             first = false;
-            write!(f, "{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"))?;
+            write!(
+                f,
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+            )?;
         }
         write!(f, "}}")
     }
@@ -229,7 +233,11 @@ mod tests {
 
     #[test]
     fn labels_sorted_and_empty_dropped() {
-        let l = Labels::new([("b".into(), "1".into()), ("a".into(), "".into()), ("__name__".into(), "m".into())]);
+        let l = Labels::new([
+            ("b".into(), "1".into()),
+            ("a".into(), "".into()),
+            ("__name__".into(), "m".into()),
+        ]);
         assert_eq!(l.0.len(), 2);
         assert_eq!(l.name(), Some("m"));
         assert_eq!(l.to_string(), "m{b=\"1\"}");

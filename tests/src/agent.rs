@@ -86,10 +86,7 @@ impl Agent {
         }
         // A private store directory unless the caller brings one: one agent
         // per data dir (the store locks it).
-        let data = opts
-            .storage_path
-            .clone()
-            .unwrap_or_else(|| dir.path().join("data"));
+        let data = opts.storage_path.clone().unwrap_or_else(|| dir.path().join("data"));
         cmd.arg("--web.listen-address")
             .arg(addr.to_string())
             .arg("--storage.path")
@@ -119,10 +116,7 @@ impl Agent {
                 Ok(if status == 200 {
                     Poll::Ready(())
                 } else {
-                    Poll::Pending(format!(
-                        "status {status}: {}",
-                        String::from_utf8_lossy(&body)
-                    ))
+                    Poll::Pending(format!("status {status}: {}", String::from_utf8_lossy(&body)))
                 })
             },
         );
@@ -236,10 +230,7 @@ impl Drop for Agent {
 pub fn scrape(addr: SocketAddr) -> Result<Scrape> {
     let (status, body) = http_get(addr, "/metrics")?;
     if status != 200 {
-        bail!(
-            "GET /metrics: status {status}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        bail!("GET /metrics: status {status}: {}", String::from_utf8_lossy(&body));
     }
     Scrape::parse(String::from_utf8(body).context("/metrics is not UTF-8")?)
 }

@@ -30,8 +30,7 @@ impl Response {
 
 /// Connects with timeouts set.
 pub fn connect(addr: SocketAddr) -> Result<TcpStream> {
-    let s =
-        TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connect {addr}"))?;
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connect {addr}"))?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(s)
@@ -88,9 +87,7 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<Response> 
     let mut buf = vec![0u8; 64 * 1024];
     let blen = buf.len() as u64;
     let sink = |resp: &mut Response, data: &[u8]| {
-        let keep = KEEP_BODY
-            .saturating_sub(resp.body_head.len())
-            .min(data.len());
+        let keep = KEEP_BODY.saturating_sub(resp.body_head.len()).min(data.len());
         resp.body_head.extend_from_slice(&data[..keep]);
         resp.body_len += data.len() as u64;
     };
@@ -124,9 +121,7 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<Response> 
         }
         bail!("too many chunks");
     } else if let Some(cl) = resp.header("content-length") {
-        let cl: u64 = cl
-            .parse()
-            .with_context(|| format!("bad content-length {cl:?}"))?;
+        let cl: u64 = cl.parse().with_context(|| format!("bad content-length {cl:?}"))?;
         let mut left = cl;
         while left > 0 {
             let n = r.read(&mut buf[..left.min(blen) as usize])?;
@@ -179,10 +174,7 @@ pub fn close_gracefully(s: TcpStream) -> Result<()> {
 /// Used for the agent's /readyz and /metrics.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
     let mut s = connect(addr)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut r = BufReader::new(s);
     let resp = read_response(&mut r, false).with_context(|| format!("GET http://{addr}{path}"))?;
     if resp.body_len as usize > resp.body_head.len() {
@@ -194,10 +186,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
 /// GET with `Connection: close`; reads the response and then EOF.
 pub fn get_close(addr: SocketAddr, path: &str) -> Result<Response> {
     let mut s = connect(addr)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
     let mut r = BufReader::new(s);
     let resp = read_response(&mut r, false)?;
     expect_eof(&mut r)?;
@@ -238,10 +227,8 @@ pub fn pipelined(addr: SocketAddr, path: &str, n: usize) -> Result<Vec<Response>
 
 /// The request used by [`split_request`].
 pub fn split_request_bytes(path: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: ngxprobe-e2e\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    )
-    .into_bytes()
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: ngxprobe-e2e\r\nAccept: */*\r\nConnection: close\r\n\r\n")
+        .into_bytes()
 }
 
 /// Splits `req` into `pieces` nearly equal parts.
@@ -253,12 +240,7 @@ pub fn split_into(req: &[u8], pieces: usize) -> Vec<&[u8]> {
 
 /// Writes a request in `pieces` parts with TCP_NODELAY and `gap` between
 /// them (the gap is the scenario), then reads the response and EOF.
-pub fn split_request(
-    addr: SocketAddr,
-    path: &str,
-    pieces: usize,
-    gap: Duration,
-) -> Result<Response> {
+pub fn split_request(addr: SocketAddr, path: &str, pieces: usize, gap: Duration) -> Result<Response> {
     let mut s = connect(addr)?;
     s.set_nodelay(true)?;
     let req = split_request_bytes(path);
@@ -329,11 +311,7 @@ impl SlowReader {
     pub fn start(addr: SocketAddr, path: &str, read_bytes: usize) -> Result<SlowReader> {
         let sock = unsafe {
             libc::socket(
-                if addr.is_ipv4() {
-                    libc::AF_INET
-                } else {
-                    libc::AF_INET6
-                },
+                if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 },
                 libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
                 0,
             )
@@ -517,10 +495,7 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
                 .with_context(|| format!("bad wrk line {l:?}"))?;
             saw_requests = true;
         } else if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
-            r.non_2xx_3xx = rest
-                .trim()
-                .parse()
-                .with_context(|| format!("bad wrk line {l:?}"))?;
+            r.non_2xx_3xx = rest.trim().parse().with_context(|| format!("bad wrk line {l:?}"))?;
         } else if let Some(rest) = l.strip_prefix("Socket errors:") {
             for part in rest.split(',') {
                 let mut it = part.split_whitespace();

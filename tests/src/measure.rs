@@ -68,10 +68,7 @@ pub fn quiesce(nginx: &Nginx, held: i64) -> Result<StubStatus> {
             Ok(if o.active == held + 1 {
                 Poll::Ready(o)
             } else {
-                Poll::Pending(format!(
-                    "{o:?}, nginx holds {} connections",
-                    nginx.open_connections()
-                ))
+                Poll::Pending(format!("{o:?}, nginx holds {} connections", nginx.open_connections()))
             })
         },
     )
@@ -202,11 +199,7 @@ impl InstanceReport {
             let _ = writeln!(s, "  A0 = {a0:?}\n  O0 = {o0:?}");
         }
         let _ = writeln!(s, "  A1 = {:?}\n  O1 = {:?}", self.a1, self.o1);
-        let _ = writeln!(
-            s,
-            "  kernel: nginx holds {} connections after A1",
-            self.kernel_open
-        );
+        let _ = writeln!(s, "  kernel: nginx holds {} connections after A1", self.kernel_open);
         let _ = writeln!(
             s,
             "  {:<10} {:>12} {:>12}  {:<4} derivation",
@@ -255,11 +248,7 @@ impl Report {
     /// Prints the table; panics with it on any mismatch.
     pub fn assert_ok(&self) {
         eprintln!("{}", self.table());
-        assert!(
-            self.ok(),
-            "agent and stub_status disagree:\n{}",
-            self.table()
-        );
+        assert!(self.ok(), "agent and stub_status disagree:\n{}", self.table());
     }
 }
 
@@ -271,21 +260,9 @@ fn counter_checks(a0: &AgentView, a1: &AgentView, o0: &StubStatus, o1: &StubStat
         how: format!("ΔA = {a1}-{a0}; ΔO+1 = {o1}-{o0}+1"),
     };
     vec![
-        c(
-            "Δaccepted",
-            a0.accepted,
-            a1.accepted,
-            o0.accepted,
-            o1.accepted,
-        ),
+        c("Δaccepted", a0.accepted, a1.accepted, o0.accepted, o1.accepted),
         c("Δhandled", a0.handled, a1.handled, o0.handled, o1.handled),
-        c(
-            "Δrequests",
-            a0.requests,
-            a1.requests,
-            o0.requests,
-            o1.requests,
-        ),
+        c("Δrequests", a0.requests, a1.requests, o0.requests, o1.requests),
     ]
 }
 
@@ -449,10 +426,7 @@ pub fn finish_kernel_truth(
                 name: "writing",
                 agent: a1.writing,
                 expected: 0,
-                how: format!(
-                    "nothing open; stub_status says O1.writing-1 = {}",
-                    o1.writing - 1
-                ),
+                how: format!("nothing open; stub_status says O1.writing-1 = {}", o1.writing - 1),
             });
             c.push(Check {
                 name: "waiting",
@@ -514,25 +488,14 @@ pub fn assert_all(rep: &Report, mon: &MonitorResult) {
         msg.push_str(&format!(
             "invariants violated during load ({} of them; first 20):\n{}\n",
             mon.violations.len(),
-            mon.violations
-                .iter()
-                .take(20)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n")
+            mon.violations.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
         ));
     }
     assert!(msg.is_empty(), "{msg}");
 }
 
 /// Same as [`finish`] with one instance.
-pub fn finish_one(
-    agent: &Agent,
-    base: Baseline,
-    nginx: &Nginx,
-    held: i64,
-    scenario: &str,
-) -> Result<Report> {
+pub fn finish_one(agent: &Agent, base: Baseline, nginx: &Nginx, held: i64, scenario: &str) -> Result<Report> {
     finish(agent, base, &[Target { nginx, held }], scenario)
 }
 
@@ -602,12 +565,7 @@ impl MonitorResult {
             self.violations.is_empty(),
             "invariants violated during load ({} of them; first 20):\n{}",
             self.violations.len(),
-            self.violations
-                .iter()
-                .take(20)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("\n")
+            self.violations.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
         );
     }
 }
@@ -665,9 +623,7 @@ fn monitor_loop(addr: SocketAddr, confs: Vec<String>, stop: Arc<AtomicBool>) -> 
         let tick = Instant::now();
         let at = t0.elapsed();
         match agent::scrape(addr) {
-            Err(e) => res
-                .violations
-                .push(format!("t={at:.2?}: scrape failed: {e:#}")),
+            Err(e) => res.violations.push(format!("t={at:.2?}: scrape failed: {e:#}")),
             Ok(s) => {
                 res.scrapes += 1;
                 res.last.clear();
@@ -691,13 +647,7 @@ fn monitor_loop(addr: SocketAddr, confs: Vec<String>, stop: Arc<AtomicBool>) -> 
 }
 
 /// The per-scrape invariants (also usable on single scrapes).
-pub fn check_view(
-    out: &mut Vec<String>,
-    at: Duration,
-    conf: &str,
-    prev: Option<&AgentView>,
-    v: &AgentView,
-) {
+pub fn check_view(out: &mut Vec<String>, at: Duration, conf: &str, prev: Option<&AgentView>, v: &AgentView) {
     let mut bad = |m: String| out.push(format!("t={at:.2?} {conf}: {m}"));
     if let Some(p) = prev {
         for (n, a, b) in [

@@ -11,10 +11,7 @@ pub struct Sample {
 
 impl Sample {
     pub fn label(&self, k: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
+        self.labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
     }
 }
 
@@ -32,9 +29,7 @@ pub fn parse(text: &str) -> Result<Vec<Sample>> {
 }
 
 fn parse_line(line: &str) -> Result<Sample> {
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .context("no value")?;
+    let name_end = line.find(|c: char| c == '{' || c.is_whitespace()).context("no value")?;
     let name = line[..name_end].to_string();
     if name.is_empty() {
         bail!("empty metric name");
@@ -88,15 +83,9 @@ fn parse_line(line: &str) -> Result<Sample> {
     let value = match v {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
-        other => other
-            .parse::<f64>()
-            .with_context(|| format!("bad value {other:?}"))?,
+        other => other.parse::<f64>().with_context(|| format!("bad value {other:?}"))?,
     };
-    Ok(Sample {
-        name,
-        labels,
-        value,
-    })
+    Ok(Sample { name, labels, value })
 }
 
 /// A parsed /metrics response.
@@ -235,10 +224,8 @@ other_metric 1.5e3
         );
         let e = s.view("/b/nginx.conf").unwrap_err().to_string();
         assert!(e.contains("nginx_connections_accepted"), "{e}");
-        let dup = Scrape::parse(
-            "nginx_up{conf_path=\"/a\",x=\"1\"} 1\nnginx_up{conf_path=\"/a\",x=\"2\"} 1\n".into(),
-        )
-        .unwrap();
+        let dup = Scrape::parse("nginx_up{conf_path=\"/a\",x=\"1\"} 1\nnginx_up{conf_path=\"/a\",x=\"2\"} 1\n".into())
+            .unwrap();
         assert!(dup.value(UP, "/a").is_err());
         assert!(parse("bad{conf_path=\"x} 1").is_err());
     }

@@ -11,8 +11,7 @@
 //!   counted by nginx and by ngxprobe alike.
 use crate::oracle::{self, StubStatus};
 use crate::util::{
-    self, ChildGuard, Poll, TCP_LISTEN, TempDir, children_of, cmdline, poll, socket_inodes,
-    tcp_sockets,
+    self, ChildGuard, Poll, TCP_LISTEN, TempDir, children_of, cmdline, poll, socket_inodes, tcp_sockets,
 };
 use anyhow::{Context, Result, bail};
 use std::collections::HashSet;
@@ -96,10 +95,7 @@ impl Nginx {
         let oracle_port = util::free_port()?;
         write_site(d)?;
         let conf = d.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            config_text(d, opts.worker_processes, main_port, oracle_port),
-        )?;
+        std::fs::write(&conf, config_text(d, opts.worker_processes, main_port, oracle_port))?;
         let mut cmd = Command::new(nginx_bin());
         cmd.arg("-p")
             .arg(d)
@@ -284,11 +280,7 @@ impl Nginx {
             Duration::from_secs(10),
             Duration::from_millis(20),
             || {
-                let left: Vec<i32> = self
-                    .all_children()
-                    .into_iter()
-                    .filter(|p| old.contains(p))
-                    .collect();
+                let left: Vec<i32> = self.all_children().into_iter().filter(|p| old.contains(p)).collect();
                 Ok(if left.is_empty() {
                     Poll::Ready(())
                 } else {
@@ -305,10 +297,7 @@ impl Nginx {
         let before = self.worker_pids();
         let victim = *before.first().context("no worker to kill")?;
         if unsafe { libc::kill(victim, libc::SIGKILL) } != 0 {
-            bail!(
-                "kill({victim}, SIGKILL): {}",
-                std::io::Error::last_os_error()
-            );
+            bail!("kill({victim}, SIGKILL): {}", std::io::Error::last_os_error());
         }
         let want = self.opts.worker_processes as usize;
         poll(
@@ -361,8 +350,7 @@ fn write_site(d: &Path) -> Result<()> {
     for p in [html.as_path(), &d.join("tmp"), &d.join("logs")] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))?;
     }
-    let mut index =
-        String::from("<!DOCTYPE html>\n<html><head><title>ngxprobe e2e</title></head><body>\n");
+    let mut index = String::from("<!DOCTYPE html>\n<html><head><title>ngxprobe e2e</title></head><body>\n");
     while index.len() < INDEX_SIZE - 16 {
         index.push_str("<p>ngxprobe e2e test page</p>\n");
     }

@@ -20,8 +20,8 @@ pub struct StubStatus {
 /// Fetches `GET /stub` over a fresh TCP connection with `Connection: close`
 /// and reads to EOF: when this returns, nginx has closed that connection.
 pub fn fetch(addr: SocketAddr) -> Result<StubStatus> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| format!("oracle: connect {addr}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).with_context(|| format!("oracle: connect {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(b"GET /stub HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
@@ -71,10 +71,7 @@ pub fn parse(body: &str) -> Result<StubStatus> {
     expect(12, "Writing:")?;
     expect(14, "Waiting:")?;
     if toks.len() != 16 {
-        bail!(
-            "stub_status: {} tokens, expected 16, in {body:?}",
-            toks.len()
-        );
+        bail!("stub_status: {} tokens, expected 16, in {body:?}", toks.len());
     }
     Ok(StubStatus {
         active: num(2)?,
@@ -93,7 +90,8 @@ mod tests {
 
     #[test]
     fn parses_stub_status() {
-        let b = "Active connections: 3 \nserver accepts handled requests\n 17 16 250 \nReading: 1 Writing: 2 Waiting: 0 \n";
+        let b =
+            "Active connections: 3 \nserver accepts handled requests\n 17 16 250 \nReading: 1 Writing: 2 Waiting: 0 \n";
         let s = parse(b).unwrap();
         assert_eq!(
             s,

@@ -106,29 +106,17 @@ impl SlackReceiver {
 
     /// Every request received so far, in order.
     pub fn all(&self) -> Vec<Received> {
-        self.shared
-            .received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Number of requests received so far.
     pub fn count(&self) -> usize {
-        self.shared
-            .received
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.shared.received.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Requests the server could not parse (reported by tests).
     pub fn errors(&self) -> Vec<String> {
-        self.shared
-            .errors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.errors.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Waits (bounded) for the first request with `seq >= from` that matches
@@ -217,8 +205,7 @@ fn handle(conn: TcpStream, sh: &Arc<Shared>) -> Result<()> {
             continue;
         }
         let mut parts = line.split(' ');
-        let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(method), Some(path), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
             bail!("bad request line {line:?}");
         };
         let mut headers = Vec::new();
@@ -231,9 +218,7 @@ fn handle(conn: TcpStream, sh: &Arc<Shared>) -> Result<()> {
             if h.is_empty() {
                 break;
             }
-            let (k, v) = h
-                .split_once(':')
-                .with_context(|| format!("bad header {h:?}"))?;
+            let (k, v) = h.split_once(':').with_context(|| format!("bad header {h:?}"))?;
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
         let get = |n: &str| {
@@ -259,8 +244,7 @@ fn handle(conn: TcpStream, sh: &Arc<Shared>) -> Result<()> {
         };
         let at = Instant::now();
         let wall = SystemTime::now();
-        let close = version == "HTTP/1.0"
-            || get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let close = version == "HTTP/1.0" || get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
         {
             let mut g = sh.received.lock().unwrap_or_else(|e| e.into_inner());
             let seq = g.len();
@@ -347,9 +331,7 @@ mod tests {
         assert_eq!(all[1].body, "{\"a\":1}\n");
         assert!(rx.errors().is_empty());
         let r = rx
-            .wait_for("second POST", 1, Duration::from_secs(1), |r| {
-                r.body.contains("\"a\"")
-            })
+            .wait_for("second POST", 1, Duration::from_secs(1), |r| r.body.contains("\"a\""))
             .unwrap();
         assert_eq!(r.seq, 1);
     }

@@ -19,12 +19,7 @@ pub enum Poll<T> {
 /// Calls `f` every `interval` until it returns `Ready`, at most for `timeout`
 /// (and at most `timeout / interval + 2` attempts). Errors from `f` count as
 /// "pending" and the last one is reported on timeout.
-pub fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    interval: Duration,
-    mut f: impl FnMut() -> Result<Poll<T>>,
-) -> Result<T> {
+pub fn poll<T>(what: &str, timeout: Duration, interval: Duration, mut f: impl FnMut() -> Result<Poll<T>>) -> Result<T> {
     let start = Instant::now();
     let deadline = start + timeout;
     let max_attempts = (timeout.as_millis() / interval.as_millis().max(1)) as u64 + 2;
@@ -73,10 +68,7 @@ pub fn free_port() -> Result<u16> {
 static LIVE_CHILDREN: Mutex<Vec<i32>> = Mutex::new(Vec::new());
 
 fn register(pid: i32) {
-    LIVE_CHILDREN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(pid);
+    LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
 }
 fn unregister(pid: i32) {
     LIVE_CHILDREN
@@ -94,9 +86,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn spawn(cmd: &mut Command, name: &str) -> Result<ChildGuard> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let child = cmd.spawn().with_context(|| format!("starting {name}: {cmd:?}"))?;
         let pid = child.id() as i32;
         register(pid);
         Ok(ChildGuard {
@@ -221,12 +211,7 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 /// The command line of a process, NULs replaced by spaces.
 pub fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            String::from_utf8_lossy(&b)
-                .replace('\0', " ")
-                .trim()
-                .to_string()
-        })
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
         .unwrap_or_default()
 }
 
@@ -261,10 +246,7 @@ pub fn tcp_sockets() -> HashMap<u64, (u16, u8)> {
             if cols.len() < 10 {
                 continue;
             }
-            let port = cols[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let port = cols[1].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
             let state = u8::from_str_radix(cols[3], 16).ok();
             let inode = cols[9].parse::<u64>().ok();
             if let (Some(port), Some(state), Some(inode)) = (port, state, inode)
@@ -297,9 +279,7 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let base = std::env::temp_dir()
-            .canonicalize()
-            .context("canonicalize temp dir")?;
+        let base = std::env::temp_dir().canonicalize().context("canonicalize temp dir")?;
         let path = base.join(format!(
             "ngxprobe-e2e-{tag}-{}-{}-{nanos:x}",
             std::process::id(),
@@ -359,13 +339,8 @@ pub fn watchdog(name: &str, limit: Duration) -> Watchdog {
     let name = name.to_string();
     std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
-            eprintln!(
-                "[e2e] WATCHDOG: test {name} exceeded {limit:?}; killing children and aborting"
-            );
-            let pids = LIVE_CHILDREN
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            eprintln!("[e2e] WATCHDOG: test {name} exceeded {limit:?}; killing children and aborting");
+            let pids = LIVE_CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).clone();
             for pid in pids {
                 for c in children_of(pid) {
                     unsafe { libc::kill(c, libc::SIGKILL) };

@@ -19,11 +19,7 @@ fn assert_wrk_ok(w: &clients::WrkResult, expect_non2xx: bool) {
         w.non_2xx_3xx,
         w.socket_errors()
     );
-    assert!(
-        w.requests >= 100,
-        "wrk produced too little traffic:\n{}",
-        w.output
-    );
+    assert!(w.requests >= 100, "wrk produced too little traffic:\n{}", w.output);
     if expect_non2xx {
         assert_eq!(w.non_2xx_3xx, w.requests, "{}", w.output);
     } else {
@@ -35,14 +31,9 @@ fn assert_wrk_ok(w: &clients::WrkResult, expect_non2xx: bool) {
 fn keepalive_load() {
     let s = Session::one_worker("keepalive_load");
     let url = s.nginx.url("/");
-    let (rep, mon, w) = measure(
-        &s.agent,
-        &s.nginx,
-        0,
-        0,
-        "keepalive load (wrk -t1 -c20 -d2s)",
-        || wrk(&["-t1", "-c20", "-d2s", &url], D2),
-    )
+    let (rep, mon, w) = measure(&s.agent, &s.nginx, 0, 0, "keepalive load (wrk -t1 -c20 -d2s)", || {
+        wrk(&["-t1", "-c20", "-d2s", &url], D2)
+    })
     .unwrap();
     assert_all(&rep, &mon);
     assert_wrk_ok(&w, false);
@@ -52,19 +43,9 @@ fn keepalive_load() {
 fn connection_close_load() {
     let s = Session::one_worker("connection_close_load");
     let url = s.nginx.url("/");
-    let (rep, mon, w) = measure(
-        &s.agent,
-        &s.nginx,
-        0,
-        0,
-        "Connection: close load (wrk)",
-        || {
-            wrk(
-                &["-t1", "-c20", "-d2s", "-H", "Connection: close", &url],
-                D2,
-            )
-        },
-    )
+    let (rep, mon, w) = measure(&s.agent, &s.nginx, 0, 0, "Connection: close load (wrk)", || {
+        wrk(&["-t1", "-c20", "-d2s", "-H", "Connection: close", &url], D2)
+    })
     .unwrap();
     assert_all(&rep, &mon);
     assert_wrk_ok(&w, false);
@@ -74,20 +55,13 @@ fn connection_close_load() {
 fn http10_requests() {
     let s = Session::one_worker("http10_requests");
     let a = s.nginx.main_addr();
-    let (rep, mon, ()) = measure(
-        &s.agent,
-        &s.nginx,
-        0,
-        0,
-        "200 sequential HTTP/1.0 requests",
-        || {
-            for i in 0..200 {
-                let r = clients::http10_get(a, "/")?;
-                anyhow::ensure!(r.status == 200, "request {i}: status {}", r.status);
-            }
-            Ok(())
-        },
-    )
+    let (rep, mon, ()) = measure(&s.agent, &s.nginx, 0, 0, "200 sequential HTTP/1.0 requests", || {
+        for i in 0..200 {
+            let r = clients::http10_get(a, "/")?;
+            anyhow::ensure!(r.status == 200, "request {i}: status {}", r.status);
+        }
+        Ok(())
+    })
     .unwrap();
     assert_all(&rep, &mon);
 }
@@ -106,10 +80,7 @@ fn pipelined_requests() {
             for k in [3usize, 10] {
                 for _ in 0..5 {
                     let rs = clients::pipelined(a, "/", k)?;
-                    anyhow::ensure!(
-                        rs.len() == k && rs.iter().all(|r| r.status == 200),
-                        "bad responses"
-                    );
+                    anyhow::ensure!(rs.len() == k && rs.iter().all(|r| r.status == 200), "bad responses");
                 }
             }
             Ok(())
@@ -142,14 +113,9 @@ fn request_headers_in_pieces() {
     assert_all(&rep, &mon);
     // Phase 2: a connection held with half a request header sent: nginx is
     // reading it (Reading: 1).
-    let (rep, mon, partial) = measure(
-        &s.agent,
-        &s.nginx,
-        0,
-        1,
-        "half a request header held open",
-        || clients::partial_request(a, "/", 30),
-    )
+    let (rep, mon, partial) = measure(&s.agent, &s.nginx, 0, 1, "half a request header held open", || {
+        clients::partial_request(a, "/", 30)
+    })
     .unwrap();
     assert_eq!(
         rep.instances[0].o1.reading, 1,
@@ -182,8 +148,7 @@ fn idle_connections_never_send() {
     assert_all(&rep, &mon);
     let base = measure::begin_one(&s.agent, &s.nginx, 5).unwrap();
     drop(idle);
-    let rep =
-        measure::finish_one(&s.agent, base, &s.nginx, 0, "the 5 idle connections closed").unwrap();
+    let rep = measure::finish_one(&s.agent, base, &s.nginx, 0, "the 5 idle connections closed").unwrap();
     rep.assert_ok();
 }
 
@@ -209,14 +174,7 @@ fn keepalive_connections_held_idle() {
     for c in held {
         clients::close_gracefully(c).unwrap();
     }
-    let rep = measure::finish_one(
-        &s.agent,
-        base,
-        &s.nginx,
-        0,
-        "the 3 keep-alive connections closed",
-    )
-    .unwrap();
+    let rep = measure::finish_one(&s.agent, base, &s.nginx, 0, "the 3 keep-alive connections closed").unwrap();
     rep.assert_ok();
 }
 
@@ -300,10 +258,7 @@ fn post_with_body() {
             clients::post(a, path, &body[..len], expect, wait)
         })
         .unwrap();
-        eprintln!(
-            "[e2e] {name}: interim {:?}, final {}",
-            r.interim, r.response.status
-        );
+        eprintln!("[e2e] {name}: interim {:?}, final {}", r.interim, r.response.status);
         assert_eq!(r.response.status, status, "{name}");
         eprintln!("{}", rep.table());
         if !rep.ok() || !mon.violations.is_empty() {
@@ -322,14 +277,9 @@ fn two_workers() {
     let s = Session::start("two_workers", NginxOptions::workers(2));
     assert_eq!(s.nginx.worker_pids().len(), 2);
     let url = s.nginx.url("/");
-    let (rep, mon, w) = measure(
-        &s.agent,
-        &s.nginx,
-        0,
-        0,
-        "worker_processes 2, keepalive load",
-        || wrk(&["-t2", "-c20", "-d2s", &url], D2),
-    )
+    let (rep, mon, w) = measure(&s.agent, &s.nginx, 0, 0, "worker_processes 2, keepalive load", || {
+        wrk(&["-t2", "-c20", "-d2s", &url], D2)
+    })
     .unwrap();
     assert_all(&rep, &mon);
     assert_wrk_ok(&w, false);

@@ -135,12 +135,7 @@ fn check_body(r: &Received, conf: &str, firing: bool, others: &str) {
     let a = r.attachment().unwrap();
     assert_eq!(a["title"], TITLE, "{}", r.body);
     assert_eq!(a["text"], SUMMARY, "{}", r.body);
-    assert_eq!(
-        a["color"],
-        if firing { "danger" } else { "good" },
-        "{}",
-        r.body
-    );
+    assert_eq!(a["color"], if firing { "danger" } else { "good" }, "{}", r.body);
     let subject = if firing {
         format!("[FIRING:1] {conf} ({others})")
     } else {
@@ -204,18 +199,12 @@ fn alert_state(agent: &Agent, conf: &str) -> anyhow::Result<Option<(String, serd
         .as_array()
         .into_iter()
         .flatten()
-        .find(|a| {
-            a["labels"]["alertname"] == "WebServerConnectivity" && a["labels"]["conf_path"] == conf
-        })
+        .find(|a| a["labels"]["alertname"] == "WebServerConnectivity" && a["labels"]["conf_path"] == conf)
         .map(|a| (a["state"].as_str().unwrap_or("").to_string(), a.clone())))
 }
 
 fn ours_between(rx: &SlackReceiver, conf: &str, from: usize) -> Vec<Received> {
-    rx.all()
-        .into_iter()
-        .skip(from)
-        .filter(|r| ours(r, conf))
-        .collect()
+    rx.all().into_iter().skip(from).filter(|r| ours(r, conf)).collect()
 }
 
 /// (a) The seed's rule verbatim, `for: 1m`.
@@ -287,18 +276,12 @@ fn seed_rule_fires_and_resolves() {
 
     let n0 = 0;
     let fire =
-        s.rx.wait_for(
-            "the firing POST (for: 1m)",
-            n0,
-            Duration::from_secs(80),
-            |r| ours(r, &conf) && is_firing(r),
-        )
+        s.rx.wait_for("the firing POST (for: 1m)", n0, Duration::from_secs(80), |r| {
+            ours(r, &conf) && is_firing(r)
+        })
         .unwrap();
     let fire_after = fire.at.duration_since(t_load);
-    eprintln!(
-        "[e2e] firing POST {fire_after:.2?} after load start:\n{}",
-        fire.body
-    );
+    eprintln!("[e2e] firing POST {fire_after:.2?} after load start:\n{}", fire.body);
     check_body(
         &fire,
         &conf,
@@ -326,10 +309,7 @@ fn seed_rule_fires_and_resolves() {
         )
         .unwrap();
     let res_after = res.at.duration_since(t_stop);
-    eprintln!(
-        "[e2e] resolved POST {res_after:.2?} after nginx stopped:\n{}",
-        res.body
-    );
+    eprintln!("[e2e] resolved POST {res_after:.2?} after nginx stopped:\n{}", res.body);
     check_body(
         &res,
         &conf,
@@ -369,22 +349,13 @@ fn rate_rule_fires_and_resolves() {
         })
         .unwrap();
     let fire_after = fire.at.duration_since(t_load);
-    eprintln!(
-        "[e2e] firing POST {fire_after:.2?} after load start:\n{}",
-        fire.body
-    );
+    eprintln!("[e2e] firing POST {fire_after:.2?} after load start:\n{}", fire.body);
     check_body(&fire, &conf, true, "WebServerConnectivity critical");
     assert!(wrk.is_running(), "load ended before the alert fired");
     // for: 2s + group_wait 1s at least; the rate needs 2 samples (1 s apart)
     // and the evaluation runs every 1 s, so a few seconds at most.
-    assert!(
-        fire_after >= Duration::from_secs(3),
-        "fired too early: {fire_after:?}"
-    );
-    assert!(
-        fire_after <= Duration::from_secs(8),
-        "firing POST took {fire_after:?}"
-    );
+    assert!(fire_after >= Duration::from_secs(3), "fired too early: {fire_after:?}");
+    assert!(fire_after <= Duration::from_secs(8), "firing POST took {fire_after:?}");
 
     let w = wrk.wait().unwrap();
     let t_end = Instant::now();
@@ -397,25 +368,16 @@ fn rate_rule_fires_and_resolves() {
     assert!(rate > 500.0, "load too light for the rule: {}", w.output);
 
     let res =
-        s.rx.wait_for(
-            "the resolved POST",
-            fire.seq + 1,
-            Duration::from_secs(20),
-            |r| ours(r, &conf) && is_resolved(r),
-        )
+        s.rx.wait_for("the resolved POST", fire.seq + 1, Duration::from_secs(20), |r| {
+            ours(r, &conf) && is_resolved(r)
+        })
         .unwrap();
     let res_after = res.at.duration_since(t_end);
-    eprintln!(
-        "[e2e] resolved POST {res_after:.2?} after load end:\n{}",
-        res.body
-    );
+    eprintln!("[e2e] resolved POST {res_after:.2?} after load end:\n{}", res.body);
     check_body(&res, &conf, false, "WebServerConnectivity critical");
     // rate over [5s] falls below 100/s within ~5 s of the last request, then
     // the next evaluation and group_interval 1s.
-    assert!(
-        res_after <= Duration::from_secs(10),
-        "resolved POST took {res_after:?}"
-    );
+    assert!(res_after <= Duration::from_secs(10), "resolved POST took {res_after:?}");
 
     // Nothing changed between firing and resolved (the alert stayed firing
     // for ~{LOAD - fire_after} s with group_interval 1s): no repeat, since

@@ -21,10 +21,7 @@ fn run_agent(prefix: &[&str], args: &[&str], limit: Duration) -> Result<(Option<
         c.args(&prefix[1..]).arg(&bin);
         c
     };
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(f.try_clone()?)
-        .stderr(f);
+    cmd.args(args).stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f);
     let mut child = ChildGuard::spawn(&mut cmd, "ngxprobe")?;
     let status = child.wait_timeout(limit)?;
     let out = std::fs::read_to_string(&log)?;
@@ -101,10 +98,19 @@ fn nginx_stopping_under_the_agent() {
     )
     .unwrap();
     // Let a few more scans pass, then the stop must still be logged once.
-    poll("three more discovery scans", Duration::from_secs(20), Duration::from_millis(100), || {
-        let n = scans(&agent.scrape()?);
-        Ok(if n >= scans_at_stop + 3.0 { Poll::Ready(()) } else { Poll::Pending(format!("{n}")) })
-    })
+    poll(
+        "three more discovery scans",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let n = scans(&agent.scrape()?);
+            Ok(if n >= scans_at_stop + 3.0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{n}"))
+            })
+        },
+    )
     .unwrap();
     let log = agent.log_tail(200);
     let stops = log

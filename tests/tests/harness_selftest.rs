@@ -20,20 +20,11 @@ fn raw_clients_are_counted_exactly_by_nginx() {
     let _g = guard("raw_clients_are_counted_exactly_by_nginx");
     let n = Nginx::start(NginxOptions::default()).expect("start nginx");
     assert!(n.conf_path().is_absolute());
-    let index_len = std::fs::metadata(n.dir().join("html/index.html"))
-        .unwrap()
-        .len();
-    assert!(
-        (550..=650).contains(&index_len),
-        "index.html is {index_len} bytes"
-    );
+    let index_len = std::fs::metadata(n.dir().join("html/index.html")).unwrap().len();
+    assert!((550..=650).contains(&index_len), "index.html is {index_len} bytes");
 
     let o0 = settled(&n);
-    assert_eq!(
-        (o0.active, o0.reading, o0.writing, o0.waiting),
-        (1, 0, 1, 0),
-        "{o0:?}"
-    );
+    assert_eq!((o0.active, o0.reading, o0.writing, o0.waiting), (1, 0, 1, 0), "{o0:?}");
     let a = n.main_addr();
     let mut conns = 0;
     let mut reqs = 0;
@@ -47,10 +38,7 @@ fn raw_clients_are_counted_exactly_by_nginx() {
     for k in [3usize, 10] {
         let rs = clients::pipelined(a, "/", k).unwrap();
         assert_eq!(rs.len(), k);
-        assert!(
-            rs.iter()
-                .all(|r| r.status == 200 && r.body_len == index_len)
-        );
+        assert!(rs.iter().all(|r| r.status == 200 && r.body_len == index_len));
         conns += 1;
         reqs += k as i64;
     }
@@ -99,45 +87,25 @@ fn raw_clients_are_counted_exactly_by_nginx() {
     assert_eq!(o1.accepted - o0.accepted, conns + 1, "{o0:?} {o1:?}");
     assert_eq!(o1.handled - o0.handled, conns + 1, "{o0:?} {o1:?}");
     assert_eq!(o1.requests - o0.requests, reqs + 1, "{o0:?} {o1:?}");
-    assert_eq!(
-        (o1.active, o1.reading, o1.writing, o1.waiting),
-        (1, 0, 1, 0),
-        "{o1:?}"
-    );
+    assert_eq!((o1.active, o1.reading, o1.writing, o1.waiting), (1, 0, 1, 0), "{o1:?}");
 
     // Held connections and the states nginx puts them in.
-    let idle: Vec<_> = (0..5)
-        .map(|_| clients::idle_connection(a).unwrap())
-        .collect();
+    let idle: Vec<_> = (0..5).map(|_| clients::idle_connection(a).unwrap()).collect();
     let o = quiesce(&n, 5).unwrap();
     assert_eq!(
         (o.reading, o.writing, o.waiting),
         (0, 1, 5),
         "idle never-sending: {o:?}"
     );
-    let ka: Vec<_> = (0..3)
-        .map(|_| clients::keepalive_idle(a, "/").unwrap())
-        .collect();
+    let ka: Vec<_> = (0..3).map(|_| clients::keepalive_idle(a, "/").unwrap()).collect();
     let o = quiesce(&n, 8).unwrap();
-    assert_eq!(
-        (o.reading, o.writing, o.waiting),
-        (0, 1, 8),
-        "keepalive idle: {o:?}"
-    );
+    assert_eq!((o.reading, o.writing, o.waiting), (0, 1, 8), "keepalive idle: {o:?}");
     let partial = clients::partial_request(a, "/", 20).unwrap();
     let o = quiesce(&n, 9).unwrap();
-    assert_eq!(
-        (o.reading, o.writing, o.waiting),
-        (1, 1, 8),
-        "partial header: {o:?}"
-    );
+    assert_eq!((o.reading, o.writing, o.waiting), (1, 1, 8), "partial header: {o:?}");
     let slow = clients::SlowReader::start(a, "/big.bin", 64 * 1024).unwrap();
     let o = quiesce(&n, 10).unwrap();
-    assert_eq!(
-        (o.reading, o.writing, o.waiting),
-        (1, 2, 8),
-        "slow reader: {o:?}"
-    );
+    assert_eq!((o.reading, o.writing, o.waiting), (1, 2, 8), "slow reader: {o:?}");
     assert_eq!(n.open_connections(), 10);
     drop((idle, ka, partial, slow));
     let o = quiesce(&n, 0).unwrap();
@@ -181,9 +149,7 @@ fn reload_and_worker_kill_helpers() {
 
     // Killing a worker leaks its connections in stub_status' gauges.
     let a = n.main_addr();
-    let ka: Vec<_> = (0..6)
-        .map(|_| clients::keepalive_idle(a, "/").unwrap())
-        .collect();
+    let ka: Vec<_> = (0..6).map(|_| clients::keepalive_idle(a, "/").unwrap()).collect();
     quiesce(&n, 6).unwrap();
     for _ in 0..2 {
         n.kill_worker().unwrap();
@@ -219,8 +185,5 @@ fn missing_agent_binary_is_a_clear_error() {
         Ok(_) => panic!("started a nonexistent binary"),
         Err(e) => format!("{e:#}"),
     };
-    assert!(
-        e.contains("ngxprobe binary not found at /nonexistent/ngxprobe"),
-        "{e}"
-    );
+    assert!(e.contains("ngxprobe binary not found at /nonexistent/ngxprobe"), "{e}");
 }

@@ -13,21 +13,14 @@ fn reload_during_load() {
     let s = Session::one_worker("reload_during_load");
     let url = s.nginx.url("/");
     let nginx = &s.nginx;
-    let (rep, mon, (w, old, new)) = measure(
-        &s.agent,
-        nginx,
-        0,
-        0,
-        "nginx -s reload during wrk -d3s",
-        || {
-            let old = nginx.worker_pids();
-            let mut run = WrkRun::spawn(&["-t1", "-c20", "-d3s", &url], D3)?;
-            wait_wrk_running(&mut run, Duration::from_secs(1))?;
-            let new = nginx.reload()?;
-            anyhow::ensure!(run.is_running(), "wrk finished before the reload was done");
-            Ok((run.wait()?, old, new))
-        },
-    )
+    let (rep, mon, (w, old, new)) = measure(&s.agent, nginx, 0, 0, "nginx -s reload during wrk -d3s", || {
+        let old = nginx.worker_pids();
+        let mut run = WrkRun::spawn(&["-t1", "-c20", "-d3s", &url], D3)?;
+        wait_wrk_running(&mut run, Duration::from_secs(1))?;
+        let new = nginx.reload()?;
+        anyhow::ensure!(run.is_running(), "wrk finished before the reload was done");
+        Ok((run.wait()?, old, new))
+    })
     .unwrap();
     eprintln!(
         "[e2e] workers before reload {old:?}, after {new:?}; wrk {} requests",
@@ -65,14 +58,7 @@ fn worker_killed_during_load() {
         w.requests,
         w.socket_errors()
     );
-    let rep = measure::finish_kernel_truth(
-        &s.agent,
-        base,
-        &s.nginx,
-        0,
-        "worker SIGKILLed during wrk -d3s",
-    )
-    .unwrap();
+    let rep = measure::finish_kernel_truth(&s.agent, base, &s.nginx, 0, "worker SIGKILLed during wrk -d3s").unwrap();
     let o1 = rep.instances[0].o1;
     eprintln!(
         "[e2e] connections really open: 0; ngxprobe active: {}; stub_status active-1: {} (leaked by the dead worker)",
@@ -80,10 +66,7 @@ fn worker_killed_during_load() {
         o1.active - 1
     );
     assert_all(&rep, &mres);
-    assert!(
-        still_running,
-        "wrk had finished before the worker was killed"
-    );
+    assert!(still_running, "wrk had finished before the worker was killed");
 }
 
 #[test]
@@ -132,12 +115,8 @@ fn two_instances() {
 fn agent_restart_with_open_connections() {
     let mut s = Session::one_worker("agent_restart_with_open_connections");
     let a = s.nginx.main_addr();
-    let idle: Vec<_> = (0..4)
-        .map(|_| clients::idle_connection(a).unwrap())
-        .collect();
-    let ka: Vec<_> = (0..2)
-        .map(|_| clients::keepalive_idle(a, "/").unwrap())
-        .collect();
+    let idle: Vec<_> = (0..4).map(|_| clients::idle_connection(a).unwrap()).collect();
+    let ka: Vec<_> = (0..2).map(|_| clients::keepalive_idle(a, "/").unwrap()).collect();
     let held = 6;
     measure::quiesce(&s.nginx, held).unwrap();
     // The first agent sees them open.
@@ -153,13 +132,7 @@ fn agent_restart_with_open_connections() {
     s.agent.restart().unwrap();
     s.agent.wait_instance_up(&s.nginx.conf_label()).unwrap();
     // Counters restarted with the agent: only the gauges are comparable now.
-    let after = measure::gauges_now(
-        &s.agent,
-        &s.nginx,
-        held,
-        "right after agent restart (gauges only)",
-    )
-    .unwrap();
+    let after = measure::gauges_now(&s.agent, &s.nginx, held, "right after agent restart (gauges only)").unwrap();
 
     // Then a short keep-alive load, compared as usual (deltas), still holding the 6.
     let url = s.nginx.url("/");

@@ -46,10 +46,7 @@ impl Rng {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
 /// Raw sample timestamps (ms) of SERIES over the last 15 minutes.
@@ -65,9 +62,7 @@ fn samples(agent: &Agent) -> anyhow::Result<Vec<i64>> {
     anyhow::ensure!(result.len() == 1, "want exactly 1 series, got {data}");
     let mut out = Vec::new();
     for v in result[0]["values"].as_array().into_iter().flatten() {
-        let ts = v[0]
-            .as_f64()
-            .ok_or_else(|| anyhow::anyhow!("bad sample {v}"))?;
+        let ts = v[0].as_f64().ok_or_else(|| anyhow::anyhow!("bad sample {v}"))?;
         anyhow::ensure!(v[1] == "1", "bad value in {v}");
         out.push((ts * 1000.0).round() as i64);
     }
@@ -83,13 +78,7 @@ fn samples(agent: &Agent) -> anyhow::Result<Vec<i64>> {
 /// sometimes: a kill in the middle of a WAL write leaves a torn record).
 fn check_clean_open(agent: &Agent) -> u64 {
     let s = agent.scrape().expect("scrape /metrics");
-    let get = |name: &str| -> f64 {
-        s.samples
-            .iter()
-            .filter(|x| x.name == name)
-            .map(|x| x.value)
-            .sum()
-    };
+    let get = |name: &str| -> f64 { s.samples.iter().filter(|x| x.name == name).map(|x| x.value).sum() };
     for name in [
         "ngxprobe_store_wal_corruptions_total",
         "ngxprobe_store_corrupt_chunks_total",
@@ -113,11 +102,7 @@ fn check_clean_open(agent: &Agent) -> u64 {
         .lines()
         .filter(|l| l.contains("ERROR") || l.to_ascii_lowercase().contains("corrupt"))
         .collect();
-    assert!(
-        bad.is_empty(),
-        "agent logged errors on open:\n{}",
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "agent logged errors on open:\n{}", bad.join("\n"));
     get("ngxprobe_store_wal_truncations_total") as u64
 }
 

@@ -8,9 +8,7 @@
 //! stub_status. Also the cost to processes that are not nginx: `dd bs=1` and a
 //! loopback TCP ping-pong between two xtask processes (CPU time, B/A).
 //! Every process started here is stopped by PID through Drop guards.
-use crate::util::{
-    self, ProcGuard, TempDir, check_interrupted, cpu_time_us, http_get, median, rss_kib, sleep,
-};
+use crate::util::{self, ProcGuard, TempDir, check_interrupted, cpu_time_us, http_get, median, rss_kib, sleep};
 use anyhow::{Context as _, Result, anyhow, bail};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -131,9 +129,7 @@ struct Results {
 
 pub fn overhead(args: OverheadArgs) -> Result<()> {
     if !util::is_root() {
-        bail!(
-            "`cargo xtask bench overhead` must run as root (the agent loads eBPF programs; bpf_stats is a sysctl)"
-        );
+        bail!("`cargo xtask bench overhead` must run as root (the agent loads eBPF programs; bpf_stats is a sysctl)");
     }
     if !args.no_setup {
         crate::setup::setup()?;
@@ -287,11 +283,7 @@ fn measure(
     let wall = started.elapsed().as_secs_f64();
     let a1 = agent.map(|a| cpu_time_us(a.guard.pid())).transpose()?;
     if out.requests <= 0.0 {
-        bail!(
-            "wrk completed no requests on {} (output in {})",
-            w.name,
-            dir.display()
-        );
+        bail!("wrk completed no requests on {} (output in {})", w.name, dir.display());
     }
     let mut r = RunResult {
         requests: out.requests,
@@ -313,13 +305,9 @@ fn measure(
         if !run_s.is_empty() && !args.no_bpf_stats {
             r.bpf_ns_per_req = Some(run_s.values().sum::<f64>() * 1e9 / out.requests);
             r.bpf_runs_per_req = Some(runs.values().sum::<f64>() / out.requests);
-            r.bpf_ns_by_program = run_s
-                .into_iter()
-                .map(|(p, s)| (p, s * 1e9 / out.requests))
-                .collect();
+            r.bpf_ns_by_program = run_s.into_iter().map(|(p, s)| (p, s * 1e9 / out.requests)).collect();
         }
-        let agent_reqs = m1.sum_for_conf(REQUESTS_METRIC, &nginx.conf)
-            - m0.sum_for_conf(REQUESTS_METRIC, &nginx.conf);
+        let agent_reqs = m1.sum_for_conf(REQUESTS_METRIC, &nginx.conf) - m0.sum_for_conf(REQUESTS_METRIC, &nginx.conf);
         // stub_status counts its own request: one more on the second read.
         let stub_reqs = stub1 - stub0 - 1.0;
         // (The floor's empty programs count nothing.)
@@ -339,14 +327,7 @@ struct WrkOut {
     agent_rss_max_kib: Option<u64>,
 }
 
-fn wrk(
-    dir: &Path,
-    port: u16,
-    w: &Workload,
-    connections: u32,
-    seconds: u32,
-    agent: Option<&Agent>,
-) -> Result<WrkOut> {
+fn wrk(dir: &Path, port: u16, w: &Workload, connections: u32, seconds: u32, agent: Option<&Agent>) -> Result<WrkOut> {
     let out_path = dir.join("wrk.out");
     let out_file = std::fs::File::create(&out_path)?;
     let mut cmd = Command::new("wrk");
@@ -377,8 +358,7 @@ fn wrk(
     if !status.success() {
         bail!("wrk failed ({}):\n{text}", util::describe(status));
     }
-    let (requests, secs) =
-        parse_wrk(&text).ok_or_else(|| anyhow!("could not parse wrk's output:\n{text}"))?;
+    let (requests, secs) = parse_wrk(&text).ok_or_else(|| anyhow!("could not parse wrk's output:\n{text}"))?;
     Ok(WrkOut {
         requests,
         seconds: secs,
@@ -398,13 +378,7 @@ fn parse_wrk(text: &str) -> Option<(f64, f64)> {
 }
 
 fn parse_duration_secs(s: &str) -> Option<f64> {
-    for (suffix, mult) in [
-        ("ms", 1e-3),
-        ("us", 1e-6),
-        ("m", 60.0),
-        ("h", 3600.0),
-        ("s", 1.0),
-    ] {
+    for (suffix, mult) in [("ms", 1e-3), ("us", 1e-6), ("m", 60.0), ("h", 3600.0), ("s", 1.0)] {
         if let Some(v) = s.strip_suffix(suffix) {
             return v.parse::<f64>().ok().map(|v| v * mult);
         }
@@ -447,9 +421,7 @@ impl Nginx {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         // ~600 bytes, like a small static page.
-        let mut page = String::from(
-            "<!DOCTYPE html>\n<html><head><title>ngxprobe bench</title></head><body>\n",
-        );
+        let mut page = String::from("<!DOCTYPE html>\n<html><head><title>ngxprobe bench</title></head><body>\n");
         while page.len() < 580 {
             page.push_str("<p>ngxprobe overhead benchmark page.</p>\n");
         }
@@ -485,10 +457,7 @@ http {{
 "#
         );
         std::fs::write(&conf, conf_text)?;
-        let conf = conf
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?
-            .to_string();
+        let conf = conf.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?.to_string();
         let log = std::fs::File::create(dir.join("logs/nginx.out"))?;
         let mut cmd = Command::new(bin);
         cmd.arg("-p")
@@ -508,10 +477,7 @@ http {{
                 .collect();
             if let [w] = workers[..] {
                 guard.extra = vec![w];
-                if matches!(
-                    http_get(port, "/index.html", Duration::from_secs(2)),
-                    Ok((200, _))
-                ) {
+                if matches!(http_get(port, "/index.html", Duration::from_secs(2)), Ok((200, _))) {
                     break w;
                 }
             }
@@ -564,10 +530,7 @@ impl Agent {
     fn start(bin: &Path, dir: &Path, conf: &str, floor: bool) -> Result<Self> {
         let port = util::free_port()?;
         let log_path = dir.join("agent.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
         let mut cmd = Command::new(bin);
         cmd.args(["--web.listen-address", &format!("127.0.0.1:{port}")]);
         if floor {
@@ -584,10 +547,7 @@ impl Agent {
                     util::tail(&log_path, 30)
                 );
             }
-            if matches!(
-                http_get(port, "/readyz", Duration::from_secs(2)),
-                Ok((200, _))
-            ) {
+            if matches!(http_get(port, "/readyz", Duration::from_secs(2)), Ok((200, _))) {
                 break;
             }
             if Instant::now() > deadline {
@@ -603,9 +563,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !agent.scrape()?.has_conf(conf) {
             if Instant::now() > deadline {
-                eprintln!(
-                    "warning: the agent does not report conf_path=\"{conf}\" after 20 s; continuing"
-                );
+                eprintln!("warning: the agent does not report conf_path=\"{conf}\" after 20 s; continuing");
                 break;
             }
             sleep(Duration::from_millis(200))?;
@@ -614,8 +572,7 @@ impl Agent {
     }
 
     fn scrape(&self) -> Result<Metrics> {
-        let (code, body) = http_get(self.port, "/metrics", Duration::from_secs(10))
-            .context("scraping the agent")?;
+        let (code, body) = http_get(self.port, "/metrics", Duration::from_secs(10)).context("scraping the agent")?;
         if code != 200 {
             bail!("the agent's /metrics returned {code}");
         }
@@ -670,17 +627,15 @@ impl Metrics {
     fn sum_for_conf(&self, name: &str, conf: &str) -> f64 {
         self.0
             .iter()
-            .filter(|(n, labels, _)| {
-                n == name && labels.iter().any(|(k, v)| k == "conf_path" && v == conf)
-            })
+            .filter(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == "conf_path" && v == conf))
             .map(|(_, _, v)| v)
             .sum()
     }
 
     fn has_conf(&self, conf: &str) -> bool {
-        self.0.iter().any(|(n, labels, _)| {
-            n.starts_with("nginx_") && labels.iter().any(|(k, v)| k == "conf_path" && v == conf)
-        })
+        self.0
+            .iter()
+            .any(|(n, labels, _)| n.starts_with("nginx_") && labels.iter().any(|(k, v)| k == "conf_path" && v == conf))
     }
 }
 
@@ -962,10 +917,7 @@ fn report(args: &OverheadArgs, res: &Results) -> String {
             fmt(median(&col(a, &|r| Some(r.rps))), 0),
             fmt(median(&col(b, &|r| Some(r.rps))), 0),
             fmt(median(&col(b, &|r| r.agent_cpu_pct)), 1),
-            fmt(
-                median(&col(b, &|r| r.agent_rss_kib.map(|k| k as f64 / 1024.0))),
-                1
-            ),
+            fmt(median(&col(b, &|r| r.agent_rss_kib.map(|k| k as f64 / 1024.0))), 1),
             fmt(median(&col(b, &|r| r.agent_vs_stub)), 4),
             errs(a),
             errs(b),
@@ -1012,12 +964,7 @@ fn report(args: &OverheadArgs, res: &Results) -> String {
     let _ = writeln!(s, "| other processes (not nginx) | A | B | B/A |");
     let _ = writeln!(s, "|---|---|---|---|");
     for (name, unit, map, digits) in [
-        (
-            format!("`dd bs=1 count={}`", args.dd_count),
-            "s CPU",
-            &res.dd,
-            3,
-        ),
+        (format!("`dd bs=1 count={}`", args.dd_count), "s CPU", &res.dd, 3),
         (
             format!("loopback TCP ping-pong, {} round trips", args.ping_pongs),
             "µs CPU/round trip",

@@ -95,10 +95,7 @@ const RULES: &str = r#"groups:
 "#;
 
 fn receivers(url: &str) -> String {
-    SEED_RECEIVERS.replace(
-        "https://hooks.slack.com/services/your/slack/webhook/url",
-        url,
-    )
+    SEED_RECEIVERS.replace("https://hooks.slack.com/services/your/slack/webhook/url", url)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -187,10 +184,7 @@ pub fn alert_latency(args: AlertLatencyArgs) -> Result<()> {
     let alertmanager = spawn_logged(
         "alertmanager",
         Command::new(&args.alertmanager)
-            .arg(format!(
-                "--config.file={}",
-                am_dir.join("alertmanager.yml").display()
-            ))
+            .arg(format!("--config.file={}", am_dir.join("alertmanager.yml").display()))
             .arg(format!("--storage.path={}", am_dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
             .arg("--cluster.listen-address="),
@@ -222,14 +216,8 @@ scrape_configs:
     let prometheus = spawn_logged(
         "prometheus",
         Command::new(&args.prometheus)
-            .arg(format!(
-                "--config.file={}",
-                prom_dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                prom_dir.join("data").display()
-            ))
+            .arg(format!("--config.file={}", prom_dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", prom_dir.join("data").display()))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}")),
         &dir.join("prometheus.log"),
     )?;
@@ -273,16 +261,12 @@ alertmanager:
     let conf = nginx.conf.clone();
     let ngx_sel = format!("nginx_http_requests_total{{conf_path=\"{conf}\"}}");
     let peer_sel = "nginx_http_requests_total{job=\"nginx\"}".to_string();
-    wait_until(
-        "both sides to have nginx_http_requests_total for 6 s",
-        40,
-        || {
-            check_procs(&mut procs, &dir)?;
-            let a = range_samples(agent_port, &ngx_sel, 30)?;
-            let p = range_samples(prom_port, &peer_sel, 30)?;
-            Ok(a.len() >= 6 && p.len() >= 6)
-        },
-    )?;
+    wait_until("both sides to have nginx_http_requests_total for 6 s", 40, || {
+        check_procs(&mut procs, &dir)?;
+        let a = range_samples(agent_port, &ngx_sel, 30)?;
+        let p = range_samples(prom_port, &peer_sel, 30)?;
+        Ok(a.len() >= 6 && p.len() >= 6)
+    })?;
     let load_desc = match args.wrk_connections {
         Some(c) => format!("wrk -t1 -c{c} (flat out)"),
         None => format!("{} req/s paced, 1 keep-alive connection", args.rps),
@@ -304,10 +288,7 @@ alertmanager:
         // load (the previous burst's resolved POSTs came after that anyway).
         wait_until("both sides quiet (no active alert)", 60, || {
             check_procs(&mut procs, &dir)?;
-            Ok(
-                active_alerts(agent_port, Some(&conf))? == 0
-                    && active_alerts(prom_port, None)? == 0,
-            )
+            Ok(active_alerts(agent_port, Some(&conf))? == 0 && active_alerts(prom_port, None)? == 0)
         })?;
         // Alertmanager keeps an emptied aggregation group until its next
         // maintenance run (every 30 s); an alert arriving while the group
@@ -346,12 +327,7 @@ alertmanager:
             sides: Vec::new(),
         };
         let sides = [
-            (
-                Side::Ngxprobe,
-                agent_port,
-                ngx_sel.as_str(),
-                Some(conf.as_str()),
-            ),
+            (Side::Ngxprobe, agent_port, ngx_sel.as_str(), Some(conf.as_str())),
             (Side::Peer, prom_port, peer_sel.as_str(), None),
         ];
         // Firing POSTs first (and each alert's activeAt while it is still
@@ -363,12 +339,7 @@ alertmanager:
                 &format!("{} firing POST (burst {i})", side.name()),
                 seen,
                 t_end + Duration::from_secs(30),
-                |p| {
-                    p.path == side.hook()
-                        && p.title() == TITLE
-                        && p.firing()
-                        && mine(side, p, &conf)
-                },
+                |p| p.path == side.hook() && p.title() == TITLE && p.firing() && mine(side, p, &conf),
                 &mut || check_procs(&mut procs, &dir),
             )?;
             let active_at = alert_active_at(port, c).ok().flatten();
@@ -379,12 +350,7 @@ alertmanager:
                 &format!("{} resolved POST (burst {i})", side.name()),
                 fire.seq + 1,
                 t_end + Duration::from_secs(40),
-                |p| {
-                    p.path == side.hook()
-                        && p.title() == TITLE
-                        && p.resolved()
-                        && mine(side, p, &conf)
-                },
+                |p| p.path == side.hook() && p.title() == TITLE && p.resolved() && mine(side, p, &conf),
                 &mut || check_procs(&mut procs, &dir),
             )?;
             let detectable = first_detectable(port, sel, wall_start).ok().flatten();
@@ -404,18 +370,10 @@ alertmanager:
             let n = rx
                 .since(seen)
                 .iter()
-                .filter(|p| {
-                    p.path == side.hook()
-                        && p.title() == TITLE
-                        && p.firing()
-                        && mine(side, p, &conf)
-                })
+                .filter(|p| p.path == side.hook() && p.title() == TITLE && p.firing() && mine(side, p, &conf))
                 .count();
             if n != 1 {
-                eprintln!(
-                    "warning: burst {i}: {} sent {n} firing POSTs (want 1)",
-                    side.name()
-                );
+                eprintln!("warning: burst {i}: {} sent {n} firing POSTs (want 1)", side.name());
             }
         }
         println!("{}", b.line());
@@ -731,10 +689,7 @@ fn range_samples(port: u16, sel: &str, secs: u32) -> Result<Vec<(i64, f64)>> {
     for s in v["data"]["result"].as_array().into_iter().flatten() {
         for p in s["values"].as_array().into_iter().flatten() {
             let t = p[0].as_f64().unwrap_or(0.0);
-            let x: f64 = p[1]
-                .as_str()
-                .and_then(|x| x.parse().ok())
-                .unwrap_or(f64::NAN);
+            let x: f64 = p[1].as_str().and_then(|x| x.parse().ok()).unwrap_or(f64::NAN);
             out.push(((t * 1000.0).round() as i64, x));
         }
     }
@@ -761,10 +716,7 @@ fn first_detectable(port: u16, sel: &str, start_ms: i64) -> Result<Option<(i64, 
             port,
             &format!("/api/v1/query?query={q}&time={}.{:03}", t / 1000, t % 1000),
         )?;
-        if v["data"]["result"]
-            .as_array()
-            .is_some_and(|r| !r.is_empty())
-        {
+        if v["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) {
             return Ok(Some((first, Some(t))));
         }
     }
@@ -879,10 +831,7 @@ fn check_procs(procs: &mut [ProcGuard], dir: &Path) -> Result<()> {
 fn wait_ok(procs: &mut [ProcGuard], what: &str, port: u16, path: &str, dir: &Path) -> Result<()> {
     wait_until(&format!("{what} GET {path} == 200"), 60, || {
         check_procs(procs, dir)?;
-        Ok(matches!(
-            http_get(port, path, Duration::from_secs(2)),
-            Ok((200, _))
-        ))
+        Ok(matches!(http_get(port, path, Duration::from_secs(2)), Ok((200, _))))
     })
 }
 
@@ -949,10 +898,7 @@ http {{
 "#
             ),
         )?;
-        let conf_s = conf
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?
-            .to_string();
+        let conf_s = conf.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?.to_string();
         let mut guard = spawn_logged(
             "nginx",
             Command::new(bin)
@@ -972,12 +918,7 @@ http {{
                 );
             }
             let workers = util::children_of(guard.pid());
-            if !workers.is_empty()
-                && matches!(
-                    http_get(port, "/stub", Duration::from_secs(2)),
-                    Ok((200, _))
-                )
-            {
+            if !workers.is_empty() && matches!(http_get(port, "/stub", Duration::from_secs(2)), Ok((200, _))) {
                 // Workers are killed by PID too if they outlive the master.
                 guard.extra = workers;
                 break;
@@ -1008,10 +949,7 @@ struct Post {
 
 impl Post {
     fn att(&self, k: &str) -> String {
-        self.body["attachments"][0][k]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.body["attachments"][0][k].as_str().unwrap_or_default().to_string()
     }
     fn title(&self) -> String {
         self.att("title")
@@ -1140,9 +1078,7 @@ fn serve_conn(c: TcpStream, posts: &Mutex<Vec<Post>>) -> Result<()> {
             if let Some((k, v)) = h.split_once(':') {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse().unwrap_or(0);
-                } else if k.eq_ignore_ascii_case("connection")
-                    && v.trim().eq_ignore_ascii_case("close")
-                {
+                } else if k.eq_ignore_ascii_case("connection") && v.trim().eq_ignore_ascii_case("close") {
                     close = true;
                 }
             }
@@ -1175,10 +1111,7 @@ mod tests {
     #[test]
     fn parses_rfc3339() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1500));
-        assert_eq!(
-            parse_rfc3339_ms("2026-11-21T08:05:16.474Z"),
-            Some(1_795_248_316_474)
-        );
+        assert_eq!(parse_rfc3339_ms("2026-11-21T08:05:16.474Z"), Some(1_795_248_316_474));
         assert_eq!(
             parse_rfc3339_ms("2026-11-21T09:05:16.474+01:00"),
             Some(1_795_248_316_474)

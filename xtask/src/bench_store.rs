@@ -22,9 +22,16 @@ pub struct StoreArgs {
 
 pub fn store(args: StoreArgs) -> Result<()> {
     if !args.promtool.is_empty() && util::which(&args.promtool).is_none() {
-        eprintln!("note: {} not found (apt-get install prometheus); running without the Prometheus comparison", args.promtool);
+        eprintln!(
+            "note: {} not found (apt-get install prometheus); running without the Prometheus comparison",
+            args.promtool
+        );
     }
-    let promtool = if util::which(&args.promtool).is_some() { args.promtool.clone() } else { String::new() };
+    let promtool = if util::which(&args.promtool).is_some() {
+        args.promtool.clone()
+    } else {
+        String::new()
+    };
     let mut cmd = util::cargo();
     cmd.args(["bench", "-p", "ngxprobe", "--bench", "store", "--"])
         .args(&args.criterion)

@@ -41,11 +41,7 @@ enum Cmd {
         #[arg(long)]
         no_setup: bool,
         /// Arguments for the agent (after `--`).
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<String>,
     },
     /// Setup, build, then run every test (unit, integration, end-to-end).
@@ -93,9 +89,7 @@ fn main() {
 fn dispatch(cmd: Cmd) -> Result<i32> {
     match cmd {
         Cmd::Setup => setup::setup().map(|()| 0),
-        Cmd::Build {
-            debug, no_setup, ..
-        } => {
+        Cmd::Build { debug, no_setup, .. } => {
             if !no_setup {
                 setup::setup()?;
             }
@@ -121,10 +115,7 @@ fn dispatch(cmd: Cmd) -> Result<i32> {
 
 /// `cargo build -p ngxprobe` (agent/build.rs builds the eBPF object, always release).
 pub fn build(release: bool) -> Result<()> {
-    println!(
-        "== build (agent: {})",
-        if release { "release" } else { "debug" }
-    );
+    println!("== build (agent: {})", if release { "release" } else { "debug" });
     let started = Instant::now();
     let mut cmd = util::cargo();
     cmd.args(["build", "-p", "ngxprobe"]);

@@ -20,20 +20,17 @@ const PACKAGES: &[(&str, &str)] = &[
     // bpf-linker build fails without them on a machine that lacks them.
     ("zlib1g-dev", "linked by bpf-linker (LLVM's system libs)"),
     ("libzstd-dev", "linked by bpf-linker (LLVM's system libs)"),
-    ("libpolly-22-dev", "LLVM 22's Polly libraries, referenced by llvm-config"),
+    (
+        "libpolly-22-dev",
+        "LLVM 22's Polly libraries, referenced by llvm-config",
+    ),
     ("nginx", "tests and benchmarks run their own nginx"),
     ("wrk", "load generator for tests and benchmarks"),
     ("curl", "used by tests"),
     ("iproute2", "ss/ip for tests"),
     ("prometheus", "promtool and reference Prometheus for tests"),
-    (
-        "prometheus-alertmanager",
-        "reference Alertmanager for tests",
-    ),
-    (
-        "prometheus-nginx-exporter",
-        "reference nginx_* metrics for tests",
-    ),
+    ("prometheus-alertmanager", "reference Alertmanager for tests"),
+    ("prometheus-nginx-exporter", "reference nginx_* metrics for tests"),
     ("procps", "ps/sysctl/pgrep for tests"),
 ];
 
@@ -90,8 +87,7 @@ fn cargo_home() -> PathBuf {
 // ---------------------------------------------------------------- Debian packages
 
 fn installed(pkg: &str) -> bool {
-    output_ok("dpkg-query", ["-W", "-f=${Status}", pkg])
-        .is_some_and(|s| s.trim() == "install ok installed")
+    output_ok("dpkg-query", ["-W", "-f=${Status}", pkg]).is_some_and(|s| s.trim() == "install ok installed")
 }
 
 fn packages() -> Result<()> {
@@ -187,9 +183,7 @@ fn stop_and_disable(service: &str) {
         quiet("update-rc.d", &[service, "disable"]) || stopped
     };
     if done {
-        println!(
-            "note: stopped/disabled the {service} service Debian sets up on install (tests start their own)"
-        );
+        println!("note: stopped/disabled the {service} service Debian sets up on install (tests start their own)");
     }
 }
 
@@ -197,9 +191,7 @@ fn stop_and_disable(service: &str) {
 
 fn nightly() -> Result<()> {
     if util::which("rustup").is_none() {
-        bail!(
-            "rustup not found on PATH (install it from https://rustup.rs, then `. ~/.cargo/env`)"
-        );
+        bail!("rustup not found on PATH (install it from https://rustup.rs, then `. ~/.cargo/env`)");
     }
     let what = format!("Rust toolchain {EBPF_TOOLCHAIN} + rust-src (builds agent-ebpf)");
     let toolchains = output_ok("rustup", ["toolchain", "list"]).unwrap_or_default();
@@ -222,13 +214,7 @@ fn nightly() -> Result<()> {
     }
     let components = output_ok(
         "rustup",
-        [
-            "component",
-            "list",
-            "--installed",
-            "--toolchain",
-            EBPF_TOOLCHAIN,
-        ],
+        ["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN],
     )
     .unwrap_or_default();
     if components.lines().any(|l| l.trim() == "rust-src") {
@@ -237,13 +223,7 @@ fn nightly() -> Result<()> {
         }
     } else {
         println!("installing: rust-src for {EBPF_TOOLCHAIN} (component missing)");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            EBPF_TOOLCHAIN,
-        ]))?;
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
     }
     Ok(())
 }
@@ -290,8 +270,7 @@ fn bpf_linker() -> Result<()> {
 
 /// (mount point, fs type) of every mount, from /proc/self/mountinfo.
 fn mounts_table() -> Result<Vec<(String, String)>> {
-    let info =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     Ok(info
         .lines()
         .filter_map(|l| {
@@ -333,9 +312,7 @@ fn mounts() -> Result<()> {
         } else {
             "/sys/fs/cgroup"
         };
-        println!(
-            "installing: cgroup2 at {point} (no cgroup2 mount; needed for cgroup eBPF programs)"
-        );
+        println!("installing: cgroup2 at {point} (no cgroup2 mount; needed for cgroup eBPF programs)");
         mount("cgroup2", "none", point)?;
     }
     Ok(())
@@ -351,15 +328,11 @@ fn kernel() -> Result<()> {
         .filter_map(|n| n.parse::<u32>().ok());
     let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
     if (major, minor) < (6, 3) {
-        bail!(
-            "kernel {release} is too old: ngxprobe needs Linux >= 6.3 (cannot be installed by setup)"
-        );
+        bail!("kernel {release} is too old: ngxprobe needs Linux >= 6.3 (cannot be installed by setup)");
     }
     println!("ok: kernel {release} (>= 6.3)");
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!(
-            "/sys/kernel/btf/vmlinux missing: ngxprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-        );
+        bail!("/sys/kernel/btf/vmlinux missing: ngxprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y");
     }
     println!("ok: kernel BTF at /sys/kernel/btf/vmlinux (already present)");
     let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();

@@ -31,42 +31,27 @@ pub fn test(no_setup: bool) -> Result<i32> {
         steps.push((name.to_string(), r, t.elapsed()));
         ok
     };
-    let ready =
-        (no_setup || step("setup", &crate::setup::setup)) && step("build", &|| crate::build(true));
+    let ready = (no_setup || step("setup", &crate::setup::setup)) && step("build", &|| crate::build(true));
 
     let mut passes = Vec::new();
     if ready {
         match e2e_packages() {
             Ok(e2e) => {
-                let mut args: Vec<String> = [
-                    "test",
-                    "--workspace",
-                    "--exclude",
-                    "agent-ebpf",
-                    "--no-fail-fast",
-                ]
-                .map(String::from)
-                .into();
+                let mut args: Vec<String> = ["test", "--workspace", "--exclude", "agent-ebpf", "--no-fail-fast"]
+                    .map(String::from)
+                    .into();
                 for p in &e2e {
                     args.extend(["--exclude".to_string(), p.clone()]);
                 }
                 passes.push(run_pass("unit + integration tests", &args));
                 for p in &e2e {
-                    let args: Vec<String> =
-                        ["test", "-p", p, "--no-fail-fast", "--", "--test-threads=1"]
-                            .map(String::from)
-                            .into();
-                    passes.push(run_pass(
-                        &format!("end-to-end tests ({p}, single-threaded)"),
-                        &args,
-                    ));
+                    let args: Vec<String> = ["test", "-p", p, "--no-fail-fast", "--", "--test-threads=1"]
+                        .map(String::from)
+                        .into();
+                    passes.push(run_pass(&format!("end-to-end tests ({p}, single-threaded)"), &args));
                 }
             }
-            Err(e) => steps.push((
-                "find test packages".into(),
-                Err(format!("{e:#}")),
-                Duration::ZERO,
-            )),
+            Err(e) => steps.push(("find test packages".into(), Err(format!("{e:#}")), Duration::ZERO)),
         }
     }
 
@@ -124,8 +109,7 @@ fn e2e_packages() -> Result<Vec<String>> {
     if !out.status.success() {
         bail!("cargo metadata failed");
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
     let tests_dir = root.join("tests");
     let mut names = Vec::new();
     for pkg in meta["packages"]
@@ -213,10 +197,7 @@ fn parse_line(line: &str, pass: &mut Pass) {
                 _ => {}
             }
         }
-    } else if let Some(name) = line
-        .strip_prefix("test ")
-        .and_then(|l| l.strip_suffix(" ... FAILED"))
-    {
+    } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
         pass.failures.push(name.to_string());
     }
 }

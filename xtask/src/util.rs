@@ -100,9 +100,7 @@ pub fn is_root() -> bool {
 /// Finds an executable on PATH.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 // ---------------------------------------------------------------- interrupts
@@ -206,11 +204,7 @@ impl ProcGuard {
                 return Ok((ExitStatus::from_raw(status), ru));
             }
             if r < 0 {
-                bail!(
-                    "wait4({}) failed: {}",
-                    self.name,
-                    std::io::Error::last_os_error()
-                );
+                bail!("wait4({}) failed: {}", self.name, std::io::Error::last_os_error());
             }
             check_interrupted()?;
             std::thread::sleep(Duration::from_millis(5));
@@ -221,10 +215,7 @@ impl ProcGuard {
 fn alive(pid: u32) -> bool {
     // A zombie still answers kill(0); look at its state instead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !matches!(
-            stat_fields(&s).and_then(|f| f.first().copied()),
-            Some("Z") | Some("X")
-        ),
+        Ok(s) => !matches!(stat_fields(&s).and_then(|f| f.first().copied()), Some("Z") | Some("X")),
         Err(_) => false,
     }
 }
@@ -252,11 +243,7 @@ impl Drop for ProcGuard {
                 std::thread::sleep(Duration::from_millis(20));
             }
             if let Ok(None) = child.try_wait() {
-                eprintln!(
-                    "xtask: {} (pid {}) ignored SIGTERM, killing it",
-                    self.name,
-                    child.id()
-                );
+                eprintln!("xtask: {} (pid {}) ignored SIGTERM, killing it", self.name, child.id());
                 let _ = child.kill();
             }
             let _ = child.wait();
@@ -317,8 +304,8 @@ pub fn comm_of(pid: u32) -> Option<String> {
 
 /// utime + stime of a process, in microseconds.
 pub fn cpu_time_us(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     let f = stat_fields(&stat).ok_or_else(|| anyhow!("malformed /proc/{pid}/stat"))?;
     let num = |i: usize| -> Result<f64> {
         f.get(i)
@@ -345,9 +332,7 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|s| {
-                    stat_fields(&s).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
-                })
+                .and_then(|s| stat_fields(&s).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())))
                 == Some(ppid)
         })
         .collect()
@@ -376,10 +361,7 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
     let text = String::from_utf8_lossy(&buf);

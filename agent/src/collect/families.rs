@@ -166,8 +166,8 @@ impl Collector {
         }
 
         let mut out = vec![
-            accepted, active, handled, reading, waiting, writing, requests, up, responses, blocked,
-            closed, workers, listeners, info,
+            accepted, active, handled, reading, waiting, writing, requests, up, responses, blocked, closed, workers,
+            listeners, info,
         ];
         out.extend(self.self_families(slot_errors));
         out
@@ -181,10 +181,7 @@ impl Collector {
             MetricType::Gauge,
         );
         build.push(
-            &[
-                ("version", env!("CARGO_PKG_VERSION")),
-                ("arch", std::env::consts::ARCH),
-            ],
+            &[("version", env!("CARGO_PKG_VERSION")), ("arch", std::env::consts::ARCH)],
             1.0,
         );
         out.push(build);

@@ -4,5 +4,4 @@
 mod families;
 mod registry;
 
-
 pub use registry::Collector;

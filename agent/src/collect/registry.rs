@@ -54,12 +54,7 @@ pub fn describe(key: &InstanceKey) -> String {
 }
 
 impl Collector {
-    pub fn new(
-        probe: Probe,
-        proc_root: PathBuf,
-        retention: Duration,
-        extra_labels: Vec<(String, String)>,
-    ) -> Self {
+    pub fn new(probe: Probe, proc_root: PathBuf, retention: Duration, extra_labels: Vec<(String, String)>) -> Self {
         Collector {
             probe,
             instances: BTreeMap::new(),
@@ -71,10 +66,7 @@ impl Collector {
     }
 
     pub fn instance_count(&self) -> usize {
-        self.instances
-            .values()
-            .filter(|t| t.stopped_since.is_none())
-            .count()
+        self.instances.values().filter(|t| t.stopped_since.is_none()).count()
     }
 
     /// Records a failed scan (the previous view is kept).
@@ -162,9 +154,10 @@ impl Collector {
         }
         for (key, conns) in open_before {
             if let Err(e) = self.seed(&key, &conns) {
-                report
-                    .errors
-                    .push(format!("handing open connections of {} to the probe: {e}", describe(&key)));
+                report.errors.push(format!(
+                    "handing open connections of {} to the probe: {e}",
+                    describe(&key)
+                ));
             }
         }
         if let Err(e) = self.reconcile_seeds() {

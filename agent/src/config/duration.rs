@@ -75,9 +75,7 @@ impl FromStr for PromDuration {
             if digits == 0 {
                 return Err(fail("expected a number"));
             }
-            let number: u64 = rest[..digits]
-                .parse()
-                .map_err(|_| fail("number too large"))?;
+            let number: u64 = rest[..digits].parse().map_err(|_| fail("number too large"))?;
             rest = &rest[digits..];
             // "ms" must be tried before "m".
             let Some((index, unit_ms, unit_len)) = UNITS
@@ -171,10 +169,7 @@ mod tests {
             "5min",
             "99999999999999999999s",
         ] {
-            assert!(
-                bad.parse::<PromDuration>().is_err(),
-                "{bad:?} should be rejected"
-            );
+            assert!(bad.parse::<PromDuration>().is_err(), "{bad:?} should be rejected");
         }
     }
 

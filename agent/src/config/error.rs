@@ -33,10 +33,7 @@ pub enum ConfigError {
 
     /// A command-line flag that overrides a config field has a bad value.
     #[error("{field} (command-line override): {message}")]
-    Override {
-        field: &'static str,
-        message: String,
-    },
+    Override { field: &'static str, message: String },
 
     #[allow(dead_code)] // built by load_secret_file, used from alerting on
     #[error("{}: cannot read secret file: {source}", path.display())]
@@ -107,10 +104,7 @@ fn bare_message(err: &serde_saphyr::Error) -> String {
     match err.without_snippet() {
         // serde-saphyr says just "invalid u32" for `max_seeded_connections: lots`.
         serde_saphyr::Error::Message { msg, .. } if integer_type(msg).is_some() => {
-            format!(
-                "expected an integer ({})",
-                integer_type(msg).unwrap_or_default()
-            )
+            format!("expected an integer ({})", integer_type(msg).unwrap_or_default())
         }
         other => common_message(other).unwrap_or_else(|| other.to_string()),
     }

@@ -16,9 +16,7 @@ pub enum ListenAddress {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "invalid listen address {input:?}: {reason} (examples: \":9113\", \"127.0.0.1:9113\", \"[::1]:9113\")"
-)]
+#[error("invalid listen address {input:?}: {reason} (examples: \":9113\", \"127.0.0.1:9113\", \"[::1]:9113\")")]
 pub struct ParseListenAddressError {
     input: String,
     reason: &'static str,
@@ -38,9 +36,7 @@ impl FromStr for ListenAddress {
         if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
             return Err(fail("port must be a number"));
         }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| fail("port must be at most 65535"))?;
+        let port: u16 = port.parse().map_err(|_| fail("port must be at most 65535"))?;
         if host.is_empty() {
             return Ok(ListenAddress::AllInterfaces { port });
         }
@@ -59,9 +55,7 @@ impl FromStr for ListenAddress {
                     return Err(fail("IPv6 addresses need brackets, e.g. [::1]:9113"));
                 }
                 Err(_) => {
-                    return Err(fail(
-                        "host must be empty, an IPv4 address, [IPv6] or localhost",
-                    ));
+                    return Err(fail("host must be empty, an IPv4 address, [IPv6] or localhost"));
                 }
             }
         };
@@ -98,10 +92,7 @@ mod tests {
 
     #[test]
     fn parses_exporter_syntax() {
-        assert_eq!(
-            ":9113".parse(),
-            Ok(ListenAddress::AllInterfaces { port: 9113 })
-        );
+        assert_eq!(":9113".parse(), Ok(ListenAddress::AllInterfaces { port: 9113 }));
         let v4: SocketAddr = "127.0.0.1:9113".parse().unwrap();
         assert_eq!("127.0.0.1:9113".parse(), Ok(ListenAddress::Socket(v4)));
         let v6: SocketAddr = "[::1]:9113".parse().unwrap();
@@ -126,10 +117,7 @@ mod tests {
             "1.2.3:9113",
             ":-1",
         ] {
-            assert!(
-                bad.parse::<ListenAddress>().is_err(),
-                "{bad:?} should be rejected"
-            );
+            assert!(bad.parse::<ListenAddress>().is_err(), "{bad:?} should be rejected");
         }
     }
 

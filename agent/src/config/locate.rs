@@ -242,14 +242,18 @@ impl<'de> Visitor<'de> for NodeVisitor {
 mod tests {
     use super::*;
 
-    const TEXT: &str = "web:\n  listen_address: \":1\"\ndiscovery:\n  interval: 1s\n  intervall: 2s\nlist:\n  - a\n  - b: 1\n";
+    const TEXT: &str =
+        "web:\n  listen_address: \":1\"\ndiscovery:\n  interval: 1s\n  intervall: 2s\nlist:\n  - a\n  - b: 1\n";
 
     #[test]
     fn finds_keys_and_values() {
         assert_eq!(locate(TEXT, &[key("discovery"), key("intervall")], true), Some((5, 3)));
         assert_eq!(locate(TEXT, &[key("discovery"), key("interval")], false), Some((4, 13)));
         assert_eq!(locate(TEXT, &[key("web"), key("listen_address")], false), Some((2, 19)));
-        assert_eq!(locate(TEXT, &[key("list"), Step::Index(1), key("b")], true), Some((8, 5)));
+        assert_eq!(
+            locate(TEXT, &[key("list"), Step::Index(1), key("b")], true),
+            Some((8, 5))
+        );
         assert_eq!(locate(TEXT, &[key("nope")], true), None);
         assert_eq!(locate("a: [", &[key("a")], true), None);
     }
@@ -259,8 +263,14 @@ mod tests {
         let path = [key("discovery"), key("nope")];
         assert_eq!(locate(TEXT, &path, true), None);
         assert_eq!(locate_nearest(TEXT, &path, true), Some((3, 1)));
-        assert_eq!(locate_nearest(TEXT, &[key("list"), Step::Index(5)], false), Some((6, 1)));
-        assert_eq!(locate_nearest(TEXT, &[key("list"), Step::Index(0), key("x")], false), Some((7, 5)));
+        assert_eq!(
+            locate_nearest(TEXT, &[key("list"), Step::Index(5)], false),
+            Some((6, 1))
+        );
+        assert_eq!(
+            locate_nearest(TEXT, &[key("list"), Step::Index(0), key("x")], false),
+            Some((7, 5))
+        );
         assert_eq!(locate_nearest(TEXT, &[key("nope")], true), None);
         assert_eq!(
             locate_nearest(TEXT, &[key("discovery"), key("interval")], false),
@@ -270,7 +280,10 @@ mod tests {
 
     #[test]
     fn dotted_paths() {
-        assert_eq!(dotted(&[key("receivers"), Step::Index(0), key("name")]), "receivers[0].name");
+        assert_eq!(
+            dotted(&[key("receivers"), Step::Index(0), key("name")]),
+            "receivers[0].name"
+        );
         assert_eq!(dotted(&[Step::Index(2), key("a")]), "[2].a");
         assert_eq!(dotted(&[]), "");
     }

@@ -163,10 +163,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         message,
     })?;
-    config.resolve_notify(path, text).map_err(|message| ConfigError::Semantic {
-        path: path.to_path_buf(),
-        message,
-    })?;
+    config
+        .resolve_notify(path, text)
+        .map_err(|message| ConfigError::Semantic {
+            path: path.to_path_buf(),
+            message,
+        })?;
     Ok(config)
 }
 
@@ -221,6 +223,5 @@ pub fn check(path: &Path) -> Result<String, ConfigError> {
 
 /// The effective config as YAML, with every [`Secret`] shown as `<secret>`.
 pub fn redacted_yaml(config: &Config) -> String {
-    serde_saphyr::to_string(config)
-        .unwrap_or_else(|err| format!("# cannot render the config as YAML: {err}\n"))
+    serde_saphyr::to_string(config).unwrap_or_else(|err| format!("# cannot render the config as YAML: {err}\n"))
 }

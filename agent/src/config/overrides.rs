@@ -25,33 +25,23 @@ impl Config {
                 .map_err(|e| invalid("web.listen_address", e.to_string()))?;
         }
         if let Some(text) = overrides.log_level {
-            self.log.level = text
-                .parse::<LogLevel>()
-                .map_err(|e| invalid("log.level", e))?;
+            self.log.level = text.parse::<LogLevel>().map_err(|e| invalid("log.level", e))?;
         }
         if let Some(text) = overrides.log_format {
-            self.log.format = text
-                .parse::<LogFormat>()
-                .map_err(|e| invalid("log.format", e))?;
+            self.log.format = text.parse::<LogFormat>().map_err(|e| invalid("log.format", e))?;
         }
         if let Some(text) = overrides.discovery_interval {
             let interval = text
                 .parse::<PromDuration>()
                 .map_err(|e| invalid("discovery.interval", e.to_string()))?;
             if interval.is_zero() {
-                return Err(invalid(
-                    "discovery.interval",
-                    "must be greater than 0s".to_string(),
-                ));
+                return Err(invalid("discovery.interval", "must be greater than 0s".to_string()));
             }
             self.discovery.interval = interval;
         }
         if let Some(path) = overrides.proc_path {
             if path.as_os_str().is_empty() {
-                return Err(invalid(
-                    "discovery.proc_path",
-                    "must not be empty".to_string(),
-                ));
+                return Err(invalid("discovery.proc_path", "must not be empty".to_string()));
             }
             self.discovery.proc_path = path;
         }

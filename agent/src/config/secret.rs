@@ -78,10 +78,7 @@ mod tests {
         let s = Secret::new("https://hooks.slack.com/services/T0/B0/XYZ");
         assert_eq!(format!("{s}"), "<secret>");
         assert_eq!(format!("{s:?}"), "<secret>");
-        assert_eq!(
-            serde_json::to_string(&s).ok().as_deref(),
-            Some("\"<secret>\"")
-        );
+        assert_eq!(serde_json::to_string(&s).ok().as_deref(), Some("\"<secret>\""));
         assert_eq!(s.expose(), "https://hooks.slack.com/services/T0/B0/XYZ");
     }
 
@@ -102,10 +99,7 @@ mod tests {
 
         std::fs::write(&file, "\n").unwrap();
         let empty = load_secret_file(&file).unwrap_err().to_string();
-        assert!(
-            empty.contains("api_url") && empty.contains("empty"),
-            "{empty}"
-        );
+        assert!(empty.contains("api_url") && empty.contains("empty"), "{empty}");
 
         let missing = load_secret_file(&dir.join("nope")).unwrap_err().to_string();
         assert!(missing.contains("nope"), "{missing}");

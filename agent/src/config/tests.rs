@@ -17,19 +17,13 @@ fn error_of(text: &str) -> String {
 
 fn assert_error_starts(text: &str, prefix: &str) {
     let err = error_of(text);
-    assert!(
-        err.starts_with(prefix),
-        "error {err:?} should start with {prefix:?}"
-    );
+    assert!(err.starts_with(prefix), "error {err:?} should start with {prefix:?}");
 }
 
 #[test]
 fn defaults_are_the_documented_ones() {
     let cfg = Config::default();
-    assert_eq!(
-        cfg.web.listen_address,
-        ListenAddress::AllInterfaces { port: 9113 }
-    );
+    assert_eq!(cfg.web.listen_address, ListenAddress::AllInterfaces { port: 9113 });
     assert_eq!(cfg.web.telemetry_path, "/metrics");
     assert_eq!(cfg.log.level, LogLevel::Info);
     assert_eq!(cfg.log.format, LogFormat::Text);
@@ -85,25 +79,15 @@ labels:
     };
     assert_eq!(cfg.web.listen_address.to_string(), "[::1]:9200");
     assert_eq!(cfg.web.telemetry_path, "/nginx/metrics");
-    assert_eq!(
-        (cfg.log.level, cfg.log.format),
-        (LogLevel::Debug, LogFormat::Json)
-    );
-    assert_eq!(
-        cfg.discovery.interval.as_duration(),
-        Duration::from_millis(500)
-    );
+    assert_eq!((cfg.log.level, cfg.log.format), (LogLevel::Debug, LogFormat::Json));
+    assert_eq!(cfg.discovery.interval.as_duration(), Duration::from_millis(500));
     assert_eq!(cfg.discovery.proc_path, PathBuf::from("/host/proc"));
     assert_eq!(
         cfg.discovery.stopped_instance_retention.as_duration(),
         Duration::from_secs(5400)
     );
     assert_eq!(cfg.ebpf.max_seeded_connections.get(), 1024);
-    let labels: Vec<(&str, &str)> = cfg
-        .labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let labels: Vec<(&str, &str)> = cfg.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(labels, [("cluster", "prod"), ("dc", "eu-1")]);
 }
 
@@ -189,9 +173,7 @@ fn yaml_syntax_and_duplicate_keys() {
     let err = error_of("web:\n  listen_address: [\n");
     assert!(err.starts_with("config.yml:"), "{err}");
     assert!(
-        err.chars()
-            .nth("config.yml:".len())
-            .is_some_and(|c| c.is_ascii_digit()),
+        err.chars().nth("config.yml:".len()).is_some_and(|c| c.is_ascii_digit()),
         "no line: {err}"
     );
     let dup = error_of("web:\n  telemetry_path: /a\n  telemetry_path: /b\n");
@@ -259,14 +241,8 @@ fn overrides_win_over_the_file() {
     assert!(applied.is_ok(), "{applied:?}");
     assert_eq!(cfg.storage.path, PathBuf::from("/tmp/ngxprobe-data"));
     assert_eq!(cfg.web.listen_address.to_string(), "127.0.0.1:9999");
-    assert_eq!(
-        (cfg.log.level, cfg.log.format),
-        (LogLevel::Debug, LogFormat::Json)
-    );
-    assert_eq!(
-        cfg.discovery.interval.as_duration(),
-        Duration::from_millis(250)
-    );
+    assert_eq!((cfg.log.level, cfg.log.format), (LogLevel::Debug, LogFormat::Json));
+    assert_eq!(cfg.discovery.interval.as_duration(), Duration::from_millis(250));
     assert_eq!(cfg.discovery.proc_path, PathBuf::from("/host/proc"));
 
     // No overrides: nothing changes.
@@ -322,21 +298,15 @@ fn bad_overrides_name_the_field() {
         ),
     ];
     for (overrides, field) in cases {
-        let err = Config::default()
-            .apply(overrides)
-            .map_err(|e| e.to_string());
-        assert!(
-            matches!(&err, Err(e) if e.starts_with(field)),
-            "{field}: {err:?}"
-        );
+        let err = Config::default().apply(overrides).map_err(|e| e.to_string());
+        assert!(matches!(&err, Err(e) if e.starts_with(field)), "{field}: {err:?}");
     }
 }
 
 #[test]
 fn redacted_yaml_round_trips() {
     let mut cfg = Config::default();
-    cfg.labels
-        .insert("cluster".parse().unwrap(), "prod".to_string());
+    cfg.labels.insert("cluster".parse().unwrap(), "prod".to_string());
     cfg.discovery.interval = PromDuration::from_millis(1500);
     let yaml = redacted_yaml(&cfg);
     assert!(
@@ -357,8 +327,5 @@ fn redacted_yaml_hides_secrets() {
         api_url: Secret::new("https://hooks.example/T0"),
     })
     .unwrap_or_default();
-    assert!(
-        yaml.contains("<secret>") && !yaml.contains("hooks.example"),
-        "{yaml}"
-    );
+    assert!(yaml.contains("<secret>") && !yaml.contains("hooks.example"), "{yaml}");
 }

@@ -70,9 +70,7 @@ impl FromStr for LogFormat {
         match s.to_ascii_lowercase().as_str() {
             "text" | "logfmt" => Ok(LogFormat::Text),
             "json" => Ok(LogFormat::Json),
-            _ => Err(format!(
-                "unknown log format {s:?}, expected one of text, json"
-            )),
+            _ => Err(format!("unknown log format {s:?}, expected one of text, json")),
         }
     }
 }
@@ -101,18 +99,12 @@ impl FromStr for LabelName {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut chars = s.chars();
-        let valid_start = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let valid_start = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
         if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(format!(
-                "invalid label name {s:?}: must match [a-zA-Z_][a-zA-Z0-9_]*"
-            ));
+            return Err(format!("invalid label name {s:?}: must match [a-zA-Z_][a-zA-Z0-9_]*"));
         }
         if s.starts_with("__") {
-            return Err(format!(
-                "invalid label name {s:?}: names starting with __ are reserved"
-            ));
+            return Err(format!("invalid label name {s:?}: names starting with __ are reserved"));
         }
         Ok(LabelName(s.to_string()))
     }

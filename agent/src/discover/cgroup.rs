@@ -42,9 +42,7 @@ mod tests {
             format!(
                 "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234abcd_5678_90ef_1234_567890abcdef.slice/cri-containerd-{ID}.scope\n"
             ),
-            format!(
-                "0::/kubepods.slice/kubepods-pod11111111_2222_3333_4444_555555555555.slice/crio-{ID}.scope"
-            ),
+            format!("0::/kubepods.slice/kubepods-pod11111111_2222_3333_4444_555555555555.slice/crio-{ID}.scope"),
             format!("4:cpu:/kubepods/burstable/pod1234abcd-5678-90ef-1234-567890abcdef/{ID}\n"),
             format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
         ] {

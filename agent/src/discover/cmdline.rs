@@ -34,9 +34,7 @@ pub(super) fn classify_cmdline(raw: &[u8]) -> Title {
     let first = raw.split(|&b| b == 0).next().unwrap_or(&[]);
     let first = String::from_utf8_lossy(first);
     let Some(title) = first.strip_prefix("nginx: ") else {
-        return Title::Untitled {
-            argv: split_argv(raw),
-        };
+        return Title::Untitled { argv: split_argv(raw) };
     };
     if let Some(rest) = title.strip_prefix("master process") {
         // The rest is the original argv joined with single spaces; arguments
@@ -69,9 +67,7 @@ fn split_argv(raw: &[u8]) -> Vec<String> {
 /// Strips the " (deleted)" the kernel appends to /proc/PID/exe once the binary
 /// was replaced on disk (package upgrade, nginx binary upgrade).
 pub(super) fn exe_path(link_target: &str) -> &str {
-    link_target
-        .strip_suffix(" (deleted)")
-        .unwrap_or(link_target)
+    link_target.strip_suffix(" (deleted)").unwrap_or(link_target)
 }
 
 fn basename(path: &str) -> &str {
@@ -147,11 +143,7 @@ pub(super) fn resolve_conf_path(args: &NginxArgs) -> String {
     };
     // `components()` drops inner "." parts, so "-p /x -c ./n.conf" and
     // "-c /x/n.conf" give the same key.
-    joined
-        .components()
-        .collect::<PathBuf>()
-        .to_string_lossy()
-        .into_owned()
+    joined.components().collect::<PathBuf>().to_string_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -178,22 +170,13 @@ mod tests {
 
     #[test]
     fn worker_and_helper_titles() {
-        assert_eq!(
-            classify_cmdline(b"nginx: worker process\0\0\0"),
-            Title::Worker
-        );
+        assert_eq!(classify_cmdline(b"nginx: worker process\0\0\0"), Title::Worker);
         assert_eq!(
             classify_cmdline(b"nginx: worker process is shutting down\0"),
             Title::Worker
         );
-        assert_eq!(
-            classify_cmdline(b"nginx: cache manager process\0"),
-            Title::Helper
-        );
-        assert_eq!(
-            classify_cmdline(b"nginx: cache loader process\0"),
-            Title::Helper
-        );
+        assert_eq!(classify_cmdline(b"nginx: cache manager process\0"), Title::Helper);
+        assert_eq!(classify_cmdline(b"nginx: cache loader process\0"), Title::Helper);
         assert_eq!(classify_cmdline(b"nginx: something else\0"), Title::Other);
     }
 
@@ -203,11 +186,7 @@ mod tests {
         assert_eq!(
             t,
             Title::Untitled {
-                argv: vec![
-                    "/usr/sbin/nginx".into(),
-                    "-c".into(),
-                    "/etc/my nginx.conf".into()
-                ]
+                argv: vec!["/usr/sbin/nginx".into(), "-c".into(), "/etc/my nginx.conf".into()]
             }
         );
         // A process whose argv[0] merely starts with "nginx" is not titled.
@@ -269,9 +248,7 @@ mod tests {
         assert_eq!(exe_path("/usr/sbin/nginx"), "/usr/sbin/nginx");
         assert!(is_nginx_binary_name("/usr/sbin/nginx (deleted)"));
         assert!(is_nginx_binary_name("/usr/sbin/nginx-debug"));
-        assert!(is_nginx_binary_name(
-            "/usr/local/openresty/nginx/sbin/nginx"
-        ));
+        assert!(is_nginx_binary_name("/usr/local/openresty/nginx/sbin/nginx"));
         assert!(is_nginx_binary_name("/usr/bin/openresty"));
         assert!(!is_nginx_binary_name("/usr/bin/bash"));
         assert!(!is_nginx_binary_name("/opt/nginx/bin/sleep"));

@@ -16,10 +16,7 @@ use std::path::Path;
 /// Runs the sock_diag dump in the instance's network namespace: directly when
 /// the calling thread is already in it, else on a short-lived thread that
 /// setns()es into it (needs CAP_SYS_ADMIN), so no other agent thread moves.
-pub fn existing_conns(
-    inst: &Instance,
-    proc_root: &Path,
-) -> Result<Vec<ExistingConn>, DiscoverError> {
+pub fn existing_conns(inst: &Instance, proc_root: &Path) -> Result<Vec<ExistingConn>, DiscoverError> {
     let ports: BTreeSet<u16> = inst.listeners.iter().map(|l| l.port).collect();
     if ports.is_empty() {
         return Ok(Vec::new());
@@ -50,12 +47,10 @@ fn conns_on_ports(sockets: Vec<DiagSocket>, ports: &BTreeSet<u16>) -> Vec<Existi
 /// The network namespace new sockets of the calling thread land in.
 fn own_netns() -> Result<u64, DiscoverError> {
     let path = Path::new("/proc/thread-self/ns/net");
-    std::fs::metadata(path)
-        .map(|m| m.ino())
-        .map_err(|e| DiscoverError::Io {
-            path: path.to_owned(),
-            source: e,
-        })
+    std::fs::metadata(path).map(|m| m.ino()).map_err(|e| DiscoverError::Io {
+        path: path.to_owned(),
+        source: e,
+    })
 }
 
 /// Opens the netns file of a live process of the instance: the master, else
@@ -102,11 +97,7 @@ fn dump_in_netns(pid: u32, netns: u64, ns_file: File) -> Result<Vec<DiagSocket>,
             }
             sock_diag::dump_established()
         })
-        .map_err(|e| DiscoverError::EnterNetns {
-            pid,
-            netns,
-            source: e,
-        })?;
+        .map_err(|e| DiscoverError::EnterNetns { pid, netns, source: e })?;
     worker.join().unwrap_or_else(|_| {
         Err(DiscoverError::EnterNetns {
             pid,

@@ -78,20 +78,11 @@ pub enum DiscoverError {
     Io { path: PathBuf, source: io::Error },
     /// setns(CLONE_NEWNET) into the instance's network namespace failed;
     /// EPERM means the agent lacks CAP_SYS_ADMIN.
-    #[error(
-        "cannot enter network namespace {netns} of nginx pid {pid}: {source} (setns needs CAP_SYS_ADMIN)"
-    )]
-    EnterNetns {
-        pid: u32,
-        netns: u64,
-        source: io::Error,
-    },
+    #[error("cannot enter network namespace {netns} of nginx pid {pid}: {source} (setns needs CAP_SYS_ADMIN)")]
+    EnterNetns { pid: u32, netns: u64, source: io::Error },
     /// None of the instance's processes is alive in its network namespace any more.
     #[error("nginx instance {conf_path} (netns {netns}) has no live process left")]
     InstanceGone { conf_path: String, netns: u64 },
     #[error("sock_diag: {what}: {source}")]
-    SockDiag {
-        what: &'static str,
-        source: io::Error,
-    },
+    SockDiag { what: &'static str, source: io::Error },
 }

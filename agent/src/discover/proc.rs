@@ -15,9 +15,7 @@ pub(super) fn classify_err<T>(path: &Path, err: io::Error) -> ProcResult<T> {
     match err.raw_os_error() {
         // ESRCH: the task exited between lookup and read.
         Some(libc::ENOENT) | Some(libc::ESRCH) => Ok(None),
-        Some(libc::EACCES) | Some(libc::EPERM) => Err(DiscoverError::PermissionDenied {
-            path: path.to_owned(),
-        }),
+        Some(libc::EACCES) | Some(libc::EPERM) => Err(DiscoverError::PermissionDenied { path: path.to_owned() }),
         _ => Err(DiscoverError::Io {
             path: path.to_owned(),
             source: err,
@@ -121,11 +119,7 @@ pub(super) fn socket_inodes(proc_root: &Path, pid: u32) -> ProcResult<BTreeSet<u
 
 /// "socket:[12345]" → 12345.
 pub(super) fn parse_socket_link(target: &str) -> Option<u64> {
-    target
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
+    target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 /// Whether the file contains `needle`, reading it in chunks (nginx binaries
@@ -197,14 +191,8 @@ mod tests {
         data.extend_from_slice(b"nginx version: ");
         data.extend(vec![b'y'; 1000]);
         fs::write(&path, &data).unwrap();
-        assert!(matches!(
-            file_contains(&path, b"nginx version: "),
-            Ok(Some(true))
-        ));
-        assert!(matches!(
-            file_contains(&path, b"openresty"),
-            Ok(Some(false))
-        ));
+        assert!(matches!(file_contains(&path, b"nginx version: "), Ok(Some(true))));
+        assert!(matches!(file_contains(&path, b"openresty"), Ok(Some(false))));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

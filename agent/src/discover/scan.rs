@@ -1,8 +1,6 @@
 //! `scan`: finds nginx processes in /proc and groups them into instances.
 use super::cgroup::container_id;
-use super::cmdline::{
-    NginxArgs, Title, classify_cmdline, is_nginx_binary_name, parse_nginx_args, resolve_conf_path,
-};
+use super::cmdline::{NginxArgs, Title, classify_cmdline, is_nginx_binary_name, parse_nginx_args, resolve_conf_path};
 use super::proc::{self, pid_dir};
 use super::tcp_table;
 use super::{DiscoverError, Instance, InstanceKey, Listener};
@@ -127,15 +125,10 @@ fn build_instance(
     if !any_alive {
         return Ok(None); // every master exited while we looked
     }
-    let master_pid = group
-        .roots
-        .iter()
-        .chain(&group.masters)
-        .copied()
-        .min_by_key(|&p| {
-            // Prefer roots; among them the lowest pid, for a deterministic choice.
-            (!group.roots.contains(&p), p)
-        });
+    let master_pid = group.roots.iter().chain(&group.masters).copied().min_by_key(|&p| {
+        // Prefer roots; among them the lowest pid, for a deterministic choice.
+        (!group.roots.contains(&p), p)
+    });
     let Some(master_pid) = master_pid else {
         return Ok(None);
     };
@@ -144,10 +137,7 @@ fn build_instance(
         key,
         master_pid,
         worker_pids: group.workers,
-        exe: procs
-            .get(&master_pid)
-            .map(|p| p.exe.clone())
-            .unwrap_or_default(),
+        exe: procs.get(&master_pid).map(|p| p.exe.clone()).unwrap_or_default(),
         listeners: listeners.into_iter().collect(),
     }))
 }
@@ -188,8 +178,7 @@ fn identify(proc_root: &Path, pid: u32) -> Result<Option<NginxProc>, DiscoverErr
     // An untitled process named nginx could be anything (a copied binary, a
     // wrapper): require the nginx binary itself.
     if role == Role::Single {
-        let marker =
-            proc::file_contains(&pid_dir(proc_root, pid).join("exe"), NGINX_BINARY_MARKER)?;
+        let marker = proc::file_contains(&pid_dir(proc_root, pid).join("exe"), NGINX_BINARY_MARKER)?;
         if marker != Some(true) {
             return Ok(None);
         }
@@ -197,12 +186,7 @@ fn identify(proc_root: &Path, pid: u32) -> Result<Option<NginxProc>, DiscoverErr
     let Some(ppid) = proc::ppid(proc_root, pid)? else {
         return Ok(None);
     };
-    Ok(Some(NginxProc {
-        ppid,
-        role,
-        exe,
-        args,
-    }))
+    Ok(Some(NginxProc { ppid, role, exe, args }))
 }
 
 /// Options of an untitled command line that may be a single-process nginx
@@ -217,11 +201,7 @@ fn untitled_server_args(argv: &[String]) -> Option<NginxArgs> {
 }
 
 /// The instance key of a master: its config, container and network namespace.
-fn master_key(
-    proc_root: &Path,
-    pid: u32,
-    args: &NginxArgs,
-) -> Result<Option<InstanceKey>, DiscoverError> {
+fn master_key(proc_root: &Path, pid: u32, args: &NginxArgs) -> Result<Option<InstanceKey>, DiscoverError> {
     let dir = pid_dir(proc_root, pid);
     let Some(netns) = proc::ns_inode(&dir.join("ns").join("net"))? else {
         return Ok(None);
@@ -321,11 +301,7 @@ impl Ancestry<'_> {
     }
 
     /// The closest ancestor of `pid` that is one of `masters`.
-    fn nearest_master<V>(
-        &mut self,
-        pid: u32,
-        masters: &BTreeMap<u32, V>,
-    ) -> Result<Option<u32>, DiscoverError> {
+    fn nearest_master<V>(&mut self, pid: u32, masters: &BTreeMap<u32, V>) -> Result<Option<u32>, DiscoverError> {
         let mut cur = pid;
         for _ in 0..MAX_ANCESTRY_DEPTH {
             match self.ppid_of(cur)? {

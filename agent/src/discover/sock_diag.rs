@@ -131,14 +131,7 @@ fn recv_datagram(sock: &OwnedFd, buf: &mut [u8]) -> Result<usize, DiscoverError>
     loop {
         // SAFETY: buf is a live, writable buffer of buf.len() bytes. MSG_TRUNC
         // makes recv return the datagram's full length, so truncation shows.
-        let n = unsafe {
-            libc::recv(
-                sock.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_TRUNC,
-            )
-        };
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -174,11 +167,7 @@ fn u16_at(buf: &[u8], off: usize) -> Option<u16> {
 
 /// Walks the netlink messages of one datagram, appending sockets to `out`.
 /// Messages of another sequence number (stale replies) are ignored.
-pub(super) fn parse_datagram(
-    buf: &[u8],
-    seq: u32,
-    out: &mut Vec<DiagSocket>,
-) -> Result<Parsed, DiscoverError> {
+pub(super) fn parse_datagram(buf: &[u8], seq: u32, out: &mut Vec<DiagSocket>) -> Result<Parsed, DiscoverError> {
     let mut off = 0;
     while buf.len() - off >= NLMSG_HDR_LEN {
         let msg_len = u32_at(buf, off).ok_or_else(|| malformed("short netlink header"))? as usize;
@@ -194,9 +183,7 @@ pub(super) fn parse_datagram(
                 NLMSG_DONE => {
                     // Since Linux 4.x NLMSG_DONE of a dump carries an int status.
                     return match u32_at(payload, 0).map(|v| v as i32) {
-                        Some(e) if e < 0 => {
-                            Err(diag_err("sock_diag dump", io::Error::from_raw_os_error(-e)))
-                        }
+                        Some(e) if e < 0 => Err(diag_err("sock_diag dump", io::Error::from_raw_os_error(-e))),
                         _ => Ok(Parsed::Done),
                     };
                 }
@@ -206,10 +193,7 @@ pub(super) fn parse_datagram(
                         .map(|v| v as i32)
                         .ok_or_else(|| malformed("short NLMSG_ERROR"))?;
                     if errno != 0 {
-                        return Err(diag_err(
-                            "sock_diag request",
-                            io::Error::from_raw_os_error(-errno),
-                        ));
+                        return Err(diag_err("sock_diag request", io::Error::from_raw_os_error(-errno)));
                     }
                 }
                 SOCK_DIAG_BY_FAMILY => out.push(parse_diag_msg(payload)?),
@@ -230,8 +214,7 @@ fn parse_diag_msg(payload: &[u8]) -> Result<DiagSocket, DiscoverError> {
         .get(MSG_SPORT..MSG_SPORT + 2)
         .ok_or_else(|| malformed("short inet_diag_msg"))?;
     let cookie_lo = u32_at(payload, MSG_COOKIE).ok_or_else(|| malformed("short inet_diag_msg"))?;
-    let cookie_hi =
-        u32_at(payload, MSG_COOKIE + 4).ok_or_else(|| malformed("short inet_diag_msg"))?;
+    let cookie_hi = u32_at(payload, MSG_COOKIE + 4).ok_or_else(|| malformed("short inet_diag_msg"))?;
     Ok(DiagSocket {
         cookie: u64::from(cookie_lo) | (u64::from(cookie_hi) << 32),
         // idiag_sport is in network byte order.
@@ -254,18 +237,13 @@ mod tests {
     }
 
     fn diag_msg(seq: u32, port: u16, cookie: u64) -> Vec<u8> {
-        let mut m = header(
-            (NLMSG_HDR_LEN + DIAG_MSG_LEN) as u32,
-            SOCK_DIAG_BY_FAMILY,
-            seq,
-        );
+        let mut m = header((NLMSG_HDR_LEN + DIAG_MSG_LEN) as u32, SOCK_DIAG_BY_FAMILY, seq);
         let mut body = vec![0u8; DIAG_MSG_LEN];
         body[0] = libc::AF_INET as u8;
         body[1] = TCP_ESTABLISHED as u8;
         body[MSG_SPORT..MSG_SPORT + 2].copy_from_slice(&port.to_be_bytes());
         body[MSG_COOKIE..MSG_COOKIE + 4].copy_from_slice(&(cookie as u32).to_ne_bytes());
-        body[MSG_COOKIE + 4..MSG_COOKIE + 8]
-            .copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        body[MSG_COOKIE + 4..MSG_COOKIE + 8].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
         m.extend(body);
         m
     }
@@ -380,10 +358,7 @@ mod tests {
             "{e}"
         );
         // Trailing bytes shorter than a header are ignored, not read.
-        assert_eq!(
-            parse_datagram(&[1, 2, 3], 1, &mut out).unwrap(),
-            Parsed::More
-        );
+        assert_eq!(parse_datagram(&[1, 2, 3], 1, &mut out).unwrap(), Parsed::More);
         assert!(out.is_empty());
     }
 }

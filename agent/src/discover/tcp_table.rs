@@ -121,10 +121,7 @@ mod tests {
         // ::ffff:127.0.0.1 — words 0,0,FFFF0000,0100007F in native order.
         let line = "   0: 0000000000000000FFFF00000100007F:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1";
         let row = parse_line(line).unwrap();
-        assert_eq!(
-            row.local_addr,
-            "::ffff:127.0.0.1".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(row.local_addr, "::ffff:127.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
@@ -138,16 +135,12 @@ mod tests {
         );
         // Bad address width.
         assert_eq!(
-            parse_line(
-                "   0: 00007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1 1"
-            ),
+            parse_line("   0: 00007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1 1"),
             None
         );
         // Non-hex port.
         assert_eq!(
-            parse_line(
-                "   0: 0100007F:ZZZZ 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1 1"
-            ),
+            parse_line("   0: 0100007F:ZZZZ 00000000:0000 0A 00000000:00000000 00:00000000 00000000 0 0 1 1"),
             None
         );
         // A multi-byte character must not make slicing panic.

@@ -75,9 +75,7 @@ impl ChildGuard {
     fn terminate(&mut self) -> bool {
         // SAFETY: plain kill(2) on our own, not yet reaped child.
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        wait_until(Duration::from_secs(10), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        })
+        wait_until(Duration::from_secs(10), || matches!(self.child.try_wait(), Ok(Some(_))))
     }
 }
 
@@ -127,10 +125,7 @@ fn start_nginx(tag: &str, listens: &[String], wrap: Option<&[&str]>) -> (ChildGu
     let conf = dir.0.join("nginx.conf");
     fs::write(&conf, nginx_conf(listens)).expect("write nginx.conf");
     let prefix = format!("{}/", dir.0.display());
-    let globals = format!(
-        "daemon off; pid {}/nginx.pid; error_log stderr;",
-        dir.0.display()
-    );
+    let globals = format!("daemon off; pid {}/nginx.pid; error_log stderr;", dir.0.display());
     let conf = conf.display().to_string();
     let nginx_argv = [NGINX, "-p", &prefix, "-c", &conf, "-g", &globals];
     let mut cmd = match wrap {
@@ -183,17 +178,14 @@ fn wait_listening(guard: &mut ChildGuard, conf: &str, port: u16) -> u32 {
 
 fn listens_on(pid: u32, port: u16) -> bool {
     ["tcp", "tcp6"].iter().any(|t| {
-        fs::read_to_string(format!("/proc/{pid}/net/{t}")).is_ok_and(|text| {
-            tcp_table::parse_table(&text).any(|r| r.is_listen() && r.local_port == port)
-        })
+        fs::read_to_string(format!("/proc/{pid}/net/{t}"))
+            .is_ok_and(|text| tcp_table::parse_table(&text).any(|r| r.is_listen() && r.local_port == port))
     })
 }
 
 fn instances_with_conf(conf: &str) -> Vec<Instance> {
     let all = scan(proc_root()).expect("scan");
-    all.into_iter()
-        .filter(|i| i.key.conf_path == conf)
-        .collect()
+    all.into_iter().filter(|i| i.key.conf_path == conf).collect()
 }
 
 /// Scans until the instance of `conf` shows `workers` workers (they are
@@ -228,11 +220,7 @@ fn finds_real_nginx_listeners_and_connections() {
     );
 
     let found = scan_until_workers(&conf, 2);
-    assert_eq!(
-        found.len(),
-        1,
-        "exactly one instance for {conf}: {found:#?}"
-    );
+    assert_eq!(found.len(), 1, "exactly one instance for {conf}: {found:#?}");
     let inst = &found[0];
     assert_eq!(inst.master_pid, nginx.pid());
     assert_eq!(inst.worker_pids.len(), 2, "{inst:#?}");
@@ -259,10 +247,7 @@ fn finds_real_nginx_listeners_and_connections() {
         .collect();
     let conns = existing_conns(inst, proc_root()).expect("existing_conns");
     assert_eq!(conns.len(), 3, "{conns:?}");
-    assert!(
-        conns.iter().all(|c| c.local_port == v4 && c.cookie != 0),
-        "{conns:?}"
-    );
+    assert!(conns.iter().all(|c| c.local_port == v4 && c.cookie != 0), "{conns:?}");
     let mut cookies: Vec<u64> = conns.iter().map(|c| c.cookie).collect();
     cookies.dedup();
     assert_eq!(cookies.len(), 3, "cookies distinct: {conns:?}");
@@ -270,10 +255,7 @@ fn finds_real_nginx_listeners_and_connections() {
 
     assert!(nginx.terminate(), "nginx did not exit on SIGTERM");
     let after = instances_with_conf(&conf);
-    assert!(
-        after.is_empty(),
-        "instance still reported after exit: {after:#?}"
-    );
+    assert!(after.is_empty(), "instance still reported after exit: {after:#?}");
 }
 
 #[test]
@@ -291,10 +273,7 @@ fn binary_upgrade_stays_one_instance() {
     nginx.launcher = true;
     let master = wait_listening(&mut nginx, &conf, port);
     assert!(
-        wait_until(STARTUP_DEADLINE, || matches!(
-            nginx.child.try_wait(),
-            Ok(Some(_))
-        )),
+        wait_until(STARTUP_DEADLINE, || matches!(nginx.child.try_wait(), Ok(Some(_)))),
         "launcher exits"
     );
     assert_eq!(scan_until_workers(&conf, 2).len(), 1);
@@ -303,15 +282,8 @@ fn binary_upgrade_stays_one_instance() {
     // SAFETY: plain kill(2) on nginx that runs in our process group.
     unsafe { libc::kill(master as i32, libc::SIGUSR2) };
     let found = scan_until_workers(&conf, 4);
-    assert_eq!(
-        found.len(),
-        1,
-        "old and new master are one instance: {found:#?}"
-    );
-    assert_eq!(
-        found[0].master_pid, master,
-        "the old master is the instance's master"
-    );
+    assert_eq!(found.len(), 1, "old and new master are one instance: {found:#?}");
+    assert_eq!(found[0].master_pid, master, "the old master is the instance's master");
     assert_eq!(found[0].worker_pids.len(), 4, "{found:#?}");
     assert_eq!(
         found[0].listeners,
@@ -361,10 +333,7 @@ fn nginx_in_other_netns_is_scanned_and_dumped_via_setns() {
     let clients = connect_in_netns_of(nginx.pid(), port, 2).expect("connect inside nginx's netns");
     let conns = existing_conns(inst, proc_root()).expect("existing_conns via setns");
     assert_eq!(conns.len(), 2, "{conns:?}");
-    assert!(
-        conns.iter().all(|c| c.local_port == port && c.cookie != 0),
-        "{conns:?}"
-    );
+    assert!(conns.iter().all(|c| c.local_port == port && c.cookie != 0), "{conns:?}");
     drop(clients);
     assert!(nginx.terminate(), "nginx did not exit on SIGTERM");
 }
@@ -420,8 +389,7 @@ fn impostors_named_nginx_are_not_reported() {
         _dir: TempDir::new("impostor-titled"),
     };
     let titled_ready = wait_until(STARTUP_DEADLINE, || {
-        fs::read(format!("/proc/{}/cmdline", titled.pid()))
-            .is_ok_and(|c| c.starts_with(b"nginx: master"))
+        fs::read(format!("/proc/{}/cmdline", titled.pid())).is_ok_and(|c| c.starts_with(b"nginx: master"))
     });
     assert!(titled_ready, "titled impostor did not start");
 
@@ -431,9 +399,7 @@ fn impostors_named_nginx_are_not_reported() {
             fs::metadata(format!("/proc/{pid}")).is_ok(),
             "impostor {pid} must still run while scanning"
         );
-        let hit = all
-            .iter()
-            .find(|i| i.master_pid == pid || i.worker_pids.contains(&pid));
+        let hit = all.iter().find(|i| i.master_pid == pid || i.worker_pids.contains(&pid));
         assert!(hit.is_none(), "impostor {pid} reported as nginx: {hit:#?}");
     }
     assert!(all.iter().all(|i| i.key.conf_path != "/impostor.conf"));

@@ -70,22 +70,10 @@ mod tests {
             (Some("*/*"), Format::Text),
             (Some("text/plain"), Format::Text),
             (Some("application/openmetrics-text"), Format::OpenMetrics),
-            (
-                Some("application/openmetrics-text; version=1.0.0"),
-                Format::OpenMetrics,
-            ),
-            (
-                Some("application/openmetrics-text;version=0.0.1"),
-                Format::OpenMetrics,
-            ),
-            (
-                Some("application/openmetrics-text;version=2.0.0"),
-                Format::Text,
-            ),
-            (
-                Some("application/openmetrics-text;version=1.0.0;q=0"),
-                Format::Text,
-            ),
+            (Some("application/openmetrics-text; version=1.0.0"), Format::OpenMetrics),
+            (Some("application/openmetrics-text;version=0.0.1"), Format::OpenMetrics),
+            (Some("application/openmetrics-text;version=2.0.0"), Format::Text),
+            (Some("application/openmetrics-text;version=1.0.0;q=0"), Format::Text),
             (
                 Some("Application/OpenMetrics-Text; Version=\"1.0.0\""),
                 Format::OpenMetrics,
@@ -106,9 +94,7 @@ mod tests {
             ),
             // Prometheus with scrape_protocols: [PrometheusText0.0.4] first.
             (
-                Some(
-                    "text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5",
-                ),
+                Some("text/plain;version=0.0.4;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5"),
                 Format::Text,
             ),
             (

@@ -52,17 +52,13 @@ pub(crate) fn read_process_families(proc_self: &Path, proc_stat: &Path) -> Vec<F
         "process_virtual_memory_bytes",
         "Virtual memory size in bytes.",
         MetricType::Gauge,
-        status
-            .as_deref()
-            .and_then(|text| status_kib(text, "VmSize:")),
+        status.as_deref().and_then(|text| status_kib(text, "VmSize:")),
     );
     add(
         "process_resident_memory_bytes",
         "Resident memory size in bytes.",
         MetricType::Gauge,
-        status
-            .as_deref()
-            .and_then(|text| status_kib(text, "VmRSS:")),
+        status.as_deref().and_then(|text| status_kib(text, "VmRSS:")),
     );
     add(
         "process_start_time_seconds",
@@ -141,21 +137,14 @@ mod tests {
                 "process_start_time_seconds",
             ]
         );
-        let value = |name: &str| {
-            families
-                .iter()
-                .find(|f| f.name == name)
-                .map(|f| f.samples[0].value)
-        };
+        let value = |name: &str| families.iter().find(|f| f.name == name).map(|f| f.samples[0].value);
         assert!(value("process_resident_memory_bytes").is_some_and(|v| v > 1e5));
         assert!(value("process_open_fds").is_some_and(|v| v >= 3.0));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        assert!(
-            value("process_start_time_seconds").is_some_and(|v| v > now - 3600.0 && v <= now + 1.0)
-        );
+        assert!(value("process_start_time_seconds").is_some_and(|v| v > now - 3600.0 && v <= now + 1.0));
     }
 
     #[test]
@@ -165,40 +154,24 @@ mod tests {
         // A command name with spaces and ')' must not shift the fields.
         let stat = "42 (weird) name) S 1 42 42 0 -1 4194560 1 0 0 0 250 150 0 0 20 0 1 0 5000 1000 100 0 0\n";
         std::fs::write(dir.join("stat"), stat).unwrap();
-        std::fs::write(
-            dir.join("status"),
-            "Name:\tx\nVmSize:\t  2048 kB\nVmRSS:\t 1024 kB\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("status"), "Name:\tx\nVmSize:\t  2048 kB\nVmRSS:\t 1024 kB\n").unwrap();
         std::fs::write(dir.join("limits"), "Limit Soft Limit Hard Limit Units\nMax open files            1024                 524288               files\n").unwrap();
         std::fs::write(dir.join("fd").join("0"), "").unwrap();
         let proc_stat = dir.join("proc_stat");
         std::fs::write(&proc_stat, "cpu 1 2 3\nbtime 1700000000\n").unwrap();
 
         let families = read_process_families(&dir, &proc_stat);
-        let value = |name: &str| {
-            families
-                .iter()
-                .find(|f| f.name == name)
-                .map(|f| f.samples[0].value)
-        };
+        let value = |name: &str| families.iter().find(|f| f.name == name).map(|f| f.samples[0].value);
         assert_eq!(value("process_cpu_seconds_total"), Some(4.0));
         assert_eq!(value("process_start_time_seconds"), Some(1_700_000_050.0));
         assert_eq!(value("process_virtual_memory_bytes"), Some(2048.0 * 1024.0));
-        assert_eq!(
-            value("process_resident_memory_bytes"),
-            Some(1024.0 * 1024.0)
-        );
+        assert_eq!(value("process_resident_memory_bytes"), Some(1024.0 * 1024.0));
         assert_eq!(value("process_max_fds"), Some(1024.0));
         assert_eq!(value("process_open_fds"), Some(1.0));
 
         // Garbage and missing files: metrics are skipped, nothing panics.
         std::fs::write(dir.join("stat"), "garbage").unwrap();
-        std::fs::write(
-            dir.join("limits"),
-            "Max open files unlimited unlimited files\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("limits"), "Max open files unlimited unlimited files\n").unwrap();
         let families = read_process_families(&dir, &dir.join("missing"));
         assert_eq!(
             names(&families),

@@ -15,12 +15,7 @@ pub fn render_text(families: &[Family]) -> String {
     let mut out = String::new();
     for group in group_families(families) {
         if !group.help.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP {} {}",
-                group.name,
-                escape_help(group.help, false)
-            );
+            let _ = writeln!(out, "# HELP {} {}", group.name, escape_help(group.help, false));
         }
         let kind = match group.kind {
             MetricType::Counter => "counter",
@@ -29,12 +24,7 @@ pub fn render_text(families: &[Family]) -> String {
         };
         let _ = writeln!(out, "# TYPE {} {}", group.name, kind);
         for sample in &group.samples {
-            write_sample(
-                &mut out,
-                group.name,
-                sample,
-                &format_text_value(sample.value),
-            );
+            write_sample(&mut out, group.name, sample, &format_text_value(sample.value));
         }
     }
     out
@@ -62,21 +52,11 @@ pub fn render_openmetrics(families: &[Family]) -> String {
             MetricType::Untyped => (group.name, "unknown"),
         };
         if !group.help.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP {} {}",
-                family_name,
-                escape_help(group.help, true)
-            );
+            let _ = writeln!(out, "# HELP {} {}", family_name, escape_help(group.help, true));
         }
         let _ = writeln!(out, "# TYPE {family_name} {kind}");
         for sample in &group.samples {
-            write_sample(
-                &mut out,
-                group.name,
-                sample,
-                &format_openmetrics_value(sample.value),
-            );
+            write_sample(&mut out, group.name, sample, &format_openmetrics_value(sample.value));
         }
     }
     out.push_str("# EOF\n");
@@ -105,9 +85,7 @@ fn group_families(families: &[Family]) -> Vec<Group<'_>> {
     for group in &mut out {
         // Stable sort: among duplicates the first one pushed is kept.
         group.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
-        group
-            .samples
-            .dedup_by(|later, first| later.labels == first.labels);
+        group.samples.dedup_by(|later, first| later.labels == first.labels);
     }
     out.retain(|g| !g.samples.is_empty());
     out
@@ -208,12 +186,7 @@ mod tests {
                 MetricType::Counter,
                 15304375.0,
             ),
-            (
-                "nginx_up",
-                "Status of the last metric scrape",
-                MetricType::Gauge,
-                1.0,
-            ),
+            ("nginx_up", "Status of the last metric scrape", MetricType::Gauge, 1.0),
         ];
         // Deliberately unsorted input: the renderer sorts.
         let mut families: Vec<Family> = specs
@@ -314,9 +287,7 @@ nginx_connections_active 1.0
 ";
         assert!(om.starts_with(expected_head), "{om}");
         assert!(
-            om.contains(
-                "# TYPE nginx_connections_handled unknown\nnginx_connections_handled 15585.0\n"
-            ),
+            om.contains("# TYPE nginx_connections_handled unknown\nnginx_connections_handled 15585.0\n"),
             "{om}"
         );
         assert!(
@@ -324,10 +295,7 @@ nginx_connections_active 1.0
             "{om}"
         );
         assert!(om.contains("nginx_connections_reading 0.0\n"), "{om}");
-        assert!(
-            om.ends_with("version=\"0.11.0-1+b4\"} 1.0\n# EOF\n"),
-            "{om}"
-        );
+        assert!(om.ends_with("version=\"0.11.0-1+b4\"} 1.0\n# EOF\n"), "{om}");
         assert_eq!(om.matches("# EOF").count(), 1);
         assert_eq!(render_openmetrics(&[]), "# EOF\n");
     }

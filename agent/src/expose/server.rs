@@ -58,8 +58,7 @@ pub fn bind(listen: &ListenAddress) -> Result<tokio::net::TcpListener, ServeErro
                 Ok(listener) => Ok(listener),
                 Err(err) if ipv6_unavailable(&err) => {
                     tracing::debug!(error = %err, "IPv6 unavailable, listening on IPv4 only");
-                    bind_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port), false)
-                        .map_err(bind_error)
+                    bind_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), *port), false).map_err(bind_error)
                 }
                 Err(err) => Err(bind_error(err)),
             }
@@ -149,12 +148,7 @@ struct AppState {
     health: Arc<Health>,
 }
 
-async fn dispatch(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
+async fn dispatch(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     if method != Method::GET && method != Method::HEAD {
         let mut response = (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response();
         response
@@ -171,10 +165,7 @@ async fn dispatch(
         "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
         "/readyz" => match state.health.readiness() {
             Ok(()) => text(StatusCode::OK, "ready\n".to_string()),
-            Err(reason) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {reason}\n"),
-            ),
+            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
         },
         "/" => landing_page(&state.telemetry_path),
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n".to_string()),
@@ -189,10 +180,7 @@ fn metrics_response(state: &AppState, format: Format) -> Response {
         Format::OpenMetrics => render_openmetrics(&families),
     };
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(format.content_type()),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))],
         body,
     )
         .into_response()
@@ -253,9 +241,7 @@ mod tests {
     async fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, String) {
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{}\r\n",
-            accept
-                .map(|a| format!("Accept: {a}\r\n"))
-                .unwrap_or_default()
+            accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default()
         );
         let raw = tokio::task::spawn_blocking(move || -> io::Result<String> {
             let mut stream = std::net::TcpStream::connect(addr)?;
@@ -269,11 +255,7 @@ mod tests {
         .expect("client task")
         .expect("HTTP exchange");
         let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
         (status, head.to_ascii_lowercase(), body.to_string())
     }
 
@@ -314,15 +296,11 @@ mod tests {
         .await;
         assert_eq!(status, 200);
         assert!(
-            head.contains(
-                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
-            ),
+            head.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
             "{head}"
         );
         assert!(
-            body.contains(
-                "# TYPE nginx_connections_accepted unknown\nnginx_connections_accepted 15585.0\n"
-            ),
+            body.contains("# TYPE nginx_connections_accepted unknown\nnginx_connections_accepted 15585.0\n"),
             "{body}"
         );
         assert!(
@@ -335,10 +313,7 @@ mod tests {
         let (status, _, body) = get(addr, "/readyz", None).await;
         assert_eq!((status, body.as_str()), (503, "not ready: starting\n"));
         health.set_not_ready("no nginx found yet");
-        assert_eq!(
-            get(addr, "/readyz", None).await.2,
-            "not ready: no nginx found yet\n"
-        );
+        assert_eq!(get(addr, "/readyz", None).await.2, "not ready: no nginx found yet\n");
         health.set_ready(true);
         let (status, _, body) = get(addr, "/readyz", None).await;
         assert_eq!((status, body.as_str()), (200, "ready\n"));
@@ -399,9 +374,6 @@ mod tests {
             async {},
         )
         .await;
-        assert!(
-            matches!(result, Err(ServeError::TelemetryPath(_))),
-            "{result:?}"
-        );
+        assert!(matches!(result, Err(ServeError::TelemetryPath(_))), "{result:?}");
     }
 }

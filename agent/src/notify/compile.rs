@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::NotifyError;
-use super::config::{
-    HttpConfig, InhibitRuleConfig, NotifyConfig, Origin, RouteConfig, SlackConfig, Step, key,
-};
+use super::config::{HttpConfig, InhibitRuleConfig, NotifyConfig, Origin, RouteConfig, SlackConfig, Step, key};
 use super::matchers::{MatchOp, Matcher};
 use super::template::{FieldTemplate, Templates};
 use crate::config::Secret;
@@ -159,11 +157,14 @@ pub fn compile(cfg: &NotifyConfig) -> Result<Compiled, NotifyError> {
     let mut files = Vec::new();
     for (i, pattern) in cfg.templates.iter().enumerate() {
         let full = origin.resolve(std::path::Path::new(pattern));
-        let paths = expand_glob(&full)
-            .map_err(|e| origin.error(vec![key("templates"), Step::Index(i)], e, false))?;
+        let paths = expand_glob(&full).map_err(|e| origin.error(vec![key("templates"), Step::Index(i)], e, false))?;
         for p in paths {
             let text = std::fs::read_to_string(&p).map_err(|e| {
-                origin.error(vec![key("templates"), Step::Index(i)], format!("{}: {e}", p.display()), false)
+                origin.error(
+                    vec![key("templates"), Step::Index(i)],
+                    format!("{}: {e}", p.display()),
+                    false,
+                )
             })?;
             files.push((p, text));
         }
@@ -219,7 +220,13 @@ pub fn compile(cfg: &NotifyConfig) -> Result<Compiled, NotifyError> {
                 .or_else(|| cfg.global.http_config.clone())
                 .unwrap_or_default();
             let t = slack_templates(&templates, s, origin, &steps, &|fi: usize, f: &str| {
-                at(vec![key("slack_configs"), Step::Index(si), key("fields"), Step::Index(fi), key(f)])
+                at(vec![
+                    key("slack_configs"),
+                    Step::Index(si),
+                    key("fields"),
+                    Step::Index(fi),
+                    key(f),
+                ])
             })?;
             integrations.push(Integration {
                 name: "slack",
@@ -234,7 +241,11 @@ pub fn compile(cfg: &NotifyConfig) -> Result<Compiled, NotifyError> {
             let steps = |f: &str| at(vec![key("webhook_configs"), Step::Index(wi), key(f)]);
             let url = match (&w.url, &w.url_file) {
                 (Some(_), Some(_)) => {
-                    return Err(origin.error(steps("url_file"), "at most one of url & url_file must be configured", true));
+                    return Err(origin.error(
+                        steps("url_file"),
+                        "at most one of url & url_file must be configured",
+                        true,
+                    ));
                 }
                 (Some(u), None) => UrlSource::Inline(env_secret(u, origin, steps("url"))?),
                 (None, Some(f)) => UrlSource::File(origin.resolve(f)),
@@ -278,13 +289,21 @@ pub fn compile(cfg: &NotifyConfig) -> Result<Compiled, NotifyError> {
         return Err(origin.error(vec![key("route")], "no route provided in config", false));
     };
     if root.receiver.as_deref().unwrap_or("").is_empty() {
-        return Err(origin.error(vec![key("route"), key("receiver")], "root route must specify a default receiver", false));
+        return Err(origin.error(
+            vec![key("route"), key("receiver")],
+            "root route must specify a default receiver",
+            false,
+        ));
     }
     if !root.matchers.is_empty() || !root.match_eq.is_empty() || !root.match_re.is_empty() {
         return Err(origin.error(vec![key("route")], "root route must not have any matchers", false));
     }
     if root.continue_matching {
-        return Err(origin.error(vec![key("route"), key("continue")], "cannot have continue in root route", true));
+        return Err(origin.error(
+            vec![key("route"), key("continue")],
+            "cannot have continue in root route",
+            true,
+        ));
     }
     let defaults = Route {
         key: String::new(),
@@ -305,7 +324,11 @@ pub fn compile(cfg: &NotifyConfig) -> Result<Compiled, NotifyError> {
         inhibit_rules.push(build_inhibit(r, origin, vec![key("inhibit_rules"), Step::Index(i)])?);
     }
     if cfg.global.resolve_timeout.is_zero() {
-        return Err(origin.error(vec![key("global"), key("resolve_timeout")], "resolve_timeout must be greater than 0", false));
+        return Err(origin.error(
+            vec![key("global"), key("resolve_timeout")],
+            "resolve_timeout must be greater than 0",
+            false,
+        ));
     }
     Ok(Compiled {
         route,
@@ -319,7 +342,11 @@ fn check_url(u: &Secret, origin: &Origin, steps: Vec<Step>) -> Result<(), Notify
     match reqwest::Url::parse(u.expose()) {
         Ok(url) if url.scheme() == "http" || url.scheme() == "https" => Ok(()),
         // Never echo the URL: it is a secret.
-        _ => Err(origin.error(steps, "invalid URL: expected an absolute http:// or https:// URL", false)),
+        _ => Err(origin.error(
+            steps,
+            "invalid URL: expected an absolute http:// or https:// URL",
+            false,
+        )),
     }
 }
 
@@ -331,7 +358,11 @@ fn slack_url(
 ) -> Result<UrlSource, NotifyError> {
     let url = match (&s.api_url, &s.api_url_file) {
         (Some(_), Some(_)) => {
-            return Err(origin.error(steps("api_url_file"), "at most one of api_url & api_url_file must be configured", true));
+            return Err(origin.error(
+                steps("api_url_file"),
+                "at most one of api_url & api_url_file must be configured",
+                true,
+            ));
         }
         (Some(u), None) => UrlSource::Inline(env_secret(u, origin, steps("api_url"))?),
         (None, Some(f)) => UrlSource::File(origin.resolve(f)),
@@ -375,10 +406,18 @@ fn slack_templates(
     let mut fields = Vec::new();
     for (i, f) in s.fields.iter().enumerate() {
         if f.title.is_empty() {
-            return Err(origin.error(field_steps(i, "title"), "missing title in Slack field configuration", false));
+            return Err(origin.error(
+                field_steps(i, "title"),
+                "missing title in Slack field configuration",
+                false,
+            ));
         }
         if f.value.is_empty() {
-            return Err(origin.error(field_steps(i, "value"), "missing value in Slack field configuration", false));
+            return Err(origin.error(
+                field_steps(i, "value"),
+                "missing value in Slack field configuration",
+                false,
+            ));
         }
         let t = templates
             .field(&f.title)
@@ -454,7 +493,11 @@ fn build_route(
     let receiver = match &r.receiver {
         Some(name) if !name.is_empty() => {
             if !receivers.contains_key(name) {
-                return Err(origin.error(sub("receiver"), format!("undefined receiver {name:?} used in route"), false));
+                return Err(origin.error(
+                    sub("receiver"),
+                    format!("undefined receiver {name:?} used in route"),
+                    false,
+                ));
             }
             name.clone()
         }
@@ -488,11 +531,17 @@ fn build_route(
             }
         }
     };
-    let group_interval = r.group_interval.map(|d| d.as_duration()).unwrap_or(parent.group_interval);
+    let group_interval = r
+        .group_interval
+        .map(|d| d.as_duration())
+        .unwrap_or(parent.group_interval);
     if group_interval.is_zero() {
         return Err(origin.error(sub("group_interval"), "group_interval cannot be zero", false));
     }
-    let repeat_interval = r.repeat_interval.map(|d| d.as_duration()).unwrap_or(parent.repeat_interval);
+    let repeat_interval = r
+        .repeat_interval
+        .map(|d| d.as_duration())
+        .unwrap_or(parent.repeat_interval);
     if repeat_interval.is_zero() {
         return Err(origin.error(sub("repeat_interval"), "repeat_interval cannot be zero", false));
     }
@@ -525,7 +574,10 @@ fn build_route(
 }
 
 fn build_inhibit(r: &InhibitRuleConfig, origin: &Origin, steps: Vec<Step>) -> Result<InhibitRule, NotifyError> {
-    let mk = |eq: &BTreeMap<String, String>, re: &BTreeMap<String, super::matchers::RegexString>, list: &[super::matchers::MatcherList], field: &str| {
+    let mk = |eq: &BTreeMap<String, String>,
+              re: &BTreeMap<String, super::matchers::RegexString>,
+              list: &[super::matchers::MatcherList],
+              field: &str| {
         let mut out = Vec::new();
         for (k, v) in eq {
             out.push(Matcher::new(k, MatchOp::Equal, v).map_err(|e| {

@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::NotifyError;
 use super::matchers::{MatcherList, RegexString, valid_label_name};
+pub(crate) use crate::config::locate::{Step, key};
 use crate::config::locate::{
     common_message, dotted, error_location, locate_nearest, steps_from_path, take_unknown_field,
 };
-pub(crate) use crate::config::locate::{Step, key};
 use crate::config::{InvalidField, PromDuration, Secret};
 
 /// Alertmanager's top-level configuration keys.
@@ -52,7 +52,10 @@ pub struct Origin {
 impl fmt::Debug for Origin {
     /// Never the text: it may contain secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Origin").field("file", &self.file).field("prefix", &self.prefix).finish()
+        f.debug_struct("Origin")
+            .field("file", &self.file)
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 

@@ -126,7 +126,11 @@ pub fn build_client(http: &HttpConfig) -> Result<reqwest::Client, String> {
 }
 
 fn auth_header(http: &HttpConfig) -> Result<Option<String>, String> {
-    let read = |p: &std::path::Path| crate::config::load_secret_file(p).map(|s| s.expose().to_string()).map_err(|e| e.to_string());
+    let read = |p: &std::path::Path| {
+        crate::config::load_secret_file(p)
+            .map(|s| s.expose().to_string())
+            .map_err(|e| e.to_string())
+    };
     if let Some(b) = &http.basic_auth {
         let pw = match (&b.password, &b.password_file) {
             (Some(p), _) => p.expose().to_string(),
@@ -170,7 +174,12 @@ fn base64(s: &str) -> String {
 }
 
 /// One POST. Never puts the URL in an error (it is a secret).
-pub async fn attempt(client: &reqwest::Client, url: &UrlSource, http: &HttpConfig, body: &[u8]) -> Result<(), AttemptError> {
+pub async fn attempt(
+    client: &reqwest::Client,
+    url: &UrlSource,
+    http: &HttpConfig,
+    body: &[u8],
+) -> Result<(), AttemptError> {
     let fail = |retryable: bool, message: String| AttemptError {
         retryable,
         retry_after: None,
@@ -204,7 +213,10 @@ pub async fn attempt(client: &reqwest::Client, url: &UrlSource, http: &HttpConfi
         if let Some(v) = is_json.then(|| serde_json::from_str::<Json>(&text).ok()).flatten()
             && v.get("ok") == Some(&Json::Bool(false))
         {
-            return Err(fail(false, format!("error response: {}", v.get("error").cloned().unwrap_or(Json::Null))));
+            return Err(fail(
+                false,
+                format!("error response: {}", v.get("error").cloned().unwrap_or(Json::Null)),
+            ));
         }
         return Ok(());
     }
@@ -221,7 +233,9 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let when = humantime::parse_rfc3339_weak(v.trim()).ok().or_else(|| httpdate(v.trim()))?;
+    let when = humantime::parse_rfc3339_weak(v.trim())
+        .ok()
+        .or_else(|| httpdate(v.trim()))?;
     Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
@@ -231,7 +245,9 @@ fn httpdate(v: &str) -> Option<SystemTime> {
     if parts.len() != 6 {
         return None;
     }
-    let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let m = months.iter().position(|x| *x == parts[2])? + 1;
     let s = format!("{}-{:02}-{:0>2}T{}Z", parts[3], m, parts[1], parts[4]);
     humantime::parse_rfc3339(&s).ok()
@@ -270,14 +286,26 @@ pub async fn deliver(
         on_attempt(result.is_ok());
         match result {
             Ok(()) => {
-                return Delivered { ok: true, attempts: n, failed_attempts: failed, last_error: None, latency: start.elapsed() };
+                return Delivered {
+                    ok: true,
+                    attempts: n,
+                    failed_attempts: failed,
+                    last_error: None,
+                    latency: start.elapsed(),
+                };
             }
             Err(e) => {
                 failed += 1;
                 let wait = e.retry_after.unwrap_or_else(|| backoff(n - 1));
                 let now = Instant::now();
                 if !e.retryable || now + wait >= deadline || n >= 1000 {
-                    return Delivered { ok: false, attempts: n, failed_attempts: failed, last_error: Some(e.message), latency: start.elapsed() };
+                    return Delivered {
+                        ok: false,
+                        attempts: n,
+                        failed_attempts: failed,
+                        last_error: Some(e.message),
+                        latency: start.elapsed(),
+                    };
                 }
                 tracing::debug!(error = %e.message, wait_ms = wait.as_millis() as u64, "notification attempt failed; retrying");
                 tokio::time::sleep(wait).await;

@@ -66,7 +66,11 @@ impl StoredAlert {
 
     /// Alertmanager's `Alert.Merge`: `self` is the stored one, `new` arrived.
     fn merge(&self, new: &StoredAlert) -> StoredAlert {
-        let (old, young) = if new.updated_at < self.updated_at { (new, self) } else { (self, new) };
+        let (old, young) = if new.updated_at < self.updated_at {
+            (new, self)
+        } else {
+            (self, new)
+        };
         let mut res = young.clone();
         if old.starts_at < young.starts_at {
             res.starts_at = old.starts_at;
@@ -211,13 +215,7 @@ impl Dispatcher {
     fn route_alert(&mut self, a: StoredAlert, now: SystemTime) {
         let fp = a.fingerprint();
         let version = self.store.get(&fp).map(|(_, v)| *v).unwrap_or(0);
-        let routes: Vec<Route> = self
-            .compiled
-            .route
-            .matching(&a.labels)
-            .into_iter()
-            .cloned()
-            .collect();
+        let routes: Vec<Route> = self.compiled.route.matching(&a.labels).into_iter().cloned().collect();
         for route in routes {
             let labels: BTreeMap<String, String> = match &route.group_by {
                 GroupBy::All => a.labels.clone(),
@@ -281,9 +279,8 @@ impl Dispatcher {
                 g.emptied_at = Some(now);
             }
         }
-        self.groups.retain(|_, g| {
-            g.in_flight || g.emptied_at.is_none_or(|t| now < t + EMPTY_GROUP_RETENTION)
-        });
+        self.groups
+            .retain(|_, g| g.in_flight || g.emptied_at.is_none_or(|t| now < t + EMPTY_GROUP_RETENTION));
         // An empty group's tick sends nothing; keep the cadence.
         for g in self.groups.values_mut() {
             if g.alerts.is_empty() && !g.in_flight {
@@ -337,7 +334,9 @@ impl Dispatcher {
     /// The notify pipeline finished a job; `ok` when every integration
     /// succeeded (or had nothing to send).
     pub fn complete(&mut self, job: &FlushJob, ok: bool) {
-        let Some(g) = self.groups.get_mut(&job.group_key) else { return };
+        let Some(g) = self.groups.get_mut(&job.group_key) else {
+            return;
+        };
         g.in_flight = false;
         if ok {
             for (fp, version) in &job.resolved_versions {
@@ -358,7 +357,12 @@ impl Dispatcher {
     }
 }
 
-fn inhibits<'a>(r: &InhibitRule, target: &StoredAlert, sources: impl Iterator<Item = &'a StoredAlert>, now: SystemTime) -> bool {
+fn inhibits<'a>(
+    r: &InhibitRule,
+    target: &StoredAlert,
+    sources: impl Iterator<Item = &'a StoredAlert>,
+    now: SystemTime,
+) -> bool {
     if !r.target.iter().all(|m| m.matches(&target.labels)) {
         return false;
     }
@@ -436,7 +440,14 @@ impl Nflog {
     }
 
     pub fn log(&mut self, key: String, firing: BTreeSet<u64>, resolved: BTreeSet<u64>, now: SystemTime) {
-        self.entries.insert(key, NflogEntry { firing, resolved, timestamp: now });
+        self.entries.insert(
+            key,
+            NflogEntry {
+                firing,
+                resolved,
+                timestamp: now,
+            },
+        );
     }
 
     pub fn gc(&mut self, now: SystemTime) {

@@ -229,16 +229,32 @@ impl ForwardingSink {
 
     /// Prometheus' `prometheus_notifications_*` as `ngxprobe_notify_forward_*`.
     pub fn self_families(&self) -> Vec<Family> {
-        let mut sent = Family::new("ngxprobe_notify_forward_sent_total", "Alerts sent to external Alertmanagers.", MetricType::Counter);
-        let mut errors = Family::new("ngxprobe_notify_forward_errors_total", "Alerts that could not be sent to an external Alertmanager.", MetricType::Counter);
+        let mut sent = Family::new(
+            "ngxprobe_notify_forward_sent_total",
+            "Alerts sent to external Alertmanagers.",
+            MetricType::Counter,
+        );
+        let mut errors = Family::new(
+            "ngxprobe_notify_forward_errors_total",
+            "Alerts that could not be sent to an external Alertmanager.",
+            MetricType::Counter,
+        );
         for ep in &self.shared.endpoints {
             let l = [("alertmanager", ep.url.as_str())];
             sent.push(&l, ep.sent.load(Ordering::Relaxed) as f64);
             errors.push(&l, ep.errors.load(Ordering::Relaxed) as f64);
         }
-        let mut dropped = Family::new("ngxprobe_notify_forward_dropped_total", "Alerts dropped because the forwarding queue was full.", MetricType::Counter);
+        let mut dropped = Family::new(
+            "ngxprobe_notify_forward_dropped_total",
+            "Alerts dropped because the forwarding queue was full.",
+            MetricType::Counter,
+        );
         dropped.push(&[], self.shared.dropped.load(Ordering::Relaxed) as f64);
-        let mut qlen = Family::new("ngxprobe_notify_forward_queue_length", "Alerts waiting to be forwarded.", MetricType::Gauge);
+        let mut qlen = Family::new(
+            "ngxprobe_notify_forward_queue_length",
+            "Alerts waiting to be forwarded.",
+            MetricType::Gauge,
+        );
         qlen.push(&[], self.shared.queue.lock().map(|q| q.len()).unwrap_or(0) as f64);
         vec![sent, errors, dropped, qlen]
     }

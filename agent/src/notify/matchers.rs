@@ -222,8 +222,14 @@ mod tests {
     fn parses_alertmanager_matcher_syntax() {
         let m = parse_matchers(r#"{severity="critical", instance=~"web-.*"}"#).unwrap();
         assert_eq!(m.len(), 2);
-        assert!(all_match(&m, &labels(&[("severity", "critical"), ("instance", "web-1")])));
-        assert!(!all_match(&m, &labels(&[("severity", "critical"), ("instance", "xweb-1")])));
+        assert!(all_match(
+            &m,
+            &labels(&[("severity", "critical"), ("instance", "web-1")])
+        ));
+        assert!(!all_match(
+            &m,
+            &labels(&[("severity", "critical"), ("instance", "xweb-1")])
+        ));
         let m = parse_matchers("alertname = Watchdog").unwrap();
         assert_eq!(m[0].value, "Watchdog");
         let m = parse_matchers(r#"team!~"a|b""#).unwrap();

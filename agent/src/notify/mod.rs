@@ -145,7 +145,10 @@ fn build_clients(c: &Compiled) -> Result<HashMap<(String, usize), reqwest::Clien
     for r in c.receivers.values() {
         for i in &r.integrations {
             let client = deliver::build_client(&i.http).map_err(|e| {
-                NotifyError::Other(format!("receiver {:?} {} #{}: http_config: {e}", r.name, i.name, i.index))
+                NotifyError::Other(format!(
+                    "receiver {:?} {} #{}: http_config: {e}",
+                    r.name, i.name, i.index
+                ))
             })?;
             clients.insert((r.name.clone(), i.index), client);
         }
@@ -204,7 +207,11 @@ impl Notifier {
             inner: Arc::new(Inner {
                 tx,
                 rx: Mutex::new(Some(rx)),
-                state: Mutex::new(Runtime { dispatcher, nflog, clients }),
+                state: Mutex::new(Runtime {
+                    dispatcher,
+                    nflog,
+                    clients,
+                }),
                 data_dir: data_dir.to_path_buf(),
                 external_url: Mutex::new(default_external_url()),
                 metrics: Metrics::default(),
@@ -290,7 +297,11 @@ impl Notifier {
                     .next_deadline()
                     .map(|t| t.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
                     .unwrap_or(Duration::from_secs(60))
-                    .min(if dirty { Duration::from_secs(1) } else { Duration::from_secs(60) })
+                    .min(if dirty {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_secs(60)
+                    })
             };
             tokio::select! {
                 _ = &mut shutdown => break,
@@ -325,12 +336,29 @@ impl Notifier {
         let Some(receiver) = st.dispatcher.compiled().receivers.get(&job.receiver) else {
             return Vec::new();
         };
-        let firing: BTreeSet<u64> = job.alerts.iter().filter(|(_, r)| !r).map(|(a, _)| a.fingerprint()).collect();
-        let resolved: BTreeSet<u64> = job.alerts.iter().filter(|(_, r)| *r).map(|(a, _)| a.fingerprint()).collect();
+        let firing: BTreeSet<u64> = job
+            .alerts
+            .iter()
+            .filter(|(_, r)| !r)
+            .map(|(a, _)| a.fingerprint())
+            .collect();
+        let resolved: BTreeSet<u64> = job
+            .alerts
+            .iter()
+            .filter(|(_, r)| *r)
+            .map(|(a, _)| a.fingerprint())
+            .collect();
         let mut out = Vec::new();
         for integ in &receiver.integrations {
             let key = dispatch::nflog_key(&receiver.name, integ.name, integ.index, &job.group_key);
-            if !dispatch::needs_update(st.nflog.get(&key), &firing, &resolved, integ.send_resolved, job.repeat_interval, now) {
+            if !dispatch::needs_update(
+                st.nflog.get(&key),
+                &firing,
+                &resolved,
+                integ.send_resolved,
+                job.repeat_interval,
+                now,
+            ) {
                 continue;
             }
             let mut d = Delivery {
@@ -362,7 +390,9 @@ impl Notifier {
                 let data = TemplateData::new(&receiver.name, &job.group_labels, alerts, &external_url);
                 let body = match &integ.kind {
                     IntegrationKind::Slack(t) => deliver::slack_body(t, &data),
-                    IntegrationKind::Webhook { max_alerts } => Ok(deliver::webhook_body(&data, &job.group_key, *max_alerts)),
+                    IntegrationKind::Webhook { max_alerts } => {
+                        Ok(deliver::webhook_body(&data, &job.group_key, *max_alerts))
+                    }
                 };
                 match body.and_then(|b| serde_json::to_vec(&b).map_err(|e| e.to_string())) {
                     Ok(mut b) => {
@@ -410,8 +440,14 @@ impl Notifier {
 
     fn update_gauges(&self) {
         let st = self.lock();
-        self.inner.metrics.alerts.store(st.dispatcher.alert_count() as u64, Ordering::Relaxed);
-        self.inner.metrics.groups.store(st.dispatcher.group_count() as u64, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .alerts
+            .store(st.dispatcher.alert_count() as u64, Ordering::Relaxed);
+        self.inner
+            .metrics
+            .groups
+            .store(st.dispatcher.group_count() as u64, Ordering::Relaxed);
     }
 
     fn record(&self, integration: &'static str, f: impl FnOnce(&mut IntegrationMetrics)) {
@@ -429,24 +465,73 @@ impl Notifier {
             f.push(&[], v as f64);
             out.push(f);
         };
-        simple("ngxprobe_notify_alerts_received_total", "Alerts handed to the notifier.", MetricType::Counter, m.received.load(Ordering::Relaxed));
-        simple("ngxprobe_notify_alerts_dropped_total", "Alerts dropped because the notifier queue was full.", MetricType::Counter, m.dropped.load(Ordering::Relaxed));
-        simple("ngxprobe_notify_alerts", "Alerts held by the notifier (firing and recently resolved).", MetricType::Gauge, m.alerts.load(Ordering::Relaxed));
-        simple("ngxprobe_notify_aggregation_groups", "Active aggregation groups.", MetricType::Gauge, m.groups.load(Ordering::Relaxed));
+        simple(
+            "ngxprobe_notify_alerts_received_total",
+            "Alerts handed to the notifier.",
+            MetricType::Counter,
+            m.received.load(Ordering::Relaxed),
+        );
+        simple(
+            "ngxprobe_notify_alerts_dropped_total",
+            "Alerts dropped because the notifier queue was full.",
+            MetricType::Counter,
+            m.dropped.load(Ordering::Relaxed),
+        );
+        simple(
+            "ngxprobe_notify_alerts",
+            "Alerts held by the notifier (firing and recently resolved).",
+            MetricType::Gauge,
+            m.alerts.load(Ordering::Relaxed),
+        );
+        simple(
+            "ngxprobe_notify_aggregation_groups",
+            "Active aggregation groups.",
+            MetricType::Gauge,
+            m.groups.load(Ordering::Relaxed),
+        );
         simple(
             "ngxprobe_notify_queue_length",
             "Alert batches waiting for the notifier.",
             MetricType::Gauge,
             (self.inner.tx.max_capacity() - self.inner.tx.capacity()) as u64,
         );
-        simple("ngxprobe_notify_nflog_write_failures_total", "Failed writes of the notification log file.", MetricType::Counter, m.state_write_failures.load(Ordering::Relaxed));
+        simple(
+            "ngxprobe_notify_nflog_write_failures_total",
+            "Failed writes of the notification log file.",
+            MetricType::Counter,
+            m.state_write_failures.load(Ordering::Relaxed),
+        );
         let mut fams = [
-            Family::new("ngxprobe_notify_notifications_total", "Notifications attempted (Alertmanager's alertmanager_notifications_total).", MetricType::Counter),
-            Family::new("ngxprobe_notify_notifications_failed_total", "Notifications that failed after all retries.", MetricType::Counter),
-            Family::new("ngxprobe_notify_notification_requests_total", "HTTP requests sent to integrations.", MetricType::Counter),
-            Family::new("ngxprobe_notify_notification_requests_failed_total", "HTTP requests to integrations that failed.", MetricType::Counter),
-            Family::new("ngxprobe_notify_notification_latency_seconds_sum", "Total time spent delivering notifications, retries included.", MetricType::Counter),
-            Family::new("ngxprobe_notify_notification_latency_seconds_count", "Deliveries timed in the latency sum.", MetricType::Counter),
+            Family::new(
+                "ngxprobe_notify_notifications_total",
+                "Notifications attempted (Alertmanager's alertmanager_notifications_total).",
+                MetricType::Counter,
+            ),
+            Family::new(
+                "ngxprobe_notify_notifications_failed_total",
+                "Notifications that failed after all retries.",
+                MetricType::Counter,
+            ),
+            Family::new(
+                "ngxprobe_notify_notification_requests_total",
+                "HTTP requests sent to integrations.",
+                MetricType::Counter,
+            ),
+            Family::new(
+                "ngxprobe_notify_notification_requests_failed_total",
+                "HTTP requests to integrations that failed.",
+                MetricType::Counter,
+            ),
+            Family::new(
+                "ngxprobe_notify_notification_latency_seconds_sum",
+                "Total time spent delivering notifications, retries included.",
+                MetricType::Counter,
+            ),
+            Family::new(
+                "ngxprobe_notify_notification_latency_seconds_count",
+                "Deliveries timed in the latency sum.",
+                MetricType::Counter,
+            ),
         ];
         if let Ok(by) = m.by_integration.lock() {
             for integ in ["slack", "webhook"] {

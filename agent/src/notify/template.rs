@@ -43,11 +43,18 @@ pub const DEFAULT_TEMPLATES: &str = concat!(
 const METHODS: [&str; 6] = ["SortedPairs", "Names", "Values", "Remove", "Firing", "Resolved"];
 const METHOD_PREFIX: &str = "__am_";
 const BUILTINS: [&str; 19] = [
-    "and", "or", "not", "len", "index", "slice", "print", "printf", "println", "html", "js",
-    "urlquery", "eq", "ne", "lt", "le", "gt", "ge", "call",
+    "and", "or", "not", "len", "index", "slice", "print", "printf", "println", "html", "js", "urlquery", "eq", "ne",
+    "lt", "le", "gt", "ge", "call",
 ];
 const FUNCS: [&str; 9] = [
-    "toUpper", "toLower", "title", "join", "match", "safeHtml", "reReplaceAll", "stringSlice",
+    "toUpper",
+    "toLower",
+    "title",
+    "join",
+    "match",
+    "safeHtml",
+    "reReplaceAll",
+    "stringSlice",
     "trimSpace",
 ];
 
@@ -195,7 +202,10 @@ fn with_funcs(t: Template) -> Template {
         })
         .func("stringSlice", |a| {
             Ok(Value::List(
-                a.iter().map(|v| Value::String(value_str(v).into())).collect::<Vec<_>>().into(),
+                a.iter()
+                    .map(|v| Value::String(value_str(v).into()))
+                    .collect::<Vec<_>>()
+                    .into(),
             ))
         })
         .func("__am_get", |a| {
@@ -203,10 +213,16 @@ fn with_funcs(t: Template) -> Template {
             for name in a.iter().skip(1) {
                 let name = value_str(name);
                 v = match &v {
-                    Value::Map(m) => m.get(name.as_str()).cloned().unwrap_or_else(|| Value::String("".into())),
+                    Value::Map(m) => m
+                        .get(name.as_str())
+                        .cloned()
+                        .unwrap_or_else(|| Value::String("".into())),
                     Value::Nil => Value::Nil,
                     other => {
-                        return Err(exec_err(format!("can't evaluate field {name} in type {}", other.type_name())));
+                        return Err(exec_err(format!(
+                            "can't evaluate field {name} in type {}",
+                            other.type_name()
+                        )));
                     }
                 };
             }
@@ -216,7 +232,9 @@ fn with_funcs(t: Template) -> Template {
             let mut v = a.first().cloned().unwrap_or(Value::Nil);
             for i in a.iter().skip(1) {
                 v = match (&v, i) {
-                    (Value::Map(m), Value::String(k)) => m.get(&**k).cloned().unwrap_or_else(|| Value::String("".into())),
+                    (Value::Map(m), Value::String(k)) => {
+                        m.get(&**k).cloned().unwrap_or_else(|| Value::String("".into()))
+                    }
                     _ => v.index(i)?,
                 };
             }
@@ -398,7 +416,16 @@ fn split_trailing_method(e: &Expr) -> Option<(Expr, String)> {
     let (fields, make): (&Vec<SmolStr>, MakeBase) = match e {
         Expr::Field(pos, f) => {
             let pos = *pos;
-            (f, Box::new(move |rest| if rest.is_empty() { Expr::Dot(pos) } else { Expr::Field(pos, rest) }))
+            (
+                f,
+                Box::new(move |rest| {
+                    if rest.is_empty() {
+                        Expr::Dot(pos)
+                    } else {
+                        Expr::Field(pos, rest)
+                    }
+                }),
+            )
         }
         Expr::Variable(pos, name, f) => {
             let (pos, name) = (*pos, name.clone());
@@ -406,7 +433,16 @@ fn split_trailing_method(e: &Expr) -> Option<(Expr, String)> {
         }
         Expr::Chain(pos, inner, f) => {
             let (pos, inner) = (*pos, inner.clone());
-            (f, Box::new(move |rest| if rest.is_empty() { (*inner).clone() } else { Expr::Chain(pos, inner.clone(), rest) }))
+            (
+                f,
+                Box::new(move |rest| {
+                    if rest.is_empty() {
+                        (*inner).clone()
+                    } else {
+                        Expr::Chain(pos, inner.clone(), rest)
+                    }
+                }),
+            )
         }
         _ => return None,
     };
@@ -485,7 +521,10 @@ fn apply_method(pos: gotmpl::parse::Pos, base: Expr, method: &str, rest: Vec<Smo
             decl: Vec::new(),
             commands: vec![CommandNode {
                 pos,
-                args: vec![Expr::Identifier(pos, SmolStr::new(format!("{METHOD_PREFIX}{method}"))), base],
+                args: vec![
+                    Expr::Identifier(pos, SmolStr::new(format!("{METHOD_PREFIX}{method}"))),
+                    base,
+                ],
             }],
             is_assign: false,
         },
@@ -577,8 +616,17 @@ impl TemplateData {
     /// Builds the data like Alertmanager's `Template.Data`: the receiver name
     /// regex-quoted, status firing if any alert fires, common labels and
     /// annotations shared by all alerts.
-    pub fn new(receiver: &str, group_labels: &BTreeMap<String, String>, alerts: Vec<TemplateAlert>, external_url: &str) -> TemplateData {
-        let status = if alerts.iter().any(|a| a.status == "firing") { "firing" } else { "resolved" };
+    pub fn new(
+        receiver: &str,
+        group_labels: &BTreeMap<String, String>,
+        alerts: Vec<TemplateAlert>,
+        external_url: &str,
+    ) -> TemplateData {
+        let status = if alerts.iter().any(|a| a.status == "firing") {
+            "firing"
+        } else {
+            "resolved"
+        };
         let mut common_labels = BTreeMap::new();
         let mut common_annotations = BTreeMap::new();
         if let Some(first) = alerts.first() {
@@ -632,14 +680,24 @@ fn alert_value(a: &TemplateAlert) -> Value {
         ("Labels", kv_value(&a.labels)),
         ("Annotations", kv_value(&a.annotations)),
         ("StartsAt", Value::String(go_time(a.starts_at).into())),
-        ("EndsAt", Value::String(a.ends_at.map(go_time).unwrap_or_else(|| "0001-01-01 00:00:00 +0000 UTC".into()).into())),
+        (
+            "EndsAt",
+            Value::String(
+                a.ends_at
+                    .map(go_time)
+                    .unwrap_or_else(|| "0001-01-01 00:00:00 +0000 UTC".into())
+                    .into(),
+            ),
+        ),
         ("GeneratorURL", Value::String(a.generator_url.as_str().into())),
         ("Fingerprint", Value::String(format!("{:016x}", a.fingerprint).into())),
     ])
 }
 
 fn map_value<const N: usize>(entries: [(&str, Value); N]) -> Value {
-    Value::Map(Arc::new(entries.into_iter().map(|(k, v)| (Arc::<str>::from(k), v)).collect()))
+    Value::Map(Arc::new(
+        entries.into_iter().map(|(k, v)| (Arc::<str>::from(k), v)).collect(),
+    ))
 }
 
 fn kv_value(kv: &BTreeMap<String, String>) -> Value {
@@ -698,26 +756,70 @@ mod tests {
             "team-x",
             &labels(&[("alertname", "HighLatency")]),
             vec![
-                alert("firing", &[("alertname", "HighLatency"), ("job", "nginx"), ("instance", "a")], &[("summary", "s")]),
-                alert("resolved", &[("alertname", "HighLatency"), ("job", "nginx"), ("instance", "b")], &[("summary", "s")]),
+                alert(
+                    "firing",
+                    &[("alertname", "HighLatency"), ("job", "nginx"), ("instance", "a")],
+                    &[("summary", "s")],
+                ),
+                alert(
+                    "resolved",
+                    &[("alertname", "HighLatency"), ("job", "nginx"), ("instance", "b")],
+                    &[("summary", "s")],
+                ),
             ],
             "http://am:9093",
         );
-        assert_eq!(render(&t, r#"{{ template "slack.default.title" . }}"#, &data), "[FIRING:1] HighLatency (nginx)");
+        assert_eq!(
+            render(&t, r#"{{ template "slack.default.title" . }}"#, &data),
+            "[FIRING:1] HighLatency (nginx)"
+        );
         assert_eq!(
             render(&t, r#"{{ template "slack.default.fallback" . }}"#, &data),
             "[FIRING:1] HighLatency (nginx) | http://am:9093/#/alerts?receiver=team-x"
         );
-        assert_eq!(render(&t, "{{ .CommonLabels.Names | join \",\" }}", &data), "alertname,job");
-        assert_eq!(render(&t, "{{ range .Alerts.Resolved }}{{ .Labels.instance }}{{ end }}", &data), "b");
+        assert_eq!(
+            render(&t, "{{ .CommonLabels.Names | join \",\" }}", &data),
+            "alertname,job"
+        );
+        assert_eq!(
+            render(&t, "{{ range .Alerts.Resolved }}{{ .Labels.instance }}{{ end }}", &data),
+            "b"
+        );
         assert_eq!(render(&t, "{{ .CommonLabels.missing }}", &data), "");
-        assert_eq!(render(&t, r#"{{ if eq .CommonLabels.missing "" }}empty{{ end }}{{ index .CommonLabels "nope" }}"#, &data), "empty");
-        assert_eq!(render(&t, "{{ with $a := index .Alerts 1 }}{{ $a.Labels.instance }}{{ end }}", &data), "b");
-        assert_eq!(render(&t, "{{ .Status | title }} {{ \"a-b c\" | title }}", &data), "Firing A-B C");
+        assert_eq!(
+            render(
+                &t,
+                r#"{{ if eq .CommonLabels.missing "" }}empty{{ end }}{{ index .CommonLabels "nope" }}"#,
+                &data
+            ),
+            "empty"
+        );
+        assert_eq!(
+            render(
+                &t,
+                "{{ with $a := index .Alerts 1 }}{{ $a.Labels.instance }}{{ end }}",
+                &data
+            ),
+            "b"
+        );
+        assert_eq!(
+            render(&t, "{{ .Status | title }} {{ \"a-b c\" | title }}", &data),
+            "Firing A-B C"
+        );
         assert_eq!(render(&t, r#"{{ reReplaceAll "(.*)-(.*)" "$2" "a-b" }}"#, &data), "b");
-        assert_eq!(render(&t, r#"{{ if match "^High" .CommonLabels.alertname }}y{{ end }}"#, &data), "y");
+        assert_eq!(
+            render(&t, r#"{{ if match "^High" .CommonLabels.alertname }}y{{ end }}"#, &data),
+            "y"
+        );
         assert_eq!(render(&t, r#"{{ stringSlice "a" "b" | join "+" }}"#, &data), "a+b");
-        assert_eq!(render(&t, r#"{{ range $i, $p := .CommonLabels.SortedPairs }}{{ $p.Name }};{{ end }}"#, &data), "alertname;job;");
+        assert_eq!(
+            render(
+                &t,
+                r#"{{ range $i, $p := .CommonLabels.SortedPairs }}{{ $p.Name }};{{ end }}"#,
+                &data
+            ),
+            "alertname;job;"
+        );
         assert!(t.field("{{ nope .Status }}").is_err());
         assert!(t.field("{{ .Status ").is_err());
         assert!(t.field("{{ if .Status }}").is_err());

@@ -30,8 +30,7 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, OffsetsError> {
             // possible_net_t is a typedef of an anonymous struct on most kernels.
             typedef_field_offset(&btf, "possible_net_t", "net")
         })?;
-    let net_ns_inum =
-        field_offset(&btf, "net", "ns")? + field_offset(&btf, "ns_common", "inum")?;
+    let net_ns_inum = field_offset(&btf, "net", "ns")? + field_offset(&btf, "ns_common", "inum")?;
     let sk_wmem_queued = field_offset(&btf, "sock", "sk_wmem_queued")?;
     let sk_sndbuf = field_offset(&btf, "sock", "sk_sndbuf")?;
     Ok(KernelOffsets {
@@ -89,9 +88,7 @@ fn strip(btf: &Btf, mut t: Option<Type>) -> Option<Type> {
     for _ in 0..16 {
         match t {
             Some(Type::Typedef(ref x)) => t = btf.resolve_chained_type(x).ok(),
-            Some(Type::Const(ref x)) | Some(Type::Volatile(ref x)) => {
-                t = btf.resolve_chained_type(x).ok()
-            }
+            Some(Type::Const(ref x)) | Some(Type::Volatile(ref x)) => t = btf.resolve_chained_type(x).ok(),
             other => return other,
         }
     }
@@ -136,7 +133,11 @@ mod tests {
         let off = kernel_offsets(path).expect("offsets");
         assert_eq!(off.valid, 1);
         assert!(off.skc_num > 0 && off.skc_num < 64, "skc_num={}", off.skc_num);
-        assert!(off.skc_net > off.skc_num && off.skc_net < 256, "skc_net={}", off.skc_net);
+        assert!(
+            off.skc_net > off.skc_num && off.skc_net < 256,
+            "skc_net={}",
+            off.skc_net
+        );
         assert!(off.net_ns_inum > 0 && off.net_ns_inum < 4096);
     }
 

@@ -8,9 +8,7 @@ const VERIFIER_TAIL_LINES: usize = 25;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error(
-        "this ngxprobe was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
-    )]
+    #[error("this ngxprobe was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
     NoObject,
     #[error("kernel BTF: {0} (ngxprobe needs a kernel built with CONFIG_DEBUG_INFO_BTF=y)")]
     Offsets(String),
@@ -58,10 +56,7 @@ fn tail(log: &str) -> String {
 
 pub fn from_program_error(program: &str, e: ProgramError) -> ProbeError {
     match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => ProbeError::Verifier {
+        ProgramError::LoadError { io_error, verifier_log } => ProbeError::Verifier {
             program: program.to_string(),
             kernel: kernel_release(),
             reason: io_error.to_string(),

@@ -75,8 +75,8 @@ impl Probe {
         if EBPF_OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
-        let offsets = btf_offsets::kernel_offsets(Path::new(BTF_PATH))
-            .map_err(|e| ProbeError::Offsets(e.to_string()))?;
+        let offsets =
+            btf_offsets::kernel_offsets(Path::new(BTF_PATH)).map_err(|e| ProbeError::Offsets(e.to_string()))?;
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
@@ -105,10 +105,10 @@ impl Probe {
         }
         let listeners = HashMap::try_from(take_map(&mut ebpf, "LISTENERS")?)
             .map_err(|e| ProbeError::Map("LISTENERS", e.to_string()))?;
-        let seeds = HashMap::try_from(take_map(&mut ebpf, "SEEDS")?)
-            .map_err(|e| ProbeError::Map("SEEDS", e.to_string()))?;
-        let control = Array::try_from(take_map(&mut ebpf, "CONTROL")?)
-            .map_err(|e| ProbeError::Map("CONTROL", e.to_string()))?;
+        let seeds =
+            HashMap::try_from(take_map(&mut ebpf, "SEEDS")?).map_err(|e| ProbeError::Map("SEEDS", e.to_string()))?;
+        let control =
+            Array::try_from(take_map(&mut ebpf, "CONTROL")?).map_err(|e| ProbeError::Map("CONTROL", e.to_string()))?;
         let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
         let ncpus = nr_cpus().map_err(|(what, e)| ProbeError::Map("STATS", format!("{what}: {e}")))?;
@@ -250,7 +250,8 @@ impl Probe {
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
-    ebpf.take_map(name).ok_or(ProbeError::Map(name, "missing from the object".into()))
+    ebpf.take_map(name)
+        .ok_or(ProbeError::Map(name, "missing from the object".into()))
 }
 
 const _: () = assert!(GLOBAL_SLOT == MAX_INSTANCES);

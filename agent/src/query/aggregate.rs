@@ -2,11 +2,11 @@
 //! topk, bottomk, quantile, count_values, limitk) with by/without.
 use std::collections::HashMap;
 
-use promql_parser::parser::{token, AggregateExpr, Expr, LabelModifier};
+use promql_parser::parser::{AggregateExpr, Expr, LabelModifier, token};
 
 use super::{
-    eval::{exec_err, Ctx, EvalError},
-    value::{format_value, Grid, Series, Value},
+    eval::{Ctx, EvalError, exec_err},
+    value::{Grid, Series, Value, format_value},
 };
 use crate::series::Labels;
 
@@ -87,14 +87,18 @@ pub(crate) fn eval_aggregate(ctx: &Ctx, a: &AggregateExpr, g: Grid) -> Result<Va
     }
     let param: Option<Vec<f64>> = match op {
         token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK | token::T_QUANTILE | token::T_LIMIT_RATIO => {
-            let Some(p) = &a.param else { return exec_err("aggregation is missing its parameter") };
+            let Some(p) = &a.param else {
+                return exec_err("aggregation is missing its parameter");
+            };
             Some(ctx.eval_scalar(p, g)?)
         }
         _ => None,
     };
     let input = ctx.eval_vector(&a.expr, g)?;
     match op {
-        token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK => return aggregate_k(ctx, op, &input, &a.modifier, param.unwrap(), g),
+        token::T_TOPK | token::T_BOTTOMK | token::T_LIMITK => {
+            return aggregate_k(ctx, op, &input, &a.modifier, param.unwrap(), g);
+        }
         token::T_LIMIT_RATIO => return exec_err("limit_ratio is not supported (experimental)"),
         _ => {}
     }
@@ -107,7 +111,10 @@ pub(crate) fn eval_aggregate(ctx: &Ctx, a: &AggregateExpr, g: Grid) -> Result<Va
         let gi = match group_idx.get(&gl) {
             Some(&i) => i,
             None => {
-                out.push(Series { labels: gl.clone(), vals: vec![None; n] });
+                out.push(Series {
+                    labels: gl.clone(),
+                    vals: vec![None; n],
+                });
                 group_idx.insert(gl, out.len() - 1);
                 out.len() - 1
             }
@@ -126,7 +133,15 @@ pub(crate) fn eval_aggregate(ctx: &Ctx, a: &AggregateExpr, g: Grid) -> Result<Va
             let Some(f) = s.vals[i] else { continue };
             let gr = &mut groups[series_group[si]];
             if !gr.seen {
-                *gr = Group { seen: true, value: f, mean: f, c: 0.0, count: 1.0, incremental: false, heap: vec![] };
+                *gr = Group {
+                    seen: true,
+                    value: f,
+                    mean: f,
+                    c: 0.0,
+                    count: 1.0,
+                    incremental: false,
+                    heap: vec![],
+                };
                 match op {
                     token::T_STDDEV | token::T_STDVAR => {
                         gr.value = if f.is_nan() || f.is_infinite() { f64::NAN } else { 0.0 };
@@ -245,7 +260,10 @@ fn count_values(input: &[Series], label: &str, modifier: &Option<LabelModifier>,
             let oi = match idx.get(&gl) {
                 Some(&oi) => oi,
                 None => {
-                    out.push(Series { labels: gl.clone(), vals: vec![None; n] });
+                    out.push(Series {
+                        labels: gl.clone(),
+                        vals: vec![None; n],
+                    });
                     idx.insert(gl, out.len() - 1);
                     out.len() - 1
                 }
@@ -289,7 +307,13 @@ fn aggregate_k(
         })
         .collect();
     let ngroups = group_idx.len();
-    let mut out: Vec<Series> = input.iter().map(|s| Series { labels: s.labels.clone(), vals: vec![None; n] }).collect();
+    let mut out: Vec<Series> = input
+        .iter()
+        .map(|s| Series {
+            labels: s.labels.clone(),
+            vals: vec![None; n],
+        })
+        .collect();
     // For instant queries: output order (group, rank).
     let mut order: Vec<usize> = vec![];
     let mut members: Vec<Vec<usize>> = vec![vec![]; ngroups];

@@ -3,18 +3,16 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
+    Router,
     body::Bytes,
     extract::{Path, RawQuery, State},
-    http::{header, StatusCode},
+    http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
-    Router,
 };
-use serde_json::{json, Value as J};
+use serde_json::{Value as J, json};
 
-use super::{
-    instant_query_expr, parse, range_query_expr, EvalError, QueryError, QueryOptions, QueryResult,
-};
+use super::{EvalError, QueryError, QueryOptions, QueryResult, instant_query_expr, parse, range_query_expr};
 use crate::series::{Labels, MatchOp, Matcher, MetricKind, SeriesReader};
 
 #[derive(Clone)]
@@ -45,7 +43,10 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     fn bad(msg: impl Into<String>) -> Self {
-        ApiError { kind: "bad_data", msg: msg.into() }
+        ApiError {
+            kind: "bad_data",
+            msg: msg.into(),
+        }
     }
     fn param(p: &str, msg: impl std::fmt::Display) -> Self {
         Self::bad(format!("invalid parameter {p:?}: {msg}"))
@@ -56,9 +57,18 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match e {
             QueryError::BadData(m) => ApiError::bad(m),
-            QueryError::Eval(EvalError::Timeout(m)) => ApiError { kind: "timeout", msg: format!("query timed out in {m}") },
-            QueryError::Eval(EvalError::Storage(m)) => ApiError { kind: "internal", msg: m },
-            QueryError::Eval(e) => ApiError { kind: "execution", msg: e.to_string() },
+            QueryError::Eval(EvalError::Timeout(m)) => ApiError {
+                kind: "timeout",
+                msg: format!("query timed out in {m}"),
+            },
+            QueryError::Eval(EvalError::Storage(m)) => ApiError {
+                kind: "internal",
+                msg: m,
+            },
+            QueryError::Eval(e) => ApiError {
+                kind: "execution",
+                msg: e.to_string(),
+            },
         }
     }
 }
@@ -71,7 +81,10 @@ impl IntoResponse for ApiError {
             "timeout" | "canceled" => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        json_response(code, json!({"status": "error", "errorType": self.kind, "error": self.msg}))
+        json_response(
+            code,
+            json!({"status": "error", "errorType": self.kind, "error": self.msg}),
+        )
     }
 }
 
@@ -93,7 +106,9 @@ struct Params(Vec<(String, String)>);
 impl Params {
     fn new(q: Option<String>, body: &Bytes) -> Result<Self, ApiError> {
         let mut v: Vec<(String, String)> = match q {
-            Some(q) => serde_urlencoded::from_str(&q).map_err(|e| ApiError::bad(format!("invalid query string: {e}")))?,
+            Some(q) => {
+                serde_urlencoded::from_str(&q).map_err(|e| ApiError::bad(format!("invalid query string: {e}")))?
+            }
             None => vec![],
         };
         if !body.is_empty() {
@@ -105,7 +120,11 @@ impl Params {
         Ok(Params(v))
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(a, _)| a == k).map(|(_, b)| b.as_str()).filter(|s| !s.is_empty())
+        self.0
+            .iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, b)| b.as_str())
+            .filter(|s| !s.is_empty())
     }
     fn all(&self, k: &str) -> Vec<&str> {
         self.0.iter().filter(|(a, _)| a == k).map(|(_, b)| b.as_str()).collect()
@@ -113,7 +132,10 @@ impl Params {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Unix seconds (float) or RFC 3339, as Prometheus's parseTime accepts.
@@ -134,11 +156,24 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
 
 fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     let mut i = 19;
     let mut frac_ms = 0i64;
     if b.get(i) == Some(&b'.') {
@@ -199,7 +234,10 @@ fn limit_param(p: &Params) -> Result<usize, ApiError> {
         Some(s) => match s.parse::<i64>() {
             Ok(n) if n >= 0 => Ok(n as usize),
             Ok(_) => Err(ApiError::param("limit", "limit must be non-negative")),
-            Err(_) => Err(ApiError::param("limit", format!("cannot parse \"{s}\" to a valid limit"))),
+            Err(_) => Err(ApiError::param(
+                "limit",
+                format!("cannot parse \"{s}\" to a valid limit"),
+            )),
         },
     }
 }
@@ -312,8 +350,19 @@ fn push_ts(o: &mut String, t: i64) {
     }
     o.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
     if ms != 0 {
-        let d = [b'.', b'0' + (ms / 100) as u8, b'0' + (ms / 10 % 10) as u8, b'0' + (ms % 10) as u8];
-        let n = if ms % 100 == 0 { 2 } else if ms % 10 == 0 { 3 } else { 4 };
+        let d = [
+            b'.',
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+        ];
+        let n = if ms % 100 == 0 {
+            2
+        } else if ms % 10 == 0 {
+            3
+        } else {
+            4
+        };
         o.push_str(std::str::from_utf8(&d[..n]).unwrap_or(""));
     }
 }
@@ -341,10 +390,15 @@ fn push_labels(o: &mut String, l: &Labels) {
     o.push('}');
 }
 
-async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, QueryError> + Send + 'static) -> Result<T, ApiError> {
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))).await {
         Ok(Ok(r)) => r.map_err(ApiError::from),
-        _ => Err(ApiError { kind: "internal", msg: "query evaluation panicked".into() }),
+        _ => Err(ApiError {
+            kind: "internal",
+            msg: "query evaluation panicked".into(),
+        }),
     }
 }
 
@@ -403,7 +457,10 @@ async fn query_range_inner(st: ApiState, q: Option<String>, body: Bytes) -> Resu
         None => return Err(ApiError::param("step", "cannot parse \"\" to a valid duration")),
     };
     if step <= 0 {
-        return Err(ApiError::param("step", "zero or negative query resolution step widths are not accepted. Try a positive integer"));
+        return Err(ApiError::param(
+            "step",
+            "zero or negative query resolution step widths are not accepted. Try a positive integer",
+        ));
     }
     if (end - start) / step > st.opts.max_points_per_series {
         return Err(ApiError::bad(
@@ -428,14 +485,21 @@ fn match_sets(p: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
             promql_parser::parser::Expr::VectorSelector(vs) => {
                 out.extend(super::eval::selector_matchers(vs).map_err(|e| ApiError::bad(e.to_string()))?);
             }
-            _ => return Err(ApiError::bad(format!("invalid parameter \"match[]\": {m}: expected a vector selector"))),
+            _ => {
+                return Err(ApiError::bad(format!(
+                    "invalid parameter \"match[]\": {m}: expected a vector selector"
+                )));
+            }
         }
     }
     Ok(out)
 }
 
 fn range_params(p: &Params) -> Result<(i64, i64), ApiError> {
-    Ok((time_param(p, "start", i64::MIN / 2)?, time_param(p, "end", i64::MAX / 2)?))
+    Ok((
+        time_param(p, "start", i64::MIN / 2)?,
+        time_param(p, "end", i64::MAX / 2)?,
+    ))
 }
 
 async fn series(State(st): State<ApiState>, RawQuery(q): RawQuery, body: Bytes) -> Response {
@@ -449,7 +513,10 @@ async fn series(State(st): State<ApiState>, RawQuery(q): RawQuery, body: Bytes) 
         let (s, e) = range_params(&p)?;
         let mut all: Vec<Labels> = vec![];
         for set in &sets {
-            let got = st.reader.select(set, s, e).map_err(|e| ApiError { kind: "internal", msg: e.to_string() })?;
+            let got = st.reader.select(set, s, e).map_err(|e| ApiError {
+                kind: "internal",
+                msg: e.to_string(),
+            })?;
             all.extend(got.into_iter().map(|x| x.labels));
         }
         all.sort();
@@ -471,7 +538,10 @@ async fn labels(State(st): State<ApiState>, RawQuery(q): RawQuery, body: Bytes) 
         let sets = if sets.is_empty() { vec![vec![]] } else { sets };
         let mut names = vec![];
         for set in &sets {
-            names.extend(st.reader.label_names(set, s, e).map_err(|e| ApiError { kind: "internal", msg: e.to_string() })?);
+            names.extend(st.reader.label_names(set, s, e).map_err(|e| ApiError {
+                kind: "internal",
+                msg: e.to_string(),
+            })?);
         }
         names.sort();
         names.dedup();
@@ -499,7 +569,10 @@ async fn label_values(State(st): State<ApiState>, Path(name): Path<String>, RawQ
         let sets = if sets.is_empty() { vec![vec![]] } else { sets };
         let mut vals = vec![];
         for set in &sets {
-            vals.extend(st.reader.label_values(&name, set, s, e).map_err(|e| ApiError { kind: "internal", msg: e.to_string() })?);
+            vals.extend(st.reader.label_values(&name, set, s, e).map_err(|e| ApiError {
+                kind: "internal",
+                msg: e.to_string(),
+            })?);
         }
         vals.sort();
         vals.dedup();

@@ -15,13 +15,17 @@ use std::time::{Duration, Instant};
 
 use super::{
     cli::http_get,
-    promharness::{api_get, bench_dataset, secs, Pair},
+    promharness::{Pair, api_get, bench_dataset, secs},
 };
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -32,7 +36,10 @@ fn ms(d: Duration) -> String {
 fn shape(who: &str, q: &str, v: &serde_json::Value) -> (usize, usize) {
     assert_eq!(v["status"], "success", "{who}: {q}: {v}");
     let r = v["data"]["result"].as_array().cloned().unwrap_or_default();
-    (r.len(), r.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum())
+    (
+        r.len(),
+        r.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum(),
+    )
 }
 
 #[test]
@@ -41,12 +48,20 @@ fn bench_query_vs_prometheus() {
     let env = |k: &str, d: i64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let runs = env("QUERY_BENCH_RUNS", 7).max(5) as usize;
     let hours = env("QUERY_BENCH_HOURS", 25).max(2);
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let start_s = (now_s / 3600 - hours - 1) * 3600;
     let fams = bench_dataset(start_s, hours, 100);
     let t = Instant::now();
     let pair = Pair::new("bench", &fams);
-    eprintln!("setup ({} series, {} samples): {:.1?}", pair.series, pair.samples, t.elapsed());
+    eprintln!(
+        "setup ({} series, {} samples): {:.1?}",
+        pair.series,
+        pair.samples,
+        t.elapsed()
+    );
 
     // Query windows end 30 min before the data does.
     let end = (start_s + hours * 3600 - 1800) * 1000;
@@ -60,22 +75,45 @@ fn bench_query_vs_prometheus() {
         ("rate(x[1m]), 100 series, 1 h".into(), all, 3_600_000),
         (format!("rate(x[1m]), 100 series, {} h", h24 / 3_600_000), all, h24),
         ("sum by (group) (rate(x[1m])), 100 series, 1 h".into(), sum, 3_600_000),
-        (format!("sum by (group) (rate(x[1m])), 100 series, {} h", h24 / 3_600_000), sum, h24),
+        (
+            format!("sum by (group) (rate(x[1m])), 100 series, {} h", h24 / 3_600_000),
+            sum,
+            h24,
+        ),
     ];
-    let engines = [("ngxprobe", pair.ours.addr.clone()), ("prometheus", pair.prom.addr.clone())];
-    let params = |q: &str, span: i64| vec![("query", q.to_string()), ("start", secs(end - span)), ("end", secs(end)), ("step", "15".to_string())];
+    let engines = [
+        ("ngxprobe", pair.ours.addr.clone()),
+        ("prometheus", pair.prom.addr.clone()),
+    ];
+    let params = |q: &str, span: i64| {
+        vec![
+            ("query", q.to_string()),
+            ("start", secs(end - span)),
+            ("end", secs(end)),
+            ("step", "15".to_string()),
+        ]
+    };
     // Warm-up, and both engines must give the same shape of answer.
     for (name, q, span) in &cases {
         let shapes: Vec<(usize, usize)> = engines
             .iter()
-            .map(|(who, addr)| shape(who, q, &api_get(addr, "/api/v1/query_range", &params(q, *span)).unwrap()))
+            .map(|(who, addr)| {
+                shape(
+                    who,
+                    q,
+                    &api_get(addr, "/api/v1/query_range", &params(q, *span)).unwrap(),
+                )
+            })
             .collect();
         assert_eq!(shapes[0], shapes[1], "{name}: ngxprobe vs prometheus (series, points)");
     }
     let mut times: Vec<[Vec<Duration>; 2]> = cases.iter().map(|_| [vec![], vec![]]).collect();
     for round in 0..runs {
         for (ci, (_, q, span)) in cases.iter().enumerate() {
-            let path = format!("/api/v1/query_range?{}", serde_urlencoded::to_string(params(q, *span)).unwrap());
+            let path = format!(
+                "/api/v1/query_range?{}",
+                serde_urlencoded::to_string(params(q, *span)).unwrap()
+            );
             for k in 0..2 {
                 let e = (k + round) % 2; // alternate who goes first
                 // Timed: request to last byte of the answer. Parsing the
@@ -83,12 +121,20 @@ fn bench_query_vs_prometheus() {
                 let t = Instant::now();
                 let body = http_get(&engines[e].1, &path).unwrap();
                 times[ci][e].push(t.elapsed());
-                assert!(body.starts_with(r#"{"status":"success""#), "{}: {}", engines[e].0, &body[..body.len().min(300)]);
+                assert!(
+                    body.starts_with(r#"{"status":"success""#),
+                    "{}: {}",
+                    engines[e].0,
+                    &body[..body.len().min(300)]
+                );
             }
         }
     }
     println!();
-    println!("Query latency, median of {runs} interleaved runs (HTTP, step 15 s, {} series, {} samples):", pair.series, pair.samples);
+    println!(
+        "Query latency, median of {runs} interleaved runs (HTTP, step 15 s, {} series, {} samples):",
+        pair.series, pair.samples
+    );
     println!();
     println!("| query | ngxprobe ms | Prometheus 2.42 ms | ngxprobe / Prometheus |");
     println!("|---|---:|---:|---:|");
@@ -115,9 +161,17 @@ fn bench_query_vs_prometheus() {
 #[test]
 #[ignore = "benchmark: breakdown of ngxprobe's query time"]
 fn bench_query_breakdown() {
-    use super::{api::result_body, promharness::{load_store, TempStore}, range_query, QueryOptions};
+    use super::{
+        QueryOptions,
+        api::result_body,
+        promharness::{TempStore, load_store},
+        range_query,
+    };
     use crate::series::{MatchOp, Matcher, SeriesReader};
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let hours = 25;
     let start_s = (now_s / 3600 - hours - 1) * 3600;
     let fams = bench_dataset(start_s, hours, 100);
@@ -137,9 +191,15 @@ fn bench_query_breakdown() {
     };
     println!("| part | 1 h | 24 h |");
     println!("|---|---:|---:|");
-    for (what, q) in [("100 series", "rate(bench_requests_total[1m])"), ("1 series", r#"rate(bench_requests_total{instance="i000"}[1m])"#)] {
+    for (what, q) in [
+        ("100 series", "rate(bench_requests_total[1m])"),
+        ("1 series", r#"rate(bench_requests_total{instance="i000"}[1m])"#),
+    ] {
         let m = if what == "1 series" {
-            vec![Matcher::new(MatchOp::Equal, "__name__", "bench_requests_total").unwrap(), Matcher::new(MatchOp::Equal, "instance", "i000").unwrap()]
+            vec![
+                Matcher::new(MatchOp::Equal, "__name__", "bench_requests_total").unwrap(),
+                Matcher::new(MatchOp::Equal, "instance", "i000").unwrap(),
+            ]
         } else {
             vec![Matcher::new(MatchOp::Equal, "__name__", "bench_requests_total").unwrap()]
         };

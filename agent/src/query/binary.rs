@@ -3,18 +3,21 @@
 use std::collections::HashMap;
 
 use promql_parser::parser::{
-    token::{self, TokenId},
     BinaryExpr, LabelModifier, VectorMatchCardinality,
+    token::{self, TokenId},
 };
 
 use super::{
-    eval::{exec_err, merge_same_labels, Ctx, EvalError},
+    eval::{Ctx, EvalError, exec_err, merge_same_labels},
     value::{Grid, Series, Value},
 };
 use crate::series::Labels;
 
 pub(crate) fn is_comparison(op: TokenId) -> bool {
-    matches!(op, token::T_EQLC | token::T_NEQ | token::T_GTR | token::T_LSS | token::T_GTE | token::T_LTE)
+    matches!(
+        op,
+        token::T_EQLC | token::T_NEQ | token::T_GTR | token::T_LSS | token::T_GTE | token::T_LTE
+    )
 }
 
 fn changes_schema(op: TokenId) -> bool {
@@ -87,11 +90,7 @@ pub(crate) fn eval_binary(ctx: &Ctx, b: &BinaryExpr, g: Grid) -> Result<Value, E
                 .map(|(a, c)| {
                     let (v, keep) = elem(op, *a, *c);
                     if is_comparison(op) {
-                        if keep {
-                            1.0
-                        } else {
-                            0.0
-                        }
+                        if keep { 1.0 } else { 0.0 }
                     } else {
                         v
                     }
@@ -106,9 +105,18 @@ pub(crate) fn eval_binary(ctx: &Ctx, b: &BinaryExpr, g: Grid) -> Result<Value, E
                 None => (VectorMatchCardinality::OneToOne, None),
             };
             let matching = match matching {
-                Some(LabelModifier::Include(ls)) => Matching { on: true, labels: ls.labels.clone() },
-                Some(LabelModifier::Exclude(ls)) => Matching { on: false, labels: ls.labels.clone() },
-                None => Matching { on: false, labels: vec![] },
+                Some(LabelModifier::Include(ls)) => Matching {
+                    on: true,
+                    labels: ls.labels.clone(),
+                },
+                Some(LabelModifier::Exclude(ls)) => Matching {
+                    on: false,
+                    labels: ls.labels.clone(),
+                },
+                None => Matching {
+                    on: false,
+                    labels: vec![],
+                },
             };
             match op {
                 token::T_LAND | token::T_LOR | token::T_LUNLESS => set_op(ctx, op, l, r, &matching, g),
@@ -310,7 +318,11 @@ fn vector_vector(
                         lab.del("__name__");
                     }
                     if one_to_one {
-                        lab = if m.on { lab.keep(&m.labels) } else { lab.drop_names(&m.labels) };
+                        lab = if m.on {
+                            lab.keep(&m.labels)
+                        } else {
+                            lab.drop_names(&m.labels)
+                        };
                     }
                     for ln in &include {
                         match rhs[rj].labels.get(ln) {
@@ -324,7 +336,10 @@ fn vector_vector(
                     let oi = match out_idx.get(&lab) {
                         Some(&oi) => oi,
                         None => {
-                            out.push(Series { labels: lab.clone(), vals: vec![None; n] });
+                            out.push(Series {
+                                labels: lab.clone(),
+                                vals: vec![None; n],
+                            });
                             out_seen_step.push(usize::MAX);
                             out_idx.insert(lab, out.len() - 1);
                             out.len() - 1

@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::Value as J;
 
-use super::{api::parse_time, instant_query, value::format_value, QueryOptions, QueryResult};
+use super::{QueryOptions, QueryResult, api::parse_time, instant_query, value::format_value};
 use crate::series::SeriesReader;
 
 pub enum QueryTarget<'a> {
@@ -22,27 +22,44 @@ pub enum QueryTarget<'a> {
 pub fn run_query_cli(target: QueryTarget, expr: &str, time: Option<&str>, out: &mut dyn Write) -> Result<(), String> {
     let t = match time {
         Some(s) => parse_time(s)?,
-        None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
     };
     let rows: Vec<(String, String)> = match target {
-        QueryTarget::Reader(r) => match instant_query(r, expr, t, &QueryOptions::default()).map_err(|e| e.to_string())? {
-            QueryResult::Scalar(_, v) => vec![("scalar".into(), format_value(v))],
-            QueryResult::String(_, s) => vec![("string".into(), s)],
-            QueryResult::Vector(v) => v.into_iter().map(|(l, _, x)| (l.to_string(), format_value(x))).collect(),
-            QueryResult::Matrix(m) => m
-                .into_iter()
-                .map(|s| {
-                    let pts: Vec<String> = s.samples.iter().map(|(t, v)| format!("{} @{}", format_value(*v), *t as f64 / 1000.0)).collect();
-                    (s.labels.to_string(), pts.join(", "))
-                })
-                .collect(),
-        },
+        QueryTarget::Reader(r) => {
+            match instant_query(r, expr, t, &QueryOptions::default()).map_err(|e| e.to_string())? {
+                QueryResult::Scalar(_, v) => vec![("scalar".into(), format_value(v))],
+                QueryResult::String(_, s) => vec![("string".into(), s)],
+                QueryResult::Vector(v) => v
+                    .into_iter()
+                    .map(|(l, _, x)| (l.to_string(), format_value(x)))
+                    .collect(),
+                QueryResult::Matrix(m) => m
+                    .into_iter()
+                    .map(|s| {
+                        let pts: Vec<String> = s
+                            .samples
+                            .iter()
+                            .map(|(t, v)| format!("{} @{}", format_value(*v), *t as f64 / 1000.0))
+                            .collect();
+                        (s.labels.to_string(), pts.join(", "))
+                    })
+                    .collect(),
+            }
+        }
         QueryTarget::Http(addr) => {
-            let q: String = serde_urlencoded::to_string([("query", expr), ("time", &format!("{}", t as f64 / 1000.0))]).map_err(|e| e.to_string())?;
+            let q: String = serde_urlencoded::to_string([("query", expr), ("time", &format!("{}", t as f64 / 1000.0))])
+                .map_err(|e| e.to_string())?;
             let body = http_get(&addr, &format!("/api/v1/query?{q}"))?;
             let v: J = serde_json::from_str(&body).map_err(|e| format!("bad response: {e}"))?;
             if v["status"] != "success" {
-                return Err(format!("{}: {}", v["errorType"].as_str().unwrap_or("error"), v["error"].as_str().unwrap_or("")));
+                return Err(format!(
+                    "{}: {}",
+                    v["errorType"].as_str().unwrap_or("error"),
+                    v["error"].as_str().unwrap_or("")
+                ));
             }
             rows_from_json(&v["data"])
         }
@@ -58,21 +75,38 @@ pub fn run_query_cli(target: QueryTarget, expr: &str, time: Option<&str>, out: &
 fn fmt_metric(m: &J) -> String {
     let obj = m.as_object().cloned().unwrap_or_default();
     let name = obj.get("__name__").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let rest: Vec<String> = obj.iter().filter(|(k, _)| *k != "__name__").map(|(k, v)| format!("{k}={}", v)).collect();
+    let rest: Vec<String> = obj
+        .iter()
+        .filter(|(k, _)| *k != "__name__")
+        .map(|(k, v)| format!("{k}={}", v))
+        .collect();
     format!("{name}{{{}}}", rest.join(", "))
 }
 
 fn rows_from_json(d: &J) -> Vec<(String, String)> {
     let r = &d["result"];
     match d["resultType"].as_str() {
-        Some("scalar") | Some("string") => vec![(d["resultType"].as_str().unwrap_or("").into(), r[1].as_str().unwrap_or("").into())],
-        Some("vector") => r.as_array().into_iter().flatten().map(|s| (fmt_metric(&s["metric"]), s["value"][1].as_str().unwrap_or("").into())).collect(),
+        Some("scalar") | Some("string") => vec![(
+            d["resultType"].as_str().unwrap_or("").into(),
+            r[1].as_str().unwrap_or("").into(),
+        )],
+        Some("vector") => r
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (fmt_metric(&s["metric"]), s["value"][1].as_str().unwrap_or("").into()))
+            .collect(),
         _ => r
             .as_array()
             .into_iter()
             .flatten()
             .map(|s| {
-                let pts: Vec<String> = s["values"].as_array().into_iter().flatten().map(|p| format!("{} @{}", p[1].as_str().unwrap_or(""), p[0])).collect();
+                let pts: Vec<String> = s["values"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| format!("{} @{}", p[1].as_str().unwrap_or(""), p[0]))
+                    .collect();
                 (fmt_metric(&s["metric"]), pts.join(", "))
             })
             .collect(),

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value as J;
 
-use super::promharness::{api_get, nginx_dataset, secs, Pair};
+use super::promharness::{Pair, api_get, nginx_dataset, secs};
 
 /// Series → points (t in ms, value text); sorted unless `ordered`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +29,10 @@ fn ts(v: &J) -> i64 {
 
 fn canon(v: &J, ordered: bool) -> Canon {
     if v["status"] != "success" {
-        return Canon::Error(v["errorType"].as_str().unwrap_or("").into(), v["error"].as_str().unwrap_or("").into());
+        return Canon::Error(
+            v["errorType"].as_str().unwrap_or("").into(),
+            v["error"].as_str().unwrap_or("").into(),
+        );
     }
     let d = &v["data"];
     let r = &d["result"];
@@ -43,8 +46,12 @@ fn canon(v: &J, ordered: bool) -> Canon {
                 .into_iter()
                 .flatten()
                 .map(|s| {
-                    let m: BTreeMap<String, String> =
-                        s["metric"].as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").into())).collect();
+                    let m: BTreeMap<String, String> = s["metric"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").into()))
+                        .collect();
                     let pts = if kind == "vector" {
                         vec![point(&s["value"])]
                     } else {
@@ -100,7 +107,11 @@ fn same(a: &Canon, b: &Canon) -> bool {
 }
 
 fn short(s: String) -> String {
-    if s.len() > 600 { format!("{}… ({} chars)", &s[..s.floor_char_boundary(600)], s.len()) } else { s }
+    if s.len() > 600 {
+        format!("{}… ({} chars)", &s[..s.floor_char_boundary(600)], s.len())
+    } else {
+        s
+    }
 }
 
 /// Where two results first differ, compactly.
@@ -111,10 +122,16 @@ fn explain(p: &Canon, o: &Canon) -> String {
         let l1: Vec<_> = s1.iter().map(|s| &s.0).collect();
         let l2: Vec<_> = s2.iter().map(|s| &s.0).collect();
         if l1 != l2 {
-            return short(format!("series differ:\n    prometheus: {l1:?}\n    ngxprobe:   {l2:?}"));
+            return short(format!(
+                "series differ:\n    prometheus: {l1:?}\n    ngxprobe:   {l2:?}"
+            ));
         }
         for ((m, a), (_, b)) in s1.iter().zip(s2) {
-            let i = a.iter().zip(b).position(|(x, y)| x.0 != y.0 || !close(&x.1, &y.1)).unwrap_or(a.len().min(b.len()));
+            let i = a
+                .iter()
+                .zip(b)
+                .position(|(x, y)| x.0 != y.0 || !close(&x.1, &y.1))
+                .unwrap_or(a.len().min(b.len()));
             if i < a.len().max(b.len()) {
                 return format!(
                     "{m:?}: {} vs {} points; first difference at #{i}:\n    prometheus: {:?}\n    ngxprobe:   {:?}",
@@ -126,7 +143,11 @@ fn explain(p: &Canon, o: &Canon) -> String {
             }
         }
     }
-    format!("\n    prometheus: {}\n    ngxprobe:   {}", short(format!("{p:?}")), short(format!("{o:?}")))
+    format!(
+        "\n    prometheus: {}\n    ngxprobe:   {}",
+        short(format!("{p:?}")),
+        short(format!("{o:?}"))
+    )
 }
 
 /// Known Prometheus 2.x vs 3.x differences (ngxprobe implements 3.x): the
@@ -281,7 +302,10 @@ const EXPRS: &[&str] = &[
 /// Instant-only queries; `true` = the result order must match (sort).
 const INSTANT_ONLY: &[(&str, bool)] = &[
     ("nginx_connections_active[2m]", false),
-    (r#"nginx_http_requests_total{instance="10.0.0.2:9113",status="200"}[10m]"#, false),
+    (
+        r#"nginx_http_requests_total{instance="10.0.0.2:9113",status="200"}[10m]"#,
+        false,
+    ),
     ("nginx_http_request_duration_seconds_sum[3m] offset 1m", false),
     ("sort(rate(nginx_http_requests_total[5m]))", true),
     ("sort_desc(nginx_connections_active)", true),
@@ -291,7 +315,10 @@ const INSTANT_ONLY: &[(&str, bool)] = &[
 
 #[test]
 fn differential_vs_prometheus() {
-    let now_s = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     // Yesterday 00:00 UTC: recent (Prometheus keeps it), and aligned so the
     // data layout is the same every run.
     let start_s = now_s / 86_400 * 86_400 - 86_400;
@@ -304,20 +331,36 @@ fn differential_vs_prometheus() {
     // Prometheus must serve the imported blocks: all series, all samples
     // (and the ms timestamps both sides derived from `xx.317` must agree).
     let data_end = at(n as i64 * 20 / 60 + 2);
-    let mut names: Vec<&str> = fams.iter().flat_map(|f| f.series.iter().filter_map(|s| s.labels.name())).collect();
+    let mut names: Vec<&str> = fams
+        .iter()
+        .flat_map(|f| f.series.iter().filter_map(|s| s.labels.name()))
+        .collect();
     names.sort();
     names.dedup();
     for (who, addr) in [("prometheus", &pair.prom.addr), ("ngxprobe", &pair.ours.addr)] {
         let value = |q: String, t: i64| {
             let r = api_get(addr, "/api/v1/query", &[("query", q.clone()), ("time", secs(t))]).unwrap();
-            r["data"]["result"][0]["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or_else(|| panic!("{who}: {q}: {r}"))
+            r["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("{who}: {q}: {r}"))
         };
         let series = value(r#"count({__name__=~"nginx_.+"})"#.into(), at(50));
         assert_eq!(series as usize, pair.series, "{who}: series served");
-        let samples: f64 = names.iter().map(|n| value(format!("sum(count_over_time({n}[1d]))"), data_end)).sum();
+        let samples: f64 = names
+            .iter()
+            .map(|n| value(format!("sum(count_over_time({n}[1d]))"), data_end))
+            .sum();
         assert_eq!(samples as usize, pair.samples, "{who}: samples served");
-        let ts = value(r#"sum(timestamp(nginx_up{instance="10.0.0.1:9113"} @ "#.to_string() + &secs(at(50)) + "))", at(50));
-        let want = fams.iter().flat_map(|f| &f.series).find(|s| s.labels.name() == Some("nginx_up")).unwrap();
+        let ts = value(
+            r#"sum(timestamp(nginx_up{instance="10.0.0.1:9113"} @ "#.to_string() + &secs(at(50)) + "))",
+            at(50),
+        );
+        let want = fams
+            .iter()
+            .flat_map(|f| &f.series)
+            .find(|s| s.labels.name() == Some("nginx_up"))
+            .unwrap();
         let last = want.samples.iter().rev().find(|p| p.0 <= at(50)).unwrap();
         assert_eq!((ts * 1000.0).round() as i64, last.0, "{who}: sample timestamps");
     }
@@ -326,18 +369,42 @@ fn differential_vs_prometheus() {
     for e in EXPRS {
         let q = sub(e);
         for m in [37, 75] {
-            cases.push((q.clone(), vec![("query", q.clone()), ("time", secs(at(m)))], "/api/v1/query", false));
+            cases.push((
+                q.clone(),
+                vec![("query", q.clone()), ("time", secs(at(m)))],
+                "/api/v1/query",
+                false,
+            ));
         }
-        let params = vec![("query", q.clone()), ("start", secs(at(10))), ("end", secs(at(100))), ("step", "60".into())];
+        let params = vec![
+            ("query", q.clone()),
+            ("start", secs(at(10))),
+            ("end", secs(at(100))),
+            ("step", "60".into()),
+        ];
         cases.push((q.clone(), params, "/api/v1/query_range", false));
     }
     // A few ranges with an odd step and a window past the end of the data.
-    for e in ["rate(nginx_http_requests_total[1m])", "nginx_connections_active", "max_over_time(nginx_up[2m:17s])"] {
-        let params = vec![("query", e.to_string()), ("start", secs(at(90))), ("end", secs(at(120))), ("step", "37".into())];
+    for e in [
+        "rate(nginx_http_requests_total[1m])",
+        "nginx_connections_active",
+        "max_over_time(nginx_up[2m:17s])",
+    ] {
+        let params = vec![
+            ("query", e.to_string()),
+            ("start", secs(at(90))),
+            ("end", secs(at(120))),
+            ("step", "37".into()),
+        ];
         cases.push((e.to_string(), params, "/api/v1/query_range", false));
     }
     for (q, ordered) in INSTANT_ONLY {
-        cases.push((q.to_string(), vec![("query", q.to_string()), ("time", secs(at(50)))], "/api/v1/query", *ordered));
+        cases.push((
+            q.to_string(),
+            vec![("query", q.to_string()), ("time", secs(at(50)))],
+            "/api/v1/query",
+            *ordered,
+        ));
     }
 
     let mut diffs = vec![];
@@ -369,5 +436,11 @@ fn differential_vs_prometheus() {
         known
     );
     assert!(cases.len() >= 100);
-    assert!(diffs.is_empty(), "{} of {} queries differ:\n{}", diffs.len(), cases.len(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{} of {} queries differ:\n{}",
+        diffs.len(),
+        cases.len(),
+        diffs.join("\n")
+    );
 }

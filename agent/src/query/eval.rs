@@ -8,14 +8,14 @@ use std::{
 
 use promql_parser::{
     label::MatchOp as PMatchOp,
-    parser::{value::ValueType, AtModifier, Expr, Offset, SubqueryExpr, VectorSelector},
+    parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector, value::ValueType},
 };
 
 use super::{
     aggregate, binary, functions,
     value::{Grid, RangeSeries, Series, Value},
 };
-use crate::series::{is_stale_marker, Labels, MatchOp, Matcher, SeriesReader};
+use crate::series::{Labels, MatchOp, Matcher, SeriesReader, is_stale_marker};
 
 /// Why an evaluation failed; maps onto Prometheus's API error types.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -166,8 +166,14 @@ fn escape_go_braces(re: &str) -> String {
                     let inner = &rest[..end];
                     !inner.is_empty()
                         && inner.split(',').count() <= 2
-                        && inner.split(',').next().is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
-                        && inner.split(',').nth(1).is_none_or(|p| p.chars().all(|c| c.is_ascii_digit()))
+                        && inner
+                            .split(',')
+                            .next()
+                            .is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                        && inner
+                            .split(',')
+                            .nth(1)
+                            .is_none_or(|p| p.chars().all(|c| c.is_ascii_digit()))
                 })
                 .unwrap_or(false);
             if !valid {
@@ -212,7 +218,10 @@ impl<'a> Ctx<'a> {
         let sets = selector_matchers(vs)?;
         let mut out: Vec<crate::series::SeriesData> = vec![];
         for set in &sets {
-            let got = self.reader.select(set, mint, maxt).map_err(|e| EvalError::Storage(e.to_string()))?;
+            let got = self
+                .reader
+                .select(set, mint, maxt)
+                .map_err(|e| EvalError::Storage(e.to_string()))?;
             if sets.len() == 1 {
                 out = got;
             } else {
@@ -263,7 +272,10 @@ impl<'a> Ctx<'a> {
                 for s in ra.series {
                     let w = window(&s.samples, r - ra.range, r);
                     if !w.is_empty() {
-                        out.push(RangeSeries { labels: s.labels, samples: w.to_vec() });
+                        out.push(RangeSeries {
+                            labels: s.labels,
+                            samples: w.to_vec(),
+                        });
                     }
                 }
                 Ok(Value::Matrix(out))
@@ -329,7 +341,10 @@ impl<'a> Ctx<'a> {
                 }
             }
             if any {
-                out.push(Series { labels: sd.labels, vals });
+                out.push(Series {
+                    labels: sd.labels,
+                    vals,
+                });
             }
         }
         self.count_samples(out.len() * n)?;
@@ -354,10 +369,18 @@ impl<'a> Ctx<'a> {
                     .map(|sd| {
                         let mut samples = sd.samples;
                         samples.retain(|(_, v)| !is_stale_marker(*v)); // in place
-                        RangeSeries { labels: sd.labels, samples }
+                        RangeSeries {
+                            labels: sd.labels,
+                            samples,
+                        }
                     })
                     .collect();
-                Ok(RangeArg { series, range, fixed_ref: fixed, offset: off })
+                Ok(RangeArg {
+                    series,
+                    range,
+                    fixed_ref: fixed,
+                    offset: off,
+                })
             }
             Expr::Subquery(sq) => self.eval_subquery(sq, g),
             _ => exec_err("expected range vector"),
@@ -368,7 +391,11 @@ impl<'a> Ctx<'a> {
         let off = offset_ms(&sq.offset);
         let fixed = self.at_ms(&sq.at).map(|a| a - off);
         let range = sq.range.as_millis() as i64;
-        let step = sq.step.map(|s| s.as_millis() as i64).unwrap_or(self.opts.subquery_step_ms).max(1);
+        let step = sq
+            .step
+            .map(|s| s.as_millis() as i64)
+            .unwrap_or(self.opts.subquery_step_ms)
+            .max(1);
         let (lo, hi) = match fixed {
             Some(r) => (r, r),
             None => (g.start - off, g.ts(g.steps() - 1) - off),
@@ -389,20 +416,35 @@ impl<'a> Ctx<'a> {
             match self.eval(&sq.expr, inner)? {
                 Value::Vector(vs) => {
                     for s in vs {
-                        let samples: Vec<(i64, f64)> =
-                            s.vals.iter().enumerate().filter_map(|(i, v)| v.map(|x| (inner.ts(i), x))).collect();
-                        series.push(RangeSeries { labels: s.labels, samples });
+                        let samples: Vec<(i64, f64)> = s
+                            .vals
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, v)| v.map(|x| (inner.ts(i), x)))
+                            .collect();
+                        series.push(RangeSeries {
+                            labels: s.labels,
+                            samples,
+                        });
                     }
                 }
                 Value::Scalar(v) => {
                     let samples = v.iter().enumerate().map(|(i, x)| (inner.ts(i), *x)).collect();
-                    series.push(RangeSeries { labels: Labels::default(), samples });
+                    series.push(RangeSeries {
+                        labels: Labels::default(),
+                        samples,
+                    });
                 }
                 _ => return exec_err("subquery is only allowed on instant vector"),
             }
             series.sort_by(|a, b| a.labels.cmp(&b.labels));
         }
-        Ok(RangeArg { series, range, fixed_ref: fixed, offset: off })
+        Ok(RangeArg {
+            series,
+            range,
+            fixed_ref: fixed,
+            offset: off,
+        })
     }
 }
 
@@ -410,11 +452,7 @@ impl<'a> Ctx<'a> {
 pub(crate) fn window(s: &[(i64, f64)], lo: i64, hi: i64) -> &[(i64, f64)] {
     let a = s.partition_point(|p| p.0 <= lo);
     let b = s.partition_point(|p| p.0 <= hi);
-    if a >= b {
-        &[]
-    } else {
-        &s[a..b]
-    }
+    if a >= b { &[] } else { &s[a..b] }
 }
 
 /// Merges series with identical label sets. With `strict`, two values at the

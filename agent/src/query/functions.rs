@@ -3,7 +3,7 @@ use promql_parser::parser::{Call, Expr};
 
 use super::{
     aggregate::{kahan_inc, quantile},
-    eval::{exec_err, merge_same_labels, selector_matchers, unparen, Ctx, EvalError, RangeArg},
+    eval::{Ctx, EvalError, RangeArg, exec_err, merge_same_labels, selector_matchers, unparen},
     value::{Grid, Series, Value},
 };
 use crate::gotime::civil_from_days;
@@ -11,7 +11,13 @@ use crate::series::{Labels, MatchOp};
 
 /// Functions that need native histograms, info() or other features ngxprobe
 /// does not implement; evaluating them is an execution error.
-pub const UNSUPPORTED: &[&str] = &["info", "double_exponential_smoothing", "holt_winters", "histogram_quantiles", "histogram_fraction"];
+pub const UNSUPPORTED: &[&str] = &[
+    "info",
+    "double_exponential_smoothing",
+    "holt_winters",
+    "histogram_quantiles",
+    "histogram_fraction",
+];
 
 fn string_arg(e: &Expr) -> Result<String, EvalError> {
     match unparen(e) {
@@ -28,7 +34,10 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
         return exec_err(format!("function {name:?} is not supported by ngxprobe"));
     }
     // Functions with a range-vector argument.
-    if let Some(mi) = args.iter().position(|a| matches!(unparen(a), Expr::MatrixSelector(_) | Expr::Subquery(_))) {
+    if let Some(mi) = args
+        .iter()
+        .position(|a| matches!(unparen(a), Expr::MatrixSelector(_) | Expr::Subquery(_)))
+    {
         return eval_range_fn(ctx, name, &args, mi, g);
     }
     match name {
@@ -46,7 +55,10 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
         "pi" => return Ok(Value::Scalar(vec![std::f64::consts::PI; n])),
         "vector" => {
             let s = ctx.eval_scalar(args[0], g)?;
-            return Ok(Value::Vector(vec![Series { labels: Labels::default(), vals: s.into_iter().map(Some).collect() }]));
+            return Ok(Value::Vector(vec![Series {
+                labels: Labels::default(),
+                vals: s.into_iter().map(Some).collect(),
+            }]));
         }
         "scalar" => {
             let v = ctx.eval_vector(args[0], g)?;
@@ -64,7 +76,13 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
         "timestamp" => {
             if let Expr::VectorSelector(vs) = unparen(args[0]) {
                 let v = ctx.eval_vector_selector(vs, g, true)?;
-                let v = v.into_iter().map(|s| Series { labels: s.labels.without_name(), vals: s.vals }).collect();
+                let v = v
+                    .into_iter()
+                    .map(|s| Series {
+                        labels: s.labels.without_name(),
+                        vals: s.vals,
+                    })
+                    .collect();
                 return Ok(Value::Vector(merge_same_labels(v, true)?));
             }
             let v = ctx.eval_vector(args[0], g)?;
@@ -72,18 +90,34 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
                 .into_iter()
                 .map(|s| Series {
                     labels: s.labels.without_name(),
-                    vals: s.vals.iter().enumerate().map(|(i, x)| x.map(|_| g.ts(i) as f64 / 1000.0)).collect(),
+                    vals: s
+                        .vals
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| x.map(|_| g.ts(i) as f64 / 1000.0))
+                        .collect(),
                 })
                 .collect();
             return Ok(Value::Vector(merge_same_labels(v, true)?));
         }
         "absent" => {
             let v = ctx.eval_vector(args[0], g)?;
-            let vals: Vec<Option<f64>> = (0..n).map(|i| if v.iter().any(|s| s.vals[i].is_some()) { None } else { Some(1.0) }).collect();
+            let vals: Vec<Option<f64>> = (0..n)
+                .map(|i| {
+                    if v.iter().any(|s| s.vals[i].is_some()) {
+                        None
+                    } else {
+                        Some(1.0)
+                    }
+                })
+                .collect();
             if vals.iter().all(|x| x.is_none()) {
                 return Ok(Value::Vector(vec![]));
             }
-            return Ok(Value::Vector(vec![Series { labels: absent_labels(args[0]), vals }]));
+            return Ok(Value::Vector(vec![Series {
+                labels: absent_labels(args[0]),
+                vals,
+            }]));
         }
         "label_replace" => {
             let dst = string_arg(args[1])?;
@@ -143,11 +177,7 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
                                 }
                             }
                             let o = a.labels.cmp(&b.labels);
-                            if desc {
-                                o.reverse()
-                            } else {
-                                o
-                            }
+                            if desc { o.reverse() } else { o }
                         });
                     }
                 }
@@ -168,17 +198,31 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
             let f = date_fn(name);
             if args.is_empty() {
                 let vals = (0..n).map(|i| Some(f(g.ts(i).div_euclid(1000)))).collect();
-                return Ok(Value::Vector(vec![Series { labels: Labels::default(), vals }]));
+                return Ok(Value::Vector(vec![Series {
+                    labels: Labels::default(),
+                    vals,
+                }]));
             }
             let v = ctx.eval_vector(args[0], g)?;
-            return map_series(v, |x| if x.is_nan() || x.is_infinite() { f64::NAN } else { f(x as i64) });
+            return map_series(v, |x| {
+                if x.is_nan() || x.is_infinite() {
+                    f64::NAN
+                } else {
+                    f(x as i64)
+                }
+            });
         }
         _ => {}
     }
     // Element-wise functions, possibly with scalar parameters.
-    let Some(first) = args.first() else { return exec_err(format!("function {name:?} needs an argument")) };
+    let Some(first) = args.first() else {
+        return exec_err(format!("function {name:?} needs an argument"));
+    };
     let v = ctx.eval_vector(first, g)?;
-    let scalars: Vec<Vec<f64>> = args[1..].iter().map(|a| ctx.eval_scalar(a, g)).collect::<Result<_, _>>()?;
+    let scalars: Vec<Vec<f64>> = args[1..]
+        .iter()
+        .map(|a| ctx.eval_scalar(a, g))
+        .collect::<Result<_, _>>()?;
     let f: fn(f64) -> f64 = match name {
         "abs" => f64::abs,
         "ceil" => f64::ceil,
@@ -228,11 +272,7 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
                 }
                 "clamp" => {
                     let (lo, hi) = (scalars[0][i], scalars[1][i]);
-                    if hi < lo {
-                        None
-                    } else {
-                        Some(go_max(lo, go_min(hi, x)))
-                    }
+                    if hi < lo { None } else { Some(go_max(lo, go_min(hi, x))) }
                 }
                 "clamp_min" => Some(go_max(scalars[0][i], go_min(f64::INFINITY, x))),
                 "clamp_max" => Some(go_max(f64::NEG_INFINITY, go_min(scalars[0][i], x))),
@@ -242,7 +282,10 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
             any |= r.is_some();
         }
         if any {
-            out.push(Series { labels: s.labels.without_name(), vals });
+            out.push(Series {
+                labels: s.labels.without_name(),
+                vals,
+            });
         }
     }
     Ok(Value::Vector(merge_same_labels(out, true)?))
@@ -250,24 +293,19 @@ pub(crate) fn eval_call(ctx: &Ctx, c: &Call, g: Grid) -> Result<Value, EvalError
 
 /// Go's math.Max/Min: NaN wins.
 fn go_max(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.max(b)
-    }
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
 }
 fn go_min(a: f64, b: f64) -> f64 {
-    if a.is_nan() || b.is_nan() {
-        f64::NAN
-    } else {
-        a.min(b)
-    }
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
 }
 
 fn map_series(v: Vec<Series>, f: impl Fn(f64) -> f64) -> Result<Value, EvalError> {
     let out = v
         .into_iter()
-        .map(|s| Series { labels: s.labels.without_name(), vals: s.vals.into_iter().map(|x| x.map(&f)).collect() })
+        .map(|s| Series {
+            labels: s.labels.without_name(),
+            vals: s.vals.into_iter().map(|x| x.map(&f)).collect(),
+        })
         .collect();
     Ok(Value::Vector(merge_same_labels(out, true)?))
 }
@@ -280,11 +318,7 @@ fn cmp_nan_last(a: f64, b: f64, desc: bool) -> std::cmp::Ordering {
         (false, true) => Less,
         _ => {
             let o = a.partial_cmp(&b).unwrap();
-            if desc {
-                o.reverse()
-            } else {
-                o
-            }
+            if desc { o.reverse() } else { o }
         }
     }
 }
@@ -327,8 +361,12 @@ fn absent_labels(e: &Expr) -> Labels {
         Expr::MatrixSelector(ms) => &ms.vs,
         _ => return Labels::default(),
     };
-    let Ok(sets) = selector_matchers(vs) else { return Labels::default() };
-    let Some(ms) = sets.first() else { return Labels::default() };
+    let Ok(sets) = selector_matchers(vs) else {
+        return Labels::default();
+    };
+    let Some(ms) = sets.first() else {
+        return Labels::default();
+    };
     let mut l = Labels::default();
     let mut has = std::collections::HashSet::new();
     for m in ms {
@@ -368,13 +406,19 @@ fn histogram_quantile(q: &[f64], v: Vec<Series>, n: usize) -> Result<Value, Eval
         let (labels, members) = &groups[&key];
         let mut vals = vec![None; n];
         for (i, slot) in vals.iter_mut().enumerate() {
-            let mut buckets: Vec<(f64, f64)> = members.iter().filter_map(|(ub, si)| v[*si].vals[i].map(|c| (*ub, c))).collect();
+            let mut buckets: Vec<(f64, f64)> = members
+                .iter()
+                .filter_map(|(ub, si)| v[*si].vals[i].map(|c| (*ub, c)))
+                .collect();
             if buckets.is_empty() {
                 continue;
             }
             *slot = Some(bucket_quantile(q[i], &mut buckets));
         }
-        out.push(Series { labels: labels.clone(), vals });
+        out.push(Series {
+            labels: labels.clone(),
+            vals,
+        });
     }
     out.retain(|s| s.vals.iter().any(|x| x.is_some()));
     Ok(Value::Vector(merge_same_labels(out, true)?))
@@ -544,17 +588,31 @@ fn eval_range_fn(ctx: &Ctx, name: &str, args: &[&Expr], mi: usize, g: Grid) -> R
             *slot = v;
         }
         if any {
-            let labels = if keep_name { s.labels.clone() } else { s.labels.without_name() };
+            let labels = if keep_name {
+                s.labels.clone()
+            } else {
+                s.labels.without_name()
+            };
             out.push(Series { labels, vals });
         }
     }
     if name == "absent_over_time" {
-        let vals: Vec<Option<f64>> =
-            (0..n).map(|i| if out.iter().any(|s| s.vals[i].is_some()) { None } else { Some(1.0) }).collect();
+        let vals: Vec<Option<f64>> = (0..n)
+            .map(|i| {
+                if out.iter().any(|s| s.vals[i].is_some()) {
+                    None
+                } else {
+                    Some(1.0)
+                }
+            })
+            .collect();
         if vals.iter().all(|v| v.is_none()) {
             return Ok(Value::Vector(vec![]));
         }
-        return Ok(Value::Vector(vec![Series { labels: absent_labels(args[mi]), vals }]));
+        return Ok(Value::Vector(vec![Series {
+            labels: absent_labels(args[mi]),
+            vals,
+        }]));
     }
     // Prometheus: any two output series with the same labels are an error.
     let mut seen = std::collections::HashSet::with_capacity(out.len());
@@ -610,7 +668,11 @@ fn range_fn(
             Some(slope * p(0) + icpt)
         }
         "resets" => Some(w.windows(2).filter(|x| x[1].1 < x[0].1).count() as f64),
-        "changes" => Some(w.windows(2).filter(|x| !(x[1].1 == x[0].1 || (x[1].1.is_nan() && x[0].1.is_nan()))).count() as f64),
+        "changes" => Some(
+            w.windows(2)
+                .filter(|x| !(x[1].1 == x[0].1 || (x[1].1.is_nan() && x[0].1.is_nan())))
+                .count() as f64,
+        ),
         "avg_over_time" => {
             let (mut sum, mut count) = (w[0].1, 1.0);
             let (mut mean, mut c) = (0.0, 0.0);
@@ -658,7 +720,11 @@ fn range_fn(
                     bt = x.0;
                 }
             }
-            Some(if name.starts_with("ts_of") { bt as f64 / 1000.0 } else { best })
+            Some(if name.starts_with("ts_of") {
+                bt as f64 / 1000.0
+            } else {
+                best
+            })
         }
         "quantile_over_time" => {
             let mut vals: Vec<f64> = w.iter().map(|x| x.1).collect();
@@ -688,7 +754,14 @@ fn range_fn(
     })
 }
 
-fn extrapolated_rate(w: &[(i64, f64)], range_start: i64, range_end: i64, range: i64, is_counter: bool, is_rate: bool) -> Option<f64> {
+fn extrapolated_rate(
+    w: &[(i64, f64)],
+    range_start: i64,
+    range_end: i64,
+    range: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> Option<f64> {
     if w.len() < 2 {
         return None;
     }
@@ -722,7 +795,11 @@ fn extrapolated_rate(w: &[(i64, f64)], range_start: i64, range_end: i64, range: 
     if dur_end >= threshold {
         dur_end = avg / 2.0;
     }
-    let mut factor = if sampled != 0.0 { (sampled + dur_start + dur_end) / sampled } else { 1.0 };
+    let mut factor = if sampled != 0.0 {
+        (sampled + dur_start + dur_end) / sampled
+    } else {
+        1.0
+    };
     if is_rate {
         factor /= range as f64 / 1000.0;
     }
@@ -730,7 +807,8 @@ fn extrapolated_rate(w: &[(i64, f64)], range_start: i64, range_end: i64, range: 
 }
 
 fn linear_regression(w: &[(i64, f64)], intercept_time: i64) -> (f64, f64) {
-    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut n, mut sx, mut cx, mut sy, mut cy, mut sxy, mut cxy, mut sx2, mut cx2) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     let init_y = w[0].1;
     let mut const_y = true;
     for (i, s) in w.iter().enumerate() {

@@ -15,7 +15,7 @@ use std::{
 use proptest::prelude::*;
 
 use super::{eval::EvalOpts, instant_query_expr, parse, range_query_expr, testing::TempStore};
-use crate::series::{stale_marker, Labels, SeriesWriter};
+use crate::series::{Labels, SeriesWriter, stale_marker};
 
 /// Deadline given to each evaluation.
 const DEADLINE: Duration = Duration::from_millis(1500);
@@ -38,11 +38,33 @@ fn store() -> TempStore {
             let t = i * 15_000;
             for inst in ["a", "b"] {
                 let c = if i < 120 { i as f64 * 3.0 } else { (i - 120) as f64 };
-                s.store.append(&l(&[("__name__", "http_requests_total"), ("instance", inst), ("job", "nginx")]), t, c).unwrap();
-                let g = if i % 50 == 49 { stale_marker() } else { ((i * 7) % 23) as f64 - 5.0 };
-                s.store.append(&l(&[("__name__", "conns"), ("instance", inst)]), t, g).unwrap();
+                s.store
+                    .append(
+                        &l(&[
+                            ("__name__", "http_requests_total"),
+                            ("instance", inst),
+                            ("job", "nginx"),
+                        ]),
+                        t,
+                        c,
+                    )
+                    .unwrap();
+                let g = if i % 50 == 49 {
+                    stale_marker()
+                } else {
+                    ((i * 7) % 23) as f64 - 5.0
+                };
+                s.store
+                    .append(&l(&[("__name__", "conns"), ("instance", inst)]), t, g)
+                    .unwrap();
                 for (k, le) in ["0.1", "0.5", "1", "+Inf"].iter().enumerate() {
-                    s.store.append(&l(&[("__name__", "lat_bucket"), ("instance", inst), ("le", le)]), t, (i * (k as i64 + 1)) as f64).unwrap();
+                    s.store
+                        .append(
+                            &l(&[("__name__", "lat_bucket"), ("instance", inst), ("le", le)]),
+                            t,
+                            (i * (k as i64 + 1)) as f64,
+                        )
+                        .unwrap();
                 }
             }
             let odd = match i % 5 {
@@ -63,7 +85,11 @@ fn store() -> TempStore {
 fn check(st: &TempStore, q: &str) -> Result<(), String> {
     let reader = &st.store;
     let started = Instant::now();
-    let opts = || EvalOpts { deadline: Some(Instant::now() + DEADLINE), max_samples: 5_000_000, ..EvalOpts::default() };
+    let opts = || EvalOpts {
+        deadline: Some(Instant::now() + DEADLINE),
+        max_samples: 5_000_000,
+        ..EvalOpts::default()
+    };
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let Ok(e) = parse(q) else { return };
         for t in [0, 1_800_000, 3_600_000, -1] {
@@ -75,7 +101,11 @@ fn check(st: &TempStore, q: &str) -> Result<(), String> {
     let took = started.elapsed();
     let fail = match r {
         Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
             Some(format!("panic on {q:?}: {msg}"))
         }
         // 6 evaluations, each bounded by its own deadline.
@@ -119,21 +149,142 @@ fn fuzz_corpus_replay() {
 }
 
 const TOKENS: &[&str] = &[
-    "http_requests_total", "conns", "lat_bucket", "odd", "nonexistent", "{", "}", "(", ")", "[", "]", ",", ":", "@", "=", "!=", "=~",
-    "!~", "\"a\"", "\"(\"", "\".*\"", "\"\"", "'x'", "`y`", "instance", "le", "__name__", "job", "+", "-", "*", "/", "%", "^", "==",
-    "!=", ">", "<", ">=", "<=", "and", "or", "unless", "atan2", "bool", "on", "ignoring", "group_left", "group_right", "by",
-    "without", "offset", "start()", "end()", "sum", "avg", "count", "min", "max", "topk", "bottomk", "quantile", "count_values",
-    "stddev", "stdvar", "group", "limitk", "limit_ratio", "rate", "irate", "increase", "delta", "idelta", "deriv", "predict_linear",
-    "resets", "changes", "histogram_quantile", "label_replace", "label_join", "vector", "scalar", "time", "timestamp", "absent",
-    "absent_over_time", "sort", "sort_desc", "sort_by_label", "clamp", "round", "quantile_over_time", "sum_over_time",
-    "last_over_time", "holt_winters", "double_exponential_smoothing", "day_of_month", "days_in_month", "0", "1", "-1", "0.5", "2",
-    "1e308", "1e400", "-1e400", "NaN", "Inf", "-Inf", "0x10", "1m", "5m", "1s", "1ms", "0s", "1y", "10000y", "1h30m", "15s", "#",
-    "\n", "\u{00e9}", "\u{1F600}", "step()", "range()", "info", "smoothed", "anchored",
+    "http_requests_total",
+    "conns",
+    "lat_bucket",
+    "odd",
+    "nonexistent",
+    "{",
+    "}",
+    "(",
+    ")",
+    "[",
+    "]",
+    ",",
+    ":",
+    "@",
+    "=",
+    "!=",
+    "=~",
+    "!~",
+    "\"a\"",
+    "\"(\"",
+    "\".*\"",
+    "\"\"",
+    "'x'",
+    "`y`",
+    "instance",
+    "le",
+    "__name__",
+    "job",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "^",
+    "==",
+    "!=",
+    ">",
+    "<",
+    ">=",
+    "<=",
+    "and",
+    "or",
+    "unless",
+    "atan2",
+    "bool",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "by",
+    "without",
+    "offset",
+    "start()",
+    "end()",
+    "sum",
+    "avg",
+    "count",
+    "min",
+    "max",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "stddev",
+    "stdvar",
+    "group",
+    "limitk",
+    "limit_ratio",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "deriv",
+    "predict_linear",
+    "resets",
+    "changes",
+    "histogram_quantile",
+    "label_replace",
+    "label_join",
+    "vector",
+    "scalar",
+    "time",
+    "timestamp",
+    "absent",
+    "absent_over_time",
+    "sort",
+    "sort_desc",
+    "sort_by_label",
+    "clamp",
+    "round",
+    "quantile_over_time",
+    "sum_over_time",
+    "last_over_time",
+    "holt_winters",
+    "double_exponential_smoothing",
+    "day_of_month",
+    "days_in_month",
+    "0",
+    "1",
+    "-1",
+    "0.5",
+    "2",
+    "1e308",
+    "1e400",
+    "-1e400",
+    "NaN",
+    "Inf",
+    "-Inf",
+    "0x10",
+    "1m",
+    "5m",
+    "1s",
+    "1ms",
+    "0s",
+    "1y",
+    "10000y",
+    "1h30m",
+    "15s",
+    "#",
+    "\n",
+    "\u{00e9}",
+    "\u{1F600}",
+    "step()",
+    "range()",
+    "info",
+    "smoothed",
+    "anchored",
 ];
 
 fn token_soup() -> impl Strategy<Value = String> {
-    prop::collection::vec((prop::sample::select(TOKENS), prop::bool::ANY), 1..24)
-        .prop_map(|ts| ts.into_iter().map(|(t, sp)| if sp { format!("{t} ") } else { t.to_string() }).collect())
+    prop::collection::vec((prop::sample::select(TOKENS), prop::bool::ANY), 1..24).prop_map(|ts| {
+        ts.into_iter()
+            .map(|(t, sp)| if sp { format!("{t} ") } else { t.to_string() })
+            .collect()
+    })
 }
 
 fn number() -> impl Strategy<Value = String> {
@@ -190,7 +341,9 @@ fn selector() -> impl Strategy<Value = String> {
 
 fn modifiers(e: String) -> impl Strategy<Value = String> {
     (
-        prop::option::of(duration().prop_flat_map(|d| prop::sample::select(vec![format!(" offset {d}"), format!(" offset -{d}")]))),
+        prop::option::of(
+            duration().prop_flat_map(|d| prop::sample::select(vec![format!(" offset {d}"), format!(" offset -{d}")])),
+        ),
         prop::option::of(prop_oneof![
             Just(" @ start()".to_string()),
             Just(" @ end()".to_string()),
@@ -212,26 +365,72 @@ fn expr() -> impl Strategy<Value = String> {
     ];
     leaf.prop_recursive(4, 24, 3, |inner| {
         let range = (selector(), duration()).prop_map(|(s, d)| format!("{s}[{d}]"));
-        let subq = (inner.clone(), duration(), prop::option::of(duration())).prop_map(|(e, r, s)| format!("({e})[{r}:{}]", s.unwrap_or_default()));
+        let subq = (inner.clone(), duration(), prop::option::of(duration()))
+            .prop_map(|(e, r, s)| format!("({e})[{r}:{}]", s.unwrap_or_default()));
         let rangeish = prop_oneof![range, subq].prop_flat_map(modifiers);
         let range_fn = prop::sample::select(
             &[
-                "rate", "irate", "increase", "delta", "idelta", "deriv", "resets", "changes", "avg_over_time", "min_over_time",
-                "max_over_time", "sum_over_time", "count_over_time", "last_over_time", "stddev_over_time", "stdvar_over_time",
-                "present_over_time", "absent_over_time",
+                "rate",
+                "irate",
+                "increase",
+                "delta",
+                "idelta",
+                "deriv",
+                "resets",
+                "changes",
+                "avg_over_time",
+                "min_over_time",
+                "max_over_time",
+                "sum_over_time",
+                "count_over_time",
+                "last_over_time",
+                "stddev_over_time",
+                "stdvar_over_time",
+                "present_over_time",
+                "absent_over_time",
             ][..],
         );
         let inst_fn = prop::sample::select(
             &[
-                "abs", "ceil", "floor", "exp", "ln", "log2", "log10", "sqrt", "sgn", "round", "timestamp", "sort", "sort_desc", "absent",
-                "scalar", "vector", "day_of_week", "hour", "month", "year", "days_in_month", "sin", "acosh", "deg", "-",
+                "abs",
+                "ceil",
+                "floor",
+                "exp",
+                "ln",
+                "log2",
+                "log10",
+                "sqrt",
+                "sgn",
+                "round",
+                "timestamp",
+                "sort",
+                "sort_desc",
+                "absent",
+                "scalar",
+                "vector",
+                "day_of_week",
+                "hour",
+                "month",
+                "year",
+                "days_in_month",
+                "sin",
+                "acosh",
+                "deg",
+                "-",
             ][..],
         );
         let agg = prop::sample::select(&["sum", "avg", "count", "min", "max", "stddev", "stdvar", "group"][..]);
         let agg_param = prop::sample::select(&["topk", "bottomk", "quantile", "limitk"][..]);
-        let binop = prop::sample::select(&["+", "-", "*", "/", "%", "^", "==", "!=", ">", "<", ">=", "<=", "and", "or", "unless", "atan2"][..]);
-        let grouping = prop::option::of((prop::sample::select(&["by", "without"][..]), prop::sample::select(&["", "instance", "le, instance", "__name__", "job"][..])))
-            .prop_map(|g| g.map(|(k, l)| format!(" {k} ({l})")).unwrap_or_default());
+        let binop = prop::sample::select(
+            &[
+                "+", "-", "*", "/", "%", "^", "==", "!=", ">", "<", ">=", "<=", "and", "or", "unless", "atan2",
+            ][..],
+        );
+        let grouping = prop::option::of((
+            prop::sample::select(&["by", "without"][..]),
+            prop::sample::select(&["", "instance", "le, instance", "__name__", "job"][..]),
+        ))
+        .prop_map(|g| g.map(|(k, l)| format!(" {k} ({l})")).unwrap_or_default());
         let matching = prop::option::of((
             prop::sample::select(&["on", "ignoring"][..]),
             prop::sample::select(&["", "instance", "le"][..]),
@@ -242,16 +441,25 @@ fn expr() -> impl Strategy<Value = String> {
             (range_fn, rangeish.clone()).prop_map(|(f, r)| format!("{f}({r})")),
             (number(), rangeish.clone()).prop_map(|(q, r)| format!("quantile_over_time({q}, {r})")),
             (rangeish.clone(), number()).prop_map(|(r, n)| format!("predict_linear({r}, {n})")),
-            (inst_fn, inner.clone()).prop_map(|(f, e)| if f == "-" { format!("-({e})") } else { format!("{f}({e})") }),
+            (inst_fn, inner.clone()).prop_map(|(f, e)| if f == "-" {
+                format!("-({e})")
+            } else {
+                format!("{f}({e})")
+            }),
             (agg, grouping.clone(), inner.clone()).prop_map(|(a, g, e)| format!("{a}{g} ({e})")),
-            (agg_param, grouping.clone(), number(), inner.clone()).prop_map(|(a, g, n, e)| format!("{a}{g} ({n}, {e})")),
+            (agg_param, grouping.clone(), number(), inner.clone())
+                .prop_map(|(a, g, n, e)| format!("{a}{g} ({n}, {e})")),
             (grouping, inner.clone()).prop_map(|(g, e)| format!("count_values{g} (\"le\", {e})")),
             (inner.clone(), binop, prop::bool::ANY, matching, inner.clone())
                 .prop_map(|(a, op, b, m, c)| format!("({a}) {op}{}{m} ({c})", if b { " bool" } else { "" })),
             (number(), inner.clone()).prop_map(|(q, e)| format!("histogram_quantile({q}, {e})")),
             (inner.clone(), number(), number()).prop_map(|(e, a, b)| format!("clamp({e}, {a}, {b})")),
-            inner.clone().prop_map(|e| format!("label_replace({e}, \"dst\", \"$1-$2\", \"instance\", \"(.*)\")")),
-            inner.clone().prop_map(|e| format!("label_join({e}, \"le\", \",\", \"instance\", \"__name__\")")),
+            inner
+                .clone()
+                .prop_map(|e| format!("label_replace({e}, \"dst\", \"$1-$2\", \"instance\", \"(.*)\")")),
+            inner
+                .clone()
+                .prop_map(|e| format!("label_join({e}, \"le\", \",\", \"instance\", \"__name__\")")),
             selector().prop_flat_map(modifiers),
             inner.prop_map(|e| format!("({e})")),
         ]
@@ -262,7 +470,10 @@ fn expr() -> impl Strategy<Value = String> {
 /// over one store; fails with proptest's minimal failing input.
 fn run_fuzz(strategy: impl Strategy<Value = String>) {
     let st = store();
-    let cfg = ProptestConfig { failure_persistence: None, ..ProptestConfig::default() };
+    let cfg = ProptestConfig {
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
     let mut runner = proptest::test_runner::TestRunner::new(cfg);
     if let Err(e) = runner.run(&strategy, |q| check(&st, &q).map_err(TestCaseError::fail)) {
         panic!("{e}");
@@ -303,6 +514,13 @@ fn fuzz_generators_reach_the_evaluator() {
             println!("{:?} {s}", parse(&s).err());
         }
     }
-    println!("fuzz generators: structured {}/300 parse, token soup {}/300 parse", ok.0, ok.1);
-    assert!(ok.0 >= 150, "structured generator mostly produces unparseable input: {}/300", ok.0);
+    println!(
+        "fuzz generators: structured {}/300 parse, token soup {}/300 parse",
+        ok.0, ok.1
+    );
+    assert!(
+        ok.0 >= 150,
+        "structured generator mostly produces unparseable input: {}/300",
+        ok.0
+    );
 }

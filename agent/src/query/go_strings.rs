@@ -52,7 +52,11 @@ fn go_literals(q: &str) -> Vec<(String, String)> {
 /// escapes are passed through: the parser has already accepted this query.
 fn read_quoted(b: &[u8], mut i: usize, quote: u8) -> (usize, Vec<u8>, String) {
     let (mut go, mut parser) = (Vec::new(), String::new());
-    let hex = |s: &[u8]| std::str::from_utf8(s).ok().and_then(|s| u32::from_str_radix(s, 16).ok());
+    let hex = |s: &[u8]| {
+        std::str::from_utf8(s)
+            .ok()
+            .and_then(|s| u32::from_str_radix(s, 16).ok())
+    };
     while i < b.len() && b[i] != quote {
         if b[i] != b'\\' || i + 1 >= b.len() {
             // Copy one UTF-8 char (the query is a &str, so it is whole).
@@ -88,7 +92,11 @@ fn read_quoted(b: &[u8], mut i: usize, quote: u8) -> (usize, Vec<u8>, String) {
             b'0'..=b'7' => (2, 8),
             _ => (0, 0),
         };
-        let digits = if c.is_ascii_digit() { b.get(i - 1..i + n) } else { b.get(i..i + n) };
+        let digits = if c.is_ascii_digit() {
+            b.get(i - 1..i + n)
+        } else {
+            b.get(i..i + n)
+        };
         let v = match (radix, digits) {
             (16, Some(d)) => hex(d),
             (8, Some(d)) => std::str::from_utf8(d).ok().and_then(|s| u32::from_str_radix(s, 8).ok()),
@@ -171,7 +179,9 @@ mod tests {
         let mut e = promql_parser::parser::parse(q).unwrap();
         apply_go_bytes(q, &mut e);
         let Expr::Call(c) = e else { panic!("not a call: {q}") };
-        let Expr::StringLiteral(s) = c.args.args[1].as_ref() else { panic!("arg 1 not a string") };
+        let Expr::StringLiteral(s) = c.args.args[1].as_ref() else {
+            panic!("arg 1 not a string")
+        };
         s.val.clone()
     }
 
@@ -193,6 +203,9 @@ mod tests {
     fn scanner_skips_comments_and_raw_strings() {
         assert!(go_literals("x # \"\\xff\"\n").is_empty());
         assert!(go_literals(r#"x{a=`\xff`}"#).is_empty());
-        assert_eq!(go_literals(r#"x{a="\"\xff"}"#), vec![("\"\u{ff}".to_string(), "\"\u{FFFD}".to_string())]);
+        assert_eq!(
+            go_literals(r#"x{a="\"\xff"}"#),
+            vec![("\"\u{ff}".to_string(), "\"\u{FFFD}".to_string())]
+        );
     }
 }

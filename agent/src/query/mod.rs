@@ -32,7 +32,7 @@ mod tests;
 use std::{cell::Cell, time::Duration};
 
 pub use eval::{EvalError, EvalOpts};
-use promql_parser::parser::{value::ValueType, Expr};
+use promql_parser::parser::{Expr, value::ValueType};
 pub use value::{RangeSeries, Value};
 
 use crate::series::{Labels, SeriesReader};
@@ -87,7 +87,9 @@ pub enum QueryError {
 /// Parses a PromQL expression; the error carries Prometheus-style position text.
 pub fn parse(q: &str) -> Result<Expr, QueryError> {
     if q.trim().is_empty() {
-        return Err(QueryError::BadData("1:1: parse error: no expression found in input".into()));
+        return Err(QueryError::BadData(
+            "1:1: parse error: no expression found in input".into(),
+        ));
     }
     match std::panic::catch_unwind(|| promql_parser::parser::parse(q)) {
         Ok(Ok(mut e)) => {
@@ -133,7 +135,12 @@ fn locate_error(q: &str, msg: &str) -> (usize, String) {
     let quoted = QUOTED.get_or_init(|| regex::Regex::new(r"(name|function|call to|operator) '([^']*)'").unwrap());
     // Prometheus quotes names with "..." and says "range vector"/"instant vector".
     let mut text = quoted.replace_all(msg, "$1 \"$2\"").into_owned();
-    for (a, b) in [("type matrix", "type range vector"), ("got matrix", "got range vector"), ("type vector", "type instant vector"), ("got vector", "got instant vector")] {
+    for (a, b) in [
+        ("type matrix", "type range vector"),
+        ("got matrix", "got range vector"),
+        ("type vector", "type instant vector"),
+        ("got vector", "got instant vector"),
+    ] {
         text = text.replace(a, b);
     }
     let end = q.trim_end().len();
@@ -144,7 +151,11 @@ fn locate_error(q: &str, msg: &str) -> (usize, String) {
         };
     }
     if msg.contains("unclosed left") || msg.contains("end of input") {
-        let text = if msg.contains("end of input inside brackets") { "unclosed left bracket".into() } else { text };
+        let text = if msg.contains("end of input inside brackets") {
+            "unclosed left bracket".into()
+        } else {
+            text
+        };
         return (end, text);
     }
     let first = q.len() - q.trim_start().len();
@@ -164,7 +175,10 @@ fn locate_error(q: &str, msg: &str) -> (usize, String) {
         }
         return (first, text);
     }
-    if msg.starts_with("binary expression") || msg.starts_with("set operator") || msg.starts_with("wrong number of arguments") {
+    if msg.starts_with("binary expression")
+        || msg.starts_with("set operator")
+        || msg.starts_with("wrong number of arguments")
+    {
         return (first, text);
     }
     (error_position(q), text)
@@ -181,9 +195,9 @@ fn find_call(q: &str, name: &str) -> Option<usize> {
     }
     let b = q.as_bytes();
     let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b':';
-    q.match_indices(name).map(|(i, _)| i).find(|&i| {
-        (i == 0 || !word(b[i - 1])) && q[i + name.len()..].trim_start().starts_with('(')
-    })
+    q.match_indices(name)
+        .map(|(i, _)| i)
+        .find(|&i| (i == 0 || !word(b[i - 1])) && q[i + name.len()..].trim_start().starts_with('('))
 }
 
 /// A rough PromQL tokenizer (enough to find token starts for error positions).
@@ -213,7 +227,13 @@ fn rough_tokens(q: &str) -> Vec<(usize, &str)> {
                 i += 1;
             }
             i = (i + 1).min(b.len());
-        } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' && !out.last().is_some_and(|(_, t): &(usize, &str)| t.ends_with(|x: char| x.is_ascii_digit() || x.is_ascii_alphabetic())) {
+        } else if c.is_ascii_alphabetic()
+            || c == b'_'
+            || c == b':'
+                && !out.last().is_some_and(|(_, t): &(usize, &str)| {
+                    t.ends_with(|x: char| x.is_ascii_digit() || x.is_ascii_alphabetic())
+                })
+        {
             while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
                 i += 1;
             }
@@ -225,7 +245,11 @@ fn rough_tokens(q: &str) -> Vec<(usize, &str)> {
             i += q[i..].chars().next().map_or(1, char::len_utf8);
         } else {
             let two = q.get(i..i + 2).unwrap_or("");
-            i += if ["==", "!=", ">=", "<=", "=~", "!~"].contains(&two) { 2 } else { 1 };
+            i += if ["==", "!=", ">=", "<=", "=~", "!~"].contains(&two) {
+                2
+            } else {
+                1
+            };
         }
         out.push((start, &q[start..floor_boundary(q, i)]));
     }
@@ -233,7 +257,19 @@ fn rough_tokens(q: &str) -> Vec<(usize, &str)> {
 }
 
 fn describe_token(t: &str) -> String {
-    const KEYWORDS: [&str; 11] = ["by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or", "unless"];
+    const KEYWORDS: [&str; 11] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "offset",
+        "and",
+        "or",
+        "unless",
+    ];
     let c = t.chars().next().unwrap_or(' ');
     if KEYWORDS.contains(&t.to_ascii_lowercase().as_str()) {
         format!("<{}>", t.to_ascii_lowercase())
@@ -264,11 +300,15 @@ fn viable_prefix(prefix: &str) -> bool {
             _ => {}
         }
     }
-    let closers: String = stack.iter().rev().map(|t| match *t {
-        "(" => ")",
-        "{" => "}",
-        _ => "]",
-    }).collect();
+    let closers: String = stack
+        .iter()
+        .rev()
+        .map(|t| match *t {
+            "(" => ")",
+            "{" => "}",
+            _ => "]",
+        })
+        .collect();
     const PRE: [&str; 9] = ["", " x", " 1", "=\"v\"", "\"v\"", "m", ":1m", " 1m", " x=\"v\""];
     const POST: [&str; 4] = ["", " (x)", " x", " (x) (x)"];
     PRE.iter().any(|pre| {
@@ -276,7 +316,12 @@ fn viable_prefix(prefix: &str) -> bool {
             let cand = format!("{prefix}{pre}{closers}{post}");
             match std::panic::catch_unwind(|| promql_parser::parser::parse(&cand)) {
                 Ok(Ok(_)) => true,
-                Ok(Err(m)) => !(m == promql_parser_invalid() || m.contains("unexpected") || m.contains("unclosed") || m.contains("end of input")),
+                Ok(Err(m)) => {
+                    !(m == promql_parser_invalid()
+                        || m.contains("unexpected")
+                        || m.contains("unclosed")
+                        || m.contains("end of input"))
+                }
                 Err(_) => false,
             }
         })
@@ -300,7 +345,11 @@ fn first_unviable_token(q: &str) -> Option<(usize, &str)> {
     let (mut lo, mut hi) = (0usize, toks.len() - 1);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        if viable_prefix(&q[..end_of(mid)]) { lo = mid + 1 } else { hi = mid }
+        if viable_prefix(&q[..end_of(mid)]) {
+            lo = mid + 1
+        } else {
+            hi = mid
+        }
     }
     Some(toks[hi])
 }
@@ -364,13 +413,33 @@ fn eval_opts(opts: &QueryOptions) -> EvalOpts {
 }
 
 /// Evaluates a parsed expression at one instant (`t` in ms).
-pub fn instant_query_expr(reader: &dyn SeriesReader, expr: &Expr, t: i64, eo: &EvalOpts) -> Result<QueryResult, QueryError> {
-    let ctx = eval::Ctx { reader, opts: eo, qstart: t, qend: t, qstep: 0, loaded: Cell::new(0) };
-    let g = Grid { start: t, end: t, step: 1 };
+pub fn instant_query_expr(
+    reader: &dyn SeriesReader,
+    expr: &Expr,
+    t: i64,
+    eo: &EvalOpts,
+) -> Result<QueryResult, QueryError> {
+    let ctx = eval::Ctx {
+        reader,
+        opts: eo,
+        qstart: t,
+        qend: t,
+        qstep: 0,
+        loaded: Cell::new(0),
+    };
+    let g = Grid {
+        start: t,
+        end: t,
+        step: 1,
+    };
     Ok(match ctx.eval(expr, g)? {
         Value::Scalar(v) => QueryResult::Scalar(t, v[0]),
         Value::String(s) => QueryResult::String(t, s),
-        Value::Vector(vs) => QueryResult::Vector(vs.into_iter().filter_map(|s| s.vals[0].map(|v| (s.labels, t, v))).collect()),
+        Value::Vector(vs) => QueryResult::Vector(
+            vs.into_iter()
+                .filter_map(|s| s.vals[0].map(|v| (s.labels, t, v)))
+                .collect(),
+        ),
         Value::Matrix(m) => {
             let mut m = m;
             m.sort_by(|a, b| a.labels.cmp(&b.labels));
@@ -401,18 +470,37 @@ pub fn range_query_expr(
             )));
         }
     }
-    let ctx = eval::Ctx { reader, opts: eo, qstart: start, qend: end, qstep: step, loaded: Cell::new(0) };
-    let g = Grid { start, end, step: step.max(1) };
+    let ctx = eval::Ctx {
+        reader,
+        opts: eo,
+        qstart: start,
+        qend: end,
+        qstep: step,
+        loaded: Cell::new(0),
+    };
+    let g = Grid {
+        start,
+        end,
+        step: step.max(1),
+    };
     let series: Vec<RangeSeries> = match ctx.eval(expr, g)? {
         Value::Scalar(v) => {
-            vec![RangeSeries { labels: Labels::default(), samples: v.iter().enumerate().map(|(i, x)| (g.ts(i), *x)).collect() }]
+            vec![RangeSeries {
+                labels: Labels::default(),
+                samples: v.iter().enumerate().map(|(i, x)| (g.ts(i), *x)).collect(),
+            }]
         }
         Value::Vector(vs) => {
             let mut m: Vec<RangeSeries> = vs
                 .into_iter()
                 .map(|s| RangeSeries {
                     labels: s.labels,
-                    samples: s.vals.iter().enumerate().filter_map(|(i, v)| v.map(|x| (g.ts(i), x))).collect(),
+                    samples: s
+                        .vals
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, v)| v.map(|x| (g.ts(i), x)))
+                        .collect(),
                 })
                 .filter(|s| !s.samples.is_empty())
                 .collect();
@@ -425,7 +513,12 @@ pub fn range_query_expr(
 }
 
 /// Parses and evaluates `q` at `t` (ms).
-pub fn instant_query(reader: &dyn SeriesReader, q: &str, t: i64, opts: &QueryOptions) -> Result<QueryResult, QueryError> {
+pub fn instant_query(
+    reader: &dyn SeriesReader,
+    q: &str,
+    t: i64,
+    opts: &QueryOptions,
+) -> Result<QueryResult, QueryError> {
     let e = parse(q)?;
     instant_query_expr(reader, &e, t, &eval_opts(opts))
 }
@@ -440,7 +533,9 @@ pub fn range_query(
     opts: &QueryOptions,
 ) -> Result<QueryResult, QueryError> {
     if end < start {
-        return Err(QueryError::BadData("end timestamp must not be before start time".into()));
+        return Err(QueryError::BadData(
+            "end timestamp must not be before start time".into(),
+        ));
     }
     if step <= 0 {
         return Err(QueryError::BadData(

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{api::api_router, cli::http_get, QueryOptions};
+use super::{QueryOptions, api::api_router, cli::http_get};
 use crate::{
     series::{Labels, SeriesReader, SeriesWriter},
     store::Store,
@@ -95,7 +95,9 @@ pub fn scrape_times(rng: &mut Rng, start_s: i64, n: usize, min_gap: i64, max_gap
         .collect()
 }
 
-pub const BUCKETS: [&str; 10] = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf"];
+pub const BUCKETS: [&str; 10] = [
+    "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "+Inf",
+];
 
 /// The differential data set: per target (instance, job), counters
 /// `nginx_http_requests_total` (by status; one with a counter reset),
@@ -110,21 +112,47 @@ pub const BUCKETS: [&str; 10] = ["0.005", "0.01", "0.025", "0.05", "0.1", "0.25"
 /// test, 3.x after); ngxprobe follows 3.x, so data where the zero point is
 /// near would compare versions rather than engines.
 pub fn nginx_dataset(start_s: i64, n: usize) -> Vec<GenFamily> {
-    let targets = [("10.0.0.1:9113", "nginx"), ("10.0.0.2:9113", "nginx"), ("10.0.0.3:9113", "nginx"), ("10.0.1.1:9113", "edge")];
+    let targets = [
+        ("10.0.0.1:9113", "nginx"),
+        ("10.0.0.2:9113", "nginx"),
+        ("10.0.0.3:9113", "nginx"),
+        ("10.0.1.1:9113", "edge"),
+    ];
     let mut rng = Rng::new(0x6e67_7870_726f_6265);
-    let fam = |name: &str, kind: &'static str| GenFamily { name: name.into(), kind, series: vec![] };
+    let fam = |name: &str, kind: &'static str| GenFamily {
+        name: name.into(),
+        kind,
+        series: vec![],
+    };
     let mut req = fam("nginx_http_requests_total", "counter");
     let mut acc = fam("nginx_connections_accepted_total", "counter");
-    let mut gauges: Vec<GenFamily> =
-        ["nginx_connections_active", "nginx_connections_reading", "nginx_connections_writing", "nginx_connections_waiting", "nginx_up"]
-            .iter()
-            .map(|n| fam(n, "gauge"))
-            .collect();
+    let mut gauges: Vec<GenFamily> = [
+        "nginx_connections_active",
+        "nginx_connections_reading",
+        "nginx_connections_writing",
+        "nginx_connections_waiting",
+        "nginx_up",
+    ]
+    .iter()
+    .map(|n| fam(n, "gauge"))
+    .collect();
     let mut upstream = fam("nginx_upstream_response_seconds", "gauge");
     let mut hist = fam("nginx_http_request_duration_seconds", "histogram");
-    let bucket_le: Vec<f64> = BUCKETS.iter().map(|b| if *b == "+Inf" { f64::INFINITY } else { b.parse().unwrap() }).collect();
+    let bucket_le: Vec<f64> = BUCKETS
+        .iter()
+        .map(|b| {
+            if *b == "+Inf" {
+                f64::INFINITY
+            } else {
+                b.parse().unwrap()
+            }
+        })
+        .collect();
     for (ti, (inst, job)) in targets.iter().enumerate() {
-        let times: Vec<i64> = scrape_times(&mut rng, start_s, n, 10, 20).into_iter().map(|s| om_time(s).1).collect();
+        let times: Vec<i64> = scrape_times(&mut rng, start_s, n, 10, 20)
+            .into_iter()
+            .map(|s| om_time(s).1)
+            .collect();
         let base = [("instance", *inst), ("job", *job)];
         // Requests by status.
         for (si, status) in ["200", "404", "500"].iter().enumerate() {
@@ -147,11 +175,28 @@ pub fn nginx_dataset(start_s: i64, n: usize) -> Vec<GenFamily> {
                     (t, v)
                 })
                 .collect();
-            req.series.push(GenSeries { labels: labels(&[base[0], base[1], ("__name__", "nginx_http_requests_total"), ("status", status)]), samples });
+            req.series.push(GenSeries {
+                labels: labels(&[
+                    base[0],
+                    base[1],
+                    ("__name__", "nginx_http_requests_total"),
+                    ("status", status),
+                ]),
+                samples,
+            });
         }
         let mut v = 50_000.0 + rng.below(10_000) as f64;
-        let samples = times.iter().map(|&t| { v += rng.below(30) as f64; (t, v) }).collect();
-        acc.series.push(GenSeries { labels: labels(&[base[0], base[1], ("__name__", "nginx_connections_accepted_total")]), samples });
+        let samples = times
+            .iter()
+            .map(|&t| {
+                v += rng.below(30) as f64;
+                (t, v)
+            })
+            .collect();
+        acc.series.push(GenSeries {
+            labels: labels(&[base[0], base[1], ("__name__", "nginx_connections_accepted_total")]),
+            samples,
+        });
         for g in gauges.iter_mut() {
             let up = g.name == "nginx_up";
             let mut x = rng.below(50) as i64;
@@ -172,10 +217,19 @@ pub fn nginx_dataset(start_s: i64, n: usize) -> Vec<GenFamily> {
                 })
                 .collect();
             let name = g.name.clone();
-            g.series.push(GenSeries { labels: labels(&[base[0], base[1], ("__name__", &name)]), samples });
+            g.series.push(GenSeries {
+                labels: labels(&[base[0], base[1], ("__name__", &name)]),
+                samples,
+            });
         }
-        let samples = times.iter().map(|&t| (t, 0.01 + rng.milli() * 0.5 + ti as f64 * 0.1)).collect();
-        upstream.series.push(GenSeries { labels: labels(&[base[0], base[1], ("__name__", "nginx_upstream_response_seconds")]), samples });
+        let samples = times
+            .iter()
+            .map(|&t| (t, 0.01 + rng.milli() * 0.5 + ti as f64 * 0.1))
+            .collect();
+        upstream.series.push(GenSeries {
+            labels: labels(&[base[0], base[1], ("__name__", "nginx_upstream_response_seconds")]),
+            samples,
+        });
         // Classic histogram: cumulative buckets, _sum, _count.
         let mut counts = vec![0.0f64; BUCKETS.len()];
         let mut sum = 0.0f64;
@@ -213,8 +267,14 @@ pub fn nginx_dataset(start_s: i64, n: usize) -> Vec<GenFamily> {
                 samples: std::mem::take(&mut per_bucket[b]),
             });
         }
-        hist.series.push(GenSeries { labels: labels(&[base[0], base[1], ("__name__", &format!("{hn}_sum"))]), samples: sums });
-        hist.series.push(GenSeries { labels: labels(&[base[0], base[1], ("__name__", &format!("{hn}_count"))]), samples: cnts });
+        hist.series.push(GenSeries {
+            labels: labels(&[base[0], base[1], ("__name__", &format!("{hn}_sum"))]),
+            samples: sums,
+        });
+        hist.series.push(GenSeries {
+            labels: labels(&[base[0], base[1], ("__name__", &format!("{hn}_count"))]),
+            samples: cnts,
+        });
     }
     let mut out = vec![req, acc];
     out.extend(gauges);
@@ -227,16 +287,31 @@ pub fn nginx_dataset(start_s: i64, n: usize) -> Vec<GenFamily> {
 /// group="gN"}` (10 groups), one sample every 15 s ± 2 s for `hours`.
 pub fn bench_dataset(start_s: i64, hours: i64, n_series: usize) -> Vec<GenFamily> {
     let mut rng = Rng::new(0xbe9c_4a11);
-    let mut f = GenFamily { name: "bench_requests_total".into(), kind: "counter", series: vec![] };
+    let mut f = GenFamily {
+        name: "bench_requests_total".into(),
+        kind: "counter",
+        series: vec![],
+    };
     let n = (hours * 3600 / 15) as usize;
     for i in 0..n_series {
         let times = scrape_times(&mut rng, start_s, n, 13, 17);
         let mut v = 0.0;
-        let samples = times.into_iter().map(|s| { v += rng.below(100) as f64; (om_time(s).1, v) }).collect();
+        let samples = times
+            .into_iter()
+            .map(|s| {
+                v += rng.below(100) as f64;
+                (om_time(s).1, v)
+            })
+            .collect();
         let inst = format!("i{i:03}");
         let group = format!("g{}", i % 10);
         f.series.push(GenSeries {
-            labels: labels(&[("__name__", "bench_requests_total"), ("instance", &inst), ("group", &group), ("job", "bench")]),
+            labels: labels(&[
+                ("__name__", "bench_requests_total"),
+                ("instance", &inst),
+                ("group", &group),
+                ("job", "bench"),
+            ]),
             samples,
         });
     }
@@ -270,11 +345,22 @@ pub fn write_openmetrics(fams: &[GenFamily], path: &Path) -> std::io::Result<()>
         writeln!(w, "# TYPE {fam_name} {}", f.kind)?;
         for s in &f.series {
             let name = s.labels.name().unwrap_or("");
-            let ls: Vec<String> =
-                s.labels.0.iter().filter(|(k, _)| k != "__name__").map(|(k, v)| format!("{k}=\"{}\"", om_escape(v))).collect();
+            let ls: Vec<String> = s
+                .labels
+                .0
+                .iter()
+                .filter(|(k, _)| k != "__name__")
+                .map(|(k, v)| format!("{k}=\"{}\"", om_escape(v)))
+                .collect();
             let head = format!("{name}{{{}}}", ls.join(","));
             for &(t, v) in &s.samples {
-                writeln!(w, "{head} {} {}.{:03}", om_value(v), t.div_euclid(1000), t.rem_euclid(1000))?;
+                writeln!(
+                    w,
+                    "{head} {} {}.{:03}",
+                    om_value(v),
+                    t.div_euclid(1000),
+                    t.rem_euclid(1000)
+                )?;
             }
         }
     }
@@ -288,7 +374,9 @@ pub fn load_store(store: &Store, fams: &[GenFamily]) -> usize {
     for f in fams {
         for s in &f.series {
             for &(t, v) in &s.samples {
-                store.append(&s.labels, t, v).unwrap_or_else(|e| panic!("store refused {} @{t}: {e}", s.labels));
+                store
+                    .append(&s.labels, t, v)
+                    .unwrap_or_else(|e| panic!("store refused {} @{t}: {e}", s.labels));
                 n += 1;
             }
         }
@@ -300,8 +388,13 @@ pub fn load_store(store: &Store, fams: &[GenFamily]) -> usize {
 /// Where a Prometheus tool is: `$PROMETHEUS`/`$PROMTOOL`, /usr/bin, or PATH.
 pub fn find_tool(name: &str) -> Option<PathBuf> {
     let env = std::env::var_os(name.to_ascii_uppercase()).map(PathBuf::from);
-    let path = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>()).unwrap_or_default();
-    env.into_iter().chain(std::iter::once(PathBuf::from("/usr/bin").join(name))).chain(path).find(|p| p.is_file())
+    let path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>())
+        .unwrap_or_default();
+    env.into_iter()
+        .chain(std::iter::once(PathBuf::from("/usr/bin").join(name)))
+        .chain(path)
+        .find(|p| p.is_file())
 }
 
 /// prometheus + promtool, or a failure telling how to install them.
@@ -350,7 +443,10 @@ impl Drop for PromProcess {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }
 
 fn tail(path: &Path) -> String {
@@ -416,7 +512,11 @@ impl ApiServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let lis = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
                 tx.send(lis.local_addr().expect("addr").to_string()).expect("send");
@@ -428,8 +528,14 @@ impl ApiServer {
                     .expect("serve");
             });
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("api server did not start");
-        ApiServer { addr, stop: Some(stop), thread: Some(thread) }
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("api server did not start");
+        ApiServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 }
 
@@ -469,13 +575,29 @@ pub struct Pair {
 }
 
 impl SeriesReader for TempStore {
-    fn select(&self, m: &[crate::series::Matcher], a: i64, b: i64) -> Result<Vec<crate::series::SeriesData>, crate::series::ReadError> {
+    fn select(
+        &self,
+        m: &[crate::series::Matcher],
+        a: i64,
+        b: i64,
+    ) -> Result<Vec<crate::series::SeriesData>, crate::series::ReadError> {
         self.store.select(m, a, b)
     }
-    fn label_names(&self, m: &[crate::series::Matcher], a: i64, b: i64) -> Result<Vec<String>, crate::series::ReadError> {
+    fn label_names(
+        &self,
+        m: &[crate::series::Matcher],
+        a: i64,
+        b: i64,
+    ) -> Result<Vec<String>, crate::series::ReadError> {
         self.store.label_names(m, a, b)
     }
-    fn label_values(&self, n: &str, m: &[crate::series::Matcher], a: i64, b: i64) -> Result<Vec<String>, crate::series::ReadError> {
+    fn label_values(
+        &self,
+        n: &str,
+        m: &[crate::series::Matcher],
+        a: i64,
+        b: i64,
+    ) -> Result<Vec<String>, crate::series::ReadError> {
         self.store.label_values(n, m, a, b)
     }
     fn metadata(&self, m: Option<&str>) -> Vec<(String, crate::series::MetricMeta)> {
@@ -501,6 +623,13 @@ impl Pair {
         let prom = PromProcess::start(&prometheus, &data, &work.0).unwrap_or_else(|e| panic!("{e}"));
         let ours = ApiServer::start(store.clone(), QueryOptions::default());
         let series = fams.iter().map(|f| f.series.len()).sum();
-        Pair { prom, ours, samples, series, _store: store, _work: work }
+        Pair {
+            prom,
+            ours,
+            samples,
+            series,
+            _store: store,
+            _work: work,
+        }
     }
 }

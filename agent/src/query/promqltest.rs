@@ -24,10 +24,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use super::{
-    eval::EvalOpts,
-    instant_query_expr, parse, promqltest_duration, range_query_expr, QueryError, QueryResult,
+    QueryError, QueryResult, eval::EvalOpts, instant_query_expr, parse, promqltest_duration, range_query_expr,
 };
-use crate::series::{stale_marker, Labels, SeriesReader};
+use crate::series::{Labels, SeriesReader, stale_marker};
 
 pub enum LoadOp<'a> {
     Clear,
@@ -132,7 +131,10 @@ fn parse_quoted(s: &str) -> Option<(String, &str)> {
 /// Parses `name{a="b", ...}` at the start of `s`; returns (labels, rest).
 fn parse_metric(s: &str) -> Option<(Labels, &str)> {
     let s = s.trim_start();
-    let name_len = s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':').count();
+    let name_len = s
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+        .count();
     let mut pairs: Vec<(String, String)> = vec![];
     if name_len > 0 {
         pairs.push(("__name__".into(), s[..name_len].to_string()));
@@ -149,7 +151,10 @@ fn parse_metric(s: &str) -> Option<(Labels, &str)> {
             let (name, r) = if rest.starts_with('"') {
                 parse_quoted(rest)?
             } else {
-                let n = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').count();
+                let n = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .count();
                 if n == 0 {
                     return None;
                 }
@@ -196,7 +201,9 @@ fn parse_values(s: &str) -> Result<Option<Vec<Seq>>, String> {
             out.extend(std::iter::repeat_n(Seq::Omitted, n));
             continue;
         }
-        let is_rep = tok.rfind('x').is_some_and(|xi| xi > 0 && tok[xi + 1..].chars().all(|c| c.is_ascii_digit()) && !tok[xi + 1..].is_empty());
+        let is_rep = tok
+            .rfind('x')
+            .is_some_and(|xi| xi > 0 && tok[xi + 1..].chars().all(|c| c.is_ascii_digit()) && !tok[xi + 1..].is_empty());
         if !is_rep {
             if let Some(v) = parse_number(tok) {
                 out.push(Seq::Val(v));
@@ -257,7 +264,8 @@ fn skip_rule(expr: &str, hist_metrics: &[String], nhcb: bool) -> Option<&'static
         if let Some(i) = expr.find(m.as_str()) {
             let before_ok = i == 0 || !expr.as_bytes()[i - 1].is_ascii_alphanumeric() && expr.as_bytes()[i - 1] != b'_';
             let after = i + m.len();
-            let after_ok = after >= expr.len() || !(expr.as_bytes()[after].is_ascii_alphanumeric() || expr.as_bytes()[after] == b'_');
+            let after_ok = after >= expr.len()
+                || !(expr.as_bytes()[after].is_ascii_alphanumeric() || expr.as_bytes()[after] == b'_');
             if before_ok && after_ok {
                 return Some("native-histogram");
             }
@@ -272,7 +280,11 @@ pub fn run_file(text: &str, reader: &dyn SeriesReader, load: &mut dyn FnMut(Load
         .lines()
         .map(|l| {
             let t = l.trim();
-            if t.starts_with('#') { String::new() } else { t.to_string() }
+            if t.starts_with('#') {
+                String::new()
+            } else {
+                t.to_string()
+            }
         })
         .collect();
     let mut rep = FileReport::default();
@@ -308,7 +320,9 @@ pub fn run_file(text: &str, reader: &dyn SeriesReader, load: &mut dyn FnMut(Load
                         continue; // start timestamps: not supported
                     }
                 }
-                let Some((labels, rest)) = parse_metric(dl) else { continue };
+                let Some((labels, rest)) = parse_metric(dl) else {
+                    continue;
+                };
                 match parse_values(rest) {
                     Ok(Some(vals)) => {
                         defs.retain(|(l, _)| l != &labels);
@@ -333,11 +347,18 @@ pub fn run_file(text: &str, reader: &dyn SeriesReader, load: &mut dyn FnMut(Load
         } else if cmd.starts_with("eval") {
             let (ev, next) = parse_eval(&lines, i);
             i = next;
-            if let Some(rule) = skip_rule(&ev.expr, &hist_metrics, nhcb_loaded).or(ev.has_histogram.then_some("native-histogram")) {
+            if let Some(rule) =
+                skip_rule(&ev.expr, &hist_metrics, nhcb_loaded).or(ev.has_histogram.then_some("native-histogram"))
+            {
                 rep.skipped.push((ev.line, rule));
                 continue;
             }
-            if ev.expr.contains("__name__") && ev.expected.iter().any(|(l, _)| !l.0.is_empty() && hist_series.contains(&l.without_name())) {
+            if ev.expr.contains("__name__")
+                && ev
+                    .expected
+                    .iter()
+                    .any(|(l, _)| !l.0.is_empty() && hist_series.contains(&l.without_name()))
+            {
                 rep.skipped.push((ev.line, "native-histogram"));
                 continue;
             }
@@ -359,9 +380,13 @@ pub fn run_file(text: &str, reader: &dyn SeriesReader, load: &mut dyn FnMut(Load
 fn parse_eval(lines: &[String], start: usize) -> (Eval, usize) {
     static INSTANT: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     static RANGE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let ri = INSTANT.get_or_init(|| regex::Regex::new(r"^eval(?:_(fail|warn|ordered|info))?\s+instant\s+(?:at\s+(.+?))?\s+(.+)$").unwrap());
-    let rr = RANGE
-        .get_or_init(|| regex::Regex::new(r"^eval(?:_(fail|warn|info))?\s+range\s+from\s+(.+)\s+to\s+(.+)\s+step\s+(.+?)\s+(.+)$").unwrap());
+    let ri = INSTANT.get_or_init(|| {
+        regex::Regex::new(r"^eval(?:_(fail|warn|ordered|info))?\s+instant\s+(?:at\s+(.+?))?\s+(.+)$").unwrap()
+    });
+    let rr = RANGE.get_or_init(|| {
+        regex::Regex::new(r"^eval(?:_(fail|warn|info))?\s+range\s+from\s+(.+)\s+to\s+(.+)\s+step\s+(.+?)\s+(.+)$")
+            .unwrap()
+    });
     let l = &lines[start];
     let mut ev = Eval {
         line: start + 1,
@@ -418,7 +443,11 @@ fn parse_eval(lines: &[String], start: usize) -> (Eval, usize) {
         if let Some(r) = dl.strip_prefix("expect range vector") {
             let parts: Vec<&str> = r.split_whitespace().collect();
             if parts.len() == 6 {
-                if let (Some(f), Some(t), Some(s)) = (promqltest_duration(parts[1]), promqltest_duration(parts[3]), promqltest_duration(parts[5])) {
+                if let (Some(f), Some(t), Some(s)) = (
+                    promqltest_duration(parts[1]),
+                    promqltest_duration(parts[3]),
+                    promqltest_duration(parts[5]),
+                ) {
                     ev.expect_range_vector = Some((f, t, s));
                     ev.at = t;
                     continue;
@@ -469,7 +498,10 @@ fn parse_eval(lines: &[String], start: usize) -> (Eval, usize) {
 }
 
 fn test_opts() -> EvalOpts {
-    EvalOpts { deadline: Some(std::time::Instant::now() + Duration::from_secs(30)), ..EvalOpts::default() }
+    EvalOpts {
+        deadline: Some(std::time::Instant::now() + Duration::from_secs(30)),
+        ..EvalOpts::default()
+    }
 }
 
 fn run_eval(ev: &Eval, reader: &dyn SeriesReader) -> Result<(), String> {
@@ -510,9 +542,18 @@ fn run_eval(ev: &Eval, reader: &dyn SeriesReader) -> Result<(), String> {
             let e = parsed.map_err(|e| e.to_string())?;
             let r = range_query_expr(reader, &e, ev.at - 60_000, ev.at + 60_000, 60_000, &test_opts())
                 .map_err(|e| format!("range mode: error: {e}"))?;
-            let QueryResult::Matrix(m) = r else { return Err("range mode: not a matrix".into()) };
-            let pick: Vec<(Labels, i64, f64)> =
-                m.iter().filter_map(|s| s.samples.iter().find(|p| p.0 == ev.at).map(|p| (s.labels.clone(), p.0, p.1))).collect();
+            let QueryResult::Matrix(m) = r else {
+                return Err("range mode: not a matrix".into());
+            };
+            let pick: Vec<(Labels, i64, f64)> = m
+                .iter()
+                .filter_map(|s| {
+                    s.samples
+                        .iter()
+                        .find(|p| p.0 == ev.at)
+                        .map(|p| (s.labels.clone(), p.0, p.1))
+                })
+                .collect();
             let as_result = if ev.scalar.is_some() {
                 QueryResult::Scalar(ev.at, pick.first().map(|p| p.2).unwrap_or(f64::NAN))
             } else {
@@ -525,7 +566,8 @@ fn run_eval(ev: &Eval, reader: &dyn SeriesReader) -> Result<(), String> {
 }
 
 fn compare(ev: &Eval, r: &QueryResult) -> Result<(), String> {
-    let exp: HashMap<&Labels, (usize, &Vec<Seq>)> = ev.expected.iter().enumerate().map(|(i, (l, v))| (l, (i, v))).collect();
+    let exp: HashMap<&Labels, (usize, &Vec<Seq>)> =
+        ev.expected.iter().enumerate().map(|(i, (l, v))| (l, (i, v))).collect();
     match r {
         QueryResult::String(_, s) => match &ev.expect_string {
             Some(x) if x == s => Ok(()),
@@ -542,10 +584,17 @@ fn compare(ev: &Eval, r: &QueryResult) -> Result<(), String> {
             }
             if vs.len() != exp.len() {
                 let got: Vec<String> = vs.iter().map(|(l, _, v)| format!("{l} {v}")).collect();
-                return Err(format!("expected {} samples, got {}: {}", exp.len(), vs.len(), got.join("; ")));
+                return Err(format!(
+                    "expected {} samples, got {}: {}",
+                    exp.len(),
+                    vs.len(),
+                    got.join("; ")
+                ));
             }
             for (pos, (l, _, v)) in vs.iter().enumerate() {
-                let Some((epos, ev_vals)) = exp.get(l) else { return Err(format!("unexpected metric {l} in result, value {v}")) };
+                let Some((epos, ev_vals)) = exp.get(l) else {
+                    return Err(format!("unexpected metric {l} in result, value {v}"));
+                };
                 if ev.ordered && *epos != pos {
                     return Err(format!("expected metric {l} at position {epos} but was at {pos}"));
                 }
@@ -570,10 +619,17 @@ fn compare(ev: &Eval, r: &QueryResult) -> Result<(), String> {
             };
             if m.len() != exp.len() {
                 let got: Vec<String> = m.iter().map(|s| s.labels.to_string()).collect();
-                return Err(format!("expected {} series, got {}: {}", exp.len(), m.len(), got.join("; ")));
+                return Err(format!(
+                    "expected {} series, got {}: {}",
+                    exp.len(),
+                    m.len(),
+                    got.join("; ")
+                ));
             }
             for s in m {
-                let Some((_, vals)) = exp.get(&s.labels) else { return Err(format!("unexpected metric {} in result", s.labels)) };
+                let Some((_, vals)) = exp.get(&s.labels) else {
+                    return Err(format!("unexpected metric {} in result", s.labels));
+                };
                 let want: Vec<(i64, f64)> = vals
                     .iter()
                     .enumerate()
@@ -583,7 +639,12 @@ fn compare(ev: &Eval, r: &QueryResult) -> Result<(), String> {
                     })
                     .collect();
                 if want.len() != s.samples.len() {
-                    return Err(format!("expected {} points for {}, got {:?}", want.len(), s.labels, s.samples));
+                    return Err(format!(
+                        "expected {} points for {}, got {:?}",
+                        want.len(),
+                        s.labels,
+                        s.samples
+                    ));
                 }
                 for (w, g) in want.iter().zip(s.samples.iter()) {
                     if w.0 != g.0 || !almost_equal(w.1, g.1) {

@@ -3,8 +3,8 @@
 use std::{
     path::PathBuf,
     sync::{
-        atomic::{AtomicUsize, Ordering},
         Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
     },
 };
 
@@ -31,7 +31,10 @@ impl MemSeries {
                 Ok(i) => x.samples[i].1 = v,
                 Err(i) => x.samples.insert(i, (t, v)),
             },
-            None => s.push(SeriesData { labels: labels.clone(), samples: vec![(t, v)] }),
+            None => s.push(SeriesData {
+                labels: labels.clone(),
+                samples: vec![(t, v)],
+            }),
         }
     }
     pub fn clear(&self) {
@@ -47,20 +50,29 @@ impl SeriesReader for MemSeries {
             .filter_map(|x| {
                 let a = x.samples.partition_point(|p| p.0 < mint);
                 let b = x.samples.partition_point(|p| p.0 <= maxt);
-                (a < b).then(|| SeriesData { labels: x.labels.clone(), samples: x.samples[a..b].to_vec() })
+                (a < b).then(|| SeriesData {
+                    labels: x.labels.clone(),
+                    samples: x.samples[a..b].to_vec(),
+                })
             })
             .collect())
     }
     fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        let mut out: Vec<String> =
-            self.select(matchers, mint, maxt)?.into_iter().flat_map(|s| s.labels.0.into_iter().map(|(k, _)| k)).collect();
+        let mut out: Vec<String> = self
+            .select(matchers, mint, maxt)?
+            .into_iter()
+            .flat_map(|s| s.labels.0.into_iter().map(|(k, _)| k))
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)
     }
     fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        let mut out: Vec<String> =
-            self.select(matchers, mint, maxt)?.into_iter().filter_map(|s| s.labels.get(name).map(str::to_string)).collect();
+        let mut out: Vec<String> = self
+            .select(matchers, mint, maxt)?
+            .into_iter()
+            .filter_map(|s| s.labels.get(name).map(str::to_string))
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)
@@ -76,7 +88,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("ngxprobe-query-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "ngxprobe-query-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
         TempDir(p)
@@ -133,7 +149,11 @@ pub struct SwapStore {
 
 impl SwapStore {
     pub fn new(tag: &str) -> Self {
-        SwapStore { tag: tag.to_string(), cur: RwLock::new(TempStore::new(tag)), refused: Mutex::new(vec![]) }
+        SwapStore {
+            tag: tag.to_string(),
+            cur: RwLock::new(TempStore::new(tag)),
+            refused: Mutex::new(vec![]),
+        }
     }
     /// Drops the current store and its directory; opens an empty one.
     pub fn clear(&self) {
@@ -144,7 +164,11 @@ impl SwapStore {
     /// Appends through `SeriesWriter::append`; refusals are recorded.
     pub fn add(&self, labels: &Labels, t: i64, v: f64) {
         if let Err(err) = self.cur.read().unwrap().store.append(labels, t, v) {
-            self.refused.lock().unwrap().push(Refused { labels: labels.clone(), t, err });
+            self.refused.lock().unwrap().push(Refused {
+                labels: labels.clone(),
+                t,
+                err,
+            });
         }
     }
     pub fn take_refused(&self) -> Vec<Refused> {

@@ -16,7 +16,10 @@ fn shared_dir() -> Option<PathBuf> {
     cands.push(manifest.join("../../shared"));
     cands.push(manifest.join("../shared"));
     cands.push(PathBuf::from("/work/shared"));
-    cands.into_iter().map(|p| p.join("conformance/promqltest")).find(|p| p.is_dir())
+    cands
+        .into_iter()
+        .map(|p| p.join("conformance/promqltest"))
+        .find(|p| p.is_dir())
 }
 
 const BASELINE: &str = include_str!("conformance-baseline.txt");
@@ -43,7 +46,11 @@ fn promql_conformance() {
         .filter(|p| p.extension().is_some_and(|x| x == "test"))
         .collect();
     files.sort();
-    assert!(!files.is_empty() || !in_ci(), "promqltest: no .test files in {}", dir.display());
+    assert!(
+        !files.is_empty() || !in_ci(),
+        "promqltest: no .test files in {}",
+        dir.display()
+    );
     let mut passing = std::collections::BTreeSet::new();
     let mut total = (0, 0, 0);
     let mut refused_total = 0;
@@ -67,7 +74,11 @@ fn promql_conformance() {
             rep.failed.len(),
             rep.skipped.len(),
             by_rule,
-            if refused.is_empty() { String::new() } else { format!(", {} samples refused by the store", refused.len()) }
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!(", {} samples refused by the store", refused.len())
+            }
         );
         for r in refused.iter().take(if verbose { usize::MAX } else { 3 }) {
             println!("  REFUSED {name}: {} @{}: {}", r.labels, r.t, r.err);
@@ -96,11 +107,18 @@ fn promql_conformance() {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/query/conformance-baseline.txt")
         };
         let body: String = passing.iter().map(|s| format!("{s}\n")).collect();
-        std::fs::write(path, format!("# promqltest cases that pass; regenerate with NGXPROBE_UPDATE_BASELINE=1\n{body}")).unwrap();
+        std::fs::write(
+            path,
+            format!("# promqltest cases that pass; regenerate with NGXPROBE_UPDATE_BASELINE=1\n{body}"),
+        )
+        .unwrap();
         return;
     }
-    let regressed: Vec<&str> =
-        BASELINE.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).filter(|l| !passing.contains(*l)).collect();
+    let regressed: Vec<&str> = BASELINE
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter(|l| !passing.contains(*l))
+        .collect();
     assert!(regressed.is_empty(), "conformance regressions: {regressed:?}");
 }
 
@@ -108,20 +126,27 @@ mod api_tests {
     use std::sync::Arc;
 
     use crate::{
-        query::{api::api_router, cli::http_get, testing::MemSeries, QueryOptions},
+        query::{QueryOptions, api::api_router, cli::http_get, testing::MemSeries},
         series::Labels,
     };
 
     fn serve() -> String {
         let store = Arc::new(MemSeries::new());
-        let l = Labels::new([("__name__".into(), "nginx_http_requests_total".into()), ("instance".into(), "a".into())]);
+        let l = Labels::new([
+            ("__name__".into(), "nginx_http_requests_total".into()),
+            ("instance".into(), "a".into()),
+        ]);
         for i in 0..100 {
             store.add(&l, i * 15_000, i as f64 * 10.0);
         }
         let app = api_router(store, QueryOptions::default());
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let lis = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 tx.send(lis.local_addr().unwrap().to_string()).unwrap();
@@ -134,22 +159,34 @@ mod api_tests {
     #[test]
     fn query_api_shapes_and_errors() {
         let a = serve();
-        let r: serde_json::Value =
-            serde_json::from_str(&http_get(&a, "/api/v1/query?query=sum%20by%20(instance)%20(rate(nginx_http_requests_total%5B1m%5D))&time=600").unwrap()).unwrap();
+        let r: serde_json::Value = serde_json::from_str(
+            &http_get(
+                &a,
+                "/api/v1/query?query=sum%20by%20(instance)%20(rate(nginx_http_requests_total%5B1m%5D))&time=600",
+            )
+            .unwrap(),
+        )
+        .unwrap();
         assert_eq!(r["status"], "success", "{r}");
         assert_eq!(r["data"]["resultType"], "vector");
         assert_eq!(r["data"]["result"][0]["metric"]["instance"], "a");
         assert_eq!(r["data"]["result"][0]["value"][1], "0.6666666666666666");
-        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/query_range?query=1&start=0&end=60&step=15").unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&http_get(&a, "/api/v1/query_range?query=1&start=0&end=60&step=15").unwrap()).unwrap();
         assert_eq!(r["data"]["resultType"], "matrix", "{r}");
         assert_eq!(r["data"]["result"][0]["values"].as_array().unwrap().len(), 5);
         let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/query?query=sum(").unwrap()).unwrap();
         assert_eq!(r["errorType"], "bad_data", "{r}");
-        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/query_range?query=1&start=0&end=100000&step=1").unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&http_get(&a, "/api/v1/query_range?query=1&start=0&end=100000&step=1").unwrap())
+                .unwrap();
         assert!(r["error"].as_str().unwrap().contains("11,000 points"), "{r}");
-        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/label/instance/values").unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&http_get(&a, "/api/v1/label/instance/values").unwrap()).unwrap();
         assert_eq!(r["data"][0], "a", "{r}");
-        let r: serde_json::Value = serde_json::from_str(&http_get(&a, "/api/v1/series?match%5B%5D=nginx_http_requests_total").unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&http_get(&a, "/api/v1/series?match%5B%5D=nginx_http_requests_total").unwrap())
+                .unwrap();
         assert_eq!(r["data"][0]["instance"], "a", "{r}");
     }
 }
@@ -199,14 +236,26 @@ fn parse_error_positions_like_prometheus() {
         ("1 +", "1:4: parse error: unexpected end of input"),
         ("foo bar", "1:5: parse error: unexpected identifier \"bar\""),
         ("x[5m", "1:5: parse error: unclosed left bracket"),
-        ("x offset", "1:9: parse error: unexpected end of input in offset, expected duration"),
+        (
+            "x offset",
+            "1:9: parse error: unexpected end of input in offset, expected duration",
+        ),
         ("sum by a (x)", "1:8: parse error: unexpected identifier \"a\""),
-        ("topk(x)", "1:1: parse error: wrong number of arguments for aggregate expression provided, expected 2, got 1"),
+        (
+            "topk(x)",
+            "1:1: parse error: wrong number of arguments for aggregate expression provided, expected 2, got 1",
+        ),
         ("foo(x)", "1:1: parse error: unknown function with name \"foo\""),
-        ("rate(x)", "1:6: parse error: expected type range vector in call to function \"rate\", got instant vector"),
+        (
+            "rate(x)",
+            "1:6: parse error: expected type range vector in call to function \"rate\", got instant vector",
+        ),
         ("1 == bool 2 3", "1:13: parse error: unexpected number \"3\""),
         ("x ^^ 2", "1:4: parse error: unexpected <op:^>"),
-        ("label_replace(x, \"a\")", "1:1: parse error: expected 5 argument(s) in call to \"label_replace\", got 2"),
+        (
+            "label_replace(x, \"a\")",
+            "1:1: parse error: expected 5 argument(s) in call to \"label_replace\", got 2",
+        ),
         (" sum(x) by", "1:11: parse error: unexpected end of input"),
         ("sum(x)\n  by", "2:5: parse error: unexpected end of input"),
     ];
@@ -223,21 +272,39 @@ fn parse_error_positions_like_prometheus() {
 /// The hand-written JSON of query answers: valid, escaped, Prometheus's formats.
 #[test]
 fn result_body_json_shapes_and_escapes() {
-    use super::{api::result_body, QueryResult, RangeSeries};
+    use super::{QueryResult, RangeSeries, api::result_body};
     use crate::series::Labels;
     let l = Labels::new([("__name__".into(), "m".into()), ("a".into(), "q\"\\\n\u{1}é".into())]);
     let r = QueryResult::Matrix(vec![RangeSeries {
         labels: l.clone(),
-        samples: vec![(-1500, f64::NAN), (1500, 1.5), (2000, f64::INFINITY), (3010, -0.0), (4100, 1e300), (5000, f64::NEG_INFINITY)],
+        samples: vec![
+            (-1500, f64::NAN),
+            (1500, 1.5),
+            (2000, f64::INFINITY),
+            (3010, -0.0),
+            (4100, 1e300),
+            (5000, f64::NEG_INFINITY),
+        ],
     }]);
     let v: serde_json::Value = serde_json::from_str(&result_body(&r, 0)).unwrap();
     assert_eq!(v["status"], "success");
     assert_eq!(v["data"]["resultType"], "matrix");
     let s = &v["data"]["result"][0];
     assert_eq!(s["metric"]["a"], "q\"\\\n\u{1}é");
-    let pts: Vec<(f64, String)> =
-        s["values"].as_array().unwrap().iter().map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().to_string())).collect();
-    let want = [(-1.5, "NaN"), (1.5, "1.5"), (2.0, "+Inf"), (3.01, "-0"), (4.1, &format!("1{}", "0".repeat(300))[..]), (5.0, "-Inf")];
+    let pts: Vec<(f64, String)> = s["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p[0].as_f64().unwrap(), p[1].as_str().unwrap().to_string()))
+        .collect();
+    let want = [
+        (-1.5, "NaN"),
+        (1.5, "1.5"),
+        (2.0, "+Inf"),
+        (3.01, "-0"),
+        (4.1, &format!("1{}", "0".repeat(300))[..]),
+        (5.0, "-Inf"),
+    ];
     assert_eq!(pts.len(), want.len());
     for ((t, v), (wt, wv)) in pts.iter().zip(want) {
         assert_eq!((*t, v.as_str()), (wt, wv));
@@ -245,9 +312,15 @@ fn result_body_json_shapes_and_escapes() {
     let body = result_body(&QueryResult::Vector(vec![(l, 1_700_000_000_000, 2.0)]), 0);
     assert!(body.contains(r#""value":[1700000000,"2"]"#), "{body}");
     let body = result_body(&QueryResult::Scalar(1_700_000_000_250, 0.1), 0);
-    assert_eq!(body, r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.25,"0.1"]}}"#);
+    assert_eq!(
+        body,
+        r#"{"status":"success","data":{"resultType":"scalar","result":[1700000000.25,"0.1"]}}"#
+    );
     let body = result_body(&QueryResult::String(1000, "x\"y".into()), 0);
-    assert_eq!(body, r#"{"status":"success","data":{"resultType":"string","result":[1,"x\"y"]}}"#);
+    assert_eq!(
+        body,
+        r#"{"status":"success","data":{"resultType":"string","result":[1,"x\"y"]}}"#
+    );
 }
 
 proptest::proptest! {

@@ -77,11 +77,23 @@ impl Labels {
     }
     /// Keeps only the named labels.
     pub fn keep(&self, names: &[String]) -> Labels {
-        Labels(self.0.iter().filter(|(k, _)| names.iter().any(|n| n == k)).cloned().collect())
+        Labels(
+            self.0
+                .iter()
+                .filter(|(k, _)| names.iter().any(|n| n == k))
+                .cloned()
+                .collect(),
+        )
     }
     /// Drops the named labels.
     pub fn drop_names(&self, names: &[String]) -> Labels {
-        Labels(self.0.iter().filter(|(k, _)| !names.iter().any(|n| n == k)).cloned().collect())
+        Labels(
+            self.0
+                .iter()
+                .filter(|(k, _)| !names.iter().any(|n| n == k))
+                .cloned()
+                .collect(),
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     file::ErrorKind,
-    promtool::{check_rules_file, run_test_file, CheckOutcome, TestErrorKind},
+    promtool::{CheckOutcome, TestErrorKind, check_rules_file, run_test_file},
 };
 
 /// Kinds of verdict, comparable between promtool's text and ngxprobe's errors.
@@ -32,11 +32,26 @@ enum Kind {
 /// Where ngxprobe deliberately differs from Debian's promtool 2.42, because the
 /// test data comes from a newer Prometheus whose behaviour ngxprobe follows.
 const DIVERGENCES: &[(&str, &str)] = &[
-    ("no-test-group-interval.yml", "a test group without `interval` uses evaluation_interval (Prometheus >= 2.4x; 2.42 used 0 and fails)"),
-    ("start-time-test.yml", "`start_timestamp` is supported (newer promtool); 2.42 rejects it as an unknown field"),
-    ("rules_run_fuzzy.yml", "`fuzzy_compare` is supported (newer promtool): fails on the 'wrong fuzzy match' test; 2.42 fails on the unknown field"),
-    ("rules_run_no_fuzzy.yml", "`fuzzy_compare` is supported (newer promtool): fails on the mismatch; 2.42 fails on the unknown field"),
-    ("unittest.yml", "native-histogram samples are not supported (ngxprobe has no histograms); 2.42 rejects `histogram:` as an unknown field"),
+    (
+        "no-test-group-interval.yml",
+        "a test group without `interval` uses evaluation_interval (Prometheus >= 2.4x; 2.42 used 0 and fails)",
+    ),
+    (
+        "start-time-test.yml",
+        "`start_timestamp` is supported (newer promtool); 2.42 rejects it as an unknown field",
+    ),
+    (
+        "rules_run_fuzzy.yml",
+        "`fuzzy_compare` is supported (newer promtool): fails on the 'wrong fuzzy match' test; 2.42 fails on the unknown field",
+    ),
+    (
+        "rules_run_no_fuzzy.yml",
+        "`fuzzy_compare` is supported (newer promtool): fails on the mismatch; 2.42 fails on the unknown field",
+    ),
+    (
+        "unittest.yml",
+        "native-histogram samples are not supported (ngxprobe has no histograms); 2.42 rejects `histogram:` as an unknown field",
+    ),
 ];
 
 pub fn shared_dir() -> PathBuf {
@@ -47,12 +62,19 @@ pub fn shared_dir() -> PathBuf {
 }
 
 fn promtool() -> PathBuf {
-    for p in std::env::var("PATH").unwrap_or_default().split(':').map(|d| Path::new(d).join("promtool")).chain([PathBuf::from("/usr/bin/promtool")]) {
+    for p in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("promtool"))
+        .chain([PathBuf::from("/usr/bin/promtool")])
+    {
         if p.is_file() {
             return p;
         }
     }
-    panic!("promtool not found: run `cargo xtask setup` (it installs Debian's prometheus package, which ships /usr/bin/promtool)");
+    panic!(
+        "promtool not found: run `cargo xtask setup` (it installs Debian's prometheus package, which ships /usr/bin/promtool)"
+    );
 }
 
 fn is_unit_test_file(text: &str) -> bool {
@@ -62,7 +84,11 @@ fn is_unit_test_file(text: &str) -> bool {
 fn promtool_kinds(ok: bool, out: &str, test: bool) -> BTreeSet<Kind> {
     let mut k = BTreeSet::new();
     if ok {
-        k.insert(if out.contains("lint error") { Kind::PassLint } else { Kind::Pass });
+        k.insert(if out.contains("lint error") {
+            Kind::PassLint
+        } else {
+            Kind::Pass
+        });
         return k;
     }
     if out.contains("lint error") && !test {
@@ -129,7 +155,10 @@ fn ngxprobe_kinds(path: &Path, test: bool) -> (bool, BTreeSet<Kind>, String) {
                         TestErrorKind::Mismatch => Kind::Mismatch,
                     });
                 }
-                let first = errs.first().map(|e| e.message.lines().next().unwrap_or("").to_string()).unwrap_or_default();
+                let first = errs
+                    .first()
+                    .map(|e| e.message.lines().next().unwrap_or("").to_string())
+                    .unwrap_or_default();
                 (false, k, first)
             }
         }
@@ -162,7 +191,10 @@ fn rules_promtool_conformance() {
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let text = std::fs::read_to_string(f).unwrap_or_default();
         let test = is_unit_test_file(&text);
         let mode = if test { "test" } else { "check" };
@@ -173,7 +205,11 @@ fn rules_promtool_conformance() {
             .current_dir(&dir)
             .output()
             .unwrap_or_else(|e| panic!("running promtool: {e}"));
-        let ptext = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let ptext = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let p_ok = out.status.success();
         let p_kinds = promtool_kinds(p_ok, &ptext, test);
         let (n_ok, n_kinds, first) = ngxprobe_kinds(f, test);
@@ -185,21 +221,48 @@ fn rules_promtool_conformance() {
             (true, Some(_)) => "match (see note)",
             (false, Some(_)) => "known divergence",
             (false, None) => {
-                failures.push(format!("{name}: promtool {} {:?}, ngxprobe {} {:?}: {first}", if p_ok { "PASS" } else { "FAIL" }, p_kinds, if n_ok { "PASS" } else { "FAIL" }, n_kinds));
+                failures.push(format!(
+                    "{name}: promtool {} {:?}, ngxprobe {} {:?}: {first}",
+                    if p_ok { "PASS" } else { "FAIL" },
+                    p_kinds,
+                    if n_ok { "PASS" } else { "FAIL" },
+                    n_kinds
+                ));
                 "MISMATCH"
             }
         };
         rows.push((name, mode, p_ok, p_kinds, n_ok, n_kinds, status, divergence));
     }
-    println!("{:<36} {:<5} {:<26} {:<26} RESULT", "FILE", "MODE", "PROMTOOL 2.42", "NGXPROBE");
-    let verdict = |ok: bool, k: &BTreeSet<Kind>| format!("{} {:?}", if ok { "PASS" } else { "FAIL" }, k.iter().collect::<Vec<_>>());
+    println!(
+        "{:<36} {:<5} {:<26} {:<26} RESULT",
+        "FILE", "MODE", "PROMTOOL 2.42", "NGXPROBE"
+    );
+    let verdict = |ok: bool, k: &BTreeSet<Kind>| {
+        format!(
+            "{} {:?}",
+            if ok { "PASS" } else { "FAIL" },
+            k.iter().collect::<Vec<_>>()
+        )
+    };
     for (name, mode, p_ok, pk, n_ok, nk, status, why) in &rows {
-        println!("{name:<36} {mode:<5} {:<26} {:<26} {status}", verdict(*p_ok, pk), verdict(*n_ok, nk));
+        println!(
+            "{name:<36} {mode:<5} {:<26} {:<26} {status}",
+            verdict(*p_ok, pk),
+            verdict(*n_ok, nk)
+        );
         if let Some(w) = why {
             println!("{:<36}   note: {w}", "");
         }
     }
     let matched = rows.iter().filter(|r| r.6.starts_with("match")).count();
-    println!("{matched}/{} files match promtool; {} known divergences", rows.len(), rows.iter().filter(|r| r.6 == "known divergence").count());
-    assert!(failures.is_empty(), "ngxprobe disagrees with promtool:\n{}", failures.join("\n"));
+    println!(
+        "{matched}/{} files match promtool; {} known divergences",
+        rows.len(),
+        rows.iter().filter(|r| r.6 == "known divergence").count()
+    );
+    assert!(
+        failures.is_empty(),
+        "ngxprobe disagrees with promtool:\n{}",
+        failures.join("\n")
+    );
 }

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::{
     alerts::Alert,
-    query::{instant_query_expr, EvalOpts, QueryResult},
-    series::{is_stale_marker, stale_marker, AppendError, Labels, MatchOp, Matcher, SeriesReader, SeriesWriter},
+    query::{EvalOpts, QueryResult, instant_query_expr},
+    series::{AppendError, Labels, MatchOp, Matcher, SeriesReader, SeriesWriter, is_stale_marker, stale_marker},
 };
 
 /// Resolved alerts are kept (and re-sent) this long (Prometheus: 15m).
@@ -58,7 +58,10 @@ impl ActiveAlert {
         if self.state == AlertState::Pending {
             return false;
         }
-        if self.resolved_at.is_some_and(|r| self.last_sent_at.is_none_or(|s| r > s)) {
+        if self
+            .resolved_at
+            .is_some_and(|r| self.last_sent_at.is_none_or(|s| r > s))
+        {
             return true;
         }
         self.last_sent_at.is_none_or(|s| s + resend_delay < ts)
@@ -114,7 +117,11 @@ impl RuleState {
 
     /// Highest state over instances (inactive when none).
     pub fn state(&self) -> AlertState {
-        self.active.values().map(|a| a.state).max().unwrap_or(AlertState::Inactive)
+        self.active
+            .values()
+            .map(|a| a.state)
+            .max()
+            .unwrap_or(AlertState::Inactive)
     }
 
     /// Instances that are pending or firing (not resolved).
@@ -182,11 +189,20 @@ fn to_system_time(ms: i64) -> SystemTime {
 
 /// `/graph?g0.expr=...&g0.tab=1` under the external URL, as Prometheus links alerts.
 pub fn generator_url(external_url: &str, expr: &str) -> String {
-    format!("{}/graph?g0.expr={}&g0.tab=1", external_url.trim_end_matches('/'), template::query_escape(expr))
+    format!(
+        "{}/graph?g0.expr={}&g0.tab=1",
+        external_url.trim_end_matches('/'),
+        template::query_escape(expr)
+    )
 }
 
 /// Runs an instant query as a rule does: vector or scalar (as one sample without labels).
-pub fn rule_query(reader: &dyn SeriesReader, expr: &promql_parser::parser::Expr, t: i64, opts: &EvalOpts) -> Result<Vec<(Labels, f64)>, String> {
+pub fn rule_query(
+    reader: &dyn SeriesReader,
+    expr: &promql_parser::parser::Expr,
+    t: i64,
+    opts: &EvalOpts,
+) -> Result<Vec<(Labels, f64)>, String> {
     match instant_query_expr(reader, expr, t, opts).map_err(|e| e.to_string())? {
         QueryResult::Vector(v) => Ok(v.into_iter().map(|(l, _, x)| (l, x)).collect()),
         QueryResult::Scalar(_, x) => Ok(vec![(Labels::default(), x)]),
@@ -248,7 +264,12 @@ impl Group {
         self.failures_total = from.failures_total;
         let mut used = vec![false; from.rules.len()];
         for r in &mut self.rules {
-            if let Some(i) = from.rules.iter().enumerate().position(|(i, o)| !used[i] && o.def.name == r.def.name && o.def.labels == r.def.labels) {
+            if let Some(i) = from
+                .rules
+                .iter()
+                .enumerate()
+                .position(|(i, o)| !used[i] && o.def.name == r.def.name && o.def.labels == r.def.labels)
+            {
                 used[i] = true;
                 let o = &from.rules[i];
                 r.active = o.active.clone();
@@ -272,7 +293,11 @@ impl Group {
 
     /// Every series this group wrote last time (when the group goes away).
     pub fn all_series(&self) -> Vec<Labels> {
-        self.rules.iter().flat_map(|r| r.prev_series.iter().cloned()).chain(self.stale_series.iter().cloned()).collect()
+        self.rules
+            .iter()
+            .flat_map(|r| r.prev_series.iter().cloned())
+            .chain(self.stale_series.iter().cloned())
+            .collect()
     }
 
     /// Evaluates every rule at `ts` (ms) in order; returns alerts to send.
@@ -381,7 +406,9 @@ impl Group {
                 }
             }
             for a in rule.active.values_mut() {
-                let Some(&(t, v)) = by_labels.get(&a.labels) else { continue };
+                let Some(&(t, v)) = by_labels.get(&a.labels) else {
+                    continue;
+                };
                 if is_stale_marker(v) {
                     continue;
                 }
@@ -405,7 +432,14 @@ impl Group {
 
 type Vector = Vec<(Labels, i64, f64)>;
 
-fn eval_recording(rule: &mut RuleState, ts: i64, offset: i64, opts: &EvalOpts, env: &EvalEnv, limit: usize) -> Result<Vector, String> {
+fn eval_recording(
+    rule: &mut RuleState,
+    ts: i64,
+    offset: i64,
+    opts: &EvalOpts,
+    env: &EvalEnv,
+    limit: usize,
+) -> Result<Vector, String> {
     let res = rule_query(env.reader.as_ref(), &rule.def.parsed, ts - offset, opts)?;
     let mut out = Vec::with_capacity(res.len());
     let mut seen = HashSet::new();
@@ -427,13 +461,25 @@ fn eval_recording(rule: &mut RuleState, ts: i64, offset: i64, opts: &EvalOpts, e
     Ok(out)
 }
 
-fn eval_alerting(rule: &mut RuleState, ts: i64, offset: i64, opts: &EvalOpts, env: &EvalEnv, limit: usize) -> Result<Vector, String> {
+fn eval_alerting(
+    rule: &mut RuleState,
+    ts: i64,
+    offset: i64,
+    opts: &EvalOpts,
+    env: &EvalEnv,
+    limit: usize,
+) -> Result<Vector, String> {
     let res = rule_query(env.reader.as_ref(), &rule.def.parsed, ts - offset, opts)?;
     let tname = format!("__alert_{}", rule.def.name);
     let mut new_alerts: BTreeMap<BTreeMap<String, String>, ActiveAlert> = BTreeMap::new();
     // The `query` template function: an instant query at the evaluation time.
-    let query: Option<QueryFn> = (rule.def.labels.values().chain(rule.def.annotations.values()).any(|t| t.contains("query")))
-        .then(|| make_query_fn(env.reader.clone(), opts.clone(), ts - offset));
+    let query: Option<QueryFn> = (rule
+        .def
+        .labels
+        .values()
+        .chain(rule.def.annotations.values())
+        .any(|t| t.contains("query")))
+    .then(|| make_query_fn(env.reader.clone(), opts.clone(), ts - offset));
     {
         for (l, v) in &res {
             let smap = map_of(l);
@@ -445,7 +491,9 @@ fn eval_alerting(rule: &mut RuleState, ts: i64, offset: i64, opts: &EvalOpts, en
                 ts_ms: ts,
                 query: query.clone(),
             };
-            let expand = |text: &str| template::expand(&tname, text, &data).unwrap_or_else(|e| format!("<error expanding template: {e}>"));
+            let expand = |text: &str| {
+                template::expand(&tname, text, &data).unwrap_or_else(|e| format!("<error expanding template: {e}>"))
+            };
             let mut lbls = smap.clone();
             lbls.remove("__name__");
             for (k, val) in &rule.def.labels {
@@ -457,7 +505,13 @@ fn eval_alerting(rule: &mut RuleState, ts: i64, offset: i64, opts: &EvalOpts, en
                 }
             }
             lbls.insert("alertname".into(), rule.def.name.clone());
-            let annotations: BTreeMap<String, String> = rule.def.annotations.iter().map(|(k, val)| (k.clone(), expand(val))).filter(|(_, v)| !v.is_empty()).collect();
+            let annotations: BTreeMap<String, String> = rule
+                .def
+                .annotations
+                .iter()
+                .map(|(k, val)| (k.clone(), expand(val)))
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
             if new_alerts.contains_key(&lbls) {
                 return Err("vector contains metrics with the same labelset after applying alert labels".into());
             }
@@ -563,14 +617,24 @@ fn send_alerts(rule: &mut RuleState, ts: i64, resend_delay: i64, interval: i64, 
             a.last_sent_at = Some(ts);
             let delta = interval.max(resend_delay);
             a.valid_until = ts + 4 * delta;
-            out.push(to_notifier_alert(a, &rule.def.expr, env.external_labels, env.external_url));
+            out.push(to_notifier_alert(
+                a,
+                &rule.def.expr,
+                env.external_labels,
+                env.external_url,
+            ));
         }
     }
     out
 }
 
 /// The alert as Prometheus's notifier posts it (external labels added where unset).
-pub fn to_notifier_alert(a: &ActiveAlert, expr: &str, external_labels: &BTreeMap<String, String>, external_url: &str) -> Alert {
+pub fn to_notifier_alert(
+    a: &ActiveAlert,
+    expr: &str,
+    external_labels: &BTreeMap<String, String>,
+    external_url: &str,
+) -> Alert {
     let mut labels = a.labels.clone();
     for (k, v) in external_labels {
         labels.entry(k.clone()).or_insert_with(|| v.clone());

@@ -3,15 +3,15 @@
 use std::{collections::BTreeMap, fmt, path::Path};
 
 use serde::{
-    de::{self, IgnoredAny},
     Deserialize, Deserializer,
+    de::{self, IgnoredAny},
 };
 use serde_saphyr::Spanned;
 
 use super::template;
 use crate::config::PromDuration;
-pub use crate::series::is_valid_label_name;
 use crate::config::locate::{dotted, error_location, locate, steps_from_path, take_unknown_field};
+pub use crate::series::is_valid_label_name;
 
 /// A validated rule group.
 #[derive(Clone, Debug)]
@@ -201,7 +201,11 @@ pub fn load_file(path: &Path) -> Result<Vec<GroupDef>, Vec<RuleError>> {
     let name = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => parse_text(&name, &text),
-        Err(e) => Err(vec![RuleError { file: name, kind: ErrorKind::Io, message: e.to_string() }]),
+        Err(e) => Err(vec![RuleError {
+            file: name,
+            kind: ErrorKind::Io,
+            message: e.to_string(),
+        }]),
     }
 }
 
@@ -219,9 +223,20 @@ pub fn parse_text(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError
     }
     let is_k8s = matches!(
         serde_saphyr::from_str::<Probe>(text),
-        Ok(Probe { kind: Some(_), spec: Some(_), groups: None }) | Ok(Probe { spec: Some(_), groups: None, .. })
+        Ok(Probe {
+            kind: Some(_),
+            spec: Some(_),
+            groups: None
+        }) | Ok(Probe {
+            spec: Some(_),
+            groups: None,
+            ..
+        })
     );
-    let options = serde_saphyr::Options { with_snippet: false, ..serde_saphyr::Options::default() };
+    let options = serde_saphyr::Options {
+        with_snippet: false,
+        ..serde_saphyr::Options::default()
+    };
     let mut field_path: Option<serde_path_to_error::Path> = None;
     let raw = if is_k8s {
         serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
@@ -246,7 +261,12 @@ pub fn parse_text(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError
     validate(file, raw)
 }
 
-fn yaml_error(file: &str, text: &str, err: &serde_saphyr::Error, path: Option<&serde_path_to_error::Path>) -> RuleError {
+fn yaml_error(
+    file: &str,
+    text: &str,
+    err: &serde_saphyr::Error,
+    path: Option<&serde_path_to_error::Path>,
+) -> RuleError {
     // `value` is Spanned's own field (no rule-file field has that name).
     let mut steps = steps_from_path(path, Some("value"));
     let mut message = match err.without_snippet() {
@@ -264,7 +284,9 @@ fn yaml_error(file: &str, text: &str, err: &serde_saphyr::Error, path: Option<&s
         kind = ErrorKind::UnknownField;
         anchor_key = true;
     }
-    let pos = locate(text, &steps, anchor_key).filter(|_| !steps.is_empty()).or_else(|| error_location(err));
+    let pos = locate(text, &steps, anchor_key)
+        .filter(|_| !steps.is_empty())
+        .or_else(|| error_location(err));
     let mut msg = String::new();
     if let Some((l, c)) = pos {
         msg.push_str(&format!("{l}:{c}: "));
@@ -275,7 +297,11 @@ fn yaml_error(file: &str, text: &str, err: &serde_saphyr::Error, path: Option<&s
         msg.push_str(": ");
     }
     msg.push_str(&message);
-    RuleError { file: file.to_string(), kind, message: msg }
+    RuleError {
+        file: file.to_string(),
+        kind,
+        message: msg,
+    }
 }
 
 pub fn is_valid_metric_name(s: &str) -> bool {
@@ -290,7 +316,13 @@ fn pos<T>(s: &Spanned<T>) -> String {
 
 fn validate(file: &str, raw: RawFile) -> Result<Vec<GroupDef>, Vec<RuleError>> {
     let mut errs: Vec<RuleError> = Vec::new();
-    let mut push = |kind: ErrorKind, message: String| errs.push(RuleError { file: file.to_string(), kind, message });
+    let mut push = |kind: ErrorKind, message: String| {
+        errs.push(RuleError {
+            file: file.to_string(),
+            kind,
+            message,
+        })
+    };
     let mut seen = std::collections::HashSet::new();
     let mut groups = Vec::new();
     for g in raw.groups {
@@ -301,12 +333,18 @@ fn validate(file: &str, raw: RawFile) -> Result<Vec<GroupDef>, Vec<RuleError>> {
             push(ErrorKind::Invalid, format!("{gpos}: Groupname must not be empty"));
         }
         if !seen.insert(gname.clone()) {
-            push(ErrorKind::Invalid, format!("{gpos}: groupname: \"{gname}\" is repeated in the same file"));
+            push(
+                ErrorKind::Invalid,
+                format!("{gpos}: groupname: \"{gname}\" is repeated in the same file"),
+            );
         }
         let glabels: BTreeMap<String, String> = g.labels.into_iter().map(|(k, v)| (k, v.0)).collect();
         for k in glabels.keys() {
             if !is_valid_label_name(k) {
-                push(ErrorKind::Invalid, format!("{gpos}: group {gname:?}: invalid label name: {k}"));
+                push(
+                    ErrorKind::Invalid,
+                    format!("{gpos}: group {gname:?}: invalid label name: {k}"),
+                );
             }
         }
         let mut rules = Vec::new();
@@ -315,7 +353,11 @@ fn validate(file: &str, raw: RawFile) -> Result<Vec<GroupDef>, Vec<RuleError>> {
             let r = r.value;
             let record = r.record.as_ref().map(|s| s.value.0.clone()).unwrap_or_default();
             let alert = r.alert.as_ref().map(|s| s.value.0.clone()).unwrap_or_default();
-            let rname = if !alert.is_empty() { alert.clone() } else { record.clone() };
+            let rname = if !alert.is_empty() {
+                alert.clone()
+            } else {
+                record.clone()
+            };
             let head = format!("group {gname:?}, rule {}, {rname:?}", i + 1);
             let mut bad = false;
             let mut rule_err = |kind: ErrorKind, at: Option<String>, msg: String| {
@@ -324,24 +366,44 @@ fn validate(file: &str, raw: RawFile) -> Result<Vec<GroupDef>, Vec<RuleError>> {
             };
             let rec_pos = r.record.as_ref().map(pos);
             if !record.is_empty() && !alert.is_empty() {
-                let at = format!("{}: {}", pos(r.record.as_ref().expect("record set")), pos(r.alert.as_ref().expect("alert set")));
-                rule_err(ErrorKind::Invalid, Some(at), "only one of 'record' and 'alert' must be set".into());
+                let at = format!(
+                    "{}: {}",
+                    pos(r.record.as_ref().expect("record set")),
+                    pos(r.alert.as_ref().expect("alert set"))
+                );
+                rule_err(
+                    ErrorKind::Invalid,
+                    Some(at),
+                    "only one of 'record' and 'alert' must be set".into(),
+                );
                 bad = true;
             }
             if record.is_empty() && alert.is_empty() {
-                rule_err(ErrorKind::Invalid, Some(rpos.clone()), "one of 'record' or 'alert' must be set".into());
+                rule_err(
+                    ErrorKind::Invalid,
+                    Some(rpos.clone()),
+                    "one of 'record' or 'alert' must be set".into(),
+                );
                 bad = true;
             }
             let expr_text = r.expr.as_ref().map(|s| s.value.0.clone()).unwrap_or_default();
             let mut parsed = None;
             if expr_text.is_empty() {
-                rule_err(ErrorKind::Invalid, r.expr.as_ref().map(pos).or(Some(rpos.clone())), "field 'expr' must be set in rule".into());
+                rule_err(
+                    ErrorKind::Invalid,
+                    r.expr.as_ref().map(pos).or(Some(rpos.clone())),
+                    "field 'expr' must be set in rule".into(),
+                );
                 bad = true;
             } else {
                 match crate::query::parse(&expr_text) {
                     Ok(e) => parsed = Some(e),
                     Err(e) => {
-                        rule_err(ErrorKind::Promql, r.expr.as_ref().map(pos), format!("could not parse expression: {e}"));
+                        rule_err(
+                            ErrorKind::Promql,
+                            r.expr.as_ref().map(pos),
+                            format!("could not parse expression: {e}"),
+                        );
                         bad = true;
                     }
                 }
@@ -350,19 +412,35 @@ fn validate(file: &str, raw: RawFile) -> Result<Vec<GroupDef>, Vec<RuleError>> {
             let kff_ms = r.keep_firing_for.map(Dur::ms).unwrap_or(0);
             if !record.is_empty() {
                 if !r.annotations.is_empty() {
-                    rule_err(ErrorKind::Invalid, rec_pos.clone(), "invalid field 'annotations' in recording rule".into());
+                    rule_err(
+                        ErrorKind::Invalid,
+                        rec_pos.clone(),
+                        "invalid field 'annotations' in recording rule".into(),
+                    );
                     bad = true;
                 }
                 if for_ms != 0 {
-                    rule_err(ErrorKind::Invalid, rec_pos.clone(), "invalid field 'for' in recording rule".into());
+                    rule_err(
+                        ErrorKind::Invalid,
+                        rec_pos.clone(),
+                        "invalid field 'for' in recording rule".into(),
+                    );
                     bad = true;
                 }
                 if kff_ms != 0 {
-                    rule_err(ErrorKind::Invalid, rec_pos.clone(), "invalid field 'keep_firing_for' in recording rule".into());
+                    rule_err(
+                        ErrorKind::Invalid,
+                        rec_pos.clone(),
+                        "invalid field 'keep_firing_for' in recording rule".into(),
+                    );
                     bad = true;
                 }
                 if !is_valid_metric_name(&record) {
-                    rule_err(ErrorKind::Invalid, rec_pos.clone(), format!("invalid recording rule name: {record}"));
+                    rule_err(
+                        ErrorKind::Invalid,
+                        rec_pos.clone(),
+                        format!("invalid recording rule name: {record}"),
+                    );
                     bad = true;
                 }
             }
@@ -420,11 +498,7 @@ fn validate(file: &str, raw: RawFile) -> Result<Vec<GroupDef>, Vec<RuleError>> {
             rules,
         });
     }
-    if errs.is_empty() {
-        Ok(groups)
-    } else {
-        Err(errs)
-    }
+    if errs.is_empty() { Ok(groups) } else { Err(errs) }
 }
 
 /// Number of rules in a file as written (valid or not), for messages.

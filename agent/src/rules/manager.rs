@@ -4,11 +4,11 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{mpsc, Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, RwLock, mpsc},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::{json, Value as J};
+use serde_json::{Value as J, json};
 
 use super::{
     config::RulesConfig,
@@ -28,7 +28,10 @@ pub const DEFAULT_RULES_YAML: &str = include_str!("default_rules.yml");
 pub const DEFAULT_RULES_FILE: &str = "<built-in>/nginx.rules.yml";
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Why a load/reload failed: every error of every bad file.
@@ -86,7 +89,12 @@ pub fn expand_globs(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
 }
 
 impl RuleManager {
-    pub fn new(reader: Arc<dyn SeriesReader>, writer: Arc<dyn SeriesWriter>, sink: Arc<dyn AlertSink>, cfg: RulesConfig) -> Self {
+    pub fn new(
+        reader: Arc<dyn SeriesReader>,
+        writer: Arc<dyn SeriesWriter>,
+        sink: Arc<dyn AlertSink>,
+        cfg: RulesConfig,
+    ) -> Self {
         RuleManager {
             reader,
             writer,
@@ -110,7 +118,13 @@ impl RuleManager {
 
     /// Loads the config's `rule_files` globs (plus the built-in rules when enabled).
     pub fn load_configured(&self) -> Result<usize, LoadError> {
-        let files = expand_globs(&self.cfg.rule_files).map_err(|e| LoadError(vec![RuleError { file: String::new(), kind: file::ErrorKind::Io, message: e }]))?;
+        let files = expand_globs(&self.cfg.rule_files).map_err(|e| {
+            LoadError(vec![RuleError {
+                file: String::new(),
+                kind: file::ErrorKind::Io,
+                message: e,
+            }])
+        })?;
         self.load(&files)
     }
 
@@ -153,7 +167,11 @@ impl RuleManager {
         for d in defs {
             let mut g = Group::new(d, self.interval_ms());
             n += g.rules.len();
-            if let Some(i) = old.iter().position(|o| o.lock().map(|o| o.def.file == g.def.file && o.def.name == g.def.name).unwrap_or(false)) {
+            if let Some(i) = old.iter().position(|o| {
+                o.lock()
+                    .map(|o| o.def.file == g.def.file && o.def.name == g.def.name)
+                    .unwrap_or(false)
+            }) {
                 let o = old.remove(i);
                 let o = o.lock().unwrap_or_else(|e| e.into_inner());
                 g.copy_state(&o);
@@ -231,7 +249,12 @@ impl RuleManager {
 
     /// A snapshot of the groups and their state.
     pub fn groups(&self) -> Vec<Group> {
-        self.groups.read().unwrap_or_else(|e| e.into_inner()).iter().map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).clone()).collect()
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
     }
 
     /// Runs until `shutdown` receives (or its sender is dropped): each group is
@@ -258,7 +281,13 @@ impl RuleManager {
             }
             next = sched;
             let now = now_ms();
-            let wait = next.iter().map(|(_, t)| *t).min().map(|t| (t - now).max(0)).unwrap_or(1000).min(1000);
+            let wait = next
+                .iter()
+                .map(|(_, t)| *t)
+                .min()
+                .map(|t| (t - now).max(0))
+                .unwrap_or(1000)
+                .min(1000);
             match shutdown.recv_timeout(Duration::from_millis(wait as u64)) {
                 Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -281,7 +310,13 @@ impl RuleManager {
                 let after = now_ms();
                 let missed = ((after - *t) / interval - 1).max(0);
                 if missed > 0 {
-                    *self.counters.lock().unwrap_or_else(|e| e.into_inner()).missed.entry(key).or_default() += missed as u64;
+                    *self
+                        .counters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .missed
+                        .entry(key)
+                        .or_default() += missed as u64;
                 }
                 *t += (missed + 1) * interval;
             }
@@ -293,7 +328,9 @@ impl RuleManager {
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<(std::thread::JoinHandle<()>, mpsc::Sender<()>)> {
         let (tx, rx) = mpsc::channel();
         let me = self.clone();
-        let h = std::thread::Builder::new().name("rules".into()).spawn(move || me.run(rx))?;
+        let h = std::thread::Builder::new()
+            .name("rules".into())
+            .spawn(move || me.run(rx))?;
         Ok((h, tx))
     }
 
@@ -301,14 +338,42 @@ impl RuleManager {
     pub fn families(&self) -> Vec<Family> {
         let groups = self.groups();
         let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        let mut evals = Family::new("ngxprobe_rule_evaluations_total", "Rule evaluations.", MetricType::Counter);
-        let mut fails = Family::new("ngxprobe_rule_evaluation_failures_total", "Rule evaluations that failed.", MetricType::Counter);
-        let mut dur = Family::new("ngxprobe_rule_group_last_duration_seconds", "Duration of the last evaluation of the group.", MetricType::Gauge);
-        let mut interval = Family::new("ngxprobe_rule_group_interval_seconds", "Evaluation interval of the group.", MetricType::Gauge);
-        let mut last = Family::new("ngxprobe_rule_group_last_evaluation_timestamp_seconds", "When the group was last evaluated.", MetricType::Gauge);
+        let mut evals = Family::new(
+            "ngxprobe_rule_evaluations_total",
+            "Rule evaluations.",
+            MetricType::Counter,
+        );
+        let mut fails = Family::new(
+            "ngxprobe_rule_evaluation_failures_total",
+            "Rule evaluations that failed.",
+            MetricType::Counter,
+        );
+        let mut dur = Family::new(
+            "ngxprobe_rule_group_last_duration_seconds",
+            "Duration of the last evaluation of the group.",
+            MetricType::Gauge,
+        );
+        let mut interval = Family::new(
+            "ngxprobe_rule_group_interval_seconds",
+            "Evaluation interval of the group.",
+            MetricType::Gauge,
+        );
+        let mut last = Family::new(
+            "ngxprobe_rule_group_last_evaluation_timestamp_seconds",
+            "When the group was last evaluated.",
+            MetricType::Gauge,
+        );
         let mut rules = Family::new("ngxprobe_rule_group_rules", "Rules in the group.", MetricType::Gauge);
-        let mut iters = Family::new("ngxprobe_rule_group_iterations_total", "Scheduled group evaluations that ran.", MetricType::Counter);
-        let mut missed = Family::new("ngxprobe_rule_group_iterations_missed_total", "Group evaluation slots skipped because the previous evaluation ran long.", MetricType::Counter);
+        let mut iters = Family::new(
+            "ngxprobe_rule_group_iterations_total",
+            "Scheduled group evaluations that ran.",
+            MetricType::Counter,
+        );
+        let mut missed = Family::new(
+            "ngxprobe_rule_group_iterations_missed_total",
+            "Group evaluation slots skipped because the previous evaluation ran long.",
+            MetricType::Counter,
+        );
         for g in &groups {
             let k = g.key();
             let l = [("rule_group", k.as_str())];
@@ -321,11 +386,23 @@ impl RuleManager {
             iters.push(&l, c.iterations.get(&k).copied().unwrap_or(0) as f64);
             missed.push(&l, c.missed.get(&k).copied().unwrap_or(0) as f64);
         }
-        let mut ok = Family::new("ngxprobe_rule_config_last_reload_successful", "Whether the last rule load succeeded.", MetricType::Gauge);
+        let mut ok = Family::new(
+            "ngxprobe_rule_config_last_reload_successful",
+            "Whether the last rule load succeeded.",
+            MetricType::Gauge,
+        );
         ok.push(&[], if c.reload_ok { 1.0 } else { 0.0 });
-        let mut ok_ts = Family::new("ngxprobe_rule_config_last_reload_success_timestamp_seconds", "When rules were last loaded successfully.", MetricType::Gauge);
+        let mut ok_ts = Family::new(
+            "ngxprobe_rule_config_last_reload_success_timestamp_seconds",
+            "When rules were last loaded successfully.",
+            MetricType::Gauge,
+        );
         ok_ts.push(&[], c.reload_ts as f64 / 1000.0);
-        let mut sent = Family::new("ngxprobe_rule_alerts_sent_total", "Alerts handed to the notify stage.", MetricType::Counter);
+        let mut sent = Family::new(
+            "ngxprobe_rule_alerts_sent_total",
+            "Alerts handed to the notify stage.",
+            MetricType::Counter,
+        );
         sent.push(&[], c.alerts_sent as f64);
         vec![evals, fails, dur, interval, last, rules, iters, missed, ok, ok_ts, sent]
     }
@@ -420,7 +497,9 @@ pub fn go_fmt_e(v: f64) -> String {
 /// RFC 3339 with nanosecond-style fraction trimmed, as Go's time.Time JSON
 /// (zero time when never evaluated).
 pub fn rfc3339(ms: Option<i64>) -> String {
-    let Some(ms) = ms else { return "0001-01-01T00:00:00Z".into() };
+    let Some(ms) = ms else {
+        return "0001-01-01T00:00:00Z".into();
+    };
     format_utc(ms.div_euclid(1000), ms.rem_euclid(1000) as u32 * 1_000_000, 'T', "Z")
 }
 
@@ -434,9 +513,5 @@ pub fn check_files(files: &[&Path]) -> Result<usize, LoadError> {
             Err(e) => errs.extend(e),
         }
     }
-    if errs.is_empty() {
-        Ok(n)
-    } else {
-        Err(LoadError(errs))
-    }
+    if errs.is_empty() { Ok(n) } else { Err(LoadError(errs)) }
 }

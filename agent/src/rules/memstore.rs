@@ -26,7 +26,12 @@ impl MemStore {
 
     pub fn all(&self) -> Vec<SeriesData> {
         let s = self.series.read().unwrap_or_else(|e| e.into_inner());
-        s.iter().map(|(l, v)| SeriesData { labels: l.clone(), samples: v.clone() }).collect()
+        s.iter()
+            .map(|(l, v)| SeriesData {
+                labels: l.clone(),
+                samples: v.clone(),
+            })
+            .collect()
     }
 }
 
@@ -39,7 +44,11 @@ impl SeriesWriter for MemStore {
                 return Err(AppendError::OutOfOrder);
             }
             if t == lt {
-                return if lv.to_bits() == v.to_bits() { Ok(()) } else { Err(AppendError::Duplicate) };
+                return if lv.to_bits() == v.to_bits() {
+                    Ok(())
+                } else {
+                    Err(AppendError::Duplicate)
+                };
             }
         }
         x.push((t, v));
@@ -56,18 +65,29 @@ impl SeriesReader for MemStore {
             .filter_map(|(l, x)| {
                 let a = x.partition_point(|p| p.0 < mint);
                 let b = x.partition_point(|p| p.0 <= maxt);
-                (a < b).then(|| SeriesData { labels: l.clone(), samples: x[a..b].to_vec() })
+                (a < b).then(|| SeriesData {
+                    labels: l.clone(),
+                    samples: x[a..b].to_vec(),
+                })
             })
             .collect())
     }
     fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        let mut out: Vec<String> = self.select(matchers, mint, maxt)?.into_iter().flat_map(|s| s.labels.0.into_iter().map(|(k, _)| k)).collect();
+        let mut out: Vec<String> = self
+            .select(matchers, mint, maxt)?
+            .into_iter()
+            .flat_map(|s| s.labels.0.into_iter().map(|(k, _)| k))
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)
     }
     fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        let mut out: Vec<String> = self.select(matchers, mint, maxt)?.into_iter().filter_map(|s| s.labels.get(name).map(str::to_string)).collect();
+        let mut out: Vec<String> = self
+            .select(matchers, mint, maxt)?
+            .into_iter()
+            .filter_map(|s| s.labels.get(name).map(str::to_string))
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)

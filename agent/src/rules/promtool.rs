@@ -11,14 +11,14 @@ use std::{
 use serde::Deserialize;
 
 use super::{
-    eval::{labels_of, EvalEnv, Group},
+    eval::{EvalEnv, Group, labels_of},
     file::{self, Dur, ErrorKind, GroupDef, RuleError, YStr},
     memstore::MemStore,
 };
 use crate::{
     config::PromDuration,
-    query::{instant_query, QueryOptions, QueryResult},
-    series::{go_quote, labels_string, stale_marker, Labels},
+    query::{QueryOptions, QueryResult, instant_query},
+    series::{Labels, go_quote, labels_string, stale_marker},
 };
 
 /// promtool's exit codes.
@@ -29,7 +29,10 @@ pub const FAILURE: u8 = 1;
 #[derive(Debug, Clone, PartialEq)]
 pub enum CheckOutcome {
     /// Valid; number of rules; duplicate-rule lint text if any (a warning).
-    Ok { rules: usize, lint: Option<String> },
+    Ok {
+        rules: usize,
+        lint: Option<String>,
+    },
     Failed(Vec<RuleError>),
 }
 
@@ -37,14 +40,25 @@ pub enum CheckOutcome {
 pub fn check_rules_file(path: &Path) -> CheckOutcome {
     match file::load_file(path) {
         Err(e) => CheckOutcome::Failed(e),
-        Ok(groups) => CheckOutcome::Ok { rules: file::count_rules(&groups), lint: duplicate_lint(&groups) },
+        Ok(groups) => CheckOutcome::Ok {
+            rules: file::count_rules(&groups),
+            lint: duplicate_lint(&groups),
+        },
     }
 }
 
 /// promtool's duplicate-rules lint: rules with the same name and labels.
 pub fn duplicate_lint(groups: &[GroupDef]) -> Option<String> {
-    let mut rules: Vec<(String, Vec<(String, String)>)> =
-        groups.iter().flat_map(|g| g.rules.iter()).map(|r| (r.name.clone(), r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())).collect();
+    let mut rules: Vec<(String, Vec<(String, String)>)> = groups
+        .iter()
+        .flat_map(|g| g.rules.iter())
+        .map(|r| {
+            (
+                r.name.clone(),
+                r.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            )
+        })
+        .collect();
     rules.sort();
     let mut dups: Vec<&(String, Vec<(String, String)>)> = Vec::new();
     for w in rules.windows(2) {
@@ -90,11 +104,7 @@ pub fn check_rules_cli(files: &[PathBuf], out: &mut dyn Write) -> u8 {
         }
         let _ = writeln!(out);
     }
-    if failed {
-        FAILURE
-    } else {
-        SUCCESS
-    }
+    if failed { FAILURE } else { SUCCESS }
 }
 
 // ---------- unit tests (promtool test rules) ----------
@@ -207,9 +217,17 @@ pub struct TestError {
 
 /// Runs one unit-test file; Ok or every error (promtool's texts).
 pub fn run_test_file(path: &Path, warnings: &mut Vec<String>) -> Result<(), Vec<TestError>> {
-    let input = |m: String| vec![TestError { kind: TestErrorKind::Input, message: m }];
+    let input = |m: String| {
+        vec![TestError {
+            kind: TestErrorKind::Input,
+            message: m,
+        }]
+    };
     let text = std::fs::read_to_string(path).map_err(|e| input(e.to_string()))?;
-    let options = serde_saphyr::Options { with_snippet: false, ..serde_saphyr::Options::default() };
+    let options = serde_saphyr::Options {
+        with_snippet: false,
+        ..serde_saphyr::Options::default()
+    };
     let mut field_path = None;
     let utf: UnitTestFile = serde_saphyr::with_deserializer_from_str_with_options(&text, options, |de| {
         serde_path_to_error::deserialize::<_, UnitTestFile>(de).map_err(|err| {
@@ -227,7 +245,11 @@ pub fn run_test_file(path: &Path, warnings: &mut Vec<String>) -> Result<(), Vec<
     let base = path.parent().unwrap_or(Path::new("."));
     let mut rule_files = Vec::new();
     for rf in &utf.rule_files {
-        let p = if Path::new(rf).is_absolute() { PathBuf::from(rf) } else { base.join(rf) };
+        let p = if Path::new(rf).is_absolute() {
+            PathBuf::from(rf)
+        } else {
+            base.join(rf)
+        };
         let pat = p.to_string_lossy().to_string();
         let matched: Vec<PathBuf> = glob::glob(&pat).map_err(|e| input(e.to_string()))?.flatten().collect();
         if matched.is_empty() {
@@ -235,7 +257,11 @@ pub fn run_test_file(path: &Path, warnings: &mut Vec<String>) -> Result<(), Vec<
         }
         rule_files.extend(matched);
     }
-    let eval_interval = utf.evaluation_interval.map(|d| d.ms()).filter(|v| *v > 0).unwrap_or(60_000);
+    let eval_interval = utf
+        .evaluation_interval
+        .map(|d| d.ms())
+        .filter(|v| *v > 0)
+        .unwrap_or(60_000);
     let mut order: HashMap<&str, usize> = HashMap::new();
     for (i, g) in utf.group_eval_order.iter().enumerate() {
         if order.insert(g.as_str(), i).is_some() {
@@ -248,11 +274,7 @@ pub fn run_test_file(path: &Path, warnings: &mut Vec<String>) -> Result<(), Vec<
             errs.extend(e);
         }
     }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(errs)
-    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
 /// `ngxprobe test rules FILE…`: promtool's report; exit code 0 when all pass.
@@ -280,11 +302,7 @@ pub fn test_rules_cli(files: &[PathBuf], out: &mut dyn Write) -> u8 {
         }
         let _ = writeln!(out);
     }
-    if failed {
-        FAILURE
-    } else {
-        SUCCESS
-    }
+    if failed { FAILURE } else { SUCCESS }
 }
 
 /// Go's `model.Duration.String()` for a millisecond count.
@@ -297,7 +315,10 @@ fn dur_str(ms: i64) -> String {
 
 /// Go's `strconv.FormatFloat(v, 'E', -1, 64)`.
 fn fmt_e_upper(v: f64) -> String {
-    super::manager::go_fmt_e(v).to_uppercase().replace("INF", "Inf").replace("NAN", "NaN")
+    super::manager::go_fmt_e(v)
+        .to_uppercase()
+        .replace("INF", "Inf")
+        .replace("NAN", "NaN")
 }
 
 /// Parses a series selector of input/expected samples (`up{job="a"}`, `{a="b"}`, ``).
@@ -315,7 +336,9 @@ pub fn parse_metric(s: &str) -> Result<BTreeMap<String, String>, String> {
     }
     for x in vs.matchers.matchers {
         if !matches!(x.op, promql_parser::label::MatchOp::Equal) {
-            return Err(format!("1:1: parse error: only = matchers are allowed in a series: {s}"));
+            return Err(format!(
+                "1:1: parse error: only = matchers are allowed in a series: {s}"
+            ));
         }
         if !x.value.is_empty() {
             m.insert(x.name, x.value);
@@ -349,7 +372,10 @@ pub fn expand_values(s: &str) -> Result<Vec<Option<f64>>, String> {
         if tok.starts_with("{{") {
             return Err(format!("native histogram samples are not supported: {tok}"));
         }
-        if let Some((head, times)) = tok.rsplit_once('x').filter(|(_, t)| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())) {
+        if let Some((head, times)) = tok
+            .rsplit_once('x')
+            .filter(|(_, t)| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+        {
             let n: usize = times.parse().map_err(|_| format!("invalid repetition in {tok:?}"))?;
             if head == "_" {
                 out.extend(std::iter::repeat_n(None, n));
@@ -361,7 +387,9 @@ pub fn expand_values(s: &str) -> Result<Vec<Option<f64>>, String> {
             }
             // start[+-]step, the sign not at 0 nor after an exponent mark.
             let b = head.as_bytes();
-            let split = (1..b.len()).rev().find(|&i| (b[i] == b'+' || b[i] == b'-') && !matches!(b[i - 1], b'e' | b'E'));
+            let split = (1..b.len())
+                .rev()
+                .find(|&i| (b[i] == b'+' || b[i] == b'-') && !matches!(b[i - 1], b'e' | b'E'));
             let (start, step) = match split {
                 Some(i) => {
                     let start = parse_num(&head[..i]).ok_or_else(|| format!("invalid value {tok:?}"))?;
@@ -390,7 +418,13 @@ fn parse_start(s: &str) -> Result<i64, String> {
     crate::query::api::parse_time(s)
 }
 
-fn run_test_group(tg: &TestGroup, eval_interval: i64, order: &HashMap<&str, usize>, rule_files: &[PathBuf], fuzzy: bool) -> Result<(), Vec<TestError>> {
+fn run_test_group(
+    tg: &TestGroup,
+    eval_interval: i64,
+    order: &HashMap<&str, usize>,
+    rule_files: &[PathBuf],
+    fuzzy: bool,
+) -> Result<(), Vec<TestError>> {
     let err = |kind: TestErrorKind, m: String| vec![TestError { kind, message: m }];
     let interval = tg.interval.map(|d| d.ms()).filter(|v| *v > 0).unwrap_or(eval_interval);
     let mint = match &tg.start_timestamp {
@@ -414,7 +448,10 @@ fn run_test_group(tg: &TestGroup, eval_interval: i64, order: &HashMap<&str, usiz
     for f in rule_files {
         match file::load_file(f) {
             Ok(g) => defs.extend(g),
-            Err(e) => load_errs.extend(e.into_iter().map(|e| TestError { kind: TestErrorKind::RuleFile(e.kind.clone()), message: e.to_string() })),
+            Err(e) => load_errs.extend(e.into_iter().map(|e| TestError {
+                kind: TestErrorKind::RuleFile(e.kind.clone()),
+                message: e.to_string(),
+            })),
         }
     }
     if !load_errs.is_empty() {
@@ -443,18 +480,36 @@ fn run_test_group(tg: &TestGroup, eval_interval: i64, order: &HashMap<&str, usiz
     let mut alert_times: Vec<i64> = Vec::new();
     for a in &tg.alert_rule_test {
         if a.alertname.is_empty() {
-            let in_group = if tg.name.is_empty() { String::new() } else { format!(" (in TestGroup {})", tg.name) };
-            return Err(err(TestErrorKind::Input, format!("an item under alert_rule_test misses required attribute alertname at eval_time {}{in_group}", a.eval_time.0)));
+            let in_group = if tg.name.is_empty() {
+                String::new()
+            } else {
+                format!(" (in TestGroup {})", tg.name)
+            };
+            return Err(err(
+                TestErrorKind::Input,
+                format!(
+                    "an item under alert_rule_test misses required attribute alertname at eval_time {}{in_group}",
+                    a.eval_time.0
+                ),
+            ));
         }
         alert_times.push(a.eval_time.ms());
     }
     alert_times.sort();
     alert_times.dedup();
-    let max_eval = tg.alert_rule_test.iter().map(|a| a.eval_time.ms()).chain(tg.promql_expr_test.iter().map(|p| p.eval_time.ms())).max().unwrap_or(0);
+    let max_eval = tg
+        .alert_rule_test
+        .iter()
+        .map(|a| a.eval_time.ms())
+        .chain(tg.promql_expr_test.iter().map(|p| p.eval_time.ms()))
+        .max()
+        .unwrap_or(0);
     let maxt = mint + max_eval;
     let mut errs: Vec<TestError> = Vec::new();
     let mut curr = 0;
-    let eq = |a: f64, b: f64| a == b || (fuzzy && (next_after(a, f64::NEG_INFINITY) == b || next_after(a, f64::INFINITY) == b));
+    let eq = |a: f64, b: f64| {
+        a == b || (fuzzy && (next_after(a, f64::NEG_INFINITY) == b || next_after(a, f64::INFINITY) == b))
+    };
     let mut ts = mint;
     while ts <= maxt {
         let mut eval_errs = Vec::new();
@@ -462,7 +517,10 @@ fn run_test_group(tg: &TestGroup, eval_interval: i64, order: &HashMap<&str, usiz
             g.eval(ts, &env);
             for r in &g.rules {
                 if let Some(e) = &r.last_error {
-                    eval_errs.push(TestError { kind: TestErrorKind::RuleEval, message: format!("    rule: {}, time: {}, err: {e}", r.def.name, dur_str(ts - mint)) });
+                    eval_errs.push(TestError {
+                        kind: TestErrorKind::RuleEval,
+                        message: format!("    rule: {}, time: {}, err: {e}", r.def.name, dur_str(ts - mint)),
+                    });
                 }
             }
         }
@@ -470,7 +528,10 @@ fn run_test_group(tg: &TestGroup, eval_interval: i64, order: &HashMap<&str, usiz
             errs.extend(eval_errs);
             return Err(errs);
         }
-        while curr < alert_times.len() && ts - mint <= alert_times[curr] && alert_times[curr] < ts + eval_interval - mint {
+        while curr < alert_times.len()
+            && ts - mint <= alert_times[curr]
+            && alert_times[curr] < ts + eval_interval - mint
+        {
             let t = alert_times[curr];
             for tc in tg.alert_rule_test.iter().filter(|a| a.eval_time.ms() == t) {
                 let mut got: Vec<(BTreeMap<String, String>, BTreeMap<String, String>)> = Vec::new();
@@ -485,16 +546,30 @@ fn run_test_group(tg: &TestGroup, eval_interval: i64, order: &HashMap<&str, usiz
                     .exp_alerts
                     .iter()
                     .map(|e| {
-                        let mut l: BTreeMap<String, String> = e.exp_labels.iter().map(|(k, v)| (k.clone(), v.0.clone())).filter(|(_, v)| !v.is_empty()).collect();
+                        let mut l: BTreeMap<String, String> = e
+                            .exp_labels
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.0.clone()))
+                            .filter(|(_, v)| !v.is_empty())
+                            .collect();
                         l.insert("alertname".into(), tc.alertname.clone());
-                        let a = e.exp_annotations.iter().map(|(k, v)| (k.clone(), v.0.clone())).filter(|(_, v)| !v.is_empty()).collect();
+                        let a = e
+                            .exp_annotations
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.0.clone()))
+                            .filter(|(_, v)| !v.is_empty())
+                            .collect();
                         (l, a)
                     })
                     .collect();
                 got.sort();
                 exp.sort();
                 if got != exp {
-                    let name = if tg.name.is_empty() { String::new() } else { format!("    name: {},\n", tg.name) };
+                    let name = if tg.name.is_empty() {
+                        String::new()
+                    } else {
+                        format!("    name: {},\n", tg.name)
+                    };
                     errs.push(TestError {
                         kind: TestErrorKind::Mismatch,
                         message: format!(
@@ -511,31 +586,62 @@ fn run_test_group(tg: &TestGroup, eval_interval: i64, order: &HashMap<&str, usiz
         }
         ts += eval_interval;
     }
-    let opts = QueryOptions { subquery_step: Duration::from_millis(eval_interval as u64), ..QueryOptions::default() };
+    let opts = QueryOptions {
+        subquery_step: Duration::from_millis(eval_interval as u64),
+        ..QueryOptions::default()
+    };
     'outer: for tc in &tg.promql_expr_test {
         let at = mint + tc.eval_time.ms();
         let got = match instant_query(store.as_ref(), &tc.expr, at, &opts) {
-            Ok(QueryResult::Vector(v)) => v.into_iter().map(|(l, _, x)| (l.0.into_iter().collect::<BTreeMap<_, _>>(), x)).collect::<Vec<_>>(),
+            Ok(QueryResult::Vector(v)) => v
+                .into_iter()
+                .map(|(l, _, x)| (l.0.into_iter().collect::<BTreeMap<_, _>>(), x))
+                .collect::<Vec<_>>(),
             Ok(QueryResult::Scalar(_, x)) => vec![(BTreeMap::new(), x)],
             Ok(_) => {
-                errs.push(TestError { kind: TestErrorKind::ExprEval, message: format!("    expr: {}, time: {}, err: rule result is not a vector or scalar", go_quote(&tc.expr), tc.eval_time.0) });
+                errs.push(TestError {
+                    kind: TestErrorKind::ExprEval,
+                    message: format!(
+                        "    expr: {}, time: {}, err: rule result is not a vector or scalar",
+                        go_quote(&tc.expr),
+                        tc.eval_time.0
+                    ),
+                });
                 continue;
             }
             Err(e) => {
-                errs.push(TestError { kind: TestErrorKind::ExprEval, message: format!("    expr: {}, time: {}, err: {e}", go_quote(&tc.expr), tc.eval_time.0) });
+                errs.push(TestError {
+                    kind: TestErrorKind::ExprEval,
+                    message: format!("    expr: {}, time: {}, err: {e}", go_quote(&tc.expr), tc.eval_time.0),
+                });
                 continue;
             }
         };
         let mut exp = Vec::new();
         for s in &tc.exp_samples {
             if s.histogram.is_some() {
-                errs.push(TestError { kind: TestErrorKind::Input, message: format!("    expr: {}, time: {}, err: native histogram samples are not supported", go_quote(&tc.expr), tc.eval_time.0) });
+                errs.push(TestError {
+                    kind: TestErrorKind::Input,
+                    message: format!(
+                        "    expr: {}, time: {}, err: native histogram samples are not supported",
+                        go_quote(&tc.expr),
+                        tc.eval_time.0
+                    ),
+                });
                 continue 'outer;
             }
             match parse_metric(&s.labels) {
                 Ok(l) => exp.push((l, s.value)),
                 Err(e) => {
-                    errs.push(TestError { kind: TestErrorKind::Input, message: format!("    expr: {}, time: {}, err: labels {}: {e}", go_quote(&tc.expr), tc.eval_time.0, go_quote(&s.labels)) });
+                    errs.push(TestError {
+                        kind: TestErrorKind::Input,
+                        message: format!(
+                            "    expr: {}, time: {}, err: labels {}: {e}",
+                            go_quote(&tc.expr),
+                            tc.eval_time.0,
+                            go_quote(&s.labels)
+                        ),
+                    });
                     continue 'outer;
                 }
             }
@@ -547,15 +653,17 @@ fn run_test_group(tg: &TestGroup, eval_interval: i64, order: &HashMap<&str, usiz
         if !same {
             errs.push(TestError {
                 kind: TestErrorKind::Mismatch,
-                message: format!("    expr: {}, time: {},\n        exp: {}\n        got: {}", go_quote(&tc.expr), tc.eval_time.0, samples_string(&exp), samples_string(&got)),
+                message: format!(
+                    "    expr: {}, time: {},\n        exp: {}\n        got: {}",
+                    go_quote(&tc.expr),
+                    tc.eval_time.0,
+                    samples_string(&exp),
+                    samples_string(&got)
+                ),
             });
         }
     }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(errs)
-    }
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
 }
 
 fn next_after(x: f64, toward: f64) -> f64 {
@@ -578,7 +686,10 @@ fn samples_string(s: &[(BTreeMap<String, String>, f64)]) -> String {
     if s.is_empty() {
         return "nil".into();
     }
-    s.iter().map(|(l, v)| format!("{} {}", labels_string(l), fmt_e_upper(*v))).collect::<Vec<_>>().join(", ")
+    s.iter()
+        .map(|(l, v)| format!("{} {}", labels_string(l), fmt_e_upper(*v)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 type LabelsAndAnnotations = (BTreeMap<String, String>, BTreeMap<String, String>);
@@ -587,10 +698,15 @@ fn alerts_string(a: &[LabelsAndAnnotations]) -> String {
     if a.is_empty() {
         return "[]".into();
     }
-    let one = |(l, an): &LabelsAndAnnotations| format!("Labels:{}\nAnnotations:{}", labels_string(l), labels_string(an));
+    let one =
+        |(l, an): &LabelsAndAnnotations| format!("Labels:{}\nAnnotations:{}", labels_string(l), labels_string(an));
     let mut s = format!("[\n0:{}", indent_lines(&format!("\n{}", one(&a[0])), "  "));
     for (i, x) in a[1..].iter().enumerate() {
-        s.push_str(&format!(",\n{}:{}", i + 1, indent_lines(&format!("\n{}", one(x)), "  ")));
+        s.push_str(&format!(
+            ",\n{}:{}",
+            i + 1,
+            indent_lines(&format!("\n{}", one(x)), "  ")
+        ));
     }
     s.push_str("\n]");
     s

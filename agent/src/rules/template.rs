@@ -12,12 +12,13 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use crate::gotime::format_utc;
 use gotmpl::{
-    parse::{CommandNode, Expr, ListNode, Node},
     Template, TemplateError, Value,
+    parse::{CommandNode, Expr, ListNode, Node},
 };
 
 /// Prepended to every alert template, exactly as Prometheus does.
-pub const DEFS: &str = "{{$labels := .Labels}}{{$externalLabels := .ExternalLabels}}{{$externalURL := .ExternalURL}}{{$value := .Value}}";
+pub const DEFS: &str =
+    "{{$labels := .Labels}}{{$externalLabels := .ExternalLabels}}{{$externalURL := .ExternalURL}}{{$value := .Value}}";
 
 /// Runs a PromQL instant query at the evaluation time for the `query` function.
 pub type QueryFn = Arc<dyn Fn(&str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> + Send + Sync>;
@@ -35,10 +36,35 @@ pub struct AlertData<'a> {
 
 /// Names of the functions Prometheus adds to text/template's builtins.
 pub const PROM_FUNCS: &[&str] = &[
-    "query", "first", "label", "value", "strvalue", "args", "reReplaceAll", "safeHtml", "match", "title", "toUpper",
-    "toLower", "graphLink", "tableLink", "sortByLabel", "stripPort", "stripDomain", "humanize", "humanize1024",
-    "humanizeDuration", "humanizePercentage", "humanizeTimestamp", "toTime", "toDuration", "now", "pathPrefix",
-    "externalURL", "parseDuration", "urlQueryEscape",
+    "query",
+    "first",
+    "label",
+    "value",
+    "strvalue",
+    "args",
+    "reReplaceAll",
+    "safeHtml",
+    "match",
+    "title",
+    "toUpper",
+    "toLower",
+    "graphLink",
+    "tableLink",
+    "sortByLabel",
+    "stripPort",
+    "stripDomain",
+    "humanize",
+    "humanize1024",
+    "humanizeDuration",
+    "humanizePercentage",
+    "humanizeTimestamp",
+    "toTime",
+    "toDuration",
+    "now",
+    "pathPrefix",
+    "externalURL",
+    "parseDuration",
+    "urlQueryEscape",
 ];
 
 const GO_BUILTINS: &[&str] = &[
@@ -56,7 +82,9 @@ fn to_float(v: &Value) -> Result<f64, TemplateError> {
         Value::Float(f) => Ok(*f),
         Value::Int(i) => Ok(*i as f64),
         Value::Uint(u) => Ok(*u as f64),
-        Value::String(s) => go_parse_float(s).ok_or_else(|| exec_err(format!("strconv.ParseFloat: parsing {:?}: invalid syntax", &**s))),
+        Value::String(s) => {
+            go_parse_float(s).ok_or_else(|| exec_err(format!("strconv.ParseFloat: parsing {:?}: invalid syntax", &**s)))
+        }
         other => Err(exec_err(format!("can't convert {} to float", other.type_name()))),
     }
 }
@@ -64,7 +92,13 @@ fn to_float(v: &Value) -> Result<f64, TemplateError> {
 fn go_parse_float(s: &str) -> Option<f64> {
     let t = s.strip_prefix('+').unwrap_or(s);
     match t.to_ascii_lowercase().as_str() {
-        "inf" | "infinity" => return Some(if s.starts_with('-') { f64::NEG_INFINITY } else { f64::INFINITY }),
+        "inf" | "infinity" => {
+            return Some(if s.starts_with('-') {
+                f64::NEG_INFINITY
+            } else {
+                f64::INFINITY
+            });
+        }
         "-inf" | "-infinity" => return Some(f64::NEG_INFINITY),
         "nan" => return Some(f64::NAN),
         _ => {}
@@ -78,8 +112,15 @@ fn go_parse_float(s: &str) -> Option<f64> {
 fn str_arg<'a>(args: &'a [Value], i: usize, f: &str) -> Result<&'a str, TemplateError> {
     match args.get(i) {
         Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(exec_err(format!("wrong type for value; expected string; got {}", other.type_name()))),
-        None => Err(exec_err(format!("wrong number of args for {f}: want {} got {}", i + 1, args.len()))),
+        Some(other) => Err(exec_err(format!(
+            "wrong type for value; expected string; got {}",
+            other.type_name()
+        ))),
+        None => Err(exec_err(format!(
+            "wrong number of args for {f}: want {} got {}",
+            i + 1,
+            args.len()
+        ))),
     }
 }
 
@@ -170,7 +211,11 @@ pub fn go_fmt_g(v: f64, prec: Option<usize>) -> String {
         out.push('.');
         for i in 0..decimals as i32 {
             let idx = dp + i;
-            out.push(if idx < 0 { '0' } else { digits.as_bytes().get(idx as usize).map(|b| *b as char).unwrap_or('0') });
+            out.push(if idx < 0 {
+                '0'
+            } else {
+                digits.as_bytes().get(idx as usize).map(|b| *b as char).unwrap_or('0')
+            });
         }
     }
     out
@@ -264,7 +309,10 @@ fn humanize_duration(v: f64) -> String {
 pub fn go_time_string(secs: f64) -> Result<String, TemplateError> {
     let ns = secs * 1e9;
     if ns > i64::MAX as f64 || ns < i64::MIN as f64 {
-        return Err(exec_err(format!("{} cannot be represented as a nanoseconds timestamp since it overflows int64", go_fmt_g(secs, None))));
+        return Err(exec_err(format!(
+            "{} cannot be represented as a nanoseconds timestamp since it overflows int64",
+            go_fmt_g(secs, None)
+        )));
     }
     // model.TimeFromUnixNano truncates to milliseconds.
     let ms = (ns as i64) / 1_000_000;
@@ -381,13 +429,17 @@ fn parse_duration_secs(d: &str) -> Result<f64, TemplateError> {
         Some(b) => (true, b),
         None => (false, d),
     };
-    let ms = crate::query::promqltest_duration(body).ok_or_else(|| exec_err(format!("not a valid duration string: {d:?}")))?;
+    let ms = crate::query::promqltest_duration(body)
+        .ok_or_else(|| exec_err(format!("not a valid duration string: {d:?}")))?;
     let v = ms as f64 / 1000.0;
     Ok(if neg { -v } else { v })
 }
 
 fn sample_value(labels: &BTreeMap<String, String>, v: f64) -> Value {
-    let lm: BTreeMap<Arc<str>, Value> = labels.iter().map(|(k, v)| (Arc::from(k.as_str()), s(v.as_str()))).collect();
+    let lm: BTreeMap<Arc<str>, Value> = labels
+        .iter()
+        .map(|(k, v)| (Arc::from(k.as_str()), s(v.as_str())))
+        .collect();
     let mut m: BTreeMap<Arc<str>, Value> = BTreeMap::new();
     m.insert("Labels".into(), Value::Map(Arc::new(lm)));
     m.insert("Value".into(), Value::Float(v));
@@ -414,69 +466,156 @@ fn string_map(m: &BTreeMap<String, String>, extra_keys: &[String]) -> Value {
 fn referenced_label_keys(text: &str) -> Vec<String> {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let re = RE.get_or_init(|| {
-        regex::Regex::new(r"(?:\$labels|\.Labels|\$externalLabels|\.ExternalLabels)\.([A-Za-z_][A-Za-z0-9_]*)").unwrap_or_else(|_| regex::Regex::new("$^").expect("trivial regex"))
+        regex::Regex::new(r"(?:\$labels|\.Labels|\$externalLabels|\.ExternalLabels)\.([A-Za-z_][A-Za-z0-9_]*)")
+            .unwrap_or_else(|_| regex::Regex::new("$^").expect("trivial regex"))
     });
-    re.captures_iter(text).filter_map(|c| c.get(1).map(|m| m.as_str().to_string())).collect()
+    re.captures_iter(text)
+        .filter_map(|c| c.get(1).map(|m| m.as_str().to_string()))
+        .collect()
 }
 
 fn build_template(name: &str, ts_ms: i64, external_url: &str, query: Option<QueryFn>) -> Template {
     let ext = external_url.to_string();
     let ext_path = url_path(external_url);
     let mut t = Template::new(name);
-    t = t.func("__gofmt", called("__gofmt", |a| Ok(a.last().map(go_print).unwrap_or(Value::Nil))));
+    t = t.func(
+        "__gofmt",
+        called("__gofmt", |a| Ok(a.last().map(go_print).unwrap_or(Value::Nil))),
+    );
     t = t.func("index", called("index", go_index));
-    t = t.func("query", called("query", move |a| {
+    t = t.func(
+        "query",
+        called("query", move |a| {
             let q = str_arg(a, 0, "query")?;
-            let f = query.as_ref().ok_or_else(|| exec_err("queries are not available here"))?;
+            let f = query
+                .as_ref()
+                .ok_or_else(|| exec_err("queries are not available here"))?;
             let res = f(q).map_err(|e| exec_err(e.to_string()))?;
-            Ok(Value::List(res.iter().map(|(l, v)| sample_value(l, *v)).collect::<Vec<_>>().into()))
-        }));
-    t = t.func("first", called("first", |a| match a.first() {
+            Ok(Value::List(
+                res.iter().map(|(l, v)| sample_value(l, *v)).collect::<Vec<_>>().into(),
+            ))
+        }),
+    );
+    t = t.func(
+        "first",
+        called("first", |a| match a.first() {
             Some(Value::List(l)) if !l.is_empty() => Ok(l[0].clone()),
             Some(Value::List(_)) | Some(Value::Nil) => Err(exec_err("first() called on vector with no elements")),
             _ => Err(exec_err("wrong type for value; expected template.queryResult")),
-        }));
-    t = t.func("label", called("label", |a| {
+        }),
+    );
+    t = t.func(
+        "label",
+        called("label", |a| {
             let name = str_arg(a, 0, "label")?;
-            Ok(a.get(1).and_then(sample_labels).and_then(|m| m.get(name).cloned()).unwrap_or_else(|| s("")))
-        }));
-    t = t.func("value", called("value", |a| Ok(a.first().and_then(|v| v.field("Value").cloned()).unwrap_or(Value::Nil))));
-    t = t.func("strvalue", called("strvalue", |a| Ok(a.first().and_then(sample_labels).and_then(|m| m.get("__value__").cloned()).unwrap_or_else(|| s("")))));
-    t = t.func("args", called("args", |a| {
-            let m: BTreeMap<Arc<str>, Value> = a.iter().enumerate().map(|(i, v)| (Arc::from(format!("arg{i}").as_str()), v.clone())).collect();
+            Ok(a.get(1)
+                .and_then(sample_labels)
+                .and_then(|m| m.get(name).cloned())
+                .unwrap_or_else(|| s("")))
+        }),
+    );
+    t = t.func(
+        "value",
+        called("value", |a| {
+            Ok(a.first().and_then(|v| v.field("Value").cloned()).unwrap_or(Value::Nil))
+        }),
+    );
+    t = t.func(
+        "strvalue",
+        called("strvalue", |a| {
+            Ok(a.first()
+                .and_then(sample_labels)
+                .and_then(|m| m.get("__value__").cloned())
+                .unwrap_or_else(|| s("")))
+        }),
+    );
+    t = t.func(
+        "args",
+        called("args", |a| {
+            let m: BTreeMap<Arc<str>, Value> = a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (Arc::from(format!("arg{i}").as_str()), v.clone()))
+                .collect();
             Ok(Value::Map(Arc::new(m)))
-        }));
-    t = t.func("reReplaceAll", called("reReplaceAll", |a| {
-            let (p, r, t) = (str_arg(a, 0, "reReplaceAll")?, str_arg(a, 1, "reReplaceAll")?, str_arg(a, 2, "reReplaceAll")?);
+        }),
+    );
+    t = t.func(
+        "reReplaceAll",
+        called("reReplaceAll", |a| {
+            let (p, r, t) = (
+                str_arg(a, 0, "reReplaceAll")?,
+                str_arg(a, 1, "reReplaceAll")?,
+                str_arg(a, 2, "reReplaceAll")?,
+            );
             let re = regex::Regex::new(p).map_err(|e| exec_err(format!("regexp: Compile({p:?}): {e}")))?;
             Ok(s(re.replace_all(t, r).into_owned()))
-        }));
+        }),
+    );
     t = t.func("safeHtml", called("safeHtml", |a| Ok(s(str_arg(a, 0, "safeHtml")?))));
-    t = t.func("match", called("match", |a| {
+    t = t.func(
+        "match",
+        called("match", |a| {
             let (p, t) = (str_arg(a, 0, "match")?, str_arg(a, 1, "match")?);
             let re = regex::Regex::new(p).map_err(|e| exec_err(e.to_string()))?;
             Ok(Value::Bool(re.is_match(t)))
-        }));
+        }),
+    );
     t = t.func("title", called("title", |a| Ok(s(title_case(str_arg(a, 0, "title")?)))));
-    t = t.func("toUpper", called("toUpper", |a| Ok(s(str_arg(a, 0, "toUpper")?.to_uppercase()))));
-    t = t.func("toLower", called("toLower", |a| Ok(s(str_arg(a, 0, "toLower")?.to_lowercase()))));
-    t = t.func("graphLink", called("graphLink", |a| Ok(s(format!("/graph?g0.expr={}&g0.tab=0", query_escape(str_arg(a, 0, "graphLink")?))))));
-    t = t.func("tableLink", called("tableLink", |a| Ok(s(format!("/graph?g0.expr={}&g0.tab=1", query_escape(str_arg(a, 0, "tableLink")?))))));
-    t = t.func("sortByLabel", called("sortByLabel", |a| {
+    t = t.func(
+        "toUpper",
+        called("toUpper", |a| Ok(s(str_arg(a, 0, "toUpper")?.to_uppercase()))),
+    );
+    t = t.func(
+        "toLower",
+        called("toLower", |a| Ok(s(str_arg(a, 0, "toLower")?.to_lowercase()))),
+    );
+    t = t.func(
+        "graphLink",
+        called("graphLink", |a| {
+            Ok(s(format!(
+                "/graph?g0.expr={}&g0.tab=0",
+                query_escape(str_arg(a, 0, "graphLink")?)
+            )))
+        }),
+    );
+    t = t.func(
+        "tableLink",
+        called("tableLink", |a| {
+            Ok(s(format!(
+                "/graph?g0.expr={}&g0.tab=1",
+                query_escape(str_arg(a, 0, "tableLink")?)
+            )))
+        }),
+    );
+    t = t.func(
+        "sortByLabel",
+        called("sortByLabel", |a| {
             let label = str_arg(a, 0, "sortByLabel")?.to_string();
             let mut v: Vec<Value> = match a.get(1) {
                 Some(Value::List(l)) => l.to_vec(),
                 _ => vec![],
             };
-            let key = |x: &Value| sample_labels(x).and_then(|m| m.get(label.as_str())).and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+            let key = |x: &Value| {
+                sample_labels(x)
+                    .and_then(|m| m.get(label.as_str()))
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
             v.sort_by_key(key);
             Ok(Value::List(v.into()))
-        }));
-    t = t.func("stripPort", called("stripPort", |a| {
+        }),
+    );
+    t = t.func(
+        "stripPort",
+        called("stripPort", |a| {
             let hp = str_arg(a, 0, "stripPort")?;
             Ok(s(split_host_port(hp).map(|(h, _)| h).unwrap_or_else(|| hp.to_string())))
-        }));
-    t = t.func("stripDomain", called("stripDomain", |a| {
+        }),
+    );
+    t = t.func(
+        "stripDomain",
+        called("stripDomain", |a| {
             let hp = str_arg(a, 0, "stripDomain")?;
             let (host, port) = split_host_port(hp).unwrap_or_else(|| (hp.to_string(), String::new()));
             if host.parse::<std::net::IpAddr>().is_ok() {
@@ -490,43 +629,91 @@ fn build_template(name: &str, ts_ms: i64, external_url: &str, query: Option<Quer
             } else {
                 Ok(s(format!("{short}:{port}")))
             }
-        }));
-    t = t.func("humanize", called("humanize", |a| Ok(s(humanize(to_float(a.first().unwrap_or(&Value::Nil))?)))));
-    t = t.func("humanize1024", called("humanize1024", |a| Ok(s(humanize1024(to_float(a.first().unwrap_or(&Value::Nil))?)))));
-    t = t.func("humanizeDuration", called("humanizeDuration", |a| Ok(s(humanize_duration(to_float(a.first().unwrap_or(&Value::Nil))?)))));
-    t = t.func("humanizePercentage", called("humanizePercentage", |a| Ok(s(format!("{}%", go_fmt_g(to_float(a.first().unwrap_or(&Value::Nil))? * 100.0, Some(4)))))));
-    t = t.func("humanizeTimestamp", called("humanizeTimestamp", |a| {
+        }),
+    );
+    t = t.func(
+        "humanize",
+        called("humanize", |a| {
+            Ok(s(humanize(to_float(a.first().unwrap_or(&Value::Nil))?)))
+        }),
+    );
+    t = t.func(
+        "humanize1024",
+        called("humanize1024", |a| {
+            Ok(s(humanize1024(to_float(a.first().unwrap_or(&Value::Nil))?)))
+        }),
+    );
+    t = t.func(
+        "humanizeDuration",
+        called("humanizeDuration", |a| {
+            Ok(s(humanize_duration(to_float(a.first().unwrap_or(&Value::Nil))?)))
+        }),
+    );
+    t = t.func(
+        "humanizePercentage",
+        called("humanizePercentage", |a| {
+            Ok(s(format!(
+                "{}%",
+                go_fmt_g(to_float(a.first().unwrap_or(&Value::Nil))? * 100.0, Some(4))
+            )))
+        }),
+    );
+    t = t.func(
+        "humanizeTimestamp",
+        called("humanizeTimestamp", |a| {
             let v = to_float(a.first().unwrap_or(&Value::Nil))?;
             if v.is_nan() || v.is_infinite() {
                 return Ok(s(go_fmt_g(v, Some(4))));
             }
             Ok(s(go_time_string(v)?))
-        }));
-    t = t.func("toTime", called("toTime", |a| {
+        }),
+    );
+    t = t.func(
+        "toTime",
+        called("toTime", |a| {
             let v = to_float(a.first().unwrap_or(&Value::Nil))?;
             if v.is_nan() || v.is_infinite() {
                 return Err(exec_err("value is NaN or Inf"));
             }
             Ok(s(go_time_string(v)?))
-        }));
-    t = t.func("toDuration", called("toDuration", |a| {
+        }),
+    );
+    t = t.func(
+        "toDuration",
+        called("toDuration", |a| {
             let v = to_float(a.first().unwrap_or(&Value::Nil))?;
             Ok(s(go_duration_string((v * 1e9) as i64)))
-        }));
+        }),
+    );
     t = t.func("now", called("now", move |_| Ok(Value::Float(ts_ms as f64 / 1000.0))));
     t = t.func("pathPrefix", called("pathPrefix", move |_| Ok(s(ext_path.as_str()))));
     t = t.func("externalURL", called("externalURL", move |_| Ok(s(ext.as_str()))));
-    t = t.func("parseDuration", called("parseDuration", |a| Ok(Value::Float(parse_duration_secs(str_arg(a, 0, "parseDuration")?)?))));
-    t = t.func("urlQueryEscape", called("urlQueryEscape", |a| Ok(s(query_escape(str_arg(a, 0, "urlQueryEscape")?)))));
+    t = t.func(
+        "parseDuration",
+        called("parseDuration", |a| {
+            Ok(Value::Float(parse_duration_secs(str_arg(a, 0, "parseDuration")?)?))
+        }),
+    );
+    t = t.func(
+        "urlQueryEscape",
+        called("urlQueryEscape", |a| {
+            Ok(s(query_escape(str_arg(a, 0, "urlQueryEscape")?)))
+        }),
+    );
     t = t.missing_key(gotmpl::MissingKey::ZeroValue);
     t
 }
 
 /// Prefixes a function's errors with `error calling NAME: `, as Go does.
-fn called(name: &'static str, f: impl Fn(&[Value]) -> gotmpl::Result<Value> + Send + Sync + 'static) -> impl Fn(&[Value]) -> gotmpl::Result<Value> + Send + Sync + 'static {
+fn called(
+    name: &'static str,
+    f: impl Fn(&[Value]) -> gotmpl::Result<Value> + Send + Sync + 'static,
+) -> impl Fn(&[Value]) -> gotmpl::Result<Value> + Send + Sync + 'static {
     move |a| {
         f(a).map_err(|e| match e {
-            TemplateError::Exec(m) if !m.starts_with("error calling") && !m.starts_with("wrong number") => exec_err(format!("error calling {name}: {m}")),
+            TemplateError::Exec(m) if !m.starts_with("error calling") && !m.starts_with("wrong number") => {
+                exec_err(format!("error calling {name}: {m}"))
+            }
             other => other,
         })
     }
@@ -584,7 +771,10 @@ fn rewrite(list: &mut ListNode, scope: &mut Vec<String>, pr: &mut Problems) {
                 check_pipe(&a.pipe, scope, pr);
                 if a.pipe.decl.is_empty() {
                     let pos = a.pos;
-                    a.pipe.commands.push(CommandNode { pos, args: vec![Expr::Identifier(pos, "__gofmt".into())] });
+                    a.pipe.commands.push(CommandNode {
+                        pos,
+                        args: vec![Expr::Identifier(pos, "__gofmt".into())],
+                    });
                 } else if !a.pipe.is_assign {
                     scope.extend(a.pipe.decl.iter().map(|d| d.to_string()));
                 }
@@ -636,22 +826,34 @@ fn check_expr(e: &Expr, scope: &[String], pr: &mut Problems) {
 /// Parses `DEFS + text` as Prometheus does; the result executes `__ngx_main`.
 fn prepare(name: &str, text: &str, ts_ms: i64, external_url: &str, query: Option<QueryFn>) -> Result<Template, String> {
     let full = format!("{DEFS}{text}");
-    let t = build_template(name, ts_ms, external_url, query).parse(&full).map_err(|e| go_error(name, &full, &e))?;
+    let t = build_template(name, ts_ms, external_url, query)
+        .parse(&full)
+        .map_err(|e| go_error(name, &full, &e))?;
     let mut pr = Problems::default();
     let mut trees: Vec<(String, ListNode)> = Vec::new();
     for tn in t.templates() {
         if let Some(tree) = t.lookup(tn) {
             let mut tree = tree.clone();
             rewrite(&mut tree, &mut Vec::new(), &mut pr);
-            let key = if tn == name { "__ngx_main".to_string() } else { tn.to_string() };
+            let key = if tn == name {
+                "__ngx_main".to_string()
+            } else {
+                tn.to_string()
+            };
             trees.push((key, tree));
         }
     }
     if let Some(v) = pr.undefined_vars.first() {
-        return Err(format!("template: {name}:{}: undefined variable {v:?}", line_of(&full, v)));
+        return Err(format!(
+            "template: {name}:{}: undefined variable {v:?}",
+            line_of(&full, v)
+        ));
     }
     if let Some(f) = pr.unknown_funcs.first() {
-        return Err(format!("template: {name}:{}: function {f:?} not defined", line_of(&full, f)));
+        return Err(format!(
+            "template: {name}:{}: function {f:?} not defined",
+            line_of(&full, f)
+        ));
     }
     let mut t = t;
     let mut has_main = false;
@@ -660,13 +862,21 @@ fn prepare(name: &str, text: &str, ts_ms: i64, external_url: &str, query: Option
         t = t.add_parse_tree(&k, tree);
     }
     if !has_main {
-        t = t.add_parse_tree("__ngx_main", ListNode { pos: gotmpl::parse::Pos { offset: 0, line: 1 }, nodes: vec![] });
+        t = t.add_parse_tree(
+            "__ngx_main",
+            ListNode {
+                pos: gotmpl::parse::Pos { offset: 0, line: 1 },
+                nodes: vec![],
+            },
+        );
     }
     Ok(t)
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.find(needle).map(|i| text[..i].matches('\n').count() + 1).unwrap_or(1)
+    text.find(needle)
+        .map(|i| text[..i].matches('\n').count() + 1)
+        .unwrap_or(1)
 }
 
 /// gotmpl's error in Go's words (`template: NAME:LINE: message`).
@@ -675,10 +885,17 @@ fn go_error(name: &str, full: &str, e: &TemplateError) -> String {
         TemplateError::Parse { line, message, .. } | TemplateError::Lex { line, message, .. } => {
             format!("template: {name}:{line}: {message}")
         }
-        TemplateError::UndefinedVariable(v) => format!("template: {name}:{}: undefined variable {v:?}", line_of(full, v)),
-        TemplateError::UndefinedFunction(f) => format!("template: {name}:{}: function {f:?} not defined", line_of(full, f)),
+        TemplateError::UndefinedVariable(v) => {
+            format!("template: {name}:{}: undefined variable {v:?}", line_of(full, v))
+        }
+        TemplateError::UndefinedFunction(f) => {
+            format!("template: {name}:{}: function {f:?} not defined", line_of(full, f))
+        }
         TemplateError::Exec(m) => match m.strip_prefix("error calling ").and_then(|r| r.split_once(':')) {
-            Some((f, _)) => format!("template: {name}:{}: executing {name:?} at <{f}>: {m}", line_of(full, f)),
+            Some((f, _)) => format!(
+                "template: {name}:{}: executing {name:?} at <{f}>: {m}",
+                line_of(full, f)
+            ),
             None => format!("template: {name}: executing {name:?}: {m}"),
         },
         other => format!("template: {name}: executing {name:?}: {other}"),
@@ -696,7 +913,8 @@ pub fn expand(name: &str, text: &str, data: &AlertData) -> Result<String, String
     if !text.contains("{{") {
         return Ok(text.to_string());
     }
-    let t = prepare(name, text, data.ts_ms, data.external_url, data.query.clone()).map_err(|e| format!("error parsing template {name}: {e}"))?;
+    let t = prepare(name, text, data.ts_ms, data.external_url, data.query.clone())
+        .map_err(|e| format!("error parsing template {name}: {e}"))?;
     let keys = referenced_label_keys(text);
     let mut m: BTreeMap<Arc<str>, Value> = BTreeMap::new();
     m.insert("Labels".into(), string_map(data.labels, &keys));
@@ -704,5 +922,6 @@ pub fn expand(name: &str, text: &str, data: &AlertData) -> Result<String, String
     m.insert("ExternalURL".into(), s(data.external_url));
     m.insert("Value".into(), Value::Float(data.value));
     let root = Value::Map(Arc::new(m));
-    t.execute_template_to_string("__ngx_main", &root).map_err(|e| format!("error executing template {name}: {}", go_error(name, text, &e)))
+    t.execute_template_to_string("__ngx_main", &root)
+        .map_err(|e| format!("error executing template {name}: {}", go_error(name, text, &e)))
 }

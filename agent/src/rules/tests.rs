@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use super::template::{self, go_fmt_g, AlertData};
+use super::template::{self, AlertData, go_fmt_g};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -9,16 +9,43 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 fn exp(text: &str, value: f64) -> String {
     let l = labels(&[("instance", "web-1.example.com:9113"), ("job", "nginx")]);
     let e = labels(&[("cluster", "prod")]);
-    let d = AlertData { labels: &l, external_labels: &e, external_url: "http://prom.example:9090/prefix", value, ts_ms: 1_700_000_000_123, query: None };
+    let d = AlertData {
+        labels: &l,
+        external_labels: &e,
+        external_url: "http://prom.example:9090/prefix",
+        value,
+        ts_ms: 1_700_000_000_123,
+        query: None,
+    };
     template::expand("__alert_T", text, &d).unwrap_or_else(|e| format!("ERR {e}"))
 }
 
 #[test]
 fn rules_go_float_formatting() {
-    for (v, want) in [(1e6, "1e+06"), (123456.0, "123456"), (1234567.0, "1.234567e+06"), (0.0001, "0.0001"), (0.00001, "1e-05"), (0.1 + 0.2, "0.30000000000000004"), (3.0, "3"), (-2.5, "-2.5"), (f64::INFINITY, "+Inf"), (f64::NAN, "NaN"), (0.0, "0"), (1e21, "1e+21")] {
+    for (v, want) in [
+        (1e6, "1e+06"),
+        (123456.0, "123456"),
+        (1234567.0, "1.234567e+06"),
+        (0.0001, "0.0001"),
+        (0.00001, "1e-05"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (3.0, "3"),
+        (-2.5, "-2.5"),
+        (f64::INFINITY, "+Inf"),
+        (f64::NAN, "NaN"),
+        (0.0, "0"),
+        (1e21, "1e+21"),
+    ] {
         assert_eq!(go_fmt_g(v, None), want, "{v}");
     }
-    for (v, p, want) in [(1234.5678, 4, "1235"), (12345.0, 4, "1.234e+04"), (1.5, 4, "1.5"), (0.000012345, 4, "1.234e-05"), (999.99, 4, "1000"), (100.0, 4, "100")] {
+    for (v, p, want) in [
+        (1234.5678, 4, "1235"),
+        (12345.0, 4, "1.234e+04"),
+        (1.5, 4, "1.5"),
+        (0.000012345, 4, "1.234e-05"),
+        (999.99, 4, "1000"),
+        (100.0, 4, "100"),
+    ] {
         assert_eq!(go_fmt_g(v, Some(p)), want, "{v} {p}");
     }
 }
@@ -26,7 +53,11 @@ fn rules_go_float_formatting() {
 #[test]
 fn rules_templates_like_prometheus() {
     let cases: &[(&str, f64, &str)] = &[
-        ("{{ $labels.instance }} of {{ $labels.job }}", 1.0, "web-1.example.com:9113 of nginx"),
+        (
+            "{{ $labels.instance }} of {{ $labels.job }}",
+            1.0,
+            "web-1.example.com:9113 of nginx",
+        ),
         ("[{{ $labels.missing }}]", 1.0, "[]"),
         ("[{{ index $labels \"missing\" }}]", 1.0, "[]"),
         ("{{ $value }}", 1e6, "1e+06"),
@@ -43,22 +74,46 @@ fn rules_templates_like_prometheus() {
         ("{{ humanizeDuration $value }}", 0.0012, "1.2ms"),
         ("{{ humanizeDuration $value }}", 0.0, "0s"),
         ("{{ humanizePercentage $value }}", 0.1234, "12.34%"),
-        ("{{ humanizeTimestamp $value }}", 1435065584.128, "2015-06-23 13:19:44.128 +0000 UTC"),
+        (
+            "{{ humanizeTimestamp $value }}",
+            1435065584.128,
+            "2015-06-23 13:19:44.128 +0000 UTC",
+        ),
         ("{{ printf \"%.2f\" $value }}", 1.23456, "1.23"),
         ("{{ $labels.job | toUpper }}", 1.0, "NGINX"),
-        ("{{ \"HeLLo\" | toLower }} {{ title \"hello world\" }}", 1.0, "hello Hello World"),
+        (
+            "{{ \"HeLLo\" | toLower }} {{ title \"hello world\" }}",
+            1.0,
+            "hello Hello World",
+        ),
         ("{{ $labels.instance | stripPort }}", 1.0, "web-1.example.com"),
         ("{{ stripDomain $labels.instance }}", 1.0, "web-1:9113"),
         ("{{ if match \"^web-\" $labels.instance }}yes{{ end }}", 1.0, "yes"),
-        ("{{ reReplaceAll \"(\\\\w+)-(\\\\d)\" \"$2-$1\" \"web-1\" }}", 1.0, "1-web"),
+        (
+            "{{ reReplaceAll \"(\\\\w+)-(\\\\d)\" \"$2-$1\" \"web-1\" }}",
+            1.0,
+            "1-web",
+        ),
         ("{{ safeHtml \"<b>\" }}", 1.0, "<b>"),
         ("{{ urlQueryEscape \"a b&c\" }}", 1.0, "a+b%26c"),
         ("{{ parseDuration \"1m30s\" }}", 1.0, "90"),
         ("{{ toDuration 90.5 }}", 1.0, "1m30.5s"),
         ("{{ now }}", 1.0, "1.700000000123e+09"),
-        ("{{ externalURL }} {{ pathPrefix }}", 1.0, "http://prom.example:9090/prefix /prefix"),
-        ("{{ graphLink \"up == 0\" }}", 1.0, "/graph?g0.expr=up+%3D%3D+0&g0.tab=0"),
-        ("{{ range $k, $v := $labels }}{{ $k }}={{ $v }};{{ end }}", 1.0, "instance=web-1.example.com:9113;job=nginx;"),
+        (
+            "{{ externalURL }} {{ pathPrefix }}",
+            1.0,
+            "http://prom.example:9090/prefix /prefix",
+        ),
+        (
+            "{{ graphLink \"up == 0\" }}",
+            1.0,
+            "/graph?g0.expr=up+%3D%3D+0&g0.tab=0",
+        ),
+        (
+            "{{ range $k, $v := $labels }}{{ $k }}={{ $v }};{{ end }}",
+            1.0,
+            "instance=web-1.example.com:9113;job=nginx;",
+        ),
         ("{{ with $labels.job }}job={{ . }}{{ end }}", 1.0, "job=nginx"),
         ("{{ if gt $value 10.0 }}big{{ else }}small{{ end }}", 11.0, "big"),
         ("{{ $x := 5.5 }}{{ $x }}", 1.0, "5.5"),
@@ -76,8 +131,15 @@ fn rules_templates_like_prometheus() {
 
 #[test]
 fn rules_template_errors_like_prometheus() {
-    assert_eq!(template::parse_test("__alert_InstanceDown", "Instance {{ $label.foo }} down").unwrap_err(), "template: __alert_InstanceDown:1: undefined variable \"$label\"");
-    assert!(template::parse_test("__alert_X", "{{ nosuchfunc 1 }}").unwrap_err().contains("function \"nosuchfunc\" not defined"));
+    assert_eq!(
+        template::parse_test("__alert_InstanceDown", "Instance {{ $label.foo }} down").unwrap_err(),
+        "template: __alert_InstanceDown:1: undefined variable \"$label\""
+    );
+    assert!(
+        template::parse_test("__alert_X", "{{ nosuchfunc 1 }}")
+            .unwrap_err()
+            .contains("function \"nosuchfunc\" not defined")
+    );
     assert!(template::parse_test("__alert_X", "{{ humanize $value ").is_err());
     assert!(template::parse_test("__alert_X", "{{ query \"up\" | first | value }}").is_ok());
     assert!(exp("{{ humanize \"abc\" }}", 1.0).starts_with("ERR error executing template __alert_T"));
@@ -85,12 +147,18 @@ fn rules_template_errors_like_prometheus() {
 /// `NGXPROBE_RULES_CLI="test FILE…"` (or `check FILE…`) prints the CLI's report.
 #[test]
 fn rules_cli_from_env() {
-    let Ok(args) = std::env::var("NGXPROBE_RULES_CLI") else { return };
+    let Ok(args) = std::env::var("NGXPROBE_RULES_CLI") else {
+        return;
+    };
     let mut it = args.split_whitespace();
     let mode = it.next().unwrap_or("");
     let files: Vec<std::path::PathBuf> = it.map(Into::into).collect();
     let mut out = Vec::new();
-    let code = if mode == "test" { super::test_rules_cli(&files, &mut out) } else { super::check_rules_cli(&files, &mut out) };
+    let code = if mode == "test" {
+        super::test_rules_cli(&files, &mut out)
+    } else {
+        super::check_rules_cli(&files, &mut out)
+    };
     println!("{}exit {code}", String::from_utf8_lossy(&out));
 }
 
@@ -104,8 +172,8 @@ mod manager_tests {
     use crate::{
         alerts::{Alert, AlertSink},
         config::PromDuration,
-        rules::{eval::AlertState, file, memstore::MemStore, promtool, RuleManager, RulesConfig},
-        series::{is_stale_marker, Labels, MatchOp, Matcher, SeriesReader, SeriesWriter},
+        rules::{RuleManager, RulesConfig, eval::AlertState, file, memstore::MemStore, promtool},
+        series::{Labels, MatchOp, Matcher, SeriesReader, SeriesWriter, is_stale_marker},
     };
 
     #[derive(Default)]
@@ -190,33 +258,62 @@ groups:
         assert_eq!(firing.labels.get("alertname").unwrap(), "NginxDown");
         assert_eq!(firing.labels.get("cluster").unwrap(), "prod", "external labels added");
         assert_eq!(firing.labels.get("severity").unwrap(), "critical");
-        assert_eq!(firing.annotations.get("summary").unwrap(), "down: /etc/nginx/nginx.conf value 0");
+        assert_eq!(
+            firing.annotations.get("summary").unwrap(),
+            "down: /etc/nginx/nginx.conf value 0"
+        );
         assert_eq!(firing.starts_at, ms(30_000));
         // EndsAt = now + 4 × max(resend_delay 1m, interval 10s).
         assert_eq!(firing.ends_at, ms(30_000 + 240_000));
-        assert_eq!(firing.generator_url, "http://agent:9113/graph?g0.expr=nginx_up+%3D%3D+0&g0.tab=1");
+        assert_eq!(
+            firing.generator_url,
+            "http://agent:9113/graph?g0.expr=nginx_up+%3D%3D+0&g0.tab=1"
+        );
         let resolved = flat[1];
         assert_eq!(resolved.ends_at, ms(70_000));
         assert_eq!(resolved.starts_at, ms(30_000));
         // ALERTS: pending then firing, then a staleness marker once resolved.
         let alerts = store
-            .select(&[Matcher::new(MatchOp::Equal, "__name__", "ALERTS").unwrap()], 0, 300_000)
+            .select(
+                &[Matcher::new(MatchOp::Equal, "__name__", "ALERTS").unwrap()],
+                0,
+                300_000,
+            )
             .unwrap();
-        let pending = alerts.iter().find(|s| s.labels.get("alertstate") == Some("pending")).unwrap();
+        let pending = alerts
+            .iter()
+            .find(|s| s.labels.get("alertstate") == Some("pending"))
+            .unwrap();
         // Written only once `for` state was restored: after the 2nd evaluation of a
         // group loaded at startup (Prometheus does the same).
         assert_eq!(pending.samples.first().unwrap(), &(20_000, 1.0));
-        assert!(is_stale_marker(pending.samples.last().unwrap().1), "pending series goes stale at 30s");
+        assert!(
+            is_stale_marker(pending.samples.last().unwrap().1),
+            "pending series goes stale at 30s"
+        );
         assert_eq!(pending.samples.last().unwrap().0, 30_000);
-        let firing_s = alerts.iter().find(|s| s.labels.get("alertstate") == Some("firing")).unwrap();
+        let firing_s = alerts
+            .iter()
+            .find(|s| s.labels.get("alertstate") == Some("firing"))
+            .unwrap();
         assert_eq!(firing_s.samples.last().unwrap().0, 70_000);
         assert!(is_stale_marker(firing_s.samples.last().unwrap().1));
         let for_state = store
-            .select(&[Matcher::new(MatchOp::Equal, "__name__", "ALERTS_FOR_STATE").unwrap()], 0, 300_000)
+            .select(
+                &[Matcher::new(MatchOp::Equal, "__name__", "ALERTS_FOR_STATE").unwrap()],
+                0,
+                300_000,
+            )
             .unwrap();
         assert_eq!(for_state[0].samples[0], (20_000, 0.0), "ActiveAt in seconds");
         // Recording rule output.
-        let rec = store.select(&[Matcher::new(MatchOp::Equal, "__name__", "nginx:up:sum").unwrap()], 0, 300_000).unwrap();
+        let rec = store
+            .select(
+                &[Matcher::new(MatchOp::Equal, "__name__", "nginx:up:sum").unwrap()],
+                0,
+                300_000,
+            )
+            .unwrap();
         assert_eq!(rec.len(), 1);
         assert_eq!(rec[0].samples.last().unwrap(), &(200_000, 1.0));
     }
@@ -226,7 +323,11 @@ groups:
         let store = Arc::new(MemStore::new());
         let sink = Arc::new(Sink::default());
         let m = manager(&store, &sink);
-        m.load(&[write_tmp("resend.yml", "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n")]).unwrap();
+        m.load(&[write_tmp(
+            "resend.yml",
+            "groups:\n- name: g\n  rules:\n  - alert: Always\n    expr: vector(1)\n",
+        )])
+        .unwrap();
         for t in (0..=180_000).step_by(1_000) {
             m.eval_at(t);
         }
@@ -240,13 +341,32 @@ groups:
         let store = Arc::new(MemStore::new());
         let sink = Arc::new(Sink::default());
         let m = manager(&store, &sink);
-        m.load(&[write_tmp("stale.yml", "groups:\n- name: g\n  rules:\n  - record: x:sum\n    expr: sum by (a) (x)\n")]).unwrap();
+        m.load(&[write_tmp(
+            "stale.yml",
+            "groups:\n- name: g\n  rules:\n  - record: x:sum\n    expr: sum by (a) (x)\n",
+        )])
+        .unwrap();
         store.append(&l(&[("__name__", "x"), ("a", "1")]), 0, 5.0).unwrap();
         store.append(&l(&[("__name__", "x"), ("a", "2")]), 0, 7.0).unwrap();
-        store.append(&l(&[("__name__", "x"), ("a", "1")]), 1000, crate::series::stale_marker()).unwrap();
+        store
+            .append(
+                &l(&[("__name__", "x"), ("a", "1")]),
+                1000,
+                crate::series::stale_marker(),
+            )
+            .unwrap();
         m.eval_at(0);
         m.eval_at(2000);
-        let s = store.select(&[Matcher::new(MatchOp::Equal, "__name__", "x:sum").unwrap(), Matcher::new(MatchOp::Equal, "a", "1").unwrap()], 0, 5000).unwrap();
+        let s = store
+            .select(
+                &[
+                    Matcher::new(MatchOp::Equal, "__name__", "x:sum").unwrap(),
+                    Matcher::new(MatchOp::Equal, "a", "1").unwrap(),
+                ],
+                0,
+                5000,
+            )
+            .unwrap();
         assert_eq!(s[0].samples[0], (0, 5.0));
         assert_eq!(s[0].samples[1].0, 2000);
         assert!(is_stale_marker(s[0].samples[1].1));
@@ -257,12 +377,21 @@ groups:
         let store = Arc::new(MemStore::new());
         let sink = Arc::new(Sink::default());
         let m = manager(&store, &sink);
-        let good = write_tmp("reload.yml", "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: vector(1)\n    for: 1m\n");
+        let good = write_tmp(
+            "reload.yml",
+            "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: vector(1)\n    for: 1m\n",
+        );
         m.load(std::slice::from_ref(&good)).unwrap();
         m.eval_at(0);
-        let bad = write_tmp("reload-bad.yml", "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: vector(1) +\n");
+        let bad = write_tmp(
+            "reload-bad.yml",
+            "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: vector(1) +\n",
+        );
         let err = m.load(&[good.clone(), bad]).unwrap_err().to_string();
-        assert!(err.contains("reload-bad.yml: 5:11: group \"g\", rule 1, \"A\": could not parse expression"), "{err}");
+        assert!(
+            err.contains("reload-bad.yml: 5:11: group \"g\", rule 1, \"A\": could not parse expression"),
+            "{err}"
+        );
         assert_eq!(m.groups().len(), 1);
         // Reload with the same file keeps ActiveAt.
         m.load(&[good]).unwrap();
@@ -271,7 +400,10 @@ groups:
         assert_eq!(g.rules[0].state(), AlertState::Firing);
         assert_eq!(g.rules[0].active.values().next().unwrap().active_at, 0);
         let fams = m.families();
-        let ok = fams.iter().find(|f| f.name == "ngxprobe_rule_config_last_reload_successful").unwrap();
+        let ok = fams
+            .iter()
+            .find(|f| f.name == "ngxprobe_rule_config_last_reload_successful")
+            .unwrap();
         assert_eq!(ok.samples[0].value, 1.0);
     }
 
@@ -306,7 +438,9 @@ groups:
         let sink = Arc::new(Sink::default());
         let m = manager(&store, &sink);
         m.load(&[write_tmp("api.yml", RULES)]).unwrap();
-        store.append(&l(&[("__name__", "nginx_up"), ("conf_path", "/c")]), 0, 0.0).unwrap();
+        store
+            .append(&l(&[("__name__", "nginx_up"), ("conf_path", "/c")]), 0, 0.0)
+            .unwrap();
         m.eval_at(0);
         let r = m.rules_api(None);
         let g = &r["groups"][0];
@@ -319,7 +453,13 @@ groups:
         assert_eq!(g["rules"][0]["alerts"][0]["value"], "0e+00");
         assert_eq!(g["rules"][0]["alerts"][0]["activeAt"], "1970-01-01T00:00:00Z");
         assert_eq!(g["rules"][1]["type"], "recording");
-        assert_eq!(m.rules_api(Some("record"))["groups"][0]["rules"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            m.rules_api(Some("record"))["groups"][0]["rules"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         let a = m.alerts_api();
         assert_eq!(a["alerts"][0]["labels"]["alertname"], "NginxDown");
         assert_eq!(a["alerts"][0]["state"], "pending");
@@ -333,12 +473,24 @@ groups:
         assert_eq!(m.load(&[]).unwrap(), 2);
         let names: Vec<String> = m.groups()[0].rules.iter().map(|r| r.def.name.clone()).collect();
         assert_eq!(names, ["NginxDown", "NginxHighActiveConnections"]);
-        let off = RuleManager::new(store.clone(), store.clone(), sink, RulesConfig { default_rules: false, ..RulesConfig::default() });
+        let off = RuleManager::new(
+            store.clone(),
+            store.clone(),
+            sink,
+            RulesConfig {
+                default_rules: false,
+                ..RulesConfig::default()
+            },
+        );
         assert_eq!(off.load(&[]).unwrap(), 0);
         // The default rule fires after 1m of nginx_up == 0.
-        store.append(&l(&[("__name__", "nginx_up"), ("conf_path", "/c")]), 0, 0.0).unwrap();
+        store
+            .append(&l(&[("__name__", "nginx_up"), ("conf_path", "/c")]), 0, 0.0)
+            .unwrap();
         for t in (0..=60_000).step_by(1_000) {
-            store.append(&l(&[("__name__", "nginx_up"), ("conf_path", "/c")]), t, 0.0).ok();
+            store
+                .append(&l(&[("__name__", "nginx_up"), ("conf_path", "/c")]), t, 0.0)
+                .ok();
             m.eval_at(t);
         }
         let st = m.groups()[0].rules[0].state();
@@ -350,22 +502,52 @@ groups:
         let c: RulesConfig = serde_saphyr::from_str("default_rules: false\nevaluation_interval: 5s\n").unwrap();
         assert!(!c.default_rules);
         assert_eq!(c.evaluation_interval, PromDuration::from_secs(5));
-        assert_eq!(RulesConfig::default().evaluation_interval, PromDuration::from_millis(250));
+        assert_eq!(
+            RulesConfig::default().evaluation_interval,
+            PromDuration::from_millis(250)
+        );
         assert!(serde_saphyr::from_str::<RulesConfig>("rule_file: []\n").is_err());
     }
 
     #[test]
     fn rules_file_errors_name_file_line_and_field() {
         let e = file::parse_text("r.yml", "groups:\n  - name: g\n    intervall: 1m\n    rules: []\n").unwrap_err();
-        assert_eq!(e[0].to_string(), "r.yml: 3:5: groups[0].intervall: field intervall not found in rule file format, expected one of name, interval, query_offset, limit, labels, rules");
-        let e = file::parse_text("r.yml", "groups:\n  - name: g\n    rules:\n      - record: a-b\n        expr: up\n        for: 5m\n").unwrap_err();
+        assert_eq!(
+            e[0].to_string(),
+            "r.yml: 3:5: groups[0].intervall: field intervall not found in rule file format, expected one of name, interval, query_offset, limit, labels, rules"
+        );
+        let e = file::parse_text(
+            "r.yml",
+            "groups:\n  - name: g\n    rules:\n      - record: a-b\n        expr: up\n        for: 5m\n",
+        )
+        .unwrap_err();
         let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
-        assert!(msgs.contains(&"r.yml: 4:17: group \"g\", rule 1, \"a-b\": invalid field 'for' in recording rule".to_string()), "{msgs:?}");
-        assert!(msgs.contains(&"r.yml: 4:17: group \"g\", rule 1, \"a-b\": invalid recording rule name: a-b".to_string()), "{msgs:?}");
-        let e = file::parse_text("r.yml", "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up\n        for: 5x\n").unwrap_err();
-        assert!(e[0].to_string().starts_with("r.yml: 6:14: groups[0].rules[0].for: invalid duration"), "{}", e[0]);
+        assert!(
+            msgs.contains(
+                &"r.yml: 4:17: group \"g\", rule 1, \"a-b\": invalid field 'for' in recording rule".to_string()
+            ),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.contains(&"r.yml: 4:17: group \"g\", rule 1, \"a-b\": invalid recording rule name: a-b".to_string()),
+            "{msgs:?}"
+        );
+        let e = file::parse_text(
+            "r.yml",
+            "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: up\n        for: 5x\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].to_string()
+                .starts_with("r.yml: 6:14: groups[0].rules[0].for: invalid duration"),
+            "{}",
+            e[0]
+        );
         let e = file::parse_text("r.yml", "groups:\n- name: g\n  rules: []\n- name: g\n  rules: []\n").unwrap_err();
-        assert_eq!(e[0].to_string(), "r.yml: 4:3: groupname: \"g\" is repeated in the same file");
+        assert_eq!(
+            e[0].to_string(),
+            "r.yml: 4:3: groupname: \"g\" is repeated in the same file"
+        );
     }
 
     #[test]
@@ -375,39 +557,74 @@ groups:
         assert_eq!(g[0].rules[0].name, "NginxDown");
         let bad = text.replace("for: 1m", "forr: 1m");
         let e = file::parse_text("k8s.yml", &bad).unwrap_err();
-        assert!(e[0].to_string().starts_with("k8s.yml: 12:7: spec.groups[0].rules[0].forr: field forr not found"), "{}", e[0]);
+        assert!(
+            e[0].to_string()
+                .starts_with("k8s.yml: 12:7: spec.groups[0].rules[0].forr: field forr not found"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]
     fn rules_check_cli_output() {
         let good = write_tmp("good.yml", RULES);
-        let bad = write_tmp("bad.yml", "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up\n    annotations:\n      s: '{{ $label.x }}'\n");
+        let bad = write_tmp(
+            "bad.yml",
+            "groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up\n    annotations:\n      s: '{{ $label.x }}'\n",
+        );
         let mut out = Vec::new();
         let code = promtool::check_rules_cli(&[good.clone(), bad.clone()], &mut out);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(code, 1);
-        assert!(text.contains(&format!("Checking {}\n  SUCCESS: 2 rules found\n\n", good.display())), "{text}");
+        assert!(
+            text.contains(&format!("Checking {}\n  SUCCESS: 2 rules found\n\n", good.display())),
+            "{text}"
+        );
         assert!(text.contains(&format!("  FAILED:\n{}: group \"g\", rule 1, \"A\": annotation \"s\": template: __alert_A:1: undefined variable \"$label\"", bad.display())), "{text}");
     }
 
     #[test]
     fn rules_expanding_notation() {
         let v = promtool::expand_values("1+2x3 _ 5x2 _x2 stale -1-1x1 1e3").unwrap();
-        let f: Vec<String> = v.iter().map(|x| x.map(|x| if is_stale_marker(x) { "stale".into() } else { x.to_string() }).unwrap_or("_".into())).collect();
-        assert_eq!(f, ["1", "3", "5", "7", "_", "5", "5", "5", "_", "_", "stale", "-1", "-2", "1000"]);
+        let f: Vec<String> = v
+            .iter()
+            .map(|x| {
+                x.map(|x| {
+                    if is_stale_marker(x) {
+                        "stale".into()
+                    } else {
+                        x.to_string()
+                    }
+                })
+                .unwrap_or("_".into())
+            })
+            .collect();
+        assert_eq!(
+            f,
+            [
+                "1", "3", "5", "7", "_", "5", "5", "5", "_", "_", "stale", "-1", "-2", "1000"
+            ]
+        );
     }
 }
 
 #[test]
 fn rules_run_loop_evaluates_on_schedule_and_stops() {
+    use crate::{
+        alerts::{Alert, AlertSink},
+        config::PromDuration,
+        rules::{RuleManager, RulesConfig, memstore::MemStore},
+    };
     use std::sync::Arc;
-    use crate::{alerts::{Alert, AlertSink}, config::PromDuration, rules::{memstore::MemStore, RuleManager, RulesConfig}};
     struct Null;
     impl AlertSink for Null {
         fn send(&self, _: Vec<Alert>) {}
     }
     let store = Arc::new(MemStore::new());
-    let cfg = RulesConfig { evaluation_interval: PromDuration::from_millis(100), ..RulesConfig::default() };
+    let cfg = RulesConfig {
+        evaluation_interval: PromDuration::from_millis(100),
+        ..RulesConfig::default()
+    };
     let m = Arc::new(RuleManager::new(store.clone(), store, Arc::new(Null), cfg));
     m.load(&[]).unwrap();
     let (h, stop) = m.spawn().unwrap();

@@ -56,8 +56,12 @@ fn corrupt(s: &str) -> ChunkError {
 fn check_version(v: u8) -> Result<(), ChunkError> {
     match v {
         VERSION => Ok(()),
-        1 => Err(ChunkError("chunk format version 1 (written by a pre-release build) is no longer readable".into())),
-        v => Err(ChunkError(format!("unknown chunk format version {v} (written by a newer ngxprobe?)"))),
+        1 => Err(ChunkError(
+            "chunk format version 1 (written by a pre-release build) is no longer readable".into(),
+        )),
+        v => Err(ChunkError(format!(
+            "unknown chunk format version {v} (written by a newer ngxprobe?)"
+        ))),
     }
 }
 
@@ -151,7 +155,12 @@ impl CostEst {
             return 0.0;
         }
         let t = total as f64;
-        let h: f64 = self.hist.iter().filter(|&&c| c > 0).map(|&c| c as f64 * (t / c as f64).log2()).sum();
+        let h: f64 = self
+            .hist
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| c as f64 * (t / c as f64).log2())
+            .sum();
         h + self.raw as f64
     }
 }
@@ -175,7 +184,10 @@ fn xor_cost(samples: &[(i64, f64)]) -> f64 {
     }
     let ent = |h: &[u32]| -> f64 {
         let t: u32 = h.iter().sum();
-        h.iter().filter(|&&c| c > 0).map(|&c| c as f64 * (t as f64 / c as f64).log2()).sum()
+        h.iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| c as f64 * (t as f64 / c as f64).log2())
+            .sum()
     };
     let n = samples.len() as u32;
     ent(&[nz, n - nz]) + ent(&lz) + ent(&sig) + raw as f64
@@ -216,8 +228,16 @@ fn choose(samples: &[(i64, f64)]) -> Plan {
         for &x in &ints {
             sum_x += x as i128;
         }
-        let bias = if ints.len() > 1 { (sum_d / (ints.len() - 1) as i128) as i64 } else { 0 };
-        let level = if ints.is_empty() { 0 } else { (sum_x / ints.len() as i128) as i64 };
+        let bias = if ints.len() > 1 {
+            (sum_d / (ints.len() - 1) as i128) as i64
+        } else {
+            0
+        };
+        let level = if ints.is_empty() {
+            0
+        } else {
+            (sum_x / ints.len() as i128) as i64
+        };
         let (mut c_delta, mut c_dod, mut c_level) = (CostEst::default(), CostEst::default(), CostEst::default());
         let (mut prev_x, mut prev_dx) = (0i64, 0i64);
         for &x in &ints {
@@ -228,9 +248,17 @@ fn choose(samples: &[(i64, f64)]) -> Plan {
             prev_x = x;
             prev_dx = dx;
         }
-        let cands = [(c_delta.bits(), PRED_DELTA, bias), (c_dod.bits(), PRED_DOD, 0), (c_level.bits(), PRED_LEVEL, level)];
+        let cands = [
+            (c_delta.bits(), PRED_DELTA, bias),
+            (c_dod.bits(), PRED_DOD, 0),
+            (c_level.bits(), PRED_LEVEL, level),
+        ];
         let best = cands.iter().fold(cands[0], |a, &b| if b.0 < a.0 { b } else { a });
-        return Plan::Int { k, pred: best.1, param: best.2 };
+        return Plan::Int {
+            k,
+            pred: best.1,
+            param: best.2,
+        };
     }
     // Floats: mean finite increment as the step.
     let (mut sum, mut cnt) = (0.0f64, 0u32);
@@ -241,12 +269,18 @@ fn choose(samples: &[(i64, f64)]) -> Plan {
             cnt += 1;
         }
     }
-    let step = if cnt > 0 && (sum / cnt as f64).is_finite() { sum / cnt as f64 } else { 0.0 };
+    let step = if cnt > 0 && (sum / cnt as f64).is_finite() {
+        sum / cnt as f64
+    } else {
+        0.0
+    };
     let float_cost = |step: f64| {
         let mut c = CostEst::default();
         let mut prev = 0.0f64;
         for s in samples {
-            c.add(zigzag((s.1.to_bits() as i64).wrapping_sub(float_pred(prev, step) as i64)));
+            c.add(zigzag(
+                (s.1.to_bits() as i64).wrapping_sub(float_pred(prev, step) as i64),
+            ));
             prev = s.1;
         }
         c.bits()
@@ -329,7 +363,10 @@ fn encode_with(samples: &[(i64, f64)], plan: Plan) -> Vec<u8> {
                 }
             }
             Plan::Float { step } => {
-                vm.enc(&mut e, (v.to_bits() as i64).wrapping_sub(float_pred(prev_v, step) as i64));
+                vm.enc(
+                    &mut e,
+                    (v.to_bits() as i64).wrapping_sub(float_pred(prev_v, step) as i64),
+                );
             }
             Plan::Int { k, pred, param } => {
                 let s = scaled(v, k);
@@ -424,7 +461,10 @@ pub fn decode_range_into(data: &[u8], mint: i64, maxt: i64, out: &mut Vec<(i64, 
             Plan::Int { k, pred, param }
         }
         MODE_FLOAT => {
-            let b: [u8; 8] = body.get(pos..pos + 8).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("bad step"))?;
+            let b: [u8; 8] = body
+                .get(pos..pos + 8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| corrupt("bad step"))?;
             pos += 8;
             let step = f64::from_le_bytes(b);
             if !step.is_finite() {
@@ -524,7 +564,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn same(a: &[(i64, f64)], b: &[(i64, f64)]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits())
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| x.0 == y.0 && x.1.to_bits() == y.1.to_bits())
     }
 
     fn special() -> impl Strategy<Value = f64> {
@@ -548,10 +591,26 @@ mod tests {
     fn plan() -> impl Strategy<Value = Plan> {
         prop_oneof![
             Just(Plan::Xor),
-            (0usize..SCALES.len(), 0u8..=PRED_LEVEL, any::<i64>()).prop_map(|(k, pred, param)| Plan::Int { k: SCALES[k], pred, param }),
-            (0usize..SCALES.len(), 0u8..=PRED_LEVEL, -1000i64..1000).prop_map(|(k, pred, param)| Plan::Int { k: SCALES[k], pred, param }),
-            prop_oneof![Just(0.0), Just(f64::MAX), Just(-f64::MAX), Just(5e-324), Just(-0.0), -1e6f64..1e6, any::<f64>().prop_filter("finite", |f| f.is_finite())]
-                .prop_map(|step| Plan::Float { step }),
+            (0usize..SCALES.len(), 0u8..=PRED_LEVEL, any::<i64>()).prop_map(|(k, pred, param)| Plan::Int {
+                k: SCALES[k],
+                pred,
+                param
+            }),
+            (0usize..SCALES.len(), 0u8..=PRED_LEVEL, -1000i64..1000).prop_map(|(k, pred, param)| Plan::Int {
+                k: SCALES[k],
+                pred,
+                param
+            }),
+            prop_oneof![
+                Just(0.0),
+                Just(f64::MAX),
+                Just(-f64::MAX),
+                Just(5e-324),
+                Just(-0.0),
+                -1e6f64..1e6,
+                any::<f64>().prop_filter("finite", |f| f.is_finite())
+            ]
+            .prop_map(|step| Plan::Float { step }),
         ]
     }
 
@@ -665,11 +724,26 @@ mod tests {
             get_ivarint(enc, &mut pos).unwrap();
             pos
         };
-        let int = encode_with(&s, Plan::Int { k: 0, pred: PRED_DELTA, param: 1 });
+        let int = encode_with(
+            &s,
+            Plan::Int {
+                k: 0,
+                pred: PRED_DELTA,
+                param: 1,
+            },
+        );
         let at = hdr_len(&int);
-        for (off, val, what) in [(1, 7u8, "unknown value mode"), (at, 10, "bad scale"), (at + 1, 3, "unknown predictor")] {
+        for (off, val, what) in [
+            (1, 7u8, "unknown value mode"),
+            (at, 10, "bad scale"),
+            (at + 1, 3, "unknown predictor"),
+        ] {
             let mut b = int[..int.len() - 4].to_vec();
-            if off == 1 { b[1] = val } else { b[off] = val }
+            if off == 1 {
+                b[1] = val
+            } else {
+                b[off] = val
+            }
             let e = decode(&reseal(b)).unwrap_err().0;
             assert!(e.contains(what), "{e}");
         }
@@ -700,10 +774,34 @@ mod tests {
                 (i * 1000, (25 + (r >> 58) as i64) as f64 / 1000.0)
             })
             .collect();
-        assert!(matches!(choose(&g), Plan::Int { k: 3, pred: PRED_LEVEL, param: 56 }), "{:?}", choose(&g));
+        assert!(
+            matches!(
+                choose(&g),
+                Plan::Int {
+                    k: 3,
+                    pred: PRED_LEVEL,
+                    param: 56
+                }
+            ),
+            "{:?}",
+            choose(&g)
+        );
         // Steady rate with tiny jitter: delta with its mean as bias.
-        let c: Vec<(i64, f64)> = (0..7200).map(|i| (i * 1000, (i * 1000 + (i * 7919) % 3) as f64)).collect();
-        assert!(matches!(choose(&c), Plan::Int { k: 0, pred: PRED_DELTA, param: 1000 }), "{:?}", choose(&c));
+        let c: Vec<(i64, f64)> = (0..7200)
+            .map(|i| (i * 1000, (i * 1000 + (i * 7919) % 3) as f64))
+            .collect();
+        assert!(
+            matches!(
+                choose(&c),
+                Plan::Int {
+                    k: 0,
+                    pred: PRED_DELTA,
+                    param: 1000
+                }
+            ),
+            "{:?}",
+            choose(&c)
+        );
     }
 
     proptest! {

@@ -102,7 +102,9 @@ impl FromStr for ByteSize {
         }
         let mul = SIZE_UNITS
             .iter()
-            .find(|(u, _)| u.eq_ignore_ascii_case(unit) || (unit.len() == 3 && u.eq_ignore_ascii_case(&unit.replace("iB", "B"))))
+            .find(|(u, _)| {
+                u.eq_ignore_ascii_case(unit) || (unit.len() == 3 && u.eq_ignore_ascii_case(&unit.replace("iB", "B")))
+            })
             .map(|(_, m)| *m)
             .ok_or_else(bad)?;
         n.checked_mul(mul).map(ByteSize).ok_or_else(bad)

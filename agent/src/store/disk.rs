@@ -69,7 +69,13 @@ pub fn open(path: &Path) -> DbResult<Database> {
 /// Labels are stored in the WAL's series record format (one codec to test).
 fn enc_labels(id: u32, labels: &Labels) -> Vec<u8> {
     let mut b = Vec::new();
-    encode(&mut b, &Record::Series { id, labels: labels.clone() });
+    encode(
+        &mut b,
+        &Record::Series {
+            id,
+            labels: labels.clone(),
+        },
+    );
     b
 }
 
@@ -85,7 +91,13 @@ fn dec_labels(b: &[u8]) -> Option<Labels> {
 
 fn enc_meta(name: &str, meta: &MetricMeta) -> Vec<u8> {
     let mut b = Vec::new();
-    encode(&mut b, &Record::Meta { name: name.to_string(), meta: meta.clone() });
+    encode(
+        &mut b,
+        &Record::Meta {
+            name: name.to_string(),
+            meta: meta.clone(),
+        },
+    );
     b
 }
 
@@ -122,7 +134,10 @@ pub fn load(db: &Database) -> DbResult<Loaded> {
         let (k, v) = c.map_err(err)?;
         let ((_, id, mint), (span, _, _)) = (k.value(), v.value());
         let maxt = mint.saturating_add(span as i64);
-        ranges.entry(id).and_modify(|r| *r = (r.0.min(mint), r.1.max(maxt))).or_insert((mint, maxt));
+        ranges
+            .entry(id)
+            .and_modify(|r| *r = (r.0.min(mint), r.1.max(maxt)))
+            .or_insert((mint, maxt));
     }
     for item in series.iter().map_err(err)? {
         let (k, v) = item.map_err(err)?;
@@ -174,7 +189,8 @@ pub fn persist(db: &Database, dir: &Path, b: &PersistBatch) -> DbResult<u64> {
         for (id, data, mint) in chunks {
             let maxt = chunk::header(data).map(|h| h.2).map_err(err)?;
             // A chunk lies within one block, so its span fits easily.
-            let span = u32::try_from(maxt.wrapping_sub(*mint)).map_err(|_| format!("chunk of series {id} spans more than a block"))?;
+            let span = u32::try_from(maxt.wrapping_sub(*mint))
+                .map_err(|_| format!("chunk of series {id} spans more than a block"))?;
             let len = u32::try_from(data.len()).map_err(|_| format!("chunk of series {id} too large"))?;
             placed.push((*id, *mint, span, off, len));
             off += data.len() as u64;
@@ -189,13 +205,17 @@ pub fn persist(db: &Database, dir: &Path, b: &PersistBatch) -> DbResult<u64> {
     {
         let mut series = w.open_table(SERIES).map_err(err)?;
         for (id, labels) in &b.new_series {
-            series.insert(*id as u64, enc_labels(*id, labels).as_slice()).map_err(err)?;
+            series
+                .insert(*id as u64, enc_labels(*id, labels).as_slice())
+                .map_err(err)?;
         }
         let mut chunks = w.open_table(CHUNKS).map_err(err)?;
         let mut blocks = w.open_table(BLOCKS).map_err(err)?;
         let mut per_block: std::collections::BTreeMap<i64, (u64, u64)> = Default::default();
         for &(id, mint, span, off, len) in &placed {
-            chunks.insert((block_of(mint), id, mint), (span, off, len)).map_err(err)?;
+            chunks
+                .insert((block_of(mint), id, mint), (span, off, len))
+                .map_err(err)?;
             let e = per_block.entry(block_of(mint)).or_default();
             e.0 += len as u64;
             e.1 += 1;
@@ -243,14 +263,29 @@ impl<'a> Reader<'a> {
 
     /// Appends series `id`'s samples in [mint, maxt] to `out`; chunks that
     /// cannot be read or decoded are skipped and described in `corrupt`.
-    pub fn read(&mut self, id: u32, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>, corrupt: &mut Vec<String>) -> DbResult<()> {
+    pub fn read(
+        &mut self,
+        id: u32,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<(i64, f64)>,
+        corrupt: &mut Vec<String>,
+    ) -> DbResult<()> {
         if mint > maxt {
             return Ok(());
         }
         // Blocks whose span [b, b + BLOCK_MS) reaches mint (no overflow at i64::MIN).
-        for b in self.blocks.range(mint.saturating_sub(BLOCK_MS - 1)..=maxt).map_err(err)? {
+        for b in self
+            .blocks
+            .range(mint.saturating_sub(BLOCK_MS - 1)..=maxt)
+            .map_err(err)?
+        {
             let block = b.map_err(err)?.0.value();
-            for c in self.chunks.range((block, id, i64::MIN)..=(block, id, maxt)).map_err(err)? {
+            for c in self
+                .chunks
+                .range((block, id, i64::MIN)..=(block, id, maxt))
+                .map_err(err)?
+            {
                 let (k, v) = c.map_err(err)?;
                 let cmint = k.value().2;
                 let (span, off, len) = v.value();
@@ -293,7 +328,13 @@ impl<'a> Reader<'a> {
 /// Deletes whole blocks starting before `before` (retention by time), or the
 /// oldest blocks until `max_bytes` of chunk data remain (retention by size).
 /// Returns (blocks deleted, bytes freed, ids that lost chunks).
-pub fn delete_blocks(db: &Database, dir: &Path, before: i64, max_bytes: Option<u64>, stored: u64) -> DbResult<(u64, u64, Vec<u32>)> {
+pub fn delete_blocks(
+    db: &Database,
+    dir: &Path,
+    before: i64,
+    max_bytes: Option<u64>,
+    stored: u64,
+) -> DbResult<(u64, u64, Vec<u32>)> {
     let w = db.begin_write().map_err(err)?;
     let (mut nblocks, mut freed, mut ids) = (0u64, 0u64, Vec::new());
     let mut gone_blocks = Vec::new();
@@ -312,7 +353,10 @@ pub fn delete_blocks(db: &Database, dir: &Path, before: i64, max_bytes: Option<u
                 break;
             }
             let mut keys = Vec::new();
-            for c in chunks.range((b, 0u32, i64::MIN)..=(b, u32::MAX, i64::MAX)).map_err(err)? {
+            for c in chunks
+                .range((b, 0u32, i64::MIN)..=(b, u32::MAX, i64::MAX))
+                .map_err(err)?
+            {
                 keys.push(c.map_err(err)?.0.value());
             }
             for k in keys {
@@ -367,7 +411,11 @@ pub fn range_of(db: &Database, id: u32) -> DbResult<Option<(i64, i64)>> {
     }
     let Some(mint) = mint else { return Ok(None) };
     for &b in list.iter().rev() {
-        if let Some(c) = chunks.range((b, id, i64::MIN)..=(b, id, i64::MAX)).map_err(err)?.next_back() {
+        if let Some(c) = chunks
+            .range((b, id, i64::MIN)..=(b, id, i64::MAX))
+            .map_err(err)?
+            .next_back()
+        {
             let (k, v) = c.map_err(err)?;
             return Ok(Some((mint, k.value().2.saturating_add(v.value().0 as i64))));
         }

@@ -43,7 +43,11 @@ pub struct HeadSnapshot {
 
 impl MemSeries {
     pub fn new(id: u32, labels: Labels) -> Self {
-        MemSeries { id, labels, data: Mutex::new(HeadData::default()) }
+        MemSeries {
+            id,
+            labels,
+            data: Mutex::new(HeadData::default()),
+        }
     }
 
     /// Poisoning only means another thread panicked mid-append; the data is
@@ -60,7 +64,12 @@ impl MemSeries {
     pub fn snapshot(&self, mint: i64, maxt: i64) -> HeadSnapshot {
         let d = self.lock();
         HeadSnapshot {
-            sealed: d.sealed.iter().filter(|c| c.maxt >= mint && c.mint <= maxt).cloned().collect(),
+            sealed: d
+                .sealed
+                .iter()
+                .filter(|c| c.maxt >= mint && c.mint <= maxt)
+                .cloned()
+                .collect(),
             open: d.open.iter().filter(|s| s.0 >= mint && s.0 <= maxt).copied().collect(),
             disk: d.disk,
         }
@@ -116,7 +125,11 @@ impl HeadData {
             }
             let rest: Vec<(i64, f64)> = chunk::decode(&c.bytes)?.into_iter().filter(|s| s.0 >= before).collect();
             if let (Some(f), Some(l)) = (rest.first(), rest.last()) {
-                keep.push(Arc::new(Sealed { mint: f.0, maxt: l.0, bytes: chunk::encode(&rest) }));
+                keep.push(Arc::new(Sealed {
+                    mint: f.0,
+                    maxt: l.0,
+                    bytes: chunk::encode(&rest),
+                }));
             }
         }
         self.sealed = keep;
@@ -125,7 +138,10 @@ impl HeadData {
     }
 
     pub fn head_mint(&self) -> Option<i64> {
-        self.sealed.first().map(|c| c.mint).or_else(|| self.open.first().map(|s| s.0))
+        self.sealed
+            .first()
+            .map(|c| c.mint)
+            .or_else(|| self.open.first().map(|s| s.0))
     }
 
     pub fn head_bytes(&self) -> usize {

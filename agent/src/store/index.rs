@@ -41,7 +41,12 @@ impl Index {
     pub fn add(&mut self, id: u32, labels: &Labels) {
         insert_sorted(&mut self.all, id);
         for (k, v) in &labels.0 {
-            let list = self.postings.entry(k.clone()).or_default().entry(v.clone()).or_default();
+            let list = self
+                .postings
+                .entry(k.clone())
+                .or_default()
+                .entry(v.clone())
+                .or_default();
             insert_sorted(list, id);
         }
     }
@@ -72,7 +77,11 @@ impl Index {
             let mut ids: Vec<u32> = match (m.op, self.postings.get(&m.name)) {
                 (_, None) => Vec::new(),
                 (MatchOp::Equal, Some(vals)) => vals.get(&m.value).cloned().unwrap_or_default(),
-                (_, Some(vals)) => vals.iter().filter(|(v, _)| m.matches(v)).flat_map(|(_, l)| l.iter().copied()).collect(),
+                (_, Some(vals)) => vals
+                    .iter()
+                    .filter(|(v, _)| m.matches(v))
+                    .flat_map(|(_, l)| l.iter().copied())
+                    .collect(),
             };
             ids.sort_unstable();
             ids.dedup();

@@ -19,9 +19,9 @@ mod disk;
 mod head;
 mod index;
 mod rc;
-mod wal;
 #[cfg(test)]
 mod tests;
+mod wal;
 
 #[allow(unused_imports)] // for the config stage and tests
 pub use config::{ByteSize, StorageConfig, WalFsync};
@@ -63,7 +63,11 @@ pub enum StoreError {
     )]
     Locked { path: PathBuf, pid: String },
     #[error("storage: {what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid storage config: {0}")]
     Config(String),
 }
@@ -145,7 +149,11 @@ const SERIES_PER_READ_THREAD: usize = 8;
 
 fn read_threads() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_READ_THREADS))
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_READ_THREADS)
+    })
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -161,14 +169,24 @@ fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { what, path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Takes an exclusive `flock` on `<dir>/LOCK` (released by the kernel when
 /// the process dies, so a kill -9 never leaves a stale lock behind).
 fn take_lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err("cannot open lock file", &path))?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err("cannot open lock file", &path))?;
     // SAFETY: flock on a valid, owned fd.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
@@ -176,12 +194,21 @@ fn take_lock(dir: &Path) -> Result<File, StoreError> {
             let mut pid = String::new();
             let _ = f.read_to_string(&mut pid);
             let pid = pid.trim().to_string();
-            return Err(StoreError::Locked { path: dir.to_path_buf(), pid: if pid.is_empty() { "unknown".into() } else { pid } });
+            return Err(StoreError::Locked {
+                path: dir.to_path_buf(),
+                pid: if pid.is_empty() { "unknown".into() } else { pid },
+            });
         }
-        return Err(StoreError::Io { what: "cannot lock", path, source: e });
+        return Err(StoreError::Io {
+            what: "cannot lock",
+            path,
+            source: e,
+        });
     }
     // Best effort: the pid is only for the error message of a second agent.
-    let _ = f.set_len(0).and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    let _ = f
+        .set_len(0)
+        .and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()));
     Ok(f)
 }
 
@@ -295,7 +322,9 @@ impl Store {
         for c in &loaded.corrupt {
             warn!(what = %c, "store: corrupt entry in block file, skipped");
         }
-        self.stats.corrupt_chunks.fetch_add(loaded.corrupt.len() as u64, Relaxed);
+        self.stats
+            .corrupt_chunks
+            .fetch_add(loaded.corrupt.len() as u64, Relaxed);
         self.stats.stored_bytes.store(loaded.stored_bytes, Relaxed);
         let mut reg = write(&self.reg);
         let mut max_t = i64::MIN;
@@ -335,11 +364,20 @@ impl Store {
             }
         };
         if let Some((seg, off, dropped)) = rep.torn {
-            warn!(segment = seg, offset = off, bytes = dropped, "store: torn WAL tail truncated at last good record (interrupted write)");
+            warn!(
+                segment = seg,
+                offset = off,
+                bytes = dropped,
+                "store: torn WAL tail truncated at last good record (interrupted write)"
+            );
             self.stats.wal_truncations.fetch_add(1, Relaxed);
         }
         for (seg, off) in &rep.corrupt {
-            warn!(segment = seg, offset = off, "store: corrupt WAL record, rest of segment skipped");
+            warn!(
+                segment = seg,
+                offset = off,
+                "store: corrupt WAL record, rest of segment skipped"
+            );
             self.stats.wal_corruptions.fetch_add(1, Relaxed);
         }
         let mut w = lock(&self.writer);
@@ -413,7 +451,13 @@ impl Store {
     fn checkpoint_bytes(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         for (name, meta) in read(&self.meta).iter() {
-            wal::encode(&mut buf, &wal::Record::Meta { name: name.clone(), meta: meta.clone() });
+            wal::encode(
+                &mut buf,
+                &wal::Record::Meta {
+                    name: name.clone(),
+                    meta: meta.clone(),
+                },
+            );
         }
         let series: Vec<Arc<MemSeries>> = read(&self.reg).by_id.values().cloned().collect();
         for s in series {
@@ -425,7 +469,13 @@ impl Store {
             if d.on_disk && samples.is_empty() {
                 continue;
             }
-            wal::encode(&mut buf, &wal::Record::Series { id: s.id, labels: s.labels.clone() });
+            wal::encode(
+                &mut buf,
+                &wal::Record::Series {
+                    id: s.id,
+                    labels: s.labels.clone(),
+                },
+            );
             if !samples.is_empty() {
                 let recs = samples.iter().map(|&(t, v)| (s.id, t, v)).collect();
                 wal::encode(&mut buf, &wal::Record::Samples(recs));
@@ -446,11 +496,17 @@ impl Store {
     fn persist(&self, w: &mut Writer, before: i64) -> Result<(), String> {
         let db = self.db().ok_or("block file not open")?;
         let series: Vec<Arc<MemSeries>> = read(&self.reg).by_id.values().cloned().collect();
-        let mut batch = disk::PersistBatch { new_series: Vec::new(), chunks: Vec::new(), meta: Vec::new() };
+        let mut batch = disk::PersistBatch {
+            new_series: Vec::new(),
+            chunks: Vec::new(),
+            meta: Vec::new(),
+        };
         let mut touched = Vec::new();
         for s in &series {
             let d = s.lock();
-            let samples = d.samples_before(before).map_err(|e| format!("head of {}: {e}", s.labels))?;
+            let samples = d
+                .samples_before(before)
+                .map_err(|e| format!("head of {}: {e}", s.labels))?;
             if !d.on_disk {
                 batch.new_series.push((s.id, s.labels.clone()));
             }
@@ -518,7 +574,11 @@ impl Store {
             None => Err("block file not open".to_string()),
             Some(_) => {
                 let before = disk::block_of(w.max_t.saturating_sub(BLOCK_MS / 2));
-                if w.max_t != i64::MIN && before > w.persisted_before { self.persist(w, before) } else { self.checkpoint(w) }
+                if w.max_t != i64::MIN && before > w.persisted_before {
+                    self.persist(w, before)
+                } else {
+                    self.checkpoint(w)
+                }
             }
         };
         match res {
@@ -561,7 +621,9 @@ impl Store {
                 self.stats.stored_bytes.fetch_sub(freed.min(stored), Relaxed);
                 let mut gone = Vec::new();
                 for id in ids {
-                    let Some(s) = read(&self.reg).by_id.get(&id).cloned() else { continue };
+                    let Some(s) = read(&self.reg).by_id.get(&id).cloned() else {
+                        continue;
+                    };
                     let range = disk::range_of(&db, id).unwrap_or(None);
                     let mut d = s.lock();
                     d.disk = range;
@@ -624,7 +686,13 @@ impl Store {
         reg.by_id.insert(id, s.clone());
         reg.by_labels.insert(labels.clone(), s.clone());
         if w.writable {
-            wal::encode(&mut w.wal.buf, &wal::Record::Series { id, labels: labels.clone() });
+            wal::encode(
+                &mut w.wal.buf,
+                &wal::Record::Series {
+                    id,
+                    labels: labels.clone(),
+                },
+            );
         }
         *created += 1;
         s
@@ -636,7 +704,13 @@ impl Store {
         }
         write(&self.meta).insert(name.to_string(), meta.clone());
         if w.writable {
-            wal::encode(&mut w.wal.buf, &wal::Record::Meta { name: name.to_string(), meta: meta.clone() });
+            wal::encode(
+                &mut w.wal.buf,
+                &wal::Record::Meta {
+                    name: name.to_string(),
+                    meta: meta.clone(),
+                },
+            );
         }
         w.meta_logged.insert(name.to_string(), meta);
     }
@@ -685,7 +759,10 @@ impl Store {
                                 .chain(s.labels.iter().filter(|(k, _)| k != "__name__").cloned()),
                         );
                         let series = self.series_for(&mut w, &labels, &mut rep.new_series);
-                        w.ingest_cache.entry(f.name.clone()).or_default().insert(s.labels.clone(), series.clone());
+                        w.ingest_cache
+                            .entry(f.name.clone())
+                            .or_default()
+                            .insert(s.labels.clone(), series.clone());
                         series
                     }
                 };
@@ -714,7 +791,13 @@ impl Store {
         }
         w.prev_ingest = cur;
         if w.writable && !batch.is_empty() {
-            wal::encode(&mut w.wal.buf, &wal::Record::SamplesAt { t: t_ms, samples: batch });
+            wal::encode(
+                &mut w.wal.buf,
+                &wal::Record::SamplesAt {
+                    t: t_ms,
+                    samples: batch,
+                },
+            );
         }
         if rep.appended + rep.stale_markers > 0 {
             w.max_t = w.max_t.max(t_ms);
@@ -778,12 +861,41 @@ impl Store {
             }
             (reg.by_id.len(), c, b)
         };
-        one("ngxprobe_store_series", "Series known to the store (head and persisted).", MetricType::Gauge, nseries as f64);
-        one("ngxprobe_store_head_chunks", "Chunks held in memory (sealed and open).", MetricType::Gauge, head_chunks as f64);
-        one("ngxprobe_store_head_bytes", "Approximate memory used by head chunks.", MetricType::Gauge, head_bytes as f64);
-        one("ngxprobe_store_samples_appended_total", "Samples appended (including stale markers).", MetricType::Counter, st.appended.load(Relaxed) as f64);
-        one("ngxprobe_store_stale_markers_total", "Stale markers written for series that disappeared.", MetricType::Counter, st.stale_markers.load(Relaxed) as f64);
-        let mut rej = Family::new("ngxprobe_store_samples_rejected_total", "Samples rejected and not stored.", MetricType::Counter);
+        one(
+            "ngxprobe_store_series",
+            "Series known to the store (head and persisted).",
+            MetricType::Gauge,
+            nseries as f64,
+        );
+        one(
+            "ngxprobe_store_head_chunks",
+            "Chunks held in memory (sealed and open).",
+            MetricType::Gauge,
+            head_chunks as f64,
+        );
+        one(
+            "ngxprobe_store_head_bytes",
+            "Approximate memory used by head chunks.",
+            MetricType::Gauge,
+            head_bytes as f64,
+        );
+        one(
+            "ngxprobe_store_samples_appended_total",
+            "Samples appended (including stale markers).",
+            MetricType::Counter,
+            st.appended.load(Relaxed) as f64,
+        );
+        one(
+            "ngxprobe_store_stale_markers_total",
+            "Stale markers written for series that disappeared.",
+            MetricType::Counter,
+            st.stale_markers.load(Relaxed) as f64,
+        );
+        let mut rej = Family::new(
+            "ngxprobe_store_samples_rejected_total",
+            "Samples rejected and not stored.",
+            MetricType::Counter,
+        );
         rej.push(&[("reason", "out_of_order")], st.out_of_order.load(Relaxed) as f64);
         rej.push(&[("reason", "duplicate")], st.duplicate.load(Relaxed) as f64);
         out.push(rej);
@@ -792,15 +904,57 @@ impl Store {
             f.push(&[], v);
             out.push(f);
         };
-        one("ngxprobe_store_wal_truncations_total", "Torn WAL tails truncated at the last good record on startup.", MetricType::Counter, st.wal_truncations.load(Relaxed) as f64);
-        one("ngxprobe_store_wal_corruptions_total", "Corrupt WAL segments skipped on startup.", MetricType::Counter, st.wal_corruptions.load(Relaxed) as f64);
-        one("ngxprobe_store_write_errors_total", "Failed writes to the WAL or block file (disk full, read-only...).", MetricType::Counter, st.write_errors.load(Relaxed) as f64);
-        one("ngxprobe_store_writable", "1 when the store writes to disk, 0 while it keeps new data in memory only.", MetricType::Gauge, if st.writable.load(Relaxed) { 1.0 } else { 0.0 });
-        one("ngxprobe_store_corrupt_chunks_total", "Corrupt chunks or index entries found and skipped.", MetricType::Counter, st.corrupt_chunks.load(Relaxed) as f64);
-        one("ngxprobe_store_blocks_persisted_total", "Block-series chunk groups written to disk.", MetricType::Counter, st.blocks_persisted.load(Relaxed) as f64);
-        one("ngxprobe_store_blocks_deleted_total", "Blocks deleted by retention (time or size).", MetricType::Counter, st.blocks_deleted.load(Relaxed) as f64);
-        let mut bytes = Family::new("ngxprobe_store_bytes", "Bytes on disk in the data directory.", MetricType::Gauge);
-        bytes.push(&[("kind", "index")], fs::metadata(self.dir.join(DB_FILE)).map_or(0, |m| m.len()) as f64);
+        one(
+            "ngxprobe_store_wal_truncations_total",
+            "Torn WAL tails truncated at the last good record on startup.",
+            MetricType::Counter,
+            st.wal_truncations.load(Relaxed) as f64,
+        );
+        one(
+            "ngxprobe_store_wal_corruptions_total",
+            "Corrupt WAL segments skipped on startup.",
+            MetricType::Counter,
+            st.wal_corruptions.load(Relaxed) as f64,
+        );
+        one(
+            "ngxprobe_store_write_errors_total",
+            "Failed writes to the WAL or block file (disk full, read-only...).",
+            MetricType::Counter,
+            st.write_errors.load(Relaxed) as f64,
+        );
+        one(
+            "ngxprobe_store_writable",
+            "1 when the store writes to disk, 0 while it keeps new data in memory only.",
+            MetricType::Gauge,
+            if st.writable.load(Relaxed) { 1.0 } else { 0.0 },
+        );
+        one(
+            "ngxprobe_store_corrupt_chunks_total",
+            "Corrupt chunks or index entries found and skipped.",
+            MetricType::Counter,
+            st.corrupt_chunks.load(Relaxed) as f64,
+        );
+        one(
+            "ngxprobe_store_blocks_persisted_total",
+            "Block-series chunk groups written to disk.",
+            MetricType::Counter,
+            st.blocks_persisted.load(Relaxed) as f64,
+        );
+        one(
+            "ngxprobe_store_blocks_deleted_total",
+            "Blocks deleted by retention (time or size).",
+            MetricType::Counter,
+            st.blocks_deleted.load(Relaxed) as f64,
+        );
+        let mut bytes = Family::new(
+            "ngxprobe_store_bytes",
+            "Bytes on disk in the data directory.",
+            MetricType::Gauge,
+        );
+        bytes.push(
+            &[("kind", "index")],
+            fs::metadata(self.dir.join(DB_FILE)).map_or(0, |m| m.len()) as f64,
+        );
         bytes.push(&[("kind", "blocks")], dir_bytes(&self.dir.join(disk::CHUNK_DIR)) as f64);
         bytes.push(&[("kind", "wal")], dir_bytes(&self.dir.join(WAL_DIR)) as f64);
         bytes.push(&[("kind", "chunks")], st.stored_bytes.load(Relaxed) as f64);
@@ -824,13 +978,20 @@ impl Store {
     fn in_range(s: &MemSeries, mint: i64, maxt: i64) -> bool {
         let d = s.lock();
         let disk = d.disk.is_some_and(|(a, b)| b >= mint && a <= maxt);
-        let head = d.head_mint().is_some_and(|a| a <= maxt && d.last_t.is_some_and(|b| b >= mint));
+        let head = d
+            .head_mint()
+            .is_some_and(|a| a <= maxt && d.last_t.is_some_and(|b| b >= mint));
         disk || head
     }
 
     /// Samples of `series` in [mint, maxt] (head and disk), plus the
     /// descriptions of corrupt chunks skipped on the way.
-    fn read_series(&self, series: &[Arc<MemSeries>], mint: i64, maxt: i64) -> Result<(Vec<SeriesData>, Vec<String>), ReadError> {
+    fn read_series(
+        &self,
+        series: &[Arc<MemSeries>],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<(Vec<SeriesData>, Vec<String>), ReadError> {
         let db = self.db();
         let mut reader = match db.as_deref() {
             Some(db) => Some(disk::Reader::new(db, &self.dir).map_err(ReadError::Io)?),
@@ -847,7 +1008,9 @@ impl Store {
                 && b >= mint
                 && a <= maxt
             {
-                reader.read(s.id, mint, maxt, &mut samples, &mut corrupt).map_err(ReadError::Io)?;
+                reader
+                    .read(s.id, mint, maxt, &mut samples, &mut corrupt)
+                    .map_err(ReadError::Io)?;
             }
             for c in &snap.sealed {
                 let start = samples.len();
@@ -863,7 +1026,10 @@ impl Store {
                 samples.dedup_by_key(|x| x.0);
             }
             if !samples.is_empty() {
-                out.push(SeriesData { labels: s.labels.clone(), samples });
+                out.push(SeriesData {
+                    labels: s.labels.clone(),
+                    samples,
+                });
             }
         }
         Ok((out, corrupt))
@@ -900,13 +1066,18 @@ impl SeriesReader for Store {
                 let spawned: Vec<_> = slices
                     .map(|part| {
                         let job = move || self.read_series(part, mint, maxt);
-                        std::thread::Builder::new().name("store-read".into()).spawn_scoped(scope, job).map_err(|_| part)
+                        std::thread::Builder::new()
+                            .name("store-read".into())
+                            .spawn_scoped(scope, job)
+                            .map_err(|_| part)
                     })
                     .collect();
                 let mut parts = vec![self.read_series(first, mint, maxt)];
                 for h in spawned {
                     parts.push(match h {
-                        Ok(h) => h.join().unwrap_or_else(|_| Err(ReadError::Io("store read thread panicked".into()))),
+                        Ok(h) => h
+                            .join()
+                            .unwrap_or_else(|_| Err(ReadError::Io("store read thread panicked".into()))),
                         Err(part) => self.read_series(part, mint, maxt),
                     });
                 }

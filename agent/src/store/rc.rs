@@ -73,7 +73,11 @@ impl Prob {
         let s = RATE[self.n as usize];
         let p = self.p as u32;
         let down = if p > 1 { (p >> s).max(1) } else { 0 };
-        let up = if p < PROB_ONE - 1 { ((PROB_ONE - p) >> s).max(1) } else { 0 };
+        let up = if p < PROB_ONE - 1 {
+            ((PROB_ONE - p) >> s).max(1)
+        } else {
+            0
+        };
         let mask = (bit as u32).wrapping_neg();
         self.p = ((p + up) & !mask | (p.wrapping_sub(down)) & mask) as u16;
         self.n += (self.n < N_CAP) as u16;

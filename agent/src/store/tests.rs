@@ -11,7 +11,11 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!("ngxprobe-store-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Relaxed)));
+        let p = std::env::temp_dir().join(format!(
+            "ngxprobe-store-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Relaxed)
+        ));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -25,7 +29,10 @@ impl Drop for TempDir {
 }
 
 fn cfg(dir: &Path) -> StorageConfig {
-    StorageConfig { path: dir.to_path_buf(), ..StorageConfig::default() }
+    StorageConfig {
+        path: dir.to_path_buf(),
+        ..StorageConfig::default()
+    }
 }
 
 fn m(op: MatchOp, n: &str, v: &str) -> Matcher {
@@ -43,13 +50,21 @@ fn fam(name: &str, kind: MetricType, samples: &[(&[(&str, &str)], f64)]) -> Fami
 fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
     fams.iter()
         .find(|f| f.name == name)
-        .and_then(|f| f.samples.iter().find(|s| labels.iter().all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))))
+        .and_then(|f| {
+            f.samples.iter().find(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+            })
+        })
         .map(|s| s.value)
         .unwrap_or_else(|| panic!("no metric {name} {labels:?}"))
 }
 
 fn all(store: &Store, name: &str) -> Vec<SeriesData> {
-    store.select(&[m(MatchOp::Equal, "__name__", name)], i64::MIN, i64::MAX).unwrap()
+    store
+        .select(&[m(MatchOp::Equal, "__name__", name)], i64::MIN, i64::MAX)
+        .unwrap()
 }
 
 /// Synthetic tick: `n` counter series whose value depends only on (i, t).
@@ -74,13 +89,35 @@ fn ingest_select_stale_rejects_and_metadata() {
     let r = s.ingest(&[fam("http_total", MetricType::Counter, both)], 1000);
     assert_eq!((r.appended, r.new_series, r.stale_markers), (2, 2, 0));
     // code=500 disappears: stale marker at the next ingest.
-    let r = s.ingest(&[fam("http_total", MetricType::Counter, &[(&[("code", "200")], 3.0)])], 2000);
+    let r = s.ingest(
+        &[fam("http_total", MetricType::Counter, &[(&[("code", "200")], 3.0)])],
+        2000,
+    );
     assert_eq!((r.appended, r.stale_markers), (1, 1));
     // Same timestamp again: duplicate; older: out of order. Neither stored.
-    let r = s.ingest(&[fam("http_total", MetricType::Counter, &[(&[("code", "200")], 9.0)])], 2000);
+    let r = s.ingest(
+        &[fam("http_total", MetricType::Counter, &[(&[("code", "200")], 9.0)])],
+        2000,
+    );
     assert_eq!(r.duplicate, 1);
-    assert_eq!(s.append(&Labels::new([("__name__".into(), "http_total".into()), ("code".into(), "200".into())]), 1500, 7.0), Err(AppendError::OutOfOrder));
-    let got = s.select(&[m(MatchOp::Equal, "__name__", "http_total"), m(MatchOp::Regex, "code", "5..")], 0, 10_000).unwrap();
+    assert_eq!(
+        s.append(
+            &Labels::new([("__name__".into(), "http_total".into()), ("code".into(), "200".into())]),
+            1500,
+            7.0
+        ),
+        Err(AppendError::OutOfOrder)
+    );
+    let got = s
+        .select(
+            &[
+                m(MatchOp::Equal, "__name__", "http_total"),
+                m(MatchOp::Regex, "code", "5.."),
+            ],
+            0,
+            10_000,
+        )
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].samples[0], (1000, 2.0));
     assert!(is_stale_marker(got[0].samples[1].1) && got[0].samples[1].0 == 2000);
@@ -88,14 +125,35 @@ fn ingest_select_stale_rejects_and_metadata() {
     assert_eq!(ok.len(), 1);
     assert_eq!(ok[0].samples, vec![(1000, 1.0), (2000, 3.0)]);
     // Range restriction.
-    assert_eq!(s.select(&[m(MatchOp::Equal, "code", "200")], 1500, 2500).unwrap()[0].samples, vec![(2000, 3.0)]);
-    assert!(s.select(&[m(MatchOp::Equal, "code", "200")], 3000, 4000).unwrap().is_empty());
+    assert_eq!(
+        s.select(&[m(MatchOp::Equal, "code", "200")], 1500, 2500).unwrap()[0].samples,
+        vec![(2000, 3.0)]
+    );
+    assert!(
+        s.select(&[m(MatchOp::Equal, "code", "200")], 3000, 4000)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.label_names(&[], 0, 10_000).unwrap(), vec!["__name__", "code"]);
     assert_eq!(s.label_values("code", &[], 0, 10_000).unwrap(), vec!["200", "500"]);
     assert_eq!(s.metadata(Some("http_total"))[0].1.kind, MetricKind::Counter);
     let fams = s.self_families();
-    assert_eq!(metric(&fams, "ngxprobe_store_samples_rejected_total", &[("reason", "duplicate")]), 1.0);
-    assert_eq!(metric(&fams, "ngxprobe_store_samples_rejected_total", &[("reason", "out_of_order")]), 1.0);
+    assert_eq!(
+        metric(
+            &fams,
+            "ngxprobe_store_samples_rejected_total",
+            &[("reason", "duplicate")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &fams,
+            "ngxprobe_store_samples_rejected_total",
+            &[("reason", "out_of_order")]
+        ),
+        1.0
+    );
     assert_eq!(metric(&fams, "ngxprobe_store_writable", &[]), 1.0);
     assert_eq!(metric(&fams, "ngxprobe_store_series", &[]), 2.0);
 }
@@ -110,7 +168,10 @@ fn second_agent_is_refused_and_wal_replays() {
     match Store::open(&cfg(&d.0)) {
         Err(e @ StoreError::Locked { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("in use by another ngxprobe") && msg.contains(&std::process::id().to_string()), "{msg}");
+            assert!(
+                msg.contains("in use by another ngxprobe") && msg.contains(&std::process::id().to_string()),
+                "{msg}"
+            );
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("second open of a locked directory succeeded"),
@@ -148,14 +209,22 @@ fn blocks_persist_wal_stays_small_and_reopen_reads_everything() {
         for sd in &got {
             let i: usize = sd.labels.get("worker").unwrap().parse().unwrap();
             assert_eq!(sd.samples.len(), n as usize, "{}", sd.labels);
-            assert!(sd.samples.iter().enumerate().all(|(j, &(t, v))| t == (j as i64 + 1) * step && v == value(i, t)));
+            assert!(
+                sd.samples
+                    .iter()
+                    .enumerate()
+                    .all(|(j, &(t, v))| t == (j as i64 + 1) * step && v == value(i, t))
+            );
         }
         // A window starting and ending inside chunks (decoding stops at its
         // end), over 20 series (decoded on several threads where there are
         // cores): the same series in the same order, exactly the samples in it.
         let (a, b) = (47 * 60_000 + 1, 4 * 3_600_000 + 13 * 60_000);
         let win = s.select(&[m(MatchOp::Equal, "__name__", "req_total")], a, b).unwrap();
-        assert_eq!(win.iter().map(|x| &x.labels).collect::<Vec<_>>(), got.iter().map(|x| &x.labels).collect::<Vec<_>>());
+        assert_eq!(
+            win.iter().map(|x| &x.labels).collect::<Vec<_>>(),
+            got.iter().map(|x| &x.labels).collect::<Vec<_>>()
+        );
         for (w, full) in win.iter().zip(&got) {
             let want: Vec<(i64, f64)> = full.samples.iter().copied().filter(|x| x.0 >= a && x.0 <= b).collect();
             assert_eq!(w.samples, want, "{}", w.labels);
@@ -185,9 +254,17 @@ fn torn_wal_tail_is_truncated_and_counted() {
     let path = wal::segment_path(&wal_dir, last);
     let len = fs::metadata(&path).unwrap().len();
     // Tear the last record in half, as a kill during write(2) would.
-    OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 7).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 7)
+        .unwrap();
     let s = Store::open(&cfg(&d.0)).unwrap();
-    assert_eq!(metric(&s.self_families(), "ngxprobe_store_wal_truncations_total", &[]), 1.0);
+    assert_eq!(
+        metric(&s.self_families(), "ngxprobe_store_wal_truncations_total", &[]),
+        1.0
+    );
     for sd in all(&s, "req_total") {
         assert_eq!(sd.samples.len(), 99, "only the torn tick is lost");
     }
@@ -219,7 +296,10 @@ fn corrupt_chunk_is_reported_and_skipped() {
     let lens: Vec<usize> = got.iter().map(|g| g.samples.len()).collect();
     assert_eq!(got.len(), 2);
     assert!(lens.contains(&(8 * 60)), "undamaged series complete: {lens:?}");
-    assert!(lens.iter().any(|&l| l < 8 * 60 && l > 0), "damaged series keeps its other blocks: {lens:?}");
+    assert!(
+        lens.iter().any(|&l| l < 8 * 60 && l > 0),
+        "damaged series keeps its other blocks: {lens:?}"
+    );
     assert!(metric(&s.self_families(), "ngxprobe_store_corrupt_chunks_total", &[]) >= 1.0);
 }
 
@@ -273,7 +353,9 @@ fn retention_by_size_keeps_directory_under_limit() {
     let fams = s.self_families();
     assert!(metric(&fams, "ngxprobe_store_blocks_deleted_total", &[]) >= 1.0);
     assert!(over <= 3, "directory above 1.5x the limit at {over} checks");
-    let got = s.select(&[m(MatchOp::Equal, "__name__", "noise")], i64::MIN, i64::MAX).unwrap();
+    let got = s
+        .select(&[m(MatchOp::Equal, "__name__", "noise")], i64::MIN, i64::MAX)
+        .unwrap();
     assert!(got[0].samples[0].0 > 1000, "oldest data deleted");
 }
 
@@ -288,7 +370,10 @@ const CRASH_STEP: i64 = 20_000; // 20 s: a block is persisted every 360 ticks
 /// default 15 d are reached after 64 800 ticks, which a fast child writes
 /// within the test's 24 rounds.
 fn crash_cfg(dir: &Path) -> StorageConfig {
-    StorageConfig { retention: crate::config::PromDuration::from_secs(100 * 365 * 24 * 3600), ..cfg(dir) }
+    StorageConfig {
+        retention: crate::config::PromDuration::from_secs(100 * 365 * 24 * 3600),
+        ..cfg(dir)
+    }
 }
 
 /// Writer side of the crash test; only does something when re-executed by
@@ -297,7 +382,11 @@ fn crash_cfg(dir: &Path) -> StorageConfig {
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else { return };
     let s = Store::open(&crash_cfg(Path::new(&dir))).unwrap();
-    let last = all(&s, "req_total").iter().filter_map(|g| g.samples.last().map(|x| x.0)).max().unwrap_or(0);
+    let last = all(&s, "req_total")
+        .iter()
+        .filter_map(|g| g.samples.last().map(|x| x.0))
+        .max()
+        .unwrap_or(0);
     let mut out = std::io::stdout().lock();
     writeln!(out, "start {last}").unwrap();
     out.flush().unwrap();
@@ -335,19 +424,30 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
     // Run a private copy: a concurrent `cargo build` may replace or delete the
     // test binary on disk while this test runs; /proc/self/exe still reaches it.
     let exe = d.0.join("crash-child-exe");
-    fs::copy("/proc/self/exe", &exe).unwrap_or_else(|e| panic!("cannot copy the test binary for the writer child: {e}"));
+    fs::copy("/proc/self/exe", &exe)
+        .unwrap_or_else(|e| panic!("cannot copy the test binary for the writer child: {e}"));
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut acked = 0i64;
     let rounds = 24;
     for round in 0..rounds {
         let mut child = KillOnDrop(
             Command::new(&exe)
-                .args(["--exact", "store::tests::crash_child", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "store::tests::crash_child",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env(CHILD_ENV, &data)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
-                .unwrap_or_else(|e| panic!("cannot re-run the test binary {} as the writer child: {e}", exe.display())),
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot re-run the test binary {} as the writer child: {e}",
+                        exe.display()
+                    )
+                }),
         );
         let stdout = child.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<i64>();
@@ -367,7 +467,10 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
         // WAL checkpoints.
         let start = rx.recv_timeout(Duration::from_secs(60)).expect("child did not start");
         let resumed = -start - 1;
-        assert!(resumed >= acked, "round {round}: child resumed at {resumed}, acknowledged {acked}");
+        assert!(
+            resumed >= acked,
+            "round {round}: child resumed at {resumed}, acknowledged {acked}"
+        );
         std::thread::sleep(Duration::from_millis(rng.next() % 600));
         let pid = child.0.id() as libc::pid_t;
         // SAFETY: kill(2) on the pid of our own child, not yet reaped.
@@ -388,15 +491,33 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
         for g in &got {
             let i: usize = g.labels.get("worker").unwrap().parse().unwrap();
             let want = (acked / CRASH_STEP) as usize;
-            assert!(g.samples.len() >= want, "round {round}: {} has {} samples, {want} acknowledged", g.labels, g.samples.len());
+            assert!(
+                g.samples.len() >= want,
+                "round {round}: {} has {} samples, {want} acknowledged",
+                g.labels,
+                g.samples.len()
+            );
             for (j, &(t, v)) in g.samples.iter().enumerate() {
-                assert_eq!(t, (j as i64 + 1) * CRASH_STEP, "round {round}: hole or duplicate in {}", g.labels);
+                assert_eq!(
+                    t,
+                    (j as i64 + 1) * CRASH_STEP,
+                    "round {round}: hole or duplicate in {}",
+                    g.labels
+                );
                 assert_eq!(v, value(i, t), "round {round}: wrong value");
             }
         }
         let fams = s.self_families();
-        assert_eq!(metric(&fams, "ngxprobe_store_corrupt_chunks_total", &[]), 0.0, "round {round}");
-        assert_eq!(metric(&fams, "ngxprobe_store_wal_corruptions_total", &[]), 0.0, "round {round}");
+        assert_eq!(
+            metric(&fams, "ngxprobe_store_corrupt_chunks_total", &[]),
+            0.0,
+            "round {round}"
+        );
+        assert_eq!(
+            metric(&fams, "ngxprobe_store_wal_corruptions_total", &[]),
+            0.0,
+            "round {round}"
+        );
         drop(s);
     }
     assert!(acked > 0, "the child never acknowledged a sample");
@@ -408,10 +529,16 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(p: &Path, size: &str) -> Tmpfs {
         fs::create_dir_all(p).unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(p).output();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(p)
+            .output();
         match out {
             Ok(o) if o.status.success() => Tmpfs(p.to_path_buf()),
-            Ok(o) => panic!("disk-full test needs root to mount a tmpfs: mount failed: {}", String::from_utf8_lossy(&o.stderr)),
+            Ok(o) => panic!(
+                "disk-full test needs root to mount a tmpfs: mount failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
             Err(e) => panic!("disk-full test needs mount(8): {e}"),
         }
     }

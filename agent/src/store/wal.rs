@@ -21,12 +21,21 @@ const MAX_RECORD: u32 = 64 << 20;
 
 #[derive(Debug, PartialEq)]
 pub enum Record {
-    Series { id: u32, labels: Labels },
+    Series {
+        id: u32,
+        labels: Labels,
+    },
     /// Individually timestamped samples: (series id, t, v).
     Samples(Vec<(u32, i64, f64)>),
     /// One ingest tick: all samples share `t`.
-    SamplesAt { t: i64, samples: Vec<(u32, f64)> },
-    Meta { name: String, meta: MetricMeta },
+    SamplesAt {
+        t: i64,
+        samples: Vec<(u32, f64)>,
+    },
+    Meta {
+        name: String,
+        meta: MetricMeta,
+    },
 }
 
 fn put_str(b: &mut Vec<u8>, s: &str) {
@@ -140,7 +149,10 @@ fn decode_payload(d: &[u8]) -> Option<Record> {
             for _ in 0..n {
                 pairs.push((get_str(d, &mut p)?, get_str(d, &mut p)?));
             }
-            Record::Series { id, labels: Labels::new(pairs) }
+            Record::Series {
+                id,
+                labels: Labels::new(pairs),
+            }
         }
         REC_SAMPLES => {
             let n = get_uvarint(d, &mut p)? as usize;
@@ -168,7 +180,10 @@ fn decode_payload(d: &[u8]) -> Option<Record> {
             p += 1;
             let help = get_str(d, &mut p)?;
             let unit = get_str(d, &mut p)?;
-            Record::Meta { name, meta: MetricMeta { kind, help, unit } }
+            Record::Meta {
+                name,
+                meta: MetricMeta { kind, help, unit },
+            }
         }
         _ => return None,
     };
@@ -181,13 +196,17 @@ pub fn parse(data: &[u8]) -> (Vec<Record>, Option<usize>) {
     let mut out = Vec::new();
     let mut p = 0;
     while p < data.len() {
-        let Some(hdr) = data.get(p..p + 8) else { return (out, Some(p)) };
+        let Some(hdr) = data.get(p..p + 8) else {
+            return (out, Some(p));
+        };
         let len = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
         let crc = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
         if len > MAX_RECORD {
             return (out, Some(p));
         }
-        let Some(payload) = data.get(p + 8..p + 8 + len as usize) else { return (out, Some(p)) };
+        let Some(payload) = data.get(p + 8..p + 8 + len as usize) else {
+            return (out, Some(p));
+        };
         if crc32fast::hash(payload) != crc {
             return (out, Some(p));
         }
@@ -263,13 +282,25 @@ impl WalWriter {
         let path = segment_path(dir, seg);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let seg_bytes = file.metadata()?.len();
-        Ok(WalWriter { dir: dir.to_path_buf(), seg, file: Some(file), buf: Vec::with_capacity(64 << 10), seg_bytes })
+        Ok(WalWriter {
+            dir: dir.to_path_buf(),
+            seg,
+            file: Some(file),
+            buf: Vec::with_capacity(64 << 10),
+            seg_bytes,
+        })
     }
 
     /// A writer with no file (the WAL could not be opened: disk full or
     /// read-only). Every flush fails until a checkpoint succeeds.
     pub fn detached(dir: &Path, seg: u64) -> Self {
-        WalWriter { dir: dir.to_path_buf(), seg, file: None, buf: Vec::new(), seg_bytes: 0 }
+        WalWriter {
+            dir: dir.to_path_buf(),
+            seg,
+            file: None,
+            buf: Vec::new(),
+            seg_bytes: 0,
+        }
     }
 
     /// Writes the buffer to the kernel; fsyncs too when `sync`. On error the
@@ -278,7 +309,9 @@ impl WalWriter {
     pub fn flush(&mut self, sync: bool) -> io::Result<()> {
         let res = match self.file.as_mut() {
             None => Err(io::Error::other("WAL segment not open")),
-            Some(f) => f.write_all(&self.buf).and_then(|()| if sync { f.sync_data() } else { Ok(()) }),
+            Some(f) => f
+                .write_all(&self.buf)
+                .and_then(|()| if sync { f.sync_data() } else { Ok(()) }),
         };
         if res.is_ok() {
             self.seg_bytes += self.buf.len() as u64;
@@ -333,10 +366,23 @@ mod tests {
     #[test]
     fn records_roundtrip_and_torn_tail_is_detected() {
         let recs = vec![
-            Record::Series { id: 7, labels: Labels::new([("__name__".into(), "m".into()), ("a".into(), "b".into())]) },
-            Record::SamplesAt { t: 1000, samples: vec![(7, 1.5), (8, f64::INFINITY)] },
+            Record::Series {
+                id: 7,
+                labels: Labels::new([("__name__".into(), "m".into()), ("a".into(), "b".into())]),
+            },
+            Record::SamplesAt {
+                t: 1000,
+                samples: vec![(7, 1.5), (8, f64::INFINITY)],
+            },
             Record::Samples(vec![(7, -5, 2.0)]),
-            Record::Meta { name: "m".into(), meta: MetricMeta { kind: MetricKind::Counter, help: "h".into(), unit: "".into() } },
+            Record::Meta {
+                name: "m".into(),
+                meta: MetricMeta {
+                    kind: MetricKind::Counter,
+                    help: "h".into(),
+                    unit: "".into(),
+                },
+            },
         ];
         let mut buf = Vec::new();
         for r in &recs {

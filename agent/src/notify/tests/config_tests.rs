@@ -44,11 +44,15 @@ fn bad_durations_and_matchers() {
         &[":3:15", "route.group_wait", "invalid duration"],
     );
     assert_err(
-        &format!("route:\n  receiver: r\n  routes:\n    - receiver: r\n      matchers: ['sev==\"crit']\n{OK_RECEIVERS}"),
+        &format!(
+            "route:\n  receiver: r\n  routes:\n    - receiver: r\n      matchers: ['sev==\"crit']\n{OK_RECEIVERS}"
+        ),
         &[":5:", "route.routes[0].matchers[0]", "bad matcher"],
     );
     assert_err(
-        &format!("route:\n  receiver: r\n  routes:\n    - receiver: r\n      match_re:\n        team: '(a'\n{OK_RECEIVERS}"),
+        &format!(
+            "route:\n  receiver: r\n  routes:\n    - receiver: r\n      match_re:\n        team: '(a'\n{OK_RECEIVERS}"
+        ),
         &[":6:15", "route.routes[0].match_re.team", "invalid regular expression"],
     );
     assert_err(
@@ -59,7 +63,10 @@ fn bad_durations_and_matchers() {
 
 #[test]
 fn missing_and_undefined_receivers() {
-    assert_err(&format!("route:\n  group_wait: 1s\n{OK_RECEIVERS}"), &["route.receiver", "default receiver"]);
+    assert_err(
+        &format!("route:\n  group_wait: 1s\n{OK_RECEIVERS}"),
+        &["route.receiver", "default receiver"],
+    );
     assert_err(
         &format!("route:\n  receiver: r\n  routes:\n    - receiver: nope\n{OK_RECEIVERS}"),
         &[":4:17", "route.routes[0].receiver", "undefined receiver \"nope\""],
@@ -86,12 +93,22 @@ fn bad_templates() {
         &["receivers[0].slack_configs[0].text", "bad template"],
     );
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.tmpl"), "{{ define \"x\" }}\nline two {{ .Oops \n{{ end }}\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.tmpl"),
+        "{{ define \"x\" }}\nline two {{ .Oops \n{{ end }}\n",
+    )
+    .unwrap();
     let cfg_path = dir.path().join("alertmanager.yml");
-    let e = parse(&cfg_path, "templates:\n  - '*.tmpl'\nroute: { receiver: r }\nreceivers: [{ name: r }]\n")
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("alertmanager.yml:2:") && e.contains("templates[0]") && e.contains("bad.tmpl:"), "{e}");
+    let e = parse(
+        &cfg_path,
+        "templates:\n  - '*.tmpl'\nroute: { receiver: r }\nreceivers: [{ name: r }]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("alertmanager.yml:2:") && e.contains("templates[0]") && e.contains("bad.tmpl:"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -128,7 +145,11 @@ fn secrets_from_files_and_env() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("url"), "https://hooks.example/abc\n").unwrap();
     let p = dir.path().join("am.yml");
-    let ok = parse(&p, "route: { receiver: r }\nreceivers:\n  - name: r\n    slack_configs:\n      - api_url_file: url\n").unwrap();
+    let ok = parse(
+        &p,
+        "route: { receiver: r }\nreceivers:\n  - name: r\n    slack_configs:\n      - api_url_file: url\n",
+    )
+    .unwrap();
     match &crate::notify::compile::compile(&ok).unwrap().receivers["r"].integrations[0].url {
         crate::notify::compile::UrlSource::File(f) => assert_eq!(f, &dir.path().join("url")),
         other => panic!("{other:?}"),
@@ -136,7 +157,10 @@ fn secrets_from_files_and_env() {
     let e = parse(&p, "route: { receiver: r }\nreceivers:\n  - name: r\n    webhook_configs:\n      - url: '${NGXPROBE_TEST_UNSET_VAR}'\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("NGXPROBE_TEST_UNSET_VAR") && e.contains("webhook_configs[0].url"), "{e}");
+    assert!(
+        e.contains("NGXPROBE_TEST_UNSET_VAR") && e.contains("webhook_configs[0].url"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -155,5 +179,8 @@ fn embedded_block_errors_carry_the_prefix() {
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("should fail"),
     };
-    assert_eq!(e, "ngxprobe.yml:4:15: alertmanager.route.receiver: undefined receiver \"nope\" used in route");
+    assert_eq!(
+        e,
+        "ngxprobe.yml:4:15: alertmanager.route.receiver: undefined receiver \"nope\" used in route"
+    );
 }

@@ -26,7 +26,12 @@ receivers:
 }
 
 fn a(ends: SystemTime) -> crate::alerts::Alert {
-    alert(&[("alertname", "Down"), ("instance", "web-1")], &[("summary", "web-1 down")], SystemTime::now() - Duration::from_secs(600), ends)
+    alert(
+        &[("alertname", "Down"), ("instance", "web-1")],
+        &[("summary", "web-1 down")],
+        SystemTime::now() - Duration::from_secs(600),
+        ends,
+    )
 }
 
 fn titles(rec: &Recorder) -> Vec<String> {
@@ -63,17 +68,29 @@ async fn receiver_down_then_up_loses_nothing() {
     // Phase 2: 500s, then 429 with Retry-After, then OK.
     rec.set_mode(Mode::Status500);
     let server = Receiver::start(rec.clone(), addr).await;
-    wait_for("a 500", Duration::from_secs(15), || rec.all().iter().any(|r| r.status == 500).then_some(())).await;
+    wait_for("a 500", Duration::from_secs(15), || {
+        rec.all().iter().any(|r| r.status == 500).then_some(())
+    })
+    .await;
     rec.set_mode(Mode::TooMany(1));
-    wait_for("a 429", Duration::from_secs(15), || rec.all().iter().any(|r| r.status == 429).then_some(())).await;
+    wait_for("a 429", Duration::from_secs(15), || {
+        rec.all().iter().any(|r| r.status == 429).then_some(())
+    })
+    .await;
     rec.set_mode(Mode::Ok);
-    wait_for("the firing message", Duration::from_secs(30), || (!titles(&rec).is_empty()).then_some(())).await;
+    wait_for("the firing message", Duration::from_secs(30), || {
+        (!titles(&rec).is_empty()).then_some(())
+    })
+    .await;
     assert_eq!(titles(&rec), ["firing Down"]);
     // Retry-After was honoured: the request after a 429 came ≥ 1s later.
     let log = rec.all();
     for w in log.windows(2) {
         if w[0].status == 429 {
-            assert!(w[1].at.duration_since(w[0].at) >= Duration::from_millis(950), "retry came too soon after 429");
+            assert!(
+                w[1].at.duration_since(w[0].at) >= Duration::from_millis(950),
+                "retry came too soon after 429"
+            );
         }
     }
 
@@ -81,9 +98,15 @@ async fn receiver_down_then_up_loses_nothing() {
     rec.set_mode(Mode::Status500);
     let before = rec.all().len();
     notifier.send(vec![a(SystemTime::now())]);
-    wait_for("a failed resolved attempt", Duration::from_secs(15), || (rec.all()[before..].iter().any(|r| r.status == 500)).then_some(())).await;
+    wait_for("a failed resolved attempt", Duration::from_secs(15), || {
+        (rec.all()[before..].iter().any(|r| r.status == 500)).then_some(())
+    })
+    .await;
     rec.set_mode(Mode::Ok);
-    wait_for("the resolved message", Duration::from_secs(30), || (titles(&rec).len() >= 2).then_some(())).await;
+    wait_for("the resolved message", Duration::from_secs(30), || {
+        (titles(&rec).len() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(titles(&rec), ["firing Down", "resolved Down"]);
     let body = &rec.ok_bodies("/hook")[1];
     assert_eq!(body["attachments"][0]["color"], "good");
@@ -104,11 +127,17 @@ async fn restart_neither_resends_nor_forgets_resolved() {
     let n1 = Notifier::new(cfg(&url), dir.path()).unwrap();
     let r1 = Running::start(n1.clone());
     n1.send(vec![a(SystemTime::now() + Duration::from_secs(3600))]);
-    wait_for("firing message", Duration::from_secs(15), || (!titles(&rec).is_empty()).then_some(())).await;
+    wait_for("firing message", Duration::from_secs(15), || {
+        (!titles(&rec).is_empty()).then_some(())
+    })
+    .await;
     rec.set_mode(Mode::Status500);
     let before = rec.all().len();
     n1.send(vec![a(SystemTime::now())]);
-    wait_for("failed resolved attempt", Duration::from_secs(15), || rec.all()[before..].iter().any(|r| r.status == 500).then_some(())).await;
+    wait_for("failed resolved attempt", Duration::from_secs(15), || {
+        rec.all()[before..].iter().any(|r| r.status == 500).then_some(())
+    })
+    .await;
     r1.stop().await;
     assert!(dir.path().join("nflog.json").exists());
 
@@ -116,7 +145,10 @@ async fn restart_neither_resends_nor_forgets_resolved() {
     rec.set_mode(Mode::Ok);
     let n2 = Notifier::new(cfg(&url), dir.path()).unwrap();
     let r2 = Running::start(n2.clone());
-    wait_for("resolved message after restart", Duration::from_secs(20), || (titles(&rec).len() >= 2).then_some(())).await;
+    wait_for("resolved message after restart", Duration::from_secs(20), || {
+        (titles(&rec).len() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(titles(&rec), ["firing Down", "resolved Down"]);
     r2.stop().await;
 
@@ -145,10 +177,29 @@ async fn forwarding_posts_prometheus_shaped_alerts() {
     let sink = crate::notify::ForwardingSink::new(&cfg).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let s2 = sink.clone();
-    let task = tokio::spawn(async move { s2.run(async { let _ = rx.await; }).await });
+    let task = tokio::spawn(async move {
+        s2.run(async {
+            let _ = rx.await;
+        })
+        .await
+    });
     let start = UNIX_EPOCH + Duration::from_millis(1_705_407_980_526);
-    sink.send((0..70).map(|i| alert(&[("alertname", "X"), ("i", &i.to_string())], &[("summary", "s")], start, start + Duration::from_secs(60))).collect());
-    wait_for("two batches", Duration::from_secs(10), || (rec.ok_bodies("/am1/api/v2/alerts").len() == 2).then_some(())).await;
+    sink.send(
+        (0..70)
+            .map(|i| {
+                alert(
+                    &[("alertname", "X"), ("i", &i.to_string())],
+                    &[("summary", "s")],
+                    start,
+                    start + Duration::from_secs(60),
+                )
+            })
+            .collect(),
+    );
+    wait_for("two batches", Duration::from_secs(10), || {
+        (rec.ok_bodies("/am1/api/v2/alerts").len() == 2).then_some(())
+    })
+    .await;
     let bodies = rec.ok_bodies("/am1/api/v2/alerts");
     assert_eq!(bodies[0].as_array().map(Vec::len), Some(64));
     assert_eq!(bodies[1].as_array().map(Vec::len), Some(6));

@@ -32,7 +32,14 @@ fn firing(name: &str, extra: &[(&str, &str)], at: SystemTime) -> crate::alerts::
 fn names(job: &FlushJob) -> Vec<String> {
     job.alerts
         .iter()
-        .map(|(a, r)| format!("{}{}{}", a.labels["alertname"], a.labels.get("instance").map(|i| format!("@{i}")).unwrap_or_default(), if *r { "(resolved)" } else { "" }))
+        .map(|(a, r)| {
+            format!(
+                "{}{}{}",
+                a.labels["alertname"],
+                a.labels.get("instance").map(|i| format!("@{i}")).unwrap_or_default(),
+                if *r { "(resolved)" } else { "" }
+            )
+        })
         .collect()
 }
 
@@ -67,7 +74,12 @@ receivers:
 fn routing_follows_alertmanager_tree_semantics() {
     let d = dispatcher(BASE);
     let route_of = |l: &[(&str, &str)]| -> Vec<String> {
-        d.compiled().route.matching(&labels(l)).iter().map(|r| r.receiver.clone()).collect()
+        d.compiled()
+            .route
+            .matching(&labels(l))
+            .iter()
+            .map(|r| r.receiver.clone())
+            .collect()
     };
     assert_eq!(route_of(&[("alertname", "x")]), ["default"]);
     assert_eq!(route_of(&[("severity", "page"), ("team", "a")]), ["pager"]);
@@ -154,7 +166,9 @@ fn emptied_group_is_reused_until_maintenance() {
 
 #[test]
 fn resolve_timeout_applies_without_ends_at() {
-    let mut d = dispatcher("global: { resolve_timeout: 1m }\nroute: { receiver: r, group_wait: 0s, group_interval: 10s }\nreceivers: [{ name: r }]\n");
+    let mut d = dispatcher(
+        "global: { resolve_timeout: 1m }\nroute: { receiver: r, group_wait: 0s, group_interval: 10s }\nreceivers: [{ name: r }]\n",
+    );
     d.insert(&alert(&[("alertname", "A")], &[], t(0), UNIX_EPOCH), t(0));
     let j = d.due(t(0));
     assert_eq!(names(&j[0]), ["A"]);
@@ -177,9 +191,18 @@ inhibit_rules:
     equal: [instance]
 "#;
     let mut d = dispatcher(yaml);
-    d.insert(&firing("Down", &[("severity", "critical"), ("instance", "a")], t(0)), t(0));
-    d.insert(&firing("Slow", &[("severity", "warning"), ("instance", "a")], t(0)), t(0));
-    d.insert(&firing("Slow", &[("severity", "warning"), ("instance", "b")], t(0)), t(0));
+    d.insert(
+        &firing("Down", &[("severity", "critical"), ("instance", "a")], t(0)),
+        t(0),
+    );
+    d.insert(
+        &firing("Slow", &[("severity", "warning"), ("instance", "a")], t(0)),
+        t(0),
+    );
+    d.insert(
+        &firing("Slow", &[("severity", "warning"), ("instance", "b")], t(0)),
+        t(0),
+    );
     let jobs = d.due(t(0));
     let mut all: Vec<String> = jobs.iter().flat_map(names).collect();
     all.sort();
@@ -188,7 +211,15 @@ inhibit_rules:
         d.complete(j, true);
     }
     // Once the source resolves, the target is notified again.
-    d.insert(&alert(&[("alertname", "Down"), ("severity", "critical"), ("instance", "a")], &[], t(0), t(10)), t(10));
+    d.insert(
+        &alert(
+            &[("alertname", "Down"), ("severity", "critical"), ("instance", "a")],
+            &[],
+            t(0),
+            t(10),
+        ),
+        t(10),
+    );
     let jobs = d.due(t(400));
     let all: BTreeSet<String> = jobs.iter().flat_map(names).collect();
     assert!(all.contains("Slow@a"), "{all:?}");
@@ -209,15 +240,36 @@ fn dedup_follows_the_notification_log() {
     assert!(!needs_update(log.get(&key), &set(&[a]), &set(&[]), true, rep, t(100)));
     assert!(needs_update(log.get(&key), &set(&[a]), &set(&[]), true, rep, t(3600)));
     // A new firing alert.
-    assert!(needs_update(log.get(&key), &set(&[a, b]), &set(&[]), false, rep, t(100)));
+    assert!(needs_update(
+        log.get(&key),
+        &set(&[a, b]),
+        &set(&[]),
+        false,
+        rep,
+        t(100)
+    ));
     log.log(key.clone(), set(&[a, b]), set(&[]), t(100));
     // One resolved: only with send_resolved.
     assert!(!needs_update(log.get(&key), &set(&[b]), &set(&[a]), false, rep, t(200)));
     assert!(needs_update(log.get(&key), &set(&[b]), &set(&[a]), true, rep, t(200)));
     // All resolved: always (clears the log), even without send_resolved.
-    assert!(needs_update(log.get(&key), &set(&[]), &set(&[a, b]), false, rep, t(200)));
+    assert!(needs_update(
+        log.get(&key),
+        &set(&[]),
+        &set(&[a, b]),
+        false,
+        rep,
+        t(200)
+    ));
     log.log(key.clone(), set(&[]), set(&[a, b]), t(200));
-    assert!(!needs_update(log.get(&key), &set(&[]), &set(&[a, b]), true, rep, t(9000)));
+    assert!(!needs_update(
+        log.get(&key),
+        &set(&[]),
+        &set(&[a, b]),
+        true,
+        rep,
+        t(9000)
+    ));
 }
 
 #[test]

@@ -96,28 +96,53 @@ async fn run_scenario(make_config: fn(&str) -> String) -> Option<(Vec<serde_json
     let started = now() - Duration::from_secs(3600);
     let a1 = |ends| {
         alert(
-            &[("alertname", "WebServerConnectivity"), ("instance", "192.168.49.10:9113"), ("job", "nginx"), ("severity", "critical")],
-            &[("description", "The rate of HTTP requests is higher than 100 per minute."), ("summary", "High request rate on nginx")],
+            &[
+                ("alertname", "WebServerConnectivity"),
+                ("instance", "192.168.49.10:9113"),
+                ("job", "nginx"),
+                ("severity", "critical"),
+            ],
+            &[
+                (
+                    "description",
+                    "The rate of HTTP requests is higher than 100 per minute.",
+                ),
+                ("summary", "High request rate on nginx"),
+            ],
             started,
             ends,
         )
     };
     let a2 = |ends| {
         alert(
-            &[("alertname", "WebServerConnectivity"), ("instance", "192.168.49.11:9113"), ("job", "nginx"), ("severity", "critical")],
-            &[("description", "Another description."), ("summary", "High request rate on nginx")],
+            &[
+                ("alertname", "WebServerConnectivity"),
+                ("instance", "192.168.49.11:9113"),
+                ("job", "nginx"),
+                ("severity", "critical"),
+            ],
+            &[
+                ("description", "Another description."),
+                ("summary", "High request rate on nginx"),
+            ],
             started,
             ends,
         )
     };
     let distinct = |path: &str| -> Vec<serde_json::Value> {
         let mut seen = BTreeSet::new();
-        rec.ok_bodies(path).into_iter().filter(|b| seen.insert(b.to_string())).collect()
+        rec.ok_bodies(path)
+            .into_iter()
+            .filter(|b| seen.insert(b.to_string()))
+            .collect()
     };
     // Both sides answered 200 to a message that arrived after `since`.
     let both_since = |since: std::time::Instant, pred: &dyn Fn(&serde_json::Value) -> bool| {
         let all = rec.all();
-        let has = |p: &str| all.iter().any(|r| r.path == p && r.status == 200 && r.at > since && pred(&r.body));
+        let has = |p: &str| {
+            all.iter()
+                .any(|r| r.path == p && r.status == 200 && r.at > since && pred(&r.body))
+        };
         (has("/am") && has("/ngx")).then_some(())
     };
     let text = |b: &serde_json::Value| b.to_string();
@@ -142,9 +167,11 @@ async fn run_scenario(make_config: fn(&str) -> String) -> Option<(Vec<serde_json
     let t1 = std::time::Instant::now();
     am.post(&[a1(t)]).await;
     notifier.send(vec![a1(t)]);
-    wait_for("message after the first resolution on both sides", Duration::from_secs(40), || {
-        both_since(t1, &|_| true)
-    })
+    wait_for(
+        "message after the first resolution on both sides",
+        Duration::from_secs(40),
+        || both_since(t1, &|_| true),
+    )
     .await;
 
     // 3. All resolved.
@@ -176,7 +203,9 @@ fn assert_same(am: &[serde_json::Value], ngx: &[serde_json::Value]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_receiver_bodies_match_alertmanager() {
-    let Some((am, ngx)) = run_scenario(seed_config).await else { return };
+    let Some((am, ngx)) = run_scenario(seed_config).await else {
+        return;
+    };
     eprintln!("seed scenario: {} distinct bodies", am.len());
     for b in &am {
         eprintln!("  {b}");
@@ -187,11 +216,16 @@ async fn seed_receiver_bodies_match_alertmanager() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_templates_match_alertmanager() {
-    let Some((am, ngx)) = run_scenario(defaults_config).await else { return };
+    let Some((am, ngx)) = run_scenario(defaults_config).await else {
+        return;
+    };
     eprintln!("defaults scenario: {} distinct bodies", am.len());
     for b in &am {
         eprintln!("  {b}");
     }
-    assert!(am.len() >= 3, "expected firing, partly and fully resolved bodies: {am:?}");
+    assert!(
+        am.len() >= 3,
+        "expected firing, partly and fully resolved bodies: {am:?}"
+    );
     assert_same(&am, &ngx);
 }

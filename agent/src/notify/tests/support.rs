@@ -70,7 +70,12 @@ async fn handle(State(rec): State<Arc<Recorder>>, uri: Uri, _h: HeaderMap, body:
     match mode {
         Mode::Ok => (StatusCode::OK, "ok").into_response(),
         Mode::Status500 => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
-        Mode::TooMany(s) => (StatusCode::TOO_MANY_REQUESTS, [("Retry-After", s.to_string())], "slow down").into_response(),
+        Mode::TooMany(s) => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("Retry-After", s.to_string())],
+            "slow down",
+        )
+            .into_response(),
     }
 }
 
@@ -108,7 +113,12 @@ impl Receiver {
                 })
                 .await;
         });
-        Receiver { addr, rec, stop: Some(tx), task: Some(task) }
+        Receiver {
+            addr,
+            rec,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -131,7 +141,11 @@ impl Drop for Receiver {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` every 50ms until it returns Some or the deadline passes.
@@ -141,7 +155,10 @@ pub async fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> O
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -177,7 +194,11 @@ impl AlertmanagerProcess {
             .spawn()
             .expect("start prometheus-alertmanager");
         super::super::install_crypto_provider();
-        let am = AlertmanagerProcess { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let am = AlertmanagerProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
         let client = reqwest::Client::new();
         let ready = format!("{}/-/ready", am.url);
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -187,7 +208,11 @@ impl AlertmanagerProcess {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "alertmanager did not become ready: {}", am.log());
+            assert!(
+                Instant::now() < deadline,
+                "alertmanager did not become ready: {}",
+                am.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         am
@@ -268,7 +293,11 @@ impl Running {
             })
             .await;
         });
-        Running { notifier, stop: Some(tx), task: Some(task) }
+        Running {
+            notifier,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Graceful stop: the run loop saves its state and returns.
