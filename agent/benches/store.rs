@@ -12,22 +12,9 @@
 //! STORE_BENCH_DETAIL (per-class table also per metric name),
 //! STORE_BENCH_CLASSES_ONLY (only the per-class chunk table: codec iteration),
 //! STORE_BENCH_DIR (default target/store-bench).
-#![allow(dead_code)]
-
-#[path = "../src/config/duration.rs"]
-mod duration;
-#[path = "../src/metrics.rs"]
-mod metrics;
-#[path = "../src/series.rs"]
-mod series;
-mod config {
-    pub use super::duration::PromDuration;
-}
-#[path = "../src/store/mod.rs"]
-mod store;
-
 use criterion::Criterion;
 use metrics::{Family, MetricType};
+use ngxprobe::{metrics, series, store};
 use series::{Labels, MatchOp, Matcher, SeriesReader, SeriesWriter};
 use std::hint::black_box;
 use std::io::{BufWriter, Write};

@@ -9,7 +9,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     alerts::AlertSink,
-    cli::RunArgs,
     collect::Collector,
     config::{self, Config, ConfigError},
     discover, expose, logging,
@@ -23,20 +22,21 @@ use crate::{
     store::Store,
 };
 
+/// Where the agent's configuration comes from: a file (or the embedded
+/// defaults) and the command-line flags that override it.
+#[derive(Clone, Debug, Default)]
+pub struct RunArgs {
+    pub config: Option<std::path::PathBuf>,
+    pub overrides: config::Overrides,
+}
+
 /// Config file (or embedded defaults) with command-line flags applied.
 pub fn effective_config(args: &RunArgs) -> Result<Config, ConfigError> {
     let mut cfg = match &args.config {
         Some(path) => config::load(path)?,
         None => Config::default(),
     };
-    cfg.apply(config::Overrides {
-        listen_address: args.listen_address.clone(),
-        log_level: args.log_level.clone(),
-        log_format: args.log_format.clone(),
-        discovery_interval: args.discovery_interval.clone(),
-        proc_path: args.proc_path.clone(),
-        storage_path: args.storage_path.clone(),
-    })?;
+    cfg.apply(args.overrides.clone())?;
     Ok(cfg)
 }
 

@@ -94,3 +94,20 @@ pub enum TestWhat {
         files: Vec<PathBuf>,
     },
 }
+
+impl RunArgs {
+    /// The library's view of these flags: the config file and what overrides it.
+    pub fn to_agent(&self) -> ngxprobe::agent::RunArgs {
+        ngxprobe::agent::RunArgs {
+            config: self.config.clone(),
+            overrides: ngxprobe::config::Overrides {
+                listen_address: self.listen_address.clone(),
+                log_level: self.log_level.clone(),
+                log_format: self.log_format.clone(),
+                discovery_interval: self.discovery_interval.clone(),
+                proc_path: self.proc_path.clone(),
+                storage_path: self.storage_path.clone(),
+            },
+        }
+    }
+}

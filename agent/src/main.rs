@@ -1,25 +1,11 @@
 //! ngxprobe: zero-config nginx visibility from eBPF.
 //!
 //! Pipeline (data flows one way): discover/probe → collect → expose (/metrics)
-//! → store → query → rules → notify. `agent` wires the stages together.
-mod agent;
-mod alerts;
+//! → store → query → rules → notify. This file is the command line; the
+//! library (lib.rs) does the work.
 mod cli;
-mod collect;
-mod config;
-mod discover;
-mod expose;
-mod gotime;
-mod live;
-mod logging;
-mod metrics;
-mod notify;
-mod preflight;
-mod probe;
-mod query;
-mod rules;
-mod series;
-mod store;
+
+use ngxprobe::{agent, config, rules};
 
 use std::process::ExitCode;
 
@@ -52,7 +38,7 @@ fn main() -> ExitCode {
         Some(cli::Command::Test {
             what: cli::TestWhat::Rules { files },
         }) => ExitCode::from(rules::test_rules_cli(&files, &mut std::io::stdout())),
-        Some(cli::Command::ShowConfig) => match agent::effective_config(&cli.run) {
+        Some(cli::Command::ShowConfig) => match agent::effective_config(&cli.run.to_agent()) {
             Ok(c) => {
                 print!("{}", config::redacted_yaml(&c));
                 ExitCode::SUCCESS
@@ -67,7 +53,7 @@ fn main() -> ExitCode {
             time,
             addr,
             data_dir,
-        }) => agent::query_cli(&cli.run, &expr, time.as_deref(), addr, data_dir),
-        None => agent::run(cli.run),
+        }) => agent::query_cli(&cli.run.to_agent(), &expr, time.as_deref(), addr, data_dir),
+        None => agent::run(cli.run.to_agent()),
     }
 }

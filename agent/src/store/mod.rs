@@ -13,7 +13,7 @@
 //! Persisted data is read through redb MVCC read transactions.
 #![allow(dead_code)] // parts of the API are used by stages not wired yet
 
-pub(crate) mod chunk;
+pub mod chunk;
 mod config;
 mod disk;
 mod head;

@@ -1,0 +1,26 @@
+//! ngxprobe: zero-config nginx visibility from eBPF, as a library.
+//!
+//! The `ngxprobe` binary (main.rs) is a thin command line over this crate;
+//! benchmarks and the end-to-end tests use the same public API.
+//!
+//! Pipeline (data flows one way): discover/probe → collect → expose (/metrics)
+//! → store → query → rules → notify. The stages talk through small typed
+//! interfaces ([`metrics`], [`series`], [`alerts`], [`live`]); [`agent`] starts
+//! them, owns their lifetimes and stops them in order.
+pub mod agent;
+pub mod alerts;
+pub mod collect;
+pub mod config;
+pub mod discover;
+pub mod expose;
+pub mod gotime;
+pub mod live;
+pub mod logging;
+pub mod metrics;
+pub mod notify;
+pub mod preflight;
+pub mod probe;
+pub mod query;
+pub mod rules;
+pub mod series;
+pub mod store;
