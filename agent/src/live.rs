@@ -13,7 +13,8 @@ use std::{
 };
 
 use crate::{
-    expose::MetricsSource,
+    compat::time::now_ms,
+    metrics::MetricsSource,
     series::{Labels, Matcher, MetricMeta, ReadError, SeriesData, SeriesReader},
 };
 
@@ -57,13 +58,6 @@ impl LiveReader {
         *cache = Some((t, v.clone()));
         v
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl SeriesReader for LiveReader {

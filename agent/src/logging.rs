@@ -1,13 +1,99 @@
-//! Logging setup (tracing to stderr, text or JSON) and [`OnceLogger`], which
-//! keeps repeating conditions ("no nginx found") from flooding the log.
-use std::collections::HashMap;
-use std::hash::Hash;
+//! Logging: the `log:` config section and the global subscriber (tracing to
+//! stderr, text or JSON).
 use std::io::IsTerminal;
-use std::sync::Mutex;
 
 use tracing_subscriber::EnvFilter;
 
-pub use crate::config::LogFormat;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The `log:` section of the config file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: LogLevel,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    #[default]
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "trace" => Ok(LogLevel::Trace),
+            "debug" => Ok(LogLevel::Debug),
+            "info" => Ok(LogLevel::Info),
+            // Prometheus and Go tools say "warn"; accept the long form too.
+            "warn" | "warning" => Ok(LogLevel::Warn),
+            "error" => Ok(LogLevel::Error),
+            _ => Err(format!(
+                "unknown log level {s:?}, expected one of trace, debug, info, warn, error"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "text" | "logfmt" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("unknown log format {s:?}, expected one of text, json")),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
@@ -56,73 +142,9 @@ fn filter(level: &str, rust_log: Option<&str>) -> Result<EnvFilter, LoggingError
     })
 }
 
-/// Remembers the last state logged per key so a condition is logged when it
-/// starts or changes, not on every tick:
-///
-/// ```ignore
-/// static NGINX: OnceLogger<&str, bool> = OnceLogger::new();
-/// let found = !instances.is_empty();
-/// if NGINX.changed("nginx", found) {
-///     if found { info!("nginx found") } else { warn!("no nginx found; waiting") }
-/// }
-/// ```
-#[allow(dead_code)] // for the discovery loop's "no nginx found" style messages
-pub struct OnceLogger<K, S> {
-    last: Mutex<Option<HashMap<K, S>>>,
-}
-
-impl<K: Eq + Hash, S: PartialEq> Default for OnceLogger<K, S> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[allow(dead_code)]
-impl<K: Eq + Hash, S: PartialEq> OnceLogger<K, S> {
-    pub const fn new() -> Self {
-        OnceLogger { last: Mutex::new(None) }
-    }
-
-    /// Records `state` for `key`; true when it differs from the last one
-    /// recorded (or is the first), i.e. when the caller should log.
-    pub fn changed(&self, key: K, state: S) -> bool {
-        // A panic while holding the lock must not silence logging forever.
-        let mut guard = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let map = guard.get_or_insert_with(HashMap::new);
-        if map.get(&key) == Some(&state) {
-            return false;
-        }
-        map.insert(key, state);
-        true
-    }
-
-    /// Forgets a key (e.g. an nginx instance that went away), so its next
-    /// state is logged again and the map doesn't grow without bound.
-    pub fn forget(&self, key: &K) {
-        let mut guard = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(map) = guard.as_mut() {
-            map.remove(key);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn logs_on_first_sight_and_on_change_only() {
-        let once: OnceLogger<&str, bool> = OnceLogger::new();
-        assert!(once.changed("nginx", false)); // "no nginx found": logged
-        assert!(!once.changed("nginx", false)); // still none: quiet
-        assert!(!once.changed("nginx", false));
-        assert!(once.changed("nginx", true)); // appeared: logged
-        assert!(!once.changed("nginx", true));
-        assert!(once.changed("nginx", false)); // gone again: logged again
-        assert!(once.changed("other", false)); // keys are independent
-        once.forget(&"nginx");
-        assert!(once.changed("nginx", false));
-    }
 
     #[test]
     fn level_and_rust_log() {

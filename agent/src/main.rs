@@ -21,7 +21,7 @@ fn main() -> ExitCode {
                 eprintln!("ngxprobe check config: give a FILE (or --config FILE)");
                 return ExitCode::from(2);
             };
-            match config::check(&path) {
+            match agent::check_config(&path) {
                 Ok(msg) => {
                     println!("{msg}");
                     ExitCode::SUCCESS
@@ -53,7 +53,29 @@ fn main() -> ExitCode {
             time,
             addr,
             data_dir,
-        }) => agent::query_cli(&cli.run.to_agent(), &expr, time.as_deref(), addr, data_dir),
-        None => agent::run(cli.run.to_agent()),
+        }) => match agent::query_cli(&cli.run.to_agent(), &expr, time.as_deref(), addr, data_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ngxprobe {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        None => match agent::run(cli.run.to_agent()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                report(&e);
+                ExitCode::from(e.exit_code())
+            }
+        },
+    }
+}
+
+/// Says why the agent stopped: in the log once logging is set up (so JSON
+/// logs stay JSON), on stderr before that.
+fn report(e: &agent::RunError) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::error!("{e}");
+    } else {
+        eprintln!("ngxprobe: {e}");
     }
 }

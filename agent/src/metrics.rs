@@ -1,6 +1,14 @@
 //! The metric model every stage speaks: collect produces families, expose
 //! renders them, store samples them. Nothing here knows where a value came from.
 
+/// Anything that produces metric families on demand: the collect stage (the
+/// probes' counters), each later stage's self-metrics, the whole pipeline as
+/// /metrics shows it. Called on every scrape and sample: keep it cheap and
+/// non-blocking.
+pub trait MetricsSource: Send + Sync {
+    fn families(&self) -> Vec<Family>;
+}
+
 /// Prometheus metric type, as written on `# TYPE` lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricType {

@@ -1,7 +1,10 @@
 //! Command-line flags win over the config file (like Prometheus flags do).
 use std::path::PathBuf;
 
-use super::{Config, ConfigError, ListenAddress, LogFormat, LogLevel, PromDuration};
+use super::{Config, ConfigError};
+use crate::compat::PromDuration;
+use crate::expose::ListenAddress;
+use crate::logging::{LogFormat, LogLevel};
 
 /// Raw flag values; `None` means "flag not given, keep the file's value".
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! [`existing_conns`] (connections open on an instance when the agent starts).
 mod cgroup;
 mod cmdline;
+mod config;
 mod conns;
 mod proc;
 mod scan;
@@ -14,6 +15,7 @@ mod tcp_table;
 #[cfg(test)]
 mod tests;
 
+pub use config::DiscoveryConfig;
 pub use conns::existing_conns;
 pub use scan::scan;
 

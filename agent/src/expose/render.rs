@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::float::{format_openmetrics_value, format_text_value};
+use crate::compat::float::{format_openmetrics_value, format_text_value};
 use crate::metrics::{Family, MetricType, Sample};
 
 /// `text/plain; version=0.0.4` exposition, as client_golang writes it.

@@ -11,10 +11,11 @@ use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use super::config::{ListenAddress, validate_telemetry_path};
 use super::negotiate::{Format, negotiate};
 use super::render::{render_openmetrics, render_text};
-use super::{Health, MetricsSource, process_families};
-use crate::config::{ListenAddress, validate_telemetry_path};
+use super::{Health, process_families};
+use crate::metrics::MetricsSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

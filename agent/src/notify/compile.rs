@@ -8,7 +8,7 @@ use super::NotifyError;
 use super::config::{HttpConfig, InhibitRuleConfig, NotifyConfig, Origin, RouteConfig, SlackConfig, Step, key};
 use super::matchers::{MatchOp, Matcher};
 use super::template::{FieldTemplate, Templates};
-use crate::config::Secret;
+use crate::secret::{Secret, load_secret_file};
 
 pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
 pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(300);
@@ -75,7 +75,7 @@ impl UrlSource {
     pub fn get(&self) -> Result<Secret, String> {
         match self {
             UrlSource::Inline(s) => Ok(s.clone()),
-            UrlSource::File(p) => crate::config::load_secret_file(p).map_err(|e| e.to_string()),
+            UrlSource::File(p) => load_secret_file(p).map_err(|e| e.to_string()),
         }
     }
 }

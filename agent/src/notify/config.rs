@@ -11,11 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::NotifyError;
 use super::matchers::{MatcherList, RegexString, valid_label_name};
-pub(crate) use crate::config::locate::{Step, key};
-use crate::config::locate::{
-    common_message, dotted, error_location, locate_nearest, steps_from_path, take_unknown_field,
-};
-use crate::config::{InvalidField, PromDuration, Secret};
+use crate::compat::PromDuration;
+use crate::compat::yaml::{self, InvalidField, dotted, locate_nearest};
+pub(crate) use crate::compat::yaml::{Step, key};
+use crate::secret::Secret;
 
 /// Alertmanager's top-level configuration keys.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -289,6 +288,33 @@ pub struct WebhookConfig {
     pub max_alerts: u64,
 }
 
+/// The notify stage's section of the agent config, loaded: the inline
+/// `alertmanager:` block, or the unchanged file `alertmanager_config_file`
+/// names (relative to the agent config's directory), validated so that a bad
+/// notifier config stops the agent at start with file, line and field.
+/// `config_path` and `config_text` are the agent config's, to locate errors
+/// in an inline block.
+pub fn load_section(
+    inline: Option<NotifyConfig>,
+    file: Option<&Path>,
+    config_path: &Path,
+    config_text: &str,
+) -> Result<Option<NotifyConfig>, NotifyError> {
+    if let Some(file) = file {
+        let file = match config_path.parent() {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.to_path_buf(),
+        };
+        return load_file(&file).map(Some);
+    }
+    let Some(mut am) = inline else {
+        return Ok(None);
+    };
+    am.origin = Origin::embedded(config_path, config_text, &["alertmanager"]);
+    super::compile::validate(&am)?;
+    Ok(Some(am))
+}
+
 /// Reads an unchanged `alertmanager.yml` (`alertmanager_config_file:`).
 pub fn load_file(path: &Path) -> Result<NotifyConfig, NotifyError> {
     let text = std::fs::read_to_string(path).map_err(|source| NotifyError::Read {
@@ -301,35 +327,24 @@ pub fn load_file(path: &Path) -> Result<NotifyConfig, NotifyError> {
 /// Parses alertmanager.yml text; `path` names the file in errors and is the
 /// base for relative paths. Also validates (receivers, templates, matchers).
 pub fn parse(path: &Path, text: &str) -> Result<NotifyConfig, NotifyError> {
-    let options = serde_saphyr::Options {
-        with_snippet: false,
-        ..serde_saphyr::Options::default()
-    };
     let origin = Origin {
         file: path.to_path_buf(),
         text: Some(text.to_string()),
         prefix: Vec::new(),
     };
-    let mut field_path: Option<serde_path_to_error::Path> = None;
     let result = if text.trim().is_empty() {
         Ok(NotifyConfig::default())
     } else {
-        serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-            serde_path_to_error::deserialize::<_, NotifyConfig>(de).map_err(|err| {
-                field_path = Some(err.path().clone());
-                err.into_inner()
-            })
-        })
+        yaml::from_str::<NotifyConfig>(text, None)
     };
     let mut cfg = match result {
         Ok(cfg) => cfg,
         Err(err) => {
-            let steps = steps_from_path(field_path.as_ref(), None);
-            let (steps, message, anchor_key) = refine(steps, bare_message(&err));
-            let position = locate_nearest(text, &steps, anchor_key)
-                .filter(|_| !steps.is_empty())
-                .or_else(|| error_location(&err));
-            return Err(origin.error_at(steps, message, position));
+            let message = match &err.unknown_field {
+                Some((name, rest)) => unknown_field_message(name, rest),
+                None => err.message.clone(),
+            };
+            return Err(origin.error_at(err.steps.clone(), message, err.position_nearest(text)));
         }
     };
     cfg.origin = origin;
@@ -364,12 +379,10 @@ impl fmt::Display for Origin {
     }
 }
 
-/// Moves the field name of "unknown field `x`" into the path.
-fn refine(mut steps: Vec<Step>, message: String) -> (Vec<Step>, String, bool) {
-    let Some((name, rest)) = take_unknown_field(&mut steps, &message) else {
-        return (steps, message, false);
-    };
-    let msg = if matches!(
+/// "unknown field" in Alertmanager's words, naming the receivers ngxprobe
+/// does not implement instead of calling them unknown.
+fn unknown_field_message(name: &str, rest: &str) -> String {
+    if matches!(
         name,
         "email_configs"
             | "pagerduty_configs"
@@ -386,18 +399,7 @@ fn refine(mut steps: Vec<Step>, message: String) -> (Vec<Step>, String, bool) {
         format!("{name} are not supported by ngxprobe (use slack_configs or webhook_configs)")
     } else {
         format!("unknown field{rest}")
-    };
-    (steps, msg, true)
-}
-
-fn bare_message(err: &serde_saphyr::Error) -> String {
-    common_message(err).unwrap_or_else(|| {
-        let s = err.without_snippet().to_string();
-        match s.find(" at line ") {
-            Some(i) => s[..i].to_string(),
-            None => s,
-        }
-    })
+    }
 }
 
 pub(crate) fn check_label_name(name: &str) -> bool {

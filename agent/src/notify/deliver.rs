@@ -5,7 +5,8 @@ use serde_json::{Map, Value as Json, json};
 
 use super::compile::{SlackTemplates, UrlSource};
 use super::config::HttpConfig;
-use super::template::{TemplateData, rfc3339};
+use super::template::TemplateData;
+use crate::compat::time::{GO_ZERO_TIME, rfc3339};
 
 /// The Slack webhook body, field for field as Alertmanager 0.25 builds it
 /// (empty optional fields omitted, `text`/`fallback`/`callback_id`/`footer`
@@ -71,7 +72,7 @@ pub fn webhook_body(data: &TemplateData, group_key: &str, max_alerts: u64) -> Js
                 "labels": a.labels,
                 "annotations": a.annotations,
                 "startsAt": rfc3339(a.starts_at),
-                "endsAt": a.ends_at.map(rfc3339).unwrap_or_else(|| "0001-01-01T00:00:00Z".to_string()),
+                "endsAt": a.ends_at.map(rfc3339).unwrap_or_else(|| GO_ZERO_TIME.to_string()),
                 "generatorURL": a.generator_url,
                 "fingerprint": format!("{:016x}", a.fingerprint),
             })
@@ -127,7 +128,7 @@ pub fn build_client(http: &HttpConfig) -> Result<reqwest::Client, String> {
 
 fn auth_header(http: &HttpConfig) -> Result<Option<String>, String> {
     let read = |p: &std::path::Path| {
-        crate::config::load_secret_file(p)
+        crate::secret::load_secret_file(p)
             .map(|s| s.expose().to_string())
             .map_err(|e| e.to_string())
     };

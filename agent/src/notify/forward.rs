@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -17,7 +17,8 @@ use serde_json::json;
 use super::compile::UrlSource;
 use super::config::{Authorization, BasicAuth, HttpConfig, TlsConfig};
 use crate::alerts::{Alert, AlertSink};
-use crate::config::PromDuration;
+use crate::compat::PromDuration;
+use crate::compat::time::rfc3339_millis;
 use crate::metrics::{Family, MetricType};
 
 pub const MAX_BATCH: usize = 64;
@@ -93,13 +94,6 @@ struct Shared {
 #[derive(Clone)]
 pub struct ForwardingSink {
     shared: Arc<Shared>,
-}
-
-/// Prometheus sends times as strfmt.DateTime: RFC 3339 with milliseconds.
-fn rfc3339_millis(t: SystemTime) -> String {
-    let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let s = super::template::rfc3339(UNIX_EPOCH + Duration::from_secs(ms / 1000));
-    format!("{}.{:03}Z", s.trim_end_matches('Z'), ms % 1000)
 }
 
 /// The body Prometheus posts to /api/v2/alerts.
@@ -211,7 +205,7 @@ impl ForwardingSink {
                 let n = batch.len() as u64;
                 set.spawn(async move {
                     let ep = &shared.endpoints[i];
-                    let url = UrlSource::Inline(crate::config::Secret::new(ep.url.clone()));
+                    let url = UrlSource::Inline(crate::secret::Secret::new(ep.url.clone()));
                     match super::deliver::attempt(&ep.client, &url, &ep.http, &body).await {
                         Ok(()) => {
                             ep.sent.fetch_add(n, Ordering::Relaxed);

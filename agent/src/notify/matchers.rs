@@ -7,7 +7,8 @@ use std::fmt;
 use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use crate::series::{go_quote, is_valid_label_name as valid_label_name};
+pub use crate::compat::quote::go_quote;
+pub use crate::series::is_valid_label_name as valid_label_name;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatchOp {

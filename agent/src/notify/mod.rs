@@ -1,5 +1,5 @@
 //! Notify stage: Alertmanager-compatible routing, grouping and Slack/webhook
-//! delivery (issue 5), plus forwarding to external Alertmanagers.
+//! delivery, plus forwarding to external Alertmanagers.
 //!
 //! Flow: [`AlertSink::send`] → bounded queue (drops counted) → the run loop
 //! feeds the [`dispatch::Dispatcher`] (alert store, aggregation groups,
@@ -8,7 +8,6 @@
 //! backoff until the flush deadline → successes are written to the
 //! notification log, which is persisted (with the pending alerts) to
 //! `<data_dir>/nflog.json` so a restart neither re-sends nor forgets.
-#![allow(dead_code)] // parts of the public API are wired by the agent later
 
 pub mod compile;
 pub mod config;
@@ -32,16 +31,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::alerts::{Alert, AlertSink};
-use crate::config::InvalidField;
+use crate::compat::InvalidField;
 use crate::metrics::{Family, MetricType};
 use compile::{Compiled, IntegrationKind, UrlSource};
 use config::HttpConfig;
 use dispatch::{Dispatcher, FlushJob, Nflog, NflogEntry, StoredAlert};
 use template::{TemplateAlert, TemplateData};
 
-#[allow(unused_imports)]
-pub use config::{NotifyConfig, Origin, load_file, parse};
-#[allow(unused_imports)]
+pub use config::{NotifyConfig, Origin, load_file, load_section, parse};
 pub use forward::{AlertingConfig, AlertmanagerTarget, ForwardingSink};
 
 /// How many alert batches may wait for the run loop before new ones are dropped.
@@ -92,7 +89,6 @@ struct IntegrationMetrics {
 struct Metrics {
     received: AtomicU64,
     dropped: AtomicU64,
-    invalid: AtomicU64,
     state_write_failures: AtomicU64,
     by_integration: Mutex<BTreeMap<&'static str, IntegrationMetrics>>,
     alerts: AtomicU64,

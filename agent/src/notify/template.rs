@@ -5,9 +5,11 @@
 //! after parsing into calls of hidden functions taking the receiver first.
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+#[cfg(test)]
+use std::time::UNIX_EPOCH;
 
-use crate::gotime::format_utc;
+use crate::compat::time::go_time;
 
 use gotmpl::parse::{BranchNode, CommandNode, Expr, ListNode, Node, Parser, PipeNode, SmolStr};
 use gotmpl::{Template, Value};
@@ -708,23 +710,6 @@ fn kv_value(kv: &BTreeMap<String, String>) -> Value {
     ))
 }
 
-/// How Go prints a UTC `time.Time`: `2024-01-16 12:26:20.526679846 +0000 UTC`.
-pub fn go_time(t: SystemTime) -> String {
-    let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => (d.as_secs() as i64, d.subsec_nanos()),
-        Err(_) => (0, 0),
-    };
-    format_utc(secs, nanos, ' ', " +0000 UTC")
-}
-
-/// RFC 3339 with nanoseconds trimmed, as Go's JSON encoding of time.Time.
-pub fn rfc3339(t: SystemTime) -> String {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => format_utc(d.as_secs() as i64, d.subsec_nanos(), 'T', "Z"),
-        Err(_) => "0001-01-01T00:00:00Z".to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -829,7 +814,7 @@ mod tests {
     fn go_time_format() {
         let t = UNIX_EPOCH + std::time::Duration::new(1_705_407_980, 526_679_846);
         assert_eq!(go_time(t), "2024-01-16 12:26:20.526679846 +0000 UTC");
-        assert_eq!(rfc3339(t), "2024-01-16T12:26:20.526679846Z");
+        assert_eq!(crate::compat::time::rfc3339(t), "2024-01-16T12:26:20.526679846Z");
         assert_eq!(go_title("hello wORLD_x y"), "Hello WORLD_x Y");
     }
 }

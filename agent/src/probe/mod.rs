@@ -1,6 +1,7 @@
 //! Probe stage: loads ngxprobe's eBPF programs, attaches them, and gives the
 //! collect stage a small typed interface over their maps.
 mod btf_offsets;
+mod config;
 mod load_error;
 
 use std::{collections::BTreeMap, path::Path};
@@ -13,6 +14,7 @@ use aya::{
     util::nr_cpus,
 };
 
+pub use config::EbpfConfig;
 pub use load_error::ProbeError;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).

@@ -6,8 +6,9 @@ use promql_parser::parser::{AggregateExpr, Expr, LabelModifier, token};
 
 use super::{
     eval::{Ctx, EvalError, exec_err},
-    value::{Grid, Series, Value, format_value},
+    value::{Grid, Series, Value},
 };
+use crate::compat::float::format_f;
 use crate::series::Labels;
 
 /// Neumaier-improved Kahan increment, as Prometheus's kahansum.Inc.
@@ -248,11 +249,11 @@ fn count_values(input: &[Series], label: &str, modifier: &Option<LabelModifier>,
         for s in input {
             let Some(f) = s.vals[i] else { continue };
             let mut l = s.labels.clone();
-            l.set(label, &format_value(f));
+            l.set(label, &format_f(f));
             let gl = grouping_labels(&l, &modifier);
             let gl = if modifier.is_none() {
                 let mut x = Labels::default();
-                x.set(label, &format_value(f));
+                x.set(label, &format_f(f));
                 x
             } else {
                 gl

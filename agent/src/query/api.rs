@@ -2,6 +2,10 @@
 //! Prometheus's JSON shapes, error types and status codes.
 use std::{sync::Arc, time::Duration};
 
+use crate::compat::{
+    duration::parse_api_duration,
+    time::{now_ms, parse_api_time},
+};
 use axum::{
     Router,
     body::Bytes,
@@ -131,100 +135,10 @@ impl Params {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Unix seconds (float) or RFC 3339, as Prometheus's parseTime accepts.
-pub fn parse_time(s: &str) -> Result<i64, String> {
-    let err = || format!("cannot parse {s:?} to a valid timestamp");
-    if let Ok(f) = s.parse::<f64>() {
-        if !f.is_finite() {
-            return Err(err());
-        }
-        let ms = (f * 1000.0).round();
-        if ms.abs() > 9.2e18 {
-            return Err(err());
-        }
-        return Ok(ms as i64);
-    }
-    parse_rfc3339(s).ok_or_else(err)
-}
-
-fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !(b[10] == b'T' || b[10] == b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    let mut i = 19;
-    let mut frac_ms = 0i64;
-    if b.get(i) == Some(&b'.') {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let digits = &s[start..i];
-        let padded: String = digits.chars().chain(std::iter::repeat('0')).take(3).collect();
-        frac_ms = padded.parse().ok()?;
-    }
-    let off_min = match s.get(i..)? {
-        "Z" | "z" => 0,
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) => {
-            let hh: i64 = o[1..3].parse().ok()?;
-            let mm: i64 = o[4..6].parse().ok()?;
-            let v = hh * 60 + mm;
-            if o.starts_with('-') { -v } else { v }
-        }
-        _ => return None,
-    };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(((days * 86400 + h * 3600 + mi * 60 + se) - off_min * 60) * 1000 + frac_ms)
-}
-
-/// Float seconds or a Prometheus duration ("15s", "1m30s").
-pub fn parse_duration(s: &str) -> Result<i64, String> {
-    if let Ok(f) = s.parse::<f64>() {
-        let ms = (f * 1000.0).round();
-        if !ms.is_finite() || ms.abs() > 9.2e18 {
-            return Err(format!("cannot parse {s:?} to a valid duration. It overflows int64"));
-        }
-        return Ok(ms as i64);
-    }
-    super::promqltest_duration(s).ok_or_else(|| format!("cannot parse {s:?} to a valid duration"))
-}
-
 fn time_param(p: &Params, name: &str, default: i64) -> Result<i64, ApiError> {
     match p.get(name) {
         None => Ok(default),
-        Some(s) => parse_time(s).map_err(|e| ApiError::param(name, e)),
+        Some(s) => parse_api_time(s).map_err(|e| ApiError::param(name, e)),
     }
 }
 
@@ -246,7 +160,7 @@ fn timeout_param(p: &Params, opts: &QueryOptions) -> Result<Duration, ApiError> 
     match p.get("timeout") {
         None => Ok(opts.timeout),
         Some(s) => {
-            let ms = parse_duration(s).map_err(|e| ApiError::param("timeout", e))?;
+            let ms = parse_api_duration(s).map_err(|e| ApiError::param("timeout", e))?;
             Ok(Duration::from_millis(ms.max(0) as u64).min(opts.timeout))
         }
     }
@@ -254,10 +168,6 @@ fn timeout_param(p: &Params, opts: &QueryOptions) -> Result<Duration, ApiError> 
 
 fn labels_json(l: &Labels) -> J {
     J::Object(l.0.iter().map(|(k, v)| (k.clone(), J::String(v.clone()))).collect())
-}
-
-fn ts_json(t: i64) -> J {
-    json!(t as f64 / 1000.0)
 }
 
 /// The success body of a query answer, written straight into a string
@@ -271,7 +181,7 @@ pub(crate) fn result_body(r: &QueryResult, limit: usize) -> String {
         o.push('[');
         push_ts(o, t);
         o.push_str(",\"");
-        super::value::push_value(o, v);
+        crate::compat::float::push_f(o, v);
         o.push_str("\"]");
     };
     match r {
@@ -442,18 +352,18 @@ async fn query_range_inner(st: ApiState, q: Option<String>, body: Bytes) -> Resu
     let p = Params::new(q, &body)?;
     let limit = limit_param(&p)?;
     let start = match p.get("start") {
-        Some(s) => parse_time(s).map_err(|e| ApiError::param("start", e))?,
+        Some(s) => parse_api_time(s).map_err(|e| ApiError::param("start", e))?,
         None => return Err(ApiError::param("start", "cannot parse \"\" to a valid timestamp")),
     };
     let end = match p.get("end") {
-        Some(s) => parse_time(s).map_err(|e| ApiError::param("end", e))?,
+        Some(s) => parse_api_time(s).map_err(|e| ApiError::param("end", e))?,
         None => return Err(ApiError::param("end", "cannot parse \"\" to a valid timestamp")),
     };
     if end < start {
         return Err(ApiError::param("end", "end timestamp must not be before start time"));
     }
     let step = match p.get("step") {
-        Some(s) => parse_duration(s).map_err(|e| ApiError::param("step", e))?,
+        Some(s) => parse_api_duration(s).map_err(|e| ApiError::param("step", e))?,
         None => return Err(ApiError::param("step", "cannot parse \"\" to a valid duration")),
     };
     if step <= 0 {

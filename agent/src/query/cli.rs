@@ -8,7 +8,11 @@ use std::{
 
 use serde_json::Value as J;
 
-use super::{QueryOptions, QueryResult, api::parse_time, instant_query, value::format_value};
+use super::{QueryOptions, QueryResult, instant_query};
+use crate::compat::{
+    float::format_f,
+    time::{now_ms, parse_api_time},
+};
 use crate::series::SeriesReader;
 
 pub enum QueryTarget<'a> {
@@ -21,28 +25,22 @@ pub enum QueryTarget<'a> {
 /// Runs `expr` at `time` (Unix seconds or RFC 3339; default now) and writes a table.
 pub fn run_query_cli(target: QueryTarget, expr: &str, time: Option<&str>, out: &mut dyn Write) -> Result<(), String> {
     let t = match time {
-        Some(s) => parse_time(s)?,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
+        Some(s) => parse_api_time(s)?,
+        None => now_ms(),
     };
     let rows: Vec<(String, String)> = match target {
         QueryTarget::Reader(r) => {
             match instant_query(r, expr, t, &QueryOptions::default()).map_err(|e| e.to_string())? {
-                QueryResult::Scalar(_, v) => vec![("scalar".into(), format_value(v))],
+                QueryResult::Scalar(_, v) => vec![("scalar".into(), format_f(v))],
                 QueryResult::String(_, s) => vec![("string".into(), s)],
-                QueryResult::Vector(v) => v
-                    .into_iter()
-                    .map(|(l, _, x)| (l.to_string(), format_value(x)))
-                    .collect(),
+                QueryResult::Vector(v) => v.into_iter().map(|(l, _, x)| (l.to_string(), format_f(x))).collect(),
                 QueryResult::Matrix(m) => m
                     .into_iter()
                     .map(|s| {
                         let pts: Vec<String> = s
                             .samples
                             .iter()
-                            .map(|(t, v)| format!("{} @{}", format_value(*v), *t as f64 / 1000.0))
+                            .map(|(t, v)| format!("{} @{}", format_f(*v), *t as f64 / 1000.0))
                             .collect();
                         (s.labels.to_string(), pts.join(", "))
                     })

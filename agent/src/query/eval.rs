@@ -8,7 +8,7 @@ use std::{
 
 use promql_parser::{
     label::MatchOp as PMatchOp,
-    parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector, value::ValueType},
+    parser::{AtModifier, Expr, Offset, SubqueryExpr, VectorSelector},
 };
 
 use super::{
@@ -482,9 +482,4 @@ pub(crate) fn merge_same_labels(series: Vec<Series>, strict: bool) -> Result<Vec
         }
     }
     Ok(out)
-}
-
-/// The static type of an expression, per the parser.
-pub(crate) fn value_type(e: &Expr) -> ValueType {
-    e.value_type()
 }

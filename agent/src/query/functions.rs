@@ -6,7 +6,7 @@ use super::{
     eval::{Ctx, EvalError, RangeArg, exec_err, merge_same_labels, selector_matchers, unparen},
     value::{Grid, Series, Value},
 };
-use crate::gotime::civil_from_days;
+use crate::compat::time::civil_from_days;
 use crate::series::{Labels, MatchOp};
 
 /// Functions that need native histograms, info() or other features ngxprobe

@@ -1,9 +1,8 @@
-//! Query stage: PromQL engine and Prometheus HTTP API (see issue 4).
+//! Query stage: PromQL engine and Prometheus HTTP API.
 //!
 //! Parsing is promql-parser's; evaluation is ours, over [`SeriesReader`]
 //! with Prometheus 3.x semantics. Entry points: [`instant_query`],
 //! [`range_query`], [`api::api_router`], [`cli::run_query_cli`].
-#![allow(dead_code)]
 
 pub mod aggregate;
 pub mod api;
@@ -366,41 +365,6 @@ fn error_position(q: &str) -> usize {
         }
     }
     last_ok.min(q.len().saturating_sub(1))
-}
-
-/// Parses a Prometheus duration such as `1h30m`, `15s`, `500ms`.
-pub fn promqltest_duration(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s == "0" {
-        return Some(0);
-    }
-    let mut total: i64 = 0;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let nd = rest.chars().take_while(|c| c.is_ascii_digit()).count();
-        if nd == 0 {
-            return None;
-        }
-        let n: i64 = rest[..nd].parse().ok()?;
-        rest = &rest[nd..];
-        let ul = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
-        let mult = match &rest[..ul] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            "w" => 604_800_000,
-            "y" => 31_536_000_000,
-            _ => return None,
-        };
-        rest = &rest[ul..];
-        total = total.checked_add(n.checked_mul(mult)?)?;
-    }
-    Some(total)
 }
 
 fn eval_opts(opts: &QueryOptions) -> EvalOpts {

@@ -23,9 +23,7 @@
 //! is also run as a range query from t-1m to t+1m step 1m and compared at t.
 use std::{collections::HashMap, time::Duration};
 
-use super::{
-    QueryError, QueryResult, eval::EvalOpts, instant_query_expr, parse, promqltest_duration, range_query_expr,
-};
+use super::{QueryError, QueryResult, eval::EvalOpts, instant_query_expr, parse, range_query_expr};
 use crate::series::{Labels, SeriesReader, stale_marker};
 
 pub enum LoadOp<'a> {
@@ -309,7 +307,7 @@ pub fn run_file(text: &str, reader: &dyn SeriesReader, load: &mut dyn FnMut(Load
         } else if cmd.starts_with("load") {
             let nhcb = cmd == "load_with_nhcb";
             nhcb_loaded |= nhcb;
-            let gap = promqltest_duration(l.split_whitespace().nth(1).unwrap_or("")).unwrap_or(0);
+            let gap = duration_ms(l.split_whitespace().nth(1).unwrap_or("")).unwrap_or(0);
             i += 1;
             let mut defs: Vec<(Labels, Vec<Seq>)> = vec![];
             while i < lines.len() && !lines[i].is_empty() {
@@ -407,13 +405,13 @@ fn parse_eval(lines: &[String], start: usize) -> (Eval, usize) {
     let mode;
     if let Some(c) = ri.captures(l) {
         mode = c.get(1).map(|m| m.as_str().to_string());
-        ev.at = c.get(2).and_then(|m| promqltest_duration(m.as_str())).unwrap_or(0);
+        ev.at = c.get(2).and_then(|m| duration_ms(m.as_str())).unwrap_or(0);
         ev.expr = c[3].to_string();
     } else if let Some(c) = rr.captures(l) {
         mode = c.get(1).map(|m| m.as_str().to_string());
-        let f = promqltest_duration(&c[2]);
-        let t = promqltest_duration(&c[3]);
-        let s = promqltest_duration(&c[4]);
+        let f = duration_ms(&c[2]);
+        let t = duration_ms(&c[3]);
+        let s = duration_ms(&c[4]);
         match (f, t, s) {
             (Some(f), Some(t), Some(s)) => ev.range = Some((f, t, s)),
             _ => ev.bad = Some("bad range".into()),
@@ -443,11 +441,9 @@ fn parse_eval(lines: &[String], start: usize) -> (Eval, usize) {
         if let Some(r) = dl.strip_prefix("expect range vector") {
             let parts: Vec<&str> = r.split_whitespace().collect();
             if parts.len() == 6 {
-                if let (Some(f), Some(t), Some(s)) = (
-                    promqltest_duration(parts[1]),
-                    promqltest_duration(parts[3]),
-                    promqltest_duration(parts[5]),
-                ) {
+                if let (Some(f), Some(t), Some(s)) =
+                    (duration_ms(parts[1]), duration_ms(parts[3]), duration_ms(parts[5]))
+                {
                     ev.expect_range_vector = Some((f, t, s));
                     ev.at = t;
                     continue;
@@ -655,4 +651,9 @@ fn compare(ev: &Eval, r: &QueryResult) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// A Prometheus duration in a test script (`1h30m`), in milliseconds.
+fn duration_ms(s: &str) -> Option<i64> {
+    crate::compat::duration::parse_ms(s.trim())
 }

@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    config::PromDuration,
+    compat::PromDuration,
     series::{AppendError, Labels, Matcher, MetricMeta, ReadError, SeriesData, SeriesReader, SeriesWriter},
     store::{StorageConfig, Store, WalFsync},
 };
@@ -36,9 +36,6 @@ impl MemSeries {
                 samples: vec![(t, v)],
             }),
         }
-    }
-    pub fn clear(&self) {
-        self.series.write().unwrap().clear();
     }
 }
 

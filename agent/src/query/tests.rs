@@ -329,7 +329,7 @@ proptest::proptest! {
     #[test]
     fn format_value_round_trips_without_exponent(bits in proptest::prelude::any::<u64>(), small in -1e7f64..1e7, k in 0u32..40) {
         for v in [f64::from_bits(bits), small, small / 10f64.powi(k as i32), (small * 1000.0).round(), 10f64.powi(k as i32 - 20)] {
-            let s = super::value::format_value(v);
+            let s = crate::compat::float::format_f(v);
             if v.is_nan() {
                 proptest::prop_assert_eq!(s.as_str(), "NaN");
                 continue;
@@ -347,7 +347,7 @@ proptest::proptest! {
 /// Spellings checked against Prometheus 2.42's API.
 #[test]
 fn format_value_like_prometheus() {
-    use super::value::format_value as f;
+    use crate::compat::float::format_f as f;
     assert_eq!(f(-1519218211223713.25), "-1519218211223713.2");
     assert_eq!(f(2.5e-7), "0.00000025");
     assert_eq!(f(123456789012345678.0), "123456789012345680");

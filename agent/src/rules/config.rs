@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::PromDuration;
+use crate::compat::PromDuration;
 
 /// ```yaml
 /// rules:

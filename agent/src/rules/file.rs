@@ -9,8 +9,7 @@ use serde::{
 use serde_saphyr::Spanned;
 
 use super::template;
-use crate::config::PromDuration;
-use crate::config::locate::{dotted, error_location, locate, steps_from_path, take_unknown_field};
+use crate::compat::{PromDuration, yaml};
 pub use crate::series::is_valid_label_name;
 
 /// A validated rule group.
@@ -209,16 +208,9 @@ pub fn load_file(path: &Path) -> Result<Vec<GroupDef>, Vec<RuleError>> {
     }
 }
 
-fn has_content(text: &str) -> bool {
-    text.lines().any(|l| {
-        let t = l.trim();
-        !t.is_empty() && !t.starts_with('#') && t != "---" && t != "..."
-    })
-}
-
 /// Parses and validates rule file text; `file` names it in errors.
 pub fn parse_text(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError>> {
-    if !has_content(text) {
+    if !yaml::has_content(text) {
         return Ok(vec![]);
     }
     let is_k8s = matches!(
@@ -233,65 +225,32 @@ pub fn parse_text(file: &str, text: &str) -> Result<Vec<GroupDef>, Vec<RuleError
             ..
         })
     );
-    let options = serde_saphyr::Options {
-        with_snippet: false,
-        ..serde_saphyr::Options::default()
-    };
-    let mut field_path: Option<serde_path_to_error::Path> = None;
+    // `value` is Spanned's own field (no rule-file field has that name).
     let raw = if is_k8s {
-        serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-            serde_path_to_error::deserialize::<_, K8sManifest>(de).map_err(|err| {
-                field_path = Some(err.path().clone());
-                err.into_inner()
-            })
-        })
-        .map(|m| m.spec)
+        yaml::from_str::<K8sManifest>(text, Some("value")).map(|m| m.spec)
     } else {
-        serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-            serde_path_to_error::deserialize::<_, RawFile>(de).map_err(|err| {
-                field_path = Some(err.path().clone());
-                err.into_inner()
-            })
-        })
+        yaml::from_str::<RawFile>(text, Some("value"))
     };
     let raw = match raw {
         Ok(r) => r,
-        Err(e) => return Err(vec![yaml_error(file, text, &e, field_path.as_ref())]),
+        Err(e) => return Err(vec![yaml_error(file, text, &e)]),
     };
     validate(file, raw)
 }
 
-fn yaml_error(
-    file: &str,
-    text: &str,
-    err: &serde_saphyr::Error,
-    path: Option<&serde_path_to_error::Path>,
-) -> RuleError {
-    // `value` is Spanned's own field (no rule-file field has that name).
-    let mut steps = steps_from_path(path, Some("value"));
-    let mut message = match err.without_snippet() {
-        serde_saphyr::Error::Message { msg, .. } => msg.clone(),
-        other => other.to_string(),
+fn yaml_error(file: &str, text: &str, err: &yaml::YamlError) -> RuleError {
+    let (kind, message) = match &err.unknown_field {
+        Some((name, rest)) => (
+            ErrorKind::UnknownField,
+            format!("field {name} not found in rule file format{rest}"),
+        ),
+        None => (ErrorKind::Yaml, err.message.clone()),
     };
-    // serde-saphyr appends its own position; we print ours in front.
-    if let Some(i) = message.find(" at line ") {
-        message.truncate(i);
-    }
-    let mut kind = ErrorKind::Yaml;
-    let mut anchor_key = false;
-    if let Some((name, rest)) = take_unknown_field(&mut steps, &message) {
-        message = format!("field {name} not found in rule file format{rest}");
-        kind = ErrorKind::UnknownField;
-        anchor_key = true;
-    }
-    let pos = locate(text, &steps, anchor_key)
-        .filter(|_| !steps.is_empty())
-        .or_else(|| error_location(err));
     let mut msg = String::new();
-    if let Some((l, c)) = pos {
+    if let Some((l, c)) = err.position(text) {
         msg.push_str(&format!("{l}:{c}: "));
     }
-    let dotted = dotted(&steps);
+    let dotted = err.field();
     if !dotted.is_empty() {
         msg.push_str(&dotted);
         msg.push_str(": ");

@@ -4,8 +4,8 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock, mpsc},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
 };
 
 use serde_json::{Value as J, json};
@@ -17,22 +17,19 @@ use super::{
 };
 use crate::{
     alerts::AlertSink,
-    gotime::format_utc,
+    compat::{
+        float::format_e,
+        time::{now_ms, rfc3339_ms},
+    },
     metrics::{Family, MetricType},
     series::{SeriesReader, SeriesWriter},
+    worker::{Shutdown, Worker},
 };
 
 /// The built-in nginx rules (`rules.default_rules`).
 pub const DEFAULT_RULES_YAML: &str = include_str!("default_rules.yml");
 /// Name the built-in rules are reported under.
 pub const DEFAULT_RULES_FILE: &str = "<built-in>/nginx.rules.yml";
-
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Why a load/reload failed: every error of every bad file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,12 +254,12 @@ impl RuleManager {
             .collect()
     }
 
-    /// Runs until `shutdown` receives (or its sender is dropped): each group is
+    /// Runs until `shutdown` is triggered: each group is
     /// evaluated at `slot + k × interval` (slot offset by a hash of file and
     /// name, as Prometheus does), starting one interval after the current slot.
     /// Evaluations never overlap; a slot missed because the previous
     /// evaluation ran long is skipped and counted. Blocks: run it on its own thread.
-    pub fn run(&self, shutdown: mpsc::Receiver<()>) {
+    pub fn run(&self, shutdown: &Shutdown) {
         // next evaluation time per group, keyed by the Arc's address (reloads replace Arcs).
         let mut next: Vec<(Arc<Mutex<Group>>, i64)> = Vec::new();
         loop {
@@ -288,9 +285,8 @@ impl RuleManager {
                 .map(|t| (t - now).max(0))
                 .unwrap_or(1000)
                 .min(1000);
-            match shutdown.recv_timeout(Duration::from_millis(wait as u64)) {
-                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            if shutdown.wait_timeout(Duration::from_millis(wait as u64)) {
+                return;
             }
             let now = now_ms();
             for (g, t) in next.iter_mut() {
@@ -323,15 +319,10 @@ impl RuleManager {
         }
     }
 
-    /// Starts [`run`](Self::run) on a thread named `rules`; send `()` (or drop
-    /// the sender) to stop it, then join.
-    pub fn spawn(self: &Arc<Self>) -> std::io::Result<(std::thread::JoinHandle<()>, mpsc::Sender<()>)> {
-        let (tx, rx) = mpsc::channel();
+    /// Starts [`run`](Self::run) on a thread named `rules`.
+    pub fn spawn(self: &Arc<Self>) -> std::io::Result<Worker> {
         let me = self.clone();
-        let h = std::thread::Builder::new()
-            .name("rules".into())
-            .spawn(move || me.run(rx))?;
-        Ok((h, tx))
+        Worker::spawn_thread("rules", move |stop| me.run(&stop))
     }
 
     /// Self-metrics (Prometheus's `prometheus_rule_*` under `ngxprobe_rule_*`).
@@ -437,7 +428,7 @@ impl RuleManager {
                 v["health"] = json!(r.health.as_str());
                 v["lastError"] = json!(r.last_error.clone().unwrap_or_default());
                 v["evaluationTime"] = json!(r.eval_duration.as_secs_f64());
-                v["lastEvaluation"] = json!(rfc3339(r.last_eval_ms));
+                v["lastEvaluation"] = json!(rfc3339_ms(r.last_eval_ms));
                 rules.push(v);
             }
             if type_filter.is_some() && rules.is_empty() {
@@ -450,7 +441,7 @@ impl RuleManager {
                 "interval": g.interval_ms as f64 / 1000.0,
                 "limit": g.def.limit,
                 "evaluationTime": g.last_duration.as_secs_f64(),
-                "lastEvaluation": rfc3339(g.last_eval_ms),
+                "lastEvaluation": rfc3339_ms(g.last_eval_ms),
             }));
         }
         json!({ "groups": out })
@@ -474,33 +465,10 @@ fn alert_json(a: &super::eval::ActiveAlert) -> J {
         "labels": a.labels,
         "annotations": a.annotations,
         "state": a.state.as_str(),
-        "activeAt": rfc3339(Some(a.active_at)),
-        "value": go_fmt_e(a.value),
-        "keepFiringSince": a.keep_firing_since.map(|t| rfc3339(Some(t))),
+        "activeAt": rfc3339_ms(Some(a.active_at)),
+        "value": format_e(a.value),
+        "keepFiringSince": a.keep_firing_since.map(|t| rfc3339_ms(Some(t))),
     })
-}
-
-/// Go's `strconv.FormatFloat(v, 'e', -1, 64)`.
-pub fn go_fmt_e(v: f64) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
-    }
-    let s = format!("{v:e}");
-    let (m, e) = s.split_once('e').unwrap_or((&s, "0"));
-    let e: i32 = e.parse().unwrap_or(0);
-    format!("{m}e{}{:02}", if e < 0 { '-' } else { '+' }, e.abs())
-}
-
-/// RFC 3339 with nanosecond-style fraction trimmed, as Go's time.Time JSON
-/// (zero time when never evaluated).
-pub fn rfc3339(ms: Option<i64>) -> String {
-    let Some(ms) = ms else {
-        return "0001-01-01T00:00:00Z".into();
-    };
-    format_utc(ms.div_euclid(1000), ms.rem_euclid(1000) as u32 * 1_000_000, 'T', "Z")
 }
 
 /// Paths of rule files for a reload check without swapping anything in.

@@ -1,4 +1,4 @@
-//! Rules stage: Prometheus alerting and recording rules (see issue 5).
+//! Rules stage: Prometheus alerting and recording rules.
 //!
 //! - [`file`]: rule files (Prometheus format or a Kubernetes PrometheusRule), validated like `rulefmt`.
 //! - [`template`]: Go-template expansion of labels/annotations with Prometheus's functions.
@@ -6,7 +6,6 @@
 //! - [`manager`]: [`RuleManager`] (scheduling, reload, self-metrics, API data).
 //! - [`api`]: GET /api/v1/rules and /api/v1/alerts.
 //! - [`promtool`]: `ngxprobe check rules` / `ngxprobe test rules`.
-#![allow(dead_code)]
 
 pub mod api;
 pub mod config;
@@ -17,13 +16,9 @@ pub mod memstore;
 pub mod promtool;
 pub mod template;
 
-#[allow(unused_imports)]
 pub use api::rules_router;
-#[allow(unused_imports)]
 pub use config::RulesConfig;
-#[allow(unused_imports)]
 pub use manager::{LoadError, RuleManager};
-#[allow(unused_imports)]
 pub use promtool::{check_rules_cli, test_rules_cli};
 
 #[cfg(test)]

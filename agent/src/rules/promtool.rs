@@ -16,9 +16,9 @@ use super::{
     memstore::MemStore,
 };
 use crate::{
-    config::PromDuration,
+    compat::{PromDuration, float::format_e_upper, quote::go_quote, yaml},
     query::{QueryOptions, QueryResult, instant_query},
-    series::{Labels, go_quote, labels_string, stale_marker},
+    series::{Labels, labels_string, stale_marker},
 };
 
 /// promtool's exit codes.
@@ -224,24 +224,8 @@ pub fn run_test_file(path: &Path, warnings: &mut Vec<String>) -> Result<(), Vec<
         }]
     };
     let text = std::fs::read_to_string(path).map_err(|e| input(e.to_string()))?;
-    let options = serde_saphyr::Options {
-        with_snippet: false,
-        ..serde_saphyr::Options::default()
-    };
-    let mut field_path = None;
-    let utf: UnitTestFile = serde_saphyr::with_deserializer_from_str_with_options(&text, options, |de| {
-        serde_path_to_error::deserialize::<_, UnitTestFile>(de).map_err(|err| {
-            field_path = Some(err.path().to_string());
-            err.into_inner()
-        })
-    })
-    .map_err(|e| {
-        let mut m = e.to_string();
-        if let Some(p) = field_path.filter(|p| p != ".") {
-            m = format!("{p}: {m}");
-        }
-        input(m)
-    })?;
+    let utf: UnitTestFile =
+        yaml::from_str(&text, None).map_err(|e| input(e.in_file(path.to_path_buf(), &text).to_string()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut rule_files = Vec::new();
     for rf in &utf.rule_files {
@@ -311,14 +295,6 @@ fn dur_str(ms: i64) -> String {
         return format!("-{}", PromDuration::from_millis(ms.unsigned_abs()));
     }
     PromDuration::from_millis(ms as u64).to_string()
-}
-
-/// Go's `strconv.FormatFloat(v, 'E', -1, 64)`.
-fn fmt_e_upper(v: f64) -> String {
-    super::manager::go_fmt_e(v)
-        .to_uppercase()
-        .replace("INF", "Inf")
-        .replace("NAN", "NaN")
 }
 
 /// Parses a series selector of input/expected samples (`up{job="a"}`, `{a="b"}`, ``).
@@ -415,7 +391,7 @@ fn parse_start(s: &str) -> Result<i64, String> {
     if let Ok(v) = s.parse::<f64>() {
         return Ok((v * 1000.0).round() as i64);
     }
-    crate::query::api::parse_time(s)
+    crate::compat::time::parse_api_time(s)
 }
 
 fn run_test_group(
@@ -687,7 +663,7 @@ fn samples_string(s: &[(BTreeMap<String, String>, f64)]) -> String {
         return "nil".into();
     }
     s.iter()
-        .map(|(l, v)| format!("{} {}", labels_string(l), fmt_e_upper(*v)))
+        .map(|(l, v)| format!("{} {}", labels_string(l), format_e_upper(*v)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -10,7 +10,7 @@
 //!   pre-filled with `""`, and `index` on a string map returns `""` for a missing key.
 use std::{collections::BTreeMap, sync::Arc};
 
-use crate::gotime::format_utc;
+use crate::compat::{duration, float::format_g, time::format_utc};
 use gotmpl::{
     Template, TemplateError, Value,
     parse::{CommandNode, Expr, ListNode, Node},
@@ -130,108 +130,17 @@ fn s(v: impl Into<Arc<str>>) -> Value {
 
 // ---------- Go number formatting ----------
 
-/// Decimal digits (no trailing zeros) and decimal-point position of `v`,
-/// rounded to `prec` significant digits (None: shortest round-trip).
-fn decimal_digits(v: f64, prec: Option<usize>) -> (String, i32) {
-    let e = match prec {
-        Some(p) => format!("{:.*e}", p.max(1) - 1, v.abs()),
-        None => format!("{:e}", v.abs()),
-    };
-    let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    let mut digits: String = mant.chars().filter(|c| c.is_ascii_digit()).collect();
-    while digits.len() > 1 && digits.ends_with('0') {
-        digits.pop();
-    }
-    if digits == "0" {
-        return ("0".into(), 1);
-    }
-    (digits, exp + 1)
-}
-
-/// Go's `%g` (`prec` None) / `%.Ng` (`Some(N)`) for a float64; also `%v`.
-pub fn go_fmt_g(v: f64, prec: Option<usize>) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
-    }
-    let neg = v.is_sign_negative();
-    let (digits, dp) = decimal_digits(v, prec);
-    let nd = digits.len() as i32;
-    let shortest = prec.is_none();
-    let mut p = match prec {
-        Some(p) => p.max(1) as i32,
-        None => nd,
-    };
-    let mut eprec = p;
-    if eprec > nd && nd >= dp {
-        eprec = nd;
-    }
-    if shortest {
-        eprec = 6;
-    }
-    let exp = dp - 1;
-    let mut out = String::new();
-    if neg {
-        out.push('-');
-    }
-    if exp < -4 || exp >= eprec {
-        if p > nd {
-            p = nd;
-        }
-        out.push_str(&digits[..1]);
-        if p > 1 {
-            out.push('.');
-            out.push_str(&digits[1..(p as usize).min(digits.len())]);
-        }
-        out.push('e');
-        out.push(if exp < 0 { '-' } else { '+' });
-        let ea = exp.abs();
-        if ea < 10 {
-            out.push('0');
-        }
-        out.push_str(&ea.to_string());
-        return out;
-    }
-    if p > dp {
-        p = nd;
-    }
-    let decimals = (p - dp).max(0) as usize;
-    // Integer part.
-    if dp <= 0 {
-        out.push('0');
-    } else {
-        for i in 0..dp as usize {
-            out.push(digits.as_bytes().get(i).map(|b| *b as char).unwrap_or('0'));
-        }
-    }
-    if decimals > 0 {
-        out.push('.');
-        for i in 0..decimals as i32 {
-            let idx = dp + i;
-            out.push(if idx < 0 {
-                '0'
-            } else {
-                digits.as_bytes().get(idx as usize).map(|b| *b as char).unwrap_or('0')
-            });
-        }
-    }
-    out
-}
-
 /// Go's `fmt.Sprint` of a value, as a template action prints it.
 fn go_print(v: &Value) -> Value {
     match v {
-        Value::Float(f) => s(go_fmt_g(*f, None)),
+        Value::Float(f) => s(format_g(*f, None)),
         other => other.clone(),
     }
 }
 
 fn humanize(v: f64) -> String {
     if v == 0.0 || v.is_nan() || v.is_infinite() {
-        return go_fmt_g(v, Some(4));
+        return format_g(v, Some(4));
     }
     let mut v = v;
     let mut prefix = "";
@@ -243,7 +152,7 @@ fn humanize(v: f64) -> String {
             prefix = p;
             v /= 1000.0;
         }
-        return format!("{}{prefix}", go_fmt_g(v, Some(4)));
+        return format!("{}{prefix}", format_g(v, Some(4)));
     }
     for p in ["m", "u", "n", "p", "f", "a", "z", "y"] {
         if v.abs() >= 1.0 {
@@ -252,12 +161,12 @@ fn humanize(v: f64) -> String {
         prefix = p;
         v *= 1000.0;
     }
-    format!("{}{prefix}", go_fmt_g(v, Some(4)))
+    format!("{}{prefix}", format_g(v, Some(4)))
 }
 
 fn humanize1024(v: f64) -> String {
     if v.abs() <= 1.0 || v.is_nan() || v.is_infinite() {
-        return go_fmt_g(v, Some(4));
+        return format_g(v, Some(4));
     }
     let mut v = v;
     let mut prefix = "";
@@ -268,15 +177,15 @@ fn humanize1024(v: f64) -> String {
         prefix = p;
         v /= 1024.0;
     }
-    format!("{}{prefix}", go_fmt_g(v, Some(4)))
+    format!("{}{prefix}", format_g(v, Some(4)))
 }
 
 fn humanize_duration(v: f64) -> String {
     if v.is_nan() || v.is_infinite() {
-        return go_fmt_g(v, Some(4));
+        return format_g(v, Some(4));
     }
     if v == 0.0 {
-        return format!("{}s", go_fmt_g(v, Some(4)));
+        return format!("{}s", format_g(v, Some(4)));
     }
     if v.abs() >= 1.0 {
         let (sign, v) = if v < 0.0 { ("-", -v) } else { ("", v) };
@@ -291,7 +200,7 @@ fn humanize_duration(v: f64) -> String {
         if mins != 0 {
             return format!("{sign}{mins}m {secs}s");
         }
-        return format!("{sign}{}s", go_fmt_g(v, Some(4)));
+        return format!("{sign}{}s", format_g(v, Some(4)));
     }
     let mut v = v;
     let mut prefix = "";
@@ -302,7 +211,7 @@ fn humanize_duration(v: f64) -> String {
         prefix = p;
         v *= 1000.0;
     }
-    format!("{}{prefix}s", go_fmt_g(v, Some(4)))
+    format!("{}{prefix}s", format_g(v, Some(4)))
 }
 
 /// Go's `time.Time.String()` in UTC: `2006-01-02 15:04:05.999999999 +0000 UTC`.
@@ -311,64 +220,13 @@ pub fn go_time_string(secs: f64) -> Result<String, TemplateError> {
     if ns > i64::MAX as f64 || ns < i64::MIN as f64 {
         return Err(exec_err(format!(
             "{} cannot be represented as a nanoseconds timestamp since it overflows int64",
-            go_fmt_g(secs, None)
+            format_g(secs, None)
         )));
     }
     // model.TimeFromUnixNano truncates to milliseconds.
     let ms = (ns as i64) / 1_000_000;
     let (sec, msr) = (ms.div_euclid(1000), ms.rem_euclid(1000));
     Ok(format_utc(sec, msr as u32 * 1_000_000, ' ', " +0000 UTC"))
-}
-
-/// Go's `time.Duration.String()`.
-pub fn go_duration_string(ns: i64) -> String {
-    if ns == 0 {
-        return "0s".into();
-    }
-    let neg = ns < 0;
-    let u = ns.unsigned_abs();
-    let mut out = String::new();
-    if u < 1_000_000_000 {
-        // Sub-second: ns, µs, ms with fraction.
-        let (unit, div) = if u < 1_000 {
-            ("ns", 1u64)
-        } else if u < 1_000_000 {
-            ("µs", 1_000)
-        } else {
-            ("ms", 1_000_000)
-        };
-        out.push_str(&frac_string(u, div));
-        out.push_str(unit);
-    } else {
-        let secs_total = u / 1_000_000_000;
-        let frac_ns = u % 1_000_000_000;
-        let h = secs_total / 3600;
-        let m = (secs_total / 60) % 60;
-        let sec = secs_total % 60;
-        if h > 0 {
-            out.push_str(&format!("{h}h"));
-        }
-        if h > 0 || m > 0 {
-            out.push_str(&format!("{m}m"));
-        }
-        out.push_str(&frac_string(sec * 1_000_000_000 + frac_ns, 1_000_000_000));
-        out.push('s');
-    }
-    if neg {
-        out.insert(0, '-');
-    }
-    out
-}
-
-fn frac_string(v: u64, div: u64) -> String {
-    let int = v / div;
-    let frac = v % div;
-    if frac == 0 {
-        return int.to_string();
-    }
-    let width = div.to_string().len() - 1;
-    let f = format!("{frac:0width$}");
-    format!("{int}.{}", f.trim_end_matches('0'))
 }
 
 /// Go's `url.QueryEscape`.
@@ -425,14 +283,9 @@ fn title_case(s: &str) -> String {
 
 /// Prometheus's `model.ParseDurationAllowNegative`, in seconds.
 fn parse_duration_secs(d: &str) -> Result<f64, TemplateError> {
-    let (neg, body) = match d.strip_prefix('-') {
-        Some(b) => (true, b),
-        None => (false, d),
-    };
-    let ms = crate::query::promqltest_duration(body)
-        .ok_or_else(|| exec_err(format!("not a valid duration string: {d:?}")))?;
-    let v = ms as f64 / 1000.0;
-    Ok(if neg { -v } else { v })
+    let ms =
+        duration::parse_ms_allow_negative(d).ok_or_else(|| exec_err(format!("not a valid duration string: {d:?}")))?;
+    Ok(ms as f64 / 1000.0)
 }
 
 fn sample_value(labels: &BTreeMap<String, String>, v: f64) -> Value {
@@ -654,7 +507,7 @@ fn build_template(name: &str, ts_ms: i64, external_url: &str, query: Option<Quer
         called("humanizePercentage", |a| {
             Ok(s(format!(
                 "{}%",
-                go_fmt_g(to_float(a.first().unwrap_or(&Value::Nil))? * 100.0, Some(4))
+                format_g(to_float(a.first().unwrap_or(&Value::Nil))? * 100.0, Some(4))
             )))
         }),
     );
@@ -663,7 +516,7 @@ fn build_template(name: &str, ts_ms: i64, external_url: &str, query: Option<Quer
         called("humanizeTimestamp", |a| {
             let v = to_float(a.first().unwrap_or(&Value::Nil))?;
             if v.is_nan() || v.is_infinite() {
-                return Ok(s(go_fmt_g(v, Some(4))));
+                return Ok(s(format_g(v, Some(4))));
             }
             Ok(s(go_time_string(v)?))
         }),
@@ -682,7 +535,7 @@ fn build_template(name: &str, ts_ms: i64, external_url: &str, query: Option<Quer
         "toDuration",
         called("toDuration", |a| {
             let v = to_float(a.first().unwrap_or(&Value::Nil))?;
-            Ok(s(go_duration_string((v * 1e9) as i64)))
+            Ok(s(duration::go_duration_string((v * 1e9) as i64)))
         }),
     );
     t = t.func("now", called("now", move |_| Ok(Value::Float(ts_ms as f64 / 1000.0))));

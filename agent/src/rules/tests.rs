@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
-use super::template::{self, AlertData, go_fmt_g};
+use super::template::{self, AlertData};
+use crate::compat::float::format_g as go_fmt_g;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
@@ -171,7 +172,7 @@ mod manager_tests {
 
     use crate::{
         alerts::{Alert, AlertSink},
-        config::PromDuration,
+        compat::PromDuration,
         rules::{RuleManager, RulesConfig, eval::AlertState, file, memstore::MemStore, promtool},
         series::{Labels, MatchOp, Matcher, SeriesReader, SeriesWriter, is_stale_marker},
     };
@@ -612,7 +613,7 @@ groups:
 fn rules_run_loop_evaluates_on_schedule_and_stops() {
     use crate::{
         alerts::{Alert, AlertSink},
-        config::PromDuration,
+        compat::PromDuration,
         rules::{RuleManager, RulesConfig, memstore::MemStore},
     };
     use std::sync::Arc;
@@ -627,14 +628,13 @@ fn rules_run_loop_evaluates_on_schedule_and_stops() {
     };
     let m = Arc::new(RuleManager::new(store.clone(), store, Arc::new(Null), cfg));
     m.load(&[]).unwrap();
-    let (h, stop) = m.spawn().unwrap();
+    let worker = m.spawn().unwrap();
     // Wait (bounded) until the scheduler has run the group three times.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while m.groups()[0].evals_done < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    stop.send(()).unwrap();
-    h.join().unwrap();
+    worker.stop();
     let g = &m.groups()[0];
     assert!(g.evals_done >= 3, "{} evaluations", g.evals_done);
     let last = g.last_eval_ms.unwrap();

@@ -1,7 +1,7 @@
 //! `storage:` config section. Names follow Prometheus' flags
 //! (`--storage.tsdb.path`, `--storage.tsdb.retention.time`,
 //! `--storage.tsdb.retention.size`) so users recognise them.
-use crate::config::PromDuration;
+use crate::compat::PromDuration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::{fmt, path::PathBuf, str::FromStr};
 

@@ -19,6 +19,7 @@ mod disk;
 mod head;
 mod index;
 mod rc;
+pub mod sampler;
 #[cfg(test)]
 mod tests;
 mod wal;

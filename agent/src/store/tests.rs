@@ -307,7 +307,7 @@ fn corrupt_chunk_is_reported_and_skipped() {
 fn retention_by_time_deletes_whole_old_blocks() {
     let d = TempDir::new("ret");
     let mut c = cfg(&d.0);
-    c.retention = crate::config::PromDuration::from_secs(5 * 3600);
+    c.retention = crate::compat::PromDuration::from_secs(5 * 3600);
     let s = Store::open(&c).unwrap();
     let step = 30_000;
     let n = 12 * 120; // 12 h
@@ -371,7 +371,7 @@ const CRASH_STEP: i64 = 20_000; // 20 s: a block is persisted every 360 ticks
 /// within the test's 24 rounds.
 fn crash_cfg(dir: &Path) -> StorageConfig {
     StorageConfig {
-        retention: crate::config::PromDuration::from_secs(100 * 365 * 24 * 3600),
+        retention: crate::compat::PromDuration::from_secs(100 * 365 * 24 * 3600),
         ..cfg(dir)
     }
 }

@@ -82,7 +82,6 @@ async fn handle(State(rec): State<Arc<Recorder>>, uri: Uri, _h: HeaderMap, body:
 /// A recording HTTP server on 127.0.0.1; stops when dropped.
 pub struct Receiver {
     pub addr: SocketAddr,
-    pub rec: Arc<Recorder>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -115,7 +114,6 @@ impl Receiver {
         });
         Receiver {
             addr,
-            rec,
             stop: Some(tx),
             task: Some(task),
         }
@@ -278,7 +276,6 @@ pub fn alert(l: &[(&str, &str)], ann: &[(&str, &str)], starts_at: SystemTime, en
 
 /// Runs a Notifier in the background until dropped.
 pub struct Running {
-    pub notifier: super::super::Notifier,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -286,7 +283,7 @@ pub struct Running {
 impl Running {
     pub fn start(notifier: super::super::Notifier) -> Running {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let n = notifier.clone();
+        let n = notifier;
         let task = tokio::spawn(async move {
             n.run(async {
                 let _ = rx.await;
@@ -294,7 +291,6 @@ impl Running {
             .await;
         });
         Running {
-            notifier,
             stop: Some(tx),
             task: Some(task),
         }

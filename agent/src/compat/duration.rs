@@ -1,5 +1,7 @@
 //! Durations written the Prometheus way (`1s`, `5m`, `1h30m`, `15d`, `1w`,
-//! `100ms`), so users can copy values between Prometheus and ngxprobe configs.
+//! `100ms`: `model.Duration`), so users can copy values between Prometheus and
+//! ngxprobe configs; the API's "float seconds or duration" parameters; and Go's
+//! `time.Duration.String()` for templates.
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
@@ -37,6 +39,100 @@ impl PromDuration {
     pub fn is_zero(self) -> bool {
         self.0.is_zero()
     }
+
+    /// Milliseconds, saturating at `i64::MAX` (timestamps are i64 ms).
+    pub fn as_millis_i64(self) -> i64 {
+        i64::try_from(self.0.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// `deserialize_with` for intervals that must not be zero (a zero tick
+/// interval would spin).
+pub fn deserialize_positive<'de, D: Deserializer<'de>>(d: D) -> Result<PromDuration, D::Error> {
+    let duration = PromDuration::deserialize(d)?;
+    if duration.is_zero() {
+        return Err(serde::de::Error::custom("must be greater than 0s"));
+    }
+    Ok(duration)
+}
+
+/// A Prometheus duration (`1h30m`) in milliseconds; `None` if it is not one.
+pub fn parse_ms(s: &str) -> Option<i64> {
+    s.parse::<PromDuration>().ok().map(PromDuration::as_millis_i64)
+}
+
+/// `model.ParseDurationAllowNegative`: a Prometheus duration with an optional
+/// leading `-`, in milliseconds.
+pub fn parse_ms_allow_negative(s: &str) -> Option<i64> {
+    match s.strip_prefix('-') {
+        Some(body) => parse_ms(body).map(|ms| -ms),
+        None => parse_ms(s),
+    }
+}
+
+/// A duration parameter as Prometheus's API reads it (`timeout`, `step`):
+/// float seconds, or a Prometheus duration. Milliseconds.
+pub fn parse_api_duration(s: &str) -> Result<i64, String> {
+    if let Ok(f) = s.parse::<f64>() {
+        let ms = (f * 1000.0).round();
+        if !ms.is_finite() || ms.abs() > 9.2e18 {
+            return Err(format!("cannot parse {s:?} to a valid duration. It overflows int64"));
+        }
+        return Ok(ms as i64);
+    }
+    parse_ms(s).ok_or_else(|| format!("cannot parse {s:?} to a valid duration"))
+}
+
+/// Go's `time.Duration.String()` of `ns` nanoseconds: `1h2m3.5s`, `1.5ms`, `0s`.
+pub fn go_duration_string(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let neg = ns < 0;
+    let u = ns.unsigned_abs();
+    let mut out = String::new();
+    if neg {
+        out.push('-');
+    }
+    if u < 1_000_000_000 {
+        // Sub-second: ns, µs, ms with fraction.
+        let (unit, div) = if u < 1_000 {
+            ("ns", 1u64)
+        } else if u < 1_000_000 {
+            ("µs", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        out.push_str(&frac_string(u, div));
+        out.push_str(unit);
+    } else {
+        let secs_total = u / 1_000_000_000;
+        let frac_ns = u % 1_000_000_000;
+        let h = secs_total / 3600;
+        let m = (secs_total / 60) % 60;
+        let sec = secs_total % 60;
+        if h > 0 {
+            out.push_str(&format!("{h}h"));
+        }
+        if h > 0 || m > 0 {
+            out.push_str(&format!("{m}m"));
+        }
+        out.push_str(&frac_string(sec * 1_000_000_000 + frac_ns, 1_000_000_000));
+        out.push('s');
+    }
+    out
+}
+
+/// `v / div` with the fraction's trailing zeros trimmed (`div` a power of ten).
+fn frac_string(v: u64, div: u64) -> String {
+    let int = v / div;
+    let frac = v % div;
+    if frac == 0 {
+        return int.to_string();
+    }
+    let width = div.to_string().len() - 1;
+    let f = format!("{frac:0width$}");
+    format!("{int}.{}", f.trim_end_matches('0'))
 }
 
 impl From<PromDuration> for Duration {
@@ -134,6 +230,20 @@ impl<'de> Deserialize<'de> for PromDuration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_and_go_durations() {
+        assert_eq!(parse_api_duration("1.5"), Ok(1500));
+        assert_eq!(parse_api_duration("1m30s"), Ok(90_000));
+        assert!(parse_api_duration("30s1m").is_err());
+        assert!(parse_api_duration("1e300").is_err());
+        assert_eq!(parse_ms_allow_negative("-5m"), Some(-300_000));
+        assert_eq!(go_duration_string(0), "0s");
+        assert_eq!(go_duration_string(1_500_000), "1.5ms");
+        assert_eq!(go_duration_string(-3_723_500_000_000), "-1h2m3.5s");
+        assert_eq!(go_duration_string(999), "999ns");
+        assert_eq!(go_duration_string(60_000_000_000), "1m0s");
+    }
 
     fn ms(s: &str) -> u64 {
         s.parse::<PromDuration>()

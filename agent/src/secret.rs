@@ -1,10 +1,18 @@
-//! Secrets (webhook URLs, API keys) that must never reach logs, `/config`
-//! dumps or error messages. Only [`Secret::expose`] reveals the value.
+//! Secrets (webhook URLs, API keys, passwords) that must never reach logs,
+//! config dumps or error messages. Only [`Secret::expose`] reveals the value.
+//! A leaf: any stage whose config section holds a secret uses this type.
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::ConfigError;
+/// A `*_file` secret that could not be read (names the file, never the value).
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot read secret file: {source}", path.display())]
+pub struct SecretFileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// What Display, Debug and serialization print instead of the value.
 pub const REDACTED: &str = "<secret>";
@@ -54,14 +62,14 @@ impl<'de> Deserialize<'de> for Secret {
 /// Reads a secret from a file (`*_file` fields, Kubernetes secret mounts).
 /// Surrounding whitespace is trimmed, as Prometheus does, so the trailing
 /// newline of `echo URL > file` doesn't end up in the secret.
-pub fn load_secret_file(path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+pub fn load_secret_file(path: &Path) -> Result<Secret, SecretFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretFileError {
         path: path.to_path_buf(),
         source,
     })?;
     let value = text.trim();
     if value.is_empty() {
-        return Err(ConfigError::SecretFile {
+        return Err(SecretFileError {
             path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, "file is empty"),
         });

@@ -1,0 +1,336 @@
+//! The supervisor: starts the stages in pipeline order, keeps one
+//! [`Worker`] handle per loop, serves HTTP until a signal, then stops the
+//! loops in order and closes the store. Stages own their loops; nothing here
+//! knows a stage's internals, only the typed interfaces between stages.
+mod load;
+mod pipeline;
+
+pub use load::{RunArgs, check_config, effective_config, load_file};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::{debug, error, info, warn};
+
+use crate::alerts::AlertSink;
+use crate::collect::{self, Collector, SharedCollector};
+use crate::config::{Config, ConfigError};
+use crate::live::LiveReader;
+use crate::metrics::MetricsSource;
+use crate::notify::{FanoutSink, ForwardingSink, Notifier};
+use crate::probe::Probe;
+use crate::rules::{self, RuleManager};
+use crate::series::{SeriesReader, SeriesWriter};
+use crate::store::{self, Store};
+use crate::worker::Worker;
+use crate::{expose, logging, preflight, query};
+use pipeline::{Pipeline, Sampled};
+
+/// Why the agent did not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration (file or flags) is wrong: exit code 2, like a usage error.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// This host cannot run the agent (the reasons were logged one per line).
+    #[error("this host cannot run ngxprobe (see the errors above)")]
+    Preflight,
+    /// A stage could not start.
+    #[error("{stage}: {message}")]
+    Start { stage: &'static str, message: String },
+    /// The HTTP server failed.
+    #[error(transparent)]
+    Serve(#[from] expose::ServeError),
+}
+
+impl RunError {
+    fn start(stage: &'static str, e: impl std::fmt::Display) -> Self {
+        RunError::Start {
+            stage,
+            message: e.to_string(),
+        }
+    }
+
+    /// The process exit code for this error: 2 for configuration, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub fn run(args: RunArgs) -> Result<(), RunError> {
+    let cfg = effective_config(&args)?;
+    logging::init(cfg.log.level.as_str(), cfg.log.format).map_err(|e| RunError::start("logging", e))?;
+    check_host()?;
+    let probe = Probe::load(cfg.ebpf.max_seeded_connections.get()).map_err(|e| RunError::start("probe", e))?;
+    release_load_time_memory();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        programs = probe.programs_loaded(),
+        "eBPF programs loaded and attached"
+    );
+    let labels = cfg
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+        .collect();
+    let collector = SharedCollector::new(Collector::new(
+        probe,
+        cfg.discovery.proc_path.clone(),
+        cfg.discovery.stopped_instance_retention.as_duration(),
+        labels,
+    ));
+    let store = match cfg.storage.enabled {
+        true => Some(Arc::new(
+            Store::open(&cfg.storage).map_err(|e| RunError::start("store", e))?,
+        )),
+        false => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::start("async runtime", e))?;
+
+    // Workers in pipeline order; stopped in reverse.
+    let mut workers = Workers::default();
+    let result = start_and_serve(&cfg, collector, store.clone(), &runtime, &mut workers);
+    workers.stop_all();
+    if let Some(store) = store {
+        close_store(store);
+    }
+    if result.is_ok() {
+        info!("stopped");
+    }
+    result
+}
+
+/// Starts every stage after the probes, then serves HTTP until a signal.
+fn start_and_serve(
+    cfg: &Config,
+    collector: SharedCollector,
+    store: Option<Arc<Store>>,
+    runtime: &tokio::runtime::Runtime,
+    workers: &mut Workers,
+) -> Result<(), RunError> {
+    let health = Arc::new(expose::Health::default());
+    health.set_not_ready("first discovery scan has not finished");
+    let ready = health.clone();
+    workers.push(
+        collect::discovery_loop::spawn(collector.clone(), &cfg.discovery, move || ready.set_ready(true))
+            .map_err(|e| RunError::start("discovery", e))?,
+    );
+    let collect: Arc<dyn MetricsSource> = Arc::new(collector);
+
+    // notify: the built-in notifier and/or forwarding to external Alertmanagers.
+    let mut sinks: Vec<Arc<dyn AlertSink>> = Vec::new();
+    let notifier = match cfg.alertmanager.clone() {
+        Some(am) => {
+            let dir = cfg.storage.path.join("notify");
+            let n = runtime
+                .block_on(async { Notifier::new(am, &dir) })
+                .map_err(|e| RunError::start("notifier", e))?;
+            n.set_external_url(&external_url(cfg));
+            sinks.push(Arc::new(n.clone()));
+            let n2 = n.clone();
+            workers.push(Worker::spawn_task(
+                "notifier",
+                runtime.handle(),
+                move |stop| async move { n2.run(stop.wait()).await },
+            ));
+            Some(n)
+        }
+        None => None,
+    };
+    let forwarder = match cfg.alerting.alertmanagers.is_empty() {
+        true => None,
+        false => {
+            let f = runtime
+                .block_on(async { ForwardingSink::new(&cfg.alerting) })
+                .map(Arc::new)
+                .map_err(|e| RunError::start("alerting.alertmanagers", e))?;
+            sinks.push(f.clone());
+            let f2 = f.clone();
+            workers.push(Worker::spawn_task(
+                "forwarder",
+                runtime.handle(),
+                move |stop| async move { f2.run(stop.wait()).await },
+            ));
+            Some(f)
+        }
+    };
+
+    // rules and the query API need the store (rules read history and write ALERTS / recordings).
+    let mut api = axum::Router::new();
+    let rules = match &store {
+        Some(store) => {
+            let reader: Arc<dyn SeriesReader> = store.clone();
+            let writer: Arc<dyn SeriesWriter> = store.clone();
+            let sink: Arc<dyn AlertSink> = Arc::new(FanoutSink(sinks));
+            // Rules read history plus the probes' live values (see live.rs).
+            let rules_reader: Arc<dyn SeriesReader> = Arc::new(LiveReader::new(reader.clone(), collect.clone()));
+            let m = Arc::new(RuleManager::new(rules_reader, writer, sink, cfg.rules.clone()));
+            let n = m.load_configured().map_err(|e| RunError::start("rules", e))?;
+            info!(rules = n, "rules loaded");
+            workers.push(m.spawn().map_err(|e| RunError::start("rules", e))?);
+            api = api
+                .merge(query::api::api_router(reader, query::QueryOptions::default()))
+                .merge(rules::rules_router(m.clone()));
+            Some(m)
+        }
+        None => {
+            if !cfg.rules.rule_files.is_empty() {
+                warn!("storage is disabled: rules are not evaluated (they need the store)");
+            }
+            None
+        }
+    };
+
+    let source: Arc<dyn MetricsSource> = Arc::new(Pipeline {
+        collect,
+        store: store.clone(),
+        rules,
+        notifier,
+        forwarder,
+    });
+    if let Some(store) = &store {
+        let sampled: Arc<dyn MetricsSource> = Arc::new(Sampled(source.clone()));
+        workers.push(
+            store::sampler::spawn(store.clone(), sampled, cfg.storage.interval.as_duration())
+                .map_err(|e| RunError::start("sampler", e))?,
+        );
+    }
+    runtime.block_on(expose::serve(
+        cfg.web.listen_address,
+        cfg.web.telemetry_path.clone(),
+        source,
+        health,
+        api,
+        shutdown_signal(),
+    ))?;
+    Ok(())
+}
+
+/// The loops the supervisor started, in start order.
+#[derive(Default)]
+struct Workers(Vec<Worker>);
+
+impl Workers {
+    fn push(&mut self, w: Worker) {
+        debug!(worker = w.name(), "started");
+        self.0.push(w);
+    }
+
+    /// Stops the loops last-started first: consumers before their producers.
+    fn stop_all(&mut self) {
+        while let Some(w) = self.0.pop() {
+            debug!(worker = w.name(), "stopping");
+            w.stop();
+        }
+    }
+}
+
+/// Preflight: kernel, BTF, capabilities. Fatal findings are logged one per line.
+fn check_host() -> Result<(), RunError> {
+    let pre = preflight::run();
+    for n in &pre.notes {
+        debug!("{n}");
+    }
+    for w in &pre.warnings {
+        warn!("{w}");
+    }
+    if pre.fatal.is_empty() {
+        return Ok(());
+    }
+    for f in &pre.fatal {
+        error!("{f}");
+    }
+    Err(RunError::Preflight)
+}
+
+/// Writes what is left in memory; the store is only closed once nothing else holds it.
+fn close_store(store: Arc<Store>) {
+    match Arc::try_unwrap(store) {
+        Ok(s) => {
+            if let Err(e) = s.close() {
+                warn!("closing the store: {e}");
+            }
+        }
+        Err(s) => s.flush(),
+    }
+}
+
+/// What templates and generator URLs use to link back to this agent.
+fn external_url(cfg: &Config) -> String {
+    if !cfg.rules.external_url.is_empty() {
+        return cfg.rules.external_url.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let port = match cfg.web.listen_address {
+        expose::ListenAddress::AllInterfaces { port } => port,
+        expose::ListenAddress::Socket(a) => a.port(),
+    };
+    format!("http://{host}:{port}")
+}
+
+/// Loading parses the kernel's whole BTF (several MB) twice; the heap keeps
+/// those pages after they are freed. Hand them back so the agent stays small.
+fn release_load_time_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions; it only returns free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    info!("shutting down");
+}
+
+/// `ngxprobe query EXPR`: against a running agent (`addr`, default the
+/// configured listen address on loopback) or a stopped agent's data directory.
+pub fn query_cli(
+    args: &RunArgs,
+    expr: &str,
+    time: Option<&str>,
+    addr: Option<String>,
+    data_dir: Option<PathBuf>,
+) -> Result<(), RunError> {
+    let mut out = std::io::stdout();
+    let result = match data_dir {
+        Some(dir) => {
+            let sc = store::StorageConfig {
+                path: dir,
+                ..Default::default()
+            };
+            let store = Store::open(&sc).map_err(|e| RunError::start("query", e))?;
+            query::cli::run_query_cli(query::cli::QueryTarget::Reader(&store), expr, time, &mut out)
+        }
+        None => {
+            let addr = match addr {
+                Some(a) => a,
+                None => effective_config(args)?.web.local_address(),
+            };
+            query::cli::run_query_cli(query::cli::QueryTarget::Http(addr), expr, time, &mut out)
+        }
+    };
+    result.map_err(|e| RunError::start("query", e))
+}
