@@ -11,7 +11,6 @@
 //! inverted index) → one series' head mutex. Readers take `reg` shared, copy
 //! `Arc`s, release it, then lock each series only to copy chunk pointers.
 //! Persisted data is read through redb MVCC read transactions.
-#![allow(dead_code)] // parts of the API are used by stages not wired yet
 
 pub mod chunk;
 mod config;
@@ -23,7 +22,6 @@ mod rc;
 mod tests;
 mod wal;
 
-#[allow(unused_imports)] // for the config stage and tests
 pub use config::{ByteSize, StorageConfig, WalFsync};
 pub use disk::BLOCK_MS;
 
