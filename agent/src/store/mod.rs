@@ -111,6 +111,9 @@ struct Registry {
     next_id: u32,
 }
 
+/// family name → sample labels as given → series.
+type IngestCache = HashMap<String, HashMap<Vec<(String, String)>, Arc<MemSeries>>>;
+
 struct Writer {
     wal: wal::WalWriter,
     writable: bool,
@@ -131,7 +134,7 @@ struct Writer {
     /// family name → sample labels as given → series: lets `ingest` find a
     /// series without building and sorting a `Labels` (the hot path). Cleared
     /// when retention removes series.
-    ingest_cache: HashMap<String, HashMap<Vec<(String, String)>, Arc<MemSeries>>>,
+    ingest_cache: IngestCache,
 }
 
 pub struct Store {

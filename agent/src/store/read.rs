@@ -15,6 +15,9 @@ const MAX_READ_THREADS: usize = 4;
 /// Below this many series per thread, a thread costs more than it saves.
 const SERIES_PER_READ_THREAD: usize = 8;
 
+/// Samples read, and descriptions of the corrupt chunks skipped on the way.
+type Decoded = (Vec<SeriesData>, Vec<String>);
+
 fn read_threads() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(|| {
@@ -49,12 +52,7 @@ impl Store {
 
     /// Samples of `series` in [mint, maxt] (head and disk), plus the
     /// descriptions of corrupt chunks skipped on the way.
-    fn read_series(
-        &self,
-        series: &[Arc<MemSeries>],
-        mint: i64,
-        maxt: i64,
-    ) -> Result<(Vec<SeriesData>, Vec<String>), ReadError> {
+    fn read_series(&self, series: &[Arc<MemSeries>], mint: i64, maxt: i64) -> Result<Decoded, ReadError> {
         let db = self.db();
         let mut reader = match db.as_deref() {
             Some(db) => Some(disk::Reader::new(db, &self.dir).map_err(ReadError::Io)?),
@@ -119,7 +117,7 @@ impl SeriesReader for Store {
         // keeps the index's order). Small selects stay on the caller's thread,
         // and so does a slice whose thread the OS refuses to start.
         let threads = read_threads().min(series.len() / SERIES_PER_READ_THREAD).max(1);
-        let parts: Vec<Result<(Vec<SeriesData>, Vec<String>), ReadError>> = if threads == 1 {
+        let parts: Vec<Result<Decoded, ReadError>> = if threads == 1 {
             vec![self.read_series(&series, mint, maxt)]
         } else {
             let per = series.len().div_ceil(threads);
