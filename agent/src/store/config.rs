@@ -114,7 +114,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (u, m) in SIZE_UNITS {
-            if self.0 != 0 && self.0 % m == 0 {
+            if self.0 != 0 && self.0.is_multiple_of(m) {
                 return write!(f, "{}{u}", self.0 / m);
             }
         }

@@ -111,11 +111,14 @@ fn dec_meta(b: &[u8]) -> Option<MetricMeta> {
     }
 }
 
+/// A series found by `load`: id, labels, (mint, maxt) of its persisted data
+/// if any.
+pub type LoadedSeries = (u32, Labels, Option<(i64, i64)>);
+
 /// What `load` found on disk.
 #[derive(Default)]
 pub struct Loaded {
-    /// id, labels, (mint, maxt) of its persisted data if any.
-    pub series: Vec<(u32, Labels, Option<(i64, i64)>)>,
+    pub series: Vec<LoadedSeries>,
     pub meta: Vec<(String, MetricMeta)>,
     /// Unreadable entries (reported and skipped).
     pub corrupt: Vec<String>,
@@ -161,9 +164,12 @@ pub fn load(db: &Database) -> DbResult<Loaded> {
     Ok(out)
 }
 
+/// One encoded chunk to persist: series id, chunk bytes, chunk mint.
+pub type NewChunk = (u32, Vec<u8>, i64);
+
 pub struct PersistBatch {
     pub new_series: Vec<(u32, Labels)>,
-    pub chunks: Vec<(u32, Vec<u8>, i64)>, // id, bytes, mint
+    pub chunks: Vec<NewChunk>,
     pub meta: Vec<(String, MetricMeta)>,
 }
 
@@ -176,7 +182,7 @@ fn block_path(dir: &Path, block: i64) -> std::path::PathBuf {
 pub fn persist(db: &Database, dir: &Path, b: &PersistBatch) -> DbResult<u64> {
     let cdir = dir.join(CHUNK_DIR);
     fs::create_dir_all(&cdir).map_err(err)?;
-    let mut by_block: std::collections::BTreeMap<i64, Vec<&(u32, Vec<u8>, i64)>> = Default::default();
+    let mut by_block: std::collections::BTreeMap<i64, Vec<&NewChunk>> = Default::default();
     for c in &b.chunks {
         by_block.entry(block_of(c.2)).or_default().push(c);
     }

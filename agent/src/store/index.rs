@@ -96,6 +96,7 @@ impl Index {
         acc.unwrap_or_else(|| self.all.clone())
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.all.len()
     }

@@ -1,10 +1,17 @@
 //! Store tests: behaviour through the public API, restarts, corruption,
 //! retention, a SIGKILL crash loop and a real full disk (tmpfs).
+use super::maintain::RETRY_EVERY;
 use super::*;
-use crate::series::{MatchOp, is_stale_marker};
-use std::io::BufRead as _;
+use crate::metrics::{Family, MetricType};
+use crate::series::{
+    AppendError, Labels, MatchOp, Matcher, MetricKind, SeriesData, SeriesReader as _, SeriesWriter as _,
+    is_stale_marker,
+};
+use std::fs::OpenOptions;
+use std::io::{BufRead as _, Write as _};
 use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 pub struct TempDir(pub PathBuf);
 

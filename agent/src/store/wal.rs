@@ -274,23 +274,9 @@ pub struct WalWriter {
     seg: u64,
     file: Option<File>,
     pub buf: Vec<u8>,
-    pub seg_bytes: u64,
 }
 
 impl WalWriter {
-    pub fn open(dir: &Path, seg: u64) -> io::Result<Self> {
-        let path = segment_path(dir, seg);
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let seg_bytes = file.metadata()?.len();
-        Ok(WalWriter {
-            dir: dir.to_path_buf(),
-            seg,
-            file: Some(file),
-            buf: Vec::with_capacity(64 << 10),
-            seg_bytes,
-        })
-    }
-
     /// A writer with no file (the WAL could not be opened: disk full or
     /// read-only). Every flush fails until a checkpoint succeeds.
     pub fn detached(dir: &Path, seg: u64) -> Self {
@@ -299,7 +285,6 @@ impl WalWriter {
             seg,
             file: None,
             buf: Vec::new(),
-            seg_bytes: 0,
         }
     }
 
@@ -313,9 +298,6 @@ impl WalWriter {
                 .write_all(&self.buf)
                 .and_then(|()| if sync { f.sync_data() } else { Ok(()) }),
         };
-        if res.is_ok() {
-            self.seg_bytes += self.buf.len() as u64;
-        }
         self.buf.clear();
         res
     }
@@ -346,7 +328,6 @@ impl WalWriter {
         }
         self.file = Some(f);
         self.seg = next;
-        self.seg_bytes = content.len() as u64;
         self.buf.clear();
         Ok(())
     }
