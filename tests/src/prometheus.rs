@@ -351,20 +351,24 @@ impl Prometheus {
     }
 }
 
-/// `GET path?params` (url-encoded) on a Prometheus-compatible HTTP API
-/// (Prometheus, ngxprobe) → the JSON answer, whatever the HTTP status (error
-/// answers are JSON too: `{"status":"error","errorType":...}`).
-pub fn api_get(addr: SocketAddr, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
+/// `path?k=v&...` with keys and values percent-encoded.
+pub fn api_path(path: &str, params: &[(&str, String)]) -> String {
     let q: Vec<String> = params
         .iter()
         .map(|(k, v)| format!("{}={}", url_encode(k), url_encode(v)))
         .collect();
-    let full = if q.is_empty() {
+    if q.is_empty() {
         path.to_string()
     } else {
         format!("{path}?{}", q.join("&"))
-    };
-    let (status, body) = http_get(addr, &full)?;
+    }
+}
+
+/// `GET path?params` (url-encoded) on a Prometheus-compatible HTTP API
+/// (Prometheus, ngxprobe) → the JSON answer, whatever the HTTP status (error
+/// answers are JSON too: `{"status":"error","errorType":...}`).
+pub fn api_get(addr: SocketAddr, path: &str, params: &[(&str, String)]) -> Result<serde_json::Value> {
+    let (status, body) = http_get(addr, &api_path(path, params))?;
     let text = String::from_utf8_lossy(&body);
     serde_json::from_str(&text).with_context(|| {
         let end = text.floor_char_boundary(300);
@@ -384,6 +388,14 @@ mod tests {
         );
         assert_eq!(secs(1_700_000_000_500), "1700000000.500");
         assert_eq!(secs(-1), "-1.999");
+        assert_eq!(
+            api_path(
+                "/api/v1/query",
+                &[("query", "rate(x[1m])".into()), ("time", "1.5".into())]
+            ),
+            "/api/v1/query?query=rate%28x%5B1m%5D%29&time=1.5"
+        );
+        assert_eq!(api_path("/-/ready", &[]), "/-/ready");
         let mut rng = Rng::new(7);
         let t = scrape_times(&mut rng, 1000, 50, 10, 20);
         assert!(t[0] >= 1000 && t[0] < 1020);

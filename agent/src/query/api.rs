@@ -260,10 +260,12 @@ fn ts_json(t: i64) -> J {
     json!(t as f64 / 1000.0)
 }
 
-/// The success body of a query answer, written straight into a string
-/// (building a `serde_json::Value` tree costs more than evaluating a large
-/// range query). Same shapes and number formats as Prometheus.
-pub(crate) fn result_body(r: &QueryResult, limit: usize) -> String {
+/// The success body of a query answer (`{"status":"success","data":...}`),
+/// written straight into a string (building a `serde_json::Value` tree costs
+/// more than evaluating a large range query). Same shapes and number formats
+/// as Prometheus. `limit` > 0 keeps at most that many series (the API's
+/// `limit` parameter); 0 keeps all.
+pub fn result_body(r: &QueryResult, limit: usize) -> String {
     let lim = |n: usize| if limit == 0 { n } else { n.min(limit) };
     let mut o = String::with_capacity(64);
     o.push_str(r#"{"status":"success","data":{"resultType":"#);

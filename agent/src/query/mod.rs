@@ -15,8 +15,6 @@ mod go_strings;
 pub mod value;
 
 #[cfg(test)]
-mod bench;
-#[cfg(test)]
 mod differential;
 #[cfg(test)]
 mod fuzz;
