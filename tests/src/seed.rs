@@ -30,19 +30,19 @@ pub const SEED_RULE: &str = r#"groups:
       summary: High request rate on nginx
 "#;
 
-/// The same alert on the request rate, so that it resolves when load stops.
-pub const RATE_RULE: &str = r#"groups:
-- name: example
-  rules:
-  - alert: WebServerConnectivity
-    expr: rate(nginx_http_requests_total[5s]) > 100
-    for: 2s
-    labels:
-      severity: critical
-    annotations:
-      description: The rate of HTTP requests is higher than 100 per minute.
-      summary: High request rate on nginx
-"#;
+/// The seed rule's condition, replaced by [`rate_rule`].
+pub const SEED_EXPR: &str = r#"expr: nginx_http_requests_total{instance="192.168.49.10:9113",job="nginx"} > 100
+    for: 1m"#;
+
+/// The same alert on the request rate, so that it resolves when load stops:
+/// [`SEED_RULE`] with `expr: rate(nginx_http_requests_total[5s]) > 100` and
+/// `for: 2s`, nothing else changed.
+pub fn rate_rule() -> String {
+    SEED_RULE.replace(
+        SEED_EXPR,
+        "expr: rate(nginx_http_requests_total[5s]) > 100\n    for: 2s",
+    )
+}
 
 /// What the seed's receiver makes of the rules' alert: title, text (summary), channel.
 pub const TITLE: &str = "critical: WebServerConnectivity";
@@ -70,5 +70,13 @@ mod tests {
         assert!(r.contains("api_url: 'http://127.0.0.1:1/x'"));
         assert_eq!(r.replace("http://127.0.0.1:1/x", SEED_API_URL), SEED_RECEIVERS);
         assert_eq!(indent("a:\n  b\n", "  "), "  a:\n    b\n");
+    }
+
+    #[test]
+    fn rate_rule_only_changes_expr_and_for() {
+        let r = rate_rule();
+        assert_ne!(r, SEED_RULE);
+        assert!(r.contains("    expr: rate(nginx_http_requests_total[5s]) > 100\n    for: 2s\n    labels:"));
+        assert_eq!(r.lines().count(), SEED_RULE.lines().count());
     }
 }

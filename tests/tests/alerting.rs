@@ -27,7 +27,7 @@
 //! instance's series stay exported for 5 minutes, which would hold (a)'s
 //! alert firing for that long after nginx stops).
 use ngxprobe_e2e::clients::WrkRun;
-use ngxprobe_e2e::seed::{self, CHANNEL, RATE_RULE, SEED_RULE, SUMMARY, TITLE};
+use ngxprobe_e2e::seed::{self, CHANNEL, SEED_RULE, SUMMARY, TITLE};
 use ngxprobe_e2e::slack_receiver::{Received, SlackReceiver};
 use ngxprobe_e2e::util::{Poll, TempDir, poll};
 use ngxprobe_e2e::{Agent, Nginx, NginxOptions, guard};
@@ -277,7 +277,7 @@ fn seed_rule_fires_and_resolves() {
 #[test]
 fn rate_rule_fires_and_resolves() {
     let _g = guard("rate_rule_fires_and_resolves");
-    let s = setup(RATE_RULE, false);
+    let s = setup(&seed::rate_rule(), false);
     let conf = s.conf.clone();
     let url = s.nginx.as_ref().unwrap().url("/");
     assert_eq!(

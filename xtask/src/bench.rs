@@ -135,15 +135,12 @@ struct Results {
 }
 
 pub fn overhead(args: OverheadArgs) -> Result<()> {
-    if !util::is_root() {
-        bail!("`cargo xtask bench overhead` must run as root (the agent loads eBPF programs; bpf_stats is a sysctl)");
-    }
-    if !args.no_setup {
-        crate::setup::setup()?;
-    }
-    if !args.no_build {
-        crate::build(true)?;
-    }
+    crate::bench_prelude(
+        "overhead",
+        "the agent loads eBPF programs; bpf_stats is a sysctl",
+        args.no_setup,
+        args.no_build,
+    )?;
     if args.rounds < 5 {
         eprintln!(
             "note: {} rounds; medians need >= 5 rounds to mean much on a noisy machine",

@@ -22,7 +22,7 @@ use crate::util::{self, check_interrupted, median, sleep};
 use anyhow::{Context as _, Result, bail};
 use ngxprobe_e2e::clients::{self, read_response};
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get};
-use ngxprobe_e2e::seed::{self, RATE_RULE, TITLE};
+use ngxprobe_e2e::seed::{self, TITLE};
 use ngxprobe_e2e::slack_receiver::{Received, SlackReceiver};
 use ngxprobe_e2e::util::{ChildGuard, TempDir, free_port, tail};
 use ngxprobe_e2e::{Agent, AgentOptions, Nginx, NginxOptions};
@@ -100,15 +100,12 @@ impl Side {
 }
 
 pub fn alert_latency(args: AlertLatencyArgs) -> Result<()> {
-    if !util::is_root() {
-        bail!("`cargo xtask bench alert-latency` must run as root (the agent loads eBPF programs)");
-    }
-    if !args.no_setup {
-        crate::setup::setup()?;
-    }
-    if !args.no_build {
-        crate::build(true)?;
-    }
+    crate::bench_prelude(
+        "alert-latency",
+        "the agent loads eBPF programs",
+        args.no_setup,
+        args.no_build,
+    )?;
     let agent_bin = args.agent.clone().unwrap_or_else(util::agent_bin);
     for (what, p) in [
         ("agent", &agent_bin),
@@ -663,7 +660,7 @@ impl Stack {
         nginx: &Nginx,
     ) -> Result<Stack> {
         let rules = dir.join("rules.yml");
-        std::fs::write(&rules, RATE_RULE)?;
+        std::fs::write(&rules, seed::rate_rule())?;
         let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
 
         // --- peer stack: exporter, Alertmanager, Prometheus.
