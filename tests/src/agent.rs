@@ -1,5 +1,5 @@
 //! The agent under test: `$NGXPROBE_BIN --web.listen-address 127.0.0.1:<port>`.
-use crate::clients::http_get;
+use crate::clients::{get_json, http_get};
 use crate::metrics_text::{AgentView, Scrape};
 use crate::util::{self, ChildGuard, Poll, TempDir, poll};
 use anyhow::{Context, Result, bail};
@@ -29,6 +29,8 @@ pub struct AgentOptions {
     pub storage_path: Option<PathBuf>,
     /// More arguments, after the others.
     pub extra_args: Vec<String>,
+    /// Extra environment variables for the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Agent {
@@ -92,6 +94,7 @@ impl Agent {
             .arg("--storage.path")
             .arg(data)
             .args(&opts.extra_args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf);
@@ -153,6 +156,11 @@ impl Agent {
         Ok(())
     }
 
+    /// `Some(status)` if the agent has exited (it is then reaped).
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// SIGKILLs the agent (no shutdown code runs) and reaps it.
     pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
         self.child.stop(libc::SIGKILL, Duration::from_secs(5))
@@ -165,12 +173,7 @@ impl Agent {
 
     /// `GET path` on the agent, expecting 200 and a JSON body.
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value> {
-        let (status, body) = http_get(self.addr, path)?;
-        let text = String::from_utf8_lossy(&body);
-        if status != 200 {
-            bail!("GET {path}: status {status}: {text}");
-        }
-        serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON: {text}"))
+        get_json(self.addr, path)
     }
 
     /// `GET /api/v1/query?query=<promql>` → `data` (status must be "success").
@@ -226,7 +229,7 @@ impl Drop for Agent {
     }
 }
 
-/// `GET /metrics` from an agent at `addr`, parsed.
+/// `GET /metrics` from an agent (or any Prometheus exporter) at `addr`, parsed.
 pub fn scrape(addr: SocketAddr) -> Result<Scrape> {
     let (status, body) = http_get(addr, "/metrics")?;
     if status != 200 {

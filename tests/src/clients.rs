@@ -55,6 +55,11 @@ fn read_line(r: &mut impl BufRead) -> Result<String> {
 /// Content-Length, chunked encoding, or EOF (HTTP/1.0 / no length).
 /// `head_only`: the request was HEAD (no body).
 pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<Response> {
+    read_response_keeping(r, head_only, KEEP_BODY)
+}
+
+/// As [`read_response`], keeping the first `keep` bytes of the body.
+pub fn read_response_keeping(r: &mut impl BufRead, head_only: bool, keep: usize) -> Result<Response> {
     let status_line = read_line(r)?;
     let mut parts = status_line.splitn(3, ' ');
     let proto = parts.next().unwrap_or("");
@@ -87,7 +92,7 @@ pub fn read_response(r: &mut impl BufRead, head_only: bool) -> Result<Response> 
     let mut buf = vec![0u8; 64 * 1024];
     let blen = buf.len() as u64;
     let sink = |resp: &mut Response, data: &[u8]| {
-        let keep = KEEP_BODY.saturating_sub(resp.body_head.len()).min(data.len());
+        let keep = keep.saturating_sub(resp.body_head.len()).min(data.len());
         resp.body_head.extend_from_slice(&data[..keep]);
         resp.body_len += data.len() as u64;
     };
@@ -170,17 +175,32 @@ pub fn close_gracefully(s: TcpStream) -> Result<()> {
     bail!("server kept sending after half-close")
 }
 
-/// A minimal GET with `Connection: close` over HTTP/1.1, reading to EOF.
-/// Used for the agent's /readyz and /metrics.
+/// Largest body [`http_get`] returns.
+pub const MAX_GET_BODY: usize = 1 << 30;
+
+/// A minimal GET with `Connection: close` over HTTP/1.1: (status, whole
+/// body). Used for the agent's /readyz, /metrics and API, and other
+/// Prometheus-style servers.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
     let mut s = connect(addr)?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut r = BufReader::new(s);
-    let resp = read_response(&mut r, false).with_context(|| format!("GET http://{addr}{path}"))?;
+    let resp =
+        read_response_keeping(&mut r, false, MAX_GET_BODY).with_context(|| format!("GET http://{addr}{path}"))?;
     if resp.body_len as usize > resp.body_head.len() {
-        bail!("GET {path}: body larger than {KEEP_BODY} bytes is not supported here");
+        bail!("GET {path}: body larger than {MAX_GET_BODY} bytes");
     }
     Ok((resp.status, resp.body_head))
+}
+
+/// `GET path`, expecting 200 and a JSON body.
+pub fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
+    let (status, body) = http_get(addr, path)?;
+    let text = String::from_utf8_lossy(&body);
+    if status != 200 {
+        bail!("GET http://{addr}{path}: status {status}: {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("GET http://{addr}{path}: not JSON: {text}"))
 }
 
 /// GET with `Connection: close`; reads the response and then EOF.
@@ -456,14 +476,23 @@ pub fn post(
 // ---------------------------------------------------------------------------
 // wrk
 
+/// `$WRK_BIN`, else /usr/bin/wrk, else `wrk` from PATH.
 pub fn wrk_bin() -> String {
-    std::env::var("WRK_BIN").unwrap_or_else(|_| "/usr/bin/wrk".into())
+    if let Ok(b) = std::env::var("WRK_BIN") {
+        return b;
+    }
+    if std::path::Path::new("/usr/bin/wrk").is_file() {
+        return "/usr/bin/wrk".into();
+    }
+    crate::util::find_executable("wrk").map_or_else(|| "/usr/bin/wrk".into(), |p| p.to_string_lossy().into_owned())
 }
 
 /// wrk's summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WrkResult {
     pub requests: u64,
+    /// How long wrk ran, from `N requests in 10.00s` (wrk's own clock).
+    pub duration: Duration,
     pub non_2xx_3xx: u64,
     pub connect_errors: u64,
     pub read_errors: u64,
@@ -476,6 +505,27 @@ impl WrkResult {
     pub fn socket_errors(&self) -> u64 {
         self.connect_errors + self.read_errors + self.write_errors + self.timeouts
     }
+
+    /// Socket errors plus responses that were neither 2xx nor 3xx.
+    pub fn errors(&self) -> u64 {
+        self.socket_errors() + self.non_2xx_3xx
+    }
+
+    /// Completed requests per second of wrk's own run time.
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.duration.as_secs_f64().max(1e-9)
+    }
+}
+
+/// wrk's durations: `10.00s`, `1.50m`, `2.00h`, `500.00ms`, `900.00us`.
+pub fn parse_wrk_duration(s: &str) -> Option<Duration> {
+    for (suffix, secs) in [("ms", 1e-3), ("us", 1e-6), ("m", 60.0), ("h", 3600.0), ("s", 1.0)] {
+        if let Some(v) = s.strip_suffix(suffix) {
+            let v = v.parse::<f64>().ok()? * secs;
+            return (v.is_finite() && v >= 0.0).then(|| Duration::from_secs_f64(v));
+        }
+    }
+    None
 }
 
 /// Parses wrk's text output.
@@ -488,10 +538,14 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
     for line in out.lines() {
         let l = line.trim();
         if l.contains(" requests in ") {
-            r.requests = l
-                .split_whitespace()
-                .next()
+            // "812345 requests in 10.00s, 600.12MB read"
+            let mut words = l.split_whitespace();
+            let (n, d) = (words.next(), words.nth(2));
+            r.requests = n
                 .and_then(|n| n.parse().ok())
+                .with_context(|| format!("bad wrk line {l:?}"))?;
+            r.duration = d
+                .and_then(|d| parse_wrk_duration(d.trim_end_matches(',')))
                 .with_context(|| format!("bad wrk line {l:?}"))?;
             saw_requests = true;
         } else if let Some(rest) = l.strip_prefix("Non-2xx or 3xx responses:") {
@@ -599,6 +653,12 @@ mod tests {
         let out = "Running 2s test @ http://127.0.0.1:8080/\n  1 threads and 20 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   1.06ms  307.47us   6.43ms   85.06%\n    Req/Sec    18.93k     1.03k   20.43k    75.00%\n  37658 requests in 2.00s, 29.23MB read\n  Socket errors: connect 0, read 3, write 1, timeout 2\n  Non-2xx or 3xx responses: 37658\nRequests/sec:  18803.83\nTransfer/sec:     14.59MB\n";
         let r = parse_wrk(out).unwrap();
         assert_eq!(r.requests, 37658);
+        assert_eq!(r.duration, Duration::from_secs(2));
+        assert_eq!(r.errors(), 37658 + 6);
+        assert!((r.rate() - 18829.0).abs() < 1e-6);
+        assert_eq!(parse_wrk_duration("1.50m"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_wrk_duration("500.00ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_wrk_duration("10"), None);
         assert_eq!(r.non_2xx_3xx, 37658);
         assert_eq!(
             (r.connect_errors, r.read_errors, r.write_errors, r.timeouts),

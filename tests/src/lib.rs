@@ -7,6 +7,12 @@
 //! * [`metrics_text`]: Prometheus text parsing, per-`conf_path` views.
 //! * [`measure`]: the exact measurement protocol and the invariant monitor.
 //! * [`slack_receiver`]: a local HTTP server standing in for Slack's webhook.
+//! * [`seed`]: the seed's Slack receiver and alerting rule.
+//! * [`prometheus`]: Debian's Prometheus and promtool as processes, the
+//!   reference for comparisons (queries, alert latency).
+//!
+//! `cargo xtask bench` uses the same pieces (so this crate must not depend on
+//! the agent crate: xtask builds before the eBPF toolchain exists).
 //!
 //! Tests in one binary are serialised ([`util::serial`]) and each has a
 //! watchdog; every process started is killed by PID on drop, also on panic.
@@ -16,6 +22,8 @@ pub mod measure;
 pub mod metrics_text;
 pub mod nginx;
 pub mod oracle;
+pub mod prometheus;
+pub mod seed;
 pub mod slack_receiver;
 pub mod util;
 

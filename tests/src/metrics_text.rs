@@ -1,6 +1,7 @@
 //! Minimal Prometheus text-format parser and the per-instance view of the
 //! stub_status families ngxprobe exports (nginx-prometheus-exporter names).
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
@@ -143,6 +144,30 @@ impl Scrape {
         Ok(first.map(|s| s.value))
     }
 
+    /// Sum of every `name` sample (all series of the family; 0 if none).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.samples.iter().filter(|s| s.name == name).map(|s| s.value).sum()
+    }
+
+    /// Sum of the `name` samples whose label `label` is `value`.
+    pub fn sum_where(&self, name: &str, label: &str, value: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name && s.label(label) == Some(value))
+            .map(|s| s.value)
+            .sum()
+    }
+
+    /// Sums of the `name` samples by the value of label `by` (samples
+    /// without it count under "").
+    pub fn sum_by(&self, name: &str, by: &str) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for s in self.samples.iter().filter(|s| s.name == name) {
+            *out.entry(s.label(by).unwrap_or_default().to_string()).or_insert(0.0) += s.value;
+        }
+        out
+    }
+
     /// Every conf_path label value seen on `nginx_up`.
     pub fn conf_paths(&self) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -228,5 +253,24 @@ other_metric 1.5e3
             .unwrap();
         assert!(dup.value(UP, "/a").is_err());
         assert!(parse("bad{conf_path=\"x} 1").is_err());
+    }
+
+    #[test]
+    fn sums_by_label() {
+        let s = Scrape::parse(
+            "# HELP x y\nruns_total{program=\"recv\"} 10\nruns_total{program=\"state\"} 5\n\
+             runs_total{program=\"recv\",cpu=\"1\"} 2\nruns_total 1\n\
+             nginx_http_requests_total{conf_path=\"/a b/\\\"n\\\".conf\",container_id=\"\"} 1.5e+03\n"
+                .to_string(),
+        )
+        .unwrap();
+        let by = s.sum_by("runs_total", "program");
+        assert_eq!(by.get("recv"), Some(&12.0));
+        assert_eq!(by.get("state"), Some(&5.0));
+        assert_eq!(by.get(""), Some(&1.0));
+        assert_eq!(s.sum("runs_total"), 18.0);
+        assert_eq!(s.sum("absent"), 0.0);
+        assert_eq!(s.sum_where(REQUESTS, "conf_path", "/a b/\"n\".conf"), 1500.0);
+        assert_eq!(s.sum_where(REQUESTS, "conf_path", "/other"), 0.0);
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! Layout of the instance:
 //! * main server on `127.0.0.1:<main_port>` and `[::1]:<main_port>`: static
-//!   files from `<dir>/html` (`index.html` ≈600 bytes, `big.bin` 10 MB) with
-//!   sendfile on; `/nosendfile/` aliases the same files with sendfile off;
+//!   files from `<dir>/html` (`index.html` ≈600 bytes, `big.bin` 10 MB unless
+//!   [`NginxOptions::big_file`] is off) with sendfile on; `/nosendfile/`
+//!   aliases the same files with sendfile off;
 //!   `location = /echo { return 200 "ok\n"; }`.
 //! * oracle server on `127.0.0.1:<oracle_port>`: `location = /stub { stub_status; }`.
 //!   It belongs to the same instance, so its connections and requests are
@@ -28,6 +29,13 @@ pub struct NginxOptions {
     pub worker_processes: u32,
     /// Used in the temp dir name, to tell instances apart in logs.
     pub tag: String,
+    /// The nginx binary (default [`nginx_bin`]).
+    pub bin: Option<PathBuf>,
+    /// `keepalive_requests` (default 100000).
+    pub keepalive_requests: u64,
+    /// Write `html/big.bin` (10 MB; default on). Benchmarks that only serve
+    /// `index.html` turn it off.
+    pub big_file: bool,
 }
 
 impl Default for NginxOptions {
@@ -35,6 +43,9 @@ impl Default for NginxOptions {
         NginxOptions {
             worker_processes: 1,
             tag: "nginx".into(),
+            bin: None,
+            keepalive_requests: 100_000,
+            big_file: true,
         }
     }
 }
@@ -59,6 +70,7 @@ pub struct Nginx {
     master: ChildGuard,
     dir: TempDir,
     opts: NginxOptions,
+    bin: PathBuf,
     conf: PathBuf,
     main_port: u16,
     oracle_port: u16,
@@ -68,7 +80,7 @@ impl Nginx {
     /// Starts nginx and waits (bounded) until both servers answer and all
     /// workers are up. Retries with fresh ports if a port was taken meanwhile.
     pub fn start(opts: NginxOptions) -> Result<Nginx> {
-        let bin = nginx_bin();
+        let bin = opts.bin.clone().unwrap_or_else(nginx_bin);
         if !bin.exists() {
             bail!(
                 "nginx binary {} not found (install Debian's nginx or set NGINX_BIN)",
@@ -77,7 +89,7 @@ impl Nginx {
         }
         let mut last_err = None;
         for _attempt in 0..3 {
-            match Self::try_start(&opts) {
+            match Self::try_start(&opts, &bin) {
                 Ok(n) => return Ok(n),
                 Err(e) => {
                     eprintln!("[e2e] nginx start failed, retrying with new ports: {e:#}");
@@ -88,15 +100,15 @@ impl Nginx {
         Err(last_err.unwrap())
     }
 
-    fn try_start(opts: &NginxOptions) -> Result<Nginx> {
+    fn try_start(opts: &NginxOptions, bin: &Path) -> Result<Nginx> {
         let dir = TempDir::new(&opts.tag)?;
         let d = dir.path();
         let main_port = util::free_port()?;
         let oracle_port = util::free_port()?;
-        write_site(d)?;
+        write_site(d, opts.big_file)?;
         let conf = d.join("nginx.conf");
-        std::fs::write(&conf, config_text(d, opts.worker_processes, main_port, oracle_port))?;
-        let mut cmd = Command::new(nginx_bin());
+        std::fs::write(&conf, config_text(d, opts, main_port, oracle_port))?;
+        let mut cmd = Command::new(bin);
         cmd.arg("-p")
             .arg(d)
             .arg("-c")
@@ -111,6 +123,7 @@ impl Nginx {
             master,
             dir,
             opts: opts.clone(),
+            bin: bin.to_path_buf(),
             conf,
             main_port,
             oracle_port,
@@ -238,7 +251,7 @@ impl Nginx {
     pub fn reload(&self) -> Result<Vec<i32>> {
         let old: HashSet<i32> = self.worker_pids().into_iter().collect();
         let d = self.dir.path();
-        let mut cmd = Command::new(nginx_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("-p")
             .arg(d)
             .arg("-c")
@@ -341,7 +354,7 @@ impl Drop for Nginx {
     }
 }
 
-fn write_site(d: &Path) -> Result<()> {
+fn write_site(d: &Path, big_file: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let html = d.join("html");
     std::fs::create_dir_all(&html)?;
@@ -356,6 +369,10 @@ fn write_site(d: &Path) -> Result<()> {
     }
     index.push_str("</body></html>\n");
     std::fs::write(html.join("index.html"), index.as_bytes())?;
+    std::fs::set_permissions(html.join("index.html"), std::fs::Permissions::from_mode(0o644))?;
+    if !big_file {
+        return Ok(());
+    }
     // Deterministic, incompressible-ish content.
     let mut big = Vec::with_capacity(BIG_FILE_SIZE as usize);
     let mut x: u32 = 0x1234_5678;
@@ -367,14 +384,14 @@ fn write_site(d: &Path) -> Result<()> {
     }
     big.truncate(BIG_FILE_SIZE as usize);
     std::fs::write(html.join("big.bin"), &big)?;
-    for f in ["index.html", "big.bin"] {
-        std::fs::set_permissions(html.join(f), std::fs::Permissions::from_mode(0o644))?;
-    }
+    std::fs::set_permissions(html.join("big.bin"), std::fs::Permissions::from_mode(0o644))?;
     Ok(())
 }
 
-pub fn config_text(d: &Path, workers: u32, main_port: u16, oracle_port: u16) -> String {
+pub fn config_text(d: &Path, opts: &NginxOptions, main_port: u16, oracle_port: u16) -> String {
     let d = d.display();
+    let workers = opts.worker_processes;
+    let keepalive_requests = opts.keepalive_requests;
     format!(
         r#"# ngxprobe e2e instance (generated)
 daemon off;
@@ -395,7 +412,7 @@ http {{
     default_type application/octet-stream;
     access_log off;
     keepalive_timeout 65;
-    keepalive_requests 100000;
+    keepalive_requests {keepalive_requests};
     sendfile on;
     client_body_temp_path {d}/tmp/client_body;
     proxy_temp_path {d}/tmp/proxy;

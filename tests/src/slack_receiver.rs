@@ -56,6 +56,16 @@ impl Received {
             .and_then(|a| a.get(field).and_then(|s| s.as_str()).map(str::to_string))
             .unwrap_or_default()
     }
+
+    /// A firing notification: the default `fallback` starts `[FIRING:<n>]`.
+    pub fn is_firing(&self) -> bool {
+        self.att_str("fallback").starts_with("[FIRING:")
+    }
+
+    /// A resolved notification: the default `fallback` starts `[RESOLVED]`.
+    pub fn is_resolved(&self) -> bool {
+        self.att_str("fallback").starts_with("[RESOLVED]")
+    }
 }
 
 struct Shared {
@@ -128,17 +138,38 @@ impl SlackReceiver {
         timeout: Duration,
         pred: impl Fn(&Received) -> bool,
     ) -> Result<Received> {
+        self.wait_for_checked(what, from, timeout, pred, || Ok(()))
+    }
+
+    /// As [`SlackReceiver::wait_for`], calling `check` about every 100 ms
+    /// while waiting: an error from it (a process the caller depends on has
+    /// exited, an interrupt) ends the wait at once with that error.
+    pub fn wait_for_checked(
+        &self,
+        what: &str,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Received) -> bool,
+        mut check: impl FnMut() -> Result<()>,
+    ) -> Result<Received> {
+        let mut polls = 0u32;
         poll(what, timeout, Duration::from_millis(5), || {
             let all = self.all();
             if let Some(r) = all.iter().skip(from).find(|r| pred(r)) {
-                return Ok(Poll::Ready(r.clone()));
+                return Ok(Poll::Ready(Ok(r.clone())));
+            }
+            polls += 1;
+            if polls.is_multiple_of(20)
+                && let Err(e) = check()
+            {
+                return Ok(Poll::Ready(Err(e)));
             }
             Ok(Poll::Pending(format!(
                 "{} request(s) so far: {:?}",
                 all.len(),
                 all.iter().map(|r| &r.body).collect::<Vec<_>>()
             )))
-        })
+        })?
     }
 }
 
@@ -334,5 +365,15 @@ mod tests {
             .wait_for("second POST", 1, Duration::from_secs(1), |r| r.body.contains("\"a\""))
             .unwrap();
         assert_eq!(r.seq, 1);
+        let e = rx
+            .wait_for_checked(
+                "a third POST",
+                2,
+                Duration::from_secs(5),
+                |_| true,
+                || anyhow::bail!("the sender exited"),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("the sender exited"), "{e:#}");
     }
 }

@@ -1,5 +1,6 @@
 //! Small shared pieces: bounded polling, free ports, child-process guards,
-//! /proc helpers, temp dirs, test serialisation and a watchdog.
+//! /proc helpers, temp dirs, test serialisation, a watchdog, and what a test
+//! does when a tool it needs is missing ([`require_tool`], [`skip_or_fail`]).
 use anyhow::{Context, Result, bail};
 use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
@@ -100,6 +101,11 @@ impl ChildGuard {
         self.pid
     }
 
+    /// The name given to [`ChildGuard::spawn`] (for messages).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `Some(status)` if the process has exited (it is then reaped).
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         match self.child.as_mut() {
@@ -153,6 +159,35 @@ impl ChildGuard {
         unregister(self.pid);
         self.child = None;
         st
+    }
+
+    /// Waits for the process to exit by itself and returns its status with
+    /// its resource usage (`wait4(2)`: CPU time, max RSS...). Polls every
+    /// 5 ms; `check` runs between polls and an error from it ends the wait
+    /// (the process is then killed on drop).
+    pub fn wait_rusage(&mut self, mut check: impl FnMut() -> Result<()>) -> Result<(ExitStatus, libc::rusage)> {
+        if self.child.is_none() {
+            bail!("{} already reaped", self.name);
+        }
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: a zeroed rusage is a valid out-parameter.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: `pid` is our own child, not reaped yet (`child` is Some); the pointers are valid.
+            let r = unsafe { libc::wait4(self.pid, &mut status, libc::WNOHANG, &mut ru) };
+            if r == self.pid {
+                // Reaped: forget the Child so that nothing signals a recycled pid.
+                self.child = None;
+                unregister(self.pid);
+                use std::os::unix::process::ExitStatusExt as _;
+                return Ok((ExitStatus::from_raw(status), ru));
+            }
+            if r < 0 {
+                bail!("wait4({}): {}", self.name, std::io::Error::last_os_error());
+            }
+            check()?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Takes the `Child` (e.g. to collect its piped output); the guard still
@@ -305,6 +340,53 @@ impl Drop for TempDir {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Missing tools
+
+/// True when running under CI: `CI` is set to anything but "", "0" or "false".
+pub fn in_ci() -> bool {
+    ci_value_means_ci(std::env::var("CI").ok().as_deref())
+}
+
+fn ci_value_means_ci(v: Option<&str>) -> bool {
+    v.is_some_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// A test cannot run because `what` is missing (a tool, a data set). Under
+/// CI ([`in_ci`]) that is a failure: this panics with `what`. Elsewhere the
+/// test is skipped: this prints `SKIP: <what>` and returns, and the caller
+/// returns from the test.
+pub fn skip_or_fail(what: &str) {
+    assert!(
+        !in_ci(),
+        "{what} (CI is set, so a missing prerequisite fails the test instead of skipping it)"
+    );
+    eprintln!("SKIP: {what}");
+}
+
+/// Where the executable `tool` is: a path containing `/` is taken as is, a
+/// bare name is looked up on PATH. When it is missing, [`skip_or_fail`]
+/// (with `hint`, e.g. how to install it) and `None`:
+/// `let Some(nginx) = require_tool("/usr/sbin/nginx", "apt-get install nginx") else { return };`
+pub fn require_tool(tool: &str, hint: &str) -> Option<PathBuf> {
+    let found = find_executable(tool);
+    if found.is_none() {
+        skip_or_fail(&format!("{tool} not found ({hint})"));
+    }
+    found
+}
+
+/// `tool` itself if it contains `/` and is a file, else the first `PATH`
+/// entry that has a file of that name.
+pub fn find_executable(tool: &str) -> Option<PathBuf> {
+    if tool.contains('/') {
+        let p = PathBuf::from(tool);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
 /// Last `n` lines of a text file (for failure messages).
 pub fn tail(path: &Path, n: usize) -> String {
     match std::fs::read_to_string(path) {
@@ -358,5 +440,42 @@ impl Drop for Watchdog {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ci_values() {
+        for (v, ci) in [
+            (None, false),
+            (Some(""), false),
+            (Some("0"), false),
+            (Some("false"), false),
+            (Some("FALSE"), false),
+            (Some("1"), true),
+            (Some("true"), true),
+            (Some("yes"), true),
+        ] {
+            assert_eq!(ci_value_means_ci(v), ci, "CI={v:?}");
+        }
+    }
+
+    #[test]
+    fn finds_executables() {
+        assert_eq!(find_executable("/bin/sh"), Some(PathBuf::from("/bin/sh")));
+        assert!(find_executable("sh").is_some());
+        assert_eq!(find_executable("/nonexistent/ngxprobe-tool"), None);
+        assert_eq!(find_executable("ngxprobe-no-such-tool"), None);
+    }
+
+    #[test]
+    fn wait_rusage_reaps_and_reports_cpu() {
+        let mut g = ChildGuard::spawn(Command::new("/bin/sh").args(["-c", "exit 3"]), "sh").unwrap();
+        let (st, _ru) = g.wait_rusage(|| Ok(())).unwrap();
+        assert_eq!(st.code(), Some(3));
+        assert!(g.wait_rusage(|| Ok(())).is_err(), "already reaped");
     }
 }

@@ -27,64 +27,16 @@
 //! instance's series stay exported for 5 minutes, which would hold (a)'s
 //! alert firing for that long after nginx stops).
 use ngxprobe_e2e::clients::WrkRun;
+use ngxprobe_e2e::seed::{self, CHANNEL, SEED_RULE, SUMMARY, TITLE};
 use ngxprobe_e2e::slack_receiver::{Received, SlackReceiver};
 use ngxprobe_e2e::util::{Poll, TempDir, poll};
 use ngxprobe_e2e::{Agent, Nginx, NginxOptions, guard};
 use std::time::{Duration, Instant};
 
-/// The seed's receiver, byte for byte (trailing spaces included).
-const SEED_RECEIVERS: &str = "receivers:  
-- name: 'slack-notifications'  
-  slack_configs:  
-    - send_resolved: true  
-      text: \"{{ .CommonAnnotations.summary }}\"  
-      title: \"{{ .CommonLabels.severity }}: {{ .CommonLabels.alertname }}\"  
-      channel: '#your-slack-channel'  
-      api_url: 'https://hooks.slack.com/services/your/slack/webhook/url'
-";
-const SEED_API_URL: &str = "https://hooks.slack.com/services/your/slack/webhook/url";
-
-/// The seed's rule, verbatim (group "example" of alerting_rules.yml).
-const SEED_RULE: &str = r#"groups:
-- name: example
-  rules:
-  - alert: WebServerConnectivity
-    expr: nginx_http_requests_total{instance="192.168.49.10:9113",job="nginx"} > 100
-    for: 1m
-    labels:
-      severity: critical
-    annotations:
-      description: The rate of HTTP requests is higher than 100 per minute.
-      summary: High request rate on nginx
-"#;
-
-/// The same alert on the request rate, so that it resolves when load stops.
-const RATE_RULE: &str = r#"groups:
-- name: example
-  rules:
-  - alert: WebServerConnectivity
-    expr: rate(nginx_http_requests_total[5s]) > 100
-    for: 2s
-    labels:
-      severity: critical
-    annotations:
-      description: The rate of HTTP requests is higher than 100 per minute.
-      summary: High request rate on nginx
-"#;
-
-const TITLE: &str = "critical: WebServerConnectivity";
-const SUMMARY: &str = "High request rate on nginx";
-const CHANNEL: &str = "#your-slack-channel";
-
 fn agent_config(rule_file: &std::path::Path, hook: &str, constant_labels: bool) -> String {
-    let receivers = SEED_RECEIVERS.replace(SEED_API_URL, hook);
-    assert_ne!(receivers, SEED_RECEIVERS, "api_url not replaced");
-    let mut receivers_indented = String::new();
-    for l in receivers.lines() {
-        receivers_indented.push_str("  ");
-        receivers_indented.push_str(l);
-        receivers_indented.push('\n');
-    }
+    let receivers = seed::receivers(hook);
+    assert_ne!(receivers, seed::SEED_RECEIVERS, "api_url not replaced");
+    let receivers_indented = seed::indent(&receivers, "  ");
     format!(
         r#"labels: {labels}
 discovery:
@@ -112,12 +64,6 @@ alertmanager:
 /// Is this POST about our nginx (its group) and our alert?
 fn ours(r: &Received, conf: &str) -> bool {
     r.att_str("title") == TITLE && r.att_str("fallback").contains(conf)
-}
-fn is_firing(r: &Received) -> bool {
-    r.att_str("fallback").starts_with("[FIRING:")
-}
-fn is_resolved(r: &Received) -> bool {
-    r.att_str("fallback").starts_with("[RESOLVED]")
 }
 
 /// Checks a Slack body field by field. `others` are the label values after
@@ -277,7 +223,7 @@ fn seed_rule_fires_and_resolves() {
     let n0 = 0;
     let fire =
         s.rx.wait_for("the firing POST (for: 1m)", n0, Duration::from_secs(80), |r| {
-            ours(r, &conf) && is_firing(r)
+            ours(r, &conf) && r.is_firing()
         })
         .unwrap();
     let fire_after = fire.at.duration_since(t_load);
@@ -305,7 +251,7 @@ fn seed_rule_fires_and_resolves() {
             "the resolved POST after nginx stopped",
             fire.seq + 1,
             Duration::from_secs(20),
-            |r| ours(r, &conf) && is_resolved(r),
+            |r| ours(r, &conf) && r.is_resolved(),
         )
         .unwrap();
     let res_after = res.at.duration_since(t_stop);
@@ -331,7 +277,7 @@ fn seed_rule_fires_and_resolves() {
 #[test]
 fn rate_rule_fires_and_resolves() {
     let _g = guard("rate_rule_fires_and_resolves");
-    let s = setup(RATE_RULE, false);
+    let s = setup(&seed::rate_rule(), false);
     let conf = s.conf.clone();
     let url = s.nginx.as_ref().unwrap().url("/");
     assert_eq!(
@@ -345,7 +291,7 @@ fn rate_rule_fires_and_resolves() {
     let mut wrk = WrkRun::spawn(&["-t1", "-c10", "-d10s", &url], LOAD).unwrap();
     let fire =
         s.rx.wait_for("the firing POST", 0, Duration::from_secs(10), |r| {
-            ours(r, &conf) && is_firing(r)
+            ours(r, &conf) && r.is_firing()
         })
         .unwrap();
     let fire_after = fire.at.duration_since(t_load);
@@ -369,7 +315,7 @@ fn rate_rule_fires_and_resolves() {
 
     let res =
         s.rx.wait_for("the resolved POST", fire.seq + 1, Duration::from_secs(20), |r| {
-            ours(r, &conf) && is_resolved(r)
+            ours(r, &conf) && r.is_resolved()
         })
         .unwrap();
     let res_after = res.at.duration_since(t_end);

@@ -91,7 +91,7 @@ fn nginx_stopping_under_the_agent() {
         || {
             let s = agent.scrape()?;
             match s.value("nginx_up", &conf)? {
-                Some(up) if up == 0.0 => Ok(Poll::Ready(scans(&s))),
+                Some(0.0) => Ok(Poll::Ready(scans(&s))),
                 other => Ok(Poll::Pending(format!("nginx_up = {other:?}"))),
             }
         },

@@ -83,6 +83,7 @@ fn two_instances() {
     let b = Nginx::start(NginxOptions {
         tag: "inst-b".into(),
         worker_processes: 2,
+        ..Default::default()
     })
     .unwrap();
     assert_ne!(a.conf_label(), b.conf_label());

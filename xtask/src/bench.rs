@@ -8,8 +8,15 @@
 //! stub_status. Also the cost to processes that are not nginx: `dd bs=1` and a
 //! loopback TCP ping-pong between two xtask processes (CPU time, B/A).
 //! Every process started here is stopped by PID through Drop guards.
-use crate::util::{self, ProcGuard, TempDir, check_interrupted, cpu_time_us, http_get, median, rss_kib, sleep};
-use anyhow::{Context as _, Result, anyhow, bail};
+//!
+//! nginx, the agent, wrk and the /metrics parser are the end-to-end harness's
+//! (`ngxprobe_e2e`); this file is the benchmark's own logic.
+use crate::util::{self, check_interrupted, cpu_time_us, median, rss_kib, sleep};
+use anyhow::{Context as _, Result, bail};
+use ngxprobe_e2e::clients::{WrkResult, WrkRun, wrk_bin};
+use ngxprobe_e2e::metrics_text::Scrape;
+use ngxprobe_e2e::util::{ChildGuard, TempDir, is_alive};
+use ngxprobe_e2e::{Agent, AgentOptions, Nginx, NginxOptions};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
@@ -128,15 +135,12 @@ struct Results {
 }
 
 pub fn overhead(args: OverheadArgs) -> Result<()> {
-    if !util::is_root() {
-        bail!("`cargo xtask bench overhead` must run as root (the agent loads eBPF programs; bpf_stats is a sysctl)");
-    }
-    if !args.no_setup {
-        crate::setup::setup()?;
-    }
-    if !args.no_build {
-        crate::build(true)?;
-    }
+    crate::bench_prelude(
+        "overhead",
+        "the agent loads eBPF programs; bpf_stats is a sysctl",
+        args.no_setup,
+        args.no_build,
+    )?;
     if args.rounds < 5 {
         eprintln!(
             "note: {} rounds; medians need >= 5 rounds to mean much on a noisy machine",
@@ -149,28 +153,29 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
             bail!("{what} binary {} not found", path.display());
         }
     }
-    for tool in ["wrk", "dd"] {
-        if util::which(tool).is_none() {
-            bail!("`{tool}` not found on PATH (run `cargo xtask setup`)");
-        }
+    if !Path::new(&wrk_bin()).is_file() {
+        bail!("wrk ({}) not found (run `cargo xtask setup`)", wrk_bin());
+    }
+    if util::which("dd").is_none() {
+        bail!("`dd` not found on PATH (run `cargo xtask setup`)");
     }
     util::catch_interrupts();
 
-    let tmp = TempDir::new("ngxprobe-bench")?;
-    let nginx = Nginx::start(&args.nginx, &tmp.0)?;
+    let tmp = TempDir::new("bench-overhead")?;
+    let nginx = BenchNginx::start(&args.nginx)?;
     println!(
         "== bench overhead: nginx {} (master {}, worker {}) on 127.0.0.1:{}; agent {}; {} rounds x {} workloads x {} s",
         args.nginx.display(),
-        nginx.guard.pid(),
+        nginx.nginx.master_pid(),
         nginx.worker,
-        nginx.port,
+        nginx.nginx.main_port(),
         agent.display(),
         args.rounds,
         WORKLOADS.len(),
         args.seconds
     );
     // Warm-up (page cache, nginx's allocations, wrk's first run).
-    wrk(&tmp.0, nginx.port, &WORKLOADS[0], args.connections, 2, None)?;
+    wrk(&nginx, &WORKLOADS[0], args.connections, 2, None)?;
 
     let mut results = Results::default();
     for round in 0..args.rounds {
@@ -184,7 +189,7 @@ pub fn overhead(args: OverheadArgs) -> Result<()> {
         }
         for mode in order {
             check_interrupted()?;
-            run_phase(&args, &agent, &tmp.0, &nginx, round, mode, &mut results)?;
+            run_phase(&args, &agent, tmp.path(), &nginx, round, mode, &mut results)?;
         }
     }
     drop(nginx);
@@ -197,7 +202,7 @@ fn run_phase(
     args: &OverheadArgs,
     agent_bin: &Path,
     dir: &Path,
-    nginx: &Nginx,
+    nginx: &BenchNginx,
     round: u32,
     mode: Mode,
     results: &mut Results,
@@ -209,13 +214,13 @@ fn run_phase(
         None
     };
     let agent = if mode != Mode::A {
-        Some(Agent::start(agent_bin, dir, &nginx.conf, mode == Mode::F)?)
+        Some(start_agent(agent_bin, &nginx.conf, mode == Mode::F)?)
     } else {
         None
     };
     for (i, w) in WORKLOADS.iter().enumerate() {
         nginx.check_alive()?;
-        let r = measure(args, dir, nginx, w, agent.as_ref(), mode == Mode::F)?;
+        let r = measure(args, nginx, w, agent.as_ref(), mode == Mode::F)?;
         let mut line = format!(
             "round {}/{} {:?} {:<32} {:>8.0} req ({:>6.0}/s) worker {:>6.2} µs/req",
             round + 1,
@@ -259,7 +264,7 @@ fn run_phase(
     results.dd.entry(mode).or_default().push(dd);
     results.ping_pong.entry(mode).or_default().push(pp);
     if let Some(a) = agent {
-        a.stop()?;
+        stop_agent(a)?;
     }
     Ok(())
 }
@@ -267,238 +272,139 @@ fn run_phase(
 /// One wrk run with every measurement around it.
 fn measure(
     args: &OverheadArgs,
-    dir: &Path,
-    nginx: &Nginx,
+    nginx: &BenchNginx,
     w: &Workload,
     agent: Option<&Agent>,
     floor: bool,
 ) -> Result<RunResult> {
     let stub0 = nginx.stub_requests()?;
     let m0 = agent.map(Agent::scrape).transpose()?;
-    let a0 = agent.map(|a| cpu_time_us(a.guard.pid())).transpose()?;
+    let a0 = agent.map(|a| cpu_time_us(a.pid() as u32)).transpose()?;
     let w0 = cpu_time_us(nginx.worker)?;
     let started = Instant::now();
-    let out = wrk(dir, nginx.port, w, args.connections, args.seconds, agent)?;
+    let (out, agent_rss_max_kib) = wrk(nginx, w, args.connections, args.seconds, agent)?;
     let w1 = cpu_time_us(nginx.worker)?;
     let wall = started.elapsed().as_secs_f64();
-    let a1 = agent.map(|a| cpu_time_us(a.guard.pid())).transpose()?;
-    if out.requests <= 0.0 {
-        bail!("wrk completed no requests on {} (output in {})", w.name, dir.display());
+    let a1 = agent.map(|a| cpu_time_us(a.pid() as u32)).transpose()?;
+    if out.requests == 0 {
+        bail!("wrk completed no requests on {}:\n{}", w.name, out.output);
     }
+    let requests = out.requests as f64;
     let mut r = RunResult {
-        requests: out.requests,
-        rps: out.requests / out.seconds.max(1e-9),
-        errors: out.errors,
-        worker_us_per_req: (w1 - w0) / out.requests,
+        requests,
+        rps: out.rate(),
+        errors: out.errors(),
+        worker_us_per_req: (w1 - w0) / requests,
         ..RunResult::default()
     };
     if let (Some(agent), Some(m0), Some(a0), Some(a1)) = (agent, m0, a0, a1) {
         r.agent_cpu_pct = Some((a1 - a0) / 1e6 / wall * 100.0);
-        r.agent_rss_kib = out.agent_rss_max_kib;
+        r.agent_rss_kib = agent_rss_max_kib;
         // Let the agent catch up before comparing its request count.
         sleep(Duration::from_millis(500))?;
         let stub1 = nginx.stub_requests()?;
         let m1 = agent.scrape()?;
-        let run_s = m1.delta_by_program(&m0, RUN_SECONDS_METRIC);
-        let runs = m1.delta_by_program(&m0, RUNS_METRIC);
+        let run_s = delta_by_program(&m1, &m0, RUN_SECONDS_METRIC);
+        let runs = delta_by_program(&m1, &m0, RUNS_METRIC);
         // With bpf_stats off the kernel reports zeros: no figure, not 0 ns.
         if !run_s.is_empty() && !args.no_bpf_stats {
-            r.bpf_ns_per_req = Some(run_s.values().sum::<f64>() * 1e9 / out.requests);
-            r.bpf_runs_per_req = Some(runs.values().sum::<f64>() / out.requests);
-            r.bpf_ns_by_program = run_s.into_iter().map(|(p, s)| (p, s * 1e9 / out.requests)).collect();
+            r.bpf_ns_per_req = Some(run_s.values().sum::<f64>() * 1e9 / requests);
+            r.bpf_runs_per_req = Some(runs.values().sum::<f64>() / requests);
+            r.bpf_ns_by_program = run_s.into_iter().map(|(p, s)| (p, s * 1e9 / requests)).collect();
         }
-        let agent_reqs = m1.sum_for_conf(REQUESTS_METRIC, &nginx.conf) - m0.sum_for_conf(REQUESTS_METRIC, &nginx.conf);
+        let conf = nginx.conf.as_str();
+        let agent_reqs =
+            m1.sum_where(REQUESTS_METRIC, "conf_path", conf) - m0.sum_where(REQUESTS_METRIC, "conf_path", conf);
         // stub_status counts its own request: one more on the second read.
         let stub_reqs = stub1 - stub0 - 1.0;
         // (The floor's empty programs count nothing.)
-        if !floor && m1.has_conf(&nginx.conf) && stub_reqs > 0.0 {
+        if !floor && reports(&m1, conf) && stub_reqs > 0.0 {
             r.agent_vs_stub = Some(agent_reqs / stub_reqs);
         }
     }
     Ok(r)
 }
 
-// ---------------------------------------------------------------- wrk
-
-struct WrkOut {
-    requests: f64,
-    seconds: f64,
-    errors: u64,
-    agent_rss_max_kib: Option<u64>,
+/// Per-program increase of the counter `name` between two scrapes.
+fn delta_by_program(after: &Scrape, before: &Scrape, name: &str) -> BTreeMap<String, f64> {
+    let b = before.sum_by(name, "program");
+    after
+        .sum_by(name, "program")
+        .into_iter()
+        .map(|(p, v)| {
+            let d = v - b.get(&p).copied().unwrap_or(0.0);
+            (p, d)
+        })
+        .collect()
 }
 
-fn wrk(dir: &Path, port: u16, w: &Workload, connections: u32, seconds: u32, agent: Option<&Agent>) -> Result<WrkOut> {
-    let out_path = dir.join("wrk.out");
-    let out_file = std::fs::File::create(&out_path)?;
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s")]);
+/// Does the scrape have the benchmark's nginx (`nginx_up{conf_path}`)?
+fn reports(m: &Scrape, conf: &str) -> bool {
+    m.conf_paths().iter().any(|c| c == conf)
+}
+
+// ---------------------------------------------------------------- wrk
+
+/// One wrk run, with the agent's peak RSS sampled while it runs.
+fn wrk(
+    nginx: &BenchNginx,
+    w: &Workload,
+    connections: u32,
+    seconds: u32,
+    agent: Option<&Agent>,
+) -> Result<(WrkResult, Option<u64>)> {
+    let url = nginx.nginx.url(w.path);
+    let (c, d) = (format!("-c{connections}"), format!("-d{seconds}s"));
+    let mut wrk_args = vec!["-t1", c.as_str(), d.as_str()];
     if w.close {
-        cmd.args(["-H", "Connection: close"]);
+        wrk_args.extend(["-H", "Connection: close"]);
     }
-    cmd.arg(format!("http://127.0.0.1:{port}{}", w.path))
-        .stdin(Stdio::null())
-        .stdout(out_file)
-        .stderr(Stdio::inherit());
-    let mut guard = ProcGuard::spawn("wrk", &mut cmd)?;
-    let deadline = Instant::now() + Duration::from_secs(seconds as u64 + 30);
+    wrk_args.push(&url);
+    let limit = Duration::from_secs(seconds as u64 + 30);
+    let mut run = WrkRun::spawn(&wrk_args, Duration::from_secs(seconds.into()))?;
+    let deadline = Instant::now() + limit;
     let mut rss_max: Option<u64> = None;
-    let status = loop {
-        if let Some(st) = guard.try_wait()? {
-            break st;
-        }
-        if let Some(rss) = agent.and_then(|a| rss_kib(a.guard.pid())) {
+    while run.is_running() {
+        if let Some(rss) = agent.and_then(|a| rss_kib(a.pid() as u32)) {
             rss_max = Some(rss_max.map_or(rss, |m| m.max(rss)));
         }
         if Instant::now() > deadline {
-            bail!("wrk did not finish within {} s", seconds + 30);
+            bail!("wrk did not finish within {limit:?}");
         }
         sleep(Duration::from_millis(200))?;
-    };
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-    if !status.success() {
-        bail!("wrk failed ({}):\n{text}", util::describe(status));
     }
-    let (requests, secs) = parse_wrk(&text).ok_or_else(|| anyhow!("could not parse wrk's output:\n{text}"))?;
-    Ok(WrkOut {
-        requests,
-        seconds: secs,
-        errors: parse_wrk_errors(&text),
-        agent_rss_max_kib: rss_max,
-    })
-}
-
-/// From wrk's "  123456 requests in 10.00s, 80.1MB read" line.
-fn parse_wrk(text: &str) -> Option<(f64, f64)> {
-    let line = text.lines().find(|l| l.contains(" requests in "))?;
-    let mut words = line.split_whitespace();
-    let n = words.next()?.parse().ok()?;
-    let secs = words.nth(2)?.trim_end_matches(',');
-    let secs = parse_duration_secs(secs)?;
-    Some((n, secs))
-}
-
-fn parse_duration_secs(s: &str) -> Option<f64> {
-    for (suffix, mult) in [("ms", 1e-3), ("us", 1e-6), ("m", 60.0), ("h", 3600.0), ("s", 1.0)] {
-        if let Some(v) = s.strip_suffix(suffix) {
-            return v.parse::<f64>().ok().map(|v| v * mult);
-        }
-    }
-    None
-}
-
-/// Socket errors + non-2xx/3xx responses.
-fn parse_wrk_errors(text: &str) -> u64 {
-    let mut total = 0;
-    for line in text.lines() {
-        let line = line.trim();
-        if let Some(rest) = line.strip_prefix("Socket errors:") {
-            total += rest
-                .split(',')
-                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            total += rest.trim().parse::<u64>().unwrap_or(0);
-        }
-    }
-    total
+    Ok((run.wait()?, rss_max))
 }
 
 // ---------------------------------------------------------------- nginx
 
-struct Nginx {
-    guard: ProcGuard,
+/// The harness's nginx as the benchmark needs it: one worker, keep-alive
+/// connections that last the whole run, no 10 MB file.
+struct BenchNginx {
+    nginx: Nginx,
     worker: u32,
-    port: u16,
     conf: String,
 }
 
-impl Nginx {
-    fn start(bin: &Path, dir: &Path) -> Result<Self> {
-        let port = util::free_port()?;
-        let html = dir.join("html");
-        std::fs::create_dir_all(&html)?;
-        for sub in ["logs", "tmp"] {
-            std::fs::create_dir_all(dir.join(sub))?;
-        }
-        // ~600 bytes, like a small static page.
-        let mut page = String::from("<!DOCTYPE html>\n<html><head><title>ngxprobe bench</title></head><body>\n");
-        while page.len() < 580 {
-            page.push_str("<p>ngxprobe overhead benchmark page.</p>\n");
-        }
-        page.push_str("</body></html>\n");
-        std::fs::write(html.join("index.html"), page)?;
-        let d = dir.display();
-        let conf = dir.join("nginx.conf");
-        let conf_text = format!(
-            r#"# written by `cargo xtask bench overhead`
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/logs/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    default_type text/html;
-    keepalive_timeout 65;
-    keepalive_requests 1000000;
-    client_body_temp_path {d}/tmp/body;
-    proxy_temp_path {d}/tmp/proxy;
-    fastcgi_temp_path {d}/tmp/fastcgi;
-    uwsgi_temp_path {d}/tmp/uwsgi;
-    scgi_temp_path {d}/tmp/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {d}/html;
-        location / {{ sendfile on; }}
-        location /nosendfile/ {{ sendfile off; alias {d}/html/; }}
-        location = /stub_status {{ stub_status; }}
-    }}
-}}
-"#
-        );
-        std::fs::write(&conf, conf_text)?;
-        let conf = conf.to_str().ok_or_else(|| anyhow!("non-UTF-8 temp dir"))?.to_string();
-        let log = std::fs::File::create(dir.join("logs/nginx.out"))?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("-p")
-            .arg(dir)
-            .args(["-c", &conf, "-e"])
-            .arg(dir.join("logs/error.log"));
-        let mut guard = ProcGuard::spawn_logged("nginx", &mut cmd, log)?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let worker = loop {
-            if let Some(st) = guard.try_wait()? {
-                let log = std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default();
-                bail!("nginx exited ({}):\n{log}", util::describe(st));
-            }
-            let workers: Vec<u32> = util::children_of(guard.pid())
-                .into_iter()
-                .filter(|p| util::comm_of(*p).as_deref() == Some("nginx"))
-                .collect();
-            if let [w] = workers[..] {
-                guard.extra = vec![w];
-                if matches!(http_get(port, "/index.html", Duration::from_secs(2)), Ok((200, _))) {
-                    break w;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "nginx on 127.0.0.1:{port} not serving after 15 s (logs in {})",
-                    dir.display()
-                );
-            }
-            sleep(Duration::from_millis(50))?;
+impl BenchNginx {
+    fn start(bin: &Path) -> Result<Self> {
+        let nginx = Nginx::start(NginxOptions {
+            tag: "bench-overhead".into(),
+            bin: Some(bin.to_path_buf()),
+            keepalive_requests: 1_000_000,
+            big_file: false,
+            ..NginxOptions::default()
+        })?;
+        let worker = match nginx.worker_pids()[..] {
+            [w] => w as u32,
+            ref ws => bail!("nginx has {} workers, want 1: {ws:?}", ws.len()),
         };
-        Ok(Nginx {
-            guard,
-            worker,
-            port,
-            conf,
-        })
+        let conf = nginx.conf_label();
+        Ok(BenchNginx { nginx, worker, conf })
     }
 
     fn check_alive(&self) -> Result<()> {
-        if !Path::new(&format!("/proc/{}", self.worker)).exists() {
+        if !is_alive(self.worker as i32) {
             bail!("the nginx worker {} is gone (crashed?)", self.worker);
         }
         Ok(())
@@ -506,184 +412,41 @@ http {{
 
     /// The `requests` counter of stub_status.
     fn stub_requests(&self) -> Result<f64> {
-        let (code, body) = http_get(self.port, "/stub_status", Duration::from_secs(5))?;
-        if code != 200 {
-            bail!("stub_status returned {code}");
-        }
-        // "Active connections: 1 \nserver accepts handled requests\n 10 10 12 \n..."
-        body.lines()
-            .nth(2)
-            .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("malformed stub_status page:\n{body}"))
+        Ok(self.nginx.oracle()?.requests as f64)
     }
 }
 
 // ---------------------------------------------------------------- agent
 
-struct Agent {
-    guard: ProcGuard,
-    port: u16,
-}
-
-impl Agent {
-    fn start(bin: &Path, dir: &Path, conf: &str, floor: bool) -> Result<Self> {
-        let port = util::free_port()?;
-        let log_path = dir.join("agent.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["--web.listen-address", &format!("127.0.0.1:{port}")]);
-        if floor {
-            cmd.env("NGXPROBE_EBPF_FLOOR", "1");
-        }
-        let mut guard = ProcGuard::spawn_logged("ngxprobe", &mut cmd, log)?;
-        // Ready: GET /readyz == 200.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(st) = guard.try_wait()? {
-                bail!(
-                    "the agent exited during startup ({}); last log lines:\n{}",
-                    util::describe(st),
-                    util::tail(&log_path, 30)
-                );
-            }
-            if matches!(http_get(port, "/readyz", Duration::from_secs(2)), Ok((200, _))) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the agent's /readyz not 200 after 60 s; last log lines:\n{}",
-                    util::tail(&log_path, 30)
-                );
-            }
-            sleep(Duration::from_millis(100))?;
-        }
-        let agent = Agent { guard, port };
-        // Then wait until it reports the benchmark's nginx (bounded).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !agent.scrape()?.has_conf(conf) {
-            if Instant::now() > deadline {
-                eprintln!("warning: the agent does not report conf_path=\"{conf}\" after 20 s; continuing");
-                break;
-            }
-            sleep(Duration::from_millis(200))?;
-        }
-        Ok(agent)
-    }
-
-    fn scrape(&self) -> Result<Metrics> {
-        let (code, body) = http_get(self.port, "/metrics", Duration::from_secs(10)).context("scraping the agent")?;
-        if code != 200 {
-            bail!("the agent's /metrics returned {code}");
-        }
-        Ok(Metrics::parse(&body))
-    }
-
-    fn stop(self) -> Result<()> {
-        let pid = self.guard.pid();
-        drop(self.guard);
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("the agent (pid {pid}) is still running after stop");
-        }
-        Ok(())
-    }
-}
-
-/// One text-format sample: (name, labels, value).
-type Sample = (String, Vec<(String, String)>, f64);
-
-/// Prometheus text-format samples.
-struct Metrics(Vec<Sample>);
-
-impl Metrics {
-    fn parse(text: &str) -> Self {
-        Metrics(text.lines().filter_map(parse_sample).collect())
-    }
-
-    fn delta_by_program(&self, before: &Metrics, name: &str) -> BTreeMap<String, f64> {
-        let by_program = |m: &Metrics| -> BTreeMap<String, f64> {
-            let mut out = BTreeMap::new();
-            for (n, labels, v) in &m.0 {
-                if n == name {
-                    let prog = labels
-                        .iter()
-                        .find(|(k, _)| k == "program")
-                        .map_or("?", |(_, v)| v.as_str());
-                    *out.entry(prog.to_string()).or_insert(0.0) += v;
-                }
-            }
-            out
-        };
-        let b = by_program(before);
-        by_program(self)
-            .into_iter()
-            .map(|(p, v)| {
-                let d = v - b.get(&p).copied().unwrap_or(0.0);
-                (p, d)
-            })
-            .collect()
-    }
-
-    fn sum_for_conf(&self, name: &str, conf: &str) -> f64 {
-        self.0
-            .iter()
-            .filter(|(n, labels, _)| n == name && labels.iter().any(|(k, v)| k == "conf_path" && v == conf))
-            .map(|(_, _, v)| v)
-            .sum()
-    }
-
-    fn has_conf(&self, conf: &str) -> bool {
-        self.0
-            .iter()
-            .any(|(n, labels, _)| n.starts_with("nginx_") && labels.iter().any(|(k, v)| k == "conf_path" && v == conf))
-    }
-}
-
-/// `name{a="b",c="d"} 1.5 [timestamp]` -> (name, labels, value).
-fn parse_sample(line: &str) -> Option<Sample> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if rest.starts_with('{') {
-        rest = &rest[1..];
-        loop {
-            rest = rest.trim_start_matches([',', ' ']);
-            if let Some(r) = rest.strip_prefix('}') {
-                rest = r;
-                break;
-            }
-            let eq = rest.find('=')?;
-            let key = rest[..eq].trim().to_string();
-            rest = rest[eq + 1..].strip_prefix('"')?;
-            let mut value = String::new();
-            let mut chars = rest.char_indices();
-            let end = loop {
-                let (i, c) = chars.next()?;
-                match c {
-                    '\\' => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    '"' => break i,
-                    c => value.push(c),
-                }
-            };
-            rest = &rest[end + 1..];
-            labels.push((key, value));
-        }
-    }
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
+/// Starts the agent (`floor`: with empty programs) and waits until it is
+/// ready and (bounded, warning only) reports the benchmark's nginx.
+fn start_agent(bin: &Path, conf: &str, floor: bool) -> Result<Agent> {
+    let mut opts = AgentOptions {
+        bin: Some(bin.to_path_buf()),
+        ..AgentOptions::default()
     };
-    Some((name.to_string(), labels, value))
+    if floor {
+        opts.env.push(("NGXPROBE_EBPF_FLOOR".into(), "1".into()));
+    }
+    let agent = Agent::start_opts(&opts)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reports(&agent.scrape().context("scraping the agent")?, conf) {
+        if Instant::now() > deadline {
+            eprintln!("warning: the agent does not report conf_path=\"{conf}\" after 20 s; continuing");
+            break;
+        }
+        sleep(Duration::from_millis(200))?;
+    }
+    Ok(agent)
+}
+
+fn stop_agent(agent: Agent) -> Result<()> {
+    let pid = agent.pid();
+    agent.stop();
+    if is_alive(pid) {
+        bail!("the agent (pid {pid}) is still running after stop");
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- sysctl
@@ -735,7 +498,7 @@ fn dd_cpu(count: u64) -> Result<f64> {
         "status=none",
     ])
     .stdin(Stdio::null());
-    let (st, ru) = ProcGuard::spawn("dd", &mut cmd)?.wait_rusage()?;
+    let (st, ru) = ChildGuard::spawn(&mut cmd, "dd")?.wait_rusage(check_interrupted)?;
     if !st.success() {
         bail!("dd failed ({})", util::describe(st));
     }
@@ -777,7 +540,7 @@ fn ping_pong_cpu(dir: &Path, count: u64) -> Result<f64> {
         ])
         .arg(&port_file)
         .stdin(Stdio::null());
-        ProcGuard::spawn(&format!("ping-pong {role}"), &mut cmd)
+        ChildGuard::spawn(&mut cmd, &format!("ping-pong {role}"))
     };
     let mut server = spawn("server")?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -790,8 +553,8 @@ fn ping_pong_cpu(dir: &Path, count: u64) -> Result<f64> {
         }
         sleep(Duration::from_millis(10))?;
     }
-    let (cst, cru) = spawn("client")?.wait_rusage()?;
-    let (sst, sru) = server.wait_rusage()?;
+    let (cst, cru) = spawn("client")?.wait_rusage(check_interrupted)?;
+    let (sst, sru) = server.wait_rusage(check_interrupted)?;
     if !cst.success() || !sst.success() {
         bail!(
             "ping-pong failed (client {}, server {})",
@@ -1032,30 +795,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_wrk_output() {
-        let out = "Running 10s test @ http://127.0.0.1:8080/\n  1 threads and 50 connections\n  \
-                   Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     3.1ms  1.0ms  20ms   90%\n  \
-                   812345 requests in 10.00s, 600.12MB read\n  Socket errors: connect 0, read 3, write 0, timeout 1\n  \
-                   Non-2xx or 3xx responses: 2\nRequests/sec:  81234.50\n";
-        assert_eq!(parse_wrk(out), Some((812345.0, 10.0)));
-        assert_eq!(parse_wrk_errors(out), 6);
-        assert_eq!(parse_wrk("nothing"), None);
-    }
-
-    #[test]
-    fn parses_metric_samples() {
-        let m = Metrics::parse(
+    fn program_deltas() {
+        let m0 = Scrape::parse("ngxprobe_ebpf_program_runs_total{program=\"recv\"} 4\n".into()).unwrap();
+        let m1 = Scrape::parse(
             "# HELP x y\nngxprobe_ebpf_program_runs_total{program=\"recv\"} 10\n\
              ngxprobe_ebpf_program_runs_total{program=\"state\"} 5\n\
-             nginx_http_requests_total{conf_path=\"/a b/\\\"n\\\".conf\",container_id=\"\"} 1.5e+03\nnginx_up 1\n",
-        );
-        let before = Metrics::parse("ngxprobe_ebpf_program_runs_total{program=\"recv\"} 4\n");
-        let d = m.delta_by_program(&before, RUNS_METRIC);
+             nginx_up{conf_path=\"/a b/\\\"n\\\".conf\"} 1\n"
+                .into(),
+        )
+        .unwrap();
+        let d = delta_by_program(&m1, &m0, RUNS_METRIC);
         assert_eq!(d.get("recv"), Some(&6.0));
         assert_eq!(d.get("state"), Some(&5.0));
-        assert_eq!(m.sum_for_conf(REQUESTS_METRIC, "/a b/\"n\".conf"), 1500.0);
-        assert!(m.has_conf("/a b/\"n\".conf"));
-        assert!(!m.has_conf("/other"));
+        assert!(reports(&m1, "/a b/\"n\".conf"));
+        assert!(!reports(&m1, "/other"));
     }
 
     #[test]

@@ -127,6 +127,21 @@ pub fn build(release: bool) -> Result<()> {
     Ok(())
 }
 
+/// What a benchmark that runs the agent does first: check it runs as root
+/// (`why`), then setup and the release build unless skipped.
+pub fn bench_prelude(name: &str, why: &str, no_setup: bool, no_build: bool) -> Result<()> {
+    if !util::is_root() {
+        bail!("`cargo xtask bench {name}` must run as root ({why})");
+    }
+    if !no_setup {
+        setup::setup()?;
+    }
+    if !no_build {
+        build(true)?;
+    }
+    Ok(())
+}
+
 /// Replaces xtask with the agent, so signals (Ctrl-C, SIGTERM) reach it directly.
 fn exec_agent(args: &[String]) -> Result<i32> {
     let bin = util::agent_bin();

@@ -189,41 +189,60 @@ fn stop_and_disable(service: &str) {
 
 // ---------------------------------------------------------------- Rust toolchains
 
+/// Components of the pinned nightly: rust-src (build-std for the BPF
+/// target) and clippy (`cargo xtask test` lints agent-ebpf with it).
+const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+
 fn nightly() -> Result<()> {
     if util::which("rustup").is_none() {
         bail!("rustup not found on PATH (install it from https://rustup.rs, then `. ~/.cargo/env`)");
     }
-    let what = format!("Rust toolchain {EBPF_TOOLCHAIN} + rust-src (builds agent-ebpf)");
+    let what = format!("Rust toolchain {EBPF_TOOLCHAIN} (builds and lints agent-ebpf)");
     let toolchains = output_ok("rustup", ["toolchain", "list"]).unwrap_or_default();
     let has_toolchain = toolchains.lines().any(|l| {
         l.split_whitespace()
             .next()
             .is_some_and(|t| t.starts_with(EBPF_TOOLCHAIN))
     });
-    if !has_toolchain {
-        println!("installing: {what} (toolchain not installed)");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            EBPF_TOOLCHAIN,
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?;
-    }
-    let components = output_ok(
-        "rustup",
-        ["component", "list", "--installed", "--toolchain", EBPF_TOOLCHAIN],
-    )
-    .unwrap_or_default();
-    if components.lines().any(|l| l.trim() == "rust-src") {
-        if has_toolchain {
-            println!("ok: {what} (already present)");
-        }
+    if has_toolchain {
+        println!("ok: {what} (already present)");
     } else {
-        println!("installing: rust-src for {EBPF_TOOLCHAIN} (component missing)");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
+        println!("installing: {what} (toolchain not installed)");
+        let mut cmd = Command::new("rustup");
+        cmd.args(["toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal"]);
+        for c in EBPF_COMPONENTS {
+            cmd.args(["--component", c]);
+        }
+        run(&mut cmd)?;
+    }
+    components(EBPF_TOOLCHAIN, EBPF_COMPONENTS)?;
+    // `cargo xtask test` runs `cargo fmt --check` and `cargo clippy` with the
+    // toolchain that runs xtask.
+    match std::env::var("RUSTUP_TOOLCHAIN") {
+        Ok(tc) if !tc.is_empty() => components(&tc, &["rustfmt", "clippy"]),
+        _ => {
+            println!("note: RUSTUP_TOOLCHAIN not set; not checking rustfmt/clippy of the default toolchain");
+            Ok(())
+        }
+    }
+}
+
+/// Adds the `wanted` components `toolchain` lacks.
+fn components(toolchain: &str, wanted: &[&str]) -> Result<()> {
+    let installed =
+        output_ok("rustup", ["component", "list", "--installed", "--toolchain", toolchain]).unwrap_or_default();
+    for c in wanted {
+        // `rust-src`, or `clippy-x86_64-unknown-linux-gnu` for host components.
+        let present = installed
+            .lines()
+            .map(str::trim)
+            .any(|l| l == *c || l.strip_prefix(c).is_some_and(|rest| rest.starts_with('-')));
+        if present {
+            println!("ok: {c} for {toolchain} (already present)");
+        } else {
+            println!("installing: {c} for {toolchain} (component missing)");
+            run(Command::new("rustup").args(["component", "add", c, "--toolchain", toolchain]))?;
+        }
     }
     Ok(())
 }

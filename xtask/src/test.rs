@@ -1,18 +1,54 @@
-//! `cargo xtask test`: setup, build, then every test of the workspace. The
-//! end-to-end package (the workspace member under tests/) runs single-threaded:
-//! its tests start nginx and the agent.
+//! `cargo xtask test`: setup, build, the code checks (rustfmt, clippy on the
+//! workspace and on the eBPF crate), then every test of the workspace. The
+//! end-to-end package (the workspace member under tests/) runs
+//! single-threaded: its tests start nginx and the agent.
+//!
+//! A run passes only if every step passes. A test pass is judged by more
+//! than cargo's exit code: no test may fail, and each pass must have run at
+//! least a minimum number of tests ([`min_tests`]), so a pass that silently
+//! ran nothing (a target not built, tests filtered out) is a failure.
+use crate::setup::EBPF_TOOLCHAIN;
 use crate::util;
 use anyhow::{Context as _, Result, anyhow, bail};
-use std::io::BufRead as _;
+use std::io::{BufRead as _, BufReader, Read};
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[derive(Default)]
+/// The unit + integration pass (every package but the end-to-end ones).
+const UNIT_PASS: &str = "unit + integration tests";
+
+/// Fewest tests the unit + integration pass must run. Set a bit below the
+/// count when it was introduced (174 executed: 166 in the agent, 8 in
+/// xtask); raise it as tests are added, never lower it to make a run pass.
+const MIN_UNIT_TESTS: u64 = 165;
+
+/// Fewest tests the end-to-end pass of `ngxprobe-e2e` must run (42 executed
+/// when introduced: 28 end-to-end, 14 of the harness itself).
+const MIN_E2E_TESTS: u64 = 38;
+
+/// Minimum for a pass: the unit pass, `ngxprobe-e2e`, or (any other package
+/// under tests/) at least one test.
+fn min_tests(pass: &PassKind) -> u64 {
+    match pass {
+        PassKind::Unit => MIN_UNIT_TESTS,
+        PassKind::EndToEnd(p) if p == "ngxprobe-e2e" => MIN_E2E_TESTS,
+        PassKind::EndToEnd(_) => 1,
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PassKind {
+    Unit,
+    EndToEnd(String),
+}
+
+#[derive(Debug, Default)]
 struct Pass {
     name: String,
     command: String,
-    ok: bool,
+    /// cargo's exit status was success.
+    exit_ok: bool,
     error: Option<String>,
     passed: u64,
     failed: u64,
@@ -21,10 +57,39 @@ struct Pass {
     elapsed: Duration,
 }
 
+impl Pass {
+    /// Tests that ran (ignored ones did not).
+    fn executed(&self) -> u64 {
+        self.passed + self.failed
+    }
+
+    /// The verdict: cargo succeeded, nothing failed, at least `min` tests
+    /// ran. `Err` says why not.
+    fn verdict(&self, min: u64) -> Result<(), String> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        if self.failed > 0 {
+            return Err(format!("{} test(s) failed", self.failed));
+        }
+        if !self.exit_ok {
+            return Err("cargo test failed — see the output above (build error?)".into());
+        }
+        if self.executed() < min {
+            return Err(format!(
+                "ran {} test(s), fewer than the {min} this pass must run (tests not built, filtered out or gone?)",
+                self.executed()
+            ));
+        }
+        Ok(())
+    }
+}
+
 pub fn test(no_setup: bool) -> Result<i32> {
     let started = Instant::now();
     let mut steps: Vec<(String, Result<(), String>, Duration)> = Vec::new();
     let mut step = |name: &str, f: &dyn Fn() -> Result<()>| -> bool {
+        println!("== {name}");
         let t = Instant::now();
         let r = f().map_err(|e| format!("{e:#}"));
         let ok = r.is_ok();
@@ -35,6 +100,16 @@ pub fn test(no_setup: bool) -> Result<i32> {
 
     let mut passes = Vec::new();
     if ready {
+        // Code checks: each is a step of its own; the tests run anyway.
+        step("format (cargo fmt --all --check)", &fmt_check);
+        step(
+            "clippy (workspace without agent-ebpf, all targets, -D warnings)",
+            &clippy_workspace,
+        );
+        step(
+            "clippy (agent-ebpf for bpfel, pinned nightly, -D warnings)",
+            &clippy_ebpf,
+        );
         match e2e_packages() {
             Ok(e2e) => {
                 let mut args: Vec<String> = ["test", "--workspace", "--exclude", "agent-ebpf", "--no-fail-fast"]
@@ -43,12 +118,13 @@ pub fn test(no_setup: bool) -> Result<i32> {
                 for p in &e2e {
                     args.extend(["--exclude".to_string(), p.clone()]);
                 }
-                passes.push(run_pass("unit + integration tests", &args));
+                passes.push((PassKind::Unit, run_pass(UNIT_PASS, &args)));
                 for p in &e2e {
                     let args: Vec<String> = ["test", "-p", p, "--no-fail-fast", "--", "--test-threads=1"]
                         .map(String::from)
                         .into();
-                    passes.push(run_pass(&format!("end-to-end tests ({p}, single-threaded)"), &args));
+                    let name = format!("end-to-end tests ({p}, single-threaded)");
+                    passes.push((PassKind::EndToEnd(p.clone()), run_pass(&name, &args)));
                 }
             }
             Err(e) => steps.push(("find test packages".into(), Err(format!("{e:#}")), Duration::ZERO)),
@@ -69,26 +145,32 @@ pub fn test(no_setup: bool) -> Result<i32> {
         }
     }
     let (mut passed, mut failed, mut ignored) = (0, 0, 0);
-    for p in &passes {
+    for (kind, p) in &passes {
         passed += p.passed;
         failed += p.failed;
         ignored += p.ignored;
-        let verdict = if p.ok { "ok    " } else { "FAILED" };
+        let min = min_tests(kind);
+        let verdict = p.verdict(min);
         println!(
-            "  {verdict}  {}: {} passed, {} failed, {} ignored ({:.0?})",
-            p.name, p.passed, p.failed, p.ignored, p.elapsed
+            "  {}  {}: {} passed, {} failed, {} ignored (at least {min} must run) ({:.0?})",
+            if verdict.is_ok() { "ok    " } else { "FAILED" },
+            p.name,
+            p.passed,
+            p.failed,
+            p.ignored,
+            p.elapsed
         );
         println!("            `{}`", p.command);
-        if let Some(e) = &p.error {
+        if let Err(e) = &verdict {
             println!("            {e}");
         }
         for f in &p.failures {
             println!("            failed: {f}");
         }
-        all_ok &= p.ok;
+        all_ok &= verdict.is_ok();
     }
     if !ready {
-        println!("  tests not run: setup or build failed");
+        println!("  checks and tests not run: setup or build failed");
     }
     println!(
         "  total: {passed} passed, {failed} failed, {ignored} ignored in {:.0?} -> {}",
@@ -96,6 +178,69 @@ pub fn test(no_setup: bool) -> Result<i32> {
         if all_ok { "OK" } else { "FAILED" }
     );
     Ok(if all_ok { 0 } else { 1 })
+}
+
+/// `cargo fmt --all --check` (rustfmt.toml: max_width 120).
+fn fmt_check() -> Result<()> {
+    util::run(util::cargo().args(["fmt", "--all", "--check"])).context("code is not formatted: run `cargo fmt --all`")
+}
+
+/// `cargo clippy --workspace --exclude agent-ebpf --all-targets -- -D warnings`
+/// (with `--keep-going`: a crate that fails does not hide the others' warnings).
+fn clippy_workspace() -> Result<()> {
+    util::run(util::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "agent-ebpf",
+        "--all-targets",
+        "--keep-going",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+/// Clippy on agent-ebpf as agent/build.rs (aya-build) builds it: the pinned
+/// nightly, the bpfel target with build-std, and the `bpf_target_arch` cfg.
+/// Its own target dir, so that these flags do not invalidate the host build.
+fn clippy_ebpf() -> Result<()> {
+    let root = util::workspace_root();
+    let mut cmd = clippy_ebpf_command(&root, &util::target_dir().join("ebpf-clippy"));
+    util::run(&mut cmd)
+}
+
+fn clippy_ebpf_command(root: &Path, target_dir: &Path) -> Command {
+    let arch = match std::env::consts::ARCH {
+        a if a.starts_with("riscv64") => "riscv64",
+        a => a,
+    };
+    let target = if cfg!(target_endian = "big") {
+        "bpfeb-unknown-none"
+    } else {
+        "bpfel-unknown-none"
+    };
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        EBPF_TOOLCHAIN,
+        "cargo",
+        "clippy",
+        "-p",
+        "agent-ebpf",
+        "--target",
+        target,
+    ])
+    .args(["-Z", "build-std=core", "--release", "--target-dir"])
+    .arg(target_dir)
+    .args(["--", "-D", "warnings"])
+    .current_dir(root.join("agent-ebpf"))
+    .env("CARGO_ENCODED_RUSTFLAGS", format!("--cfg=bpf_target_arch=\"{arch}\""))
+    // Set by the cargo running xtask; they would point at the stable toolchain.
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER")
+    .env_remove("RUSTUP_TOOLCHAIN");
+    cmd
 }
 
 /// Names of the workspace packages under <root>/tests/ (the end-to-end tests).
@@ -139,7 +284,8 @@ fn run_pass(name: &str, args: &[String]) -> Pass {
     cmd.args(args)
         .env("NGXPROBE_BIN", util::agent_bin())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let shared = root.join("..").join("shared");
     if shared.is_dir() {
         let shared = shared.canonicalize().unwrap_or(shared);
@@ -158,17 +304,30 @@ fn run_pass(name: &str, args: &[String]) -> Pass {
             return pass;
         }
     };
-    if let Some(stdout) = child.stdout.take() {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            println!("{line}");
-            parse_line(&line, &mut pass);
-        }
+    // stderr (cargo's progress, test binaries' stderr) in a thread of its
+    // own, so that neither pipe can fill up and block cargo.
+    let stderr = child.stderr.take().map(|e| {
+        std::thread::spawn(move || {
+            let _ = for_each_line_lossy(e, |l| eprintln!("{l}"));
+        })
+    });
+    if let Some(stdout) = child.stdout.take()
+        && let Err(e) = for_each_line_lossy(stdout, |l| {
+            println!("{l}");
+            parse_line(l, &mut pass);
+        })
+    {
+        pass.error = Some(format!("reading cargo's output: {e}"));
+        // Unblock cargo rather than wait for it forever.
+        let _ = child.kill();
+    }
+    if let Some(t) = stderr {
+        let _ = t.join();
     }
     match child.wait() {
         Ok(st) => {
-            pass.ok = st.success();
-            if !st.success() && pass.failed == 0 {
+            pass.exit_ok = st.success();
+            if !st.success() && pass.failed == 0 && pass.error.is_none() {
                 pass.error = Some(format!(
                     "cargo test failed ({}) — see the output above (build error?)",
                     util::describe(st)
@@ -179,6 +338,26 @@ fn run_pass(name: &str, args: &[String]) -> Pass {
     }
     pass.elapsed = started.elapsed();
     pass
+}
+
+/// Calls `f` on every line of `r` (without its line end) until EOF. Bytes
+/// that are not UTF-8 are replaced (U+FFFD) rather than ending the loop, so
+/// the reader always drains the pipe. Only a read error ends it early.
+fn for_each_line_lossy(r: impl Read, mut f: impl FnMut(&str)) -> std::io::Result<()> {
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                f(line.trim_end_matches(['\n', '\r']));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Counts libtest's "test result:" lines and collects "... FAILED" test names.
@@ -220,6 +399,89 @@ mod tests {
         parse_line("test e2e::counts_requests ... FAILED", &mut p);
         parse_line("test e2e::other ... ok", &mut p);
         assert_eq!((p.passed, p.failed, p.ignored), (15, 2, 1));
+        assert_eq!(p.executed(), 17);
         assert_eq!(p.failures, vec!["e2e::counts_requests".to_string()]);
+    }
+
+    #[test]
+    fn reads_lines_lossily_to_the_end() {
+        // A non-UTF-8 line in the middle, CRLF, and no newline at the end.
+        let input: &[u8] = b"test a ... ok\nbad \xff\xfe bytes\r\ntest result: ok. 2 passed; 0 failed\nlast";
+        let mut lines = Vec::new();
+        for_each_line_lossy(input, |l| lines.push(l.to_string())).unwrap();
+        assert_eq!(
+            lines,
+            [
+                "test a ... ok",
+                "bad \u{fffd}\u{fffd} bytes",
+                "test result: ok. 2 passed; 0 failed",
+                "last"
+            ]
+        );
+        // A large output with invalid bytes everywhere is read completely.
+        let big: Vec<u8> = (0..100_000u32).flat_map(|i| [b'x', (i % 256) as u8, b'\n']).collect();
+        let mut n = 0;
+        for_each_line_lossy(&big[..], |_| n += 1).unwrap();
+        assert!(n >= 100_000, "{n} lines");
+    }
+
+    #[test]
+    fn verdict_needs_exit_ok_no_failures_and_the_minimum() {
+        let ok = Pass {
+            exit_ok: true,
+            passed: 10,
+            ignored: 5,
+            ..Pass::default()
+        };
+        assert_eq!(ok.verdict(10), Ok(()));
+        let e = ok.verdict(11).unwrap_err();
+        assert!(e.contains("ran 10 test(s), fewer than the 11"), "{e}");
+        let failed = Pass {
+            failed: 1,
+            ..ok.clone_counts()
+        };
+        assert!(failed.verdict(1).unwrap_err().contains("1 test(s) failed"));
+        let exit = Pass {
+            exit_ok: false,
+            ..ok.clone_counts()
+        };
+        assert!(exit.verdict(1).unwrap_err().contains("cargo test failed"));
+        let empty = Pass {
+            exit_ok: true,
+            ..Pass::default()
+        };
+        assert!(empty.verdict(min_tests(&PassKind::EndToEnd("other".into()))).is_err());
+        assert_eq!(min_tests(&PassKind::Unit), MIN_UNIT_TESTS);
+        assert_eq!(min_tests(&PassKind::EndToEnd("ngxprobe-e2e".into())), MIN_E2E_TESTS);
+    }
+
+    #[test]
+    fn ebpf_clippy_mirrors_aya_build() {
+        let cmd = clippy_ebpf_command(Path::new("/ws"), Path::new("/ws/target/ebpf-clippy"));
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(cmd.get_program(), "rustup");
+        assert_eq!(&args[..2], ["run", EBPF_TOOLCHAIN]);
+        for want in ["clippy", "agent-ebpf", "build-std=core", "--release", "-D", "warnings"] {
+            assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+        }
+        assert_eq!(cmd.get_current_dir(), Some(Path::new("/ws/agent-ebpf")));
+        let flags = cmd
+            .get_envs()
+            .find(|(k, _)| *k == "CARGO_ENCODED_RUSTFLAGS")
+            .and_then(|(_, v)| v)
+            .unwrap();
+        assert!(flags.to_string_lossy().starts_with("--cfg=bpf_target_arch=\""));
+    }
+
+    impl Pass {
+        fn clone_counts(&self) -> Pass {
+            Pass {
+                exit_ok: self.exit_ok,
+                passed: self.passed,
+                failed: self.failed,
+                ignored: self.ignored,
+                ..Pass::default()
+            }
+        }
     }
 }

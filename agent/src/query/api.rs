@@ -170,10 +170,12 @@ fn labels_json(l: &Labels) -> J {
     J::Object(l.0.iter().map(|(k, v)| (k.clone(), J::String(v.clone()))).collect())
 }
 
-/// The success body of a query answer, written straight into a string
-/// (building a `serde_json::Value` tree costs more than evaluating a large
-/// range query). Same shapes and number formats as Prometheus.
-pub(crate) fn result_body(r: &QueryResult, limit: usize) -> String {
+/// The success body of a query answer (`{"status":"success","data":...}`),
+/// written straight into a string (building a `serde_json::Value` tree costs
+/// more than evaluating a large range query). Same shapes and number formats
+/// as Prometheus. `limit` > 0 keeps at most that many series (the API's
+/// `limit` parameter); 0 keeps all.
+pub fn result_body(r: &QueryResult, limit: usize) -> String {
     let lim = |n: usize| if limit == 0 { n } else { n.min(limit) };
     let mut o = String::with_capacity(64);
     o.push_str(r#"{"status":"success","data":{"resultType":"#);

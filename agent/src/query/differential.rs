@@ -7,19 +7,23 @@
 //! (`[t-r, t]`), 3.x and ngxprobe do not (`(t-r, t]`). To compare semantics
 //! rather than that edge, samples sit at `xx.317 s`, query times at `xx.500 s`
 //! and every step, range, offset and subquery step is whole seconds (see
-//! [`super::promharness`]): no sample or subquery point lands on an edge.
+//! [`ngxprobe_e2e::prometheus`]): no sample or subquery point lands on an edge.
 use std::collections::BTreeMap;
 
+use ngxprobe_e2e::prometheus::{api_get, secs};
 use serde_json::Value as J;
 
-use super::promharness::{Pair, api_get, nginx_dataset, secs};
+use super::promharness::{Pair, nginx_dataset};
 
-/// Series → points (t in ms, value text); sorted unless `ordered`.
+/// One series of an answer: its labels and its points (t in ms, value text).
+type CanonSeries = (BTreeMap<String, String>, Vec<(i64, String)>);
+
+/// Series → points; sorted unless `ordered`.
 #[derive(Debug, Clone, PartialEq)]
 enum Canon {
     Scalar(i64, String),
     String(i64, String),
-    Series(String, Vec<(BTreeMap<String, String>, Vec<(i64, String)>)>),
+    Series(String, Vec<CanonSeries>),
     Error(String, String),
 }
 
@@ -313,6 +317,9 @@ const INSTANT_ONLY: &[(&str, bool)] = &[
     ("42", false),
 ];
 
+/// One comparison: (query, parameters, API path, result order matters).
+type Case = (String, Vec<(&'static str, String)>, &'static str, bool);
+
 #[test]
 fn differential_vs_prometheus() {
     let now_s = std::time::SystemTime::now()
@@ -333,11 +340,11 @@ fn differential_vs_prometheus() {
     let data_end = at(n as i64 * 20 / 60 + 2);
     let mut names: Vec<&str> = fams
         .iter()
-        .flat_map(|f| f.series.iter().filter_map(|s| s.labels.name()))
+        .flat_map(|f| f.series.iter().filter_map(|s| s.name()))
         .collect();
     names.sort();
     names.dedup();
-    for (who, addr) in [("prometheus", &pair.prom.addr), ("ngxprobe", &pair.ours.addr)] {
+    for (who, addr) in [("prometheus", pair.prom.addr()), ("ngxprobe", pair.ours.addr)] {
         let value = |q: String, t: i64| {
             let r = api_get(addr, "/api/v1/query", &[("query", q.clone()), ("time", secs(t))]).unwrap();
             r["data"]["result"][0]["value"][1]
@@ -359,13 +366,13 @@ fn differential_vs_prometheus() {
         let want = fams
             .iter()
             .flat_map(|f| &f.series)
-            .find(|s| s.labels.name() == Some("nginx_up"))
+            .find(|s| s.name() == Some("nginx_up"))
             .unwrap();
         let last = want.samples.iter().rev().find(|p| p.0 <= at(50)).unwrap();
         assert_eq!((ts * 1000.0).round() as i64, last.0, "{who}: sample timestamps");
     }
 
-    let mut cases: Vec<(String, Vec<(&str, String)>, &str, bool)> = vec![];
+    let mut cases: Vec<Case> = vec![];
     for e in EXPRS {
         let q = sub(e);
         for m in [37, 75] {
@@ -411,8 +418,8 @@ fn differential_vs_prometheus() {
     let mut empty = 0;
     let mut known = 0;
     for (q, params, path, ordered) in &cases {
-        let p = api_get(&pair.prom.addr, path, params).unwrap_or_else(|e| panic!("prometheus: {e}"));
-        let o = api_get(&pair.ours.addr, path, params).unwrap_or_else(|e| panic!("ngxprobe: {e}"));
+        let p = api_get(pair.prom.addr(), path, params).unwrap_or_else(|e| panic!("prometheus: {e:#}"));
+        let o = api_get(pair.ours.addr, path, params).unwrap_or_else(|e| panic!("ngxprobe: {e:#}"));
         let (mut cp, mut co) = (canon(&p, *ordered), canon(&o, *ordered));
         if IGNORE_NAME.iter().any(|(e, _)| e == q) {
             known += 1;

@@ -14,8 +14,6 @@ mod go_strings;
 pub mod value;
 
 #[cfg(test)]
-mod bench;
-#[cfg(test)]
 mod differential;
 #[cfg(test)]
 mod fuzz;

@@ -2,6 +2,8 @@
 //! if a case listed in conformance-baseline.txt no longer passes.
 use std::path::PathBuf;
 
+use ngxprobe_e2e::util::{in_ci, skip_or_fail};
+
 use super::{
     promqltest,
     testing::{MemSeries, SwapStore},
@@ -24,20 +26,16 @@ fn shared_dir() -> Option<PathBuf> {
 
 const BASELINE: &str = include_str!("conformance-baseline.txt");
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
-}
-
 /// Runs every promqltest file over the real store (a fresh temporary data
 /// directory per file and per `clear`), loading samples through
 /// `SeriesWriter::append`.
 #[test]
 fn promql_conformance() {
     let Some(dir) = shared_dir() else {
-        let msg = "promqltest: conformance data (shared/conformance/promqltest) not found: run from a checkout with \
-                   ../shared beside it, or set NGXPROBE_SHARED=/path/to/shared";
-        assert!(!in_ci(), "{msg} (CI is set, so this is a failure, not a skip)");
-        eprintln!("{msg}; skipping");
+        skip_or_fail(
+            "promqltest: conformance data (shared/conformance/promqltest) not found: run from a checkout with \
+             ../shared beside it, or set NGXPROBE_SHARED=/path/to/shared",
+        );
         return;
     };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -101,6 +99,11 @@ fn promql_conformance() {
         total.0, total.1, total.2, refused_total
     );
     if let Ok(target) = std::env::var("NGXPROBE_UPDATE_BASELINE") {
+        assert!(
+            !in_ci(),
+            "NGXPROBE_UPDATE_BASELINE is set under CI: rewriting conformance-baseline.txt there would make the \
+             regression check pass whatever regressed; regenerate the baseline locally and commit it"
+        );
         let path = if target.ends_with(".txt") {
             PathBuf::from(target)
         } else {

@@ -78,7 +78,10 @@ fn now() -> SystemTime {
 /// Returns the distinct Slack bodies each side received, in arrival order.
 async fn run_scenario(make_config: fn(&str) -> String) -> Option<(Vec<serde_json::Value>, Vec<serde_json::Value>)> {
     if !AlertmanagerProcess::available() {
-        eprintln!("SKIP: {AM_BIN} not installed (apt-get install prometheus-alertmanager)");
+        // A skip locally, a failure under CI.
+        ngxprobe_e2e::util::skip_or_fail(&format!(
+            "{AM_BIN} not installed (apt-get install prometheus-alertmanager)"
+        ));
         return None;
     }
     let rec = Arc::new(Recorder::default());
