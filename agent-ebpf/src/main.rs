@@ -149,8 +149,8 @@ fn take_seed(sk: *const c_void) -> Option<u32> {
     // SAFETY: `sk` is the tracepoint's `struct sock *` (a BTF pointer).
     let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     // SAFETY: plain value read from our own map.
-    let slot = unsafe { SEEDS.get(&cookie) }.copied()?;
-    let _ = SEEDS.remove(&cookie);
+    let slot = unsafe { SEEDS.get(cookie) }.copied()?;
+    let _ = SEEDS.remove(cookie);
     Some(slot)
 }
 
@@ -249,7 +249,7 @@ fn on_established(sk: *const c_void) {
     };
     let key = ListenKey { netns, port, _pad: 0 };
     // SAFETY: plain value read from our own map.
-    let Some(slot) = (unsafe { LISTENERS.get(&key) }).copied() else {
+    let Some(slot) = (unsafe { LISTENERS.get(key) }).copied() else {
         return;
     };
     let Some(st) = stats(slot) else {

@@ -71,7 +71,7 @@ impl Gen {
             Kind::FloatSum { rate } => {
                 let n = (rate + rate.sqrt() * self.gauss()).round().max(0.0) as usize;
                 for _ in 0..n.min(8) {
-                    let x = self.rnd() * 0.05 * (n as f64 / n.min(8).max(1) as f64);
+                    let x = self.rnd() * 0.05 * (n as f64 / n.clamp(1, 8) as f64);
                     self.acc += x;
                 }
                 self.acc
@@ -129,7 +129,7 @@ fn gens() -> Vec<Gen> {
         }
         add(
             "nginx_http_response_bytes_total",
-            &[wl.clone()],
+            std::slice::from_ref(&wl),
             Kind::Counter {
                 rate: 1.2e6,
                 sd: 2e5,
@@ -161,7 +161,7 @@ fn gens() -> Vec<Gen> {
         }
         add(
             "nginx_http_request_duration_seconds_count",
-            &[wl.clone()],
+            std::slice::from_ref(&wl),
             Kind::Counter {
                 rate: 290.0,
                 sd: 17.0,
@@ -171,7 +171,7 @@ fn gens() -> Vec<Gen> {
         );
         add(
             "nginx_http_request_duration_seconds_sum",
-            &[wl.clone()],
+            std::slice::from_ref(&wl),
             Kind::FloatSum { rate: 290.0 },
             12345.678,
         );
@@ -188,7 +188,7 @@ fn gens() -> Vec<Gen> {
         let pl = ("process", p.to_string());
         add(
             "process_cpu_seconds_total",
-            &[pl.clone()],
+            std::slice::from_ref(&pl),
             Kind::Counter {
                 rate: 30.0,
                 sd: 5.0,
@@ -198,20 +198,25 @@ fn gens() -> Vec<Gen> {
         );
         add(
             "process_resident_memory_bytes",
-            &[pl.clone()],
+            std::slice::from_ref(&pl),
             Kind::Steppy { unit: 4096.0, p: 0.02 },
             4096.0 * 12000.0,
         );
         add(
             "process_open_fds",
-            &[pl.clone()],
+            std::slice::from_ref(&pl),
             Kind::Steppy { unit: 1.0, p: 0.005 },
             64.0,
         );
-        add("nginx_up", &[pl.clone()], Kind::Steppy { unit: 0.0, p: 0.0 }, 1.0);
+        add(
+            "nginx_up",
+            std::slice::from_ref(&pl),
+            Kind::Steppy { unit: 0.0, p: 0.0 },
+            1.0,
+        );
         add(
             "ngxprobe_ebpf_program_runs_total",
-            &[pl.clone()],
+            std::slice::from_ref(&pl),
             Kind::Counter {
                 rate: 3000.0,
                 sd: 200.0,
@@ -221,7 +226,7 @@ fn gens() -> Vec<Gen> {
         );
         add(
             "nginx_upstream_latency_seconds",
-            &[pl.clone()],
+            std::slice::from_ref(&pl),
             Kind::Noisy { mean: 0.025, sd: 0.01 },
             0.0,
         );
@@ -415,7 +420,7 @@ fn promtool(bin: &str, om: &Path, out: &Path, extra: &[&str]) -> Option<(u64, u6
 fn print_classes(g0: &[Gen], ticks: i64) {
     let detail = std::env::var_os("STORE_BENCH_DETAIL").is_some();
     let t = Instant::now();
-    let rows = class_breakdown(&g0, ticks, detail);
+    let rows = class_breakdown(g0, ticks, detail);
     let enc_took = t.elapsed();
     let (all_n, all_b) = rows
         .iter()

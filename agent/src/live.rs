@@ -21,11 +21,14 @@ use crate::{
 /// How far from the wall clock a query's end may be and still count as "now".
 const NOW_TOLERANCE_MS: i64 = 2_000;
 
+/// The probes' values read for one evaluation time.
+type LiveSamples = Arc<Vec<(Labels, f64)>>;
+
 pub struct LiveReader {
     store: Arc<dyn SeriesReader>,
     live: Arc<dyn MetricsSource>,
     /// Live samples read for one evaluation time, shared by all its queries.
-    cache: Mutex<Option<(i64, Arc<Vec<(Labels, f64)>>)>>,
+    cache: Mutex<Option<(i64, LiveSamples)>>,
 }
 
 impl LiveReader {

@@ -220,8 +220,8 @@ fn master_key(proc_root: &Path, pid: u32, args: &NginxArgs) -> Result<Option<Ins
 /// The TCP tables list every socket of the namespace (thousands of TIME_WAIT
 /// rows under load) and cost milliseconds to parse; a master's listening
 /// sockets change only on reload, when its set of socket fds changes too.
-static LISTENER_CACHE: std::sync::Mutex<Option<HashMap<u32, (BTreeSet<u64>, BTreeSet<Listener>)>>> =
-    std::sync::Mutex::new(None);
+type ListenerCache = HashMap<u32, (BTreeSet<u64>, BTreeSet<Listener>)>;
+static LISTENER_CACHE: std::sync::Mutex<Option<ListenerCache>> = std::sync::Mutex::new(None);
 
 /// LISTEN sockets held by a process, from its fds matched against the TCP
 /// tables of its own network namespace. `None` if it exited meanwhile.

@@ -65,12 +65,11 @@ fn typedef_field_offset(btf: &Btf, name: &str, field: &str) -> Result<u32, Offse
         .resolve_types_by_name(name)
         .map_err(|_| OffsetsError::NoStruct(name.to_string()))?;
     for t in types {
-        if let Type::Typedef(td) = t {
-            if let Some(Type::Struct(s)) = strip(btf, btf.resolve_chained_type(&td).ok()) {
-                if let Some(bits) = find_member(btf, &s, field, 0) {
-                    return Ok(bits / 8);
-                }
-            }
+        if let Type::Typedef(td) = t
+            && let Some(Type::Struct(s)) = strip(btf, btf.resolve_chained_type(&td).ok())
+            && let Some(bits) = find_member(btf, &s, field, 0)
+        {
+            return Ok(bits / 8);
         }
     }
     Err(no_field(name, field))
@@ -104,10 +103,10 @@ fn find_member(btf: &Btf, s: &btf_rs::Struct, field: &str, base: u32) -> Option<
         }
         if name.is_empty() {
             let inner = strip(btf, btf.resolve_chained_type(m).ok());
-            if let Some(Type::Struct(x)) | Some(Type::Union(x)) = inner {
-                if let Some(off) = find_member(btf, &x, field, base + m.bit_offset()) {
-                    return Some(off);
-                }
+            if let Some(Type::Struct(x)) | Some(Type::Union(x)) = inner
+                && let Some(off) = find_member(btf, &x, field, base + m.bit_offset())
+            {
+                return Some(off);
             }
         }
     }

@@ -318,11 +318,11 @@ fn aggregate_k(
     // For instant queries: output order (group, rank).
     let mut order: Vec<usize> = vec![];
     let mut members: Vec<Vec<usize>> = vec![vec![]; ngroups];
-    for i in 0..n {
+    for (i, &p) in param.iter().enumerate().take(n) {
         if i % 256 == 0 {
             ctx.check_deadline()?;
         }
-        let k = (param[i] as i64).min(input.len() as i64);
+        let k = (p as i64).min(input.len() as i64);
         if k < 1 {
             continue;
         }

@@ -188,10 +188,10 @@ fn escape_go_braces(re: &str) -> String {
 
 impl<'a> Ctx<'a> {
     pub fn check_deadline(&self) -> Result<(), EvalError> {
-        if let Some(d) = self.opts.deadline {
-            if Instant::now() >= d {
-                return Err(EvalError::Timeout("expression evaluation".into()));
-            }
+        if let Some(d) = self.opts.deadline
+            && Instant::now() >= d
+        {
+            return Err(EvalError::Timeout("expression evaluation".into()));
         }
         Ok(())
     }

@@ -160,15 +160,15 @@ fn locate_error(q: &str, msg: &str) -> (usize, String) {
     // function) or at the offending argument (argument type).
     if let Some(c) = quoted.captures(msg) {
         let name = c.get(2).map_or("", |m| m.as_str());
-        if c[1].starts_with("function") || c[1].starts_with("call") || c[1].starts_with("name") {
-            if let Some(at) = find_call(q, name) {
-                if msg.starts_with("expected type") {
-                    let open = q[at..].find('(').map_or(at, |i| at + i + 1);
-                    let arg = open + (q[open..].len() - q[open..].trim_start().len());
-                    return (arg, text);
-                }
-                return (at, text);
+        if (c[1].starts_with("function") || c[1].starts_with("call") || c[1].starts_with("name"))
+            && let Some(at) = find_call(q, name)
+        {
+            if msg.starts_with("expected type") {
+                let open = q[at..].find('(').map_or(at, |i| at + i + 1);
+                let arg = open + (q[open..].len() - q[open..].trim_start().len());
+                return (arg, text);
             }
+            return (at, text);
         }
         return (first, text);
     }

@@ -202,11 +202,9 @@ fn parse_values(s: &str) -> Result<Option<Vec<Seq>>, String> {
         let is_rep = tok
             .rfind('x')
             .is_some_and(|xi| xi > 0 && tok[xi + 1..].chars().all(|c| c.is_ascii_digit()) && !tok[xi + 1..].is_empty());
-        if !is_rep {
-            if let Some(v) = parse_number(tok) {
-                out.push(Seq::Val(v));
-                continue;
-            }
+        if !is_rep && let Some(v) = parse_number(tok) {
+            out.push(Seq::Val(v));
+            continue;
         }
         // a[+-]bxN or axN
         let xi = tok.rfind('x').ok_or_else(|| format!("bad token {tok}"))?;
@@ -313,10 +311,10 @@ pub fn run_file(text: &str, reader: &dyn SeriesReader, load: &mut dyn FnMut(Load
             while i < lines.len() && !lines[i].is_empty() {
                 let dl = &lines[i];
                 i += 1;
-                if let Some((name_part, _)) = dl.split_once(char::is_whitespace) {
-                    if name_part.ends_with("@st") || name_part.contains("}@st") {
-                        continue; // start timestamps: not supported
-                    }
+                if let Some((name_part, _)) = dl.split_once(char::is_whitespace)
+                    && (name_part.ends_with("@st") || name_part.contains("}@st"))
+                {
+                    continue; // start timestamps: not supported
                 }
                 let Some((labels, rest)) = parse_metric(dl) else {
                     continue;
@@ -440,14 +438,13 @@ fn parse_eval(lines: &[String], start: usize) -> (Eval, usize) {
         }
         if let Some(r) = dl.strip_prefix("expect range vector") {
             let parts: Vec<&str> = r.split_whitespace().collect();
-            if parts.len() == 6 {
-                if let (Some(f), Some(t), Some(s)) =
+            if parts.len() == 6
+                && let (Some(f), Some(t), Some(s)) =
                     (duration_ms(parts[1]), duration_ms(parts[3]), duration_ms(parts[5]))
-                {
-                    ev.expect_range_vector = Some((f, t, s));
-                    ev.at = t;
-                    continue;
-                }
+            {
+                ev.expect_range_vector = Some((f, t, s));
+                ev.at = t;
+                continue;
             }
             ev.bad = Some(format!("bad line {dl}"));
             continue;
@@ -514,15 +511,15 @@ fn run_eval(ev: &Eval, reader: &dyn SeriesReader) -> Result<(), String> {
                     QueryError::BadData(m) => m.clone(),
                     QueryError::Eval(x) => x.to_string(),
                 };
-                if let Some(m) = &ev.fail_msg {
-                    if m != &msg {
-                        return Err(format!("expected error {m:?}, got {msg:?}"));
-                    }
+                if let Some(m) = &ev.fail_msg
+                    && m != &msg
+                {
+                    return Err(format!("expected error {m:?}, got {msg:?}"));
                 }
-                if let Some(r) = &ev.fail_regex {
-                    if !r.is_match(&msg) {
-                        return Err(format!("expected error matching {r}, got {msg:?}"));
-                    }
+                if let Some(r) = &ev.fail_regex
+                    && !r.is_match(&msg)
+                {
+                    return Err(format!("expected error matching {r}, got {msg:?}"));
                 }
                 Ok(())
             }

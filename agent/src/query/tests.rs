@@ -351,7 +351,7 @@ proptest::proptest! {
 #[test]
 fn format_value_like_prometheus() {
     use crate::compat::float::format_f as f;
-    assert_eq!(f(-1519218211223713.25), "-1519218211223713.2");
+    assert_eq!(f(-1_519_218_211_223_713.3), "-1519218211223713.2");
     assert_eq!(f(2.5e-7), "0.00000025");
     assert_eq!(f(123456789012345678.0), "123456789012345680");
     assert_eq!(f(0.3), "0.3");
