@@ -2,7 +2,8 @@
 //! `100ms`: `model.Duration`), so users can copy values between Prometheus and
 //! ngxprobe configs; the API's "float seconds or duration" parameters; and Go's
 //! `time.Duration.String()` for templates.
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -20,7 +21,7 @@ const UNITS: [(&str, u64); 7] = [
 
 /// A duration with millisecond resolution, parsed and printed like
 /// Prometheus' `model.Duration`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default, SerializeDisplay, DeserializeFromStr)]
 pub struct PromDuration(Duration);
 
 impl PromDuration {
@@ -211,19 +212,6 @@ impl fmt::Display for PromDuration {
             }
         }
         Ok(())
-    }
-}
-
-impl Serialize for PromDuration {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PromDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -1,12 +1,12 @@
 //! The `--web.listen-address` syntax of nginx-prometheus-exporter (Go's
 //! `net.Listen`): `:9113` is every interface, otherwise `IPv4:port`,
 //! `[IPv6]:port` or `localhost:port`.
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_with::{DeserializeFromStr, SerializeDisplay};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, SerializeDisplay, DeserializeFromStr)]
 pub enum ListenAddress {
     /// `:PORT`: all interfaces, IPv4 and IPv6 (the server binds `[::]`
     /// dual-stack and falls back to `0.0.0.0` when IPv6 is off).
@@ -70,19 +70,6 @@ impl fmt::Display for ListenAddress {
             // SocketAddr already brackets IPv6.
             ListenAddress::Socket(addr) => write!(f, "{addr}"),
         }
-    }
-}
-
-impl Serialize for ListenAddress {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ListenAddress {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

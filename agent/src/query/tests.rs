@@ -4,10 +4,7 @@ use std::path::PathBuf;
 
 use ngxprobe_e2e::util::{in_ci, skip_or_fail};
 
-use super::{
-    promqltest,
-    testing::{MemSeries, SwapStore},
-};
+use super::{promqltest, testing::SwapStore};
 
 fn shared_dir() -> Option<PathBuf> {
     let mut cands = vec![];
@@ -129,18 +126,18 @@ mod api_tests {
     use std::sync::Arc;
 
     use crate::{
-        query::{QueryOptions, api::api_router, cli::http_get, testing::MemSeries},
+        query::{QueryOptions, api::api_router, cli::http_get},
         series::Labels,
     };
 
     fn serve() -> String {
-        let store = Arc::new(MemSeries::new());
+        let store = Arc::new(crate::series::MemStore::new());
         let l = Labels::new([
             ("__name__".into(), "nginx_http_requests_total".into()),
             ("instance".into(), "a".into()),
         ]);
         for i in 0..100 {
-            store.add(&l, i * 15_000, i as f64 * 10.0);
+            store.insert(&l, i * 15_000, i as f64 * 10.0);
         }
         let app = api_router(store, QueryOptions::default());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -199,10 +196,10 @@ mod api_tests {
 #[test]
 fn no_panic_on_truncated_and_hostile_queries() {
     use crate::series::Labels;
-    let store = MemSeries::new();
+    let store = crate::series::MemStore::new();
     let l = Labels::new([("__name__".into(), "m".into()), ("le".into(), "+Inf".into())]);
     for i in 0..20 {
-        store.add(&l, i * 15_000, i as f64);
+        store.insert(&l, i * 15_000, i as f64);
     }
     let qs = [
         r#"sum by (le) (rate(m{le=~"(.*"}[1m:15s] offset -1m @ end()))"#,

@@ -12,7 +12,6 @@ pub mod config;
 pub mod eval;
 pub mod file;
 pub mod manager;
-pub mod memstore;
 pub mod promtool;
 pub mod template;
 

@@ -13,11 +13,11 @@ use serde::Deserialize;
 use super::{
     eval::{EvalEnv, Group, labels_of},
     file::{self, Dur, ErrorKind, GroupDef, RuleError, YStr},
-    memstore::MemStore,
 };
 use crate::{
     compat::{PromDuration, float::format_e_upper, quote::go_quote, yaml},
     query::{QueryOptions, QueryResult, instant_query},
+    series::MemStore,
     series::{Labels, labels_string, stale_marker},
 };
 

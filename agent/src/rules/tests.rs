@@ -173,7 +173,8 @@ mod manager_tests {
     use crate::{
         alerts::{Alert, AlertSink},
         compat::PromDuration,
-        rules::{RuleManager, RulesConfig, eval::AlertState, file, memstore::MemStore, promtool},
+        rules::{RuleManager, RulesConfig, eval::AlertState, file, promtool},
+        series::MemStore,
         series::{Labels, MatchOp, Matcher, SeriesReader, SeriesWriter, is_stale_marker},
     };
 
@@ -614,7 +615,8 @@ fn rules_run_loop_evaluates_on_schedule_and_stops() {
     use crate::{
         alerts::{Alert, AlertSink},
         compat::PromDuration,
-        rules::{RuleManager, RulesConfig, memstore::MemStore},
+        rules::{RuleManager, RulesConfig},
+        series::MemStore,
     };
     use std::sync::Arc;
     struct Null;

@@ -1,8 +1,8 @@
 //! An in-memory series store (reader and writer) for `ngxprobe test rules`
-//! and tests; the agent uses the real store.
+//! and tests; the agent uses the real store (store/).
 use std::{collections::BTreeMap, sync::RwLock};
 
-use crate::series::{AppendError, Labels, Matcher, MetricMeta, ReadError, SeriesData, SeriesReader, SeriesWriter};
+use super::{AppendError, Labels, Matcher, MetricMeta, ReadError, SeriesData, SeriesReader, SeriesWriter};
 
 #[derive(Default)]
 pub struct MemStore {

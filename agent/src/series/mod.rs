@@ -1,6 +1,10 @@
 //! The read/write interface between the store stage and its neighbours:
 //! collect/expose feed families in, the query and rules stages read series out.
 //! Kept small and stage-neutral; the store implements it, nothing else does.
+mod mem;
+
+pub use mem::MemStore;
+
 use std::{collections::BTreeMap, fmt};
 
 /// A label set, sorted by name, including `__name__`. Empty values are never kept
