@@ -456,7 +456,7 @@ pub(crate) fn almost_equal(a: f64, b: f64, eps: f64) -> bool {
     diff / abs_sum.min(f64::MAX) < eps
 }
 
-fn bucket_quantile(q: f64, buckets: &mut Vec<(f64, f64)>) -> f64 {
+fn bucket_quantile(q: f64, buckets: &mut [(f64, f64)]) -> f64 {
     if q.is_nan() {
         return f64::NAN;
     }
