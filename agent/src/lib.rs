@@ -25,4 +25,5 @@ pub mod rules;
 pub mod secret;
 pub mod series;
 pub mod store;
+pub mod web;
 pub mod worker;

@@ -4,6 +4,7 @@
 //! knows a stage's internals, only the typed interfaces between stages.
 mod load;
 mod pipeline;
+mod web_info;
 
 pub use load::{RunArgs, check_config, effective_config, load_file};
 
@@ -23,7 +24,7 @@ use crate::rules::{self, RuleManager};
 use crate::series::{SeriesReader, SeriesWriter};
 use crate::store::{self, Store};
 use crate::worker::Worker;
-use crate::{expose, logging, preflight, query};
+use crate::{expose, logging, preflight, query, web};
 use pipeline::{Pipeline, Sampled};
 
 /// Why the agent did not start or stopped with an error.
@@ -164,7 +165,8 @@ fn start_and_serve(
     };
 
     // rules and the query API need the store (rules read history and write ALERTS / recordings).
-    let mut api = axum::Router::new();
+    // The page (`/`, `/ui/...`) is there either way; it says what is missing.
+    let mut api = web::router(web_info::agent_info(cfg));
     let rules = match &store {
         Some(store) => {
             let reader: Arc<dyn SeriesReader> = store.clone();
