@@ -8,6 +8,7 @@
 //! * [`measure`]: the exact measurement protocol and the invariant monitor.
 //! * [`slack_receiver`]: a local HTTP server standing in for Slack's webhook.
 //! * [`seed`]: the seed's Slack receiver and alerting rule.
+//! * [`browser`]: headless Chromium over the DevTools protocol (the page's tests).
 //! * [`prometheus`]: Debian's Prometheus and promtool as processes, the
 //!   reference for comparisons (queries, alert latency).
 //!
@@ -17,6 +18,7 @@
 //! Tests in one binary are serialised ([`util::serial`]) and each has a
 //! watchdog; every process started is killed by PID on drop, also on panic.
 pub mod agent;
+pub mod browser;
 pub mod clients;
 pub mod measure;
 pub mod metrics_text;

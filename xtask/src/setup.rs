@@ -32,6 +32,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus-alertmanager", "reference Alertmanager for tests"),
     ("prometheus-nginx-exporter", "reference nginx_* metrics for tests"),
     ("procps", "ps/sysctl/pgrep for tests"),
+    (
+        "chromium",
+        "headless browser for the page's end-to-end tests (driven over DevTools)",
+    ),
 ];
 
 /// Packages whose Debian maintainer scripts enable and start a service.
