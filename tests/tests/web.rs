@@ -102,7 +102,14 @@ fn wait_query(agent: &Agent, what: &str, promql: &str, timeout: Duration) {
     .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(20)));
 }
 
-fn rules_yaml(conf: &str) -> String {
+/// The alerts, and recording rules that stand in for families the agent
+/// may export (an OTel request-duration histogram with status codes, a
+/// per-listener accept-queue drop counter): series of that shape, made by
+/// the real rule engine from real nginx counters, so that the page's
+/// optional panels are shown and queried for real.
+fn rules_yaml(conf: &str, listener: &str) -> String {
+    let requests = format!("sum by (conf_path) (nginx_http_requests_total{{conf_path={conf:?}}})");
+    let accepted = format!("sum by (conf_path) (nginx_connections_accepted{{conf_path={conf:?}}})");
     format!(
         r#"groups:
 - name: web-page
@@ -120,6 +127,18 @@ fn rules_yaml(conf: &str) -> String {
       severity: warning
     annotations:
       summary: nginx is busy
+- name: web-page-stand-ins
+  rules:
+  - record: http_server_request_duration_seconds_bucket
+    expr: label_replace({requests} * 0.5, "le", "0.001", "", "")
+  - record: http_server_request_duration_seconds_bucket
+    expr: label_replace({requests} * 0.9, "le", "0.01", "", "")
+  - record: http_server_request_duration_seconds_bucket
+    expr: label_replace({requests}, "le", "+Inf", "", "")
+  - record: http_server_request_duration_seconds_count
+    expr: label_replace({requests}, "http_response_status_code", "200", "", "")
+  - record: ngxprobe_nginx_listen_drops_total
+    expr: label_replace({accepted}, "listen_address", "{listener}", "", "")
 "#
     )
 }
@@ -160,7 +179,8 @@ fn page_shows_nginx_alerts_queries_and_status() {
     let rx = SlackReceiver::start().expect("start the Slack receiver");
     let rules = TempDir::new("web-rules").expect("temp dir");
     let rule_file = rules.path().join("rules.yml");
-    std::fs::write(&rule_file, rules_yaml(&conf)).expect("write rules");
+    let listener = nginx.main_addr().to_string();
+    std::fs::write(&rule_file, rules_yaml(&conf, &listener)).expect("write rules");
     let agent = Agent::start_with_config(&agent_config(&rule_file, &rx.url("/hook"))).expect("start ngxprobe");
     agent.wait_instance_up(&conf).expect("agent sees nginx");
     let url = nginx.url("/");
@@ -198,6 +218,18 @@ fn page_shows_nginx_alerts_queries_and_status() {
     assert_eq!(series, 1, "one requests/s line per instance");
     eprintln!("[e2e] overview requests/s sparkline: {points} points");
     wait_graph(&mut b, &format!("{card} [data-panel=connections] .plot"), 3);
+    // Optional panels: shown for the families the store has (the stand-ins),
+    // absent for those it has not.
+    wait_graph(&mut b, &format!("{card} [data-panel=status] .plot"), 3);
+    let (_, quantiles) = wait_graph(&mut b, &format!("{card} [data-panel=latency] .plot"), 3);
+    assert_eq!(quantiles, 2, "p50 and p99");
+    wait_graph(&mut b, &format!("{card} [data-panel=accept_drops] .plot"), 3);
+    for absent in ["retransmits", "resets"] {
+        let found = b
+            .eval(&format!("{} !== null", q(&format!("{card} [data-panel={absent}]"))))
+            .unwrap();
+        assert_eq!(found, false, "panel {absent} shown without its family");
+    }
     let text = wait_text(&mut b, &card, &conf);
     assert!(text.contains("up"), "card text: {text}");
     assert_eq!(b.eval(&format!("{}.dataset.up", q(&card))).unwrap(), "1");
@@ -298,6 +330,12 @@ fn page_shows_nginx_alerts_queries_and_status() {
     let (_, states) = wait_graph(&mut b, "[data-panel=connections] .plot", 3);
     assert_eq!(states, 3, "reading, writing, waiting");
     wait_graph(&mut b, "[data-panel=accepted] .plot", 1);
+    // Per listener where the family has a listen_address label.
+    wait_graph(&mut b, "[data-panel=accept_drops] .plot", 3);
+    wait_text(&mut b, "[data-panel=accept_drops]", &listener);
+    let latency = wait_text(&mut b, "[data-panel=latency]", "p99");
+    assert!(latency.contains("p50"), "{latency}");
+    wait_text(&mut b, "[data-panel=status]", "2xx");
     shot(&mut b, "instance.png");
 
     // ---- Query, typed: a table with our series.
