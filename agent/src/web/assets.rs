@@ -19,33 +19,24 @@ const CSS: &str = "text/css; charset=utf-8";
 const SVG: &str = "image/svg+xml";
 const HTML: &str = "text/html; charset=utf-8";
 
+/// An embedded file: `asset!(name, path under assets/, content type)`.
+macro_rules! asset {
+    ($name:literal, $file:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            bytes: include_bytes!(concat!("assets/", $file)),
+            content_type: $content_type,
+        }
+    };
+}
+
 /// Everything the page loads besides itself.
 pub(super) const ASSETS: &[Asset] = &[
-    Asset {
-        name: "uPlot.min.css",
-        bytes: include_bytes!("assets/vendor/uPlot.min.css"),
-        content_type: CSS,
-    },
-    Asset {
-        name: "uPlot.iife.min.js",
-        bytes: include_bytes!("assets/vendor/uPlot.iife.min.js"),
-        content_type: JS,
-    },
-    Asset {
-        name: "app.css",
-        bytes: include_bytes!("assets/app.css"),
-        content_type: CSS,
-    },
-    Asset {
-        name: "app.js",
-        bytes: include_bytes!("assets/app.js"),
-        content_type: JS,
-    },
-    Asset {
-        name: "favicon.svg",
-        bytes: include_bytes!("assets/favicon.svg"),
-        content_type: SVG,
-    },
+    asset!("uPlot.min.css", "vendor/uPlot.min.css", CSS),
+    asset!("uPlot.iife.min.js", "vendor/uPlot.iife.min.js", JS),
+    asset!("app.css", "app.css", CSS),
+    asset!("app.js", "app.js", JS),
+    asset!("favicon.svg", "favicon.svg", SVG),
 ];
 
 const INDEX_TEMPLATE: &str = include_str!("assets/index.html");
