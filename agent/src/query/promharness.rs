@@ -12,7 +12,7 @@ use ngxprobe_e2e::prometheus::{
 
 use super::{QueryOptions, api::api_router};
 use crate::{
-    series::{Labels, SeriesReader, SeriesWriter},
+    series::{Labels, Matcher, ReadBudget, ReadError, SeriesData, SeriesReader, SeriesWriter},
     store::Store,
 };
 
@@ -296,30 +296,11 @@ pub struct Pair {
 }
 
 impl SeriesReader for TempStore {
-    fn select(
-        &self,
-        m: &[crate::series::Matcher],
-        a: i64,
-        b: i64,
-    ) -> Result<Vec<crate::series::SeriesData>, crate::series::ReadError> {
-        self.store.select(m, a, b)
+    fn select(&self, m: &[Matcher], a: i64, b: i64, budget: &ReadBudget) -> Result<Vec<SeriesData>, ReadError> {
+        self.store.select(m, a, b, budget)
     }
-    fn label_names(
-        &self,
-        m: &[crate::series::Matcher],
-        a: i64,
-        b: i64,
-    ) -> Result<Vec<String>, crate::series::ReadError> {
-        self.store.label_names(m, a, b)
-    }
-    fn label_values(
-        &self,
-        n: &str,
-        m: &[crate::series::Matcher],
-        a: i64,
-        b: i64,
-    ) -> Result<Vec<String>, crate::series::ReadError> {
-        self.store.label_values(n, m, a, b)
+    fn series(&self, m: &[Matcher], a: i64, b: i64, budget: &ReadBudget) -> Result<Vec<Labels>, ReadError> {
+        self.store.series(m, a, b, budget)
     }
     fn metadata(&self, m: Option<&str>) -> Vec<(String, crate::series::MetricMeta)> {
         self.store.metadata(m)

@@ -4,7 +4,7 @@ use super::maintain::RETRY_EVERY;
 use super::*;
 use crate::metrics::{Family, MetricType};
 use crate::series::{
-    AppendError, Labels, MatchOp, Matcher, MetricKind, SeriesData, SeriesReader as _, SeriesWriter as _,
+    AppendError, Labels, MatchOp, Matcher, MetricKind, ReadBudget, SeriesData, SeriesReader as _, SeriesWriter as _,
     is_stale_marker,
 };
 use std::fs::OpenOptions;
@@ -70,7 +70,12 @@ fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 fn all(store: &Store, name: &str) -> Vec<SeriesData> {
     store
-        .select(&[m(MatchOp::Equal, "__name__", name)], i64::MIN, i64::MAX)
+        .select(
+            &[m(MatchOp::Equal, "__name__", name)],
+            i64::MIN,
+            i64::MAX,
+            &ReadBudget::unlimited(),
+        )
         .unwrap()
 }
 
@@ -123,26 +128,53 @@ fn ingest_select_stale_rejects_and_metadata() {
             ],
             0,
             10_000,
+            &ReadBudget::unlimited(),
         )
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].samples[0], (1000, 2.0));
     assert!(is_stale_marker(got[0].samples[1].1) && got[0].samples[1].0 == 2000);
-    let ok = s.select(&[m(MatchOp::NotEqual, "code", "500")], 0, 10_000).unwrap();
+    let ok = s
+        .select(
+            &[m(MatchOp::NotEqual, "code", "500")],
+            0,
+            10_000,
+            &ReadBudget::unlimited(),
+        )
+        .unwrap();
     assert_eq!(ok.len(), 1);
     assert_eq!(ok[0].samples, vec![(1000, 1.0), (2000, 3.0)]);
     // Range restriction.
     assert_eq!(
-        s.select(&[m(MatchOp::Equal, "code", "200")], 1500, 2500).unwrap()[0].samples,
+        s.select(
+            &[m(MatchOp::Equal, "code", "200")],
+            1500,
+            2500,
+            &ReadBudget::unlimited()
+        )
+        .unwrap()[0]
+            .samples,
         vec![(2000, 3.0)]
     );
     assert!(
-        s.select(&[m(MatchOp::Equal, "code", "200")], 3000, 4000)
-            .unwrap()
-            .is_empty()
+        s.select(
+            &[m(MatchOp::Equal, "code", "200")],
+            3000,
+            4000,
+            &ReadBudget::unlimited()
+        )
+        .unwrap()
+        .is_empty()
     );
-    assert_eq!(s.label_names(&[], 0, 10_000).unwrap(), vec!["__name__", "code"]);
-    assert_eq!(s.label_values("code", &[], 0, 10_000).unwrap(), vec!["200", "500"]);
+    assert_eq!(
+        s.label_names(&[], 0, 10_000, &ReadBudget::unlimited()).unwrap(),
+        vec!["__name__", "code"]
+    );
+    assert_eq!(
+        s.label_values("code", &[], 0, 10_000, &ReadBudget::unlimited())
+            .unwrap(),
+        vec!["200", "500"]
+    );
     assert_eq!(s.metadata(Some("http_total"))[0].1.kind, MetricKind::Counter);
     let fams = s.self_families();
     assert_eq!(
@@ -227,7 +259,14 @@ fn blocks_persist_wal_stays_small_and_reopen_reads_everything() {
         // end), over 20 series (decoded on several threads where there are
         // cores): the same series in the same order, exactly the samples in it.
         let (a, b) = (47 * 60_000 + 1, 4 * 3_600_000 + 13 * 60_000);
-        let win = s.select(&[m(MatchOp::Equal, "__name__", "req_total")], a, b).unwrap();
+        let win = s
+            .select(
+                &[m(MatchOp::Equal, "__name__", "req_total")],
+                a,
+                b,
+                &ReadBudget::unlimited(),
+            )
+            .unwrap();
         assert_eq!(
             win.iter().map(|x| &x.labels).collect::<Vec<_>>(),
             got.iter().map(|x| &x.labels).collect::<Vec<_>>()
@@ -361,7 +400,12 @@ fn retention_by_size_keeps_directory_under_limit() {
     assert!(metric(&fams, "ngxprobe_store_blocks_deleted_total", &[]) >= 1.0);
     assert!(over <= 3, "directory above 1.5x the limit at {over} checks");
     let got = s
-        .select(&[m(MatchOp::Equal, "__name__", "noise")], i64::MIN, i64::MAX)
+        .select(
+            &[m(MatchOp::Equal, "__name__", "noise")],
+            i64::MIN,
+            i64::MAX,
+            &ReadBudget::unlimited(),
+        )
         .unwrap();
     assert!(got[0].samples[0].0 > 1000, "oldest data deleted");
 }
