@@ -103,10 +103,12 @@ impl Store {
                 && b >= mint
                 && a <= maxt
             {
+                let charge = |n| {
+                    self.stats.chunks_decoded.fetch_add(1, Relaxed);
+                    budget.charge_and_check(n)
+                };
                 reader
-                    .read(s.id, mint, maxt, &mut samples, &mut corrupt, |n| {
-                        budget.charge_and_check(n)
-                    })
+                    .read(s.id, mint, maxt, &mut samples, &mut corrupt, charge)
                     .map_err(ReadError::Io)??;
             }
             for c in &snap.sealed {
@@ -115,6 +117,7 @@ impl Store {
                     samples.truncate(start);
                     corrupt.push(format!("head chunk of {}: {e}", s.labels));
                 }
+                self.stats.chunks_decoded.fetch_add(1, Relaxed);
                 budget.charge_and_check(samples.len() - start)?;
             }
             budget.charge(snap.open.len())?;

@@ -665,3 +665,88 @@ fn disk_full_keeps_serving_from_memory_and_resumes() {
     drop(s);
     drop(fs_guard);
 }
+
+/// A store with 6 h of 20 series at 10 s (blocks persisted, head in
+/// memory), plus `gappy`: data in hours 0-1, 3-4 and 5-6 only.
+fn six_hours(tag: &str) -> (TempDir, Store) {
+    let d = TempDir::new(tag);
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let step = 10_000;
+    for k in 1..=6 * 360 {
+        let t = k * step;
+        let mut fams = tick(20, t);
+        let hour = (t - 1) / 3_600_000;
+        if matches!(hour, 0 | 3 | 5) {
+            fams.push(fam("gappy", MetricType::Gauge, &[(&[], 1.0)]));
+        }
+        s.ingest(&fams, t);
+    }
+    assert!(metric(&s.self_families(), "ngxprobe_store_blocks_persisted_total", &[]) >= 2.0);
+    (d, s)
+}
+
+fn decoded(s: &Store) -> f64 {
+    metric(&s.self_families(), "ngxprobe_store_chunks_decoded_total", &[])
+}
+
+#[test]
+fn sample_budget_stops_a_select_while_decoding() {
+    let (_d, s) = six_hours("budget");
+    let sel = [m(MatchOp::Equal, "__name__", "req_total")];
+    let before = decoded(&s);
+    let full = s.select(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited()).unwrap();
+    let total: usize = full.iter().map(|x| x.samples.len()).sum();
+    assert_eq!(total, 20 * 6 * 360);
+    let all_chunks = decoded(&s) - before;
+    // 5% of the samples: refused, and after decoding a few chunks, not all.
+    let before = decoded(&s);
+    let budget = ReadBudget::new(total / 20, None);
+    let r = s.select(&sel, i64::MIN, i64::MAX, &budget);
+    assert!(matches!(r, Err(crate::series::ReadError::TooManySamples)), "{r:?}");
+    let partial = decoded(&s) - before;
+    assert!(
+        partial < all_chunks / 2.0,
+        "decoded {partial} of {all_chunks} chunks before stopping"
+    );
+    // A deadline already passed stops the select before it decodes anything.
+    let before = decoded(&s);
+    let past = ReadBudget::new(usize::MAX, Some(std::time::Instant::now()));
+    let r = s.select(&sel, i64::MIN, i64::MAX, &past);
+    assert!(matches!(r, Err(crate::series::ReadError::Timeout)), "{r:?}");
+    assert_eq!(decoded(&s), before);
+}
+
+#[test]
+fn series_and_labels_come_from_the_index_without_decoding() {
+    let (_d, s) = six_hours("index");
+    let b = ReadBudget::unlimited();
+    let before = decoded(&s);
+    let everything = s.series(&[], i64::MIN, i64::MAX, &b).unwrap();
+    assert_eq!(everything.len(), 21);
+    assert_eq!(s.label_values("worker", &[], i64::MIN, i64::MAX, &b).unwrap().len(), 20);
+    assert_eq!(
+        s.label_names(&[], i64::MIN, i64::MAX, &b).unwrap(),
+        vec!["__name__", "worker"]
+    );
+    let gappy = [m(MatchOp::Equal, "__name__", "gappy")];
+    let h = 3_600_000;
+    // Persisted chunks cover hours 0-1 and 3-4, the head 4-6: ranges at the
+    // edges of the persisted span, in a gap inside it and inside a persisted
+    // chunk (the redb index answers), in the head, after everything.
+    assert_eq!(s.series(&gappy, 0, h / 2, &b).unwrap().len(), 1);
+    assert_eq!(s.series(&gappy, 3 * h / 2, 5 * h / 2, &b).unwrap().len(), 0);
+    assert_eq!(s.series(&gappy, 3 * h + h / 5, 3 * h + h / 3, &b).unwrap().len(), 1);
+    // No sample in 4h12m-4h30m, but the head chunk that starts with the
+    // stale marker at 4h+10s spans it: listed, as Prometheus does (its series
+    // API works at chunk granularity too).
+    assert_eq!(s.series(&gappy, 4 * h + h / 5, 4 * h + h / 2, &b).unwrap().len(), 1);
+    assert_eq!(s.series(&gappy, 5 * h + h / 2, 5 * h + h / 2, &b).unwrap().len(), 1);
+    assert_eq!(s.series(&gappy, 6 * h + 1, 7 * h, &b).unwrap().len(), 0);
+    assert_eq!(s.series(&[], 7 * h, 8 * h, &b).unwrap().len(), 0);
+    assert_eq!(decoded(&s), before, "listing decoded chunks");
+    // The same answer select gives, which does decode.
+    let selected = s.select(&gappy, 3 * h / 2, 5 * h / 2, &b).unwrap();
+    assert!(selected.is_empty());
+    assert_eq!(s.select(&gappy, 3 * h + h / 5, 3 * h + h / 3, &b).unwrap().len(), 1);
+    assert!(decoded(&s) > before);
+}
