@@ -241,12 +241,16 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(reader: Arc<dyn SeriesReader>, opts: QueryOptions) -> ApiServer {
-        let app = api_router(reader, opts);
+        Self::serve(api_router(reader, opts), 2)
+    }
+
+    /// Serves `app` on a runtime with `workers` async worker threads.
+    pub fn serve(app: axum::Router, workers: usize) -> ApiServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(workers)
                 .enable_all()
                 .build()
                 .expect("runtime");
