@@ -15,7 +15,7 @@
 use criterion::Criterion;
 use metrics::{Family, MetricType};
 use ngxprobe::{metrics, series, store};
-use series::{Labels, MatchOp, Matcher, SeriesReader, SeriesWriter};
+use series::{Labels, MatchOp, Matcher, ReadBudget, SeriesReader, SeriesWriter};
 use std::hint::black_box;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -495,7 +495,9 @@ fn main() {
         Matcher::new(MatchOp::Equal, "code", "200").unwrap(),
     ];
     let t = Instant::now();
-    let got = store.select(&sel, i64::MIN, i64::MAX).expect("select");
+    let got = store
+        .select(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited())
+        .expect("select");
     let read_once = t.elapsed();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].samples.len() as i64, ticks, "all samples read back");
@@ -567,7 +569,13 @@ fn main() {
         .sample_size(20)
         .measurement_time(Duration::from_secs(3));
     c.bench_function(&format!("read one series {hours}h"), |b| {
-        b.iter(|| black_box(store.select(&sel, i64::MIN, i64::MAX).unwrap()))
+        b.iter(|| {
+            black_box(
+                store
+                    .select(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited())
+                    .unwrap(),
+            )
+        })
     });
     drop(store);
 

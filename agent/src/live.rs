@@ -15,7 +15,7 @@ use std::{
 use crate::{
     compat::time::now_ms,
     metrics::MetricsSource,
-    series::{Labels, Matcher, MetricMeta, ReadError, SeriesData, SeriesReader},
+    series::{Labels, Matcher, MetricMeta, ReadBudget, ReadError, SeriesData, SeriesReader},
 };
 
 /// How far from the wall clock a query's end may be and still count as "now".
@@ -64,8 +64,14 @@ impl LiveReader {
 }
 
 impl SeriesReader for LiveReader {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>, ReadError> {
-        let mut out = self.store.select(matchers, mint, maxt)?;
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<SeriesData>, ReadError> {
+        let mut out = self.store.select(matchers, mint, maxt, budget)?;
         if (maxt - now_ms()).abs() > NOW_TOLERANCE_MS {
             return Ok(out);
         }
@@ -75,6 +81,7 @@ impl SeriesReader for LiveReader {
             if !matchers.iter().all(|m| m.matches_labels(labels)) {
                 continue;
             }
+            budget.charge(1)?;
             match index.get(labels) {
                 Some(&i) => {
                     let s = &mut out[i];
@@ -94,12 +101,14 @@ impl SeriesReader for LiveReader {
         Ok(out)
     }
 
-    fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        self.store.label_names(matchers, mint, maxt)
-    }
-
-    fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        self.store.label_values(name, matchers, mint, maxt)
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<Labels>, ReadError> {
+        self.store.series(matchers, mint, maxt, budget)
     }
 
     fn metadata(&self, metric: Option<&str>) -> Vec<(String, MetricMeta)> {
@@ -122,7 +131,7 @@ mod tests {
 
     struct History(Vec<SeriesData>);
     impl SeriesReader for History {
-        fn select(&self, m: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>, ReadError> {
+        fn select(&self, m: &[Matcher], mint: i64, maxt: i64, _: &ReadBudget) -> Result<Vec<SeriesData>, ReadError> {
             Ok(self
                 .0
                 .iter()
@@ -138,10 +147,7 @@ mod tests {
                 })
                 .collect())
         }
-        fn label_names(&self, _: &[Matcher], _: i64, _: i64) -> Result<Vec<String>, ReadError> {
-            Ok(vec![])
-        }
-        fn label_values(&self, _: &str, _: &[Matcher], _: i64, _: i64) -> Result<Vec<String>, ReadError> {
+        fn series(&self, _: &[Matcher], _: i64, _: i64, _: &ReadBudget) -> Result<Vec<Labels>, ReadError> {
             Ok(vec![])
         }
         fn metadata(&self, _: Option<&str>) -> Vec<(String, MetricMeta)> {
@@ -165,7 +171,7 @@ mod tests {
         let now = now_ms();
         let r = reader(now);
         let m = [Matcher::new(MatchOp::Equal, "__name__", "req_total").unwrap()];
-        let out = r.select(&m, now - 5000, now).unwrap();
+        let out = r.select(&m, now - 5000, now, &ReadBudget::unlimited()).unwrap();
         let a = out.iter().find(|s| s.labels.get("i") == Some("a")).unwrap();
         assert_eq!(a.samples, vec![(now - 2000, 10.0), (now - 1000, 20.0), (now, 50.0)]);
         // A series only the live view has appears with its one sample.
@@ -173,7 +179,10 @@ mod tests {
         assert_eq!(b.samples, vec![(now, 7.0)]);
         // Matchers apply to live samples too.
         let m = [Matcher::new(MatchOp::Equal, "i", "b").unwrap()];
-        assert_eq!(r.select(&m, now - 5000, now).unwrap().len(), 1);
+        assert_eq!(
+            r.select(&m, now - 5000, now, &ReadBudget::unlimited()).unwrap().len(),
+            1
+        );
     }
 
     #[test]
@@ -181,7 +190,9 @@ mod tests {
         let now = now_ms();
         let r = reader(now);
         let m = [Matcher::new(MatchOp::Equal, "__name__", "req_total").unwrap()];
-        let out = r.select(&m, now - 60_000, now - 30_000).unwrap();
+        let out = r
+            .select(&m, now - 60_000, now - 30_000, &ReadBudget::unlimited())
+            .unwrap();
         assert!(out.iter().all(|s| s.samples.is_empty()), "{out:?}");
     }
 }

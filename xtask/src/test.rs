@@ -21,8 +21,8 @@ const UNIT_PASS: &str = "unit + integration tests";
 /// Fewest tests the unit + integration pass must run. Set a bit below the
 /// count when it was introduced (174 executed: 166 in the agent, 8 in
 /// xtask); raise it as tests are added, never lower it to make a run pass.
-/// +7: the page's (web) unit tests.
-const MIN_UNIT_TESTS: u64 = 172;
+/// +7: the page's (web) unit tests; +22: bounded queries.
+const MIN_UNIT_TESTS: u64 = 202;
 
 /// Fewest tests the end-to-end pass of `ngxprobe-e2e` must run (42 executed
 /// when introduced: 28 end-to-end, 14 of the harness itself). +2: the page

@@ -167,6 +167,7 @@ fn start_and_serve(
     // rules and the query API need the store (rules read history and write ALERTS / recordings).
     // The page (`/`, `/ui/...`) is there either way; it says what is missing.
     let mut api = web::router(web_info::agent_info(cfg));
+    let mut queries = None;
     let rules = match &store {
         Some(store) => {
             let reader: Arc<dyn SeriesReader> = store.clone();
@@ -178,9 +179,9 @@ fn start_and_serve(
             let n = m.load_configured().map_err(|e| RunError::start("rules", e))?;
             info!(rules = n, "rules loaded");
             workers.push(m.spawn().map_err(|e| RunError::start("rules", e))?);
-            api = api
-                .merge(query::api::api_router(reader, query::QueryOptions::default()))
-                .merge(rules::rules_router(m.clone()));
+            let (query_api, admission) = query::api::api(reader, cfg.query.options());
+            queries = Some(admission);
+            api = api.merge(query_api).merge(rules::rules_router(m.clone()));
             Some(m)
         }
         None => {
@@ -194,6 +195,7 @@ fn start_and_serve(
     let source: Arc<dyn MetricsSource> = Arc::new(Pipeline {
         collect,
         store: store.clone(),
+        queries,
         rules,
         notifier,
         forwarder,

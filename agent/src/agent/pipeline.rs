@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::expose;
 use crate::metrics::{Family, MetricsSource};
 use crate::notify::{ForwardingSink, Notifier};
+use crate::query::Admission;
 use crate::rules::RuleManager;
 use crate::store::Store;
 
@@ -12,6 +13,8 @@ use crate::store::Store;
 pub struct Pipeline {
     pub collect: Arc<dyn MetricsSource>,
     pub store: Option<Arc<Store>>,
+    /// The query API's admission control (ngxprobe_query_*).
+    pub queries: Option<Arc<Admission>>,
     pub rules: Option<Arc<RuleManager>>,
     pub notifier: Option<Notifier>,
     pub forwarder: Option<Arc<ForwardingSink>>,
@@ -22,6 +25,9 @@ impl MetricsSource for Pipeline {
         let mut f = self.collect.families();
         if let Some(s) = &self.store {
             f.extend(s.self_families());
+        }
+        if let Some(q) = &self.queries {
+            f.extend(q.families());
         }
         if let Some(r) = &self.rules {
             f.extend(r.families());

@@ -47,6 +47,8 @@ pub struct Config {
     pub labels: BTreeMap<LabelName, String>,
     /// The embedded time-series store (store stage).
     pub storage: crate::store::StorageConfig,
+    /// PromQL engine and API limits (query stage).
+    pub query: crate::query::QueryConfig,
     pub rules: crate::rules::RulesConfig,
     /// Built-in notifier, configured exactly like alertmanager.yml (global,
     /// route, receivers, inhibit_rules, templates), inline...
@@ -102,6 +104,7 @@ impl Config {
     /// Checks across fields that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.storage.validate()?;
+        self.query.validate()?;
         if self.alertmanager.is_some() && self.alertmanager_config_file.is_some() {
             return Err("set either alertmanager (inline) or alertmanager_config_file, not both".into());
         }

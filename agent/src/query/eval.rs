@@ -1,10 +1,7 @@
 //! Evaluator core: walks promql-parser's AST over a [`SeriesReader`] with
 //! Prometheus 3.x semantics (left-open windows, lookback delta, staleness
 //! markers, offset, @ incl. start()/end(), subqueries).
-use std::{
-    cell::Cell,
-    time::{Instant, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::{
     label::MatchOp as PMatchOp,
@@ -15,7 +12,7 @@ use super::{
     aggregate, binary, functions,
     value::{Grid, RangeSeries, Series, Value},
 };
-use crate::series::{Labels, MatchOp, Matcher, SeriesReader, is_stale_marker};
+use crate::series::{Labels, MatchOp, Matcher, ReadBudget, ReadError, SeriesReader, is_stale_marker};
 
 /// Why an evaluation failed; maps onto Prometheus's API error types.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -70,7 +67,19 @@ pub(crate) struct Ctx<'a> {
     pub qend: i64,
     /// Step of the top-level query (0 for instant queries), for `step()`.
     pub qstep: i64,
-    pub loaded: Cell<usize>,
+    /// Samples the query holds (selected and produced) and its deadline,
+    /// shared with the reader, which charges samples as it decodes them.
+    pub budget: &'a ReadBudget,
+}
+
+impl From<ReadError> for EvalError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::TooManySamples => EvalError::TooManySamples("query execution".into()),
+            ReadError::Timeout => EvalError::Timeout("expression evaluation".into()),
+            e => EvalError::Storage(e.to_string()),
+        }
+    }
 }
 
 /// A range-vector argument prepared for per-step windowing.
@@ -197,12 +206,7 @@ impl<'a> Ctx<'a> {
     }
 
     pub fn count_samples(&self, n: usize) -> Result<(), EvalError> {
-        let total = self.loaded.get().saturating_add(n);
-        self.loaded.set(total);
-        if total > self.opts.max_samples {
-            return Err(EvalError::TooManySamples("query execution".into()));
-        }
-        Ok(())
+        Ok(self.budget.charge(n)?)
     }
 
     pub fn at_ms(&self, at: &Option<AtModifier>) -> Option<i64> {
@@ -218,10 +222,8 @@ impl<'a> Ctx<'a> {
         let sets = selector_matchers(vs)?;
         let mut out: Vec<crate::series::SeriesData> = vec![];
         for set in &sets {
-            let got = self
-                .reader
-                .select(set, mint, maxt)
-                .map_err(|e| EvalError::Storage(e.to_string()))?;
+            // The reader charges every sample it loads to the budget.
+            let got = self.reader.select(set, mint, maxt, self.budget)?;
             if sets.len() == 1 {
                 out = got;
             } else {
@@ -233,8 +235,6 @@ impl<'a> Ctx<'a> {
             }
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
-        let n: usize = out.iter().map(|s| s.samples.len()).sum();
-        self.count_samples(n)?;
         Ok(out)
     }
 

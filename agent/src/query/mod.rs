@@ -4,13 +4,16 @@
 //! with Prometheus 3.x semantics. Entry points: [`instant_query`],
 //! [`range_query`], [`api::api_router`], [`cli::run_query_cli`].
 
+mod admission;
 pub mod aggregate;
 pub mod api;
 pub mod binary;
 pub mod cli;
+mod config;
 pub mod eval;
 pub mod functions;
 mod go_strings;
+pub mod stack;
 pub mod value;
 
 #[cfg(test)]
@@ -26,39 +29,44 @@ pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
-use std::{cell::Cell, time::Duration};
+use std::time::Duration;
 
+pub use admission::Admission;
+pub use config::QueryConfig;
 pub use eval::{EvalError, EvalOpts};
 use promql_parser::parser::{Expr, value::ValueType};
 pub use value::{RangeSeries, Value};
 
-use crate::series::{Labels, SeriesReader};
+use crate::series::{Labels, ReadBudget, SeriesReader};
 use value::Grid;
 
-/// Engine limits and defaults (Prometheus's defaults unless noted).
+/// Engine and serving limits; the defaults are [`QueryConfig`]'s (the
+/// `query:` config section), chosen for the agent's memory budget.
 #[derive(Clone, Debug)]
 pub struct QueryOptions {
-    /// How far back an instant selector looks for a sample (default 5m).
+    /// How far back an instant selector looks for a sample.
     pub lookback_delta: Duration,
-    /// Default and maximum query timeout (default 2m).
+    /// Default and maximum query timeout (queue wait included).
     pub timeout: Duration,
-    /// Maximum samples one query may hold (default 50,000,000).
+    /// Maximum samples one query may hold, counted as they are decoded.
     pub max_samples: usize,
-    /// Step of subqueries written without one (default 1m).
+    /// Step of subqueries written without one (Prometheus: 1m).
     pub subquery_step: Duration,
-    /// Maximum points per series of a range query (11,000).
+    /// Maximum points per series of a range query (Prometheus: 11,000).
     pub max_points_per_series: i64,
+    /// Queries evaluated at once by the API; more wait in a queue.
+    pub max_concurrency: usize,
+    /// Requests that may wait for a slot.
+    pub max_queued: usize,
+    /// Deepest expression tree accepted (see [`stack`]).
+    pub max_depth: usize,
+    /// Longest query text accepted, in bytes.
+    pub max_query_length: usize,
 }
 
 impl Default for QueryOptions {
     fn default() -> Self {
-        QueryOptions {
-            lookback_delta: Duration::from_secs(300),
-            timeout: Duration::from_secs(120),
-            max_samples: 50_000_000,
-            subquery_step: Duration::from_secs(60),
-            max_points_per_series: 11_000,
-        }
+        QueryConfig::default().options()
     }
 }
 
@@ -79,10 +87,35 @@ pub enum QueryError {
     BadData(String),
     #[error(transparent)]
     Eval(#[from] EvalError),
+    /// The text is nested deeper than `query.max_depth`: errorType
+    /// "bad_data", HTTP 400 (apart from BadData to be counted as a refusal).
+    #[error("{0}")]
+    TooDeep(String),
+    /// The text is longer than `query.max_query_length`: "bad_data", 400.
+    #[error("{0}")]
+    TooLong(String),
 }
 
-/// Parses a PromQL expression; the error carries Prometheus-style position text.
+/// Parses a PromQL expression with the default depth limit; the error
+/// carries Prometheus-style position text. The caller's stack must hold
+/// [`stack::query_stack_size`] of the default `max_depth` (the API's query
+/// threads do; the rules thread's 2 MiB does in a release build, and rule
+/// expressions come from the operator's files).
 pub fn parse(q: &str) -> Result<Expr, QueryError> {
+    parse_limited(q, QueryConfig::default().max_depth, usize::MAX)
+}
+
+/// Parses with explicit limits: expressions whose tree could be deeper than
+/// `max_depth` or whose text is longer than `max_len` bytes are refused before
+/// the parser sees them.
+pub fn parse_limited(q: &str, max_depth: usize, max_len: usize) -> Result<Expr, QueryError> {
+    if q.len() > max_len {
+        return Err(QueryError::TooLong(format!(
+            "query is {} bytes long, more than query.max_query_length ({max_len} bytes)",
+            q.len()
+        )));
+    }
+    stack::check_depth(q, max_depth).map_err(QueryError::TooDeep)?;
     if q.trim().is_empty() {
         return Err(QueryError::BadData(
             "1:1: parse error: no expression found in input".into(),
@@ -352,16 +385,26 @@ fn first_unviable_token(q: &str) -> Option<(usize, &str)> {
 }
 
 /// Byte offset of the longest prefix that still lexes: the first prefix
-/// ending at a char boundary whose lexing fails marks the error.
+/// ending at a char boundary whose lexing fails marks the error. Long texts
+/// are searched by bisection (lexing every prefix is quadratic).
 fn error_position(q: &str) -> usize {
-    let mut last_ok = 0;
-    for (i, _) in q.char_indices().chain(std::iter::once((q.len(), ' '))) {
-        if promql_parser::parser::lexer(&q[..i]).is_ok() {
-            last_ok = i;
-        } else {
-            break;
+    let lexes = |i: usize| promql_parser::parser::lexer(&q[..i]).is_ok();
+    let ends: Vec<usize> = q
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain(std::iter::once(q.len()))
+        .collect();
+    let last_ok = if q.len() <= 4096 {
+        ends.iter().copied().take_while(|&i| lexes(i)).last().unwrap_or(0)
+    } else {
+        // Invariant: ends[lo] lexes (the empty prefix does), ends[hi] does not.
+        let (mut lo, mut hi) = (0, ends.len());
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if lexes(ends[mid]) { lo = mid } else { hi = mid }
         }
-    }
+        ends[lo]
+    };
     last_ok.min(q.len().saturating_sub(1))
 }
 
@@ -387,7 +430,7 @@ pub fn instant_query_expr(
         qstart: t,
         qend: t,
         qstep: 0,
-        loaded: Cell::new(0),
+        budget: &ReadBudget::new(eo.max_samples, eo.deadline),
     };
     let g = Grid {
         start: t,
@@ -438,7 +481,7 @@ pub fn range_query_expr(
         qstart: start,
         qend: end,
         qstep: step,
-        loaded: Cell::new(0),
+        budget: &ReadBudget::new(eo.max_samples, eo.deadline),
     };
     let g = Grid {
         start,
@@ -504,7 +547,10 @@ pub fn range_query(
             "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
         ));
     }
-    if (end - start) / step > opts.max_points_per_series {
+    if end
+        .checked_sub(start)
+        .is_none_or(|span| span / step > opts.max_points_per_series)
+    {
         return Err(QueryError::BadData(
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)".into(),
         ));

@@ -12,7 +12,7 @@ use ngxprobe_e2e::prometheus::{
 
 use super::{QueryOptions, api::api_router};
 use crate::{
-    series::{Labels, SeriesReader, SeriesWriter},
+    series::{Labels, Matcher, ReadBudget, ReadError, SeriesData, SeriesReader, SeriesWriter},
     store::Store,
 };
 
@@ -241,12 +241,16 @@ pub struct ApiServer {
 
 impl ApiServer {
     pub fn start(reader: Arc<dyn SeriesReader>, opts: QueryOptions) -> ApiServer {
-        let app = api_router(reader, opts);
+        Self::serve(api_router(reader, opts), 2)
+    }
+
+    /// Serves `app` on a runtime with `workers` async worker threads.
+    pub fn serve(app: axum::Router, workers: usize) -> ApiServer {
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(workers)
                 .enable_all()
                 .build()
                 .expect("runtime");
@@ -296,30 +300,11 @@ pub struct Pair {
 }
 
 impl SeriesReader for TempStore {
-    fn select(
-        &self,
-        m: &[crate::series::Matcher],
-        a: i64,
-        b: i64,
-    ) -> Result<Vec<crate::series::SeriesData>, crate::series::ReadError> {
-        self.store.select(m, a, b)
+    fn select(&self, m: &[Matcher], a: i64, b: i64, budget: &ReadBudget) -> Result<Vec<SeriesData>, ReadError> {
+        self.store.select(m, a, b, budget)
     }
-    fn label_names(
-        &self,
-        m: &[crate::series::Matcher],
-        a: i64,
-        b: i64,
-    ) -> Result<Vec<String>, crate::series::ReadError> {
-        self.store.label_names(m, a, b)
-    }
-    fn label_values(
-        &self,
-        n: &str,
-        m: &[crate::series::Matcher],
-        a: i64,
-        b: i64,
-    ) -> Result<Vec<String>, crate::series::ReadError> {
-        self.store.label_values(n, m, a, b)
+    fn series(&self, m: &[Matcher], a: i64, b: i64, budget: &ReadBudget) -> Result<Vec<Labels>, ReadError> {
+        self.store.series(m, a, b, budget)
     }
     fn metadata(&self, m: Option<&str>) -> Vec<(String, crate::series::MetricMeta)> {
         self.store.metadata(m)

@@ -508,7 +508,7 @@ fn run_eval(ev: &Eval, reader: &dyn SeriesReader) -> Result<(), String> {
             Ok(_) => Err("expected error, got none".into()),
             Err(e) => {
                 let msg = match &e {
-                    QueryError::BadData(m) => m.clone(),
+                    QueryError::BadData(m) | QueryError::TooDeep(m) | QueryError::TooLong(m) => m.clone(),
                     QueryError::Eval(x) => x.to_string(),
                 };
                 if let Some(m) = &ev.fail_msg

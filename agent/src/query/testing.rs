@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     compat::PromDuration,
-    series::{AppendError, Labels, Matcher, MetricMeta, ReadError, SeriesData, SeriesReader, SeriesWriter},
+    series::{AppendError, Labels, Matcher, MetricMeta, ReadBudget, ReadError, SeriesData, SeriesReader, SeriesWriter},
     store::{StorageConfig, Store, WalFsync},
 };
 
@@ -109,14 +109,11 @@ impl SwapStore {
 }
 
 impl SeriesReader for SwapStore {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>, ReadError> {
-        self.cur.read().unwrap().store.select(matchers, mint, maxt)
+    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64, b: &ReadBudget) -> Result<Vec<SeriesData>, ReadError> {
+        self.cur.read().unwrap().store.select(matchers, mint, maxt, b)
     }
-    fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        self.cur.read().unwrap().store.label_names(matchers, mint, maxt)
-    }
-    fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        self.cur.read().unwrap().store.label_values(name, matchers, mint, maxt)
+    fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64, b: &ReadBudget) -> Result<Vec<Labels>, ReadError> {
+        self.cur.read().unwrap().store.series(matchers, mint, maxt, b)
     }
     fn metadata(&self, metric: Option<&str>) -> Vec<(String, MetricMeta)> {
         self.cur.read().unwrap().store.metadata(metric)

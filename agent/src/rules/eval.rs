@@ -14,7 +14,9 @@ use super::{
 use crate::{
     alerts::Alert,
     query::{EvalOpts, QueryResult, instant_query_expr},
-    series::{AppendError, Labels, MatchOp, Matcher, SeriesReader, SeriesWriter, is_stale_marker, stale_marker},
+    series::{
+        AppendError, Labels, MatchOp, Matcher, ReadBudget, SeriesReader, SeriesWriter, is_stale_marker, stale_marker,
+    },
 };
 
 /// Resolved alerts are kept (and re-sent) this long (Prometheus: 15m).
@@ -390,7 +392,12 @@ impl Group {
                     matchers.push(m);
                 }
             }
-            let series = match env.reader.as_ref().select(&matchers, mint, ts) {
+            // ALERTS_FOR_STATE of one rule over the outage tolerance: small.
+            let series = match env
+                .reader
+                .as_ref()
+                .select(&matchers, mint, ts, &ReadBudget::unlimited())
+            {
                 Ok(s) => s,
                 Err(_) => {
                     rule.restored = true;

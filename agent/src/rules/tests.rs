@@ -175,7 +175,7 @@ mod manager_tests {
         compat::PromDuration,
         rules::{RuleManager, RulesConfig, eval::AlertState, file, promtool},
         series::MemStore,
-        series::{Labels, MatchOp, Matcher, SeriesReader, SeriesWriter, is_stale_marker},
+        series::{Labels, MatchOp, Matcher, ReadBudget, SeriesReader, SeriesWriter, is_stale_marker},
     };
 
     #[derive(Default)]
@@ -280,6 +280,7 @@ groups:
                 &[Matcher::new(MatchOp::Equal, "__name__", "ALERTS").unwrap()],
                 0,
                 300_000,
+                &ReadBudget::unlimited(),
             )
             .unwrap();
         let pending = alerts
@@ -305,6 +306,7 @@ groups:
                 &[Matcher::new(MatchOp::Equal, "__name__", "ALERTS_FOR_STATE").unwrap()],
                 0,
                 300_000,
+                &ReadBudget::unlimited(),
             )
             .unwrap();
         assert_eq!(for_state[0].samples[0], (20_000, 0.0), "ActiveAt in seconds");
@@ -314,6 +316,7 @@ groups:
                 &[Matcher::new(MatchOp::Equal, "__name__", "nginx:up:sum").unwrap()],
                 0,
                 300_000,
+                &ReadBudget::unlimited(),
             )
             .unwrap();
         assert_eq!(rec.len(), 1);
@@ -367,6 +370,7 @@ groups:
                 ],
                 0,
                 5000,
+                &ReadBudget::unlimited(),
             )
             .unwrap();
         assert_eq!(s[0].samples[0], (0, 5.0));

@@ -2,7 +2,7 @@
 //! and tests; the agent uses the real store (store/).
 use std::{collections::BTreeMap, sync::RwLock};
 
-use super::{AppendError, Labels, Matcher, MetricMeta, ReadError, SeriesData, SeriesReader, SeriesWriter};
+use super::{AppendError, Labels, Matcher, MetricMeta, ReadBudget, ReadError, SeriesData, SeriesReader, SeriesWriter};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -57,40 +57,56 @@ impl SeriesWriter for MemStore {
     fn set_metadata(&self, _metric: &str, _meta: MetricMeta) {}
 }
 
-impl SeriesReader for MemStore {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>, ReadError> {
-        let s = self.series.read().unwrap_or_else(|e| e.into_inner());
-        Ok(s.iter()
+impl MemStore {
+    /// Matching series and the index range of their samples in [mint, maxt].
+    fn in_range<'a>(
+        series: &'a BTreeMap<Labels, Vec<(i64, f64)>>,
+        matchers: &'a [Matcher],
+        mint: i64,
+        maxt: i64,
+    ) -> impl Iterator<Item = (&'a Labels, &'a [(i64, f64)])> + 'a {
+        series
+            .iter()
             .filter(|(l, _)| matchers.iter().all(|m| m.matches_labels(l)))
-            .filter_map(|(l, x)| {
+            .filter_map(move |(l, x)| {
                 let a = x.partition_point(|p| p.0 < mint);
                 let b = x.partition_point(|p| p.0 <= maxt);
-                (a < b).then(|| SeriesData {
-                    labels: l.clone(),
-                    samples: x[a..b].to_vec(),
-                })
+                (a < b).then(|| (l, &x[a..b]))
             })
+    }
+}
+
+impl SeriesReader for MemStore {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<SeriesData>, ReadError> {
+        let s = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for (labels, samples) in Self::in_range(&s, matchers, mint, maxt) {
+            budget.charge_and_check(samples.len())?;
+            out.push(SeriesData {
+                labels: labels.clone(),
+                samples: samples.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<Labels>, ReadError> {
+        budget.check_deadline()?;
+        let s = self.series.read().unwrap_or_else(|e| e.into_inner());
+        Ok(Self::in_range(&s, matchers, mint, maxt)
+            .map(|(l, _)| l.clone())
             .collect())
-    }
-    fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        let mut out: Vec<String> = self
-            .select(matchers, mint, maxt)?
-            .into_iter()
-            .flat_map(|s| s.labels.0.into_iter().map(|(k, _)| k))
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
-    }
-    fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        let mut out: Vec<String> = self
-            .select(matchers, mint, maxt)?
-            .into_iter()
-            .filter_map(|s| s.labels.get(name).map(str::to_string))
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
     }
     fn metadata(&self, _metric: Option<&str>) -> Vec<(String, MetricMeta)> {
         vec![]

@@ -1,8 +1,10 @@
 //! The read/write interface between the store stage and its neighbours:
 //! collect/expose feed families in, the query and rules stages read series out.
 //! Kept small and stage-neutral; the store implements it, nothing else does.
+mod budget;
 mod mem;
 
+pub use budget::ReadBudget;
 pub use mem::MemStore;
 
 use std::{collections::BTreeMap, fmt};
@@ -169,18 +171,69 @@ pub enum ReadError {
     Io(String),
     #[error("part of the requested range is unreadable ({0}); it was skipped")]
     Corrupt(String),
+    /// The query's [`ReadBudget`] ran out of samples.
+    #[error("query processing would load too many samples into memory in query execution")]
+    TooManySamples,
+    /// The query's deadline passed while reading.
+    #[error("query timed out in expression evaluation")]
+    Timeout,
 }
 
 /// What the query and rules stages read. Implementations must never block
 /// ingest for long: readers see a consistent snapshot of the head.
+///
+/// Every read takes the query's [`ReadBudget`]: a reader charges each sample
+/// it loads as it loads it (per chunk at most) and checks the deadline as it
+/// goes, so a query is stopped while reading, not after everything it asked
+/// for is in memory.
 pub trait SeriesReader: Send + Sync {
     /// Series matching all `matchers` with at least one sample in [mint, maxt]
-    /// (inclusive, ms), with their samples in that range.
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>, ReadError>;
-    /// Label names of series matching `matchers` (all series when empty) in range.
-    fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError>;
+    /// (inclusive, ms), with their samples in that range. Every sample
+    /// returned has been charged to `budget`.
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<SeriesData>, ReadError>;
+    /// Label sets of the series matching `matchers` (all series when empty)
+    /// with data in [mint, maxt], answered from the index and the time
+    /// ranges of the series' chunks: no sample is decoded (Prometheus's
+    /// series API does the same, at chunk granularity). Checks the deadline.
+    fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64, budget: &ReadBudget)
+    -> Result<Vec<Labels>, ReadError>;
+    /// Label names of series matching `matchers` in range, sorted.
+    fn label_names(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<String>, ReadError> {
+        let names: std::collections::BTreeSet<String> = self
+            .series(matchers, mint, maxt, budget)?
+            .into_iter()
+            .flat_map(|l| l.0.into_iter().map(|(k, _)| k))
+            .collect();
+        Ok(names.into_iter().collect())
+    }
     /// Values of label `name` over matching series in range, sorted.
-    fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError>;
+    fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<String>, ReadError> {
+        let values: std::collections::BTreeSet<String> = self
+            .series(matchers, mint, maxt, budget)?
+            .iter()
+            .filter_map(|l| l.get(name).map(str::to_string))
+            .collect();
+        Ok(values.into_iter().collect())
+    }
     /// Metadata by metric name (all names when `metric` is None).
     fn metadata(&self, metric: Option<&str>) -> Vec<(String, MetricMeta)>;
 }

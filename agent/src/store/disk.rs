@@ -29,6 +29,7 @@ use crate::series::{Labels, MetricMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
@@ -267,18 +268,18 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Appends series `id`'s samples in [mint, maxt] to `out`; chunks that
-    /// cannot be read or decoded are skipped and described in `corrupt`.
-    pub fn read(
-        &mut self,
+    /// Calls `f(block, chunk mint, (offset, length))` for each persisted
+    /// chunk of series `id` overlapping [mint, maxt], oldest first, until `f`
+    /// returns `Break`. Reads only the index, never chunk data.
+    fn each_chunk<B>(
+        &self,
         id: u32,
         mint: i64,
         maxt: i64,
-        out: &mut Vec<(i64, f64)>,
-        corrupt: &mut Vec<String>,
-    ) -> DbResult<()> {
+        mut f: impl FnMut(i64, i64, (u64, u32)) -> ControlFlow<B>,
+    ) -> DbResult<ControlFlow<B>> {
         if mint > maxt {
-            return Ok(());
+            return Ok(ControlFlow::Continue(()));
         }
         // Blocks whose span [b, b + BLOCK_MS) reaches mint (no overflow at i64::MIN).
         for b in self
@@ -298,36 +299,73 @@ impl<'a> Reader<'a> {
                 if cmint.saturating_add(span as i64) < mint {
                     continue;
                 }
-                let what = || format!("series {id} chunk at {cmint} in block file {block}");
-                let dir = self.dir;
-                let file = self.files.entry(block).or_insert_with(|| {
-                    let path = block_path(dir, block);
-                    File::open(&path).map_err(|e| format!("{}: {e}", path.display()))
-                });
-                let f = match file {
-                    Ok(f) => &*f,
-                    Err(e) => {
-                        corrupt.push(format!("{}: {e}", what()));
-                        continue;
-                    }
-                };
-                if len as u64 > (chunk::MAX_SAMPLES * 20) {
-                    corrupt.push(format!("{}: implausible length {len}", what()));
-                    continue;
-                }
-                self.buf.resize(len as usize, 0);
-                if let Err(e) = f.read_exact_at(&mut self.buf, off) {
-                    corrupt.push(format!("{}: {e}", what()));
-                    continue;
-                }
-                let start = out.len();
-                if let Err(e) = chunk::decode_range_into(&self.buf, mint, maxt, out) {
-                    out.truncate(start);
-                    corrupt.push(format!("{}: {e}", what()));
+                if let ControlFlow::Break(b) = f(block, cmint, (off, len)) {
+                    return Ok(ControlFlow::Break(b));
                 }
             }
         }
-        Ok(())
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Whether series `id` has a persisted chunk overlapping [mint, maxt]
+    /// (from the index alone).
+    pub fn has_chunk(&self, id: u32, mint: i64, maxt: i64) -> DbResult<bool> {
+        Ok(self
+            .each_chunk(id, mint, maxt, |_, _, _| ControlFlow::Break(()))?
+            .is_break())
+    }
+
+    /// Appends series `id`'s samples in [mint, maxt] to `out`; chunks that
+    /// cannot be read or decoded are skipped and described in `corrupt`.
+    /// `after_chunk(n)` is told how many samples each chunk added and stops
+    /// the read with its error (the query's sample budget and deadline).
+    pub fn read<E>(
+        &mut self,
+        id: u32,
+        mint: i64,
+        maxt: i64,
+        out: &mut Vec<(i64, f64)>,
+        corrupt: &mut Vec<String>,
+        mut after_chunk: impl FnMut(usize) -> Result<(), E>,
+    ) -> DbResult<Result<(), E>> {
+        let mut locations = Vec::new();
+        let _all: ControlFlow<()> = self.each_chunk(id, mint, maxt, |block, cmint, loc| {
+            locations.push((block, cmint, loc));
+            ControlFlow::Continue(())
+        })?;
+        for (block, cmint, (off, len)) in locations {
+            let what = || format!("series {id} chunk at {cmint} in block file {block}");
+            let dir = self.dir;
+            let file = self.files.entry(block).or_insert_with(|| {
+                let path = block_path(dir, block);
+                File::open(&path).map_err(|e| format!("{}: {e}", path.display()))
+            });
+            let f = match file {
+                Ok(f) => &*f,
+                Err(e) => {
+                    corrupt.push(format!("{}: {e}", what()));
+                    continue;
+                }
+            };
+            if len as u64 > (chunk::MAX_SAMPLES * 20) {
+                corrupt.push(format!("{}: implausible length {len}", what()));
+                continue;
+            }
+            self.buf.resize(len as usize, 0);
+            if let Err(e) = f.read_exact_at(&mut self.buf, off) {
+                corrupt.push(format!("{}: {e}", what()));
+                continue;
+            }
+            let start = out.len();
+            if let Err(e) = chunk::decode_range_into(&self.buf, mint, maxt, out) {
+                out.truncate(start);
+                corrupt.push(format!("{}: {e}", what()));
+            }
+            if let Err(e) = after_chunk(out.len() - start) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
     }
 }
 

@@ -98,6 +98,8 @@ struct Stats {
     wal_corruptions: AtomicU64,
     write_errors: AtomicU64,
     corrupt_chunks: AtomicU64,
+    /// Chunks (head and persisted) decoded for readers.
+    chunks_decoded: AtomicU64,
     blocks_persisted: AtomicU64,
     blocks_deleted: AtomicU64,
     stored_bytes: AtomicU64,

@@ -1,11 +1,12 @@
 //! The read path (`SeriesReader`): series matching via the inverted index,
 //! then head and persisted chunks per series, decoded on up to a few threads
-//! for big selects. Corrupt chunks are skipped, logged and counted, never
-//! fatal.
+//! for big selects. Every decoded chunk is charged to the query's
+//! `ReadBudget` (samples and deadline) before the next is read. Listing
+//! series and labels reads only the index and chunk time ranges. Corrupt
+//! chunks are skipped, logged and counted, never fatal.
 use super::head::MemSeries;
 use super::{Store, chunk, disk, read};
-use crate::series::{Matcher, MetricMeta, ReadError, SeriesData, SeriesReader};
-use std::collections::BTreeSet;
+use crate::series::{Labels, Matcher, MetricMeta, ReadBudget, ReadError, SeriesData, SeriesReader};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tracing::warn;
@@ -40,27 +41,60 @@ impl Store {
             .collect()
     }
 
-    /// Whether a series may have data in [mint, maxt] (from chunk ranges).
-    fn in_range(s: &MemSeries, mint: i64, maxt: i64) -> bool {
-        let d = s.lock();
-        let disk = d.disk.is_some_and(|(a, b)| b >= mint && a <= maxt);
-        let head = d
-            .head_mint()
-            .is_some_and(|a| a <= maxt && d.last_t.is_some_and(|b| b >= mint));
-        disk || head
+    /// A reader of the persisted blocks (one redb read transaction), if any.
+    fn disk_reader(&self) -> Result<Option<disk::Reader<'_>>, ReadError> {
+        match self.db() {
+            Some(db) => disk::Reader::new(&db, &self.dir).map(Some).map_err(ReadError::Io),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether a series has a chunk (head or persisted) overlapping
+    /// [mint, maxt], like Prometheus's series API: from chunk time ranges,
+    /// without decoding. The persisted range's ends are chunk bounds, so the
+    /// index is only consulted when the query range lies strictly inside it.
+    fn has_chunk_in(s: &MemSeries, mint: i64, maxt: i64, disk: Option<&disk::Reader>) -> Result<bool, ReadError> {
+        let overlaps = |a: i64, b: i64| b >= mint && a <= maxt;
+        let persisted = {
+            let d = s.lock();
+            let open = match (d.open.first(), d.open.last()) {
+                (Some(f), Some(l)) => overlaps(f.0, l.0),
+                _ => false,
+            };
+            if open || d.sealed.iter().any(|c| overlaps(c.mint, c.maxt)) {
+                return Ok(true);
+            }
+            d.disk
+        };
+        match persisted {
+            Some((a, b)) if overlaps(a, b) => {
+                let inside = |t: i64| (mint..=maxt).contains(&t);
+                if inside(a) || inside(b) {
+                    return Ok(true);
+                }
+                match disk {
+                    Some(r) => r.has_chunk(s.id, mint, maxt).map_err(ReadError::Io),
+                    None => Ok(false),
+                }
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Samples of `series` in [mint, maxt] (head and disk), plus the
     /// descriptions of corrupt chunks skipped on the way.
-    fn read_series(&self, series: &[Arc<MemSeries>], mint: i64, maxt: i64) -> Result<Decoded, ReadError> {
-        let db = self.db();
-        let mut reader = match db.as_deref() {
-            Some(db) => Some(disk::Reader::new(db, &self.dir).map_err(ReadError::Io)?),
-            None => None,
-        };
+    fn read_series(
+        &self,
+        series: &[Arc<MemSeries>],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Decoded, ReadError> {
+        let mut reader = self.disk_reader()?;
         let mut out = Vec::new();
         let mut corrupt = Vec::new();
         for s in series {
+            budget.check_deadline()?;
             // Head first, then disk: a persist running meanwhile moves data
             // head → disk, never the other way, so nothing is missed.
             let snap = s.snapshot(mint, maxt);
@@ -69,9 +103,13 @@ impl Store {
                 && b >= mint
                 && a <= maxt
             {
+                let charge = |n| {
+                    self.stats.chunks_decoded.fetch_add(1, Relaxed);
+                    budget.charge_and_check(n)
+                };
                 reader
-                    .read(s.id, mint, maxt, &mut samples, &mut corrupt)
-                    .map_err(ReadError::Io)?;
+                    .read(s.id, mint, maxt, &mut samples, &mut corrupt, charge)
+                    .map_err(ReadError::Io)??;
             }
             for c in &snap.sealed {
                 let start = samples.len();
@@ -79,7 +117,10 @@ impl Store {
                     samples.truncate(start);
                     corrupt.push(format!("head chunk of {}: {e}", s.labels));
                 }
+                self.stats.chunks_decoded.fetch_add(1, Relaxed);
+                budget.charge_and_check(samples.len() - start)?;
             }
+            budget.charge(snap.open.len())?;
             samples.extend(snap.open);
             samples.retain(|x| x.0 >= mint && x.0 <= maxt);
             if !samples.is_sorted_by(|a, b| a.0 < b.0) {
@@ -109,7 +150,13 @@ impl Store {
 impl SeriesReader for Store {
     /// Corrupt chunks are skipped (logged and counted in
     /// ngxprobe_store_corrupt_chunks_total); the rest of the data is returned.
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<SeriesData>, ReadError> {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<SeriesData>, ReadError> {
         let series = self.matching(matchers);
         // Decoding is the cost of a big select (the range coder trades CPU for
         // 3x fewer bytes than Gorilla), so many series are decoded by up to
@@ -118,7 +165,7 @@ impl SeriesReader for Store {
         // and so does a slice whose thread the OS refuses to start.
         let threads = read_threads().min(series.len() / SERIES_PER_READ_THREAD).max(1);
         let parts: Vec<Result<Decoded, ReadError>> = if threads == 1 {
-            vec![self.read_series(&series, mint, maxt)]
+            vec![self.read_series(&series, mint, maxt, budget)]
         } else {
             let per = series.len().div_ceil(threads);
             std::thread::scope(|scope| {
@@ -126,20 +173,20 @@ impl SeriesReader for Store {
                 let first = slices.next().unwrap_or(&[]);
                 let spawned: Vec<_> = slices
                     .map(|part| {
-                        let job = move || self.read_series(part, mint, maxt);
+                        let job = move || self.read_series(part, mint, maxt, budget);
                         std::thread::Builder::new()
                             .name("store-read".into())
                             .spawn_scoped(scope, job)
                             .map_err(|_| part)
                     })
                     .collect();
-                let mut parts = vec![self.read_series(first, mint, maxt)];
+                let mut parts = vec![self.read_series(first, mint, maxt, budget)];
                 for h in spawned {
                     parts.push(match h {
                         Ok(h) => h
                             .join()
                             .unwrap_or_else(|_| Err(ReadError::Io("store read thread panicked".into()))),
-                        Err(part) => self.read_series(part, mint, maxt),
+                        Err(part) => self.read_series(part, mint, maxt, budget),
                     });
                 }
                 parts
@@ -155,26 +202,24 @@ impl SeriesReader for Store {
         Ok(out)
     }
 
-    fn label_names(&self, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        let mut names = BTreeSet::new();
-        for s in self.matching(matchers) {
-            if Self::in_range(&s, mint, maxt) {
-                names.extend(s.labels.0.iter().map(|(k, _)| k.clone()));
+    fn series(
+        &self,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        budget: &ReadBudget,
+    ) -> Result<Vec<Labels>, ReadError> {
+        let disk = self.disk_reader()?;
+        let mut out = Vec::new();
+        for (i, s) in self.matching(matchers).into_iter().enumerate() {
+            if i % 256 == 0 {
+                budget.check_deadline()?;
+            }
+            if Self::has_chunk_in(&s, mint, maxt, disk.as_ref())? {
+                out.push(s.labels.clone());
             }
         }
-        Ok(names.into_iter().collect())
-    }
-
-    fn label_values(&self, name: &str, matchers: &[Matcher], mint: i64, maxt: i64) -> Result<Vec<String>, ReadError> {
-        let mut vals = BTreeSet::new();
-        for s in self.matching(matchers) {
-            if let Some(v) = s.labels.get(name)
-                && Self::in_range(&s, mint, maxt)
-            {
-                vals.insert(v.to_string());
-            }
-        }
-        Ok(vals.into_iter().collect())
+        Ok(out)
     }
 
     fn metadata(&self, metric: Option<&str>) -> Vec<(String, MetricMeta)> {

@@ -101,6 +101,12 @@ impl Store {
             st.corrupt_chunks.load(Relaxed) as f64,
         );
         one(
+            "ngxprobe_store_chunks_decoded_total",
+            "Chunks (head and persisted) decoded to answer queries and rules; listing series and labels decodes none.",
+            MetricType::Counter,
+            st.chunks_decoded.load(Relaxed) as f64,
+        );
+        one(
             "ngxprobe_store_blocks_persisted_total",
             "Block-series chunk groups written to disk.",
             MetricType::Counter,
