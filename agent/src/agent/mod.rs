@@ -203,14 +203,8 @@ fn start_and_serve(
                 .map_err(|e| RunError::start("sampler", e))?,
         );
     }
-    runtime.block_on(expose::serve(
-        cfg.web.listen_address,
-        cfg.web.telemetry_path.clone(),
-        source,
-        health,
-        api,
-        shutdown_signal(),
-    ))?;
+    let server = expose::Server::new(&cfg.web, source, health).api(api);
+    runtime.block_on(server.serve(shutdown_signal()))?;
     Ok(())
 }
 

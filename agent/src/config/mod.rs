@@ -101,6 +101,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 impl Config {
     /// Checks across fields that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        self.web.validate()?;
         self.storage.validate()?;
         if self.alertmanager.is_some() && self.alertmanager_config_file.is_some() {
             return Err("set either alertmanager (inline) or alertmanager_config_file, not both".into());
