@@ -9,6 +9,7 @@
 //! notification log, which is persisted (with the pending alerts) to
 //! `<data_dir>/nflog.json` so a restart neither re-sends nor forgets.
 
+mod clock;
 pub mod compile;
 pub mod config;
 pub mod deliver;
@@ -251,7 +252,8 @@ impl Notifier {
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         let mut dirty = true;
-        let mut last_save = Instant::now() - Duration::from_secs(10);
+        // None: never saved (Instant::now() - 10s would panic within 10 s of boot).
+        let mut last_save: Option<Instant> = None;
         loop {
             // Start due flushes.
             let now = SystemTime::now();
@@ -260,7 +262,7 @@ impl Notifier {
                 let deliveries = self.plan(&job, now);
                 let done = done_tx.clone();
                 let me = self.clone();
-                let deadline = Instant::now() + job.timeout;
+                let deadline = clock::instant_after(Instant::now(), job.timeout);
                 tasks.spawn(async move {
                     let mut outcomes = Vec::new();
                     let mut set = tokio::task::JoinSet::new();
@@ -281,10 +283,10 @@ impl Notifier {
                     let _ = done.send(JobResult { job, outcomes });
                 });
             }
-            if dirty && last_save.elapsed() >= Duration::from_secs(1) {
+            if dirty && last_save.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 self.save();
                 dirty = false;
-                last_save = Instant::now();
+                last_save = Some(Instant::now());
             }
             self.update_gauges();
             let sleep_for = {
@@ -314,7 +316,7 @@ impl Notifier {
                     self.finish(result);
                     self.save();
                     dirty = false;
-                    last_save = Instant::now();
+                    last_save = Some(Instant::now());
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
                 _ = self.inner.wake.notified() => {}
