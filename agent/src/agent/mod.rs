@@ -311,11 +311,8 @@ pub fn query_cli(
     let mut out = std::io::stdout();
     let result = match data_dir {
         Some(dir) => {
-            let sc = store::StorageConfig {
-                path: dir,
-                ..Default::default()
-            };
-            let store = Store::open(&sc).map_err(|e| RunError::start("query", e))?;
+            // Read-only: the directory is a stopped agent's, maybe on a read-only mount.
+            let store = Store::open_read_only(&dir).map_err(|e| RunError::start("query", e))?;
             query::cli::run_query_cli(query::cli::QueryTarget::Reader(&store), expr, time, &mut out)
         }
         None => {

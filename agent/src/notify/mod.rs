@@ -172,10 +172,13 @@ impl Notifier {
     pub fn new(cfg: NotifyConfig, data_dir: &Path) -> Result<Notifier, NotifyError> {
         let compiled = compile::compile(&cfg)?;
         let clients = build_clients(&compiled)?;
-        std::fs::create_dir_all(data_dir).map_err(|e| NotifyError::DataDir {
+        // Private (0700, the state file 0600): it holds every alert's labels.
+        crate::private_files::create_dir_all(data_dir).map_err(|e| NotifyError::DataDir {
             path: data_dir.to_path_buf(),
             message: e.to_string(),
         })?;
+        let check = crate::private_files::secure_dir(data_dir, STATE_FILE);
+        crate::private_files::log_dir_check(data_dir, &check);
         let mut dispatcher = Dispatcher::new(compiled);
         let mut nflog = Nflog::default();
         let now = SystemTime::now();
@@ -589,7 +592,13 @@ fn write_atomically<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()>
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::private_files::open_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        // An older version's file, or one a user copied in, may be readable by others.
+        crate::private_files::tighten_file(&f)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
     }

@@ -53,7 +53,7 @@ impl Store {
     /// Samples of `series` in [mint, maxt] (head and disk), plus the
     /// descriptions of corrupt chunks skipped on the way.
     fn read_series(&self, series: &[Arc<MemSeries>], mint: i64, maxt: i64) -> Result<Decoded, ReadError> {
-        let db = self.db();
+        let db = self.reader_db();
         let mut reader = match db.as_deref() {
             Some(db) => Some(disk::Reader::new(db, &self.dir).map_err(ReadError::Io)?),
             None => None,

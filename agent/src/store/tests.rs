@@ -35,14 +35,14 @@ impl Drop for TempDir {
     }
 }
 
-fn cfg(dir: &Path) -> StorageConfig {
+pub(super) fn cfg(dir: &Path) -> StorageConfig {
     StorageConfig {
         path: dir.to_path_buf(),
         ..StorageConfig::default()
     }
 }
 
-fn m(op: MatchOp, n: &str, v: &str) -> Matcher {
+pub(super) fn m(op: MatchOp, n: &str, v: &str) -> Matcher {
     Matcher::new(op, n, v).unwrap()
 }
 
@@ -54,7 +54,7 @@ fn fam(name: &str, kind: MetricType, samples: &[(&[(&str, &str)], f64)]) -> Fami
     f
 }
 
-fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(super) fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
     fams.iter()
         .find(|f| f.name == name)
         .and_then(|f| {
@@ -68,14 +68,14 @@ fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} {labels:?}"))
 }
 
-fn all(store: &Store, name: &str) -> Vec<SeriesData> {
+pub(super) fn all(store: &Store, name: &str) -> Vec<SeriesData> {
     store
         .select(&[m(MatchOp::Equal, "__name__", name)], i64::MIN, i64::MAX)
         .unwrap()
 }
 
 /// Synthetic tick: `n` counter series whose value depends only on (i, t).
-fn tick(n: usize, t: i64) -> Vec<Family> {
+pub(super) fn tick(n: usize, t: i64) -> Vec<Family> {
     let mut f = Family::new("req_total", "Requests.", MetricType::Counter);
     for i in 0..n {
         f.push_owned(vec![("worker".into(), i.to_string())], value(i, t));
@@ -83,7 +83,7 @@ fn tick(n: usize, t: i64) -> Vec<Family> {
     vec![f]
 }
 
-fn value(i: usize, t: i64) -> f64 {
+pub(super) fn value(i: usize, t: i64) -> f64 {
     let k = t / 1000;
     (k * (i as i64 + 1) + (k * 7919 + i as i64) % 13) as f64
 }
@@ -416,7 +416,7 @@ impl Rng {
     }
 }
 
-struct KillOnDrop(std::process::Child);
+pub(super) struct KillOnDrop(pub(super) std::process::Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();

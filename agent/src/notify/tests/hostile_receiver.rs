@@ -207,3 +207,32 @@ async fn webhook_url_tokens_stay_out_of_delivery_errors() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn notification_log_and_its_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0)
+    };
+    let cfg = || {
+        let yaml = "route: {receiver: team}\nreceivers:\n  - name: team\n";
+        crate::notify::config::parse(std::path::Path::new("am.yml"), yaml).expect("config")
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data/notify");
+    let n = crate::notify::Notifier::new(cfg(), &dir).expect("notifier");
+    n.save();
+    let state = dir.join("nflog.json");
+    assert_eq!((mode(&dir), mode(&state)), (0o700, 0o600));
+
+    // Left open by an older version: tightened on the next start.
+    drop(n);
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&dir, open.clone()).expect("chmod");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let n = crate::notify::Notifier::new(cfg(), &dir).expect("notifier");
+    n.save();
+    assert_eq!((mode(&dir), mode(&state)), (0o700, 0o600));
+}
