@@ -424,6 +424,23 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Runs the test binary `exe`'s `test` alone as a child (the writer side of
+/// crash tests), told its data directory by `env_var`, stdout piped.
+pub(super) fn spawn_test_child(
+    exe: &std::path::Path,
+    test: &str,
+    env_var: &str,
+    data: &std::path::Path,
+) -> std::io::Result<KillOnDrop> {
+    Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env_var, data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
+}
+
 #[test]
 fn sigkill_during_ingest_loses_nothing_acknowledged() {
     let d = TempDir::new("crash");
@@ -437,25 +454,12 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
     let mut acked = 0i64;
     let rounds = 24;
     for round in 0..rounds {
-        let mut child = KillOnDrop(
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "store::tests::crash_child",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ENV, &data)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot re-run the test binary {} as the writer child: {e}",
-                        exe.display()
-                    )
-                }),
-        );
+        let mut child = spawn_test_child(&exe, "store::tests::crash_child", CHILD_ENV, &data).unwrap_or_else(|e| {
+            panic!(
+                "cannot re-run the test binary {} as the writer child: {e}",
+                exe.display()
+            )
+        });
         let stdout = child.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<i64>();
         let reader = std::thread::spawn(move || {

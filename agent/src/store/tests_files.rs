@@ -1,13 +1,13 @@
 //! The data directory's files: private modes, and read-only opening that
 //! leaves a stopped (or killed) agent's directory exactly as it found it,
 //! on a read-only bind mount too.
-use super::tests::{KillOnDrop, TempDir, all, cfg, tick};
+use super::tests::{TempDir, all, cfg, spawn_test_child, tick};
 use super::*;
 use crate::series::SeriesData;
 use std::fs::OpenOptions;
 use std::io::{BufRead as _, Write as _};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const CHILD_ENV: &str = "NGXPROBE_STORE_READ_ONLY_CHILD";
@@ -118,20 +118,8 @@ fn read_only_open_of_a_killed_agents_directory_writes_nothing() {
     // A private copy of the test binary: a concurrent build may replace it.
     let exe = d.0.join("child-exe");
     fs::copy("/proc/self/exe", &exe).expect("copy the test binary");
-    let mut child = KillOnDrop(
-        Command::new(&exe)
-            .args([
-                "--exact",
-                "store::tests_files::read_only_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, &data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the writer child"),
-    );
+    let mut child = spawn_test_child(&exe, "store::tests_files::read_only_child", CHILD_ENV, &data)
+        .expect("start the writer child");
     let stdout = child.0.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
