@@ -66,7 +66,7 @@ pub enum Command {
         /// A running agent's address (host:port), e.g. 127.0.0.1:9113.
         #[arg(long, conflicts_with = "data_dir")]
         addr: Option<String>,
-        /// Read a data directory directly (the agent must not be running on it).
+        /// Read a stopped agent's data directory, read-only (nothing there is written).
         #[arg(long = "data-dir")]
         data_dir: Option<PathBuf>,
     },

@@ -59,6 +59,19 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// `url` with its user-info (`user:pass@`, which HTTP clients turn into
+/// basic auth) replaced by `<secret>`: for metric labels and logs, which
+/// must never carry credentials. Works on bare `user:pass@host:port` too.
+pub fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}{REDACTED}@{}", &url[..start], &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 /// Reads a secret from a file (`*_file` fields, Kubernetes secret mounts).
 /// Surrounding whitespace is trimmed, as Prometheus does, so the trailing
 /// newline of `echo URL > file` doesn't end up in the secret.
@@ -88,6 +101,28 @@ mod tests {
         assert_eq!(format!("{s:?}"), "<secret>");
         assert_eq!(serde_json::to_string(&s).ok().as_deref(), Some("\"<secret>\""));
         assert_eq!(s.expose(), "https://hooks.slack.com/services/T0/B0/XYZ");
+    }
+
+    #[test]
+    fn redacts_url_user_info() {
+        for (url, want) in [
+            (
+                "http://user:pass@am.example:9093/api/v2/alerts",
+                "http://<secret>@am.example:9093/api/v2/alerts",
+            ),
+            ("https://token@am.example/x?y=1", "https://<secret>@am.example/x?y=1"),
+            ("user:p%40ss@10.0.0.1:9093", "<secret>@10.0.0.1:9093"),
+            ("http://a:b@c@host/", "http://<secret>@host/"),
+            // '@' after the authority is not user-info.
+            ("http://host:9093/path@x?q=a@b", "http://host:9093/path@x?q=a@b"),
+            (
+                "http://am.example:9093/api/v2/alerts",
+                "http://am.example:9093/api/v2/alerts",
+            ),
+            ("", ""),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
     }
 
     #[test]

@@ -207,14 +207,8 @@ fn start_and_serve(
                 .map_err(|e| RunError::start("sampler", e))?,
         );
     }
-    runtime.block_on(expose::serve(
-        cfg.web.listen_address,
-        cfg.web.telemetry_path.clone(),
-        source,
-        health,
-        api,
-        shutdown_signal(),
-    ))?;
+    let server = expose::Server::new(&cfg.web, source, health).api(api);
+    runtime.block_on(server.serve(shutdown_signal()))?;
     Ok(())
 }
 
@@ -321,11 +315,8 @@ pub fn query_cli(
     let mut out = std::io::stdout();
     let result = match data_dir {
         Some(dir) => {
-            let sc = store::StorageConfig {
-                path: dir,
-                ..Default::default()
-            };
-            let store = Store::open(&sc).map_err(|e| RunError::start("query", e))?;
+            // Read-only: the directory is a stopped agent's, maybe on a read-only mount.
+            let store = Store::open_read_only(&dir).map_err(|e| RunError::start("query", e))?;
             query::cli::run_query_cli(query::cli::QueryTarget::Reader(&store), expr, time, &mut out)
         }
         None => {

@@ -103,6 +103,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
 impl Config {
     /// Checks across fields that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        self.web.validate()?;
         self.storage.validate()?;
         self.query.validate()?;
         if self.alertmanager.is_some() && self.alertmanager_config_file.is_some() {

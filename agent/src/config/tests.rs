@@ -150,6 +150,41 @@ fn bad_listen_address_names_the_field() {
 }
 
 #[test]
+fn bad_web_limits_name_the_field() {
+    assert_error_starts(
+        "web:\n  max_header_bytes: 100\n",
+        "config.yml:2:21: web.max_header_bytes: must be between 8192 and 1048576",
+    );
+    assert_error_starts(
+        "web:\n  header_read_timeout: 0s\n",
+        "config.yml:2:24: web.header_read_timeout: must be greater than 0s",
+    );
+    assert_error_starts(
+        "web:\n  max_connections: 1\n",
+        "config.yml:2:20: web.max_connections: must be at least 2",
+    );
+    assert_error_starts(
+        "web:\n  max_api_requests: 0\n",
+        "config.yml:2:21: web.max_api_requests: must be at least 1",
+    );
+    let err = error_of("web:\n  max_connections: 10\n  max_api_requests: 10\n");
+    assert!(
+        err.contains("web.max_api_requests (10) must be below web.max_connections (10)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_example_config_parses() {
+    let text = include_str!("../../../deploy/config.example.yml");
+    let parsed = parse(Path::new("deploy/config.example.yml"), text).map(|c| c.web);
+    assert_eq!(
+        parsed.map_err(|e| e.to_string()),
+        Ok(crate::expose::WebConfig::default())
+    );
+}
+
+#[test]
 fn bad_enum_label_and_path_values() {
     assert_error_starts(
         "log:\n  level: loud\n",

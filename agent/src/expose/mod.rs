@@ -2,17 +2,29 @@
 //! OpenMetrics 1.0, negotiated per scrape) and serves them over HTTP with
 //! /healthz and /readyz, plus the routes later stages add (the API).
 //! Owns the `web:` config section.
+//!
+//! Files: `server` (bind, accept loop, connections), `conns` (the bounded
+//! connection table: timeouts, eviction), `limits` (per-request limits),
+//! `routes` (telemetry, health, landing page), `http_stats`
+//! (`ngxprobe_http_*`), `render`/`negotiate` (formats), `process`
+//! (`process_*`), `config`/`listen` (the `web:` section).
 mod config;
+mod conns;
 mod health;
+mod http_stats;
+mod limits;
 mod listen;
 mod negotiate;
 mod process;
 mod render;
+mod routes;
 mod server;
+#[cfg(test)]
+mod tests;
 
 pub use config::{ListenAddress, WebConfig};
 pub use health::Health;
 pub use negotiate::{Format, negotiate};
 pub use process::process_families;
 pub use render::{render_openmetrics, render_text};
-pub use server::{ServeError, bind, serve, serve_listener};
+pub use server::{ServeError, Server, bind};

@@ -1,21 +1,36 @@
-//! The HTTP server: telemetry path, /healthz, /readyz and a landing page.
+//! The HTTP server: binding, the accept loop and each connection's task.
 //!
-//! Routing is a single fallback handler matching the path, so no telemetry
-//! path from a config file can make axum's router panic.
+//! Not `axum::serve`: it has no header-read or idle timeout and no
+//! connection cap, so idle or slow-header clients could hold file
+//! descriptors until the agent ran out (and discovery and the store with
+//! it). Here every connection has a slot in a bounded table (`conns`), hyper
+//! parses each one with a header size limit, and the routes are wrapped in
+//! request limits (`limits`).
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt as _;
 
-use super::config::{ListenAddress, validate_telemetry_path};
-use super::negotiate::{Format, negotiate};
-use super::render::{render_openmetrics, render_text};
-use super::{Health, process_families};
+use super::Health;
+use super::config::{ListenAddress, WebConfig, validate_telemetry_path};
+use super::conns::{ConnTable, SWEEP_EVERY, SlotGuard, TrackedIo};
+use super::http_stats::{HttpStats, RequestRefusal};
+use super::limits::{RequestLimits, limit_api, limit_body};
+use super::routes::{AppState, dispatch};
 use crate::metrics::MetricsSource;
+
+/// How long requests in flight may finish after shutdown was asked for.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Pause after a failed accept() (out of file descriptors: retrying at once would spin).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At most one warning per this long about refused connections or accept errors.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -89,133 +104,236 @@ fn bind_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<tokio::net::Tcp
     tokio::net::TcpListener::from_std(socket.into())
 }
 
-/// Binds `listen` and serves until `shutdown` completes.
+/// The HTTP server: `web:` settings, what /metrics shows, health, and the
+/// routes of later stages.
 ///
-/// `api` carries the routes of later stages (Prometheus HTTP API, rules and
-/// alerts); everything it does not match falls through to /metrics & co.
-pub async fn serve(
-    listen: ListenAddress,
-    telemetry_path: String,
+/// ```ignore
+/// Server::new(&cfg.web, source, health).api(router).serve(shutdown).await?;
+/// ```
+pub struct Server {
+    web: WebConfig,
     source: Arc<dyn MetricsSource>,
     health: Arc<Health>,
     api: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    let listener = bind(&listen)?;
-    serve_listener_with(listener, telemetry_path, source, health, api, shutdown).await
 }
 
-/// Serves on an already bound listener (tests bind 127.0.0.1:0 first).
-pub async fn serve_listener(
-    listener: tokio::net::TcpListener,
-    telemetry_path: String,
-    source: Arc<dyn MetricsSource>,
-    health: Arc<Health>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    serve_listener_with(listener, telemetry_path, source, health, Router::new(), shutdown).await
+impl Server {
+    pub fn new(web: &WebConfig, source: Arc<dyn MetricsSource>, health: Arc<Health>) -> Server {
+        Server {
+            web: web.clone(),
+            source,
+            health,
+            api: Router::new(),
+        }
+    }
+
+    /// The routes of later stages (Prometheus HTTP API, rules and alerts);
+    /// everything they do not match falls through to /metrics & co.
+    pub fn api(mut self, api: Router) -> Server {
+        self.api = api;
+        self
+    }
+
+    /// Binds `web.listen_address` and serves until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let listener = bind(&self.web.listen_address)?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves on an already bound listener (tests bind 127.0.0.1:0 first)
+    /// until `shutdown` completes.
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
+        validate_telemetry_path(&self.web.telemetry_path).map_err(ServeError::TelemetryPath)?;
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "?".to_string());
+        tracing::info!(address = %addr, path = %self.web.telemetry_path, "serving metrics");
+        let stats = Arc::new(HttpStats::default());
+        let web = self.web.clone();
+        let web = &web;
+        let app = self.app(stats.clone());
+        let table = Arc::new(ConnTable::new(
+            web.max_connections as usize,
+            web.header_read_timeout.as_duration(),
+            web.idle_timeout.as_duration(),
+            stats.clone(),
+        ));
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // Request line and headers are read into this buffer: it is the
+        // header size limit (hyper answers 431 beyond it).
+        http.max_buf_size(web.max_header_bytes as usize)
+            .header_read_timeout(None) // the table's sweep does it, and the idle timeout
+            .keep_alive(true);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut warned: Option<Instant> = None;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = sweep.tick() => table.sweep(),
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        match table.admit() {
+                            Some(slot) => {
+                                let conn = serve_connection(http.clone(), stream, slot, app.clone(), stats.clone(), stop_rx.clone());
+                                tasks.spawn(conn);
+                            }
+                            None => {
+                                refuse(stream);
+                                warn_sometimes(&mut warned, || tracing::warn!(max_connections = web.max_connections, "HTTP connection refused: every connection is busy with a request"));
+                            }
+                        }
+                    }
+                    Err(e) if is_per_connection_error(&e) => {}
+                    Err(e) => {
+                        stats.accept_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        warn_sometimes(&mut warned, || tracing::warn!(error = %e, "cannot accept HTTP connections"));
+                        // Out of descriptors: free what timed out, then retry.
+                        table.sweep();
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::debug!(
+                connections = tasks.len(),
+                "closing HTTP connections still busy after the shutdown grace period"
+            );
+        }
+        Ok(())
+    }
+
+    /// Routes with their limits: the body limit on everything, the API
+    /// limits (in flight, deadline) on the API routes.
+    fn app(self, stats: Arc<HttpStats>) -> Router {
+        let limits = Arc::new(RequestLimits {
+            max_body_bytes: self.web.max_request_body_bytes,
+            api_timeout: self.web.api_timeout.as_duration(),
+            api_in_flight: Arc::new(tokio::sync::Semaphore::new(self.web.max_api_requests as usize)),
+            stats: stats.clone(),
+        });
+        let state = Arc::new(AppState {
+            telemetry_path: self.web.telemetry_path,
+            source: self.source,
+            health: self.health,
+            stats,
+        });
+        let api = self
+            .api
+            .layer(axum::middleware::from_fn_with_state(limits.clone(), limit_api));
+        api.merge(Router::new().fallback(dispatch).with_state(state))
+            .layer(axum::middleware::from_fn_with_state(limits, limit_body))
+            // Ours applies on every route; axum's own (2 MiB, in extractors) would differ.
+            .layer(DefaultBodyLimit::disable())
+    }
 }
 
-/// As [`serve_listener`], with the routes of later stages in front.
-pub async fn serve_listener_with(
-    listener: tokio::net::TcpListener,
-    telemetry_path: String,
-    source: Arc<dyn MetricsSource>,
-    health: Arc<Health>,
-    api: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
-    validate_telemetry_path(&telemetry_path).map_err(ServeError::TelemetryPath)?;
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".to_string());
-    tracing::info!(address = %addr, path = %telemetry_path, "serving metrics");
-    let state = Arc::new(AppState {
-        telemetry_path,
-        source,
-        health,
+/// One connection until it ends, the table closes it, or shutdown (which
+/// closes it at once unless a request is in flight).
+async fn serve_connection(
+    http: hyper::server::conn::http1::Builder,
+    stream: tokio::net::TcpStream,
+    guard: SlotGuard,
+    app: Router,
+    stats: Arc<HttpStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let slot = guard.slot.clone();
+    let io = TokioIo::new(TrackedIo::new(stream, slot.clone()));
+    let svc_slot = slot.clone();
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        svc_slot.request_started();
+        let done = RequestDone(svc_slot.clone());
+        let response = app.clone().oneshot(req);
+        async move {
+            let r = response.await;
+            drop(done);
+            r
+        }
     });
-    let app = api.merge(Router::new().fallback(dispatch).with_state(state));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|source| ServeError::Serve { addr, source })
-}
-
-struct AppState {
-    telemetry_path: String,
-    source: Arc<dyn MetricsSource>,
-    health: Arc<Health>,
-}
-
-async fn dispatch(State(state): State<Arc<AppState>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    if method != Method::GET && method != Method::HEAD {
-        let mut response = (StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n").into_response();
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return response;
+    let conn = http.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = *stop.borrow();
+    if stopping {
+        return;
     }
-    let path = uri.path();
-    if path == state.telemetry_path {
-        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-        return metrics_response(&state, negotiate(accept));
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    count_connection_error(&e, &stats);
+                }
+                break;
+            }
+            _ = slot.closed() => break,
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                if slot.phase() != super::conns::Phase::Handling {
+                    break;
+                }
+                conn.as_mut().graceful_shutdown();
+            }
+        }
     }
-    match path {
-        "/healthz" => text(StatusCode::OK, "ok\n".to_string()),
-        "/readyz" => match state.health.readiness() {
-            Ok(()) => text(StatusCode::OK, "ready\n".to_string()),
-            Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
-        },
-        "/" => landing_page(&state.telemetry_path),
-        _ => text(StatusCode::NOT_FOUND, "404 page not found\n".to_string()),
+    drop(guard);
+}
+
+/// Marks the request done when its response future ends (or is dropped).
+struct RequestDone(Arc<super::conns::Slot>);
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        self.0.request_done();
     }
 }
 
-fn metrics_response(state: &AppState, format: Format) -> Response {
-    let mut families = state.source.families();
-    families.extend(process_families());
-    let body = match format {
-        Format::Text => render_text(&families),
-        Format::OpenMetrics => render_openmetrics(&families),
-    };
-    (
-        [(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))],
-        body,
-    )
-        .into_response()
+fn count_connection_error(e: &hyper::Error, stats: &HttpStats) {
+    if e.is_parse_too_large() {
+        stats.request_refused(RequestRefusal::HeaderTooLarge);
+    } else if e.is_parse() {
+        stats.request_refused(RequestRefusal::Malformed);
+    } else {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
 }
 
-fn text(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        )],
-        body,
-    )
-        .into_response()
+/// Best effort: tells the client why before closing (the socket is fresh
+/// and empty, so the write does not block).
+fn refuse(stream: tokio::net::TcpStream) {
+    const BODY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Length: 26\r\n\r\ntoo many open connections\n";
+    let _ = stream.try_write(BODY);
 }
 
-fn landing_page(telemetry_path: &str) -> Response {
-    // The path is validated to [A-Za-z0-9/_.~-], so it is safe inside HTML.
-    let body = format!(
-        "<!DOCTYPE html>\n<html><head><title>ngxprobe</title></head><body>\n\
-         <h1>ngxprobe</h1>\n<p>nginx metrics from eBPF.</p>\n\
-         <ul><li><a href=\"{telemetry_path}\">Metrics</a></li>\n\
-         <li><a href=\"/healthz\">Health</a></li>\n<li><a href=\"/readyz\">Readiness</a></li></ul>\n\
-         </body></html>\n"
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        )],
-        body,
+/// accept() errors that concern one connection only (it was reset before
+/// we took it): nothing to wait for.
+fn is_per_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
     )
-        .into_response()
+}
+
+fn warn_sometimes(last: &mut Option<Instant>, warn: impl FnOnce()) {
+    if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+        *last = Some(Instant::now());
+        warn();
+    }
 }
 
 #[cfg(test)]
@@ -267,15 +385,11 @@ mod tests {
         let addr = listener.local_addr().expect("local addr");
         let health = Arc::new(Health::new());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_listener(
-            listener,
-            "/metrics".to_string(),
-            Arc::new(FixedSource),
-            health.clone(),
-            async {
+        let server = tokio::spawn(
+            Server::new(&WebConfig::default(), Arc::new(FixedSource), health.clone()).serve_on(listener, async {
                 let _ = stopped.await;
-            },
-        ));
+            }),
+        );
 
         let (status, head, body) = get(addr, "/metrics", None).await;
         assert_eq!(status, 200);
@@ -349,15 +463,14 @@ mod tests {
         let listener = bind(&ListenAddress::AllInterfaces { port: 0 }).expect("bind :0");
         let port = listener.local_addr().expect("local addr").port();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_listener(
-            listener,
-            "/metrics".to_string(),
-            Arc::new(FixedSource),
-            Arc::new(Health::new()),
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let server = tokio::spawn(
+            Server::new(&WebConfig::default(), Arc::new(FixedSource), Arc::new(Health::new())).serve_on(
+                listener,
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+        );
         let v4 = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         assert_eq!(get(v4, "/healthz", None).await.0, 200);
         let _ = stop.send(());
@@ -367,14 +480,13 @@ mod tests {
     #[tokio::test]
     async fn rejects_a_bad_telemetry_path() {
         let listener = bind(&"127.0.0.1:0".parse().expect("address")).expect("bind");
-        let result = serve_listener(
-            listener,
-            "/healthz".to_string(),
-            Arc::new(FixedSource),
-            Arc::new(Health::new()),
-            async {},
-        )
-        .await;
+        let web = WebConfig {
+            telemetry_path: "/healthz".to_string(),
+            ..WebConfig::default()
+        };
+        let result = Server::new(&web, Arc::new(FixedSource), Arc::new(Health::new()))
+            .serve_on(listener, async {})
+            .await;
         assert!(matches!(result, Err(ServeError::TelemetryPath(_))), "{result:?}");
     }
 }

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value as Json, json};
 
+use super::clock::{NEVER, instant_after};
 use super::compile::{SlackTemplates, UrlSource};
 use super::config::HttpConfig;
 use super::template::TemplateData;
@@ -209,7 +210,7 @@ pub async fn attempt(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("application/json"));
-    let text = resp.text().await.unwrap_or_default();
+    let text = read_limited(resp, MAX_RESPONSE_BYTES).await;
     if status.is_success() {
         if let Some(v) = is_json.then(|| serde_json::from_str::<Json>(&text).ok()).flatten()
             && v.get("ok") == Some(&Json::Bool(false))
@@ -221,7 +222,8 @@ pub async fn attempt(
         }
         return Ok(());
     }
-    let snippet: String = text.chars().take(200).collect();
+    // The receiver's words go into a log line: escaped, so they cannot forge lines.
+    let snippet: String = text.chars().take(200).flat_map(char::escape_debug).collect();
     let retryable = status.is_server_error() || status.as_u16() == 429;
     Err(AttemptError {
         retryable,
@@ -230,14 +232,20 @@ pub async fn attempt(
     })
 }
 
+/// `Retry-After` in seconds or as an HTTP date; absurd values (past u64,
+/// centuries) mean "not within this flush", capped so no sum overflows.
 fn parse_retry_after(v: &str) -> Option<Duration> {
-    if let Ok(secs) = v.trim().parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    let v = v.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(NEVER));
     }
-    let when = humantime::parse_rfc3339_weak(v.trim())
-        .ok()
-        .or_else(|| httpdate(v.trim()))?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    let when = humantime::parse_rfc3339_weak(v).ok().or_else(|| httpdate(v))?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .min(NEVER),
+    )
 }
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT`.
@@ -252,6 +260,24 @@ fn httpdate(v: &str) -> Option<SystemTime> {
     let m = months.iter().position(|x| *x == parts[2])? + 1;
     let s = format!("{}-{:02}-{:0>2}T{}Z", parts[3], m, parts[1], parts[4]);
     humantime::parse_rfc3339(&s).ok()
+}
+
+/// How much of a receiver's answer is read: enough for an error message
+/// or Slack's `{"ok": false, "error": ...}`; a receiver answering gigabytes
+/// costs nothing more (the connection is dropped at the limit).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The response body up to `limit` bytes (lossy UTF-8); read errors end it.
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> String {
+    let mut buf: Vec<u8> = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = limit.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() >= room {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// Exponential backoff from 500ms, doubling, capped at 30s.
@@ -299,7 +325,7 @@ pub async fn deliver(
                 failed += 1;
                 let wait = e.retry_after.unwrap_or_else(|| backoff(n - 1));
                 let now = Instant::now();
-                if !e.retryable || now + wait >= deadline || n >= 1000 {
+                if !e.retryable || instant_after(now, wait) >= deadline || n >= 1000 {
                     return Delivered {
                         ok: false,
                         attempts: n,

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::clock::{next_tick_after, time_after};
 use super::compile::{Compiled, GroupBy, InhibitRule, Route};
 use crate::alerts::Alert;
 use crate::series::labels_string;
@@ -95,7 +96,10 @@ mod unix_nanos {
         s.serialize_u64(u64::try_from(n).unwrap_or(u64::MAX))
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
-        Ok(UNIX_EPOCH + Duration::from_nanos(u64::deserialize(d)?))
+        Ok(super::super::clock::time_after(
+            UNIX_EPOCH,
+            Duration::from_nanos(u64::deserialize(d)?),
+        ))
     }
 }
 
@@ -192,7 +196,7 @@ impl Dispatcher {
         }
         if a.ends_at == UNIX_EPOCH {
             a.timeout = true;
-            a.ends_at = now + self.compiled.resolve_timeout;
+            a.ends_at = time_after(now, self.compiled.resolve_timeout);
         }
         self.insert_stored(a, now);
     }
@@ -226,7 +230,7 @@ impl Dispatcher {
             };
             let key = format!("{}:{}", route.key, labels_string(&labels));
             let group = self.groups.entry(key).or_insert_with(|| Group {
-                next_flush: now + route.group_wait,
+                next_flush: time_after(now, route.group_wait),
                 route: route.clone(),
                 labels,
                 alerts: BTreeMap::new(),
@@ -235,7 +239,7 @@ impl Dispatcher {
                 emptied_at: None,
             });
             group.emptied_at = None;
-            if !group.has_flushed && a.starts_at + group.route.group_wait < now {
+            if !group.has_flushed && time_after(a.starts_at, group.route.group_wait) < now {
                 group.next_flush = now;
             }
             group.alerts.insert(fp, (a.clone(), version));
@@ -270,8 +274,9 @@ impl Dispatcher {
     pub fn due(&mut self, now: SystemTime) -> Vec<FlushJob> {
         // GC: resolved alerts nobody holds, after the retention.
         let held: BTreeSet<u64> = self.groups.values().flat_map(|g| g.alerts.keys().copied()).collect();
-        self.store
-            .retain(|fp, (a, _)| held.contains(fp) || !a.resolved_at(now) || a.ends_at + STORE_RETENTION > now);
+        self.store.retain(|fp, (a, _)| {
+            held.contains(fp) || !a.resolved_at(now) || time_after(a.ends_at, STORE_RETENTION) > now
+        });
         // Groups with nothing left are dropped at Alertmanager's maintenance
         // (every 30 s); until then they keep their flush cadence.
         for g in self.groups.values_mut() {
@@ -280,13 +285,11 @@ impl Dispatcher {
             }
         }
         self.groups
-            .retain(|_, g| g.in_flight || g.emptied_at.is_none_or(|t| now < t + EMPTY_GROUP_RETENTION));
+            .retain(|_, g| g.in_flight || g.emptied_at.is_none_or(|t| now < time_after(t, EMPTY_GROUP_RETENTION)));
         // An empty group's tick sends nothing; keep the cadence.
         for g in self.groups.values_mut() {
-            if g.alerts.is_empty() && !g.in_flight {
-                while g.next_flush <= now {
-                    g.next_flush += g.route.group_interval.max(Duration::from_millis(1));
-                }
+            if g.alerts.is_empty() && !g.in_flight && g.next_flush <= now {
+                g.next_flush = next_tick_after(g.next_flush, g.route.group_interval, now);
             }
         }
 
@@ -322,7 +325,7 @@ impl Dispatcher {
                 timeout: g.route.group_interval.max(MIN_FLUSH_TIMEOUT),
             };
             if let Some(g) = self.groups.get_mut(&key) {
-                g.next_flush = now + g.route.group_interval;
+                g.next_flush = time_after(now, g.route.group_interval);
                 g.has_flushed = true;
                 g.in_flight = true;
             }
@@ -451,7 +454,8 @@ impl Nflog {
     }
 
     pub fn gc(&mut self, now: SystemTime) {
-        self.entries.retain(|_, e| e.timestamp + NFLOG_RETENTION > now);
+        self.entries
+            .retain(|_, e| time_after(e.timestamp, NFLOG_RETENTION) > now);
     }
 }
 
@@ -476,5 +480,5 @@ pub fn needs_update(
     if send_resolved && !resolved.is_subset(&entry.resolved) {
         return true;
     }
-    entry.timestamp + repeat <= now
+    time_after(entry.timestamp, repeat) <= now
 }

@@ -69,13 +69,23 @@ impl Default for AlertmanagerTarget {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StaticConfig {
+    /// `host:port`, or `user:pass@host:port` (basic auth): shown redacted.
+    #[serde(serialize_with = "redacted_targets")]
     pub targets: Vec<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
+fn redacted_targets<S: serde::Serializer>(targets: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(targets.iter().map(|t| crate::secret::redact_url(t)))
+}
+
 struct Endpoint {
+    /// The real URL: may carry `user:pass@` (basic auth), so it is only
+    /// used for the request.
     url: String,
+    /// `url` with user-info redacted: the metric label and what logs show.
+    label: String,
     http: HttpConfig,
     client: reqwest::Client,
     sent: AtomicU64,
@@ -150,8 +160,10 @@ impl ForwardingSink {
             for sc in &am.static_configs {
                 for t in &sc.targets {
                     let prefix = am.path_prefix.trim_end_matches('/');
+                    let url = format!("{}://{}{}/api/v2/alerts", am.scheme, t, prefix);
                     endpoints.push(Endpoint {
-                        url: format!("{}://{}{}/api/v2/alerts", am.scheme, t, prefix),
+                        label: crate::secret::redact_url(&url),
+                        url,
                         http: http.clone(),
                         client: client.clone(),
                         sent: AtomicU64::new(0),
@@ -212,7 +224,7 @@ impl ForwardingSink {
                         }
                         Err(e) => {
                             ep.errors.fetch_add(n, Ordering::Relaxed);
-                            tracing::warn!(alertmanager = %ep.url, error = %e.message, count = n, "error sending alerts");
+                            tracing::warn!(alertmanager = %ep.label, error = %e.message, count = n, "error sending alerts");
                         }
                     }
                 });
@@ -234,7 +246,7 @@ impl ForwardingSink {
             MetricType::Counter,
         );
         for ep in &self.shared.endpoints {
-            let l = [("alertmanager", ep.url.as_str())];
+            let l = [("alertmanager", ep.label.as_str())];
             sent.push(&l, ep.sent.load(Ordering::Relaxed) as f64);
             errors.push(&l, ep.errors.load(Ordering::Relaxed) as f64);
         }

@@ -9,6 +9,7 @@
 //! notification log, which is persisted (with the pending alerts) to
 //! `<data_dir>/nflog.json` so a restart neither re-sends nor forgets.
 
+mod clock;
 pub mod compile;
 pub mod config;
 pub mod deliver;
@@ -171,10 +172,13 @@ impl Notifier {
     pub fn new(cfg: NotifyConfig, data_dir: &Path) -> Result<Notifier, NotifyError> {
         let compiled = compile::compile(&cfg)?;
         let clients = build_clients(&compiled)?;
-        std::fs::create_dir_all(data_dir).map_err(|e| NotifyError::DataDir {
+        // Private (0700, the state file 0600): it holds every alert's labels.
+        crate::private_files::create_dir_all(data_dir).map_err(|e| NotifyError::DataDir {
             path: data_dir.to_path_buf(),
             message: e.to_string(),
         })?;
+        let check = crate::private_files::secure_dir(data_dir, STATE_FILE);
+        crate::private_files::log_dir_check(data_dir, &check);
         let mut dispatcher = Dispatcher::new(compiled);
         let mut nflog = Nflog::default();
         let now = SystemTime::now();
@@ -251,7 +255,8 @@ impl Notifier {
         let mut tasks = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         let mut dirty = true;
-        let mut last_save = Instant::now() - Duration::from_secs(10);
+        // None: never saved (Instant::now() - 10s would panic within 10 s of boot).
+        let mut last_save: Option<Instant> = None;
         loop {
             // Start due flushes.
             let now = SystemTime::now();
@@ -260,7 +265,7 @@ impl Notifier {
                 let deliveries = self.plan(&job, now);
                 let done = done_tx.clone();
                 let me = self.clone();
-                let deadline = Instant::now() + job.timeout;
+                let deadline = clock::instant_after(Instant::now(), job.timeout);
                 tasks.spawn(async move {
                     let mut outcomes = Vec::new();
                     let mut set = tokio::task::JoinSet::new();
@@ -281,10 +286,10 @@ impl Notifier {
                     let _ = done.send(JobResult { job, outcomes });
                 });
             }
-            if dirty && last_save.elapsed() >= Duration::from_secs(1) {
+            if dirty && last_save.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 self.save();
                 dirty = false;
-                last_save = Instant::now();
+                last_save = Some(Instant::now());
             }
             self.update_gauges();
             let sleep_for = {
@@ -314,7 +319,7 @@ impl Notifier {
                     self.finish(result);
                     self.save();
                     dirty = false;
-                    last_save = Instant::now();
+                    last_save = Some(Instant::now());
                 }
                 _ = tokio::time::sleep(sleep_for) => {}
                 _ = self.inner.wake.notified() => {}
@@ -587,7 +592,13 @@ fn write_atomically<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()>
     let tmp = path.with_extension("json.tmp");
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::private_files::open_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        // An older version's file, or one a user copied in, may be readable by others.
+        crate::private_files::tighten_file(&f)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
     }

@@ -27,7 +27,7 @@ use super::chunk;
 use super::wal::{Record, encode};
 use crate::series::{Labels, MetricMeta};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write as _;
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt as _;
@@ -51,10 +51,24 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// redb's default page cache (1 GiB) would dominate the agent's RSS; block
+/// reads are mostly sequential whole chunks, so a small cache suffices.
+const CACHE_BYTES: usize = 16 << 20;
+
 pub fn open(path: &Path) -> DbResult<Database> {
-    // redb's default page cache (1 GiB) would dominate the agent's RSS; block
-    // reads are mostly sequential whole chunks, so a small cache suffices.
-    let db = Database::builder().set_cache_size(16 << 20).create(path).map_err(err)?;
+    // Opened here, not by redb: redb would create it with the umask's mode.
+    let file = crate::private_files::open_options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err)?;
+    crate::private_files::tighten_file(&file).map_err(err)?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create_file(file)
+        .map_err(err)?;
     // Make sure all tables exist so readers never see "table does not exist".
     let w = db.begin_write().map_err(err)?;
     {
@@ -65,6 +79,34 @@ pub fn open(path: &Path) -> DbResult<Database> {
     }
     w.commit().map_err(err)?;
     Ok(db)
+}
+
+/// Opens the index without writing to it. An index that was not closed
+/// cleanly (agent killed) needs a repair, which writes: then a copy in an
+/// unnamed temporary file (0600, gone when closed) is repaired and read.
+pub fn open_read_only(path: &Path) -> DbResult<std::sync::Arc<dyn ReadableDatabase + Send + Sync>> {
+    match Database::builder().set_cache_size(CACHE_BYTES).open_read_only(path) {
+        Ok(db) => Ok(std::sync::Arc::new(db)),
+        Err(redb::DatabaseError::RepairAborted) => {
+            tracing::warn!(
+                path = %path.display(),
+                "the block index was not closed cleanly (agent killed?); reading a repaired temporary copy"
+            );
+            let copy = (|| {
+                let mut tmp = tempfile::tempfile()?;
+                std::io::copy(&mut File::open(path)?, &mut tmp)?;
+                Ok::<_, std::io::Error>(tmp)
+            })()
+            .map_err(|e| format!("it needs a repair and a temporary copy failed: {e}"))?;
+            let db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .create_file(copy)
+                .map_err(|e| format!("repairing a temporary copy: {e}"))?;
+            Ok(std::sync::Arc::new(db))
+        }
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err("in use by a running ngxprobe".into()),
+        Err(e) => Err(err(e)),
+    }
 }
 
 /// Labels are stored in the WAL's series record format (one codec to test).
@@ -126,7 +168,7 @@ pub struct Loaded {
     pub stored_bytes: u64,
 }
 
-pub fn load(db: &Database) -> DbResult<Loaded> {
+pub fn load(db: &dyn ReadableDatabase) -> DbResult<Loaded> {
     let r = db.begin_read().map_err(err)?;
     let series = r.open_table(SERIES).map_err(err)?;
     let chunks = r.open_table(CHUNKS).map_err(err)?;
@@ -182,7 +224,7 @@ fn block_path(dir: &Path, block: i64) -> std::path::PathBuf {
 /// commits the index entries pointing at them.
 pub fn persist(db: &Database, dir: &Path, b: &PersistBatch) -> DbResult<u64> {
     let cdir = dir.join(CHUNK_DIR);
-    fs::create_dir_all(&cdir).map_err(err)?;
+    crate::private_files::create_dir_all(&cdir).map_err(err)?;
     let mut by_block: std::collections::BTreeMap<i64, Vec<&NewChunk>> = Default::default();
     for c in &b.chunks {
         by_block.entry(block_of(c.2)).or_default().push(c);
@@ -190,7 +232,11 @@ pub fn persist(db: &Database, dir: &Path, b: &PersistBatch) -> DbResult<u64> {
     let mut placed = Vec::with_capacity(b.chunks.len()); // (id, mint, span, off, len)
     for (block, chunks) in &by_block {
         let path = block_path(dir, *block);
-        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(err)?;
+        let mut f = crate::private_files::open_options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(err)?;
         let mut off = f.metadata().map_err(err)?.len();
         let mut buf = Vec::new();
         for (id, data, mint) in chunks {
@@ -257,7 +303,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(db: &Database, dir: &'a Path) -> DbResult<Self> {
+    pub fn new(db: &dyn ReadableDatabase, dir: &'a Path) -> DbResult<Self> {
         let r = db.begin_read().map_err(err)?;
         Ok(Reader {
             dir,

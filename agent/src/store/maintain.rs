@@ -133,6 +133,9 @@ impl Store {
     /// Persists completed blocks (once the head is half a block past their
     /// end, like Prometheus) and applies retention.
     pub(super) fn maintain(&self, w: &mut Writer) {
+        if self.read_only {
+            return;
+        }
         if !w.writable {
             if w.last_retry.elapsed() >= RETRY_EVERY {
                 self.try_recover(w);
@@ -152,6 +155,9 @@ impl Store {
     }
 
     fn try_recover(&self, w: &mut Writer) {
+        if self.read_only {
+            return;
+        }
         if self.db().is_none() {
             // redb refuses further use after an I/O error; reopen.
             self.open_db();
@@ -270,6 +276,9 @@ impl Store {
     /// Persists the whole head (so a restart needs no WAL replay) and
     /// releases the directory lock when dropped.
     pub fn close(self) -> Result<(), String> {
+        if self.read_only {
+            return Ok(());
+        }
         let mut w = lock(&self.writer);
         self.commit_wal(&mut w);
         if !w.writable {

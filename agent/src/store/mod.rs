@@ -41,6 +41,8 @@ pub mod sampler;
 mod self_metrics;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_files;
 mod wal;
 
 pub use config::{ByteSize, StorageConfig, WalFsync};
@@ -49,7 +51,7 @@ pub use disk::BLOCK_MS;
 use crate::series::{Labels, MetricMeta};
 use head::MemSeries;
 use index::Index;
-use redb::Database;
+use redb::{Database, ReadableDatabase};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -143,7 +145,14 @@ struct Writer {
 pub struct Store {
     dir: PathBuf,
     cfg: StorageConfig,
-    _lock: File,
+    /// The data directory's lock: exclusive for the agent, shared for a
+    /// read-only store (so no agent starts writing meanwhile).
+    _lock: Option<File>,
+    /// Opened by `open_read_only`: nothing is ever written, created or
+    /// deleted in the data directory.
+    read_only: bool,
+    /// The index a read-only store reads (`db` stays empty then).
+    read_db: Option<Arc<dyn ReadableDatabase + Send + Sync>>,
     reg: RwLock<Registry>,
     meta: RwLock<BTreeMap<String, MetricMeta>>,
     writer: Mutex<Writer>,
@@ -152,8 +161,17 @@ pub struct Store {
 }
 
 impl Store {
+    /// The index to write to (none in a read-only store).
     fn db(&self) -> Option<Arc<Database>> {
         read(&self.db).clone()
+    }
+
+    /// The index to read from.
+    fn reader_db(&self) -> Option<Arc<dyn ReadableDatabase + Send + Sync>> {
+        match &self.read_db {
+            Some(db) => Some(db.clone()),
+            None => self.db().map(|db| db as Arc<dyn ReadableDatabase + Send + Sync>),
+        }
     }
 }
 

@@ -3,12 +3,17 @@
 //! runs once, before the store is shared, so start-up recovery reads in one
 //! place; only `open_db` is used again later (`maintain` reopens redb after
 //! an I/O error).
+//!
+//! The directory and every file in it are private (`private_files`: 0700,
+//! 0600). `open_read_only` (for `ngxprobe query --data-dir`) reads the same
+//! data without writing, creating, truncating or deleting anything there.
 use super::head::MemSeries;
 use super::{
     DB_FILE, Registry, Stats, StorageConfig, Store, StoreError, WAL_DIR, Writer, disk, lock, read, wal, write,
 };
+use crate::private_files;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -31,15 +36,41 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
 /// the process dies, so a kill -9 never leaves a stale lock behind).
 fn take_lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
-    let mut f = OpenOptions::new()
+    let mut f = private_files::open_options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
         .map_err(io_err("cannot open lock file", &path))?;
+    if let Err(e) = private_files::tighten_file(&f) {
+        warn!(path = %path.display(), error = %e, "store: cannot make the lock file private");
+    }
+    flock(&mut f, libc::LOCK_EX, dir, &path)?;
+    // Best effort: the pid is only for the error message of a second agent.
+    let _ = f
+        .set_len(0)
+        .and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    Ok(f)
+}
+
+/// Takes a shared `flock` on `<dir>/LOCK` if there is one, opened read-only:
+/// fails while an agent writes the directory, and keeps one from starting
+/// while the store is read.
+fn share_lock(dir: &Path) -> Result<Option<File>, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let mut f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("cannot open lock file", &path)(e)),
+    };
+    flock(&mut f, libc::LOCK_SH, dir, &path)?;
+    Ok(Some(f))
+}
+
+fn flock(f: &mut File, how: libc::c_int, dir: &Path, path: &Path) -> Result<(), StoreError> {
     // SAFETY: flock on a valid, owned fd.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let mut pid = String::new();
@@ -52,15 +83,11 @@ fn take_lock(dir: &Path) -> Result<File, StoreError> {
         }
         return Err(StoreError::Io {
             what: "cannot lock",
-            path,
+            path: path.to_path_buf(),
             source: e,
         });
     }
-    // Best effort: the pid is only for the error message of a second agent.
-    let _ = f
-        .set_len(0)
-        .and_then(|()| f.write_all(format!("{}\n", std::process::id()).as_bytes()));
-    Ok(f)
+    Ok(())
 }
 
 impl Store {
@@ -71,13 +98,70 @@ impl Store {
     pub fn open(cfg: &StorageConfig) -> Result<Store, StoreError> {
         cfg.validate().map_err(StoreError::Config)?;
         let dir = cfg.path.clone();
-        fs::create_dir_all(&dir).map_err(io_err("cannot create data directory", &dir))?;
+        private_files::create_dir_all(&dir).map_err(io_err("cannot create data directory", &dir))?;
+        private_files::log_dir_check(&dir, &private_files::secure_dir(&dir, LOCK_FILE));
         let lock_file = take_lock(&dir)?;
         let wal_dir = dir.join(WAL_DIR);
-        let store = Store {
-            dir: dir.clone(),
+        let store = Store::new(cfg, Some(lock_file), false, None);
+        store.open_db();
+        store.load_db();
+        store.replay_wal(&wal_dir);
+        let mut w = lock(&store.writer);
+        match store.checkpoint(&mut w) {
+            Ok(()) => store.set_writable(&mut w, true, ""),
+            Err(e) => store.set_writable(&mut w, false, &e),
+        }
+        store.maintain(&mut w);
+        drop(w);
+        Ok(store)
+    }
+
+    /// Opens a stopped agent's data directory to read it (`ngxprobe query
+    /// --data-dir`): no lock file, directory or WAL segment is created, no
+    /// torn WAL tail truncated, no checkpoint or block written, nothing
+    /// deleted, so it works on a read-only directory and leaves it as found.
+    /// Fails while an agent is using the directory.
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        if !dir.is_dir() {
+            let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
+            return Err(io_err("no data directory at", dir)(missing));
+        }
+        let shared_lock = share_lock(dir)?;
+        let cfg = StorageConfig {
+            path: dir.to_path_buf(),
+            ..StorageConfig::default()
+        };
+        let db_path = dir.join(DB_FILE);
+        let read_db = match db_path.exists() {
+            true => Some(disk::open_read_only(&db_path).map_err(|e| {
+                let e = std::io::Error::other(format!("{e}; stop the agent, or query it with --addr"));
+                io_err("cannot read the block index", &db_path)(e)
+            })?),
+            false => None,
+        };
+        let store = Store::new(&cfg, shared_lock, true, read_db);
+        store.load_db();
+        let wal_dir = dir.join(WAL_DIR);
+        if wal_dir.is_dir() {
+            store.replay_wal(&wal_dir);
+        }
+        Ok(store)
+    }
+
+    /// A store with nothing loaded yet; `read_only` when no agent owns it.
+    fn new(
+        cfg: &StorageConfig,
+        lock_file: Option<File>,
+        read_only: bool,
+        read_db: Option<Arc<dyn redb::ReadableDatabase + Send + Sync>>,
+    ) -> Store {
+        let wal_dir = cfg.path.join(WAL_DIR);
+        Store {
+            dir: cfg.path.clone(),
             cfg: cfg.clone(),
             _lock: lock_file,
+            read_only,
+            read_db,
             reg: RwLock::new(Registry::default()),
             meta: RwLock::new(BTreeMap::new()),
             writer: Mutex::new(Writer {
@@ -96,18 +180,7 @@ impl Store {
             }),
             db: RwLock::new(None),
             stats: Stats::default(),
-        };
-        store.open_db();
-        store.load_db();
-        store.replay_wal(&wal_dir);
-        let mut w = lock(&store.writer);
-        match store.checkpoint(&mut w) {
-            Ok(()) => store.set_writable(&mut w, true, ""),
-            Err(e) => store.set_writable(&mut w, false, &e),
         }
-        store.maintain(&mut w);
-        drop(w);
-        Ok(store)
     }
 
     /// Opens redb; a file redb refuses (corrupt beyond its repair) is moved
@@ -133,8 +206,8 @@ impl Store {
     }
 
     fn load_db(&self) {
-        let Some(db) = self.db() else { return };
-        let loaded = match disk::load(&db) {
+        let Some(db) = self.reader_db() else { return };
+        let loaded = match disk::load(&*db) {
             Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "store: cannot read block index; persisted history unavailable");
@@ -174,11 +247,13 @@ impl Store {
     }
 
     fn replay_wal(&self, wal_dir: &Path) {
-        if let Err(e) = fs::create_dir_all(wal_dir) {
+        if !self.read_only
+            && let Err(e) = private_files::create_dir_all(wal_dir)
+        {
             error!(dir = %wal_dir.display(), error = %e, "store: cannot create WAL directory");
             return;
         }
-        let rep = match wal::replay(wal_dir) {
+        let rep = match wal::replay(wal_dir, !self.read_only) {
             Ok(r) => r,
             Err(e) => {
                 error!(dir = %wal_dir.display(), error = %e, "store: cannot read WAL; samples since the last block are lost");
@@ -186,12 +261,11 @@ impl Store {
             }
         };
         if let Some((seg, off, dropped)) = rep.torn {
-            warn!(
-                segment = seg,
-                offset = off,
-                bytes = dropped,
-                "store: torn WAL tail truncated at last good record (interrupted write)"
-            );
+            let what = match self.read_only {
+                true => "store: torn WAL tail ignored (read-only: left as it is)",
+                false => "store: torn WAL tail truncated at last good record (interrupted write)",
+            };
+            warn!(segment = seg, offset = off, bytes = dropped, "{what}");
             self.stats.wal_truncations.fetch_add(1, Relaxed);
         }
         for (seg, off) in &rep.corrupt {

@@ -43,8 +43,8 @@ impl Store {
 
     /// A reader of the persisted blocks (one redb read transaction), if any.
     fn disk_reader(&self) -> Result<Option<disk::Reader<'_>>, ReadError> {
-        match self.db() {
-            Some(db) => disk::Reader::new(&db, &self.dir).map(Some).map_err(ReadError::Io),
+        match self.reader_db() {
+            Some(db) => disk::Reader::new(&*db, &self.dir).map(Some).map_err(ReadError::Io),
             None => Ok(None),
         }
     }

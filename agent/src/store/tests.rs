@@ -35,14 +35,14 @@ impl Drop for TempDir {
     }
 }
 
-fn cfg(dir: &Path) -> StorageConfig {
+pub(super) fn cfg(dir: &Path) -> StorageConfig {
     StorageConfig {
         path: dir.to_path_buf(),
         ..StorageConfig::default()
     }
 }
 
-fn m(op: MatchOp, n: &str, v: &str) -> Matcher {
+pub(super) fn m(op: MatchOp, n: &str, v: &str) -> Matcher {
     Matcher::new(op, n, v).unwrap()
 }
 
@@ -54,7 +54,7 @@ fn fam(name: &str, kind: MetricType, samples: &[(&[(&str, &str)], f64)]) -> Fami
     f
 }
 
-fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(super) fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
     fams.iter()
         .find(|f| f.name == name)
         .and_then(|f| {
@@ -68,7 +68,7 @@ fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} {labels:?}"))
 }
 
-fn all(store: &Store, name: &str) -> Vec<SeriesData> {
+pub(super) fn all(store: &Store, name: &str) -> Vec<SeriesData> {
     store
         .select(
             &[m(MatchOp::Equal, "__name__", name)],
@@ -80,7 +80,7 @@ fn all(store: &Store, name: &str) -> Vec<SeriesData> {
 }
 
 /// Synthetic tick: `n` counter series whose value depends only on (i, t).
-fn tick(n: usize, t: i64) -> Vec<Family> {
+pub(super) fn tick(n: usize, t: i64) -> Vec<Family> {
     let mut f = Family::new("req_total", "Requests.", MetricType::Counter);
     for i in 0..n {
         f.push_owned(vec![("worker".into(), i.to_string())], value(i, t));
@@ -88,7 +88,7 @@ fn tick(n: usize, t: i64) -> Vec<Family> {
     vec![f]
 }
 
-fn value(i: usize, t: i64) -> f64 {
+pub(super) fn value(i: usize, t: i64) -> f64 {
     let k = t / 1000;
     (k * (i as i64 + 1) + (k * 7919 + i as i64) % 13) as f64
 }
@@ -460,12 +460,29 @@ impl Rng {
     }
 }
 
-struct KillOnDrop(std::process::Child);
+pub(super) struct KillOnDrop(pub(super) std::process::Child);
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs the test binary `exe`'s `test` alone as a child (the writer side of
+/// crash tests), told its data directory by `env_var`, stdout piped.
+pub(super) fn spawn_test_child(
+    exe: &std::path::Path,
+    test: &str,
+    env_var: &str,
+    data: &std::path::Path,
+) -> std::io::Result<KillOnDrop> {
+    Command::new(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(env_var, data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(KillOnDrop)
 }
 
 #[test]
@@ -481,25 +498,12 @@ fn sigkill_during_ingest_loses_nothing_acknowledged() {
     let mut acked = 0i64;
     let rounds = 24;
     for round in 0..rounds {
-        let mut child = KillOnDrop(
-            Command::new(&exe)
-                .args([
-                    "--exact",
-                    "store::tests::crash_child",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ENV, &data)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot re-run the test binary {} as the writer child: {e}",
-                        exe.display()
-                    )
-                }),
-        );
+        let mut child = spawn_test_child(&exe, "store::tests::crash_child", CHILD_ENV, &data).unwrap_or_else(|e| {
+            panic!(
+                "cannot re-run the test binary {} as the writer child: {e}",
+                exe.display()
+            )
+        });
         let stdout = child.0.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<i64>();
         let reader = std::thread::spawn(move || {

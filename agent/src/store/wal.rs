@@ -242,8 +242,9 @@ pub struct ReplayReport {
     pub last_segment: u64,
 }
 
-/// Reads every segment in order, truncating a torn tail of the last one.
-pub fn replay(dir: &Path) -> io::Result<ReplayReport> {
+/// Reads every segment in order; `repair` truncates a torn tail of the last
+/// one (a read-only store only reports it).
+pub fn replay(dir: &Path, repair: bool) -> io::Result<ReplayReport> {
     let segs = segments(dir)?;
     let mut rep = ReplayReport::default();
     for (i, &n) in segs.iter().enumerate() {
@@ -254,9 +255,11 @@ pub fn replay(dir: &Path) -> io::Result<ReplayReport> {
         rep.last_segment = n;
         if let Some(off) = bad {
             if i + 1 == segs.len() {
-                let f = OpenOptions::new().write(true).open(&path)?;
-                f.set_len(off as u64)?;
-                f.sync_all()?;
+                if repair {
+                    let f = OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(off as u64)?;
+                    f.sync_all()?;
+                }
                 rep.torn = Some((n, off, data.len() - off));
             } else {
                 rep.corrupt.push((n, off));
@@ -308,7 +311,11 @@ impl WalWriter {
         let next = self.seg + 1;
         let path = segment_path(&self.dir, next);
         let res = (|| {
-            let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+            let mut f = crate::private_files::open_options()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)?;
             f.write_all(content)?;
             f.sync_all()?;
             File::open(&self.dir)?.sync_all()?;

@@ -4,5 +4,6 @@
 mod config_tests;
 mod delivery_tests;
 mod dispatch_tests;
+mod hostile_receiver;
 mod parity;
 mod support;

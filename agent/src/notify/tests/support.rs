@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +21,15 @@ pub enum Mode {
     Status500,
     /// 429 with `Retry-After: secs`.
     TooMany(u64),
+    /// 429 with this `Retry-After` header, verbatim.
+    RetryAfterRaw(&'static str),
+    /// `status` with a body of `bytes` bytes, streamed (never held in memory).
+    Flood {
+        status: u16,
+        bytes: u64,
+    },
+    /// 500 with this body.
+    Says(&'static str),
 }
 
 #[derive(Clone, Debug)]
@@ -28,12 +38,16 @@ pub struct Received {
     pub body: serde_json::Value,
     pub at: Instant,
     pub status: u16,
+    /// The Authorization header, if any.
+    pub authorization: Option<String>,
 }
 
 #[derive(Default)]
 pub struct Recorder {
     pub mode: Mutex<Option<Mode>>,
     pub log: Mutex<Vec<Received>>,
+    /// Body bytes of `Mode::Flood` answers that hyper took to send.
+    pub flood_sent: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -53,12 +67,13 @@ impl Recorder {
     }
 }
 
-async fn handle(State(rec): State<Arc<Recorder>>, uri: Uri, _h: HeaderMap, body: Bytes) -> Response {
+async fn handle(State(rec): State<Arc<Recorder>>, uri: Uri, h: HeaderMap, body: Bytes) -> Response {
     let mode = rec.mode.lock().unwrap().unwrap_or(Mode::Ok);
     let status = match mode {
         Mode::Ok => 200,
-        Mode::Status500 => 500,
-        Mode::TooMany(_) => 429,
+        Mode::Status500 | Mode::Says(_) => 500,
+        Mode::TooMany(_) | Mode::RetryAfterRaw(_) => 429,
+        Mode::Flood { status, .. } => status,
     };
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     rec.log.lock().unwrap().push(Received {
@@ -66,6 +81,7 @@ async fn handle(State(rec): State<Arc<Recorder>>, uri: Uri, _h: HeaderMap, body:
         body: json,
         at: Instant::now(),
         status,
+        authorization: h.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
     });
     match mode {
         Mode::Ok => (StatusCode::OK, "ok").into_response(),
@@ -76,6 +92,42 @@ async fn handle(State(rec): State<Arc<Recorder>>, uri: Uri, _h: HeaderMap, body:
             "slow down",
         )
             .into_response(),
+        Mode::RetryAfterRaw(v) => (StatusCode::TOO_MANY_REQUESTS, [("Retry-After", v)], "slow down").into_response(),
+        Mode::Says(text) => (StatusCode::INTERNAL_SERVER_ERROR, text).into_response(),
+        Mode::Flood { status, bytes } => {
+            let body = Flood {
+                left: bytes,
+                sent: rec.flood_sent.clone(),
+            };
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            (status, axum::body::Body::new(body)).into_response()
+        }
+    }
+}
+
+/// A response body of `left` bytes made on the fly, counting what was sent.
+struct Flood {
+    left: u64,
+    sent: Arc<AtomicU64>,
+}
+
+impl hyper::body::Body for Flood {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(CHUNK.len() as u64);
+        self.left -= n;
+        self.sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let chunk = Bytes::from_static(&CHUNK[..n as usize]);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
     }
 }
 

@@ -1,0 +1,149 @@
+//! The server's own counters (`ngxprobe_http_*`): what it refused and why,
+//! so an attack or a misbehaving client shows on /metrics, not only in logs.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::metrics::{Family, MetricType};
+
+/// Why a connection was refused or closed by the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnRefusal {
+    /// A new connection while every open one was busy with a request.
+    MaxConnections,
+    /// An idle or still-incomplete connection closed to admit a new one.
+    Evicted,
+    /// Request headers incomplete after `web.header_read_timeout`.
+    HeaderTimeout,
+}
+
+impl ConnRefusal {
+    const ALL: [ConnRefusal; 3] = [
+        ConnRefusal::MaxConnections,
+        ConnRefusal::Evicted,
+        ConnRefusal::HeaderTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            ConnRefusal::MaxConnections => "max_connections",
+            ConnRefusal::Evicted => "evicted",
+            ConnRefusal::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+/// Why a request was refused by the server (before or instead of its handler).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestRefusal {
+    /// Body over `web.max_request_body_bytes` (413).
+    BodyTooLarge,
+    /// Request line and headers over `web.max_header_bytes` (431).
+    HeaderTooLarge,
+    /// Not HTTP/1.x hyper can parse (400).
+    Malformed,
+    /// `web.max_api_requests` already in flight (503).
+    TooManyRequests,
+    /// Not answered within `web.api_timeout` (503).
+    Timeout,
+}
+
+impl RequestRefusal {
+    const ALL: [RequestRefusal; 5] = [
+        RequestRefusal::BodyTooLarge,
+        RequestRefusal::HeaderTooLarge,
+        RequestRefusal::Malformed,
+        RequestRefusal::TooManyRequests,
+        RequestRefusal::Timeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            RequestRefusal::BodyTooLarge => "body_too_large",
+            RequestRefusal::HeaderTooLarge => "header_too_large",
+            RequestRefusal::Malformed => "malformed",
+            RequestRefusal::TooManyRequests => "too_many_requests",
+            RequestRefusal::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct HttpStats {
+    pub(super) accepted: AtomicU64,
+    pub(super) accept_errors: AtomicU64,
+    pub(super) idle_closed: AtomicU64,
+    pub(super) open: AtomicU64,
+    pub(super) api_in_flight: AtomicU64,
+    conn_refused: [AtomicU64; ConnRefusal::ALL.len()],
+    req_refused: [AtomicU64; RequestRefusal::ALL.len()],
+}
+
+impl HttpStats {
+    pub fn conn_refused(&self, why: ConnRefusal) {
+        self.conn_refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn request_refused(&self, why: RequestRefusal) {
+        self.req_refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn families(&self) -> Vec<Family> {
+        let counter = |name: &str, help: &str, v: &AtomicU64| {
+            let mut f = Family::new(name, help, MetricType::Counter);
+            f.push(&[], v.load(Relaxed) as f64);
+            f
+        };
+        let mut open = Family::new(
+            "ngxprobe_http_connections_open",
+            "HTTP connections open now.",
+            MetricType::Gauge,
+        );
+        open.push(&[], self.open.load(Relaxed) as f64);
+        let mut in_flight = Family::new(
+            "ngxprobe_http_api_requests_in_flight",
+            "API requests being handled now (at most web.max_api_requests).",
+            MetricType::Gauge,
+        );
+        in_flight.push(&[], self.api_in_flight.load(Relaxed) as f64);
+        let mut conn_refused = Family::new(
+            "ngxprobe_http_connections_refused_total",
+            "HTTP connections the server refused or closed: max_connections (new connection while every \
+             open one was busy), evicted (idle or incomplete connection closed to admit a new one), \
+             header_timeout (headers incomplete after web.header_read_timeout).",
+            MetricType::Counter,
+        );
+        for why in ConnRefusal::ALL {
+            let v = self.conn_refused[why as usize].load(Relaxed);
+            conn_refused.push(&[("reason", why.label())], v as f64);
+        }
+        let mut req_refused = Family::new(
+            "ngxprobe_http_requests_refused_total",
+            "HTTP requests the server refused before or instead of answering them, by reason.",
+            MetricType::Counter,
+        );
+        for why in RequestRefusal::ALL {
+            let v = self.req_refused[why as usize].load(Relaxed);
+            req_refused.push(&[("reason", why.label())], v as f64);
+        }
+        vec![
+            counter(
+                "ngxprobe_http_connections_accepted_total",
+                "HTTP connections accepted.",
+                &self.accepted,
+            ),
+            open,
+            in_flight,
+            conn_refused,
+            counter(
+                "ngxprobe_http_connections_idle_closed_total",
+                "HTTP connections closed after web.idle_timeout without a request.",
+                &self.idle_closed,
+            ),
+            counter(
+                "ngxprobe_http_accept_errors_total",
+                "Failed accept() calls (e.g. EMFILE: out of file descriptors).",
+                &self.accept_errors,
+            ),
+            req_refused,
+        ]
+    }
+}
