@@ -1,12 +1,11 @@
 //! The discovery loop: scans /proc every `discovery.interval` and reconciles
 //! the collector with what it finds, logging each change once.
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::SharedCollector;
-use crate::discover::{self, DiscoveryConfig};
+use super::{ScanReport, SharedCollector};
+use crate::discover::{DiscoveryConfig, Scanner};
 use crate::worker::{Shutdown, Worker};
 
 /// Starts the loop on a thread named `discovery`. `after_scan` runs after
@@ -17,40 +16,28 @@ pub fn spawn(
     after_scan: impl Fn() + Send + 'static,
 ) -> std::io::Result<Worker> {
     let interval = cfg.interval.as_duration();
-    let proc_root = cfg.proc_path.clone();
+    let scanner = Scanner::new(cfg);
     Worker::spawn_thread("discovery", move |stop| {
-        run(collector, interval, proc_root, after_scan, stop)
+        run(collector, interval, scanner, after_scan, stop)
     })
 }
 
-fn run(collector: SharedCollector, interval: Duration, proc_root: PathBuf, after_scan: impl Fn(), stop: Shutdown) {
+fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, after_scan: impl Fn(), stop: Shutdown) {
     let mut saw_none_logged = false;
     let mut last_error: Option<String> = None;
+    let mut fd_limit_seen: Option<Instant> = None;
     loop {
         let started = Instant::now();
-        let scan = discover::scan(&proc_root);
+        let scan = scanner.scan();
         let took = started.elapsed();
         {
             let mut c = collector.lock();
             match scan {
-                Ok(instances) => {
+                Ok(outcome) => {
                     last_error = None;
-                    let report = c.apply_scan(instances, took, Instant::now());
-                    for d in &report.discovered {
-                        info!(instance = %d, "nginx instance discovered");
-                    }
-                    for d in &report.restarted {
-                        info!(instance = %d, "nginx instance running again");
-                    }
-                    for d in &report.stopped {
-                        warn!(instance = %d, "nginx instance stopped");
-                    }
-                    for d in &report.forgotten {
-                        info!(instance = %d, "stopped nginx instance forgotten after retention");
-                    }
-                    for e in &report.errors {
-                        warn!("{e}");
-                    }
+                    let report = c.apply_scan(outcome, took, Instant::now());
+                    log_report(&report);
+                    log_fd_limit(report.news.fd_limit, &mut fd_limit_seen);
                     if c.instance_count() == 0 {
                         if !saw_none_logged {
                             info!("no nginx running yet; watching for it");
@@ -61,7 +48,8 @@ fn run(collector: SharedCollector, interval: Duration, proc_root: PathBuf, after
                     }
                 }
                 Err(e) => {
-                    c.scan_failed(took);
+                    c.scan_failed(took, &e);
+                    log_fd_limit(e.is_fd_limit(), &mut fd_limit_seen);
                     let msg = e.to_string();
                     if last_error.as_deref() != Some(msg.as_str()) {
                         warn!("discovery scan failed: {msg}");
@@ -74,5 +62,74 @@ fn run(collector: SharedCollector, interval: Duration, proc_root: PathBuf, after
         if stop.wait_timeout(interval) {
             return;
         }
+    }
+}
+
+/// One line per change. Instance names and refusal subjects are already
+/// quoted and escaped (they come from other processes).
+fn log_report(report: &ScanReport) {
+    for d in &report.discovered {
+        info!("nginx instance discovered: {d}");
+    }
+    for d in &report.restarted {
+        info!("nginx instance running again: {d}");
+    }
+    for d in &report.stopped {
+        warn!("nginx instance stopped: {d}");
+    }
+    for d in &report.forgotten {
+        info!("stopped nginx instance forgotten: {d}");
+    }
+    for e in &report.errors {
+        warn!("{e}");
+    }
+    let news = &report.news;
+    for r in &news.refused {
+        warn!(reason = r.reason.as_str(), "not tracked: {}: {}", r.subject, r.detail);
+    }
+    if news.refused_unlisted > 0 {
+        warn!(
+            "{} more processes or instances not tracked (see ngxprobe_discovery_refused_total)",
+            news.refused_unlisted
+        );
+    }
+    for e in &news.unreadable {
+        warn!("skipped a process that cannot be read: {e}");
+    }
+    if news.unreadable_unlisted > 0 {
+        warn!(
+            "{} more processes skipped because they cannot be read (see ngxprobe_discovery_errors_total)",
+            news.unreadable_unlisted
+        );
+    }
+}
+
+/// Quiet time after which running out of descriptors again is a new episode.
+const FD_LIMIT_EPISODE: Duration = Duration::from_secs(600);
+
+/// Running out of file descriptors is the agent's own problem, not the
+/// scanned process's: said once per episode, with what to do about it.
+fn log_fd_limit(hit: bool, last_seen: &mut Option<Instant>) {
+    if !hit {
+        return;
+    }
+    let now = Instant::now();
+    let new_episode = last_seen.is_none_or(|t| now.duration_since(t) > FD_LIMIT_EPISODE);
+    *last_seen = Some(now);
+    if new_episode {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit(2) writes into the struct we own.
+        let limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+            lim.rlim_cur.to_string()
+        } else {
+            "unknown".into()
+        };
+        error!(
+            "ngxprobe ran out of file descriptors (EMFILE/ENFILE, open-file limit {limit}): discovery skips \
+             processes until descriptors are free again; raise the limit (LimitNOFILE=, ulimit -n) or find what holds them"
+        );
     }
 }

@@ -3,20 +3,14 @@
 //! The nginx_* families carry exactly nginx-prometheus-exporter's names, types
 //! and HELP (shared/reference/nginx-prometheus-exporter-0.11.metrics.txt), one
 //! set per instance, told apart by stable labels. Everything richer is ngxprobe_*.
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
-use super::registry::{Collector, Tracked};
+use super::registry::{Collector, PROBE_ERROR, Tracked};
 use crate::{
+    discover::{DiscoverError, RefusalReason},
     metrics::{Family, MetricType},
     probe::SlotTotals,
 };
-
-#[derive(Clone, Debug, Default)]
-pub struct DiscoveryStats {
-    pub scans: u64,
-    pub errors: u64,
-    pub last_duration: Duration,
-}
 
 /// nginx-prometheus-exporter's families, verbatim.
 const NGINX_ACCEPTED: (&str, &str) = ("nginx_connections_accepted", "Accepted client connections");
@@ -121,8 +115,6 @@ impl Collector {
             "nginx instances found on the node",
             MetricType::Gauge,
         );
-        let mut slot_errors = 0u64;
-
         for t in self.instances.values() {
             let labels = self.labels(t);
             if t.stopped_since.is_some() {
@@ -132,7 +124,7 @@ impl Collector {
             let totals = match self.probe.slot_totals(t.slot) {
                 Ok(x) => x,
                 Err(_) => {
-                    slot_errors += 1;
+                    self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
                     up.push_owned(labels, 0.0);
                     continue;
                 }
@@ -162,6 +154,7 @@ impl Collector {
             let mut il = labels.clone();
             il.push(("exe".into(), t.inst.exe.clone()));
             il.push(("netns".into(), t.inst.key.netns.to_string()));
+            il.push(("version".into(), t.inst.version.clone()));
             info.push_owned(il, 1.0);
         }
 
@@ -169,11 +162,11 @@ impl Collector {
             accepted, active, handled, reading, waiting, writing, requests, up, responses, blocked, closed, workers,
             listeners, info,
         ];
-        out.extend(self.self_families(slot_errors));
+        out.extend(self.self_families());
         out
     }
 
-    fn self_families(&self, slot_errors: u64) -> Vec<Family> {
+    fn self_families(&self) -> Vec<Family> {
         let mut out = Vec::new();
         let mut build = Family::new(
             "ngxprobe_build_info",
@@ -204,11 +197,25 @@ impl Collector {
         out.push(scans);
         let mut errs = Family::new(
             "ngxprobe_discovery_errors_total",
-            "Discovery scans or steps that failed",
+            "Discovery scans, process reads and probe map accesses that failed, by kind of error",
             MetricType::Counter,
         );
-        errs.push(&[], (d.errors + slot_errors) as f64);
+        let slot_errors = d.slot_read_errors.load(Ordering::Relaxed);
+        for kind in DiscoverError::KINDS.iter().chain(&[PROBE_ERROR]) {
+            let n = d.errors.get(kind).copied().unwrap_or(0) + if *kind == PROBE_ERROR { slot_errors } else { 0 };
+            errs.push(&[("kind", kind)], n as f64);
+        }
         out.push(errs);
+        let mut refused = Family::new(
+            "ngxprobe_discovery_refused_total",
+            "Processes and instances claiming to be nginx that discovery did not track, by reason",
+            MetricType::Counter,
+        );
+        for reason in RefusalReason::ALL {
+            let n = d.refused.get(&reason).copied().unwrap_or(0);
+            refused.push(&[("reason", reason.as_str())], n as f64);
+        }
+        out.push(refused);
         let mut dur = Family::new(
             "ngxprobe_discovery_duration_seconds",
             "Duration of the last discovery scan",

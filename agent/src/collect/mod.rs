@@ -3,6 +3,7 @@
 //! before the agent, and turns slot counters into metric families. Owns the
 //! discovery loop that feeds the registry.
 pub mod discovery_loop;
+mod discovery_stats;
 mod families;
 mod registry;
 

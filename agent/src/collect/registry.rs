@@ -7,11 +7,14 @@ use std::{
 
 use agent_common::{ListenKey, MAX_INSTANCES};
 
-use super::families::DiscoveryStats;
+use super::discovery_stats::{DiscoveryStats, ScanNews};
 use crate::{
-    discover::{self, Instance, InstanceKey},
+    discover::{self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome},
     probe::{Probe, ProbeError},
 };
+
+/// `kind` of errors from the probe's maps.
+pub(super) const PROBE_ERROR: &str = "probe";
 
 /// One instance the agent knows of, running or recently stopped.
 pub(super) struct Tracked {
@@ -24,9 +27,18 @@ pub(super) struct Tracked {
     pub seeded_active: i64,
     /// Seeds (socket cookies) the programs have not adopted yet.
     pub pending_seeds: BTreeSet<u64>,
+    /// Consecutive scans that could not read one of its processes and kept
+    /// it as it was.
+    pub unread_scans: u32,
 }
 
-/// What changed in one reconcile, for the caller to log.
+/// Scans an instance is kept unchanged while one of its processes cannot be
+/// read (a transient EMFILE); after that it is taken for stopped, so a pid
+/// reused by an unreadable process cannot keep a dead instance up.
+const MAX_UNREAD_SCANS: u32 = 30;
+
+/// What changed in one reconcile, for the caller to log. Every string is
+/// safe to log (foreign values escaped).
 #[derive(Debug, Default)]
 pub struct ScanReport {
     pub discovered: Vec<String>,
@@ -34,6 +46,8 @@ pub struct ScanReport {
     pub restarted: Vec<String>,
     pub forgotten: Vec<String>,
     pub errors: Vec<String>,
+    /// Refusals and unreadable processes new since the previous scan.
+    pub news: ScanNews,
 }
 
 pub struct Collector {
@@ -45,11 +59,11 @@ pub struct Collector {
     retention: Duration,
 }
 
-/// Human-readable name of an instance for logs.
+/// Human-readable name of an instance for logs (quoted and escaped).
 pub fn describe(key: &InstanceKey) -> String {
     match &key.container_id {
-        Some(id) => format!("{} (container {})", key.conf_path, &id[..id.len().min(12)]),
-        None => key.conf_path.clone(),
+        Some(id) => format!("{:?} (container {})", key.conf_path, &id[..id.len().min(12)]),
+        None => format!("{:?}", key.conf_path),
     }
 }
 
@@ -70,18 +84,41 @@ impl Collector {
     }
 
     /// Records a failed scan (the previous view is kept).
-    pub fn scan_failed(&mut self, took: Duration) {
+    pub fn scan_failed(&mut self, took: Duration, err: &DiscoverError) {
         self.discovery.scans += 1;
-        self.discovery.errors += 1;
+        self.discovery.count_error(err.kind());
         self.discovery.last_duration = took;
     }
 
+    fn error(&mut self, report: &mut ScanReport, kind: &'static str, msg: String) {
+        self.discovery.count_error(kind);
+        report.errors.push(msg);
+    }
+
     /// Reconciles the registry with a fresh discovery scan.
-    pub fn apply_scan(&mut self, scan: Vec<Instance>, took: Duration, now: Instant) -> ScanReport {
+    pub fn apply_scan(&mut self, mut outcome: ScanOutcome, took: Duration, now: Instant) -> ScanReport {
         self.discovery.scans += 1;
         self.discovery.last_duration = took;
-        let mut report = ScanReport::default();
-        let seen: BTreeSet<InstanceKey> = scan.iter().map(|i| i.key.clone()).collect();
+        let mut report = ScanReport {
+            news: self.discovery.note_scan(&mut outcome),
+            ..ScanReport::default()
+        };
+        let scan = outcome.instances;
+        let mut seen: BTreeSet<InstanceKey> = scan.iter().map(|i| i.key.clone()).collect();
+        // An instance one of whose processes could not be read this time is
+        // not known to have stopped: keep it as it was.
+        let unreadable: BTreeSet<u32> = outcome.errors.iter().map(|e| e.pid).collect();
+        for (key, t) in self.instances.iter_mut() {
+            if seen.contains(key) {
+                t.unread_scans = 0;
+                continue;
+            }
+            let mut pids = std::iter::once(&t.inst.master_pid).chain(&t.inst.worker_pids);
+            if t.stopped_since.is_none() && t.unread_scans < MAX_UNREAD_SCANS && pids.any(|p| unreadable.contains(p)) {
+                t.unread_scans += 1;
+                seen.insert(key.clone());
+            }
+        }
         let mut new_keys = Vec::new();
         for inst in scan {
             match self.instances.get_mut(&inst.key) {
@@ -92,10 +129,10 @@ impl Collector {
                     }
                     t.inst = inst;
                 }
-                None => match self.free_slot() {
+                None => match self.free_slot(&mut report) {
                     Some(slot) => {
                         if let Err(e) = self.probe.reset_slot(slot) {
-                            report.errors.push(format!("resetting slot {slot}: {e}"));
+                            self.error(&mut report, PROBE_ERROR, format!("resetting slot {slot}: {e}"));
                             continue;
                         }
                         report.discovered.push(describe(&inst.key));
@@ -108,13 +145,17 @@ impl Collector {
                                 stopped_since: None,
                                 seeded_active: 0,
                                 pending_seeds: BTreeSet::new(),
+                                unread_scans: 0,
                             },
                         );
                     }
-                    None => report.errors.push(format!(
-                        "nginx instance {} not tracked: all {MAX_INSTANCES} instance slots are in use",
-                        describe(&inst.key)
-                    )),
+                    None => {
+                        self.discovery.count_refusal(RefusalReason::TooManyInstances);
+                        report.errors.push(format!(
+                            "nginx instance {} not tracked: all {MAX_INSTANCES} instance slots are in use",
+                            describe(&inst.key)
+                        ));
+                    }
                 },
             }
         }
@@ -144,31 +185,49 @@ impl Collector {
             let Some(t) = self.instances.get(&key) else { continue };
             match discover::existing_conns(&t.inst, &self.proc_root) {
                 Ok(conns) => open_before.push((key, conns)),
-                Err(e) => report
-                    .errors
-                    .push(format!("finding open connections of {}: {e}", describe(&key))),
+                Err(e) => {
+                    let msg = format!("finding open connections of {}: {e}", describe(&key));
+                    self.error(&mut report, e.kind(), msg);
+                }
             }
         }
         if let Err(e) = self.install_listeners() {
-            report.errors.push(e.to_string());
+            self.error(&mut report, PROBE_ERROR, e.to_string());
         }
         for (key, conns) in open_before {
             if let Err(e) = self.seed(&key, &conns) {
-                report.errors.push(format!(
-                    "handing open connections of {} to the probe: {e}",
-                    describe(&key)
-                ));
+                let msg = format!("handing open connections of {} to the probe: {e}", describe(&key));
+                self.error(&mut report, PROBE_ERROR, msg);
             }
         }
-        if let Err(e) = self.reconcile_seeds() {
-            report.errors.push(format!("following connections open at start: {e}"));
+        if let Err((kind, e)) = self.reconcile_seeds() {
+            self.error(&mut report, kind, format!("following connections open at start: {e}"));
         }
         report
     }
 
-    fn free_slot(&self) -> Option<u32> {
+    /// A free counter slot. When every slot is taken, the one of the
+    /// instance stopped the longest is reclaimed (forgotten before its
+    /// retention ends): a running instance matters more than the `up 0` of
+    /// a stopped one. Discovery never admits more running instances than
+    /// there are slots.
+    fn free_slot(&mut self, report: &mut ScanReport) -> Option<u32> {
         let used: BTreeSet<u32> = self.instances.values().map(|t| t.slot).collect();
-        (0..MAX_INSTANCES).find(|s| !used.contains(s))
+        if let Some(slot) = (0..MAX_INSTANCES).find(|s| !used.contains(s)) {
+            return Some(slot);
+        }
+        let key = self
+            .instances
+            .iter()
+            .filter_map(|(k, t)| t.stopped_since.map(|since| (since, k)))
+            .min()?
+            .1
+            .clone();
+        let t = self.instances.remove(&key)?;
+        report
+            .forgotten
+            .push(format!("{} (its slot is needed by a running instance)", describe(&key)));
+        Some(t.slot)
     }
 
     fn install_listeners(&mut self) -> Result<(), ProbeError> {
@@ -212,7 +271,7 @@ impl Collector {
     /// event, which includes its close). A seed whose socket vanished first
     /// (it closed between the listing and the hand-over) is withdrawn and no
     /// longer counted. Seed lookups in the programs stop when none is left.
-    fn reconcile_seeds(&mut self) -> Result<(), String> {
+    fn reconcile_seeds(&mut self) -> Result<(), (&'static str, String)> {
         let keys: Vec<InstanceKey> = self
             .instances
             .iter()
@@ -228,7 +287,7 @@ impl Collector {
                 BTreeSet::new()
             } else {
                 discover::existing_conns(&inst, &self.proc_root)
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| (e.kind(), e.to_string()))?
                     .iter()
                     .map(|c| c.cookie)
                     .collect()
@@ -251,7 +310,9 @@ impl Collector {
             }
         }
         if self.instances.values().all(|t| t.pending_seeds.is_empty()) {
-            self.probe.set_seeding(false).map_err(|e| e.to_string())?;
+            self.probe
+                .set_seeding(false)
+                .map_err(|e| (PROBE_ERROR, e.to_string()))?;
         }
         Ok(())
     }

@@ -2,12 +2,23 @@
 //! containers), its network namespace and listening sockets. Owned by the
 //! discover stage; other stages use only the types below.
 //!
-//! Entry points: [`scan`] (all instances with their listeners) and
-//! [`existing_conns`] (connections open on an instance when the agent starts).
+//! Entry points: [`Scanner::scan`] (all instances with their listeners, and
+//! what was refused) and [`existing_conns`] (connections open on an instance
+//! when the agent starts).
+//!
+//! Everything read from another process is untrusted: a candidate is nginx
+//! only if its executable's content says so (`exe`), label values taken from
+//! it are bounded (`labels`), instances are capped per network namespace
+//! (`admit`), and a process that cannot be read is skipped, not fatal.
+mod admit;
 mod cgroup;
 mod cmdline;
 mod config;
 mod conns;
+mod exe;
+#[cfg(test)]
+mod fake_proc_tests;
+mod labels;
 mod proc;
 mod scan;
 mod sock_diag;
@@ -17,7 +28,9 @@ mod tests;
 
 pub use config::DiscoveryConfig;
 pub use conns::existing_conns;
-pub use scan::scan;
+pub use exe::UNKNOWN_VERSION;
+pub use labels::{MAX_LABEL_BYTES, log_excerpt};
+pub use scan::Scanner;
 
 use std::io;
 use std::net::IpAddr;
@@ -56,7 +69,76 @@ pub struct Instance {
     pub worker_pids: Vec<u32>,
     /// Executable as /proc/PID/exe shows it (may end in " (deleted)" after an upgrade).
     pub exe: String,
+    /// As `nginx -v` prints it after "nginx version: " (e.g. "nginx/1.22.1",
+    /// "openresty/1.25.3.2"), read from the binary; [`UNKNOWN_VERSION`] if absent.
+    pub version: String,
     pub listeners: Vec<Listener>,
+}
+
+/// What one discovery scan found.
+#[derive(Debug, Default)]
+pub struct ScanOutcome {
+    /// Instances admitted (within the limits), sorted by key.
+    pub instances: Vec<Instance>,
+    /// Processes and instances that claim to be nginx and were not taken.
+    pub refused: Vec<Refusal>,
+    /// Processes that could not be examined and were skipped. A tracked
+    /// instance whose process is among them should be kept as it was, not
+    /// taken for stopped.
+    pub errors: Vec<ProcError>,
+}
+
+/// Why something that claims to be nginx is not tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RefusalReason {
+    /// Its executable is not nginx (by content).
+    NotNginx,
+    /// Its network namespace already has `max_instances_per_netns`
+    /// instances, or every instance slot is in use.
+    TooManyInstances,
+    /// It has more than `max_listeners_per_instance` listening sockets, or
+    /// they do not fit in the listener table.
+    TooManyListeners,
+    /// A label value it would get (config path, executable path, container
+    /// id) is too long or has characters no real path has.
+    BadLabel,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 4] = [
+        RefusalReason::NotNginx,
+        RefusalReason::TooManyInstances,
+        RefusalReason::TooManyListeners,
+        RefusalReason::BadLabel,
+    ];
+
+    /// Value of the `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::NotNginx => "not_nginx",
+            RefusalReason::TooManyInstances => "too_many_instances",
+            RefusalReason::TooManyListeners => "too_many_listeners",
+            RefusalReason::BadLabel => "bad_label",
+        }
+    }
+}
+
+/// One refused process or instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: RefusalReason,
+    /// What was refused, safe to log (foreign strings escaped and cut):
+    /// the same thing refused again on the next scan has the same subject.
+    pub subject: String,
+    /// Why, safe to log.
+    pub detail: String,
+}
+
+/// A process that could not be examined.
+#[derive(Debug)]
+pub struct ProcError {
+    pub pid: u32,
+    pub error: DiscoverError,
 }
 
 /// A TCP connection already open on an instance's listening port, found by
@@ -83,8 +165,36 @@ pub enum DiscoverError {
     #[error("cannot enter network namespace {netns} of nginx pid {pid}: {source} (setns needs CAP_SYS_ADMIN)")]
     EnterNetns { pid: u32, netns: u64, source: io::Error },
     /// None of the instance's processes is alive in its network namespace any more.
-    #[error("nginx instance {conf_path} (netns {netns}) has no live process left")]
+    #[error("nginx instance {conf_path:?} (netns {netns}) has no live process left")]
     InstanceGone { conf_path: String, netns: u64 },
     #[error("sock_diag: {what}: {source}")]
     SockDiag { what: &'static str, source: io::Error },
+}
+
+impl DiscoverError {
+    /// Every value of [`DiscoverError::kind`].
+    pub const KINDS: [&'static str; 6] = ["permission", "fd_limit", "io", "netns", "gone", "sock_diag"];
+
+    /// Short, fixed name of the kind of error, for the `kind` label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoverError::PermissionDenied { .. } => "permission",
+            DiscoverError::Io { source, .. } if is_fd_limit(source) => "fd_limit",
+            DiscoverError::Io { .. } => "io",
+            DiscoverError::EnterNetns { .. } => "netns",
+            DiscoverError::InstanceGone { .. } => "gone",
+            DiscoverError::SockDiag { source, .. } if is_fd_limit(source) => "fd_limit",
+            DiscoverError::SockDiag { .. } => "sock_diag",
+        }
+    }
+
+    /// The agent itself ran out of file descriptors (EMFILE, or ENFILE for
+    /// the whole system): not the fault of the process being looked at.
+    pub fn is_fd_limit(&self) -> bool {
+        self.kind() == "fd_limit"
+    }
+}
+
+fn is_fd_limit(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }

@@ -23,7 +23,7 @@ pub(super) fn classify_err<T>(path: &Path, err: io::Error) -> ProcResult<T> {
     }
 }
 
-fn lift<T>(path: &Path, r: io::Result<T>) -> ProcResult<T> {
+pub(super) fn lift<T>(path: &Path, r: io::Result<T>) -> ProcResult<T> {
     match r {
         Ok(v) => Ok(Some(v)),
         Err(e) => classify_err(path, e),
@@ -59,32 +59,86 @@ pub(super) fn read_link(path: &Path) -> ProcResult<String> {
     Ok(lift(path, fs::read_link(path))?.map(|t| t.to_string_lossy().into_owned()))
 }
 
+/// Most bytes of a command line read. Longer ones are cut here (the caller
+/// sees `MAX_CMDLINE_BYTES + 1` bytes and knows): a process title can be
+/// megabytes, and only its start tells whether it claims to be nginx.
+pub(super) const MAX_CMDLINE_BYTES: usize = 64 * 1024;
+
 pub(super) fn cmdline(proc_root: &Path, pid: u32) -> ProcResult<Vec<u8>> {
-    read_bytes(&pid_dir(proc_root, pid).join("cmdline"))
+    let path = pid_dir(proc_root, pid).join("cmdline");
+    let Some(file) = open(&path)? else {
+        return Ok(None);
+    };
+    let mut buf = Vec::new();
+    lift(&path, file.take(MAX_CMDLINE_BYTES as u64 + 1).read_to_end(&mut buf))?;
+    Ok(Some(buf))
+}
+
+pub(super) fn open(path: &Path) -> ProcResult<fs::File> {
+    lift(path, fs::File::open(path))
+}
+
+/// Metadata of what `path` points to (for /proc/PID/exe: the executable).
+pub(super) fn metadata(path: &Path) -> ProcResult<fs::Metadata> {
+    lift(path, fs::metadata(path))
 }
 
 pub(super) fn exe(proc_root: &Path, pid: u32) -> ProcResult<String> {
     read_link(&pid_dir(proc_root, pid).join("exe"))
 }
 
-/// Parent pid from /proc/PID/stat.
-pub(super) fn ppid(proc_root: &Path, pid: u32) -> ProcResult<u32> {
+/// What /proc/PID/stat tells us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stat {
+    pub ppid: u32,
+    /// Start time in clock ticks after boot: orders processes by age, and
+    /// nobody can make a process older than it is.
+    pub start_ticks: u64,
+}
+
+pub(super) fn stat(proc_root: &Path, pid: u32) -> ProcResult<Stat> {
     let path = pid_dir(proc_root, pid).join("stat");
     let Some(stat) = read_text(&path)? else {
         return Ok(None);
     };
     // An unparsable stat (never seen in practice) is treated like a vanished
     // process rather than failing the whole scan.
-    Ok(parse_stat_ppid(&stat))
+    Ok(parse_stat(&stat))
 }
 
-/// `pid (comm) state ppid ...`: comm may contain spaces and parentheses, so
-/// split at the last ')'.
-pub(super) fn parse_stat_ppid(stat: &str) -> Option<u32> {
+/// Parent pid from /proc/PID/stat.
+pub(super) fn ppid(proc_root: &Path, pid: u32) -> ProcResult<u32> {
+    Ok(stat(proc_root, pid)?.map(|s| s.ppid))
+}
+
+/// `pid (comm) state ppid ... starttime ...`: comm may contain spaces and
+/// parentheses, so split at the last ')'. starttime is field 22 (proc(5)).
+pub(super) fn parse_stat(stat: &str) -> Option<Stat> {
     let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let _state = fields.next()?;
-    fields.next()?.parse().ok()
+    let fields: Vec<&str> = rest.split_whitespace().take(20).collect();
+    Some(Stat {
+        ppid: fields.get(1)?.parse().ok()?,
+        start_ticks: fields.get(19).and_then(|f| f.parse().ok()).unwrap_or(0),
+    })
+}
+
+/// Whether the process runs as root (real and effective uid 0), from
+/// /proc/PID/status, as the agent's user namespace sees it. Not the owner of
+/// /proc/PID, which a process can make root's by marking itself non-dumpable.
+pub(super) fn runs_as_root(proc_root: &Path, pid: u32) -> ProcResult<bool> {
+    let path = pid_dir(proc_root, pid).join("status");
+    let Some(status) = read_text(&path)? else {
+        return Ok(None);
+    };
+    Ok(Some(parse_status_root(&status)))
+}
+
+pub(super) fn parse_status_root(status: &str) -> bool {
+    let Some(uids) = status.lines().find_map(|l| l.strip_prefix("Uid:")) else {
+        return false;
+    };
+    let mut ids = uids.split_whitespace();
+    ids.next() == Some("0") && ids.next() == Some("0")
 }
 
 /// Inode of a network namespace file (`/proc/PID/ns/net` or an open fd's path).
@@ -122,47 +176,35 @@ pub(super) fn parse_socket_link(target: &str) -> Option<u64> {
     target.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Whether the file contains `needle`, reading it in chunks (nginx binaries
-/// are megabytes; OpenResty's tens of megabytes).
-pub(super) fn file_contains(path: &Path, needle: &[u8]) -> ProcResult<bool> {
-    if needle.is_empty() {
-        return Ok(Some(true));
-    }
-    let Some(mut file) = lift(path, fs::File::open(path))? else {
-        return Ok(None);
-    };
-    let keep = needle.len().saturating_sub(1);
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut filled = 0;
-    loop {
-        let n = match lift(path, file.read(&mut buf[filled..]))? {
-            Some(n) => n,
-            None => return Ok(None),
-        };
-        if n == 0 {
-            return Ok(Some(false));
-        }
-        filled += n;
-        if buf[..filled].windows(needle.len()).any(|w| w == needle) {
-            return Ok(Some(true));
-        }
-        // Keep the tail so a needle spanning two reads is still found.
-        let tail_start = filled.saturating_sub(keep);
-        buf.copy_within(tail_start..filled, 0);
-        filled -= tail_start;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn stat_ppid_with_odd_comm() {
-        assert_eq!(parse_stat_ppid("1234 (nginx) S 1 1234 1234 0 -1"), Some(1));
-        assert_eq!(parse_stat_ppid("77 (a) b) (c) R 42 77 77"), Some(42));
-        assert_eq!(parse_stat_ppid("77 (x"), None);
-        assert_eq!(parse_stat_ppid(""), None);
+    fn stat_with_odd_comm() {
+        let ppid = |s: &str| parse_stat(s).map(|s| s.ppid);
+        assert_eq!(ppid("1234 (nginx) S 1 1234 1234 0 -1"), Some(1));
+        assert_eq!(ppid("77 (a) b) (c) R 42 77 77"), Some(42));
+        assert_eq!(ppid("77 (x"), None);
+        assert_eq!(ppid(""), None);
+        let real = "4242 (nginx: master) S 1 4242 4242 0 -1 4194624 53 0 0 0 0 0 0 0 20 0 1 0 987654 1000 200";
+        assert_eq!(
+            parse_stat(real),
+            Some(Stat {
+                ppid: 1,
+                start_ticks: 987654
+            })
+        );
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(parse_stat(&own).is_some_and(|s| s.start_ticks > 0), "{own}");
+    }
+
+    #[test]
+    fn root_from_status() {
+        assert!(parse_status_root("Name:\tnginx\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n"));
+        assert!(!parse_status_root("Uid:\t1000\t0\t0\t0\n"));
+        assert!(!parse_status_root("Uid:\t0\t1000\t0\t0\n"));
+        assert!(!parse_status_root("Name:\tx\n"));
     }
 
     #[test]
@@ -180,19 +222,7 @@ mod tests {
         assert!(matches!(cmdline(root, 99_999_999), Ok(None)));
         assert!(matches!(exe(root, 99_999_999), Ok(None)));
         assert!(matches!(socket_inodes(root, 99_999_999), Ok(None)));
-    }
-
-    #[test]
-    fn file_contains_across_chunk_boundary() {
-        let dir = std::env::temp_dir().join(format!("ngxprobe-fc-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("blob");
-        let mut data = vec![b'x'; 256 * 1024 - 3];
-        data.extend_from_slice(b"nginx version: ");
-        data.extend(vec![b'y'; 1000]);
-        fs::write(&path, &data).unwrap();
-        assert!(matches!(file_contains(&path, b"nginx version: "), Ok(Some(true))));
-        assert!(matches!(file_contains(&path, b"openresty"), Ok(Some(false))));
-        fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(stat(root, 99_999_999), Ok(None)));
+        assert!(matches!(runs_as_root(root, 99_999_999), Ok(None)));
     }
 }

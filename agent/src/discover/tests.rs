@@ -2,11 +2,13 @@
 //! and /usr/sbin/nginx; skipped with a message when nginx is missing, a
 //! failure under CI).
 use super::tcp_table;
-use super::{Instance, Listener, existing_conns, scan};
+use super::{DiscoveryConfig, Instance, Listener, RefusalReason, ScanOutcome, Scanner, existing_conns};
 use ngxprobe_e2e::util::require_tool;
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, TcpListener, TcpStream};
+use std::num::NonZeroU32;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,16 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(15);
 
 fn proc_root() -> &'static Path {
     Path::new("/proc")
+}
+
+/// One scan of the real /proc. Other nginx instances on this machine (other
+/// tests) share our network namespace: caps high enough to never refuse ours.
+fn scan_host() -> ScanOutcome {
+    let cfg = DiscoveryConfig {
+        max_instances_per_netns: NonZeroU32::MAX,
+        ..DiscoveryConfig::default()
+    };
+    Scanner::new(&cfg).scan().expect("scan")
 }
 
 /// nginx is installed; otherwise the test is skipped (a failure under CI).
@@ -183,8 +195,11 @@ fn listens_on(pid: u32, port: u16) -> bool {
 }
 
 fn instances_with_conf(conf: &str) -> Vec<Instance> {
-    let all = scan(proc_root()).expect("scan");
-    all.into_iter().filter(|i| i.key.conf_path == conf).collect()
+    scan_host()
+        .instances
+        .into_iter()
+        .filter(|i| i.key.conf_path == conf)
+        .collect()
 }
 
 /// Scans until the instance of `conf` shows `workers` workers (they are
@@ -227,6 +242,7 @@ fn finds_real_nginx_listeners_and_connections() {
     assert_eq!(inst.key.netns, own_netns());
     assert_eq!(inst.key.container_id, None);
     assert!(inst.exe.ends_with("/nginx"), "{}", inst.exe);
+    assert!(inst.version.starts_with("nginx/"), "{}", inst.version);
     assert_eq!(
         inst.listeners,
         vec![
@@ -247,9 +263,8 @@ fn finds_real_nginx_listeners_and_connections() {
     let conns = existing_conns(inst, proc_root()).expect("existing_conns");
     assert_eq!(conns.len(), 3, "{conns:?}");
     assert!(conns.iter().all(|c| c.local_port == v4 && c.cookie != 0), "{conns:?}");
-    let mut cookies: Vec<u64> = conns.iter().map(|c| c.cookie).collect();
-    cookies.dedup();
-    assert_eq!(cookies.len(), 3, "cookies distinct: {conns:?}");
+    let cookies: BTreeSet<u64> = conns.iter().map(|c| c.cookie).collect();
+    assert_eq!(cookies.len(), conns.len(), "cookies distinct: {conns:?}");
     drop(clients);
 
     assert!(nginx.terminate(), "nginx did not exit on SIGTERM");
@@ -392,14 +407,28 @@ fn impostors_named_nginx_are_not_reported() {
     });
     assert!(titled_ready, "titled impostor did not start");
 
-    let all = scan(proc_root()).expect("scan");
+    let out = scan_host();
     for pid in [copied.pid(), titled.pid()] {
         assert!(
             fs::metadata(format!("/proc/{pid}")).is_ok(),
             "impostor {pid} must still run while scanning"
         );
-        let hit = all.iter().find(|i| i.master_pid == pid || i.worker_pids.contains(&pid));
+        let hit = out
+            .instances
+            .iter()
+            .find(|i| i.master_pid == pid || i.worker_pids.contains(&pid));
         assert!(hit.is_none(), "impostor {pid} reported as nginx: {hit:#?}");
     }
-    assert!(all.iter().all(|i| i.key.conf_path != "/impostor.conf"));
+    assert!(out.instances.iter().all(|i| i.key.conf_path != "/impostor.conf"));
+    // The titled one claims to be nginx: refused and said so; the untitled
+    // copy claims nothing and is ignored quietly.
+    let titled_subject = format!("pid {} ", titled.pid());
+    let refusal = out.refused.iter().find(|r| r.subject.starts_with(&titled_subject));
+    assert!(
+        refusal.is_some_and(|r| r.reason == RefusalReason::NotNginx),
+        "{:#?}",
+        out.refused
+    );
+    let copied_subject = format!("pid {} ", copied.pid());
+    assert!(!out.refused.iter().any(|r| r.subject.starts_with(&copied_subject)));
 }

@@ -503,6 +503,69 @@ groups:
         assert_eq!(st, AlertState::Firing);
     }
 
+    /// A conf_path is chosen by whoever starts the process; the default
+    /// rules' annotations (which Slack templates put in mrkdwn text) must not
+    /// carry its `<...>` markup. Prometheus's own promtool is the oracle for
+    /// what the templates render.
+    #[test]
+    fn rules_default_annotations_cannot_inject_slack_markup() {
+        let conf = "/srv/<!channel>&<http://evil|x>.conf";
+        let shown = "/srv/_!channel___http://evil|x_.conf";
+        let rules = write_tmp("nginx.rules.yml", crate::rules::manager::DEFAULT_RULES_YAML);
+        let test = format!(
+            r#"rule_files: [{rules}]
+evaluation_interval: 15s
+tests:
+  - interval: 15s
+    input_series:
+      - series: 'nginx_up{{conf_path="{conf}"}}'
+        values: '0x10'
+      - series: 'nginx_connections_active{{conf_path="{conf}"}}'
+        values: '500x40'
+    alert_rule_test:
+      - eval_time: 2m
+        alertname: NginxDown
+        exp_alerts:
+          - exp_labels: {{ severity: critical, conf_path: "{conf}" }}
+            exp_annotations:
+              summary: "nginx ({shown}) is down"
+              description: "nginx_up has been 0 for more than 1 minute for the nginx instance using {shown}: it stopped or its probes failed."
+      - eval_time: 10m
+        alertname: NginxHighActiveConnections
+        exp_alerts:
+          - exp_labels: {{ severity: warning, conf_path: "{conf}" }}
+            exp_annotations:
+              summary: "nginx has 500 active connections"
+              description: "nginx_connections_active has been above 400 for 5 minutes for the nginx instance using {shown}."
+"#,
+            rules = rules.display()
+        );
+        assert!(!shown.contains(['<', '>', '&']));
+        let test_file = write_tmp("slack-markup.test.yml", &test);
+        let mut warnings = Vec::new();
+        let ours = promtool::run_test_file(&test_file, &mut warnings);
+        assert!(
+            ours.is_ok(),
+            "ngxprobe: {:?}",
+            ours.err()
+                .map(|e| e.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
+        );
+        let Some(promtool_bin) = ngxprobe_e2e::util::require_tool("promtool", "apt-get install prometheus") else {
+            return;
+        };
+        let out = std::process::Command::new(promtool_bin)
+            .args(["test", "rules"])
+            .arg(&test_file)
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool disagrees:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     #[test]
     fn rules_config_defaults_and_unknown_fields() {
         let c: RulesConfig = serde_saphyr::from_str("default_rules: false\nevaluation_interval: 5s\n").unwrap();
