@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod preflight;
+pub mod privilege;
 pub mod probe;
 pub mod query;
 pub mod rules;
