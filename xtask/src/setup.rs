@@ -32,6 +32,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus-alertmanager", "reference Alertmanager for tests"),
     ("prometheus-nginx-exporter", "reference nginx_* metrics for tests"),
     ("procps", "ps/sysctl/pgrep for tests"),
+    ("util-linux", "setpriv/unshare: capability and namespace tests"),
+    (
+        "libcap2-bin",
+        "setcap/capsh: capability tests (file capabilities, non-root agent)",
+    ),
 ];
 
 /// Packages whose Debian maintainer scripts enable and start a service.

@@ -21,11 +21,11 @@ const UNIT_PASS: &str = "unit + integration tests";
 /// Fewest tests the unit + integration pass must run. Set a bit below the
 /// count when it was introduced (174 executed: 166 in the agent, 8 in
 /// xtask); raise it as tests are added, never lower it to make a run pass.
-const MIN_UNIT_TESTS: u64 = 165;
+const MIN_UNIT_TESTS: u64 = 173;
 
 /// Fewest tests the end-to-end pass of `ngxprobe-e2e` must run (42 executed
 /// when introduced: 28 end-to-end, 14 of the harness itself).
-const MIN_E2E_TESTS: u64 = 38;
+const MIN_E2E_TESTS: u64 = 44;
 
 /// Minimum for a pass: the unit pass, `ngxprobe-e2e`, or (any other package
 /// under tests/) at least one test.
