@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod notify;
 pub mod preflight;
 pub mod private_files;
+pub mod privilege;
 pub mod probe;
 pub mod query;
 pub mod rules;

@@ -5,6 +5,11 @@
 //! to BTF tracepoints through BPF links, which need neither.
 use std::path::Path;
 
+use caps::Capability;
+
+#[cfg(doc)]
+use crate::privilege;
+
 /// Oldest kernel ngxprobe supports: the `sock_recv_length`/`sock_send_length`
 /// tracepoints it hooks first appeared in Linux 6.3.
 pub const MIN_KERNEL: (u32, u32) = (6, 3);
@@ -19,38 +24,47 @@ pub struct Preflight {
     pub notes: Vec<String>,
 }
 
-/// Linux capability numbers (include/uapi/linux/capability.h).
-const CAPS: [(u32, &str, bool, &str); 6] = [
-    (39, "CAP_BPF", true, "load eBPF programs and maps"),
+/// When a capability is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Need {
+    /// Always; CAP_SYS_ADMIN also grants it (the kernel accepts either).
+    AlwaysOrSysAdmin,
+    Always,
+    /// Only when the agent does not run as root (uid 0 owns the /proc/PID/fd
+    /// of root's nginx masters; any other uid needs it to list them).
+    UnlessRoot,
+    /// Optional: without it a feature is missing (the reason says which).
+    Optional,
+}
+
+/// Every capability the agent uses (exactly [`privilege::used`]), why, and
+/// when it is needed. Each is proven by a test that fails without it
+/// (tests/tests/privileges.rs, privilege/tests.rs).
+const CAPS: [(Capability, Need, &str); 5] = [
     (
-        38,
-        "CAP_PERFMON",
-        true,
-        "attach tracing programs and read kernel memory",
+        Capability::CAP_BPF,
+        Need::AlwaysOrSysAdmin,
+        "load eBPF programs and maps",
     ),
     (
-        19,
-        "CAP_SYS_PTRACE",
-        true,
-        "read other processes' /proc/PID/exe, fd and ns entries",
+        Capability::CAP_PERFMON,
+        Need::AlwaysOrSysAdmin,
+        "attach the eBPF programs to kernel tracepoints",
     ),
     (
-        21,
-        "CAP_SYS_ADMIN",
-        false,
-        "enter containers' network namespaces to find connections open before the agent started",
+        Capability::CAP_SYS_PTRACE,
+        Need::Always,
+        "read nginx's /proc/PID/exe, fd and ns entries",
     ),
     (
-        12,
-        "CAP_NET_ADMIN",
-        false,
-        "query socket diagnostics in other network namespaces",
+        Capability::CAP_DAC_READ_SEARCH,
+        Need::UnlessRoot,
+        "list /proc/PID/fd of nginx masters run by another user, to find their listening sockets",
     ),
     (
-        2,
-        "CAP_DAC_READ_SEARCH",
-        false,
-        "read /proc entries of processes of other users",
+        Capability::CAP_SYS_ADMIN,
+        Need::Optional,
+        "enter containers' network namespaces, to take over connections open before the agent started",
     ),
 ];
 
@@ -64,7 +78,8 @@ pub fn run() -> Preflight {
         ));
     }
     match read_cap_eff() {
-        Some(eff) => check_caps(&mut p, eff),
+        // SAFETY: geteuid has no preconditions.
+        Some(eff) => check_caps(&mut p, eff, unsafe { libc::geteuid() } == 0),
         None => p.warnings.push("could not read CapEff from /proc/self/status".into()),
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -110,30 +125,32 @@ fn read_cap_eff() -> Option<u64> {
     u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
 }
 
-fn check_caps(p: &mut Preflight, eff: u64) {
-    let missing = |required: bool| -> Vec<String> {
-        CAPS.iter()
-            .filter(|(bit, _, req, _)| *req == required && eff & (1u64 << bit) == 0)
-            .map(|(_, name, _, why)| format!("{name} (to {why})"))
-            .collect()
-    };
-    let req = missing(true);
-    if !req.is_empty() {
-        let euid = unsafe { libc::geteuid() };
+fn check_caps(p: &mut Preflight, eff: u64, root: bool) {
+    let has = |c: Capability| eff & c.bitmask() != 0;
+    let admin = has(Capability::CAP_SYS_ADMIN);
+    let mut required = Vec::new();
+    let mut optional = Vec::new();
+    for (cap, need, why) in CAPS {
+        if has(cap) {
+            continue;
+        }
+        let line = format!("{cap} (to {why})");
+        match need {
+            Need::AlwaysOrSysAdmin if admin => {}
+            Need::AlwaysOrSysAdmin | Need::Always => required.push(line),
+            Need::UnlessRoot if !root => required.push(line),
+            Need::UnlessRoot | Need::Optional => optional.push(line),
+        }
+    }
+    if !required.is_empty() {
         p.fatal.push(format!(
-            "missing capabilities: {}{}",
-            req.join(", "),
-            if euid != 0 {
-                "; run as root or grant them (see deploy/)"
-            } else {
-                ""
-            }
+            "missing capabilities: {}; grant them (see deploy/ and the README's Requirements)",
+            required.join(", ")
         ));
     }
-    let opt = missing(false);
-    if !opt.is_empty() {
+    if !optional.is_empty() {
         p.warnings
-            .push(format!("missing optional capabilities: {}", opt.join(", ")));
+            .push(format!("missing optional capabilities: {}", optional.join(", ")));
     }
 }
 
@@ -153,16 +170,53 @@ mod tests {
         assert!(p.fatal.is_empty());
     }
 
+    fn mask(caps: &[Capability]) -> u64 {
+        caps.iter().map(|c| c.bitmask()).fold(0, |a, b| a | b)
+    }
+
     #[test]
     fn missing_caps_are_named() {
         let mut p = Preflight::default();
-        // Only CAP_BPF present.
-        check_caps(&mut p, 1 << 39);
+        check_caps(&mut p, mask(&[Capability::CAP_BPF]), true);
         assert_eq!(p.fatal.len(), 1);
         assert!(p.fatal[0].contains("CAP_PERFMON") && p.fatal[0].contains("CAP_SYS_PTRACE"));
         assert!(!p.fatal[0].contains("CAP_BPF ("));
+        assert!(p.warnings[0].contains("CAP_SYS_ADMIN") && p.warnings[0].contains("CAP_DAC_READ_SEARCH"));
         let mut p = Preflight::default();
-        check_caps(&mut p, u64::MAX);
+        check_caps(&mut p, u64::MAX, false);
         assert!(p.fatal.is_empty() && p.warnings.is_empty());
+    }
+
+    #[test]
+    fn sys_admin_stands_in_for_bpf_and_perfmon() {
+        let mut p = Preflight::default();
+        check_caps(
+            &mut p,
+            mask(&[Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE]),
+            true,
+        );
+        assert!(p.fatal.is_empty(), "{:?}", p.fatal);
+    }
+
+    #[test]
+    fn a_non_root_agent_needs_dac_read_search() {
+        let all_but = mask(&[
+            Capability::CAP_BPF,
+            Capability::CAP_PERFMON,
+            Capability::CAP_SYS_PTRACE,
+            Capability::CAP_SYS_ADMIN,
+        ]);
+        let mut p = Preflight::default();
+        check_caps(&mut p, all_but, false);
+        assert!(p.fatal[0].contains("CAP_DAC_READ_SEARCH"), "{:?}", p.fatal);
+        let mut p = Preflight::default();
+        check_caps(&mut p, all_but, true);
+        assert!(p.fatal.is_empty() && p.warnings[0].contains("CAP_DAC_READ_SEARCH"));
+    }
+
+    #[test]
+    fn the_table_names_exactly_the_capabilities_the_agent_uses() {
+        let table: caps::CapsHashSet = CAPS.iter().map(|(c, _, _)| *c).collect();
+        assert_eq!(table, crate::privilege::used());
     }
 }

@@ -31,6 +31,9 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// Extra environment variables for the agent process.
     pub env: Vec<(String, String)>,
+    /// A command that runs the agent, e.g. `["setpriv", "--bounding-set", "-bpf", "--"]`:
+    /// the agent's path and arguments follow it.
+    pub wrapper: Vec<String>,
 }
 
 pub struct Agent {
@@ -80,7 +83,14 @@ impl Agent {
         let port = util::free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let logf = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match opts.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         if let Some(yaml) = &opts.config {
             let conf = dir.path().join("config.yml");
             std::fs::write(&conf, yaml)?;

@@ -36,6 +36,9 @@ pub struct NginxOptions {
     /// Write `html/big.bin` (10 MB; default on). Benchmarks that only serve
     /// `index.html` turn it off.
     pub big_file: bool,
+    /// Run nginx as this (uid, gid) instead of root; its directory is
+    /// chowned to it first.
+    pub user: Option<(u32, u32)>,
 }
 
 impl Default for NginxOptions {
@@ -46,6 +49,7 @@ impl Default for NginxOptions {
             bin: None,
             keepalive_requests: 100_000,
             big_file: true,
+            user: None,
         }
     }
 }
@@ -118,6 +122,11 @@ impl Nginx {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(d.join("stdout.log"))?)
             .stderr(std::fs::File::create(d.join("stderr.log"))?);
+        if let Some((uid, gid)) = opts.user {
+            chown_tree(d, uid, gid)?;
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         let master = ChildGuard::spawn(&mut cmd, "nginx")?;
         let mut n = Nginx {
             master,
@@ -352,6 +361,16 @@ impl Drop for Nginx {
         // A kept directory (failed test) keeps its logs, not the 10 MB file.
         let _ = std::fs::remove_file(self.dir.path().join("html/big.bin"));
     }
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+    if path.symlink_metadata()?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
 }
 
 fn write_site(d: &Path, big_file: bool) -> Result<()> {

@@ -36,6 +36,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "chromium",
         "headless browser for the page's end-to-end tests (driven over DevTools)",
     ),
+    ("util-linux", "setpriv/unshare: capability and namespace tests"),
+    (
+        "libcap2-bin",
+        "setcap/capsh: capability tests (file capabilities, non-root agent)",
+    ),
 ];
 
 /// Packages whose Debian maintainer scripts enable and start a service.

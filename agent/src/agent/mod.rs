@@ -24,7 +24,7 @@ use crate::rules::{self, RuleManager};
 use crate::series::{SeriesReader, SeriesWriter};
 use crate::store::{self, Store};
 use crate::worker::Worker;
-use crate::{expose, logging, preflight, query, web};
+use crate::{expose, logging, preflight, privilege, query, web};
 use pipeline::{Pipeline, Sampled};
 
 /// Why the agent did not start or stopped with an error.
@@ -65,8 +65,11 @@ impl RunError {
 pub fn run(args: RunArgs) -> Result<(), RunError> {
     let cfg = effective_config(&args)?;
     logging::init(cfg.log.level.as_str(), cfg.log.format).map_err(|e| RunError::start("logging", e))?;
+    // Capabilities are per thread and inherited: see privilege.rs for the order.
+    privilege::restrict_process().map_err(|e| RunError::start("privileges", e))?;
     check_host()?;
     let probe = Probe::load(cfg.ebpf.max_seeded_connections.get()).map_err(|e| RunError::start("probe", e))?;
+    privilege::probes_loaded();
     release_load_time_memory();
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -93,6 +96,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
+        .on_thread_start(privilege::drop_all_for_this_thread)
         .build()
         .map_err(|e| RunError::start("async runtime", e))?;
 
@@ -124,6 +128,8 @@ fn start_and_serve(
         collect::discovery_loop::spawn(collector.clone(), &cfg.discovery, move || ready.set_ready(true))
             .map_err(|e| RunError::start("discovery", e))?,
     );
+    // Only discovery keeps capabilities; every thread started from here on inherits none.
+    privilege::drop_all_for_this_thread();
     let collect: Arc<dyn MetricsSource> = Arc::new(collector);
 
     // notify: the built-in notifier and/or forwarding to external Alertmanagers.

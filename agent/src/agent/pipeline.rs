@@ -23,6 +23,7 @@ pub struct Pipeline {
 impl MetricsSource for Pipeline {
     fn families(&self) -> Vec<Family> {
         let mut f = self.collect.families();
+        f.extend(crate::privilege::families());
         if let Some(s) = &self.store {
             f.extend(s.self_families());
         }
