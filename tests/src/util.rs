@@ -244,6 +244,21 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 }
 
 /// The command line of a process, NULs replaced by spaces.
+/// A process's resident memory and its peak (VmRSS, VmHWM), in KiB; zeros
+/// when the process is gone.
+pub fn rss_kib(pid: i32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 pub fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())

@@ -221,7 +221,7 @@ fn flood_of_fake_nginx_masters() {
     let bytes_after = metrics_bytes(&agent);
     eprintln!(
         "[e2e] /metrics {bytes_before} → {bytes_after} bytes; slowest scrape {worst:?}; agent RSS {} kB",
-        rss_kb(agent.pid())
+        ngxprobe_e2e::util::rss_kib(agent.pid()).0
     );
     assert!(
         bytes_after < bytes_before + 64 * 1024,
@@ -243,15 +243,4 @@ fn flood_of_fake_nginx_masters() {
     assert!(log.len() < 256 * 1024, "agent log is {} bytes", log.len());
     drop(flood);
     drop(agent);
-}
-
-fn rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -15,7 +15,7 @@ use ngxprobe_e2e::clients::WrkRun;
 use ngxprobe_e2e::clients::{IO_TIMEOUT, read_response};
 use ngxprobe_e2e::measure;
 use ngxprobe_e2e::metrics_text::Scrape;
-use ngxprobe_e2e::util::TempDir;
+use ngxprobe_e2e::util::{TempDir, rss_kib};
 use ngxprobe_e2e::{Agent, AgentOptions, Nginx, NginxOptions, guard};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -177,19 +177,6 @@ fn fd_count(pid: i32) -> usize {
 }
 
 /// (VmRSS, VmHWM) in KiB.
-fn rss_kib(pid: i32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
 /// GET `path` on a new connection: (status, whole response time, body head).
 fn timed_get(addr: SocketAddr, path: &str) -> Result<(u16, Duration, String)> {
     let t0 = Instant::now();

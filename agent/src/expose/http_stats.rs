@@ -1,5 +1,7 @@
 //! The server's own counters (`ngxprobe_http_*`): what it refused and why,
 //! so an attack or a misbehaving client shows on /metrics, not only in logs.
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::metrics::{Family, MetricType};
@@ -75,6 +77,9 @@ pub struct HttpStats {
     pub(super) api_in_flight: AtomicU64,
     conn_refused: [AtomicU64; ConnRefusal::ALL.len()],
     req_refused: [AtomicU64; RequestRefusal::ALL.len()],
+    /// Answers by (route, status code). Routes are the router's templates
+    /// and codes HTTP's, so the label sets are bounded by construction.
+    answered: Mutex<BTreeMap<(String, u16), u64>>,
 }
 
 impl HttpStats {
@@ -84,6 +89,17 @@ impl HttpStats {
 
     pub fn request_refused(&self, why: RequestRefusal) {
         self.req_refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// One answer on `handler` (a route template or a fixed name) with `code`.
+    pub fn answered(&self, handler: &str, code: u16) {
+        let mut answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        match answered.get_mut(&(handler.to_string(), code)) {
+            Some(n) => *n += 1,
+            None => {
+                answered.insert((handler.to_string(), code), 1);
+            }
+        }
     }
 
     pub fn families(&self) -> Vec<Family> {
@@ -144,6 +160,21 @@ impl HttpStats {
                 &self.accept_errors,
             ),
             req_refused,
+            self.answered_family(),
         ]
+    }
+
+    fn answered_family(&self) -> Family {
+        let mut f = Family::new(
+            "ngxprobe_http_requests_total",
+            "HTTP requests answered, by route (handler) and status code, like Prometheus's \
+             prometheus_http_requests_total: a client's bad parameters show as code 400.",
+            MetricType::Counter,
+        );
+        let answered = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        for ((handler, code), n) in answered.iter() {
+            f.push(&[("handler", handler), ("code", &code.to_string())], *n as f64);
+        }
+        f
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,25 @@ pub struct RequestLimits {
     pub api_timeout: Duration,
     pub api_in_flight: Arc<Semaphore>,
     pub stats: Arc<HttpStats>,
+    /// Where /metrics is served (a route of its own in the answer counts).
+    pub telemetry_path: String,
+}
+
+/// Counts every answer by route and status code
+/// (`ngxprobe_http_requests_total`). The route is the router's template
+/// (`/api/v1/label/{name}/values`), or the fixed path of the telemetry and
+/// health endpoints, else "other": a client cannot add label values.
+pub async fn count_answers(State(limits): State<Arc<RequestLimits>>, req: Request, next: Next) -> Response {
+    let handler = match req.extensions().get::<MatchedPath>() {
+        Some(p) => p.as_str().to_string(),
+        None => match req.uri().path() {
+            p if p == limits.telemetry_path || p == "/healthz" || p == "/readyz" => p.to_string(),
+            _ => "other".to_string(),
+        },
+    };
+    let response = next.run(req).await;
+    limits.stats.answered(&handler, response.status().as_u16());
+    response
 }
 
 /// Refuses a body announced larger than the limit at once (413), and cuts

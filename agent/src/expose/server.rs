@@ -21,7 +21,7 @@ use super::Health;
 use super::config::{ListenAddress, WebConfig, validate_telemetry_path};
 use super::conns::{ConnTable, SWEEP_EVERY, SlotGuard, TrackedIo};
 use super::http_stats::{HttpStats, RequestRefusal};
-use super::limits::{RequestLimits, limit_api, limit_body};
+use super::limits::{RequestLimits, count_answers, limit_api, limit_body};
 use super::routes::{AppState, dispatch};
 use crate::metrics::MetricsSource;
 
@@ -225,6 +225,7 @@ impl Server {
             api_timeout: self.web.api_timeout.as_duration(),
             api_in_flight: Arc::new(tokio::sync::Semaphore::new(self.web.max_api_requests as usize)),
             stats: stats.clone(),
+            telemetry_path: self.web.telemetry_path.clone(),
         });
         let state = Arc::new(AppState {
             telemetry_path: self.web.telemetry_path,
@@ -236,9 +237,10 @@ impl Server {
             .api
             .layer(axum::middleware::from_fn_with_state(limits.clone(), limit_api));
         api.merge(Router::new().fallback(dispatch).with_state(state))
-            .layer(axum::middleware::from_fn_with_state(limits, limit_body))
+            .layer(axum::middleware::from_fn_with_state(limits.clone(), limit_body))
             // Ours applies on every route; axum's own (2 MiB, in extractors) would differ.
             .layer(DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn_with_state(limits, count_answers))
     }
 }
 

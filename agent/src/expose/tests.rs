@@ -429,3 +429,31 @@ async fn shutdown_does_not_wait_for_idle_or_slow_clients() {
     let took = srv.stop().await;
     assert!(took < Duration::from_secs(1), "{took:?}");
 }
+
+#[tokio::test]
+async fn answers_are_counted_by_route_template_and_code_without_client_chosen_labels() {
+    let srv = TestServer::start(web(|_| {}));
+    for path in ["/api/v1/echo", "/healthz", "/no/such/page", "/another/unknown?x=1"] {
+        let verb = if path == "/api/v1/echo" { "POST" } else { "GET" };
+        let req = format!("{verb} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        request(srv.addr, &req).await;
+    }
+    let (_, body) = request(
+        srv.addr,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let answered: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("ngxprobe_http_requests_total{"))
+        .collect();
+    assert_eq!(
+        answered,
+        [
+            r#"ngxprobe_http_requests_total{handler="/api/v1/echo",code="200"} 1"#,
+            r#"ngxprobe_http_requests_total{handler="/healthz",code="200"} 1"#,
+            r#"ngxprobe_http_requests_total{handler="other",code="404"} 2"#,
+        ],
+        "{body}"
+    );
+}
