@@ -157,6 +157,23 @@ type Job = Box<dyn FnOnce(&ApiState, Params, Instant) -> Result<String, ApiError
 /// (URL encoding triples a byte; other parameters come along).
 const BODY_PER_QUERY_BYTE: usize = 4;
 
+/// The body could not be read, and not because of our own limit: the
+/// server's body limit (a layer around every route) cut it off, which is a
+/// 413 as on every other route, or the client went away.
+fn unreadable_body(e: &(dyn std::error::Error + 'static)) -> Response {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<http_body_util::LengthLimitError>() {
+            let msg = "request body larger than the server accepts (web.max_request_body_bytes)";
+            let mut r = ApiError::bad(msg).into_response();
+            *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return r;
+        }
+        cause = c.source();
+    }
+    ApiError::bad(format!("cannot read the request body: {e}")).into_response()
+}
+
 /// Admission, body, parameters, slot, job, answer: the path of every
 /// endpoint that does real work.
 async fn admit_and_run(st: ApiState, req: Request, job: Job) -> Response {
@@ -178,9 +195,11 @@ async fn admit_and_run(st: ApiState, req: Request, job: Job) -> Response {
     if query.is_some_and(|q| q.len() > limit) {
         return too_big();
     }
-    let body = match tokio::time::timeout(st.opts.timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => return too_big(),
+    let read = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit));
+    let body = match tokio::time::timeout(st.opts.timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_big(),
+        Ok(Err(e)) => return unreadable_body(e.as_ref()),
         Err(_) => {
             st.admission.refuse(Refusal::Timeout);
             return ApiError::new("timeout", "query timed out in reading the request body").into_response();

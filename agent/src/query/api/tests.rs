@@ -506,3 +506,32 @@ mod fuzz {
         }
     }
 }
+
+/// A body cut off by a limit around the router (the server's, on every
+/// route) is a 413 like on every other route; our own limit stays a 400.
+#[test]
+fn a_body_cut_off_by_the_servers_limit_is_413_not_bad_data() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+    let (router, admission) = api(store(), opts());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = format!("query={}", "1".repeat(10_000));
+    let outer = http_body_util::Limited::new(Body::from(body), 1000);
+    let req = axum::http::Request::post("/api/v1/query")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::new(outer))
+        .unwrap();
+    let resp = rt.block_on(router.oneshot(req)).unwrap();
+    assert_eq!(resp.status(), 413);
+    let bytes = rt.block_on(axum::body::to_bytes(resp.into_body(), 1 << 20)).unwrap();
+    let v = json(413, &bytes);
+    assert_eq!(v["errorType"], "bad_data", "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("web.max_request_body_bytes"),
+        "{v}"
+    );
+    assert_eq!(admission.refused(Refusal::Size), 0, "not the query's own size limit");
+}
