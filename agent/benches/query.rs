@@ -31,7 +31,7 @@ use ngxprobe::{
         api::{api_router, result_body},
         range_query,
     },
-    series::{Labels, MatchOp, Matcher, ReadBudget, SeriesReader, SeriesWriter},
+    series::{Labels, MatchOp, Matcher, ReadBudget, Selection, SeriesReader, SeriesWriter},
     store::{StorageConfig, Store, WalFsync},
 };
 use ngxprobe_e2e::{
@@ -339,8 +339,13 @@ fn breakdown(hours: i64) -> Result<()> {
         };
         row("store select", &|span| {
             std::hint::black_box(
-                st.select(&m, end - span - 60_000 + 1, end, &ReadBudget::unlimited())
-                    .expect("select"),
+                st.select(&Selection::new(
+                    &m,
+                    end - span - 60_000 + 1,
+                    end,
+                    &ReadBudget::unlimited(),
+                ))
+                .expect("select"),
             );
         });
         row("select + evaluate", &|span| {

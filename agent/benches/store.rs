@@ -15,7 +15,7 @@
 use criterion::Criterion;
 use metrics::{Family, MetricType};
 use ngxprobe::{metrics, series, store};
-use series::{Labels, MatchOp, Matcher, ReadBudget, SeriesReader, SeriesWriter};
+use series::{Labels, MatchOp, Matcher, ReadBudget, Selection, SeriesReader, SeriesWriter};
 use std::hint::black_box;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -496,7 +496,7 @@ fn main() {
     ];
     let t = Instant::now();
     let got = store
-        .select(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited())
+        .select(&Selection::new(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited()))
         .expect("select");
     let read_once = t.elapsed();
     assert_eq!(got.len(), 1);
@@ -572,7 +572,7 @@ fn main() {
         b.iter(|| {
             black_box(
                 store
-                    .select(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited())
+                    .select(&Selection::new(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited()))
                     .unwrap(),
             )
         })

@@ -15,7 +15,7 @@ use std::{
 use crate::{
     compat::time::now_ms,
     metrics::MetricsSource,
-    series::{Labels, Matcher, MetricMeta, ReadBudget, ReadError, SeriesData, SeriesReader},
+    series::{Labels, MetricMeta, ReadError, Selection, SeriesData, SeriesReader},
 };
 
 /// How far from the wall clock a query's end may be and still count as "now".
@@ -64,24 +64,19 @@ impl LiveReader {
 }
 
 impl SeriesReader for LiveReader {
-    fn select(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<SeriesData>, ReadError> {
-        let mut out = self.store.select(matchers, mint, maxt, budget)?;
+    fn select(&self, sel: &Selection) -> Result<Vec<SeriesData>, ReadError> {
+        let mut out = self.store.select(sel)?;
+        let maxt = sel.maxt;
         if (maxt - now_ms()).abs() > NOW_TOLERANCE_MS {
             return Ok(out);
         }
         let live = self.live_at(maxt);
         let mut index: HashMap<Labels, usize> = out.iter().enumerate().map(|(i, s)| (s.labels.clone(), i)).collect();
         for (labels, v) in live.iter() {
-            if !matchers.iter().all(|m| m.matches_labels(labels)) {
+            if !sel.matchers.iter().all(|m| m.matches_labels(labels)) {
                 continue;
             }
-            budget.charge(1)?;
+            sel.budget.charge(1)?;
             match index.get(labels) {
                 Some(&i) => {
                     let s = &mut out[i];
@@ -101,14 +96,8 @@ impl SeriesReader for LiveReader {
         Ok(out)
     }
 
-    fn series(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<Labels>, ReadError> {
-        self.store.series(matchers, mint, maxt, budget)
+    fn series(&self, sel: &Selection) -> Result<Vec<Labels>, ReadError> {
+        self.store.series(sel)
     }
 
     fn metadata(&self, metric: Option<&str>) -> Vec<(String, MetricMeta)> {
@@ -120,7 +109,7 @@ impl SeriesReader for LiveReader {
 mod tests {
     use super::*;
     use crate::metrics::{Family, MetricType};
-    use crate::series::MatchOp;
+    use crate::series::{MatchOp, Matcher, ReadBudget};
 
     struct Fixed(Vec<Family>);
     impl MetricsSource for Fixed {
@@ -131,7 +120,8 @@ mod tests {
 
     struct History(Vec<SeriesData>);
     impl SeriesReader for History {
-        fn select(&self, m: &[Matcher], mint: i64, maxt: i64, _: &ReadBudget) -> Result<Vec<SeriesData>, ReadError> {
+        fn select(&self, sel: &Selection) -> Result<Vec<SeriesData>, ReadError> {
+            let (m, mint, maxt) = (sel.matchers, sel.mint, sel.maxt);
             Ok(self
                 .0
                 .iter()
@@ -147,7 +137,7 @@ mod tests {
                 })
                 .collect())
         }
-        fn series(&self, _: &[Matcher], _: i64, _: i64, _: &ReadBudget) -> Result<Vec<Labels>, ReadError> {
+        fn series(&self, _: &Selection) -> Result<Vec<Labels>, ReadError> {
             Ok(vec![])
         }
         fn metadata(&self, _: Option<&str>) -> Vec<(String, MetricMeta)> {
@@ -171,7 +161,9 @@ mod tests {
         let now = now_ms();
         let r = reader(now);
         let m = [Matcher::new(MatchOp::Equal, "__name__", "req_total").unwrap()];
-        let out = r.select(&m, now - 5000, now, &ReadBudget::unlimited()).unwrap();
+        let out = r
+            .select(&Selection::new(&m, now - 5000, now, &ReadBudget::unlimited()))
+            .unwrap();
         let a = out.iter().find(|s| s.labels.get("i") == Some("a")).unwrap();
         assert_eq!(a.samples, vec![(now - 2000, 10.0), (now - 1000, 20.0), (now, 50.0)]);
         // A series only the live view has appears with its one sample.
@@ -180,7 +172,9 @@ mod tests {
         // Matchers apply to live samples too.
         let m = [Matcher::new(MatchOp::Equal, "i", "b").unwrap()];
         assert_eq!(
-            r.select(&m, now - 5000, now, &ReadBudget::unlimited()).unwrap().len(),
+            r.select(&Selection::new(&m, now - 5000, now, &ReadBudget::unlimited()))
+                .unwrap()
+                .len(),
             1
         );
     }
@@ -191,7 +185,12 @@ mod tests {
         let r = reader(now);
         let m = [Matcher::new(MatchOp::Equal, "__name__", "req_total").unwrap()];
         let out = r
-            .select(&m, now - 60_000, now - 30_000, &ReadBudget::unlimited())
+            .select(&Selection::new(
+                &m,
+                now - 60_000,
+                now - 30_000,
+                &ReadBudget::unlimited(),
+            ))
             .unwrap();
         assert!(out.iter().all(|s| s.samples.is_empty()), "{out:?}");
     }

@@ -12,7 +12,7 @@ use super::{
     aggregate, binary, functions,
     value::{Grid, RangeSeries, Series, Value},
 };
-use crate::series::{Labels, MatchOp, Matcher, ReadBudget, ReadError, SeriesReader, is_stale_marker};
+use crate::series::{Labels, MatchOp, Matcher, ReadBudget, ReadError, Selection, SeriesReader, is_stale_marker};
 
 /// Why an evaluation failed; maps onto Prometheus's API error types.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -223,7 +223,7 @@ impl<'a> Ctx<'a> {
         let mut out: Vec<crate::series::SeriesData> = vec![];
         for set in &sets {
             // The reader charges every sample it loads to the budget.
-            let got = self.reader.select(set, mint, maxt, self.budget)?;
+            let got = self.reader.select(&Selection::new(set, mint, maxt, self.budget))?;
             if sets.len() == 1 {
                 out = got;
             } else {

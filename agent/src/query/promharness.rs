@@ -12,7 +12,7 @@ use ngxprobe_e2e::prometheus::{
 
 use super::{QueryOptions, api::api_router};
 use crate::{
-    series::{Labels, Matcher, ReadBudget, ReadError, SeriesData, SeriesReader, SeriesWriter},
+    series::{Labels, ReadError, Selection, SeriesData, SeriesReader, SeriesWriter},
     store::Store,
 };
 
@@ -300,11 +300,11 @@ pub struct Pair {
 }
 
 impl SeriesReader for TempStore {
-    fn select(&self, m: &[Matcher], a: i64, b: i64, budget: &ReadBudget) -> Result<Vec<SeriesData>, ReadError> {
-        self.store.select(m, a, b, budget)
+    fn select(&self, sel: &Selection) -> Result<Vec<SeriesData>, ReadError> {
+        self.store.select(sel)
     }
-    fn series(&self, m: &[Matcher], a: i64, b: i64, budget: &ReadBudget) -> Result<Vec<Labels>, ReadError> {
-        self.store.series(m, a, b, budget)
+    fn series(&self, sel: &Selection) -> Result<Vec<Labels>, ReadError> {
+        self.store.series(sel)
     }
     fn metadata(&self, m: Option<&str>) -> Vec<(String, crate::series::MetricMeta)> {
         self.store.metadata(m)

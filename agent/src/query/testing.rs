@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     compat::PromDuration,
-    series::{AppendError, Labels, Matcher, MetricMeta, ReadBudget, ReadError, SeriesData, SeriesReader, SeriesWriter},
+    series::{AppendError, Labels, MetricMeta, ReadError, Selection, SeriesData, SeriesReader, SeriesWriter},
     store::{StorageConfig, Store, WalFsync},
 };
 
@@ -109,11 +109,11 @@ impl SwapStore {
 }
 
 impl SeriesReader for SwapStore {
-    fn select(&self, matchers: &[Matcher], mint: i64, maxt: i64, b: &ReadBudget) -> Result<Vec<SeriesData>, ReadError> {
-        self.cur.read().unwrap().store.select(matchers, mint, maxt, b)
+    fn select(&self, sel: &Selection) -> Result<Vec<SeriesData>, ReadError> {
+        self.cur.read().unwrap().store.select(sel)
     }
-    fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64, b: &ReadBudget) -> Result<Vec<Labels>, ReadError> {
-        self.cur.read().unwrap().store.series(matchers, mint, maxt, b)
+    fn series(&self, sel: &Selection) -> Result<Vec<Labels>, ReadError> {
+        self.cur.read().unwrap().store.series(sel)
     }
     fn metadata(&self, metric: Option<&str>) -> Vec<(String, MetricMeta)> {
         self.cur.read().unwrap().store.metadata(metric)

@@ -15,7 +15,8 @@ use crate::{
     alerts::Alert,
     query::{EvalOpts, QueryResult, instant_query_expr},
     series::{
-        AppendError, Labels, MatchOp, Matcher, ReadBudget, SeriesReader, SeriesWriter, is_stale_marker, stale_marker,
+        AppendError, Labels, MatchOp, Matcher, ReadBudget, Selection, SeriesReader, SeriesWriter, is_stale_marker,
+        stale_marker,
     },
 };
 
@@ -393,17 +394,18 @@ impl Group {
                 }
             }
             // ALERTS_FOR_STATE of one rule over the outage tolerance: small.
-            let series = match env
-                .reader
-                .as_ref()
-                .select(&matchers, mint, ts, &ReadBudget::unlimited())
-            {
-                Ok(s) => s,
-                Err(_) => {
-                    rule.restored = true;
-                    continue;
-                }
-            };
+            let series =
+                match env
+                    .reader
+                    .as_ref()
+                    .select(&Selection::new(&matchers, mint, ts, &ReadBudget::unlimited()))
+                {
+                    Ok(s) => s,
+                    Err(_) => {
+                        rule.restored = true;
+                        continue;
+                    }
+                };
             let mut by_labels: HashMap<BTreeMap<String, String>, (i64, f64)> = HashMap::new();
             for s in series {
                 let mut m = map_of(&s.labels);

@@ -175,7 +175,7 @@ mod manager_tests {
         compat::PromDuration,
         rules::{RuleManager, RulesConfig, eval::AlertState, file, promtool},
         series::MemStore,
-        series::{Labels, MatchOp, Matcher, ReadBudget, SeriesReader, SeriesWriter, is_stale_marker},
+        series::{Labels, MatchOp, Matcher, ReadBudget, Selection, SeriesReader, SeriesWriter, is_stale_marker},
     };
 
     #[derive(Default)]
@@ -276,12 +276,12 @@ groups:
         assert_eq!(resolved.starts_at, ms(30_000));
         // ALERTS: pending then firing, then a staleness marker once resolved.
         let alerts = store
-            .select(
+            .select(&Selection::new(
                 &[Matcher::new(MatchOp::Equal, "__name__", "ALERTS").unwrap()],
                 0,
                 300_000,
                 &ReadBudget::unlimited(),
-            )
+            ))
             .unwrap();
         let pending = alerts
             .iter()
@@ -302,22 +302,22 @@ groups:
         assert_eq!(firing_s.samples.last().unwrap().0, 70_000);
         assert!(is_stale_marker(firing_s.samples.last().unwrap().1));
         let for_state = store
-            .select(
+            .select(&Selection::new(
                 &[Matcher::new(MatchOp::Equal, "__name__", "ALERTS_FOR_STATE").unwrap()],
                 0,
                 300_000,
                 &ReadBudget::unlimited(),
-            )
+            ))
             .unwrap();
         assert_eq!(for_state[0].samples[0], (20_000, 0.0), "ActiveAt in seconds");
         // Recording rule output.
         let rec = store
-            .select(
+            .select(&Selection::new(
                 &[Matcher::new(MatchOp::Equal, "__name__", "nginx:up:sum").unwrap()],
                 0,
                 300_000,
                 &ReadBudget::unlimited(),
-            )
+            ))
             .unwrap();
         assert_eq!(rec.len(), 1);
         assert_eq!(rec[0].samples.last().unwrap(), &(200_000, 1.0));
@@ -363,7 +363,7 @@ groups:
         m.eval_at(0);
         m.eval_at(2000);
         let s = store
-            .select(
+            .select(&Selection::new(
                 &[
                     Matcher::new(MatchOp::Equal, "__name__", "x:sum").unwrap(),
                     Matcher::new(MatchOp::Equal, "a", "1").unwrap(),
@@ -371,7 +371,7 @@ groups:
                 0,
                 5000,
                 &ReadBudget::unlimited(),
-            )
+            ))
             .unwrap();
         assert_eq!(s[0].samples[0], (0, 5.0));
         assert_eq!(s[0].samples[1].0, 2000);

@@ -2,7 +2,7 @@
 //! and tests; the agent uses the real store (store/).
 use std::{collections::BTreeMap, sync::RwLock};
 
-use super::{AppendError, Labels, Matcher, MetricMeta, ReadBudget, ReadError, SeriesData, SeriesReader, SeriesWriter};
+use super::{AppendError, Labels, MetricMeta, ReadError, Selection, SeriesData, SeriesReader, SeriesWriter};
 
 #[derive(Default)]
 pub struct MemStore {
@@ -58,16 +58,16 @@ impl SeriesWriter for MemStore {
 }
 
 impl MemStore {
-    /// Matching series and the index range of their samples in [mint, maxt].
+    /// Matching series and the index range of their samples in the
+    /// selection's range.
     fn in_range<'a>(
         series: &'a BTreeMap<Labels, Vec<(i64, f64)>>,
-        matchers: &'a [Matcher],
-        mint: i64,
-        maxt: i64,
+        sel: &'a Selection,
     ) -> impl Iterator<Item = (&'a Labels, &'a [(i64, f64)])> + 'a {
+        let (mint, maxt) = (sel.mint, sel.maxt);
         series
             .iter()
-            .filter(|(l, _)| matchers.iter().all(|m| m.matches_labels(l)))
+            .filter(|(l, _)| sel.matchers.iter().all(|m| m.matches_labels(l)))
             .filter_map(move |(l, x)| {
                 let a = x.partition_point(|p| p.0 < mint);
                 let b = x.partition_point(|p| p.0 <= maxt);
@@ -77,17 +77,11 @@ impl MemStore {
 }
 
 impl SeriesReader for MemStore {
-    fn select(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<SeriesData>, ReadError> {
+    fn select(&self, sel: &Selection) -> Result<Vec<SeriesData>, ReadError> {
         let s = self.series.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        for (labels, samples) in Self::in_range(&s, matchers, mint, maxt) {
-            budget.charge_and_check(samples.len())?;
+        for (labels, samples) in Self::in_range(&s, sel) {
+            sel.budget.charge_and_check(samples.len())?;
             out.push(SeriesData {
                 labels: labels.clone(),
                 samples: samples.to_vec(),
@@ -95,18 +89,10 @@ impl SeriesReader for MemStore {
         }
         Ok(out)
     }
-    fn series(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<Labels>, ReadError> {
-        budget.check_deadline()?;
+    fn series(&self, sel: &Selection) -> Result<Vec<Labels>, ReadError> {
+        sel.budget.check_deadline()?;
         let s = self.series.read().unwrap_or_else(|e| e.into_inner());
-        Ok(Self::in_range(&s, matchers, mint, maxt)
-            .map(|(l, _)| l.clone())
-            .collect())
+        Ok(Self::in_range(&s, sel).map(|(l, _)| l.clone()).collect())
     }
     fn metadata(&self, _metric: Option<&str>) -> Vec<(String, MetricMeta)> {
         vec![]

@@ -179,6 +179,27 @@ pub enum ReadError {
     Timeout,
 }
 
+/// What a read asks for: the series matching all `matchers`, their samples
+/// in [mint, maxt] (ms, inclusive), charged to `budget`.
+#[derive(Clone, Copy)]
+pub struct Selection<'a> {
+    pub matchers: &'a [Matcher],
+    pub mint: i64,
+    pub maxt: i64,
+    pub budget: &'a ReadBudget,
+}
+
+impl<'a> Selection<'a> {
+    pub fn new(matchers: &'a [Matcher], mint: i64, maxt: i64, budget: &'a ReadBudget) -> Self {
+        Selection {
+            matchers,
+            mint,
+            maxt,
+            budget,
+        }
+    }
+}
+
 /// What the query and rules stages read. Implementations must never block
 /// ingest for long: readers see a consistent snapshot of the head.
 ///
@@ -187,48 +208,28 @@ pub enum ReadError {
 /// goes, so a query is stopped while reading, not after everything it asked
 /// for is in memory.
 pub trait SeriesReader: Send + Sync {
-    /// Series matching all `matchers` with at least one sample in [mint, maxt]
-    /// (inclusive, ms), with their samples in that range. Every sample
-    /// returned has been charged to `budget`.
-    fn select(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<SeriesData>, ReadError>;
-    /// Label sets of the series matching `matchers` (all series when empty)
-    /// with data in [mint, maxt], answered from the index and the time
-    /// ranges of the series' chunks: no sample is decoded (Prometheus's
+    /// Series matching `sel` with at least one sample in its range, with
+    /// their samples in that range. Every sample returned has been charged
+    /// to the selection's budget.
+    fn select(&self, sel: &Selection) -> Result<Vec<SeriesData>, ReadError>;
+    /// Label sets of the series matching `sel` (all series when it has no
+    /// matchers) with data in its range, answered from the index and the
+    /// time ranges of the series' chunks: no sample is decoded (Prometheus's
     /// series API does the same, at chunk granularity). Checks the deadline.
-    fn series(&self, matchers: &[Matcher], mint: i64, maxt: i64, budget: &ReadBudget)
-    -> Result<Vec<Labels>, ReadError>;
-    /// Label names of series matching `matchers` in range, sorted.
-    fn label_names(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<String>, ReadError> {
+    fn series(&self, sel: &Selection) -> Result<Vec<Labels>, ReadError>;
+    /// Label names of series matching `sel`, sorted.
+    fn label_names(&self, sel: &Selection) -> Result<Vec<String>, ReadError> {
         let names: std::collections::BTreeSet<String> = self
-            .series(matchers, mint, maxt, budget)?
+            .series(sel)?
             .into_iter()
             .flat_map(|l| l.0.into_iter().map(|(k, _)| k))
             .collect();
         Ok(names.into_iter().collect())
     }
-    /// Values of label `name` over matching series in range, sorted.
-    fn label_values(
-        &self,
-        name: &str,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<String>, ReadError> {
+    /// Values of label `name` over series matching `sel`, sorted.
+    fn label_values(&self, name: &str, sel: &Selection) -> Result<Vec<String>, ReadError> {
         let values: std::collections::BTreeSet<String> = self
-            .series(matchers, mint, maxt, budget)?
+            .series(sel)?
             .iter()
             .filter_map(|l| l.get(name).map(str::to_string))
             .collect();

@@ -6,7 +6,7 @@
 //! chunks are skipped, logged and counted, never fatal.
 use super::head::MemSeries;
 use super::{Store, chunk, disk, read};
-use crate::series::{Labels, Matcher, MetricMeta, ReadBudget, ReadError, SeriesData, SeriesReader};
+use crate::series::{Labels, Matcher, MetricMeta, ReadBudget, ReadError, Selection, SeriesData, SeriesReader};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tracing::warn;
@@ -150,13 +150,13 @@ impl Store {
 impl SeriesReader for Store {
     /// Corrupt chunks are skipped (logged and counted in
     /// ngxprobe_store_corrupt_chunks_total); the rest of the data is returned.
-    fn select(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<SeriesData>, ReadError> {
+    fn select(&self, sel: &Selection) -> Result<Vec<SeriesData>, ReadError> {
+        let Selection {
+            matchers,
+            mint,
+            maxt,
+            budget,
+        } = *sel;
         let series = self.matching(matchers);
         // Decoding is the cost of a big select (the range coder trades CPU for
         // 3x fewer bytes than Gorilla), so many series are decoded by up to
@@ -202,20 +202,14 @@ impl SeriesReader for Store {
         Ok(out)
     }
 
-    fn series(
-        &self,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        budget: &ReadBudget,
-    ) -> Result<Vec<Labels>, ReadError> {
+    fn series(&self, sel: &Selection) -> Result<Vec<Labels>, ReadError> {
         let disk = self.disk_reader()?;
         let mut out = Vec::new();
-        for (i, s) in self.matching(matchers).into_iter().enumerate() {
+        for (i, s) in self.matching(sel.matchers).into_iter().enumerate() {
             if i % 256 == 0 {
-                budget.check_deadline()?;
+                sel.budget.check_deadline()?;
             }
-            if Self::has_chunk_in(&s, mint, maxt, disk.as_ref())? {
+            if Self::has_chunk_in(&s, sel.mint, sel.maxt, disk.as_ref())? {
                 out.push(s.labels.clone());
             }
         }

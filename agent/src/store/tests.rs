@@ -4,8 +4,8 @@ use super::maintain::RETRY_EVERY;
 use super::*;
 use crate::metrics::{Family, MetricType};
 use crate::series::{
-    AppendError, Labels, MatchOp, Matcher, MetricKind, ReadBudget, SeriesData, SeriesReader as _, SeriesWriter as _,
-    is_stale_marker,
+    AppendError, Labels, MatchOp, Matcher, MetricKind, ReadBudget, Selection, SeriesData, SeriesReader as _,
+    SeriesWriter as _, is_stale_marker,
 };
 use std::fs::OpenOptions;
 use std::io::{BufRead as _, Write as _};
@@ -70,12 +70,12 @@ pub(super) fn metric(fams: &[Family], name: &str, labels: &[(&str, &str)]) -> f6
 
 pub(super) fn all(store: &Store, name: &str) -> Vec<SeriesData> {
     store
-        .select(
+        .select(&Selection::new(
             &[m(MatchOp::Equal, "__name__", name)],
             i64::MIN,
             i64::MAX,
             &ReadBudget::unlimited(),
-        )
+        ))
         .unwrap()
 }
 
@@ -121,7 +121,7 @@ fn ingest_select_stale_rejects_and_metadata() {
         Err(AppendError::OutOfOrder)
     );
     let got = s
-        .select(
+        .select(&Selection::new(
             &[
                 m(MatchOp::Equal, "__name__", "http_total"),
                 m(MatchOp::Regex, "code", "5.."),
@@ -129,49 +129,50 @@ fn ingest_select_stale_rejects_and_metadata() {
             0,
             10_000,
             &ReadBudget::unlimited(),
-        )
+        ))
         .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].samples[0], (1000, 2.0));
     assert!(is_stale_marker(got[0].samples[1].1) && got[0].samples[1].0 == 2000);
     let ok = s
-        .select(
+        .select(&Selection::new(
             &[m(MatchOp::NotEqual, "code", "500")],
             0,
             10_000,
             &ReadBudget::unlimited(),
-        )
+        ))
         .unwrap();
     assert_eq!(ok.len(), 1);
     assert_eq!(ok[0].samples, vec![(1000, 1.0), (2000, 3.0)]);
     // Range restriction.
     assert_eq!(
-        s.select(
+        s.select(&Selection::new(
             &[m(MatchOp::Equal, "code", "200")],
             1500,
             2500,
             &ReadBudget::unlimited()
-        )
+        ))
         .unwrap()[0]
             .samples,
         vec![(2000, 3.0)]
     );
     assert!(
-        s.select(
+        s.select(&Selection::new(
             &[m(MatchOp::Equal, "code", "200")],
             3000,
             4000,
             &ReadBudget::unlimited()
-        )
+        ))
         .unwrap()
         .is_empty()
     );
     assert_eq!(
-        s.label_names(&[], 0, 10_000, &ReadBudget::unlimited()).unwrap(),
+        s.label_names(&Selection::new(&[], 0, 10_000, &ReadBudget::unlimited()))
+            .unwrap(),
         vec!["__name__", "code"]
     );
     assert_eq!(
-        s.label_values("code", &[], 0, 10_000, &ReadBudget::unlimited())
+        s.label_values("code", &Selection::new(&[], 0, 10_000, &ReadBudget::unlimited()))
             .unwrap(),
         vec!["200", "500"]
     );
@@ -260,12 +261,12 @@ fn blocks_persist_wal_stays_small_and_reopen_reads_everything() {
         // cores): the same series in the same order, exactly the samples in it.
         let (a, b) = (47 * 60_000 + 1, 4 * 3_600_000 + 13 * 60_000);
         let win = s
-            .select(
+            .select(&Selection::new(
                 &[m(MatchOp::Equal, "__name__", "req_total")],
                 a,
                 b,
                 &ReadBudget::unlimited(),
-            )
+            ))
             .unwrap();
         assert_eq!(
             win.iter().map(|x| &x.labels).collect::<Vec<_>>(),
@@ -400,12 +401,12 @@ fn retention_by_size_keeps_directory_under_limit() {
     assert!(metric(&fams, "ngxprobe_store_blocks_deleted_total", &[]) >= 1.0);
     assert!(over <= 3, "directory above 1.5x the limit at {over} checks");
     let got = s
-        .select(
+        .select(&Selection::new(
             &[m(MatchOp::Equal, "__name__", "noise")],
             i64::MIN,
             i64::MAX,
             &ReadBudget::unlimited(),
-        )
+        ))
         .unwrap();
     assert!(got[0].samples[0].0 > 1000, "oldest data deleted");
 }
@@ -698,14 +699,16 @@ fn sample_budget_stops_a_select_while_decoding() {
     let (_d, s) = six_hours("budget");
     let sel = [m(MatchOp::Equal, "__name__", "req_total")];
     let before = decoded(&s);
-    let full = s.select(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited()).unwrap();
+    let full = s
+        .select(&Selection::new(&sel, i64::MIN, i64::MAX, &ReadBudget::unlimited()))
+        .unwrap();
     let total: usize = full.iter().map(|x| x.samples.len()).sum();
     assert_eq!(total, 20 * 6 * 360);
     let all_chunks = decoded(&s) - before;
     // 5% of the samples: refused, and after decoding a few chunks, not all.
     let before = decoded(&s);
     let budget = ReadBudget::new(total / 20, None);
-    let r = s.select(&sel, i64::MIN, i64::MAX, &budget);
+    let r = s.select(&Selection::new(&sel, i64::MIN, i64::MAX, &budget));
     assert!(matches!(r, Err(crate::series::ReadError::TooManySamples)), "{r:?}");
     let partial = decoded(&s) - before;
     assert!(
@@ -715,7 +718,7 @@ fn sample_budget_stops_a_select_while_decoding() {
     // A deadline already passed stops the select before it decodes anything.
     let before = decoded(&s);
     let past = ReadBudget::new(usize::MAX, Some(std::time::Instant::now()));
-    let r = s.select(&sel, i64::MIN, i64::MAX, &past);
+    let r = s.select(&Selection::new(&sel, i64::MIN, i64::MAX, &past));
     assert!(matches!(r, Err(crate::series::ReadError::Timeout)), "{r:?}");
     assert_eq!(decoded(&s), before);
 }
@@ -725,11 +728,16 @@ fn series_and_labels_come_from_the_index_without_decoding() {
     let (_d, s) = six_hours("index");
     let b = ReadBudget::unlimited();
     let before = decoded(&s);
-    let everything = s.series(&[], i64::MIN, i64::MAX, &b).unwrap();
+    let everything = s.series(&Selection::new(&[], i64::MIN, i64::MAX, &b)).unwrap();
     assert_eq!(everything.len(), 21);
-    assert_eq!(s.label_values("worker", &[], i64::MIN, i64::MAX, &b).unwrap().len(), 20);
     assert_eq!(
-        s.label_names(&[], i64::MIN, i64::MAX, &b).unwrap(),
+        s.label_values("worker", &Selection::new(&[], i64::MIN, i64::MAX, &b))
+            .unwrap()
+            .len(),
+        20
+    );
+    assert_eq!(
+        s.label_names(&Selection::new(&[], i64::MIN, i64::MAX, &b)).unwrap(),
         vec!["__name__", "worker"]
     );
     let gappy = [m(MatchOp::Equal, "__name__", "gappy")];
@@ -737,20 +745,48 @@ fn series_and_labels_come_from_the_index_without_decoding() {
     // Persisted chunks cover hours 0-1 and 3-4, the head 4-6: ranges at the
     // edges of the persisted span, in a gap inside it and inside a persisted
     // chunk (the redb index answers), in the head, after everything.
-    assert_eq!(s.series(&gappy, 0, h / 2, &b).unwrap().len(), 1);
-    assert_eq!(s.series(&gappy, 3 * h / 2, 5 * h / 2, &b).unwrap().len(), 0);
-    assert_eq!(s.series(&gappy, 3 * h + h / 5, 3 * h + h / 3, &b).unwrap().len(), 1);
+    assert_eq!(s.series(&Selection::new(&gappy, 0, h / 2, &b)).unwrap().len(), 1);
+    assert_eq!(
+        s.series(&Selection::new(&gappy, 3 * h / 2, 5 * h / 2, &b))
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        s.series(&Selection::new(&gappy, 3 * h + h / 5, 3 * h + h / 3, &b))
+            .unwrap()
+            .len(),
+        1
+    );
     // No sample in 4h12m-4h30m, but the head chunk that starts with the
     // stale marker at 4h+10s spans it: listed, as Prometheus does (its series
     // API works at chunk granularity too).
-    assert_eq!(s.series(&gappy, 4 * h + h / 5, 4 * h + h / 2, &b).unwrap().len(), 1);
-    assert_eq!(s.series(&gappy, 5 * h + h / 2, 5 * h + h / 2, &b).unwrap().len(), 1);
-    assert_eq!(s.series(&gappy, 6 * h + 1, 7 * h, &b).unwrap().len(), 0);
-    assert_eq!(s.series(&[], 7 * h, 8 * h, &b).unwrap().len(), 0);
+    assert_eq!(
+        s.series(&Selection::new(&gappy, 4 * h + h / 5, 4 * h + h / 2, &b))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.series(&Selection::new(&gappy, 5 * h + h / 2, 5 * h + h / 2, &b))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        s.series(&Selection::new(&gappy, 6 * h + 1, 7 * h, &b)).unwrap().len(),
+        0
+    );
+    assert_eq!(s.series(&Selection::new(&[], 7 * h, 8 * h, &b)).unwrap().len(), 0);
     assert_eq!(decoded(&s), before, "listing decoded chunks");
     // The same answer select gives, which does decode.
-    let selected = s.select(&gappy, 3 * h / 2, 5 * h / 2, &b).unwrap();
+    let selected = s.select(&Selection::new(&gappy, 3 * h / 2, 5 * h / 2, &b)).unwrap();
     assert!(selected.is_empty());
-    assert_eq!(s.select(&gappy, 3 * h + h / 5, 3 * h + h / 3, &b).unwrap().len(), 1);
+    assert_eq!(
+        s.select(&Selection::new(&gappy, 3 * h + h / 5, 3 * h + h / 3, &b))
+            .unwrap()
+            .len(),
+        1
+    );
     assert!(decoded(&s) > before);
 }

@@ -27,7 +27,7 @@ use params::{Params, limit_param, match_sets, range_params, range_query_params, 
 use super::admission::{Admission, NoSlot, Refusal, SlotBody};
 use super::{EvalError, QueryError, QueryOptions, instant_query_expr, parse_limited, range_query_expr, stack};
 use crate::compat::time::now_ms;
-use crate::series::{Labels, MetricKind, ReadBudget, SeriesReader};
+use crate::series::{Labels, MetricKind, ReadBudget, Selection, SeriesReader};
 
 #[derive(Clone)]
 struct ApiState {
@@ -318,7 +318,7 @@ async fn series(State(st): State<ApiState>, req: Request) -> Response {
             let budget = index_budget(st, deadline);
             let mut all: Vec<Labels> = vec![];
             for set in &sets {
-                all.extend(st.reader.series(set, s, e, &budget)?);
+                all.extend(st.reader.series(&Selection::new(set, s, e, &budget))?);
             }
             all.sort();
             all.dedup();
@@ -337,7 +337,7 @@ fn label_strings(
     st: &ApiState,
     p: &Params,
     deadline: Instant,
-    each: impl Fn(&[crate::series::Matcher], i64, i64, &ReadBudget) -> Result<Vec<String>, crate::series::ReadError>,
+    each: impl Fn(&Selection) -> Result<Vec<String>, crate::series::ReadError>,
 ) -> Result<String, ApiError> {
     let limit = limit_param(p)?;
     let sets = match_sets(p, &st.opts)?;
@@ -346,7 +346,7 @@ fn label_strings(
     let budget = index_budget(st, deadline);
     let mut out = vec![];
     for set in &sets {
-        out.extend(each(set, s, e, &budget)?);
+        out.extend(each(&Selection::new(set, s, e, &budget))?);
     }
     out.sort();
     out.dedup();
@@ -360,7 +360,7 @@ async fn labels(State(st): State<ApiState>, req: Request) -> Response {
     admit_and_run(
         st,
         req,
-        Box::new(|st, p, deadline| label_strings(st, &p, deadline, |m, s, e, b| st.reader.label_names(m, s, e, b))),
+        Box::new(|st, p, deadline| label_strings(st, &p, deadline, |sel| st.reader.label_names(sel))),
     )
     .await
 }
@@ -376,7 +376,7 @@ async fn label_values(State(st): State<ApiState>, Path(name): Path<String>, req:
             if name.is_empty() {
                 return Err(ApiError::bad(format!("invalid label name: {name:?}")));
             }
-            label_strings(st, &p, deadline, |m, s, e, b| st.reader.label_values(&name, m, s, e, b))
+            label_strings(st, &p, deadline, |sel| st.reader.label_values(&name, sel))
         }),
     )
     .await
