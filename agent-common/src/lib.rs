@@ -59,6 +59,10 @@ pub struct Conn {
     /// Reserved for per-request timing (latency, a later stage); not filled
     /// yet so the hot path does not pay for a clock read nobody uses.
     pub req_start_ns: u64,
+    /// Bytes of the sendfile(2) call in progress not yet seen in a send
+    /// event (one call reaches TCP as several sends); 0 between calls.
+    pub sendfile_left: u32,
+    pub _pad1: u32,
 }
 
 /// Per-CPU counters of one instance slot. Counters only grow; the gauges are
@@ -113,6 +117,6 @@ mod user {
 
 // Layout guards: a change here must be a deliberate change on both sides.
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Conn>() == 32);
+const _: () = assert!(core::mem::size_of::<Conn>() == 40);
 const _: () = assert!(core::mem::size_of::<SlotStats>() == 80);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24);

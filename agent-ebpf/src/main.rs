@@ -346,6 +346,7 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
         inc_local(&raw mut (*st).requests);
         (*conn).requests = (*conn).requests.wrapping_add(1);
         (*conn).resp_started = 0;
+        (*conn).sendfile_left = 0;
         set_phase(conn, st, PHASE_READING);
     }
     0
@@ -394,9 +395,11 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
         if blocked {
             inc_local(&raw mut (*st).blocked_sends);
         }
+        let unfinished = sendfile_unfinished(conn, &a, ret);
         // Done writing once a final response went out in full; until then (or
-        // while the socket refuses data) the request is in the writing phase.
-        let next = if blocked || (*conn).resp_started == 0 {
+        // while the socket refuses data, or a sendfile call is still sending)
+        // the request is in the writing phase.
+        let next = if blocked || unfinished || (*conn).resp_started == 0 {
             PHASE_WRITING
         } else {
             PHASE_WAITING
@@ -412,6 +415,8 @@ fn is_plain_write(a: &SyscallArgs) -> bool {
 }
 
 /// The socket did not take the whole write: nginx waits to write more.
+/// sendfile is judged by [`sendfile_unfinished`] instead: one call is several
+/// sends, and only an error among them means the socket refused data.
 #[inline(always)]
 fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
     if ret < 0 {
@@ -421,7 +426,7 @@ fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
         return (ret as u64) < a.arg3;
     }
     if a.nr == SYS_SENDFILE {
-        return (ret as u64) < a.arg4;
+        return false;
     }
     // writev and the rest: a short write leaves the send buffer full
     // (sk_stream_memory_free() false), which is what stopped it.
@@ -434,6 +439,46 @@ fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
         match (queued, sndbuf) {
             (Ok(q), Ok(b)) => q >= b,
             _ => false,
+        }
+    }
+}
+
+/// True while the sendfile(2) call this send belongs to has more to send.
+///
+/// The kernel splices a file to a socket one pipe-full at a time (64 KiB
+/// with the default pipe), and each piece is its own sendmsg, so its own
+/// sock_send_length event carrying that piece's length, not the call's. A
+/// call is finished when its pieces add up to its count; one that stops
+/// short (the socket's buffer filled) ends with a failed piece (EAGAIN),
+/// which is_blocked() sees. Taking one piece for the whole call left the
+/// connection `writing` after every response of more than a pipe-full, so
+/// the next request on a keep-alive connection went uncounted.
+#[inline(always)]
+fn sendfile_unfinished(conn: *mut Conn, a: &SyscallArgs, ret: i32) -> bool {
+    // SAFETY: `conn` comes from a storage lookup in this invocation.
+    unsafe {
+        if a.nr != SYS_SENDFILE || ret < 0 {
+            // Any other write, or an error, ends a sendfile call.
+            (*conn).sendfile_left = 0;
+            return false;
+        }
+        let left = if (*conn).sendfile_left == 0 {
+            // sendfile's count is capped at MAX_RW_COUNT (< 2^31) by the kernel.
+            if a.arg4 > u32::MAX as u64 {
+                u32::MAX
+            } else {
+                a.arg4 as u32
+            }
+        } else {
+            (*conn).sendfile_left
+        };
+        let sent = ret as u32;
+        if sent >= left {
+            (*conn).sendfile_left = 0;
+            false
+        } else {
+            (*conn).sendfile_left = left - sent;
+            true
         }
     }
 }
