@@ -6,6 +6,9 @@
 //!   to FIN_WAIT1/LAST_ACK/CLOSE is nginx (or the peer) closing it.
 //! - `sock_recv_length`: nginx read request bytes. Data on a connection with no
 //!   request in progress starts a request, as ngx_http_alloc_request counts it.
+//!   A connection's first read is judged by its first bytes: a TLS record, the
+//!   HTTP/2 preface or anything that cannot begin an HTTP/1.x request line sets
+//!   it aside for good (counted by reason; no requests, always waiting).
 //! - `sock_send_length`: nginx wrote. The first write of a request is its
 //!   response; a status line written after a complete response, with no read in
 //!   between, is a pipelined request; a write the socket did not take in full
@@ -17,9 +20,10 @@
 //! free. Per-instance counters live in the per-CPU STATS array.
 //!
 //! Cost discipline: the common keep-alive request is one storage lookup and
-//! the syscall's registers per event; no payload is read. Only the rare
-//! ambiguous writes (a 25-byte send that may be 100 Continue, a status line
-//! after a complete response: pipelining) look at 12 bytes of nginx's buffer.
+//! the syscall's registers per event; no payload is read. Only a connection's
+//! first read (16 bytes) and the rare ambiguous writes (a 25-byte send that
+//! may be 100 Continue, a status line after a complete response: pipelining)
+//! look at nginx's buffer.
 #![no_std]
 #![no_main]
 // Atomic add on map values (the BPF target's core has no AtomicU64::fetch_add).
@@ -36,7 +40,7 @@ use core::{
 
 use agent_common::{
     Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, MAX_LISTENERS, MAX_SEEDS, PHASE_CLOSED, PHASE_READING,
-    PHASE_WAITING, PHASE_WRITING, SlotStats,
+    PHASE_WAITING, PHASE_WRITING, SlotStats, UNPARSED_HTTP2, UNPARSED_NONE, UNPARSED_TLS,
 };
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
@@ -51,7 +55,8 @@ use aya_ebpf::{
 };
 
 use payload::{
-    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, reads_into_stack, syscall_args, write_head,
+    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, first_read_kind, reads_into_stack,
+    syscall_args, write_head,
 };
 
 #[btf_map]
@@ -322,6 +327,10 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
     };
     // SAFETY: `conn` and `st` come from lookups in this invocation.
     unsafe {
+        if (*conn).unparsed != UNPARSED_NONE {
+            // Not HTTP/1.x: its requests are not ours to count.
+            return 0;
+        }
         if (*conn).phase != PHASE_WAITING {
             // Reading the rest of a header, or a request body: same request.
             return 0;
@@ -329,6 +338,14 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
         let a = syscall_args();
         let want = a.arg3 as u32;
         if (*conn).first_read_size == 0 {
+            // The connection's first bytes: TLS, HTTP/2 and anything that is
+            // not a request line are set aside here, before they are taken
+            // for a request.
+            let kind = first_read_kind(&a, ret as u32);
+            if kind != UNPARSED_NONE {
+                mark_unparsed(conn, kind);
+                return 0;
+            }
             (*conn).first_read_size = want;
         } else if (*conn).resp_started != 0 {
             // After a response, data is a new request unless it is the tail
@@ -352,6 +369,27 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// Sets a connection aside as not HTTP/1.x, once, and counts it by reason.
+#[inline(always)]
+fn mark_unparsed(conn: *mut Conn, kind: u8) {
+    // SAFETY: `conn` comes from a storage lookup in this invocation; `st` is
+    // a live per-CPU value.
+    unsafe {
+        (*conn).unparsed = kind;
+        let Some(st) = stats((*conn).slot) else {
+            return;
+        };
+        let field = if kind == UNPARSED_TLS {
+            &raw mut (*st).unparsed_tls
+        } else if kind == UNPARSED_HTTP2 {
+            &raw mut (*st).unparsed_http2
+        } else {
+            &raw mut (*st).unparsed_other
+        };
+        inc_local(field);
+    }
+}
+
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
     let sk: *const c_void = ctx.arg(0);
@@ -362,7 +400,8 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: `conn` and `st` come from lookups in this invocation.
     unsafe {
         let phase = (*conn).phase;
-        if phase == PHASE_CLOSED {
+        if phase == PHASE_CLOSED || (*conn).unparsed != UNPARSED_NONE {
+            // Closed, or not HTTP/1.x: it stays waiting (see mark_unparsed).
             return 0;
         }
         let Some(st) = stats((*conn).slot) else {
