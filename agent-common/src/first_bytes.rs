@@ -15,14 +15,23 @@ const H2_PREFACE: [u8; FIRST_BYTES] = *b"PRI * HTTP/2.0\r\n";
 /// (a method "PRI" followed by a space is still a possible request line).
 const H2_PREFACE_DECISIVE: usize = 5;
 
+/// Not a reason but a verdict of [`classify_first_bytes`]: the bytes are a
+/// PROXY protocol header (v1 "PROXY ", or v2's 12-byte signature), which a
+/// load balancer puts before the client's own bytes. What follows decides.
+pub const PROXY_HEADER: u8 = 0x80;
+
+const PROXY_V1: &[u8; 6] = b"PROXY ";
+const PROXY_V2: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+
 /// Classifies the first `len` bytes of `head` (bytes past `len` are ignored):
 /// UNPARSED_TLS for a TLS record header (content type 20..=23, version 3.x:
 /// a ClientHello on a new connection, any record on one found open at
 /// start), UNPARSED_HTTP2 for the h2c preface, UNPARSED_NONE while the bytes
 /// can be the start of an HTTP/1.x request line as nginx parses it (optional
 /// CR/LF, a method of `A-Z _ -`, spaces, then `/` or a scheme letter), and
-/// UNPARSED_OTHER for anything else. Too few bytes to tell count as HTTP/1.x:
-/// a request line may arrive a byte at a time.
+/// UNPARSED_OTHER for anything else; [`PROXY_HEADER`] for a PROXY protocol
+/// header. Too few bytes to tell count as HTTP/1.x: a request line may
+/// arrive a byte at a time.
 #[inline(always)]
 pub fn classify_first_bytes(head: &[u8; FIRST_BYTES], len: usize) -> u8 {
     let n = if len > FIRST_BYTES { FIRST_BYTES } else { len };
@@ -34,6 +43,9 @@ pub fn classify_first_bytes(head: &[u8; FIRST_BYTES], len: usize) -> u8 {
     }
     if n >= H2_PREFACE_DECISIVE && prefix_matches(head, n, &H2_PREFACE) {
         return UNPARSED_HTTP2;
+    }
+    if (n >= PROXY_V1.len() && starts_with(head, PROXY_V1)) || (n >= PROXY_V2.len() && starts_with(head, PROXY_V2)) {
+        return PROXY_HEADER;
     }
     if request_line_start(head, n) {
         UNPARSED_NONE
@@ -53,6 +65,18 @@ fn prefix_matches(head: &[u8; FIRST_BYTES], n: usize, want: &[u8; FIRST_BYTES]) 
         i += 1;
     }
     same
+}
+
+#[inline(always)]
+fn starts_with<const N: usize>(head: &[u8; FIRST_BYTES], want: &[u8; N]) -> bool {
+    let mut i = 0;
+    while i < N && i < FIRST_BYTES {
+        if head[i] != want[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// nginx's method characters (ngx_http_parse_request_line, sw_method).
@@ -142,6 +166,17 @@ mod tests {
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), UNPARSED_HTTP2);
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), UNPARSED_HTTP2);
         assert_eq!(classify(b"PRI *"), UNPARSED_HTTP2);
+    }
+
+    #[test]
+    fn proxy_protocol_headers_defer_the_verdict() {
+        assert_eq!(classify(b"PROXY TCP4 127.0.0.1 127.0.0.1 5 6\r\n"), PROXY_HEADER);
+        assert_eq!(classify(b"PROXY UNKNOWN\r\n"), PROXY_HEADER);
+        assert_eq!(classify(b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c"), PROXY_HEADER);
+        // Too short to be sure: a method named PROXY is possible.
+        assert_eq!(classify(b"PROXY"), UNPARSED_NONE);
+        // A truncated v2 signature is not HTTP.
+        assert_eq!(classify(b"\r\n\r\n\0\r\nQU"), UNPARSED_OTHER);
     }
 
     #[test]

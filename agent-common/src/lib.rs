@@ -6,7 +6,7 @@
 
 mod first_bytes;
 
-pub use first_bytes::{FIRST_BYTES, classify_first_bytes};
+pub use first_bytes::{FIRST_BYTES, PROXY_HEADER, classify_first_bytes};
 
 /// Instance slots: one per nginx instance (master + workers) on the node.
 /// Slot `GLOBAL_SLOT` holds node-wide self-metrics of the eBPF side.

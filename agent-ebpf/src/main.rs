@@ -40,7 +40,7 @@ use core::{
 
 use agent_common::{
     Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, MAX_LISTENERS, MAX_SEEDS, PHASE_CLOSED, PHASE_READING,
-    PHASE_WAITING, PHASE_WRITING, SlotStats, UNPARSED_HTTP2, UNPARSED_NONE, UNPARSED_TLS,
+    PHASE_WAITING, PHASE_WRITING, PROXY_HEADER, SlotStats, UNPARSED_HTTP2, UNPARSED_NONE, UNPARSED_TLS,
 };
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
@@ -342,7 +342,15 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
             // not a request line are set aside here, before they are taken
             // for a request.
             let kind = first_read_kind(&a, ret as u32);
-            if kind != UNPARSED_NONE {
+            if kind == PROXY_HEADER {
+                // A load balancer's PROXY protocol header. On a TLS listener
+                // nginx reads it alone into a stack buffer: the next read
+                // (the ClientHello) decides. On a plain one it reads it with
+                // the request into the header buffer: a request starts here.
+                if reads_into_stack(&a) {
+                    return 0;
+                }
+            } else if kind != UNPARSED_NONE {
                 mark_unparsed(conn, kind);
                 return 0;
             }

@@ -12,6 +12,9 @@
 //!   same files.
 //! * with [`NginxOptions::h2c`]: a server on `127.0.0.1:<h2c_port>` with
 //!   `http2` and no TLS (HTTP/2 with prior knowledge only), same files.
+//! * with [`NginxOptions::proxy_protocol`]: two servers that expect a PROXY
+//!   protocol header first (`listen ... proxy_protocol`), one with TLS, one
+//!   plain, same files.
 //! * oracle server on `127.0.0.1:<oracle_port>`: `location = /stub { stub_status; }`.
 //!   It belongs to the same instance, so its connections and requests are
 //!   counted by nginx and by ngxprobe alike.
@@ -48,6 +51,9 @@ pub struct NginxOptions {
     pub tls: bool,
     /// Add an h2c server (`listen ... http2`, no TLS).
     pub h2c: bool,
+    /// Add two servers behind the PROXY protocol (`listen ... proxy_protocol`):
+    /// one with TLS, one plain.
+    pub proxy_protocol: bool,
 }
 
 impl Default for NginxOptions {
@@ -61,6 +67,7 @@ impl Default for NginxOptions {
             user: None,
             tls: false,
             h2c: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -91,6 +98,8 @@ pub struct Nginx {
     oracle_port: u16,
     tls_port: Option<u16>,
     h2c_port: Option<u16>,
+    /// (TLS, plain) servers behind the PROXY protocol.
+    proxy_ports: Option<(u16, u16)>,
 }
 
 impl Nginx {
@@ -125,15 +134,26 @@ impl Nginx {
         write_site(d, opts.big_file)?;
         let tls_port = if opts.tls { Some(util::free_port()?) } else { None };
         let h2c_port = if opts.h2c { Some(util::free_port()?) } else { None };
+        let proxy_ports = if opts.proxy_protocol {
+            Some((util::free_port()?, util::free_port()?))
+        } else {
+            None
+        };
         let mut extra = String::new();
-        if let Some(port) = tls_port {
+        if opts.tls || opts.proxy_protocol {
             let tls = d.join("tls");
             std::fs::create_dir_all(&tls)?;
             crate::protocol_clients::self_signed_cert(&tls.join("cert.pem"), &tls.join("key.pem"))?;
-            extra.push_str(&tls_server(d, port));
+        }
+        if let Some(port) = tls_port {
+            extra.push_str(&tls_server(d, port, ""));
         }
         if let Some(port) = h2c_port {
             extra.push_str(&h2c_server(d, port));
+        }
+        if let Some((tls, plain)) = proxy_ports {
+            extra.push_str(&tls_server(d, tls, " proxy_protocol"));
+            extra.push_str(&plain_proxy_server(d, plain));
         }
         let conf = d.join("nginx.conf");
         std::fs::write(&conf, config_with(d, opts, main_port, oracle_port, &extra))?;
@@ -163,6 +183,7 @@ impl Nginx {
             oracle_port,
             tls_port,
             h2c_port,
+            proxy_ports,
         };
         n.wait_ready()?;
         Ok(n)
@@ -172,6 +193,9 @@ impl Nginx {
         let mut addrs = vec![self.main_addr(), self.main_addr_v6(), self.oracle_addr()];
         addrs.extend(self.tls_addr());
         addrs.extend(self.h2c_addr());
+        if let Some((tls, plain)) = self.proxy_addrs() {
+            addrs.extend([tls, plain]);
+        }
         let want = self.opts.worker_processes as usize;
         let res = poll(
             "nginx to listen and start its workers",
@@ -235,6 +259,16 @@ impl Nginx {
     /// The h2c server's address (with [`NginxOptions::h2c`]).
     pub fn h2c_addr(&self) -> Option<SocketAddr> {
         self.h2c_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+    }
+    /// The (TLS, plain) servers behind the PROXY protocol (with
+    /// [`NginxOptions::proxy_protocol`]).
+    pub fn proxy_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.proxy_ports.map(|(t, p)| {
+            (
+                SocketAddr::from(([127, 0, 0, 1], t)),
+                SocketAddr::from(([127, 0, 0, 1], p)),
+            )
+        })
     }
     /// `http://127.0.0.1:<main_port><path>`
     pub fn url(&self, path: &str) -> String {
@@ -448,13 +482,14 @@ pub fn config_text(d: &Path, opts: &NginxOptions, main_port: u16, oracle_port: u
     config_with(d, opts, main_port, oracle_port, "")
 }
 
-/// The TLS server block: HTTP/1.1 and HTTP/2 (ALPN) over TLS.
-fn tls_server(d: &Path, port: u16) -> String {
+/// The TLS server block: HTTP/1.1 and HTTP/2 (ALPN) over TLS; `more` is
+/// appended to the listen parameters.
+fn tls_server(d: &Path, port: u16, more: &str) -> String {
     let d = d.display();
     format!(
         r#"
     server {{
-        listen 127.0.0.1:{port} ssl http2;
+        listen 127.0.0.1:{port} ssl http2{more};
         server_name tls;
         ssl_certificate {d}/tls/cert.pem;
         ssl_certificate_key {d}/tls/key.pem;
@@ -473,6 +508,21 @@ fn h2c_server(d: &Path, port: u16) -> String {
     server {{
         listen 127.0.0.1:{port} http2;
         server_name h2c;
+        root {d}/html;
+        index index.html;
+    }}
+"#
+    )
+}
+
+/// A plain HTTP/1.x server block behind the PROXY protocol.
+fn plain_proxy_server(d: &Path, port: u16) -> String {
+    let d = d.display();
+    format!(
+        r#"
+    server {{
+        listen 127.0.0.1:{port} proxy_protocol;
+        server_name proxied;
         root {d}/html;
         index index.html;
     }}

@@ -55,6 +55,13 @@ pub struct CurlRun {
 /// `curl --http1.1` over https (certificate not verified) fetching `paths`
 /// in one run, so curl reuses its connection between them.
 pub fn curl_https(addr: SocketAddr, paths: &[&str]) -> Result<CurlRun> {
+    let urls: Vec<String> = paths.iter().map(|p| format!("https://{addr}{p}")).collect();
+    curl(&[], &urls)
+}
+
+/// `curl --http1.1` with `extra` arguments (e.g. `--haproxy-protocol`)
+/// fetching `urls` in one run (certificates not verified).
+pub fn curl(extra: &[&str], urls: &[String]) -> Result<CurlRun> {
     let mut cmd = Command::new("curl");
     cmd.args([
         "-sS",
@@ -64,9 +71,10 @@ pub fn curl_https(addr: SocketAddr, paths: &[&str]) -> Result<CurlRun> {
         "20",
         "-w",
         "%{http_code} %{num_connects}\\n",
-    ]);
-    for p in paths {
-        cmd.args(["-o", "/dev/null"]).arg(format!("https://{addr}{p}"));
+    ])
+    .args(extra);
+    for u in urls {
+        cmd.args(["-o", "/dev/null"]).arg(u);
     }
     let (out, _) = run(&mut cmd, "curl")?;
     let mut r = CurlRun::default();
@@ -81,10 +89,10 @@ pub fn curl_https(addr: SocketAddr, paths: &[&str]) -> Result<CurlRun> {
             .with_context(|| format!("curl num_connects {line:?}"))?;
     }
     ensure!(
-        out.lines().count() == paths.len(),
+        out.lines().count() == urls.len(),
         "curl reported {} transfers for {} URLs:\n{out}",
         out.lines().count(),
-        paths.len()
+        urls.len()
     );
     Ok(r)
 }
@@ -175,6 +183,25 @@ pub fn send_garbage(addr: SocketAddr, bytes: &[u8]) -> Result<()> {
     let mut s = crate::clients::connect(addr)?;
     s.write_all(bytes)?;
     crate::clients::close_gracefully(s)
+}
+
+/// A GET with `Connection: close` behind a PROXY protocol v2 header (as an
+/// AWS NLB sends it: binary signature, TCP over IPv4), sent in one write;
+/// reads the response and then EOF.
+pub fn proxy_v2_get(addr: SocketAddr, path: &str) -> Result<crate::clients::Response> {
+    let mut s = crate::clients::connect(addr)?;
+    let mut msg = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    // Version 2, PROXY command; TCP over IPv4; 12 address bytes follow.
+    msg.extend_from_slice(&[0x21, 0x11, 0x00, 0x0c]);
+    msg.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
+    msg.extend_from_slice(&40000u16.to_be_bytes());
+    msg.extend_from_slice(&addr.port().to_be_bytes());
+    msg.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes());
+    s.write_all(&msg)?;
+    let mut r = std::io::BufReader::new(s);
+    let resp = crate::clients::read_response(&mut r, false)?;
+    crate::clients::expect_eof(&mut r)?;
+    Ok(resp)
 }
 
 /// `openssl req` writes a self-signed P-256 certificate and its key for

@@ -12,7 +12,7 @@ use ngxprobe_e2e::Session;
 use ngxprobe_e2e::clients;
 use ngxprobe_e2e::measure::{self, Monitor, MonitorResult, Report, Target, assert_all};
 use ngxprobe_e2e::nginx::NginxOptions;
-use ngxprobe_e2e::protocol_clients::{curl_https, h2load, send_garbage, tls_handshake_only};
+use ngxprobe_e2e::protocol_clients::{curl, curl_https, h2load, proxy_v2_get, send_garbage, tls_handshake_only};
 use ngxprobe_e2e::util::{Poll, poll, require_tool};
 use std::time::Duration;
 
@@ -233,5 +233,51 @@ fn h2c_and_non_http_connections_are_not_parsed() {
             requests: 3,
         })
     });
+    assert_unparsed(&rep, &mon, &made, delta);
+}
+
+/// Behind a load balancer that speaks the PROXY protocol: TLS after a v1
+/// header is still TLS (nginx reads the header alone, the ClientHello
+/// decides); plain HTTP after a v1 or v2 header is still HTTP/1.x and
+/// counted exactly (a v2 header is binary, but it is not "other").
+#[test]
+fn proxy_protocol_then_tls_or_http() {
+    let s = Session::start(
+        "proxy_protocol_then_tls_or_http",
+        NginxOptions {
+            proxy_protocol: true,
+            ..Default::default()
+        },
+    );
+    if require_tool("curl", "cargo xtask setup installs it").is_none() {
+        return;
+    }
+    let (tls, plain) = s.nginx.proxy_addrs().expect("PROXY protocol listeners");
+    let (rep, mon, made, delta) = measure_unparsed(
+        &s,
+        "PROXY v1 + TLS: curl --haproxy-protocol ×3 (2 GETs each); PROXY v1 + HTTP ×3; PROXY v2 + HTTP ×3",
+        || {
+            let mut made = Unparsed::default();
+            let https: Vec<String> = ["/", "/index.html"]
+                .iter()
+                .map(|p| format!("https://{tls}{p}"))
+                .collect();
+            for _ in 0..3 {
+                let r = curl(&["--haproxy-protocol"], &https)?;
+                anyhow::ensure!(r.ok == 2, "curl over TLS: {r:?}");
+                made.connections[0] += r.connections as i64;
+                made.requests += r.ok as i64;
+            }
+            let http = vec![format!("http://{plain}/")];
+            for _ in 0..3 {
+                let r = curl(&["--haproxy-protocol"], &http)?;
+                anyhow::ensure!(r.ok == 1, "curl over plain HTTP: {r:?}");
+                let v2 = proxy_v2_get(plain, "/")?;
+                anyhow::ensure!(v2.status == 200, "PROXY v2 GET: status {}", v2.status);
+            }
+            Ok(made)
+        },
+    );
+    assert!(made.connections[0] >= 3, "too few TLS connections: {made:?}");
     assert_unparsed(&rep, &mon, &made, delta);
 }
