@@ -89,6 +89,11 @@ fn assert_unparsed(rep: &Report, mon: &MonitorResult, made: &Unparsed, delta: [i
 
 #[test]
 fn tls_connections_are_not_parsed() {
+    for tool in ["curl", "openssl", "h2load"] {
+        if require_tool(tool, "cargo xtask setup installs it").is_none() {
+            return;
+        }
+    }
     let s = Session::start(
         "tls_connections_are_not_parsed",
         NginxOptions {
@@ -96,11 +101,6 @@ fn tls_connections_are_not_parsed() {
             ..Default::default()
         },
     );
-    for tool in ["curl", "openssl", "h2load"] {
-        if require_tool(tool, "cargo xtask setup installs it").is_none() {
-            return;
-        }
-    }
     let tls = s.nginx.tls_addr().expect("TLS listener");
     let plain = s.nginx.main_addr();
     let (rep, mon, made, delta) = measure_unparsed(
@@ -195,6 +195,9 @@ fn assert_logged_once(s: &Session, reason: &str, more: impl FnOnce() -> anyhow::
 
 #[test]
 fn h2c_and_non_http_connections_are_not_parsed() {
+    if require_tool("h2load", "apt-get install nghttp2-client").is_none() {
+        return;
+    }
     let s = Session::start(
         "h2c_and_non_http_connections_are_not_parsed",
         NginxOptions {
@@ -202,9 +205,6 @@ fn h2c_and_non_http_connections_are_not_parsed() {
             ..Default::default()
         },
     );
-    if require_tool("h2load", "apt-get install nghttp2-client").is_none() {
-        return;
-    }
     let h2c = s.nginx.h2c_addr().expect("h2c listener");
     let (rep, mon, made, delta) = measure_unparsed(&s, "h2c prior knowledge: h2load (3 conns, 300 streams)", || {
         let h = h2load(&format!("http://{h2c}/"), 3, 300)?;
@@ -242,6 +242,11 @@ fn h2c_and_non_http_connections_are_not_parsed() {
 /// counted exactly (a v2 header is binary, but it is not "other").
 #[test]
 fn proxy_protocol_then_tls_or_http() {
+    for tool in ["curl", "openssl"] {
+        if require_tool(tool, "cargo xtask setup installs it").is_none() {
+            return;
+        }
+    }
     let s = Session::start(
         "proxy_protocol_then_tls_or_http",
         NginxOptions {
@@ -249,9 +254,6 @@ fn proxy_protocol_then_tls_or_http() {
             ..Default::default()
         },
     );
-    if require_tool("curl", "cargo xtask setup installs it").is_none() {
-        return;
-    }
     let (tls, plain) = s.nginx.proxy_addrs().expect("PROXY protocol listeners");
     let (rep, mon, made, delta) = measure_unparsed(
         &s,
