@@ -2,7 +2,11 @@
 //!
 //! Everything here is `#[repr(C)]`, sized in multiples of 8 bytes with explicit
 //! padding fields, so the kernel and user views of a map value can never disagree.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+
+mod first_bytes;
+
+pub use first_bytes::{FIRST_BYTES, PROXY_HEADER, classify_first_bytes};
 
 /// Instance slots: one per nginx instance (master + workers) on the node.
 /// Slot `GLOBAL_SLOT` holds node-wide self-metrics of the eBPF side.
@@ -18,6 +22,18 @@ pub const PHASE_WAITING: u8 = 0;
 pub const PHASE_READING: u8 = 1;
 pub const PHASE_WRITING: u8 = 2;
 pub const PHASE_CLOSED: u8 = 3;
+
+/// Why a connection's bytes are not read as HTTP/1.x (`Conn::unparsed`).
+/// Such a connection counts in accepted/handled/active like any other, but
+/// its requests are not counted and it stays `waiting` (never reading or
+/// writing): the probe does not guess what it cannot parse.
+pub const UNPARSED_NONE: u8 = 0;
+/// The first bytes are a TLS record (a ClientHello on a fresh connection).
+pub const UNPARSED_TLS: u8 = 1;
+/// The first bytes are the HTTP/2 connection preface (h2c, prior knowledge).
+pub const UNPARSED_HTTP2: u8 = 2;
+/// The first bytes are neither of those nor the start of an HTTP/1.x request line.
+pub const UNPARSED_OTHER: u8 = 3;
 
 /// Key of the LISTENERS map: a listening port in one network namespace.
 #[repr(C)]
@@ -46,7 +62,8 @@ pub struct Conn {
     /// 1 if the connection was found by the userspace scan at start (sock_diag),
     /// not seen being accepted.
     pub seeded: u8,
-    pub _pad0: u8,
+    /// One of the UNPARSED_* constants, decided at the connection's first read.
+    pub unparsed: u8,
     /// Requests seen on this connection.
     pub requests: u32,
     /// Bytes nginx asked for in its first read on this connection: its
@@ -59,6 +76,10 @@ pub struct Conn {
     /// Reserved for per-request timing (latency, a later stage); not filled
     /// yet so the hot path does not pay for a clock read nobody uses.
     pub req_start_ns: u64,
+    /// Bytes of the sendfile(2) call in progress not yet seen in a send
+    /// event (one call reaches TCP as several sends); 0 between calls.
+    pub sendfile_left: u32,
+    pub _pad1: u32,
 }
 
 /// Per-CPU counters of one instance slot. Counters only grow; the gauges are
@@ -80,6 +101,11 @@ pub struct SlotStats {
     pub writing: i64,
     /// Reserved (kept for layout stability).
     pub events: u64,
+    /// Connections whose first bytes were TLS, the HTTP/2 preface, or
+    /// anything else that is not an HTTP/1.x request line (UNPARSED_*).
+    pub unparsed_tls: u64,
+    pub unparsed_http2: u64,
+    pub unparsed_other: u64,
 }
 
 /// Kernel structure offsets, read from the running kernel's BTF in userspace at
@@ -113,6 +139,6 @@ mod user {
 
 // Layout guards: a change here must be a deliberate change on both sides.
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Conn>() == 32);
-const _: () = assert!(core::mem::size_of::<SlotStats>() == 80);
+const _: () = assert!(core::mem::size_of::<Conn>() == 40);
+const _: () = assert!(core::mem::size_of::<SlotStats>() == 104);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24);

@@ -6,6 +6,9 @@
 //!   to FIN_WAIT1/LAST_ACK/CLOSE is nginx (or the peer) closing it.
 //! - `sock_recv_length`: nginx read request bytes. Data on a connection with no
 //!   request in progress starts a request, as ngx_http_alloc_request counts it.
+//!   A connection's first read is judged by its first bytes: a TLS record, the
+//!   HTTP/2 preface or anything that cannot begin an HTTP/1.x request line sets
+//!   it aside for good (counted by reason; no requests, always waiting).
 //! - `sock_send_length`: nginx wrote. The first write of a request is its
 //!   response; a status line written after a complete response, with no read in
 //!   between, is a pipelined request; a write the socket did not take in full
@@ -17,9 +20,10 @@
 //! free. Per-instance counters live in the per-CPU STATS array.
 //!
 //! Cost discipline: the common keep-alive request is one storage lookup and
-//! the syscall's registers per event; no payload is read. Only the rare
-//! ambiguous writes (a 25-byte send that may be 100 Continue, a status line
-//! after a complete response: pipelining) look at 12 bytes of nginx's buffer.
+//! the syscall's registers per event; no payload is read. Only a connection's
+//! first read (16 bytes) and the rare ambiguous writes (a 25-byte send that
+//! may be 100 Continue, a status line after a complete response: pipelining)
+//! look at nginx's buffer.
 #![no_std]
 #![no_main]
 // Atomic add on map values (the BPF target's core has no AtomicU64::fetch_add).
@@ -36,7 +40,7 @@ use core::{
 
 use agent_common::{
     Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, MAX_LISTENERS, MAX_SEEDS, PHASE_CLOSED, PHASE_READING,
-    PHASE_WAITING, PHASE_WRITING, SlotStats,
+    PHASE_WAITING, PHASE_WRITING, PROXY_HEADER, SlotStats, UNPARSED_HTTP2, UNPARSED_NONE, UNPARSED_TLS,
 };
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
@@ -51,7 +55,8 @@ use aya_ebpf::{
 };
 
 use payload::{
-    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, reads_into_stack, syscall_args, write_head,
+    CONTINUE_LEN, Head, SYS_SENDFILE, SYS_SENDTO, SYS_WRITE, SyscallArgs, first_read_kind, reads_into_stack,
+    syscall_args, write_head,
 };
 
 #[btf_map]
@@ -322,6 +327,10 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
     };
     // SAFETY: `conn` and `st` come from lookups in this invocation.
     unsafe {
+        if (*conn).unparsed != UNPARSED_NONE {
+            // Not HTTP/1.x: its requests are not ours to count.
+            return 0;
+        }
         if (*conn).phase != PHASE_WAITING {
             // Reading the rest of a header, or a request body: same request.
             return 0;
@@ -329,6 +338,22 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
         let a = syscall_args();
         let want = a.arg3 as u32;
         if (*conn).first_read_size == 0 {
+            // The connection's first bytes: TLS, HTTP/2 and anything that is
+            // not a request line are set aside here, before they are taken
+            // for a request.
+            let kind = first_read_kind(&a, ret as u32);
+            if kind == PROXY_HEADER {
+                // A load balancer's PROXY protocol header. On a TLS listener
+                // nginx reads it alone into a stack buffer: the next read
+                // (the ClientHello) decides. On a plain one it reads it with
+                // the request into the header buffer: a request starts here.
+                if reads_into_stack(&a) {
+                    return 0;
+                }
+            } else if kind != UNPARSED_NONE {
+                mark_unparsed(conn, kind);
+                return 0;
+            }
             (*conn).first_read_size = want;
         } else if (*conn).resp_started != 0 {
             // After a response, data is a new request unless it is the tail
@@ -346,9 +371,31 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
         inc_local(&raw mut (*st).requests);
         (*conn).requests = (*conn).requests.wrapping_add(1);
         (*conn).resp_started = 0;
+        (*conn).sendfile_left = 0;
         set_phase(conn, st, PHASE_READING);
     }
     0
+}
+
+/// Sets a connection aside as not HTTP/1.x, once, and counts it by reason.
+#[inline(always)]
+fn mark_unparsed(conn: *mut Conn, kind: u8) {
+    // SAFETY: `conn` comes from a storage lookup in this invocation; `st` is
+    // a live per-CPU value.
+    unsafe {
+        (*conn).unparsed = kind;
+        let Some(st) = stats((*conn).slot) else {
+            return;
+        };
+        let field = if kind == UNPARSED_TLS {
+            &raw mut (*st).unparsed_tls
+        } else if kind == UNPARSED_HTTP2 {
+            &raw mut (*st).unparsed_http2
+        } else {
+            &raw mut (*st).unparsed_other
+        };
+        inc_local(field);
+    }
 }
 
 #[btf_tracepoint(function = "sock_send_length")]
@@ -361,7 +408,8 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: `conn` and `st` come from lookups in this invocation.
     unsafe {
         let phase = (*conn).phase;
-        if phase == PHASE_CLOSED {
+        if phase == PHASE_CLOSED || (*conn).unparsed != UNPARSED_NONE {
+            // Closed, or not HTTP/1.x: it stays waiting (see mark_unparsed).
             return 0;
         }
         let Some(st) = stats((*conn).slot) else {
@@ -394,9 +442,11 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
         if blocked {
             inc_local(&raw mut (*st).blocked_sends);
         }
+        let unfinished = sendfile_unfinished(conn, &a, ret);
         // Done writing once a final response went out in full; until then (or
-        // while the socket refuses data) the request is in the writing phase.
-        let next = if blocked || (*conn).resp_started == 0 {
+        // while the socket refuses data, or a sendfile call is still sending)
+        // the request is in the writing phase.
+        let next = if blocked || unfinished || (*conn).resp_started == 0 {
             PHASE_WRITING
         } else {
             PHASE_WAITING
@@ -412,6 +462,8 @@ fn is_plain_write(a: &SyscallArgs) -> bool {
 }
 
 /// The socket did not take the whole write: nginx waits to write more.
+/// sendfile is judged by [`sendfile_unfinished`] instead: one call is several
+/// sends, and only an error among them means the socket refused data.
 #[inline(always)]
 fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
     if ret < 0 {
@@ -421,7 +473,7 @@ fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
         return (ret as u64) < a.arg3;
     }
     if a.nr == SYS_SENDFILE {
-        return (ret as u64) < a.arg4;
+        return false;
     }
     // writev and the rest: a short write leaves the send buffer full
     // (sk_stream_memory_free() false), which is what stopped it.
@@ -434,6 +486,46 @@ fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
         match (queued, sndbuf) {
             (Ok(q), Ok(b)) => q >= b,
             _ => false,
+        }
+    }
+}
+
+/// True while the sendfile(2) call this send belongs to has more to send.
+///
+/// The kernel splices a file to a socket one pipe-full at a time (64 KiB
+/// with the default pipe), and each piece is its own sendmsg, so its own
+/// sock_send_length event carrying that piece's length, not the call's. A
+/// call is finished when its pieces add up to its count; one that stops
+/// short (the socket's buffer filled) ends with a failed piece (EAGAIN),
+/// which is_blocked() sees. Taking one piece for the whole call left the
+/// connection `writing` after every response of more than a pipe-full, so
+/// the next request on a keep-alive connection went uncounted.
+#[inline(always)]
+fn sendfile_unfinished(conn: *mut Conn, a: &SyscallArgs, ret: i32) -> bool {
+    // SAFETY: `conn` comes from a storage lookup in this invocation.
+    unsafe {
+        if a.nr != SYS_SENDFILE || ret < 0 {
+            // Any other write, or an error, ends a sendfile call.
+            (*conn).sendfile_left = 0;
+            return false;
+        }
+        let left = if (*conn).sendfile_left == 0 {
+            // sendfile's count is capped at MAX_RW_COUNT (< 2^31) by the kernel.
+            if a.arg4 > u32::MAX as u64 {
+                u32::MAX
+            } else {
+                a.arg4 as u32
+            }
+        } else {
+            (*conn).sendfile_left
+        };
+        let sent = ret as u32;
+        if sent >= left {
+            (*conn).sendfile_left = 0;
+            false
+        } else {
+            (*conn).sendfile_left = left - sent;
+            true
         }
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! Only x86_64 registers are decoded for now; elsewhere reads count as request
 //! starts and writes are classified by the socket alone.
+use agent_common::{FIRST_BYTES, UNPARSED_NONE, classify_first_bytes};
 use aya_ebpf::helpers::{
     bpf_probe_read_user,
     generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -108,6 +109,23 @@ const STACK_WINDOW: u64 = 1 << 20;
 #[inline(always)]
 pub fn reads_into_stack(a: &SyscallArgs) -> bool {
     (a.nr == SYS_READ || a.nr == SYS_RECVFROM) && a.sp != 0 && a.arg2 >= a.sp && a.arg2 - a.sp < STACK_WINDOW
+}
+
+/// What the connection's first read says about its protocol (an UNPARSED_*
+/// constant), from the first bytes of the buffer it filled: nginx reads a
+/// request line with recv(), OpenSSL a TLS record header with read(). A read
+/// whose buffer cannot be found or read (another syscall, another arch) is
+/// taken for HTTP/1.x, as before the bytes were looked at.
+#[inline(always)]
+pub fn first_read_kind(a: &SyscallArgs, ret: u32) -> u8 {
+    if a.nr != SYS_READ && a.nr != SYS_RECVFROM {
+        return UNPARSED_NONE;
+    }
+    // SAFETY: user memory is read with bpf_probe_read_user only.
+    let Ok(head) = (unsafe { bpf_probe_read_user(a.arg2 as *const [u8; FIRST_BYTES]) }) else {
+        return UNPARSED_NONE;
+    };
+    classify_first_bytes(&head, ret as usize)
 }
 
 /// What the head of a plain write (write/sendto) says.

@@ -245,6 +245,26 @@ pub fn pipelined(addr: SocketAddr, path: &str, n: usize) -> Result<Vec<Response>
     Ok(out)
 }
 
+/// One keep-alive connection that GETs `paths` one after the other, reading
+/// each response in full before sending the next request, then closes
+/// (half-close + EOF). Returns each response's (status, body length).
+pub fn keepalive_sequence(addr: SocketAddr, paths: &[String]) -> Result<Vec<(u16, u64)>> {
+    let mut s = connect(addr)?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut out = Vec::with_capacity(paths.len());
+    for (i, p) in paths.iter().enumerate() {
+        write!(s, "GET {p} HTTP/1.1\r\nHost: x\r\n\r\n")?;
+        let resp = read_response_keeping(&mut r, false, 0).with_context(|| format!("response {i} ({p})"))?;
+        out.push((resp.status, resp.body_len));
+    }
+    if !r.buffer().is_empty() {
+        bail!("{} unexpected bytes after {} responses", r.buffer().len(), paths.len());
+    }
+    drop(r);
+    close_gracefully(s)?;
+    Ok(out)
+}
+
 /// The request used by [`split_request`].
 pub fn split_request_bytes(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\nUser-Agent: ngxprobe-e2e\r\nAccept: */*\r\nConnection: close\r\n\r\n")

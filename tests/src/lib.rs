@@ -4,6 +4,7 @@
 //! * [`oracle`]: nginx's own stub_status, the reference numbers.
 //! * [`agent`]: the ngxprobe binary (`$NGXPROBE_BIN`), its /readyz and /metrics.
 //! * [`clients`]: raw HTTP/1.x clients and wrk.
+//! * [`protocol_clients`]: what ngxprobe does not parse: TLS, HTTP/2, garbage.
 //! * [`metrics_text`]: Prometheus text parsing, per-`conf_path` views.
 //! * [`measure`]: the exact measurement protocol and the invariant monitor.
 //! * [`slack_receiver`]: a local HTTP server standing in for Slack's webhook.
@@ -25,6 +26,7 @@ pub mod metrics_text;
 pub mod nginx;
 pub mod oracle;
 pub mod prometheus;
+pub mod protocol_clients;
 pub mod seed;
 pub mod slack_receiver;
 pub mod util;

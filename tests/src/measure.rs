@@ -253,16 +253,37 @@ impl Report {
 }
 
 fn counter_checks(a0: &AgentView, a1: &AgentView, o0: &StubStatus, o1: &StubStatus) -> Vec<Check> {
+    counter_checks_excluding(a0, a1, o0, o1, 0)
+}
+
+/// As [`counter_checks`], with `excluded` requests that nginx counts and the
+/// agent deliberately does not (made on connections it does not parse:
+/// TLS, HTTP/2, not HTTP).
+fn counter_checks_excluding(
+    a0: &AgentView,
+    a1: &AgentView,
+    o0: &StubStatus,
+    o1: &StubStatus,
+    excluded: i64,
+) -> Vec<Check> {
     let c = |name, a0: i64, a1: i64, o0: i64, o1: i64| Check {
         name,
         agent: a1 - a0,
         expected: o1 - o0 + 1,
         how: format!("ΔA = {a1}-{a0}; ΔO+1 = {o1}-{o0}+1"),
     };
+    let mut requests = c("Δrequests", a0.requests, a1.requests, o0.requests, o1.requests);
+    if excluded != 0 {
+        requests.expected -= excluded;
+        requests.how = format!(
+            "ΔA = {}-{}; ΔO+1-excluded = {}-{}+1-{excluded} (requests on unparsed connections)",
+            a1.requests, a0.requests, o1.requests, o0.requests
+        );
+    }
     vec![
         c("Δaccepted", a0.accepted, a1.accepted, o0.accepted, o1.accepted),
         c("Δhandled", a0.handled, a1.handled, o0.handled, o1.handled),
-        c("Δrequests", a0.requests, a1.requests, o0.requests, o1.requests),
+        requests,
     ]
 }
 
@@ -360,6 +381,20 @@ fn take_a1(
 
 /// Steps 4–5: quiesce each instance, O1, A1; compare.
 pub fn finish(agent: &Agent, base: Baseline, targets: &[Target], scenario: &str) -> Result<Report> {
+    finish_excluding(agent, base, targets, scenario, 0)
+}
+
+/// [`finish`] for a scenario that made `excluded` requests on connections
+/// the agent does not parse (TLS, HTTP/2, not HTTP): nginx counts them, the
+/// agent must not, so the agent's Δrequests is expected `excluded` lower
+/// than nginx's. Everything else is compared as usual.
+pub fn finish_excluding(
+    agent: &Agent,
+    base: Baseline,
+    targets: &[Target],
+    scenario: &str,
+    excluded: i64,
+) -> Result<Report> {
     let mut o1s = Vec::new();
     for t in targets {
         o1s.push(quiesce(t.nginx, t.held).context("quiesce → O1")?);
@@ -367,7 +402,7 @@ pub fn finish(agent: &Agent, base: Baseline, targets: &[Target], scenario: &str)
     let mut instances = Vec::new();
     for ((b, t), o1) in base.begun.iter().zip(targets).zip(o1s) {
         let (a1, checks, note) = take_a1(agent, &b.conf, |a1| {
-            let mut c = counter_checks(&b.a0, a1, &b.o0, &o1);
+            let mut c = counter_checks_excluding(&b.a0, a1, &b.o0, &o1, excluded);
             c.extend(gauge_checks(a1, &o1));
             c
         })?;

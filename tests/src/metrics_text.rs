@@ -144,6 +144,15 @@ impl Scrape {
         Ok(first.map(|s| s.value))
     }
 
+    /// The sample `name{conf_path="...", label="value"}`; 0 if absent.
+    pub fn value_with(&self, name: &str, conf_path: &str, label: &str, value: &str) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name && s.label("conf_path") == Some(conf_path) && s.label(label) == Some(value))
+            .map(|s| s.value)
+            .sum()
+    }
+
     /// Sum of every `name` sample (all series of the family; 0 if none).
     pub fn sum(&self, name: &str) -> f64 {
         self.samples.iter().filter(|s| s.name == name).map(|s| s.value).sum()

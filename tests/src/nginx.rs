@@ -7,6 +7,14 @@
 //!   [`NginxOptions::big_file`] is off) with sendfile on; `/nosendfile/`
 //!   aliases the same files with sendfile off;
 //!   `location = /echo { return 200 "ok\n"; }`.
+//! * with [`NginxOptions::tls`]: a server on `127.0.0.1:<tls_port>` with
+//!   `ssl http2` (self-signed certificate made with `openssl` in `<dir>/tls`),
+//!   same files.
+//! * with [`NginxOptions::h2c`]: a server on `127.0.0.1:<h2c_port>` with
+//!   `http2` and no TLS (HTTP/2 with prior knowledge only), same files.
+//! * with [`NginxOptions::proxy_protocol`]: two servers that expect a PROXY
+//!   protocol header first (`listen ... proxy_protocol`), one with TLS, one
+//!   plain, same files.
 //! * oracle server on `127.0.0.1:<oracle_port>`: `location = /stub { stub_status; }`.
 //!   It belongs to the same instance, so its connections and requests are
 //!   counted by nginx and by ngxprobe alike.
@@ -39,6 +47,13 @@ pub struct NginxOptions {
     /// Run nginx as this (uid, gid) instead of root; its directory is
     /// chowned to it first.
     pub user: Option<(u32, u32)>,
+    /// Add a TLS server (`listen ... ssl http2`, see the module doc).
+    pub tls: bool,
+    /// Add an h2c server (`listen ... http2`, no TLS).
+    pub h2c: bool,
+    /// Add two servers behind the PROXY protocol (`listen ... proxy_protocol`):
+    /// one with TLS, one plain.
+    pub proxy_protocol: bool,
 }
 
 impl Default for NginxOptions {
@@ -50,6 +65,9 @@ impl Default for NginxOptions {
             keepalive_requests: 100_000,
             big_file: true,
             user: None,
+            tls: false,
+            h2c: false,
+            proxy_protocol: false,
         }
     }
 }
@@ -78,6 +96,10 @@ pub struct Nginx {
     conf: PathBuf,
     main_port: u16,
     oracle_port: u16,
+    tls_port: Option<u16>,
+    h2c_port: Option<u16>,
+    /// (TLS, plain) servers behind the PROXY protocol.
+    proxy_ports: Option<(u16, u16)>,
 }
 
 impl Nginx {
@@ -110,8 +132,31 @@ impl Nginx {
         let main_port = util::free_port()?;
         let oracle_port = util::free_port()?;
         write_site(d, opts.big_file)?;
+        let tls_port = if opts.tls { Some(util::free_port()?) } else { None };
+        let h2c_port = if opts.h2c { Some(util::free_port()?) } else { None };
+        let proxy_ports = if opts.proxy_protocol {
+            Some((util::free_port()?, util::free_port()?))
+        } else {
+            None
+        };
+        let mut extra = String::new();
+        if opts.tls || opts.proxy_protocol {
+            let tls = d.join("tls");
+            std::fs::create_dir_all(&tls)?;
+            crate::protocol_clients::self_signed_cert(&tls.join("cert.pem"), &tls.join("key.pem"))?;
+        }
+        if let Some(port) = tls_port {
+            extra.push_str(&tls_server(d, port, ""));
+        }
+        if let Some(port) = h2c_port {
+            extra.push_str(&h2c_server(d, port));
+        }
+        if let Some((tls, plain)) = proxy_ports {
+            extra.push_str(&tls_server(d, tls, " proxy_protocol"));
+            extra.push_str(&plain_proxy_server(d, plain));
+        }
         let conf = d.join("nginx.conf");
-        std::fs::write(&conf, config_text(d, opts, main_port, oracle_port))?;
+        std::fs::write(&conf, config_with(d, opts, main_port, oracle_port, &extra))?;
         let mut cmd = Command::new(bin);
         cmd.arg("-p")
             .arg(d)
@@ -136,13 +181,21 @@ impl Nginx {
             conf,
             main_port,
             oracle_port,
+            tls_port,
+            h2c_port,
+            proxy_ports,
         };
         n.wait_ready()?;
         Ok(n)
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let addrs = [self.main_addr(), self.main_addr_v6(), self.oracle_addr()];
+        let mut addrs = vec![self.main_addr(), self.main_addr_v6(), self.oracle_addr()];
+        addrs.extend(self.tls_addr());
+        addrs.extend(self.h2c_addr());
+        if let Some((tls, plain)) = self.proxy_addrs() {
+            addrs.extend([tls, plain]);
+        }
         let want = self.opts.worker_processes as usize;
         let res = poll(
             "nginx to listen and start its workers",
@@ -152,7 +205,7 @@ impl Nginx {
                 if let Some(st) = self.master.try_wait()? {
                     bail!("nginx exited with {st}");
                 }
-                for a in addrs {
+                for &a in &addrs {
                     if let Err(e) = TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
                         return Ok(Poll::Pending(format!("connect {a}: {e}")));
                     }
@@ -198,6 +251,24 @@ impl Nginx {
     }
     pub fn oracle_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.oracle_port))
+    }
+    /// The TLS server's address (with [`NginxOptions::tls`]).
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+    }
+    /// The h2c server's address (with [`NginxOptions::h2c`]).
+    pub fn h2c_addr(&self) -> Option<SocketAddr> {
+        self.h2c_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+    }
+    /// The (TLS, plain) servers behind the PROXY protocol (with
+    /// [`NginxOptions::proxy_protocol`]).
+    pub fn proxy_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        self.proxy_ports.map(|(t, p)| {
+            (
+                SocketAddr::from(([127, 0, 0, 1], t)),
+                SocketAddr::from(([127, 0, 0, 1], p)),
+            )
+        })
     }
     /// `http://127.0.0.1:<main_port><path>`
     pub fn url(&self, path: &str) -> String {
@@ -408,6 +479,59 @@ fn write_site(d: &Path, big_file: bool) -> Result<()> {
 }
 
 pub fn config_text(d: &Path, opts: &NginxOptions, main_port: u16, oracle_port: u16) -> String {
+    config_with(d, opts, main_port, oracle_port, "")
+}
+
+/// The TLS server block: HTTP/1.1 and HTTP/2 (ALPN) over TLS; `more` is
+/// appended to the listen parameters.
+fn tls_server(d: &Path, port: u16, more: &str) -> String {
+    let d = d.display();
+    format!(
+        r#"
+    server {{
+        listen 127.0.0.1:{port} ssl http2{more};
+        server_name tls;
+        ssl_certificate {d}/tls/cert.pem;
+        ssl_certificate_key {d}/tls/key.pem;
+        root {d}/html;
+        index index.html;
+    }}
+"#
+    )
+}
+
+/// The h2c server block: HTTP/2 with prior knowledge, no TLS.
+fn h2c_server(d: &Path, port: u16) -> String {
+    let d = d.display();
+    format!(
+        r#"
+    server {{
+        listen 127.0.0.1:{port} http2;
+        server_name h2c;
+        root {d}/html;
+        index index.html;
+    }}
+"#
+    )
+}
+
+/// A plain HTTP/1.x server block behind the PROXY protocol.
+fn plain_proxy_server(d: &Path, port: u16) -> String {
+    let d = d.display();
+    format!(
+        r#"
+    server {{
+        listen 127.0.0.1:{port} proxy_protocol;
+        server_name proxied;
+        root {d}/html;
+        index index.html;
+    }}
+"#
+    )
+}
+
+/// [`config_text`] with `extra` server blocks inside `http { }`.
+fn config_with(d: &Path, opts: &NginxOptions, main_port: u16, oracle_port: u16, extra: &str) -> String {
     let d = d.display();
     let workers = opts.worker_processes;
     let keepalive_requests = opts.keepalive_requests;
@@ -464,7 +588,7 @@ http {{
             stub_status;
         }}
     }}
-}}
+{extra}}}
 "#
     )
 }

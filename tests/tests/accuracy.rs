@@ -232,6 +232,52 @@ fn large_file_sendfile_off() {
     large_file("large_file_sendfile_off", "/nosendfile/big.bin");
 }
 
+/// 4 keep-alive connections × 5 GETs of different 2 MiB files, all at once:
+/// every request is counted, with sendfile on (one sendfile call reaches TCP
+/// as many sends) and off.
+#[test]
+fn keepalive_large_files() {
+    const FILE_SIZE: usize = 2 * 1024 * 1024;
+    let s = Session::one_worker("keepalive_large_files");
+    let html = s.nginx.dir().join("html");
+    for f in 0..5u8 {
+        let body: Vec<u8> = (0..FILE_SIZE)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(f))
+            .collect();
+        std::fs::write(html.join(format!("f{f}.bin")), body).expect("write test file");
+    }
+    let a = s.nginx.main_addr();
+    for prefix in ["/", "/nosendfile/"] {
+        let paths: Vec<String> = (0..5).map(|f| format!("{prefix}f{f}.bin")).collect();
+        let name = format!("4 keep-alive connections × 5 GETs of 2 MiB files under {prefix}");
+        let (rep, mon, ()) = measure::measure(&s.agent, &s.nginx, 0, 0, &name, || {
+            std::thread::scope(|sc| {
+                let runs: Vec<_> = (0..4)
+                    .map(|_| sc.spawn(|| clients::keepalive_sequence(a, &paths)))
+                    .collect();
+                for (c, run) in runs.into_iter().enumerate() {
+                    let rs = run
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("client thread {c} panicked"))??;
+                    anyhow::ensure!(
+                        rs.len() == 5 && rs.iter().all(|&(st, len)| st == 200 && len == FILE_SIZE as u64),
+                        "connection {c}: {rs:?}"
+                    );
+                }
+                Ok(())
+            })
+        })
+        .expect("measure");
+        let i = &rep.instances[0];
+        eprintln!(
+            "[e2e] {name}: requests ngxprobe {} vs stub_status {} (+1 protocol offset)",
+            i.a1.requests - i.a0.expect("A0").requests,
+            i.o1.requests - i.o0.expect("O0").requests + 1
+        );
+        assert_all(&rep, &mon);
+    }
+}
+
 #[test]
 fn post_with_body() {
     let s = Session::one_worker("post_with_body");

@@ -26,7 +26,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("nginx", "tests and benchmarks run their own nginx"),
     ("wrk", "load generator for tests and benchmarks"),
-    ("curl", "used by tests"),
+    ("curl", "used by tests (also over https)"),
+    ("openssl", "TLS tests: self-signed certificate, s_client handshakes"),
+    (
+        "nghttp2-client",
+        "h2load: HTTP/2 clients for the unparsed-connection tests",
+    ),
     ("iproute2", "ss/ip for tests"),
     ("prometheus", "promtool and reference Prometheus for tests"),
     ("prometheus-alertmanager", "reference Alertmanager for tests"),

@@ -37,6 +37,9 @@ fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, aft
                     last_error = None;
                     let report = c.apply_scan(outcome, took, Instant::now());
                     log_report(&report);
+                    for line in c.unparsed_news() {
+                        warn!("{line}");
+                    }
                     log_fd_limit(report.news.fd_limit, &mut fd_limit_seen);
                     if c.instance_count() == 0 {
                         if !saw_none_logged {

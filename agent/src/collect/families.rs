@@ -5,7 +5,10 @@
 //! set per instance, told apart by stable labels. Everything richer is ngxprobe_*.
 use std::sync::atomic::Ordering;
 
-use super::registry::{Collector, PROBE_ERROR, Tracked};
+use super::{
+    registry::{Collector, PROBE_ERROR, Tracked},
+    unparsed,
+};
 use crate::{
     discover::{DiscoverError, RefusalReason},
     metrics::{Family, MetricType},
@@ -100,6 +103,7 @@ impl Collector {
             "Client connections closed",
             MetricType::Counter,
         );
+        let mut unparsed_conns = fam(unparsed::FAMILY, MetricType::Counter);
         let mut workers = Family::new(
             "ngxprobe_nginx_workers",
             "Worker processes of the nginx instance",
@@ -141,6 +145,11 @@ impl Collector {
             responses.push_owned(labels.clone(), totals.responses as f64);
             blocked.push_owned(labels.clone(), totals.blocked_sends as f64);
             closed.push_owned(labels.clone(), totals.closed as f64);
+            for (reason, n) in unparsed::REASONS.iter().zip(unparsed::by_reason(&totals)) {
+                let mut ul = labels.clone();
+                ul.push(("reason".into(), (*reason).into()));
+                unparsed_conns.push_owned(ul, n as f64);
+            }
             workers.push_owned(labels.clone(), t.inst.worker_pids.len() as f64);
             for l in &t.inst.listeners {
                 let mut ll = labels.clone();
@@ -159,8 +168,21 @@ impl Collector {
         }
 
         let mut out = vec![
-            accepted, active, handled, reading, waiting, writing, requests, up, responses, blocked, closed, workers,
-            listeners, info,
+            accepted,
+            active,
+            handled,
+            reading,
+            waiting,
+            writing,
+            requests,
+            up,
+            responses,
+            blocked,
+            closed,
+            unparsed_conns,
+            workers,
+            listeners,
+            info,
         ];
         out.extend(self.self_families());
         out

@@ -6,6 +6,7 @@ pub mod discovery_loop;
 mod discovery_stats;
 mod families;
 mod registry;
+mod unparsed;
 
 pub use registry::{Collector, ScanReport};
 

@@ -7,7 +7,10 @@ use std::{
 
 use agent_common::{ListenKey, MAX_INSTANCES};
 
-use super::discovery_stats::{DiscoveryStats, ScanNews};
+use super::{
+    discovery_stats::{DiscoveryStats, ScanNews},
+    unparsed,
+};
 use crate::{
     discover::{self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome},
     probe::{Probe, ProbeError},
@@ -30,6 +33,8 @@ pub(super) struct Tracked {
     /// Consecutive scans that could not read one of its processes and kept
     /// it as it was.
     pub unread_scans: u32,
+    /// Unparsed-connection reasons already logged for it (unparsed::REASONS order).
+    pub unparsed_logged: [bool; 3],
 }
 
 /// Scans an instance is kept unchanged while one of its processes cannot be
@@ -146,6 +151,7 @@ impl Collector {
                                 seeded_active: 0,
                                 pending_seeds: BTreeSet::new(),
                                 unread_scans: 0,
+                                unparsed_logged: [false; 3],
                             },
                         );
                     }
@@ -204,6 +210,29 @@ impl Collector {
             self.error(&mut report, kind, format!("following connections open at start: {e}"));
         }
         report
+    }
+
+    /// One line per instance and reason the first time the instance shows
+    /// connections ngxprobe does not parse (TLS, HTTP/2, other).
+    pub fn unparsed_news(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (key, t) in self.instances.iter_mut() {
+            if t.stopped_since.is_some() {
+                continue;
+            }
+            let Ok(totals) = self.probe.slot_totals(t.slot) else {
+                continue;
+            };
+            let counts = unparsed::by_reason(&totals);
+            for reason in unparsed::first_seen(&mut t.unparsed_logged, counts) {
+                let n = unparsed::REASONS
+                    .iter()
+                    .position(|r| *r == reason)
+                    .map_or(0, |i| counts[i]);
+                out.push(unparsed::message(&describe(key), reason, n));
+            }
+        }
+        out
     }
 
     /// A free counter slot. When every slot is taken, the one of the

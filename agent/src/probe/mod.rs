@@ -170,6 +170,9 @@ impl Probe {
             t.reading = t.reading.wrapping_add(s.reading);
             t.writing = t.writing.wrapping_add(s.writing);
             t.events = t.events.wrapping_add(s.events);
+            t.unparsed_tls = t.unparsed_tls.wrapping_add(s.unparsed_tls);
+            t.unparsed_http2 = t.unparsed_http2.wrapping_add(s.unparsed_http2);
+            t.unparsed_other = t.unparsed_other.wrapping_add(s.unparsed_other);
         }
         Ok(t)
     }
