@@ -146,14 +146,16 @@ impl Nginx {
             crate::protocol_clients::self_signed_cert(&tls.join("cert.pem"), &tls.join("key.pem"))?;
         }
         if let Some(port) = tls_port {
-            extra.push_str(&tls_server(d, port, ""));
+            // HTTP/1.1 and HTTP/2 (ALPN) over TLS.
+            extra.push_str(&server_block(d, port, "ssl http2", "tls"));
         }
         if let Some(port) = h2c_port {
-            extra.push_str(&h2c_server(d, port));
+            // HTTP/2 with prior knowledge, no TLS.
+            extra.push_str(&server_block(d, port, "http2", "h2c"));
         }
         if let Some((tls, plain)) = proxy_ports {
-            extra.push_str(&tls_server(d, tls, " proxy_protocol"));
-            extra.push_str(&plain_proxy_server(d, plain));
+            extra.push_str(&server_block(d, tls, "ssl http2 proxy_protocol", "tls"));
+            extra.push_str(&server_block(d, plain, "proxy_protocol", "proxied"));
         }
         let conf = d.join("nginx.conf");
         std::fs::write(&conf, config_with(d, opts, main_port, oracle_port, &extra))?;
@@ -482,47 +484,21 @@ pub fn config_text(d: &Path, opts: &NginxOptions, main_port: u16, oracle_port: u
     config_with(d, opts, main_port, oracle_port, "")
 }
 
-/// The TLS server block: HTTP/1.1 and HTTP/2 (ALPN) over TLS; `more` is
-/// appended to the listen parameters.
-fn tls_server(d: &Path, port: u16, more: &str) -> String {
+/// A server block on 127.0.0.1:`port` serving the test's html/, with
+/// `params` after the address on its listen line; with `ssl` among them,
+/// the test's self-signed certificate.
+fn server_block(d: &Path, port: u16, params: &str, name: &str) -> String {
     let d = d.display();
+    let certs = if params.split_whitespace().any(|p| p == "ssl") {
+        format!("\n        ssl_certificate {d}/tls/cert.pem;\n        ssl_certificate_key {d}/tls/key.pem;")
+    } else {
+        String::new()
+    };
     format!(
         r#"
     server {{
-        listen 127.0.0.1:{port} ssl http2{more};
-        server_name tls;
-        ssl_certificate {d}/tls/cert.pem;
-        ssl_certificate_key {d}/tls/key.pem;
-        root {d}/html;
-        index index.html;
-    }}
-"#
-    )
-}
-
-/// The h2c server block: HTTP/2 with prior knowledge, no TLS.
-fn h2c_server(d: &Path, port: u16) -> String {
-    let d = d.display();
-    format!(
-        r#"
-    server {{
-        listen 127.0.0.1:{port} http2;
-        server_name h2c;
-        root {d}/html;
-        index index.html;
-    }}
-"#
-    )
-}
-
-/// A plain HTTP/1.x server block behind the PROXY protocol.
-fn plain_proxy_server(d: &Path, port: u16) -> String {
-    let d = d.display();
-    format!(
-        r#"
-    server {{
-        listen 127.0.0.1:{port} proxy_protocol;
-        server_name proxied;
+        listen 127.0.0.1:{port} {params};
+        server_name {name};{certs}
         root {d}/html;
         index index.html;
     }}

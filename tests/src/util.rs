@@ -243,7 +243,6 @@ pub fn children_of(pid: i32) -> Vec<i32> {
     out
 }
 
-/// The command line of a process, NULs replaced by spaces.
 /// A process's resident memory and its peak (VmRSS, VmHWM), in KiB; zeros
 /// when the process is gone.
 pub fn rss_kib(pid: i32) -> (u64, u64) {
@@ -493,4 +492,13 @@ mod tests {
         assert_eq!(st.code(), Some(3));
         assert!(g.wait_rusage(|| Ok(())).is_err(), "already reaped");
     }
+}
+
+/// The `p` quantile (0..=1) of `times`, nearest rank; zero when empty.
+pub fn percentile(times: &[Duration], p: f64) -> Duration {
+    let mut v = times.to_vec();
+    v.sort();
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
 }

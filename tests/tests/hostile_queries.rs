@@ -13,7 +13,7 @@ use ngxprobe_e2e::agent::url_encode;
 use ngxprobe_e2e::clients::{WrkRun, connect, read_response_keeping};
 use ngxprobe_e2e::measure;
 use ngxprobe_e2e::metrics_text::Scrape;
-use ngxprobe_e2e::util::{Poll, poll, rss_kib};
+use ngxprobe_e2e::util::{Poll, percentile, poll, rss_kib};
 use ngxprobe_e2e::{Agent, AgentOptions, Nginx, NginxOptions, guard};
 use std::collections::BTreeMap;
 use std::io::{BufReader, Write};
@@ -113,14 +113,6 @@ fn watch(addr: SocketAddr, pid: i32, stop: Arc<AtomicBool>) -> Result<(Vec<Durat
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok((times, peak))
-}
-
-fn percentile(times: &[Duration], p: f64) -> Duration {
-    let mut v = times.to_vec();
-    v.sort();
-    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-        .copied()
-        .unwrap_or_default()
 }
 
 #[test]

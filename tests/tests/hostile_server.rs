@@ -15,7 +15,7 @@ use ngxprobe_e2e::clients::WrkRun;
 use ngxprobe_e2e::clients::{IO_TIMEOUT, read_response};
 use ngxprobe_e2e::measure;
 use ngxprobe_e2e::metrics_text::Scrape;
-use ngxprobe_e2e::util::{TempDir, rss_kib};
+use ngxprobe_e2e::util::{TempDir, percentile, rss_kib};
 use ngxprobe_e2e::{Agent, AgentOptions, Nginx, NginxOptions, guard};
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -297,14 +297,6 @@ impl Watch {
         }
         Ok(())
     }
-
-    fn percentile(times: &[Duration], p: f64) -> Duration {
-        let mut v = times.to_vec();
-        v.sort();
-        v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    }
 }
 
 fn metric(scrape: &Scrape, name: &str, reason: Option<&str>) -> f64 {
@@ -409,10 +401,10 @@ fn floods_and_a_hostile_receiver_leave_metrics_answering_and_nginx_counted_exact
          (before the attack {} MiB, budget {} MiB); attack connections {opened}, evicted {evicted}, header timeouts \
          {header_timeouts}; API hogs {hogs}, {api_in_flight} in flight, {api_refused} refused; hostile receiver: {} requests, {failed_deliveries} failed deliveries counted; wrk {} requests",
         watch.scrapes.len(),
-        Watch::percentile(&watch.scrapes, 0.5),
-        Watch::percentile(&watch.scrapes, 0.99),
-        Watch::percentile(&watch.scrapes, 1.0),
-        Watch::percentile(&watch.health_checks, 1.0),
+        percentile(&watch.scrapes, 0.5),
+        percentile(&watch.scrapes, 0.99),
+        percentile(&watch.scrapes, 1.0),
+        percentile(&watch.health_checks, 1.0),
         fds_before,
         watch.max_fds,
         rss / 1024,
