@@ -258,6 +258,15 @@ pub fn rss_kib(pid: i32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// The `p` quantile (0..=1) of `times`, nearest rank; zero when empty.
+pub fn percentile(times: &[Duration], p: f64) -> Duration {
+    let mut v = times.to_vec();
+    v.sort();
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
+}
+
 pub fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " ").trim().to_string())
@@ -492,13 +501,4 @@ mod tests {
         assert_eq!(st.code(), Some(3));
         assert!(g.wait_rusage(|| Ok(())).is_err(), "already reaped");
     }
-}
-
-/// The `p` quantile (0..=1) of `times`, nearest rank; zero when empty.
-pub fn percentile(times: &[Duration], p: f64) -> Duration {
-    let mut v = times.to_vec();
-    v.sort();
-    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
-        .copied()
-        .unwrap_or_default()
 }
