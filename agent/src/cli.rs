@@ -40,6 +40,13 @@ pub struct RunArgs {
     /// Data directory of the embedded store (default /var/lib/ngxprobe).
     #[arg(long = "storage.path")]
     pub storage_path: Option<PathBuf>,
+    /// TLS and basic auth: a web config file in the exporter-toolkit format
+    /// (as for Prometheus and the exporters). /healthz and /readyz stay open.
+    #[arg(long = "web.config.file")]
+    pub web_config_file: Option<PathBuf>,
+    /// Serve only the metrics path and health: no PromQL/rules API, no page.
+    #[arg(long = "web.disable-api")]
+    pub disable_api: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +114,8 @@ impl RunArgs {
                 discovery_interval: self.discovery_interval.clone(),
                 proc_path: self.proc_path.clone(),
                 storage_path: self.storage_path.clone(),
+                web_config_file: self.web_config_file.clone(),
+                disable_api: self.disable_api,
             },
         }
     }

@@ -3,8 +3,10 @@
 //! flags over it, then the sections a stage loads itself (the notifier's
 //! alertmanager.yml).
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::{self, Config, ConfigError, Overrides};
+use crate::expose::{self, WebSecurity};
 use crate::notify;
 
 /// Where the configuration comes from: a file (or the embedded defaults)
@@ -42,13 +44,31 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
         message: e.to_string(),
     })?;
     cfg.alertmanager = am;
+    // Like alertmanager_config_file: relative to this file's directory.
+    if let (Some(file), Some(dir)) = (&cfg.web.config_file, path.parent())
+        && file.is_relative()
+    {
+        cfg.web.config_file = Some(dir.join(file));
+    }
     Ok(cfg)
+}
+
+/// The web config file (`web.config_file`, `--web.config.file`) loaded and
+/// checked: certificates, keys and hashes read. Called before the port is
+/// opened, so a bad file stops the agent with nothing listening.
+pub fn web_security(cfg: &Config) -> Result<Option<Arc<WebSecurity>>, ConfigError> {
+    match &cfg.web.config_file {
+        Some(path) => expose::load_web_config(path)
+            .map(|s| Some(Arc::new(s)))
+            .map_err(ConfigError::Invalid),
+        None => Ok(None),
+    }
 }
 
 /// `ngxprobe check config FILE`: promtool-style success text. On error the
 /// CLI prints `  FAILED: {error}` and exits 1.
 pub fn check_config(path: &Path) -> Result<String, ConfigError> {
-    load_file(path)?;
+    web_security(&load_file(path)?)?;
     Ok(format!(
         "Checking {file}\n  SUCCESS: {file} is valid ngxprobe config file syntax",
         file = path.display()

@@ -6,7 +6,7 @@ mod load;
 mod pipeline;
 mod web_info;
 
-pub use load::{RunArgs, check_config, effective_config, load_file};
+pub use load::{RunArgs, check_config, effective_config, load_file, web_security};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,6 +64,7 @@ impl RunError {
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub fn run(args: RunArgs) -> Result<(), RunError> {
     let cfg = effective_config(&args)?;
+    let security = web_security(&cfg)?;
     logging::init(cfg.log.level.as_str(), cfg.log.format).map_err(|e| RunError::start("logging", e))?;
     // Capabilities are per thread and inherited: see privilege.rs for the order.
     privilege::restrict_process().map_err(|e| RunError::start("privileges", e))?;
@@ -102,7 +103,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 
     // Workers in pipeline order; stopped in reverse.
     let mut workers = Workers::default();
-    let result = start_and_serve(&cfg, collector, store.clone(), &runtime, &mut workers);
+    let result = start_and_serve(&cfg, security, collector, store.clone(), &runtime, &mut workers);
     workers.stop_all();
     if let Some(store) = store {
         close_store(store);
@@ -116,6 +117,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 /// Starts every stage after the probes, then serves HTTP until a signal.
 fn start_and_serve(
     cfg: &Config,
+    security: Option<Arc<expose::WebSecurity>>,
     collector: SharedCollector,
     store: Option<Arc<Store>>,
     runtime: &tokio::runtime::Runtime,
@@ -213,7 +215,9 @@ fn start_and_serve(
                 .map_err(|e| RunError::start("sampler", e))?,
         );
     }
-    let server = expose::Server::new(&cfg.web, source, health).api(api);
+    let server = expose::Server::new(&cfg.web, source, health)
+        .api(api)
+        .security(security);
     runtime.block_on(server.serve(shutdown_signal()))?;
     Ok(())
 }

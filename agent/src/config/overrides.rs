@@ -15,6 +15,10 @@ pub struct Overrides {
     pub discovery_interval: Option<String>,
     pub proc_path: Option<PathBuf>,
     pub storage_path: Option<PathBuf>,
+    /// `--web.config.file` (relative to the working directory).
+    pub web_config_file: Option<PathBuf>,
+    /// `--web.disable-api`.
+    pub disable_api: bool,
 }
 
 impl Config {
@@ -53,6 +57,15 @@ impl Config {
                 return Err(invalid("storage.path", "must not be empty".to_string()));
             }
             self.storage.path = path;
+        }
+        if let Some(path) = overrides.web_config_file {
+            if path.as_os_str().is_empty() {
+                return Err(invalid("web.config_file", "must not be empty".to_string()));
+            }
+            self.web.config_file = Some(path);
+        }
+        if overrides.disable_api {
+            self.web.enable_api = false;
         }
         Ok(())
     }

@@ -255,9 +255,13 @@ fn overrides_win_over_the_file() {
         discovery_interval: Some("250ms".to_string()),
         proc_path: Some(PathBuf::from("/host/proc")),
         storage_path: Some(PathBuf::from("/tmp/ngxprobe-data")),
+        web_config_file: Some(PathBuf::from("web.yml")),
+        disable_api: true,
     });
     assert!(applied.is_ok(), "{applied:?}");
     assert_eq!(cfg.storage.path, PathBuf::from("/tmp/ngxprobe-data"));
+    assert_eq!(cfg.web.config_file, Some(PathBuf::from("web.yml")));
+    assert!(!cfg.web.enable_api);
     assert_eq!(cfg.web.listen_address.to_string(), "127.0.0.1:9999");
     assert_eq!((cfg.log.level, cfg.log.format), (LogLevel::Debug, LogFormat::Json));
     assert_eq!(cfg.discovery.interval.as_duration(), Duration::from_millis(250));

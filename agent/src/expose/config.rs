@@ -42,6 +42,14 @@ pub struct WebConfig {
     pub max_header_bytes: u32,
     /// Largest request body on any route; larger → 413.
     pub max_request_body_bytes: u64,
+    /// TLS, basic auth and headers: exporter-toolkit's web config file
+    /// (`--web.config.file`); relative to this config file's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<std::path::PathBuf>,
+    /// false: serve only the telemetry path, /healthz and /readyz (the
+    /// exporter's surface); the PromQL API, rules/alerts API and the page
+    /// answer 404.
+    pub enable_api: bool,
 }
 
 impl Default for WebConfig {
@@ -56,6 +64,8 @@ impl Default for WebConfig {
             api_timeout: PromDuration::from_secs(150),
             max_header_bytes: 32 * 1024,
             max_request_body_bytes: 1024 * 1024,
+            config_file: None,
+            enable_api: true,
         }
     }
 }

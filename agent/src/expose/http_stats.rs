@@ -15,13 +15,17 @@ pub enum ConnRefusal {
     Evicted,
     /// Request headers incomplete after `web.header_read_timeout`.
     HeaderTimeout,
+    /// The TLS handshake failed (no common version or suite, a client
+    /// certificate missing or refused, not TLS at all).
+    TlsHandshake,
 }
 
 impl ConnRefusal {
-    const ALL: [ConnRefusal; 3] = [
+    const ALL: [ConnRefusal; 4] = [
         ConnRefusal::MaxConnections,
         ConnRefusal::Evicted,
         ConnRefusal::HeaderTimeout,
+        ConnRefusal::TlsHandshake,
     ];
 
     fn label(self) -> &'static str {
@@ -29,6 +33,7 @@ impl ConnRefusal {
             ConnRefusal::MaxConnections => "max_connections",
             ConnRefusal::Evicted => "evicted",
             ConnRefusal::HeaderTimeout => "header_timeout",
+            ConnRefusal::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -124,7 +129,8 @@ impl HttpStats {
             "ngxprobe_http_connections_refused_total",
             "HTTP connections the server refused or closed: max_connections (new connection while every \
              open one was busy), evicted (idle or incomplete connection closed to admit a new one), \
-             header_timeout (headers incomplete after web.header_read_timeout).",
+             header_timeout (headers incomplete after web.header_read_timeout), tls_handshake (TLS \
+             handshake failed).",
             MetricType::Counter,
         );
         for why in ConnRefusal::ALL {

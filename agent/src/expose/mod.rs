@@ -7,7 +7,10 @@
 //! connection table: timeouts, eviction), `limits` (per-request limits),
 //! `routes` (telemetry, health, landing page), `http_stats`
 //! (`ngxprobe_http_*`), `render`/`negotiate` (formats), `process`
-//! (`process_*`), `config`/`listen` (the `web:` section).
+//! (`process_*`), `config`/`listen` (the `web:` section), `web_config`
+//! (`--web.config.file`, exporter-toolkit's format), `tls` (rustls from it),
+//! `auth` (basic auth and headers).
+mod auth;
 mod config;
 mod conns;
 mod health;
@@ -19,6 +22,8 @@ mod process;
 mod render;
 mod routes;
 mod server;
+mod tls;
+mod web_config;
 #[cfg(test)]
 mod tests;
 
@@ -28,3 +33,4 @@ pub use negotiate::{Format, negotiate};
 pub use process::process_families;
 pub use render::{render_openmetrics, render_text};
 pub use server::{ServeError, Server, bind};
+pub use web_config::{WebSecurity, load as load_web_config};

@@ -17,6 +17,8 @@ use crate::metrics::MetricsSource;
 
 pub struct AppState {
     pub telemetry_path: String,
+    /// The landing page at /: off with the API (`web.enable_api: false`).
+    pub landing_page: bool,
     pub source: Arc<dyn MetricsSource>,
     pub health: Arc<Health>,
     pub stats: Arc<HttpStats>,
@@ -41,7 +43,7 @@ pub async fn dispatch(State(state): State<Arc<AppState>>, method: Method, uri: U
             Ok(()) => text(StatusCode::OK, "ready\n".to_string()),
             Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")),
         },
-        "/" => landing_page(&state.telemetry_path),
+        "/" if state.landing_page => landing_page(&state.telemetry_path),
         _ => text(StatusCode::NOT_FOUND, "404 page not found\n".to_string()),
     }
 }

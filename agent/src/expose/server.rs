@@ -21,8 +21,10 @@ use super::Health;
 use super::config::{ListenAddress, WebConfig, validate_telemetry_path};
 use super::conns::{ConnTable, SWEEP_EVERY, SlotGuard, TrackedIo};
 use super::http_stats::{HttpStats, RequestRefusal};
+use super::auth::{Guard, guard};
 use super::limits::{RequestLimits, count_answers, limit_api, limit_body};
 use super::routes::{AppState, dispatch};
+use super::web_config::WebSecurity;
 use crate::metrics::MetricsSource;
 
 /// How long requests in flight may finish after shutdown was asked for.
@@ -115,6 +117,7 @@ pub struct Server {
     source: Arc<dyn MetricsSource>,
     health: Arc<Health>,
     api: Router,
+    security: Option<Arc<WebSecurity>>,
 }
 
 impl Server {
@@ -124,7 +127,14 @@ impl Server {
             source,
             health,
             api: Router::new(),
+            security: None,
         }
+    }
+
+    /// TLS, basic auth and headers from the web config file (`--web.config.file`).
+    pub fn security(mut self, security: Option<Arc<WebSecurity>>) -> Server {
+        self.security = security;
+        self
     }
 
     /// The routes of later stages (Prometheus HTTP API, rules and alerts);
@@ -152,7 +162,19 @@ impl Server {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|_| "?".to_string());
-        tracing::info!(address = %addr, path = %self.web.telemetry_path, "serving metrics");
+        let tls = self
+            .security
+            .as_ref()
+            .and_then(|s| s.tls.clone())
+            .map(tokio_rustls::TlsAcceptor::from);
+        tracing::info!(
+            address = %addr,
+            path = %self.web.telemetry_path,
+            tls = tls.is_some(),
+            basic_auth = self.security.as_ref().is_some_and(|s| s.basic_auth.is_some()),
+            api = self.web.enable_api,
+            "serving metrics"
+        );
         let stats = Arc::new(HttpStats::default());
         let web = self.web.clone();
         let web = &web;
@@ -185,7 +207,7 @@ impl Server {
                         stats.accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         match table.admit() {
                             Some(slot) => {
-                                let conn = serve_connection(http.clone(), stream, slot, app.clone(), stats.clone(), stop_rx.clone());
+                                let conn = accept_connection(tls.clone(), http.clone(), stream, slot, app.clone(), stats.clone(), stop_rx.clone());
                                 tasks.spawn(conn);
                             }
                             None => {
@@ -229,24 +251,38 @@ impl Server {
         });
         let state = Arc::new(AppState {
             telemetry_path: self.web.telemetry_path,
+            landing_page: self.web.enable_api,
             source: self.source,
             health: self.health,
             stats,
         });
-        let api = self
-            .api
-            .layer(axum::middleware::from_fn_with_state(limits.clone(), limit_api));
+        let guard_state = Arc::new(Guard {
+            basic_auth: self.security.as_ref().and_then(|s| s.basic_auth.clone()),
+            headers: self.security.as_ref().map(|s| s.headers.clone()).unwrap_or_default(),
+        });
+        // API off: only the fallback (telemetry, health) is left.
+        let api = match self.web.enable_api {
+            true => self
+                .api
+                .layer(axum::middleware::from_fn_with_state(limits.clone(), limit_api)),
+            false => Router::new(),
+        };
         api.merge(Router::new().fallback(dispatch).with_state(state))
             .layer(axum::middleware::from_fn_with_state(limits.clone(), limit_body))
             // Ours applies on every route; axum's own (2 MiB, in extractors) would differ.
             .layer(DefaultBodyLimit::disable())
+            // Credentials before anything else is read or counted as the API's.
+            .layer(axum::middleware::from_fn_with_state(guard_state, guard))
             .layer(axum::middleware::from_fn_with_state(limits, count_answers))
     }
 }
 
-/// One connection until it ends, the table closes it, or shutdown (which
-/// closes it at once unless a request is in flight).
-async fn serve_connection(
+/// The TLS handshake (when configured), then the connection. The handshake
+/// reads bytes, so the slot is in its headers phase: `web.header_read_timeout`
+/// bounds handshake and request headers together, and the table may evict a
+/// connection stuck in it like any slow-header one.
+async fn accept_connection(
+    tls: Option<tokio_rustls::TlsAcceptor>,
     http: hyper::server::conn::http1::Builder,
     stream: tokio::net::TcpStream,
     guard: SlotGuard,
@@ -256,7 +292,38 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let slot = guard.slot.clone();
-    let io = TokioIo::new(TrackedIo::new(stream, slot.clone()));
+    let tracked = TrackedIo::new(stream, slot.clone());
+    let Some(acceptor) = tls else {
+        return serve_connection(http, tracked, guard, app, stats, stop).await;
+    };
+    let handshake = tokio::select! {
+        done = acceptor.accept(tracked) => done,
+        _ = slot.closed() => return,
+        _ = stop.changed() => return,
+    };
+    match handshake {
+        Ok(stream) => serve_connection(http, stream, guard, app, stats, stop).await,
+        Err(e) => {
+            stats.conn_refused(super::http_stats::ConnRefusal::TlsHandshake);
+            tracing::debug!(error = %e, "TLS handshake failed");
+        }
+    }
+}
+
+/// One connection until it ends, the table closes it, or shutdown (which
+/// closes it at once unless a request is in flight).
+async fn serve_connection<I>(
+    http: hyper::server::conn::http1::Builder,
+    stream: I,
+    guard: SlotGuard,
+    app: Router,
+    stats: Arc<HttpStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let slot = guard.slot.clone();
+    let io = TokioIo::new(stream);
     let svc_slot = slot.clone();
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         svc_slot.request_started();
