@@ -34,6 +34,9 @@ pub struct AgentOptions {
     /// A command that runs the agent, e.g. `["setpriv", "--bounding-set", "-bpf", "--"]`:
     /// the agent's path and arguments follow it.
     pub wrapper: Vec<String>,
+    /// The agent serves https (`--web.config.file`): /readyz is probed with
+    /// curl over TLS with these arguments (`--cacert`, client certificate).
+    pub https_probe: Vec<String>,
 }
 
 pub struct Agent {
@@ -125,7 +128,10 @@ impl Agent {
                 if let Some(st) = a.child.try_wait()? {
                     bail!("ngxprobe exited with {st}");
                 }
-                let (status, body) = http_get(addr, "/readyz")?;
+                let (status, body) = match opts.https_probe.is_empty() {
+                    true => http_get(addr, "/readyz")?,
+                    false => curl_https(addr, "/readyz", &opts.https_probe)?,
+                };
                 Ok(if status == 200 {
                     Poll::Ready(())
                 } else {
@@ -240,6 +246,30 @@ impl Drop for Agent {
 }
 
 /// `GET /metrics` from an agent (or any Prometheus exporter) at `addr`, parsed.
+/// `GET https://127.0.0.1:PORT{path}` with curl and `args` (TLS material,
+/// `-u user:password`): (status, body). A failed handshake is an error
+/// carrying curl's exit code and message.
+pub fn curl_https(addr: SocketAddr, path: &str, args: &[String]) -> Result<(u16, Vec<u8>)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(format!("https://{addr}{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .context("run curl")?;
+    if !out.status.success() {
+        bail!(
+            "curl {path}: {} ({})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            out.status
+        );
+    }
+    let text = out.stdout;
+    let split = text.iter().rposition(|&b| b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&text[split..]).trim().parse().context("curl status")?;
+    Ok((status, text[..split].to_vec()))
+}
+
 pub fn scrape(addr: SocketAddr) -> Result<Scrape> {
     let (status, body) = http_get(addr, "/metrics")?;
     if status != 200 {
