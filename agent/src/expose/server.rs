@@ -546,6 +546,81 @@ mod tests {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), server).await;
     }
 
+    /// One request with an `Authorization: Basic` header (or none).
+    async fn get_as(addr: SocketAddr, path: &str, user_pass: Option<&str>) -> (u16, String) {
+        use base64::Engine as _;
+        let auth = user_pass.map(|u| base64::engine::general_purpose::STANDARD.encode(u));
+        let (status, head, _) = get(addr, path, None).await;
+        if auth.is_none() {
+            return (status, head);
+        }
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Basic {}\r\n\r\n",
+            auth.unwrap_or_default()
+        );
+        let raw = tokio::task::spawn_blocking(move || -> io::Result<String> {
+            let mut stream = std::net::TcpStream::connect(addr)?;
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            stream.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+        .await
+        .expect("client task")
+        .expect("HTTP exchange");
+        let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+        (status, raw.to_ascii_lowercase())
+    }
+
+    #[tokio::test]
+    async fn basic_auth_headers_and_api_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("web.yml");
+        let hash = bcrypt::hash("pw", 4).expect("hash");
+        let text = format!("http_server_config:\n  headers:\n    X-Frame-Options: deny\nbasic_auth_users:\n  u: {hash}\n");
+        let security = super::super::web_config::parse(&file, &text).map_err(|e| e.to_string()).expect("web config");
+        for enable_api in [true, false] {
+            let listener = bind(&"127.0.0.1:0".parse().expect("address")).expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let web = WebConfig {
+                enable_api,
+                ..WebConfig::default()
+            };
+            let api = Router::new().route("/api/v1/query", axum::routing::get(|| async { "api" }));
+            let server = tokio::spawn(
+                Server::new(&web, Arc::new(FixedSource), Arc::new(Health::new()))
+                    .api(api)
+                    .security(Some(Arc::new(super::super::web_config::WebSecurity {
+                        file: file.clone(),
+                        tls: None,
+                        basic_auth: security.basic_auth.clone(),
+                        headers: security.headers.clone(),
+                    })))
+                    .serve_on(listener, async {
+                        let _ = stopped.await;
+                    }),
+            );
+            let (status, head) = get_as(addr, "/metrics", None).await;
+            assert_eq!(status, 401);
+            assert!(head.contains("www-authenticate: basic") && head.contains("x-frame-options: deny"), "{head}");
+            assert_eq!(get_as(addr, "/metrics", Some("u:wrong")).await.0, 401);
+            assert_eq!(get_as(addr, "/metrics", Some("x:pw")).await.0, 401);
+            let (status, head) = get_as(addr, "/metrics", Some("u:pw")).await;
+            assert_eq!(status, 200);
+            assert!(head.contains("x-frame-options: deny"), "{head}");
+            assert_eq!(get_as(addr, "/healthz", None).await.0, 200, "health is open");
+            assert_eq!(get_as(addr, "/readyz", None).await.0, 200);
+            let want = if enable_api { 200 } else { 404 };
+            assert_eq!(get_as(addr, "/api/v1/query", Some("u:pw")).await.0, want, "api {enable_api}");
+            assert_eq!(get_as(addr, "/", Some("u:pw")).await.0, want, "landing page {enable_api}");
+            assert_eq!(get_as(addr, "/api/v1/query", None).await.0, 401);
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), server).await;
+        }
+    }
+
     #[tokio::test]
     async fn rejects_a_bad_telemetry_path() {
         let listener = bind(&"127.0.0.1:0".parse().expect("address")).expect("bind");
