@@ -266,7 +266,10 @@ pub fn curl_https(addr: SocketAddr, path: &str, args: &[String]) -> Result<(u16,
     }
     let text = out.stdout;
     let split = text.iter().rposition(|&b| b == b'\n').unwrap_or(0);
-    let status = String::from_utf8_lossy(&text[split..]).trim().parse().context("curl status")?;
+    let status = String::from_utf8_lossy(&text[split..])
+        .trim()
+        .parse()
+        .context("curl status")?;
     Ok((status, text[..split].to_vec()))
 }
 

@@ -42,7 +42,16 @@ impl Pki {
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
-        ca.extend(["-days", "2", "-subj", "/CN=ngxprobe test CA", "-keyout", "ca.key", "-out", "ca.crt"]);
+        ca.extend([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ngxprobe test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
         run(&ca)?;
         for (name, san) in [
             ("server", "DNS:localhost,IP:127.0.0.1"),
@@ -62,8 +71,21 @@ impl Pki {
             run(&csr)?;
             std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n"))?;
             run(&[
-                "x509", "-req", "-in", &req, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-                "-extfile", &ext, "-out", &crt,
+                "x509",
+                "-req",
+                "-in",
+                &req,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &crt,
             ])?;
         }
         Ok(Pki { dir: dir.to_path_buf() })
@@ -157,14 +179,21 @@ fn basic_auth_over_tls_and_prometheus_scrapes_it() {
     assert_eq!(status(addr, "/metrics", &wrong), 401);
     assert_eq!(status(addr, "/metrics", &unknown), 401);
     assert_eq!(status(addr, "/metrics", &none), 401);
-    assert_eq!(status(addr, "/api/v1/query?query=up", &none), 401, "the API is protected too");
+    assert_eq!(
+        status(addr, "/api/v1/query?query=up", &none),
+        401,
+        "the API is protected too"
+    );
     assert_eq!(status(addr, "/", &none), 401, "and the page");
     assert_eq!(status(addr, "/api/v1/query?query=vector(1)", &right), 200);
     assert_eq!(status(addr, "/healthz", &none), 200, "health stays open");
     assert_eq!(status(addr, "/readyz", &none), 200);
     let h = headers(addr, "/metrics", &none);
     assert!(h.contains("www-authenticate: basic"), "{h}");
-    assert!(h.contains("x-frame-options: deny") && h.contains("x-content-type-options: nosniff"), "{h}");
+    assert!(
+        h.contains("x-frame-options: deny") && h.contains("x-content-type-options: nosniff"),
+        "{h}"
+    );
     // Plain HTTP on the TLS port gets no answer.
     let plain = ngxprobe_e2e::clients::http_get(addr, "/healthz");
     assert!(!matches!(plain, Ok((200, _))), "plain HTTP on the TLS port: {plain:?}");
@@ -183,26 +212,40 @@ fn basic_auth_over_tls_and_prometheus_scrapes_it() {
         ..Default::default()
     })
     .expect("prometheus starts");
-    let up = poll("prometheus: target up, samples stored", Duration::from_secs(30), Duration::from_millis(250), || {
-        let v = prom.api_get(
-            "/api/v1/query",
-            &[("query", "up{job=\"ngxprobe\"} * on() group_left count({job=\"ngxprobe\",__name__=~\"ngxprobe_.*\"})".to_string())],
-        )?;
-        let value = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok());
-        Ok(match value {
-            Some(n) if n > 0.0 => Poll::Ready(n),
-            _ => {
-                let t = prom.api_get("/api/v1/targets", &[])?;
-                Poll::Pending(format!("{}", t["data"]["activeTargets"][0]["lastError"]))
-            }
-        })
-    })
+    let up = poll(
+        "prometheus: target up, samples stored",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            let v = prom.api_get(
+                "/api/v1/query",
+                &[(
+                    "query",
+                    "up{job=\"ngxprobe\"} * on() group_left count({job=\"ngxprobe\",__name__=~\"ngxprobe_.*\"})"
+                        .to_string(),
+                )],
+            )?;
+            let value = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok());
+            Ok(match value {
+                Some(n) if n > 0.0 => Poll::Ready(n),
+                _ => {
+                    let t = prom.api_get("/api/v1/targets", &[])?;
+                    Poll::Pending(format!("{}", t["data"]["activeTargets"][0]["lastError"]))
+                }
+            })
+        },
+    )
     .unwrap_or_else(|e| panic!("{e:#}\nprometheus log:\n{}", prom.log_tail(20)));
     eprintln!("[e2e] prometheus scraped the agent over https with basic auth: {up} ngxprobe_* series");
 
     // The password and its hash never reach the log.
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
-    assert!(!log.contains(PASSWORD) && !log.contains(&hash), "secret in the agent log");
+    assert!(
+        !log.contains(PASSWORD) && !log.contains(&hash),
+        "secret in the agent log"
+    );
 }
 
 #[test]
@@ -239,16 +282,25 @@ fn client_certificates_tls13_only_and_api_off() {
     let refused = [
         ("no client certificate", pki.curl(None, &[])),
         ("a certificate without an allowed SAN", pki.curl(Some("intruder"), &[])),
-        ("TLS 1.2 (min_version TLS13)", pki.curl(Some("scraper"), &["--tlsv1.2", "--tls-max", "1.2"])),
+        (
+            "TLS 1.2 (min_version TLS13)",
+            pki.curl(Some("scraper"), &["--tlsv1.2", "--tls-max", "1.2"]),
+        ),
     ];
     for (what, args) in &refused {
         let r = curl_https(addr, "/healthz", args);
         assert!(r.is_err(), "{what}: must fail the handshake, got {r:?}");
-        eprintln!("[e2e] refused, {what}: {:#}", r.err().map(|e| e.to_string()).unwrap_or_default());
+        eprintln!(
+            "[e2e] refused, {what}: {:#}",
+            r.err().map(|e| e.to_string()).unwrap_or_default()
+        );
     }
     let (_, text) = curl_https(addr, "/metrics", &scraper).expect("scrape");
     let text = String::from_utf8_lossy(&text);
-    let failed = sample(&text, "ngxprobe_http_connections_refused_total{reason=\"tls_handshake\"}");
+    let failed = sample(
+        &text,
+        "ngxprobe_http_connections_refused_total{reason=\"tls_handshake\"}",
+    );
     assert!(
         failed.is_some_and(|n| n >= refused.len() as f64),
         "handshake failures counted: {failed:?}"
@@ -273,7 +325,10 @@ fn a_bad_web_config_stops_the_agent_before_the_port_opens() {
             "basic_auth_users:\n  alice: plain-text-password\n",
             "web.yml:2:10: basic_auth_users.alice: not a bcrypt hash",
         ),
-        ("tls_server_config:\n  certfile: x\n", "web.yml:2:3: tls_server_config.certfile: unknown field"),
+        (
+            "tls_server_config:\n  certfile: x\n",
+            "web.yml:2:3: tls_server_config.certfile: unknown field",
+        ),
     ] {
         let web = dir.path().join("web.yml");
         std::fs::write(&web, text).expect("write");
@@ -289,16 +344,21 @@ fn a_bad_web_config_stops_the_agent_before_the_port_opens() {
         )
         .expect("spawn");
         // Until it exits, the port must never accept.
-        let exit = poll("agent exits", Duration::from_secs(20), Duration::from_millis(10), || {
-            assert!(
-                TcpStream::connect(("127.0.0.1", port)).is_err(),
-                "the port opened with a bad web config"
-            );
-            Ok(match child.try_wait()? {
-                Some(st) => Poll::Ready(st),
-                None => Poll::Pending("running".into()),
-            })
-        })
+        let exit = poll(
+            "agent exits",
+            Duration::from_secs(20),
+            Duration::from_millis(10),
+            || {
+                assert!(
+                    TcpStream::connect(("127.0.0.1", port)).is_err(),
+                    "the port opened with a bad web config"
+                );
+                Ok(match child.try_wait()? {
+                    Some(st) => Poll::Ready(st),
+                    None => Poll::Pending("running".into()),
+                })
+            },
+        )
         .expect("the agent stops");
         let mut stderr = String::new();
         if let Some(c) = child.child_mut()

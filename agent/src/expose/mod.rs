@@ -22,10 +22,10 @@ mod process;
 mod render;
 mod routes;
 mod server;
-mod tls;
-mod web_config;
 #[cfg(test)]
 mod tests;
+mod tls;
+mod web_config;
 
 pub use config::{ListenAddress, WebConfig};
 pub use health::Health;

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use tower::ServiceExt as _;
 
 use super::Health;
+use super::auth::{Guard, guard};
 use super::config::{ListenAddress, WebConfig, validate_telemetry_path};
 use super::conns::{ConnTable, SWEEP_EVERY, SlotGuard, TrackedIo};
 use super::http_stats::{HttpStats, RequestRefusal};
-use super::auth::{Guard, guard};
 use super::limits::{RequestLimits, count_answers, limit_api, limit_body};
 use super::routes::{AppState, dispatch};
 use super::web_config::WebSecurity;
@@ -578,8 +578,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("web.yml");
         let hash = bcrypt::hash("pw", 4).expect("hash");
-        let text = format!("http_server_config:\n  headers:\n    X-Frame-Options: deny\nbasic_auth_users:\n  u: {hash}\n");
-        let security = super::super::web_config::parse(&file, &text).map_err(|e| e.to_string()).expect("web config");
+        let text =
+            format!("http_server_config:\n  headers:\n    X-Frame-Options: deny\nbasic_auth_users:\n  u: {hash}\n");
+        let security = super::super::web_config::parse(&file, &text)
+            .map_err(|e| e.to_string())
+            .expect("web config");
         for enable_api in [true, false] {
             let listener = bind(&"127.0.0.1:0".parse().expect("address")).expect("bind");
             let addr = listener.local_addr().expect("local addr");
@@ -589,8 +592,10 @@ mod tests {
                 ..WebConfig::default()
             };
             let api = Router::new().route("/api/v1/query", axum::routing::get(|| async { "api" }));
+            let health = Arc::new(Health::new());
+            health.set_ready(true);
             let server = tokio::spawn(
-                Server::new(&web, Arc::new(FixedSource), Arc::new(Health::new()))
+                Server::new(&web, Arc::new(FixedSource), health)
                     .api(api)
                     .security(Some(Arc::new(super::super::web_config::WebSecurity {
                         file: file.clone(),
@@ -604,7 +609,10 @@ mod tests {
             );
             let (status, head) = get_as(addr, "/metrics", None).await;
             assert_eq!(status, 401);
-            assert!(head.contains("www-authenticate: basic") && head.contains("x-frame-options: deny"), "{head}");
+            assert!(
+                head.contains("www-authenticate: basic") && head.contains("x-frame-options: deny"),
+                "{head}"
+            );
             assert_eq!(get_as(addr, "/metrics", Some("u:wrong")).await.0, 401);
             assert_eq!(get_as(addr, "/metrics", Some("x:pw")).await.0, 401);
             let (status, head) = get_as(addr, "/metrics", Some("u:pw")).await;
@@ -613,8 +621,16 @@ mod tests {
             assert_eq!(get_as(addr, "/healthz", None).await.0, 200, "health is open");
             assert_eq!(get_as(addr, "/readyz", None).await.0, 200);
             let want = if enable_api { 200 } else { 404 };
-            assert_eq!(get_as(addr, "/api/v1/query", Some("u:pw")).await.0, want, "api {enable_api}");
-            assert_eq!(get_as(addr, "/", Some("u:pw")).await.0, want, "landing page {enable_api}");
+            assert_eq!(
+                get_as(addr, "/api/v1/query", Some("u:pw")).await.0,
+                want,
+                "api {enable_api}"
+            );
+            assert_eq!(
+                get_as(addr, "/", Some("u:pw")).await.0,
+                want,
+                "landing page {enable_api}"
+            );
             assert_eq!(get_as(addr, "/api/v1/query", None).await.0, 401);
             let _ = stop.send(());
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), server).await;

@@ -101,7 +101,9 @@ pub fn server_config(t: &TlsServerConfig, dir: &Path) -> Result<rustls::ServerCo
     let provider = Arc::new(provider);
     let versions = versions(t.min_version, t.max_version)?;
     let cert = CertSource::new(t, dir)?;
-    let certified = cert.load(&provider).map_err(|(field, message)| Problem::at(&[TLS, field], message))?;
+    let certified = cert
+        .load(&provider)
+        .map_err(|(field, message)| Problem::at(&[TLS, field], message))?;
     let verifier = client_verifier(t, dir, &provider)?;
     let resolver = Arc::new(ReloadingCert::new(cert, certified, provider.clone()));
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -184,11 +186,14 @@ fn versions(min: TlsVersion, max: TlsVersion) -> Result<Vec<&'static rustls::Sup
             format!("{min:?} is above max_version {max:?}"),
         ));
     }
-    Ok([(TlsVersion::TLS12, &rustls::version::TLS12), (TlsVersion::TLS13, &rustls::version::TLS13)]
-        .into_iter()
-        .filter(|(v, _)| (min..=max).contains(v))
-        .map(|(_, p)| p)
-        .collect())
+    Ok([
+        (TlsVersion::TLS12, &rustls::version::TLS12),
+        (TlsVersion::TLS13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| (min..=max).contains(v))
+    .map(|(_, p)| p)
+    .collect())
 }
 
 /// Where the certificate and key come from: files (re-read on change) or
@@ -200,9 +205,8 @@ enum CertSource {
 
 impl CertSource {
     fn new(t: &TlsServerConfig, dir: &Path) -> Result<CertSource, Problem> {
-        let both = |field: &str, other: &str| {
-            Problem::at(&[TLS, field], format!("set either {field} or {other}, not both"))
-        };
+        let both =
+            |field: &str, other: &str| Problem::at(&[TLS, field], format!("set either {field} or {other}, not both"));
         if t.cert.is_some() && t.cert_file.is_some() {
             return Err(both("cert_file", "cert"));
         }
@@ -347,9 +351,8 @@ fn client_roots(t: &TlsServerConfig, dir: &Path) -> Result<Option<RootCertStore>
     let (field, pem, what) = match (&t.client_ca_file, &t.client_ca) {
         (Some(file), _) => {
             let path = dir.join(file);
-            let pem = std::fs::read(&path).map_err(|e| {
-                Problem::at(&[TLS, "client_ca_file"], format!("cannot read {}: {e}", path.display()))
-            })?;
+            let pem = std::fs::read(&path)
+                .map_err(|e| Problem::at(&[TLS, "client_ca_file"], format!("cannot read {}: {e}", path.display())))?;
             ("client_ca_file", pem, path.display().to_string())
         }
         (None, Some(text)) => ("client_ca", text.clone().into_bytes(), "client_ca".to_string()),

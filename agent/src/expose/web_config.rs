@@ -236,7 +236,10 @@ fn headers(configured: &BTreeMap<String, String>) -> Result<Vec<(HeaderName, Hea
         let Some((_, allowed)) = ALLOWED_HEADERS.iter().find(|(n, _)| n == name) else {
             let names: Vec<&str> = ALLOWED_HEADERS.iter().map(|(n, _)| *n).collect();
             return Err(Problem {
-                message: format!("HTTP header {name:?} can not be configured (allowed: {})", names.join(", ")),
+                message: format!(
+                    "HTTP header {name:?} can not be configured (allowed: {})",
+                    names.join(", ")
+                ),
                 ..at()
             });
         };

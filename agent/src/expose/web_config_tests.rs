@@ -21,12 +21,25 @@ impl Dir {
                 .current_dir(d)
                 .output()
                 .expect("openssl runs");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         };
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
-        ca.extend(["-days", "2", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.crt"]);
+        ca.extend([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ]);
         run(&ca);
         let mut csr = vec!["req"];
         csr.extend(ec);
@@ -34,10 +47,31 @@ impl Dir {
         run(&csr);
         std::fs::write(d.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
         run(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days",
-            "2", "-extfile", "ext", "-out", "server.crt",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+            "-out",
+            "server.crt",
         ]);
-        run(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", "other.key"]);
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-out",
+            "other.key",
+        ]);
         Dir { tmp }
     }
 
@@ -69,7 +103,10 @@ fn an_empty_file_is_plain_http_without_auth() {
     let d = Dir::new();
     for text in ["", "# nothing\n", "tls_server_config:\n", "{}\n"] {
         let s = d.parse(text).expect("valid");
-        assert!(s.tls.is_none() && s.basic_auth.is_none() && s.headers.is_empty(), "{text:?}");
+        assert!(
+            s.tls.is_none() && s.basic_auth.is_none() && s.headers.is_empty(),
+            "{text:?}"
+        );
     }
 }
 
@@ -158,7 +195,9 @@ fn each_bad_input_names_file_line_and_field() {
             "web.yml:4:16: tls_server_config.min_version: TLS13 is above max_version TLS12",
         ),
         (
-            format!("{TLS_FILES}  cipher_suites:\n    - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\n    - TLS_RSA_WITH_AES_128_CBC_SHA\n"),
+            format!(
+                "{TLS_FILES}  cipher_suites:\n    - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\n    - TLS_RSA_WITH_AES_128_CBC_SHA\n"
+            ),
             "web.yml:6:7: tls_server_config.cipher_suites[1]: TLS_RSA_WITH_AES_128_CBC_SHA is not supported (rustls implements only",
         ),
         (
@@ -218,7 +257,9 @@ fn each_bad_input_names_file_line_and_field() {
             "web.yml:5:19: tls_server_config.client_ca_file: cannot read nope.crt",
         ),
         (
-            format!("{TLS_FILES}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [a.example, me@example.com]\n"),
+            format!(
+                "{TLS_FILES}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [a.example, me@example.com]\n"
+            ),
             "tls_server_config.client_allowed_sans[1]: \"me@example.com\": only DNS names and IP addresses are supported",
         ),
         (
