@@ -5,6 +5,7 @@
 //! * [`agent`]: the ngxprobe binary (`$NGXPROBE_BIN`), its /readyz and /metrics.
 //! * [`clients`]: raw HTTP/1.x clients and wrk.
 //! * [`protocol_clients`]: what ngxprobe does not parse: TLS, HTTP/2, garbage.
+//! * [`pki`]: a test CA and the certificates it signs (openssl).
 //! * [`metrics_text`]: Prometheus text parsing, per-`conf_path` views.
 //! * [`measure`]: the exact measurement protocol and the invariant monitor.
 //! * [`slack_receiver`]: a local HTTP server standing in for Slack's webhook.
@@ -25,6 +26,7 @@ pub mod measure;
 pub mod metrics_text;
 pub mod nginx;
 pub mod oracle;
+pub mod pki;
 pub mod prometheus;
 pub mod protocol_clients;
 pub mod seed;

@@ -16,7 +16,7 @@ pub const CLIENT_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs `cmd` to completion (bounded by [`CLIENT_LIMIT`]); returns its stdout
 /// and stderr, failing with both if it exited non-zero.
-fn run(cmd: &mut Command, name: &str) -> Result<(String, String)> {
+pub(crate) fn run(cmd: &mut Command, name: &str) -> Result<(String, String)> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut guard = ChildGuard::spawn(cmd, name)?;
     // Read the pipes while the process runs (s_client prints certificates):

@@ -7,109 +7,17 @@
 //!
 //! Clients are curl (TLS 1.2/1.3, client certificates) and Prometheus; no
 //! nginx is needed: the agent's own /metrics is the payload.
-use anyhow::{Context, Result, bail};
 use ngxprobe_e2e::agent::{binary_path, curl_https};
+use ngxprobe_e2e::pki::Pki;
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions};
 use ngxprobe_e2e::util::{self, Poll, TempDir, poll, require_tool};
 use ngxprobe_e2e::{Agent, AgentOptions, guard};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse:battery";
-
-/// CA, server and client certificates, written with openssl into `dir`.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Result<Pki> {
-        let run = |args: &[&str]| -> Result<()> {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .stdin(Stdio::null())
-                .output()
-                .context("run openssl")?;
-            if !out.status.success() {
-                bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(())
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ngxprobe test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]);
-        run(&ca)?;
-        for (name, san) in [
-            ("server", "DNS:localhost,IP:127.0.0.1"),
-            ("scraper", "DNS:scraper.example"),
-            ("intruder", "DNS:intruder.example"),
-        ] {
-            let mut csr = vec!["req"];
-            let (key, req, crt, ext) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("{name}.ext"),
-            );
-            csr.extend(ec);
-            let subj = format!("/CN={name}");
-            csr.extend(["-subj", &subj, "-keyout", &key, "-out", &req]);
-            run(&csr)?;
-            std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n"))?;
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                &req,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &crt,
-            ])?;
-        }
-        Ok(Pki { dir: dir.to_path_buf() })
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.dir.join(file).display().to_string()
-    }
-
-    /// curl arguments: trust the CA, present `client`'s certificate if any.
-    fn curl(&self, client: Option<&str>, extra: &[&str]) -> Vec<String> {
-        let mut args = vec!["--cacert".to_string(), self.path("ca.crt")];
-        if let Some(c) = client {
-            args.extend([
-                "--cert".to_string(),
-                self.path(&format!("{c}.crt")),
-                "--key".to_string(),
-                self.path(&format!("{c}.key")),
-            ]);
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
-    }
-}
 
 fn tools() -> bool {
     ["openssl", "curl", "prometheus"]

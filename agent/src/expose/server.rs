@@ -425,13 +425,9 @@ mod tests {
         }
     }
 
-    /// One HTTP/1.1 request over a plain socket; returns (status, headers, body).
-    async fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, String) {
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{}\r\n",
-            accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default()
-        );
-        let raw = tokio::task::spawn_blocking(move || -> io::Result<String> {
+    /// Writes `request` on a new connection and reads the answer to its end.
+    async fn exchange(addr: SocketAddr, request: String) -> String {
+        tokio::task::spawn_blocking(move || -> io::Result<String> {
             let mut stream = std::net::TcpStream::connect(addr)?;
             stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
             stream.write_all(request.as_bytes())?;
@@ -441,7 +437,16 @@ mod tests {
         })
         .await
         .expect("client task")
-        .expect("HTTP exchange");
+        .expect("HTTP exchange")
+    }
+
+    /// One HTTP/1.1 request over a plain socket; returns (status, headers, body).
+    async fn get(addr: SocketAddr, path: &str, accept: Option<&str>) -> (u16, String, String) {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{}\r\n",
+            accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default()
+        );
+        let raw = exchange(addr, request).await;
         let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
         let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
         (status, head.to_ascii_lowercase(), body.to_string())
@@ -549,26 +554,16 @@ mod tests {
     /// One request with an `Authorization: Basic` header (or none).
     async fn get_as(addr: SocketAddr, path: &str, user_pass: Option<&str>) -> (u16, String) {
         use base64::Engine as _;
-        let auth = user_pass.map(|u| base64::engine::general_purpose::STANDARD.encode(u));
-        let (status, head, _) = get(addr, path, None).await;
-        if auth.is_none() {
-            return (status, head);
-        }
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Basic {}\r\n\r\n",
-            auth.unwrap_or_default()
-        );
-        let raw = tokio::task::spawn_blocking(move || -> io::Result<String> {
-            let mut stream = std::net::TcpStream::connect(addr)?;
-            stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-            stream.write_all(request.as_bytes())?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response)?;
-            Ok(response)
-        })
-        .await
-        .expect("client task")
-        .expect("HTTP exchange");
+        let auth = user_pass
+            .map(|u| {
+                format!(
+                    "Authorization: Basic {}\r\n",
+                    base64::engine::general_purpose::STANDARD.encode(u)
+                )
+            })
+            .unwrap_or_default();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}\r\n");
+        let raw = exchange(addr, request).await;
         let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
         (status, raw.to_ascii_lowercase())
     }

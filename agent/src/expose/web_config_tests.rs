@@ -1,7 +1,6 @@
 //! The web config file: every field, and each bad input's message (file,
 //! line, field). Certificates are made with openssl, as the e2e tests do.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::*;
 
@@ -10,68 +9,11 @@ struct Dir {
 }
 
 impl Dir {
-    /// A CA, a server certificate it signed (`server.crt`/`server.key`) and
-    /// an unrelated key (`other.key`).
+    /// The harness's test CA and certificates (`server.crt`/`.key`, client
+    /// keys that fit no server certificate).
     fn new() -> Dir {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let d = tmp.path();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .expect("openssl runs");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ]);
-        run(&ca);
-        let mut csr = vec!["req"];
-        csr.extend(ec);
-        csr.extend(["-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr"]);
-        run(&csr);
-        std::fs::write(d.join("ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").expect("ext");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext",
-            "-out",
-            "server.crt",
-        ]);
-        run(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-out",
-            "other.key",
-        ]);
+        ngxprobe_e2e::pki::Pki::new(tmp.path()).expect("openssl makes the certificates");
         Dir { tmp }
     }
 
@@ -229,7 +171,7 @@ fn each_bad_input_names_file_line_and_field() {
             "web.yml:2:14: tls_server_config.cert_file: server.key: no CERTIFICATE block",
         ),
         (
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: other.key\n".into(),
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: intruder.key\n".into(),
             "web.yml:3:13: tls_server_config.key_file: the key does not fit the certificate",
         ),
         (
