@@ -111,4 +111,39 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn web_config_file_is_relative_to_the_config_and_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("ngxprobe.yml");
+        std::fs::write(&cfg, "web:\n  config_file: web.yml\n  enable_api: false\n").expect("write");
+        std::fs::write(dir.path().join("web.yml"), "basic_auth_users:\n  u: not-a-hash\n").expect("write");
+        let loaded = load_file(&cfg).map_err(|e| e.to_string());
+        assert!(
+            matches!(&loaded, Ok(c) if c.web.config_file == Some(dir.path().join("web.yml")) && !c.web.enable_api),
+            "{loaded:?}"
+        );
+        let err = check_config(&cfg).map_err(|e| e.to_string());
+        let want = format!(
+            "{}:2:6: basic_auth_users.u: not a bcrypt hash",
+            dir.path().join("web.yml").display()
+        );
+        assert!(matches!(&err, Err(e) if e.starts_with(&want)), "{err:?}");
+        assert!(!format!("{err:?}").contains("not-a-hash"), "the value is not quoted");
+
+        // The flag is taken as given (relative to the working directory).
+        let args = RunArgs {
+            config: Some(cfg),
+            overrides: Overrides {
+                web_config_file: Some(PathBuf::from("elsewhere.yml")),
+                ..Overrides::default()
+            },
+        };
+        let effective = effective_config(&args).map_err(|e| e.to_string());
+        assert!(
+            matches!(&effective, Ok(c) if c.web.config_file == Some(PathBuf::from("elsewhere.yml"))),
+            "{effective:?}"
+        );
+        assert!(web_security(&Config::default()).is_ok_and(|s| s.is_none()));
+    }
 }

@@ -97,6 +97,11 @@ impl BasicAuth {
         self.cache().len()
     }
 
+    #[cfg(test)]
+    pub fn dummy_cost(&self) -> u32 {
+        self.dummy_hash.parse::<bcrypt::HashParts>().map_or(0, |p| p.get_cost())
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
         self.ok_cache.lock().unwrap_or_else(|p| p.into_inner())
     }

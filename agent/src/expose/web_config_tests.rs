@@ -251,8 +251,15 @@ async fn basic_auth_checks_users_and_caches_only_successes() {
     use axum::http::HeaderValue;
     use base64::Engine as _;
     let hash = bcrypt::hash("right:pw", 4).expect("hash");
-    let users = [("alice".to_string(), Secret::new(hash))].into_iter().collect();
+    let users = [
+        ("alice".to_string(), Secret::new(hash)),
+        ("carol".to_string(), Secret::new(bcrypt::hash("x", 5).expect("hash"))),
+    ]
+    .into_iter()
+    .collect();
     let auth = BasicAuth::new(&users).map_err(|p| p.message).expect("auth");
+    // Unknown users pay the highest configured cost: no faster "no such user".
+    assert_eq!(auth.dummy_cost(), 5);
     let header = |s: &str| {
         let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s));
         HeaderValue::from_str(&v).expect("header")
