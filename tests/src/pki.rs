@@ -7,6 +7,9 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A new EC P-256 key, unencrypted.
+const EC: [&str; 5] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
 pub struct Pki {
     dir: PathBuf,
 }
@@ -22,14 +25,9 @@ impl Pki {
     /// Writes `ca.crt`/`ca.key` and, for each of [`CERTS`], `NAME.crt` and
     /// `NAME.key` (EC P-256, 2 days) into `dir`.
     pub fn new(dir: &Path) -> Result<Pki> {
-        let openssl = |args: &[&str]| {
-            let mut cmd = Command::new("openssl");
-            cmd.args(args).current_dir(dir);
-            run(&mut cmd, "openssl").map(|_| ())
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let pki = Pki { dir: dir.to_path_buf() };
         let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
+        ca.extend(EC);
         ca.extend([
             "-days",
             "2",
@@ -40,39 +38,51 @@ impl Pki {
             "-out",
             "ca.crt",
         ]);
-        openssl(&ca)?;
+        pki.openssl(&ca)?;
         for (name, san) in CERTS {
-            let (key, req, crt, ext) = (
-                format!("{name}.key"),
-                format!("{name}.csr"),
-                format!("{name}.crt"),
-                format!("{name}.ext"),
-            );
-            let subj = format!("/CN={name}");
-            let mut csr = vec!["req"];
-            csr.extend(ec);
-            csr.extend(["-subj", &subj, "-keyout", &key, "-out", &req]);
-            openssl(&csr)?;
-            std::fs::write(dir.join(&ext), format!("subjectAltName={san}\n"))?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &req,
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &crt,
-            ])?;
+            pki.issue(name, san)?;
         }
-        Ok(Pki { dir: dir.to_path_buf() })
+        Ok(pki)
+    }
+
+    /// `NAME.crt`/`NAME.key`: a new key and a certificate for it (CN=NAME,
+    /// subjectAltName `san`, e.g. "DNS:localhost") signed by the CA.
+    pub fn issue(&self, name: &str, san: &str) -> Result<()> {
+        let (key, req, crt, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+        );
+        let subj = format!("/CN={name}");
+        let mut csr = vec!["req"];
+        csr.extend(EC);
+        csr.extend(["-subj", &subj, "-keyout", &key, "-out", &req]);
+        self.openssl(&csr)?;
+        std::fs::write(self.dir.join(&ext), format!("subjectAltName={san}\n"))?;
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &req,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &crt,
+        ])
+    }
+
+    fn openssl(&self, args: &[&str]) -> Result<()> {
+        let mut cmd = Command::new("openssl");
+        cmd.args(args).current_dir(&self.dir);
+        run(&mut cmd, "openssl").map(|_| ())
     }
 
     pub fn path(&self, file: &str) -> String {

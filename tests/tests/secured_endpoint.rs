@@ -148,6 +148,51 @@ fn basic_auth_over_tls_and_prometheus_scrapes_it() {
     .unwrap_or_else(|e| panic!("{e:#}\nprometheus log:\n{}", prom.log_tail(20)));
     eprintln!("[e2e] prometheus scraped the agent over https with basic auth: {up} ngxprobe_* series");
 
+    // A renewed certificate (cert-manager rewriting the Secret) is served
+    // without restart: new key and certificate moved over the old files.
+    let subject = || -> String {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-CAfile",
+                &pki.path("ca.crt"),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("openssl s_client runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(subject().contains("CN = server"), "{}", subject());
+    pki.issue("renewed", "DNS:localhost,IP:127.0.0.1").expect("issue");
+    for (from, to) in [("renewed.key", "server.key"), ("renewed.crt", "server.crt")] {
+        std::fs::rename(pki.path(from), pki.path(to)).expect("rename");
+    }
+    let renewed = poll(
+        "the renewed certificate is served",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let s = subject();
+            Ok(match s.contains("CN = renewed") {
+                true => Poll::Ready(s),
+                false => Poll::Pending(s),
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", agent.log_tail(10)));
+    eprintln!("[e2e] after renewal: {renewed}");
+    assert_eq!(
+        status(addr, "/metrics", &right),
+        200,
+        "scrapes go on with the renewed certificate"
+    );
+
     // The password and its hash never reach the log.
     let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
     assert!(
