@@ -142,7 +142,7 @@ fn start_and_serve(
             let n = runtime
                 .block_on(async { Notifier::new(am, &dir) })
                 .map_err(|e| RunError::start("notifier", e))?;
-            n.set_external_url(&external_url(cfg));
+            n.set_external_url(&external_url(cfg, security.as_ref().is_some_and(|s| s.tls.is_some())));
             sinks.push(Arc::new(n.clone()));
             let n2 = n.clone();
             workers.push(Worker::spawn_task(
@@ -272,7 +272,7 @@ fn close_store(store: Arc<Store>) {
 }
 
 /// What templates and generator URLs use to link back to this agent.
-fn external_url(cfg: &Config) -> String {
+fn external_url(cfg: &Config, tls: bool) -> String {
     if !cfg.rules.external_url.is_empty() {
         return cfg.rules.external_url.clone();
     }
@@ -283,7 +283,8 @@ fn external_url(cfg: &Config) -> String {
         expose::ListenAddress::AllInterfaces { port } => port,
         expose::ListenAddress::Socket(a) => a.port(),
     };
-    format!("http://{host}:{port}")
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{port}")
 }
 
 /// Loading parses the kernel's whole BTF (several MB) twice; the heap keeps
