@@ -12,7 +12,10 @@
 //! password (the password itself is never kept), at most [`CACHE_MAX`]
 //! entries. Failures are not cached, so guessing stays at bcrypt's pace;
 //! checks run one at a time on a blocking thread, so a flood of wrong
-//! passwords costs one core, not the runtime. An unknown user is checked
+//! passwords costs one core, not the runtime. At most [`MAX_WAITING`]
+//! checks wait their turn; more get 503 at once (counted as
+//! `auth_busy`), so such a flood cannot hold every connection slot while
+//! cached scrapers, which never wait, go on. An unknown user is checked
 //! against a dummy hash of the same cost, so its answer takes as long as a
 //! wrong password's.
 use std::collections::{BTreeMap, HashSet};
@@ -24,11 +27,23 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
+use super::http_stats::{HttpStats, RequestRefusal};
 use super::web_config::Problem;
 use crate::secret::Secret;
 
 /// Cached successful (user, hash, password) digests at most.
 pub const CACHE_MAX: usize = 100;
+/// bcrypt checks waiting for their turn at most.
+pub const MAX_WAITING: usize = 16;
+
+/// What a check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    Denied,
+    /// Too many checks waiting: try again (503).
+    Busy,
+}
 
 pub struct BasicAuth {
     users: BTreeMap<String, Secret>,
@@ -37,6 +52,7 @@ pub struct BasicAuth {
     ok_cache: Mutex<HashSet<[u8; 32]>>,
     /// One bcrypt at a time (exporter-toolkit's bcryptMtx).
     bcrypt_turn: tokio::sync::Mutex<()>,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl BasicAuth {
@@ -58,20 +74,24 @@ impl BasicAuth {
             dummy_hash,
             ok_cache: Mutex::new(HashSet::new()),
             bcrypt_turn: tokio::sync::Mutex::new(()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
     /// Whether an `Authorization` header value names a user with the right password.
-    pub async fn check(&self, authorization: Option<&HeaderValue>) -> bool {
+    pub async fn check(&self, authorization: Option<&HeaderValue>) -> Verdict {
         let Some((user, password)) = authorization.and_then(parse_basic) else {
-            return false;
+            return Verdict::Denied;
         };
         let known = self.users.get(&user);
         let hash = known.map_or(self.dummy_hash.as_str(), |s| s.expose());
         let digest = cache_key(&user, hash, &password);
         if known.is_some() && self.cache().contains(&digest) {
-            return true;
+            return Verdict::Allowed;
         }
+        let Some(_waiter) = Waiter::enter(&self.waiting) else {
+            return Verdict::Busy;
+        };
         let _turn = self.bcrypt_turn.lock().await;
         let hash = hash.to_string();
         let verified = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
@@ -89,7 +109,10 @@ impl BasicAuth {
             }
             cache.insert(digest);
         }
-        ok
+        match ok {
+            true => Verdict::Allowed,
+            false => Verdict::Denied,
+        }
     }
 
     #[cfg(test)]
@@ -104,6 +127,24 @@ impl BasicAuth {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
         self.ok_cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A place among the checks waiting for bcrypt; left on drop.
+struct Waiter<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiter<'a> {
+    fn enter(waiting: &'a std::sync::atomic::AtomicUsize) -> Option<Waiter<'a>> {
+        use std::sync::atomic::Ordering::AcqRel;
+        let before = waiting.fetch_add(1, AcqRel);
+        let waiter = Waiter(waiting);
+        (before < MAX_WAITING).then_some(waiter)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -136,6 +177,7 @@ fn cache_key(user: &str, hash: &str, password: &str) -> [u8; 32] {
 pub struct Guard {
     pub basic_auth: Option<Arc<BasicAuth>>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub stats: Arc<HttpStats>,
 }
 
 /// Paths served without credentials.
@@ -144,16 +186,27 @@ pub fn is_open(path: &str) -> bool {
 }
 
 pub async fn guard(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    let allowed = match &guard.basic_auth {
+    let verdict = match &guard.basic_auth {
         Some(auth) if !is_open(req.uri().path()) => auth.check(req.headers().get(header::AUTHORIZATION)).await,
-        _ => true,
+        _ => Verdict::Allowed,
     };
-    let mut response = match allowed {
-        true => next.run(req).await,
-        false => {
+    let mut response = match verdict {
+        Verdict::Allowed => next.run(req).await,
+        Verdict::Denied => {
             let mut r = (StatusCode::UNAUTHORIZED, "Unauthorized\n").into_response();
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic"));
+            r
+        }
+        Verdict::Busy => {
+            guard.stats.request_refused(RequestRefusal::AuthBusy);
+            let mut r = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many password checks waiting; try again\n",
+            )
+                .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
     };

@@ -51,15 +51,19 @@ pub enum RequestRefusal {
     TooManyRequests,
     /// Not answered within `web.api_timeout` (503).
     Timeout,
+    /// Credentials to check with bcrypt while too many checks already
+    /// wait (503): a flood of wrong passwords.
+    AuthBusy,
 }
 
 impl RequestRefusal {
-    const ALL: [RequestRefusal; 5] = [
+    const ALL: [RequestRefusal; 6] = [
         RequestRefusal::BodyTooLarge,
         RequestRefusal::HeaderTooLarge,
         RequestRefusal::Malformed,
         RequestRefusal::TooManyRequests,
         RequestRefusal::Timeout,
+        RequestRefusal::AuthBusy,
     ];
 
     fn label(self) -> &'static str {
@@ -69,6 +73,7 @@ impl RequestRefusal {
             RequestRefusal::Malformed => "malformed",
             RequestRefusal::TooManyRequests => "too_many_requests",
             RequestRefusal::Timeout => "timeout",
+            RequestRefusal::AuthBusy => "auth_busy",
         }
     }
 }

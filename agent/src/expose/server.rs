@@ -254,11 +254,12 @@ impl Server {
             landing_page: self.web.enable_api,
             source: self.source,
             health: self.health,
-            stats,
+            stats: stats.clone(),
         });
         let guard_state = Arc::new(Guard {
             basic_auth: self.security.as_ref().and_then(|s| s.basic_auth.clone()),
             headers: self.security.as_ref().map(|s| s.headers.clone()).unwrap_or_default(),
+            stats,
         });
         // API off: only the fallback (telemetry, health) is left.
         let api = match self.web.enable_api {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::expose::auth::Verdict;
 
 struct Dir {
     tmp: tempfile::TempDir,
@@ -264,14 +265,49 @@ async fn basic_auth_checks_users_and_caches_only_successes() {
         let v = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(s));
         HeaderValue::from_str(&v).expect("header")
     };
-    assert!(auth.check(Some(&header("alice:right:pw"))).await);
+    let ok = |v: Verdict| v == Verdict::Allowed;
+    assert!(ok(auth.check(Some(&header("alice:right:pw"))).await));
     assert_eq!(auth.cached(), 1);
-    assert!(auth.check(Some(&header("alice:right:pw"))).await, "from the cache");
-    assert!(!auth.check(Some(&header("alice:wrong"))).await);
-    assert!(!auth.check(Some(&header("bob:right:pw"))).await);
-    assert!(!auth.check(Some(&header("alice"))).await);
-    assert!(!auth.check(None).await);
-    assert!(!auth.check(Some(&HeaderValue::from_static("Bearer xyz"))).await);
-    assert!(!auth.check(Some(&HeaderValue::from_static("Basic !!!"))).await);
+    assert!(ok(auth.check(Some(&header("alice:right:pw"))).await), "from the cache");
+    assert!(!ok(auth.check(Some(&header("alice:wrong"))).await));
+    assert!(!ok(auth.check(Some(&header("bob:right:pw"))).await));
+    assert!(!ok(auth.check(Some(&header("alice"))).await));
+    assert!(!ok(auth.check(None).await));
+    assert!(!ok(auth.check(Some(&HeaderValue::from_static("Bearer xyz"))).await));
+    assert!(!ok(auth.check(Some(&HeaderValue::from_static("Basic !!!"))).await));
     assert_eq!(auth.cached(), 1, "failures are not cached");
+
+    // A flood of wrong passwords: at most MAX_WAITING wait for bcrypt, the
+    // rest are turned away at once; the cached user is let in meanwhile.
+    let wrong = header("alice:wrong");
+    let flood = futures_join_all((0..super::super::auth::MAX_WAITING + 8).map(|_| auth.check(Some(&wrong))));
+    let right = header("alice:right:pw");
+    let cached = auth.check(Some(&right));
+    let (verdicts, cached) = tokio::join!(flood, cached);
+    assert_eq!(cached, Verdict::Allowed);
+    let busy = verdicts.iter().filter(|v| **v == Verdict::Busy).count();
+    let denied = verdicts.iter().filter(|v| **v == Verdict::Denied).count();
+    assert_eq!((busy, denied), (8, super::super::auth::MAX_WAITING), "{verdicts:?}");
+}
+
+/// Polls every future in turn until all are done (no futures crate here).
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(move |cx| {
+        let mut pending = false;
+        for (f, o) in set.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        match pending {
+            true => std::task::Poll::Pending,
+            false => std::task::Poll::Ready(out.iter_mut().filter_map(Option::take).collect()),
+        }
+    })
+    .await
 }
