@@ -25,6 +25,6 @@ mod tests;
 pub use config::{ListenAddress, WebConfig};
 pub use health::Health;
 pub use negotiate::{Format, negotiate};
-pub use process::process_families;
+pub use process::{max_fds, open_fds, process_families};
 pub use render::{render_openmetrics, render_text};
 pub use server::{ServeError, Server, bind};
