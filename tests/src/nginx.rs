@@ -62,6 +62,8 @@ pub struct NginxOptions {
     /// `backlog=N` on the main server's listen lines (nginx's default is
     /// 511, capped by net.core.somaxconn).
     pub backlog: Option<u32>,
+    /// Raw config appended inside `http { }` (extra servers of a test).
+    pub extra_http: String,
 }
 
 impl Default for NginxOptions {
@@ -78,6 +80,7 @@ impl Default for NginxOptions {
             proxy_protocol: false,
             netns: None,
             backlog: None,
+            extra_http: String::new(),
         }
     }
 }
@@ -168,6 +171,7 @@ impl Nginx {
             extra.push_str(&server_block(d, plain, "proxy_protocol", "proxied"));
         }
         let conf = d.join("nginx.conf");
+        let extra = format!("{extra}{}", opts.extra_http);
         std::fs::write(&conf, config_with(d, opts, main_port, oracle_port, &extra))?;
         let mut cmd = match &opts.netns {
             Some(ns) => ns.command(bin)?,
