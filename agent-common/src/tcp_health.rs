@@ -82,7 +82,11 @@ pub fn hist_bucket(v: u64) -> usize {
     } else {
         bits += x as usize;
     }
-    if bits >= HIST_BUCKETS - 1 { HIST_BUCKETS - 1 } else { bits }
+    if bits >= HIST_BUCKETS - 1 {
+        HIST_BUCKETS - 1
+    } else {
+        bits
+    }
 }
 
 /// One histogram: counts per bucket and the sum of the values.

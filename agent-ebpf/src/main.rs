@@ -216,6 +216,9 @@ pub fn ngx_set_state(ctx: BtfTracePointContext) -> u32 {
     let sk: *const c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    if new == TCP_CLOSE {
+        tcp_health::on_close_state(sk);
+    }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         on_established(sk);
     } else if (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT)

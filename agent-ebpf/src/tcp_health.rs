@@ -9,6 +9,8 @@
 //! - `tcp_send_reset` / `tcp_receive_reset`: an RST on one of nginx's
 //!   connections; the socket is marked (RESET_MARKS) so its close counts as
 //!   a reset.
+//! - `inet_sock_set_state` to TCP_CLOSE (main.rs calls [`on_close_state`]):
+//!   a connection the kernel timed out is marked (sk_err is read once).
 //! - `tcp_destroy_sock` (the program in main.rs calls [`on_destroy`]): the
 //!   connection's cause of end, its time stalled by the peer's receive window
 //!   or the send buffer, and its distributions (RTT, lifetime, requests, bytes).
@@ -73,13 +75,16 @@ static NGINX_MASTERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_INSTANCE
 #[map]
 static OOM_VICTIMS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
-/// Connections an RST was sent (bit 0) or received (bit 1) on: created only
-/// at a reset, read once at the socket's destruction.
+/// Connections an RST was sent (bit 0) or received (bit 1) on, or that the
+/// kernel timed out (bit 2): created only at such an event, read once at the
+/// socket's destruction.
 #[btf_map]
 static RESET_MARKS: SkStorage<u32> = SkStorage::new();
 
 const RST_SENT: u32 = 1;
 const RST_RECEIVED: u32 = 2;
+/// The kernel closed the socket with sk_err ETIMEDOUT (see [`on_close_state`]).
+const TIMED_OUT: u32 = 4;
 const BPF_NOEXIST: u64 = 1;
 const BPF_SK_STORAGE_GET_F_CREATE: u64 = 1;
 const ECONNREFUSED: i32 = 111;
@@ -218,6 +223,12 @@ fn on_reset(sk: *const c_void, bit: u32) {
         };
         add_u(field, 1);
     }
+    mark(sk, bit);
+}
+
+/// Sets `bit` in the socket's RESET_MARKS (created if needed).
+#[inline(always)]
+fn mark(sk: *const c_void, bit: u32) {
     let zero: u32 = 0;
     // SAFETY: `sk` is the tracepoint's full socket (it has our storage).
     let mark = unsafe {
@@ -234,6 +245,26 @@ fn on_reset(sk: *const c_void, bit: u32) {
     }
 }
 
+/// A socket moved to TCP_CLOSE (main.rs's inet_sock_set_state program).
+/// When the kernel gives up on a connection (tcp_write_err) it sets sk_err
+/// to ETIMEDOUT right before this state change; nginx's next read or write
+/// takes the error and clears sk_err before the socket is destroyed, so the
+/// timeout is marked here. A plain close costs one read of sk_err.
+#[inline(always)]
+pub fn on_close_state(sk: *const c_void) {
+    let t = tcp_offsets();
+    if t.valid == 0 {
+        return;
+    }
+    let err: i32 = read_at(sk, t.sk_err);
+    if err != ETIMEDOUT {
+        return;
+    }
+    if nginx_conn(sk).is_some() {
+        mark(sk, TIMED_OUT);
+    }
+}
+
 /// The socket of a connection nginx accepted is being destroyed: count how
 /// it ended and observe its distributions. Called by main.rs's
 /// tcp_destroy_sock program (once per socket).
@@ -244,8 +275,14 @@ pub fn on_destroy(sk: *const c_void, conn: *mut Conn) {
         return;
     }
     // SAFETY: `conn` comes from a storage lookup in this invocation.
-    let (slot, requests, accepted_ns, parsed) =
-        unsafe { ((*conn).slot, (*conn).requests, (*conn).accepted_ns, (*conn).unparsed == UNPARSED_NONE) };
+    let (slot, requests, accepted_ns, parsed) = unsafe {
+        (
+            (*conn).slot,
+            (*conn).requests,
+            (*conn).accepted_ns,
+            (*conn).unparsed == UNPARSED_NONE,
+        )
+    };
     let port = local_port(sk, &t);
     // SAFETY: `sk` is the tracepoint's socket.
     let mark = unsafe {
@@ -257,9 +294,10 @@ pub fn on_destroy(sk: *const c_void, conn: *mut Conn) {
         )
     } as *const u32;
     // SAFETY: `mark` is this socket's storage when not null.
-    let reset_seen = !mark.is_null() && unsafe { *mark } != 0;
+    let marks = if mark.is_null() { 0 } else { unsafe { *mark } };
+    let reset_seen = marks & (RST_SENT | RST_RECEIVED) != 0;
     let err: i32 = read_at(sk, t.sk_err);
-    let cause = if err == ETIMEDOUT {
+    let cause = if err == ETIMEDOUT || marks & TIMED_OUT != 0 {
         // The kernel gave up: retransmissions, zero-window probes or
         // keepalives unanswered (tcp_write_err).
         CLOSE_TIMEOUT

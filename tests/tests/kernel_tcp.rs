@@ -158,7 +158,10 @@ fn response_complete(got: &[u8]) -> Result<bool> {
 
 /// Closes with SO_LINGER {on, 0}: the kernel sends an RST instead of a FIN.
 fn close_with_reset(c: TcpStream) -> Result<()> {
-    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: setsockopt on an fd we own, with a correctly sized value.
     let rc = unsafe {
         libc::setsockopt(
@@ -199,14 +202,29 @@ fn add_loss(ns: &Netns, veth: &str, percent: u32) -> std::result::Result<&'stati
     let ipt = ns.output(
         "iptables",
         &[
-            "-A", "INPUT", "-i", veth, "-p", "tcp", "-m", "statistic", "--mode", "random", "--probability", &p, "-j",
+            "-A",
+            "INPUT",
+            "-i",
+            veth,
+            "-p",
+            "tcp",
+            "-m",
+            "statistic",
+            "--mode",
+            "random",
+            "--probability",
+            &p,
+            "-j",
             "DROP",
         ],
         t,
     );
     match ipt {
         Ok(_) => Ok("iptables"),
-        Err(e) => Err(format!("nft: {:#}; iptables: {e:#}", nft.err().map(|e| e.to_string()).unwrap_or_default())),
+        Err(e) => Err(format!(
+            "nft: {:#}; iptables: {e:#}",
+            nft.err().map(|e| e.to_string()).unwrap_or_default()
+        )),
     }
 }
 
@@ -219,8 +237,20 @@ fn remove_loss(ns: &Netns, veth: &str, how: &str, percent: u32) {
         ns.output(
             "iptables",
             &[
-                "-D", "INPUT", "-i", veth, "-p", "tcp", "-m", "statistic", "--mode", "random", "--probability", &p,
-                "-j", "DROP",
+                "-D",
+                "INPUT",
+                "-i",
+                veth,
+                "-p",
+                "tcp",
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
             ],
             t,
         )
@@ -239,8 +269,18 @@ fn kernel_tcp_retransmits_match_the_namespace_counters() {
     net.client.run(move || get(addr, MID_FILE, false)).unwrap().unwrap();
     let before = net.counters();
     let s0 = net.agent.scrape().unwrap();
-    let rtx0 = metric(&s0, "ngxprobe_tcp_retransmitted_segments_total", &conf, &[("listen_address", &listener)]);
-    let syn0 = metric(&s0, "ngxprobe_tcp_synack_retransmits_total", &conf, &[("listen_address", &listener)]);
+    let rtx0 = metric(
+        &s0,
+        "ngxprobe_tcp_retransmitted_segments_total",
+        &conf,
+        &[("listen_address", &listener)],
+    );
+    let syn0 = metric(
+        &s0,
+        "ngxprobe_tcp_synack_retransmits_total",
+        &conf,
+        &[("listen_address", &listener)],
+    );
     let percent = 8;
     let how = match add_loss(&net.client, &net.veth, percent) {
         Ok(how) => how,
@@ -255,7 +295,13 @@ fn kernel_tcp_retransmits_match_the_namespace_counters() {
         .run(move || {
             std::thread::scope(|sc| {
                 let hs: Vec<_> = (0..4)
-                    .map(|_| sc.spawn(move || (0..8).map(|_| get(addr, MID_FILE, false).map(|r| r.1)).collect::<Vec<_>>()))
+                    .map(|_| {
+                        sc.spawn(move || {
+                            (0..8)
+                                .map(|_| get(addr, MID_FILE, false).map(|r| r.1))
+                                .collect::<Vec<_>>()
+                        })
+                    })
                     .collect();
                 hs.into_iter().flat_map(|h| h.join().unwrap()).collect::<Vec<_>>()
             })
@@ -271,15 +317,35 @@ fn kernel_tcp_retransmits_match_the_namespace_counters() {
     let s = net.wait_for("ngxprobe's retransmits to match RetransSegs", |s| {
         let c = net.counters();
         let want = c.delta(&before, "Tcp.RetransSegs")?;
-        let rtx = metric(s, "ngxprobe_tcp_retransmitted_segments_total", &conf, &[("listen_address", &listener)]) - rtx0;
-        let syn = metric(s, "ngxprobe_tcp_synack_retransmits_total", &conf, &[("listen_address", &listener)]) - syn0;
+        let rtx = metric(
+            s,
+            "ngxprobe_tcp_retransmitted_segments_total",
+            &conf,
+            &[("listen_address", &listener)],
+        ) - rtx0;
+        let syn = metric(
+            s,
+            "ngxprobe_tcp_synack_retransmits_total",
+            &conf,
+            &[("listen_address", &listener)],
+        ) - syn0;
         eprintln!("[e2e] RetransSegs +{want}, ngxprobe retransmitted +{rtx} + SYN-ACK +{syn}");
         Ok(want > 0 && (rtx + syn) as i64 == want)
     });
     let after = net.counters();
     let want = after.delta(&before, "Tcp.RetransSegs").unwrap();
-    let syn = metric(&s, "ngxprobe_tcp_synack_retransmits_total", &conf, &[("listen_address", &listener)]) - syn0;
-    let rtx = metric(&s, "ngxprobe_tcp_retransmitted_segments_total", &conf, &[("listen_address", &listener)]) - rtx0;
+    let syn = metric(
+        &s,
+        "ngxprobe_tcp_synack_retransmits_total",
+        &conf,
+        &[("listen_address", &listener)],
+    ) - syn0;
+    let rtx = metric(
+        &s,
+        "ngxprobe_tcp_retransmitted_segments_total",
+        &conf,
+        &[("listen_address", &listener)],
+    ) - rtx0;
     eprintln!(
         "[e2e] loss {percent}% via {how}: RetransSegs +{want}, TCPSynRetrans +{}; ngxprobe segments +{rtx}, SYN-ACKs +{syn}",
         after.delta(&before, "TcpExt.TCPSynRetrans").unwrap()
@@ -288,96 +354,120 @@ fn kernel_tcp_retransmits_match_the_namespace_counters() {
     assert!(rtx > 0.0, "data segments were retransmitted");
     // Sent segments (at close) exceed the retransmitted ones; every closed
     // connection is in the distributions.
-    let sent = metric(&s, "ngxprobe_tcp_segments_sent_total", &conf, &[("listen_address", &listener)]);
+    let sent = metric(
+        &s,
+        "ngxprobe_tcp_segments_sent_total",
+        &conf,
+        &[("listen_address", &listener)],
+    );
     assert!(sent > rtx, "segments sent {sent} vs retransmitted {rtx}");
     let closed = metric(&s, "ngxprobe_tcp_connections_closed_total", &conf, &[]);
     let rtt_count = metric(&s, "ngxprobe_tcp_connection_rtt_seconds_count", &conf, &[]);
     assert_eq!(closed, rtt_count, "one RTT observation per closed connection");
-    let big = metric(&s, "ngxprobe_tcp_connection_bytes_bucket", &conf, &[("direction", "sent"), ("le", "+Inf")])
-        - metric(&s, "ngxprobe_tcp_connection_bytes_bucket", &conf, &[("direction", "sent"), ("le", "262144")]);
+    let big = metric(
+        &s,
+        "ngxprobe_tcp_connection_bytes_bucket",
+        &conf,
+        &[("direction", "sent"), ("le", "+Inf")],
+    ) - metric(
+        &s,
+        "ngxprobe_tcp_connection_bytes_bucket",
+        &conf,
+        &[("direction", "sent"), ("le", "262144")],
+    );
     assert!(big >= 33.0, "33 responses of more than 256 KiB: {big}");
+}
+
+/// Runs `clients` in the clients' namespace, waits until ngxprobe's `metric`
+/// on the test's listener grew by `n`, and returns (ngxprobe's increase, the
+/// namespace's counters before and after).
+fn reset_case(
+    net: &Net,
+    metric_name: &str,
+    n: usize,
+    clients: impl FnOnce() -> Result<()> + Send,
+) -> (f64, f64, NetCounters, NetCounters) {
+    let conf = net.conf();
+    let l = net.addr.to_string();
+    let labels = [("listen_address", l.as_str())];
+    let reset_closes = |s: &Scrape| {
+        metric(
+            s,
+            "ngxprobe_tcp_connections_closed_total",
+            &conf,
+            &[("listen_address", &l), ("cause", "reset")],
+        )
+    };
+    let before = net.counters();
+    let s0 = net.agent.scrape().unwrap();
+    net.client.run(clients).unwrap().unwrap();
+    let s1 = net.wait_for(metric_name, |s| {
+        Ok(
+            metric(s, metric_name, &conf, &labels) - metric(&s0, metric_name, &conf, &labels) >= n as f64
+                && reset_closes(s) - reset_closes(&s0) >= n as f64,
+        )
+    });
+    let after = net.counters();
+    (
+        metric(&s1, metric_name, &conf, &labels) - metric(&s0, metric_name, &conf, &labels),
+        reset_closes(&s1) - reset_closes(&s0),
+        before,
+        after,
+    )
 }
 
 #[test]
 fn kernel_tcp_resets_sent_and_received_match_the_namespace_counters() {
     let _g = guard("kernel_tcp_resets_sent_and_received_match_the_namespace_counters");
     let net = Net::start("rst");
-    let conf = net.conf();
-    let l = net.addr.to_string();
     let addr = net.addr;
-    let labels = [("listen_address", l.as_str())];
     let n = 5;
 
-    // Clients that close with SO_LINGER 0 after a keep-alive response.
-    let before = net.counters();
-    let s0 = net.agent.scrape().unwrap();
-    net.client
-        .run(move || -> Result<()> {
-            for _ in 0..n {
-                let (c, got) = get(addr, MID_FILE, true)?;
-                if got < MID_SIZE {
-                    bail!("short response: {got}");
-                }
-                close_with_reset(c)?;
+    // Clients that close with SO_LINGER 0 after a keep-alive response: RSTs
+    // nginx receives on established connections (EstabResets), none sent.
+    let (received, closes, before, after) = reset_case(&net, "ngxprobe_tcp_resets_received_total", n, move || {
+        for _ in 0..n {
+            let (c, got) = get(addr, MID_FILE, true)?;
+            if got < MID_SIZE {
+                bail!("short response: {got}");
             }
-            Ok(())
-        })
-        .unwrap()
-        .unwrap();
-    let s1 = net.wait_for("resets received", |s| {
-        Ok(metric(s, "ngxprobe_tcp_resets_received_total", &conf, &labels)
-            - metric(&s0, "ngxprobe_tcp_resets_received_total", &conf, &labels)
-            >= n as f64)
+            close_with_reset(c)?;
+        }
+        Ok(())
     });
-    let mid = net.counters();
-    let received = metric(&s1, "ngxprobe_tcp_resets_received_total", &conf, &labels)
-        - metric(&s0, "ngxprobe_tcp_resets_received_total", &conf, &labels);
     eprintln!(
-        "[e2e] SO_LINGER 0 clients: EstabResets +{}, OutRsts +{}; ngxprobe resets received +{received}",
-        mid.delta(&before, "Tcp.EstabResets").unwrap(),
-        mid.delta(&before, "Tcp.OutRsts").unwrap()
+        "[e2e] SO_LINGER 0 clients: EstabResets +{}, OutRsts +{}; ngxprobe resets received +{received}, closed by reset +{closes}",
+        after.delta(&before, "Tcp.EstabResets").unwrap(),
+        after.delta(&before, "Tcp.OutRsts").unwrap()
     );
-    assert_eq!(received as i64, mid.delta(&before, "Tcp.EstabResets").unwrap());
-    assert_eq!(received as i64, n);
-    assert_eq!(mid.delta(&before, "Tcp.OutRsts").unwrap(), 0, "nginx sent no RST");
-    let reset_closes = |s: &Scrape| {
-        metric(s, "ngxprobe_tcp_connections_closed_total", &conf, &[("listen_address", &l), ("cause", "reset")])
-    };
-    assert_eq!(reset_closes(&s1) - reset_closes(&s0), n as f64);
+    assert_eq!(received as i64, after.delta(&before, "Tcp.EstabResets").unwrap());
+    assert_eq!(received as i64, n as i64);
+    assert_eq!(after.delta(&before, "Tcp.OutRsts").unwrap(), 0, "nginx sent no RST");
+    assert_eq!(closes, n as f64);
 
     // nginx resetting: `return 444` with reset_timedout_connection on.
-    let s2 = net.agent.scrape().unwrap();
-    net.client
-        .run(move || -> Result<()> {
-            for _ in 0..n {
-                let (_c, got) = get(addr, "close", false)?;
-                if got != 0 {
-                    bail!("444 sends nothing, got {got} bytes");
-                }
+    let (sent, closes, before, after) = reset_case(&net, "ngxprobe_tcp_resets_sent_total", n, move || {
+        for _ in 0..n {
+            let (_c, got) = get(addr, "close", false)?;
+            if got != 0 {
+                bail!("444 sends nothing, got {got} bytes");
             }
-            Ok(())
-        })
-        .unwrap()
-        .unwrap();
-    let s3 = net.wait_for("resets sent", |s| {
-        Ok(metric(s, "ngxprobe_tcp_resets_sent_total", &conf, &labels)
-            - metric(&s2, "ngxprobe_tcp_resets_sent_total", &conf, &labels)
-            >= n as f64)
+        }
+        Ok(())
     });
-    let after = net.counters();
-    let sent = metric(&s3, "ngxprobe_tcp_resets_sent_total", &conf, &labels)
-        - metric(&s2, "ngxprobe_tcp_resets_sent_total", &conf, &labels);
     eprintln!(
-        "[e2e] return 444: OutRsts +{}, EstabResets +{}; ngxprobe resets sent +{sent}",
-        after.delta(&mid, "Tcp.OutRsts").unwrap(),
-        after.delta(&mid, "Tcp.EstabResets").unwrap()
+        "[e2e] return 444: OutRsts +{}, EstabResets +{}; ngxprobe resets sent +{sent}, closed by reset +{closes}",
+        after.delta(&before, "Tcp.OutRsts").unwrap(),
+        after.delta(&before, "Tcp.EstabResets").unwrap()
     );
-    assert_eq!(sent as i64, after.delta(&mid, "Tcp.OutRsts").unwrap());
-    assert_eq!(sent as i64, n);
-    let s4 = net.wait_for("reset closes", |s| Ok(reset_closes(s) - reset_closes(&s2) >= n as f64));
-    assert_eq!(reset_closes(&s4) - reset_closes(&s2), n as f64);
+    assert_eq!(sent as i64, after.delta(&before, "Tcp.OutRsts").unwrap());
+    assert_eq!(sent as i64, n as i64);
+    assert_eq!(closes, n as f64);
+    let s = net.agent.scrape().unwrap();
+    let l = net.addr.to_string();
+    let timeouts = [("listen_address", l.as_str()), ("cause", "timeout")];
     assert_eq!(
-        metric(&s4, "ngxprobe_tcp_connections_closed_total", &conf, &[("listen_address", &l), ("cause", "timeout")]),
+        metric(&s, "ngxprobe_tcp_connections_closed_total", &net.conf(), &timeouts),
         0.0
     );
 }
@@ -393,12 +483,21 @@ fn kernel_worker_crashes_are_exits_by_signal_and_reload_is_not() {
     );
     let conf = s.nginx.conf_label();
     let exits = |sc: &Scrape, cause: &str, sig: &str| {
-        metric(sc, "ngxprobe_nginx_worker_exits_total", &conf, &[("cause", cause), ("signal", sig)])
+        metric(
+            sc,
+            "ngxprobe_nginx_worker_exits_total",
+            &conf,
+            &[("cause", cause), ("signal", sig)],
+        )
     };
     let wait = |what: &str, f: &dyn Fn(&Scrape) -> bool| -> Scrape {
         poll(what, Duration::from_secs(15), Duration::from_millis(100), || {
             let sc = s.agent.scrape()?;
-            Ok(if f(&sc) { Poll::Ready(sc) } else { Poll::Pending("not yet".into()) })
+            Ok(if f(&sc) {
+                Poll::Ready(sc)
+            } else {
+                Poll::Pending("not yet".into())
+            })
         })
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", s.agent.log_tail(30)))
     };
@@ -409,10 +508,19 @@ fn kernel_worker_crashes_are_exits_by_signal_and_reload_is_not() {
     // SIGSEGV to a worker (nginx has no handler for it: the worker dies).
     let victim = *s.nginx.worker_pids().first().expect("a worker");
     assert_eq!(unsafe { libc::kill(victim, libc::SIGSEGV) }, 0);
-    poll("respawn after SIGSEGV", Duration::from_secs(10), Duration::from_millis(20), || {
-        let w = s.nginx.worker_pids();
-        Ok(if w.len() == 2 && !w.contains(&victim) { Poll::Ready(()) } else { Poll::Pending(format!("{w:?}")) })
-    })
+    poll(
+        "respawn after SIGSEGV",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            let w = s.nginx.worker_pids();
+            Ok(if w.len() == 2 && !w.contains(&victim) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{w:?}"))
+            })
+        },
+    )
     .unwrap();
     wait("the SIGSEGV exit and its respawn", &|sc| {
         exits(sc, "signal", "SIGSEGV") == 1.0 && metric(sc, "ngxprobe_nginx_worker_respawns_total", &conf, &[]) == 1.0
@@ -442,7 +550,15 @@ fn kernel_worker_crashes_are_exits_by_signal_and_reload_is_not() {
         .filter(|x| x.label("cause") != Some("exit"))
         .map(|x| x.value)
         .sum();
-    assert_eq!(by_signal, 2.0, "only the two crashes: {:?}", sc.raw.lines().filter(|l| l.contains("worker_exits")).collect::<Vec<_>>());
+    assert_eq!(
+        by_signal,
+        2.0,
+        "only the two crashes: {:?}",
+        sc.raw
+            .lines()
+            .filter(|l| l.contains("worker_exits"))
+            .collect::<Vec<_>>()
+    );
     assert_eq!(metric(&sc, "ngxprobe_nginx_worker_respawns_total", &conf, &[]), 2.0);
     // Descriptors against the limit, per worker, as /proc says.
     for p in new {
@@ -454,8 +570,196 @@ fn kernel_worker_crashes_are_exits_by_signal_and_reload_is_not() {
             .and_then(|v| v.parse().ok())
             .expect("soft limit");
         let pid = p.to_string();
-        assert_eq!(metric(&sc, "ngxprobe_nginx_worker_max_fds", &conf, &[("pid", &pid)]), soft);
+        assert_eq!(
+            metric(&sc, "ngxprobe_nginx_worker_max_fds", &conf, &[("pid", &pid)]),
+            soft
+        );
         let open = metric(&sc, "ngxprobe_nginx_worker_open_fds", &conf, &[("pid", &pid)]);
         assert!(open >= 3.0 && open < soft, "worker {p}: {open} open fds of {soft}");
     }
+}
+
+/// Adds an nft/iptables rule in the clients' namespace dropping every data
+/// segment from nginx (packets over 100 bytes: handshakes and pure ACKs
+/// pass), so nginx's data is never acknowledged. Err (why) if neither works.
+fn drop_data(ns: &Netns, veth: &str) -> std::result::Result<&'static str, String> {
+    let t = Duration::from_secs(10);
+    let rule = format!(
+        "table inet ngxprobe_black {{\n  chain in {{\n    type filter hook input priority 0;\n    \
+         iifname \"{veth}\" tcp sport {PORT} meta length > 100 drop\n  }}\n}}\n"
+    );
+    let file = std::env::temp_dir().join(format!("ngxprobe-black-{}.nft", std::process::id()));
+    let nft = std::fs::write(&file, &rule)
+        .context("write the nft rule")
+        .and_then(|_| ns.output("nft", &["-f", &file.display().to_string()], t));
+    let _ = std::fs::remove_file(&file);
+    if nft.is_ok() {
+        return Ok("nft");
+    }
+    let port = PORT.to_string();
+    let ipt = ns.output(
+        "iptables",
+        &[
+            "-A",
+            "INPUT",
+            "-i",
+            veth,
+            "-p",
+            "tcp",
+            "--sport",
+            &port,
+            "-m",
+            "length",
+            "--length",
+            "101:65535",
+            "-j",
+            "DROP",
+        ],
+        t,
+    );
+    match ipt {
+        Ok(_) => Ok("iptables"),
+        Err(e) => Err(format!(
+            "nft: {:#}; iptables: {e:#}",
+            nft.err().map(|e| e.to_string()).unwrap_or_default()
+        )),
+    }
+}
+
+/// Connections the kernel gives up on are closed by `timeout` (the
+/// namespace's TCPAbortOnTimeout counts the same events); a client that
+/// stops reading stalls nginx's sending on its receive window for as long
+/// as `ss -ti` says (rwnd_limited).
+#[test]
+fn kernel_tcp_timeouts_and_slow_readers() {
+    let _g = guard("kernel_tcp_timeouts_and_slow_readers");
+    let net = Net::start("tmo");
+    let conf = net.conf();
+    let l = net.addr.to_string();
+    let addr = net.addr;
+    let closed = |s: &Scrape, cause: &str| {
+        metric(
+            s,
+            "ngxprobe_tcp_connections_closed_total",
+            &conf,
+            &[("listen_address", &l), ("cause", cause)],
+        )
+    };
+    let stalled = |s: &Scrape, reason: &str| {
+        metric(
+            s,
+            "ngxprobe_tcp_send_stalled_seconds_total",
+            &conf,
+            &[("listen_address", &l), ("reason", reason)],
+        )
+    };
+
+    // A slow reader: reads nothing for 1.5 s, then the whole response.
+    let s0 = net.agent.scrape().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let client = net.client.handle();
+        std::thread::spawn(move || {
+            client
+                .run(move || -> Result<usize> {
+                    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+                    c.set_read_timeout(Some(Duration::from_secs(20)))?;
+                    write!(c, "GET /{MID_FILE} HTTP/1.1\r\nHost: t\r\n\r\n")?;
+                    std::thread::sleep(Duration::from_millis(1500));
+                    let mut got = Vec::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while !response_complete(&got)? {
+                        let n = c.read(&mut buf)?;
+                        if n == 0 {
+                            bail!("closed early");
+                        }
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    // Hold the connection open until ss was read, then close.
+                    let _ = rx.recv_timeout(Duration::from_secs(20));
+                    Ok(got.len())
+                })
+                .unwrap()
+        })
+    };
+    // The reader has all of it once nginx's send queue is empty: ss then
+    // shows the final rwnd_limited of the connection.
+    let ss_ms: f64 = poll(
+        "ss to show the slow reader's stall",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let out = net.server.output(
+                "ss",
+                &["-tinH", "state", "established", &format!("( sport = :{PORT} )")],
+                Duration::from_secs(5),
+            )?;
+            let v = out
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("rwnd_limited:"))
+                .and_then(|w| w.split("ms").next())
+                .and_then(|ms| ms.parse::<f64>().ok());
+            let idle = !out.contains("unacked") && !out.contains("notsent");
+            Ok(match v {
+                Some(ms) if ms >= 1000.0 && idle => Poll::Ready(ms),
+                _ => Poll::Pending(out),
+            })
+        },
+    )
+    .unwrap();
+    let _ = tx.send(());
+    let got = reader.join().unwrap().unwrap();
+    assert!(got > MID_SIZE);
+    let s1 = net.wait_for("the slow reader's stall", |s| {
+        Ok(stalled(s, "receive_window") - stalled(&s0, "receive_window") > 0.9)
+    });
+    let ours_ms = (stalled(&s1, "receive_window") - stalled(&s0, "receive_window")) * 1000.0;
+    eprintln!("[e2e] slow reader: ss rwnd_limited {ss_ms} ms; ngxprobe receive_window stall {ours_ms:.1} ms");
+    // jiffies (4 ms at HZ=250) against ss's microseconds printed in ms.
+    assert!(
+        (ours_ms - ss_ms).abs() <= 10.0,
+        "ss {ss_ms} ms vs ngxprobe {ours_ms} ms"
+    );
+
+    // Timeouts: the kernel retries twice (net.ipv4.tcp_retries2 in nginx's
+    // namespace only), then gives up on connections whose data is dropped.
+    net.server
+        .output("sysctl", &["-w", "net.ipv4.tcp_retries2=2"], Duration::from_secs(5))
+        .expect("sysctl in nginx's namespace");
+    let how = match drop_data(&net.client, &net.veth) {
+        Ok(how) => how,
+        Err(why) => {
+            eprintln!("[e2e] SKIPPED timeout case: no packet filter usable here: {why}");
+            return;
+        }
+    };
+    let before = net.counters();
+    let s2 = net.agent.scrape().unwrap();
+    let n = 2;
+    let clients = net
+        .client
+        .run(move || -> Result<Vec<TcpStream>> {
+            let mut v = Vec::new();
+            for _ in 0..n {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+                write!(c, "GET /{MID_FILE} HTTP/1.1\r\nHost: t\r\n\r\n")?;
+                v.push(c);
+            }
+            Ok(v)
+        })
+        .unwrap()
+        .unwrap();
+    let s3 = net.wait_for("connections closed by timeout", |s| {
+        Ok(closed(s, "timeout") - closed(&s2, "timeout") >= n as f64)
+    });
+    let after = net.counters();
+    drop(clients);
+    let ours = closed(&s3, "timeout") - closed(&s2, "timeout");
+    eprintln!(
+        "[e2e] data dropped ({how}), tcp_retries2=2: TCPAbortOnTimeout +{}; ngxprobe closed by timeout +{ours}",
+        after.delta(&before, "TcpExt.TCPAbortOnTimeout").unwrap()
+    );
+    assert_eq!(ours as i64, after.delta(&before, "TcpExt.TCPAbortOnTimeout").unwrap());
+    assert_eq!(ours as i64, n);
+    assert_eq!(closed(&s3, "reset") - closed(&s2, "reset"), 0.0);
 }

@@ -15,7 +15,11 @@ use crate::metrics::{Family, HistogramValue, MetricType};
 use super::registry::Tracked;
 
 /// `cause` label values, by TcpCounters::closed index.
-const CAUSES: [(usize, &str); 3] = [(CLOSE_NORMAL, "normal"), (CLOSE_RESET, "reset"), (CLOSE_TIMEOUT, "timeout")];
+const CAUSES: [(usize, &str); 3] = [
+    (CLOSE_NORMAL, "normal"),
+    (CLOSE_RESET, "reset"),
+    (CLOSE_TIMEOUT, "timeout"),
+];
 
 /// The families of this module, filled per instance by [`TcpFamilies::add`].
 pub struct TcpFamilies {
@@ -126,10 +130,12 @@ impl TcpFamilies {
         }
         let l = labels.to_vec();
         // Bounds: powers of two of the recorded unit, over the range that matters.
-        self.rtt.push_histogram(l.clone(), &histogram(&hists.rtt_us, 4, 24, 1e-6));
+        self.rtt
+            .push_histogram(l.clone(), &histogram(&hists.rtt_us, 4, 24, 1e-6));
         self.duration
             .push_histogram(l.clone(), &histogram(&hists.duration_ms, 0, 24, 1e-3));
-        self.requests.push_histogram(l.clone(), &histogram(&hists.requests, 0, 16, 1.0));
+        self.requests
+            .push_histogram(l.clone(), &histogram(&hists.requests, 0, 16, 1.0));
         for (h, dir) in [(&hists.bytes_sent, "sent"), (&hists.bytes_received, "received")] {
             let mut bl = l.clone();
             bl.push(("direction".into(), dir.into()));

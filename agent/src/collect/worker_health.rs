@@ -19,9 +19,37 @@ const ALWAYS_SHOWN: [usize; 6] = [4, 6, 7, 8, 9, 11];
 
 /// Linux x86/arm signal names, by number.
 const SIGNALS: [&str; 32] = [
-    "SIGRT", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE", "SIGKILL", "SIGUSR1",
-    "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP",
-    "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR",
+    "SIGRT",
+    "SIGHUP",
+    "SIGINT",
+    "SIGQUIT",
+    "SIGILL",
+    "SIGTRAP",
+    "SIGABRT",
+    "SIGBUS",
+    "SIGFPE",
+    "SIGKILL",
+    "SIGUSR1",
+    "SIGSEGV",
+    "SIGUSR2",
+    "SIGPIPE",
+    "SIGALRM",
+    "SIGTERM",
+    "SIGSTKFLT",
+    "SIGCHLD",
+    "SIGCONT",
+    "SIGSTOP",
+    "SIGTSTP",
+    "SIGTTIN",
+    "SIGTTOU",
+    "SIGURG",
+    "SIGXCPU",
+    "SIGXFSZ",
+    "SIGVTALRM",
+    "SIGPROF",
+    "SIGWINCH",
+    "SIGIO",
+    "SIGPWR",
     "SIGSYS",
 ];
 
@@ -178,7 +206,10 @@ mod tests {
             fams[0]
                 .samples
                 .iter()
-                .find(|s| s.labels.contains(&("cause".into(), cause.into())) && s.labels.contains(&("signal".into(), sig.into())))
+                .find(|s| {
+                    s.labels.contains(&("cause".into(), cause.into()))
+                        && s.labels.contains(&("signal".into(), sig.into()))
+                })
                 .map(|s| s.value)
         };
         assert_eq!(value("signal", "SIGSEGV"), Some(2.0));
@@ -189,7 +220,13 @@ mod tests {
         assert_eq!(abnormal(&e), 3);
         // This process's descriptors, read like a worker's.
         let pid = std::process::id().to_string();
-        let fds = |i: usize| fams[i].samples.iter().find(|s| s.labels.contains(&("pid".into(), pid.clone()))).map(|s| s.value);
+        let fds = |i: usize| {
+            fams[i]
+                .samples
+                .iter()
+                .find(|s| s.labels.contains(&("pid".into(), pid.clone())))
+                .map(|s| s.value)
+        };
         assert!(fds(2).is_some_and(|n| n >= 3.0), "{:?}", fams[2]);
         assert!(fds(3).is_some_and(|n| n >= fds(2).unwrap_or(0.0)), "{:?}", fams[3]);
     }

@@ -70,7 +70,9 @@ pub(crate) fn read_process_families(proc_self: &Path, proc_stat: &Path) -> Vec<F
 
 /// Open file descriptors of the process at `proc_pid` (a /proc/PID directory).
 pub fn open_fds(proc_pid: &Path) -> Option<f64> {
-    std::fs::read_dir(proc_pid.join("fd")).ok().map(|dir| dir.count() as f64)
+    std::fs::read_dir(proc_pid.join("fd"))
+        .ok()
+        .map(|dir| dir.count() as f64)
 }
 
 /// Its open-files soft limit (/proc/PID/limits); None if unlimited or unreadable.

@@ -88,7 +88,9 @@ fn group_families(families: &[Family]) -> Vec<Group<'_>> {
         if group.kind == MetricType::Histogram {
             // One histogram's samples stay together in the order pushed
             // (buckets by bound, _sum, _count): sort by the labels without `le`.
-            group.samples.sort_by(|a, b| histogram_labels(a).cmp(&histogram_labels(b)));
+            group
+                .samples
+                .sort_by(|a, b| histogram_labels(a).cmp(&histogram_labels(b)));
             group
                 .samples
                 .dedup_by(|later, first| later.labels == first.labels && later.suffix == first.suffix);
@@ -305,7 +307,12 @@ mod tests {
         let text = render_text(std::slice::from_ref(&f));
         let want_b = "h_seconds_bucket{x=\"b\",le=\"0.5\"} 1\nh_seconds_bucket{x=\"b\",le=\"1\"} 3\n\
                       h_seconds_bucket{x=\"b\",le=\"+Inf\"} 4\nh_seconds_sum{x=\"b\"} 2.5\nh_seconds_count{x=\"b\"} 4\n";
-        assert!(text.starts_with("# HELP h_seconds A histogram\n# TYPE h_seconds histogram\nh_seconds_bucket{x=\"a\",le=\"0.5\"} 1\n"), "{text}");
+        assert!(
+            text.starts_with(
+                "# HELP h_seconds A histogram\n# TYPE h_seconds histogram\nh_seconds_bucket{x=\"a\",le=\"0.5\"} 1\n"
+            ),
+            "{text}"
+        );
         assert!(text.ends_with(want_b), "{text}");
         assert_eq!(text.lines().count(), 12);
         let om = render_openmetrics(&[f]);

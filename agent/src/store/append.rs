@@ -114,7 +114,11 @@ impl Store {
             for s in &f.samples {
                 // A histogram's _bucket/_sum/_count are series of their own names.
                 let name = s.name(&f.name);
-                let cached = w.ingest_cache.get(name.as_ref()).and_then(|c| c.get(&s.labels)).cloned();
+                let cached = w
+                    .ingest_cache
+                    .get(name.as_ref())
+                    .and_then(|c| c.get(&s.labels))
+                    .cloned();
                 let series = match cached {
                     Some(series) => series,
                     None => {
