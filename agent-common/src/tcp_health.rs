@@ -91,19 +91,10 @@ pub fn hist_bucket(v: u64) -> usize {
 
 /// One histogram: counts per bucket and the sum of the values.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Hist {
     pub buckets: [u64; HIST_BUCKETS],
     pub sum: u64,
-}
-
-impl Default for Hist {
-    fn default() -> Self {
-        Hist {
-            buckets: [0; HIST_BUCKETS],
-            sum: 0,
-        }
-    }
 }
 
 /// Distributions of connections at close, per instance slot (per CPU).
@@ -123,7 +114,7 @@ pub struct ConnHists {
 
 /// Worker exits of one instance slot, per CPU.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct WorkerExits {
     /// Exited by themselves (exit status in exit_code, no signal).
     pub exited: u64,
@@ -131,16 +122,6 @@ pub struct WorkerExits {
     pub oom: u64,
     /// Killed by signal N (index N, 1..=31); index 0: real-time signals.
     pub by_signal: [u64; 32],
-}
-
-impl Default for WorkerExits {
-    fn default() -> Self {
-        WorkerExits {
-            exited: 0,
-            oom: 0,
-            by_signal: [0; 32],
-        }
-    }
 }
 
 /// Offsets the tcp_health programs need, read from the kernel's BTF.
