@@ -104,9 +104,14 @@ impl TcpFamilies {
         counters: &BTreeMap<u16, TcpCounters>,
         hists: &agent_common::ConnHists,
     ) {
-        for (port, c) in counters {
+        // Every listener shows from the start, at 0 until its first event
+        // (a series that appears at 1 is invisible to rate() and increase()).
+        let zero = TcpCounters::default();
+        let mut all: BTreeMap<u16, &TcpCounters> = t.inst.listeners.iter().map(|l| (l.port, &zero)).collect();
+        all.extend(counters.iter().map(|(p, c)| (*p, c)));
+        for (port, c) in all {
             let mut l = labels.to_vec();
-            l.push(("listen_address".into(), listen_address(t, *port)));
+            l.push(("listen_address".into(), listen_address(t, port)));
             self.retrans.push_owned(l.clone(), c.retrans_segs as f64);
             self.synack.push_owned(l.clone(), c.synack_retrans as f64);
             self.rst_sent.push_owned(l.clone(), c.resets_sent as f64);
