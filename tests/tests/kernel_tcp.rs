@@ -10,8 +10,13 @@
 //! * resets: clients closing with SO_LINGER 0 (resets received = EstabResets)
 //!   and nginx's `return 444` with `reset_timedout_connection on` (resets
 //!   sent = OutRsts).
+//! * timeouts: data dropped with net.ipv4.tcp_retries2=2 (closed by timeout
+//!   = TCPAbortOnTimeout); a slow reader (stalled on the receive window as
+//!   long as `ss -ti` says: rwnd_limited).
 //! * worker crash: SIGSEGV and SIGKILL to workers are exits by signal with
-//!   the right signal; a reload's exits are normal exits, not crashes.
+//!   the right signal; a reload's exits are normal exits, not crashes; a
+//!   worker OOM-killed in a memory cgroup is an exit by `oom` (the cgroup's
+//!   oom_kill count).
 use anyhow::{Context, Result, bail};
 use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::netns::{NetCounters, Netns};
@@ -762,4 +767,91 @@ fn kernel_tcp_timeouts_and_slow_readers() {
     assert_eq!(ours as i64, after.delta(&before, "TcpExt.TCPAbortOnTimeout").unwrap());
     assert_eq!(ours as i64, n);
     assert_eq!(closed(&s3, "reset") - closed(&s2, "reset"), 0.0);
+}
+
+/// A worker the OOM killer chooses is an exit by `oom`, not by signal. The
+/// worker is moved into a memory cgroup of its own with a tiny limit, then
+/// made to allocate (connections with large request headers): the cgroup's
+/// OOM killer picks it (memory.oom_control's oom_kill is the oracle).
+#[test]
+fn kernel_worker_oom_kill_is_counted_as_oom() {
+    let s = Session::start(
+        "kernel_worker_oom_kill_is_counted_as_oom",
+        NginxOptions {
+            tag: "oom".into(),
+            ..NginxOptions::workers(1)
+        },
+    );
+    let conf = s.nginx.conf_label();
+    let root = std::path::Path::new("/sys/fs/cgroup/memory");
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers");
+    let (cg, limit_file, procs) = if root.join("memory.limit_in_bytes").exists() {
+        let cg = root.join(format!("ngxprobe-e2e-oom-{}", std::process::id()));
+        (cg.clone(), cg.join("memory.limit_in_bytes"), cg.join("cgroup.procs"))
+    } else if std::fs::read_to_string(v2).is_ok_and(|c| c.contains("memory")) {
+        let cg = std::path::Path::new("/sys/fs/cgroup").join(format!("ngxprobe-e2e-oom-{}", std::process::id()));
+        (cg.clone(), cg.join("memory.max"), cg.join("cgroup.procs"))
+    } else {
+        eprintln!("[e2e] SKIPPED OOM case: no memory cgroup controller here");
+        return;
+    };
+    std::fs::create_dir_all(&cg).expect("create a memory cgroup");
+    /// Removes the cgroup, moving anything still in it back to the parent.
+    struct Rmdir(std::path::PathBuf);
+    impl Drop for Rmdir {
+        fn drop(&mut self) {
+            if let (Ok(left), Some(parent)) = (std::fs::read_to_string(self.0.join("cgroup.procs")), self.0.parent()) {
+                for pid in left.lines() {
+                    let _ = std::fs::write(parent.join("cgroup.procs"), pid);
+                }
+            }
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rmdir(cg.clone());
+    let victim = *s.nginx.worker_pids().first().expect("a worker");
+    std::fs::write(&limit_file, "262144").expect("set the cgroup's memory limit");
+    std::fs::write(&procs, victim.to_string()).expect("move the worker into the cgroup");
+    // Connections whose request headers need large buffers: new heap pages,
+    // charged to the cgroup, over its limit.
+    let addr = s.nginx.main_addr();
+    let header = format!("X-Fill: {}\r\n", "y".repeat(7000));
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        let Ok(mut c) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            break;
+        };
+        let _ = write!(c, "GET / HTTP/1.1\r\nHost: t\r\n{header}{header}{header}");
+        held.push(c);
+        if !std::path::Path::new(&format!("/proc/{victim}")).exists() {
+            break;
+        }
+    }
+    let sc = poll(
+        "the OOM kill",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || {
+            let sc = s.agent.scrape()?;
+            let oom = metric(&sc, "ngxprobe_nginx_worker_exits_total", &conf, &[("cause", "oom")]);
+            Ok(if oom >= 1.0 {
+                Poll::Ready(sc)
+            } else {
+                Poll::Pending(format!("oom {oom}"))
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", s.agent.log_tail(20)));
+    drop(held);
+    let kills = ["memory.oom_control", "memory.events"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(cg.join(f)).ok())
+        .flat_map(|t| t.lines().map(str::to_string).collect::<Vec<_>>())
+        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse::<f64>().ok()))
+        .expect("oom_kill in the cgroup's memory.oom_control / memory.events");
+    let oom = metric(&sc, "ngxprobe_nginx_worker_exits_total", &conf, &[("cause", "oom")]);
+    let by_signal = metric(&sc, "ngxprobe_nginx_worker_exits_total", &conf, &[("cause", "signal")]);
+    eprintln!("[e2e] OOM: cgroup oom_kill {kills}; ngxprobe exits oom {oom}, by signal {by_signal}");
+    assert_eq!(oom, kills);
+    assert_eq!(by_signal, 0.0, "an OOM kill is not counted as a plain SIGKILL");
 }
