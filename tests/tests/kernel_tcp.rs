@@ -184,31 +184,80 @@ fn close_with_reset(c: TcpStream) -> Result<()> {
     Ok(())
 }
 
-/// Random loss of `percent` % of the TCP packets arriving on `veth` in the
-/// clients' namespace (nginx's segments), with nftables or else iptables;
-/// Err (why) if neither works here. The drop is on the receiving side: a
-/// packet dropped on the sender's output hook is an error the sender sees
-/// (it sends again later, not a retransmission).
-fn add_loss(ns: &Netns, veth: &str, percent: u32) -> std::result::Result<&'static str, String> {
+/// A drop rule on the input hook of a namespace (nftables, else iptables),
+/// removed when dropped. Drops are on the receiving side: a packet dropped
+/// on the sender's output hook is an error the sender sees (it sends again
+/// later, not a retransmission).
+struct DropRule<'a> {
+    ns: &'a Netns,
+    /// "nft" or "iptables".
+    how: &'static str,
+    table: &'static str,
+    ipt_match: Vec<String>,
+}
+
+/// Adds `nft_match drop` (table `table`) or else `iptables -A INPUT
+/// ipt_match -j DROP` in `ns`; Err (why) if neither works here.
+fn drop_rule<'a>(
+    ns: &'a Netns,
+    table: &'static str,
+    nft_match: &str,
+    ipt_match: &[&str],
+) -> std::result::Result<DropRule<'a>, String> {
     let t = Duration::from_secs(10);
     let rule = format!(
-        "table inet ngxprobe_loss {{\n  chain in {{\n    type filter hook input priority 0;\n    \
-         iifname \"{veth}\" meta l4proto tcp numgen random mod 100 < {percent} drop\n  }}\n}}\n"
+        "table inet {table} {{\n  chain in {{\n    type filter hook input priority 0;\n    {nft_match} drop\n  }}\n}}\n"
     );
-    let file = std::env::temp_dir().join(format!("ngxprobe-loss-{}.nft", std::process::id()));
+    let file = std::env::temp_dir().join(format!("ngxprobe-{table}-{}.nft", std::process::id()));
     let nft = std::fs::write(&file, &rule)
         .context("write the nft rule")
         .and_then(|_| ns.output("nft", &["-f", &file.display().to_string()], t));
     let _ = std::fs::remove_file(&file);
-    if nft.is_ok() {
-        return Ok("nft");
+    let ipt_match: Vec<String> = ipt_match.iter().map(|a| a.to_string()).collect();
+    let how = match nft {
+        Ok(_) => "nft",
+        Err(nft_err) => {
+            let mut args = vec!["-A", "INPUT"];
+            args.extend(ipt_match.iter().map(String::as_str));
+            args.extend(["-j", "DROP"]);
+            ns.output("iptables", &args, t)
+                .map_err(|e| format!("nft: {nft_err:#}; iptables: {e:#}"))?;
+            "iptables"
+        }
+    };
+    Ok(DropRule {
+        ns,
+        how,
+        table,
+        ipt_match,
+    })
+}
+
+impl Drop for DropRule<'_> {
+    fn drop(&mut self) {
+        let t = Duration::from_secs(10);
+        let r = if self.how == "nft" {
+            self.ns.output("nft", &["delete", "table", "inet", self.table], t)
+        } else {
+            let mut args = vec!["-D", "INPUT"];
+            args.extend(self.ipt_match.iter().map(String::as_str));
+            args.extend(["-j", "DROP"]);
+            self.ns.output("iptables", &args, t)
+        };
+        if let Err(e) = r {
+            eprintln!("[e2e] removing the drop rule: {e:#} (the namespace goes with the test)");
+        }
     }
+}
+
+/// Random loss of `percent` % of the TCP packets arriving on `veth`.
+fn add_loss<'a>(ns: &'a Netns, veth: &str, percent: u32) -> std::result::Result<DropRule<'a>, String> {
     let p = format!("0.{percent:02}");
-    let ipt = ns.output(
-        "iptables",
+    drop_rule(
+        ns,
+        "ngxprobe_loss",
+        &format!("iifname \"{veth}\" meta l4proto tcp numgen random mod 100 < {percent}"),
         &[
-            "-A",
-            "INPUT",
             "-i",
             veth,
             "-p",
@@ -219,48 +268,31 @@ fn add_loss(ns: &Netns, veth: &str, percent: u32) -> std::result::Result<&'stati
             "random",
             "--probability",
             &p,
-            "-j",
-            "DROP",
         ],
-        t,
-    );
-    match ipt {
-        Ok(_) => Ok("iptables"),
-        Err(e) => Err(format!(
-            "nft: {:#}; iptables: {e:#}",
-            nft.err().map(|e| e.to_string()).unwrap_or_default()
-        )),
-    }
+    )
 }
 
-fn remove_loss(ns: &Netns, veth: &str, how: &str, percent: u32) {
-    let t = Duration::from_secs(10);
-    let r = if how == "nft" {
-        ns.output("nft", &["delete", "table", "inet", "ngxprobe_loss"], t)
-    } else {
-        let p = format!("0.{percent:02}");
-        ns.output(
-            "iptables",
-            &[
-                "-D",
-                "INPUT",
-                "-i",
-                veth,
-                "-p",
-                "tcp",
-                "-m",
-                "statistic",
-                "--mode",
-                "random",
-                "--probability",
-                &p,
-                "-j",
-                "DROP",
-            ],
-            t,
-        )
-    };
-    r.expect("remove the loss rule");
+/// Drops every data segment from nginx arriving on `veth` (packets over 100
+/// bytes: handshakes and pure ACKs pass), so nginx's data is never acknowledged.
+fn drop_data<'a>(ns: &'a Netns, veth: &str) -> std::result::Result<DropRule<'a>, String> {
+    let port = PORT.to_string();
+    drop_rule(
+        ns,
+        "ngxprobe_black",
+        &format!("iifname \"{veth}\" tcp sport {PORT} meta length > 100"),
+        &[
+            "-i",
+            veth,
+            "-p",
+            "tcp",
+            "--sport",
+            &port,
+            "-m",
+            "length",
+            "--length",
+            "101:65535",
+        ],
+    )
 }
 
 #[test]
@@ -287,8 +319,8 @@ fn kernel_tcp_retransmits_match_the_namespace_counters() {
         &[("listen_address", &listener)],
     );
     let percent = 8;
-    let how = match add_loss(&net.client, &net.veth, percent) {
-        Ok(how) => how,
+    let loss = match add_loss(&net.client, &net.veth, percent) {
+        Ok(rule) => rule,
         Err(why) => {
             eprintln!("[e2e] SKIPPED retransmit case: no packet-loss facility here (no netem in this kernel): {why}");
             return;
@@ -312,7 +344,8 @@ fn kernel_tcp_retransmits_match_the_namespace_counters() {
             })
         })
         .unwrap();
-    remove_loss(&net.client, &net.veth, how, percent);
+    let how = loss.how;
+    drop(loss);
     for r in &results {
         let n = *r.as_ref().expect("request under loss");
         assert!(n > MID_SIZE, "a full response despite the loss: {n} bytes");
@@ -584,53 +617,6 @@ fn kernel_worker_crashes_are_exits_by_signal_and_reload_is_not() {
     }
 }
 
-/// Adds an nft/iptables rule in the clients' namespace dropping every data
-/// segment from nginx (packets over 100 bytes: handshakes and pure ACKs
-/// pass), so nginx's data is never acknowledged. Err (why) if neither works.
-fn drop_data(ns: &Netns, veth: &str) -> std::result::Result<&'static str, String> {
-    let t = Duration::from_secs(10);
-    let rule = format!(
-        "table inet ngxprobe_black {{\n  chain in {{\n    type filter hook input priority 0;\n    \
-         iifname \"{veth}\" tcp sport {PORT} meta length > 100 drop\n  }}\n}}\n"
-    );
-    let file = std::env::temp_dir().join(format!("ngxprobe-black-{}.nft", std::process::id()));
-    let nft = std::fs::write(&file, &rule)
-        .context("write the nft rule")
-        .and_then(|_| ns.output("nft", &["-f", &file.display().to_string()], t));
-    let _ = std::fs::remove_file(&file);
-    if nft.is_ok() {
-        return Ok("nft");
-    }
-    let port = PORT.to_string();
-    let ipt = ns.output(
-        "iptables",
-        &[
-            "-A",
-            "INPUT",
-            "-i",
-            veth,
-            "-p",
-            "tcp",
-            "--sport",
-            &port,
-            "-m",
-            "length",
-            "--length",
-            "101:65535",
-            "-j",
-            "DROP",
-        ],
-        t,
-    );
-    match ipt {
-        Ok(_) => Ok("iptables"),
-        Err(e) => Err(format!(
-            "nft: {:#}; iptables: {e:#}",
-            nft.err().map(|e| e.to_string()).unwrap_or_default()
-        )),
-    }
-}
-
 /// Connections the kernel gives up on are closed by `timeout` (the
 /// namespace's TCPAbortOnTimeout counts the same events); a client that
 /// stops reading stalls nginx's sending on its receive window for as long
@@ -731,8 +717,8 @@ fn kernel_tcp_timeouts_and_slow_readers() {
     net.server
         .output("sysctl", &["-w", "net.ipv4.tcp_retries2=2"], Duration::from_secs(5))
         .expect("sysctl in nginx's namespace");
-    let how = match drop_data(&net.client, &net.veth) {
-        Ok(how) => how,
+    let black = match drop_data(&net.client, &net.veth) {
+        Ok(rule) => rule,
         Err(why) => {
             eprintln!("[e2e] SKIPPED timeout case: no packet filter usable here: {why}");
             return;
@@ -761,7 +747,8 @@ fn kernel_tcp_timeouts_and_slow_readers() {
     drop(clients);
     let ours = closed(&s3, "timeout") - closed(&s2, "timeout");
     eprintln!(
-        "[e2e] data dropped ({how}), tcp_retries2=2: TCPAbortOnTimeout +{}; ngxprobe closed by timeout +{ours}",
+        "[e2e] data dropped ({}), tcp_retries2=2: TCPAbortOnTimeout +{}; ngxprobe closed by timeout +{ours}",
+        black.how,
         after.delta(&before, "TcpExt.TCPAbortOnTimeout").unwrap()
     );
     assert_eq!(ours as i64, after.delta(&before, "TcpExt.TCPAbortOnTimeout").unwrap());
