@@ -5,8 +5,13 @@
 #![cfg_attr(not(test), no_std)]
 
 mod first_bytes;
+mod tcp_health;
 
 pub use first_bytes::{FIRST_BYTES, PROXY_HEADER, classify_first_bytes};
+pub use tcp_health::{
+    CLOSE_CAUSES, CLOSE_NORMAL, CLOSE_RESET, CLOSE_TIMEOUT, ConnHists, HIST_BUCKETS, Hist, TcpCounters, TcpKey,
+    TcpOffsets, WorkerExits, hist_bucket,
+};
 
 /// Instance slots: one per nginx instance (master + workers) on the node.
 /// Slot `GLOBAL_SLOT` holds node-wide self-metrics of the eBPF side.
@@ -70,8 +75,8 @@ pub struct Conn {
     /// client_header_buffer_size, which every later request-line read also
     /// asks for (a discarded body is read in other sizes).
     pub first_read_size: u32,
-    /// Reserved: bpf_ktime_get_ns() at accept, for connection timing in a
-    /// later stage; 0 for now (a clock read per accept nobody uses).
+    /// bpf_ktime_get_ns() at accept (the connection's lifetime at close);
+    /// 0 for connections found open at start.
     pub accepted_ns: u64,
     /// Reserved for per-request timing (latency, a later stage); not filled
     /// yet so the hot path does not pay for a clock read nobody uses.

@@ -31,6 +31,7 @@
 #![feature(core_intrinsics)]
 
 mod payload;
+mod tcp_health;
 
 use core::{
     ffi::c_void,
@@ -47,7 +48,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_sk_storage_get},
+        generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get},
     },
     macros::{btf_map, btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray},
@@ -215,6 +216,9 @@ pub fn ngx_set_state(ctx: BtfTracePointContext) -> u32 {
     let sk: *const c_void = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
+    if new == TCP_CLOSE {
+        tcp_health::on_close_state(sk);
+    }
     if old == TCP_SYN_RECV && new == TCP_ESTABLISHED {
         on_established(sk);
     } else if (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT)
@@ -262,11 +266,13 @@ fn on_established(sk: *const c_void) {
     };
     // SAFETY: `st` is a live per-CPU value.
     unsafe { add_u(&raw mut (*st).accepted, 1) };
-    // accepted_ns stays 0 until per-request latency (a later stage) needs it:
-    // a clock read per accept is not free on a VM.
+    // The accept time gives the connection's lifetime at close (tcp_health):
+    // one clock read per connection, none per request.
     let init = Conn {
         slot,
         phase: PHASE_WAITING,
+        // SAFETY: helper without arguments.
+        accepted_ns: unsafe { bpf_ktime_get_ns() },
         ..Conn::default()
     };
     if create_state(sk, &init).is_some() {
@@ -309,6 +315,7 @@ fn close_conn(conn: *mut Conn) {
 pub fn ngx_destroy_sock(ctx: BtfTracePointContext) -> u32 {
     let sk: *const c_void = ctx.arg(0);
     if let Some(conn) = conn_of(sk) {
+        tcp_health::on_destroy(sk, conn);
         close_conn(conn);
     }
     0

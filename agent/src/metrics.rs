@@ -16,6 +16,9 @@ pub enum MetricType {
     Gauge,
     /// OpenMetrics `unknown` / text-format `untyped`.
     Untyped,
+    /// Cumulative buckets (`_bucket{le}`), `_sum` and `_count` per label set;
+    /// filled with [`Family::push_histogram`].
+    Histogram,
 }
 
 /// One sample: a label set and a value (the family gives the name).
@@ -24,6 +27,29 @@ pub struct Sample {
     /// Label pairs, in the order they are rendered. Never contains `__name__`.
     pub labels: Vec<(String, String)>,
     pub value: f64,
+    /// Appended to the family name: "" for counters and gauges; `_bucket`,
+    /// `_sum` or `_count` in a histogram.
+    pub suffix: &'static str,
+}
+
+impl Sample {
+    /// The sample's metric name (`__name__`) in family `family`.
+    pub fn name<'a>(&self, family: &'a str) -> std::borrow::Cow<'a, str> {
+        if self.suffix.is_empty() {
+            std::borrow::Cow::Borrowed(family)
+        } else {
+            std::borrow::Cow::Owned(format!("{family}{}", self.suffix))
+        }
+    }
+}
+
+/// One histogram observation set: cumulative counts per upper bound
+/// (ascending, without +Inf, which is `count`), the sum and the count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramValue {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
 }
 
 /// A metric family: name, HELP, TYPE and its samples.
@@ -50,11 +76,48 @@ impl Family {
         self.samples.push(Sample {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             value,
+            suffix: "",
         });
     }
 
     /// Adds a sample with owned labels.
     pub fn push_owned(&mut self, labels: Vec<(String, String)>, value: f64) {
-        self.samples.push(Sample { labels, value });
+        self.samples.push(Sample {
+            labels,
+            value,
+            suffix: "",
+        });
+    }
+
+    /// Adds one histogram (a family of kind Histogram): a `_bucket` sample
+    /// per bound plus `le="+Inf"`, then `_sum` and `_count`, all with `labels`.
+    pub fn push_histogram(&mut self, labels: Vec<(String, String)>, h: &HistogramValue) {
+        let bound = |le: String| {
+            let mut l = labels.clone();
+            l.push(("le".to_string(), le));
+            l
+        };
+        for &(le, n) in &h.buckets {
+            self.samples.push(Sample {
+                labels: bound(crate::compat::float::format_text_value(le)),
+                value: n as f64,
+                suffix: "_bucket",
+            });
+        }
+        self.samples.push(Sample {
+            labels: bound("+Inf".to_string()),
+            value: h.count as f64,
+            suffix: "_bucket",
+        });
+        self.samples.push(Sample {
+            labels: labels.clone(),
+            value: h.sum,
+            suffix: "_sum",
+        });
+        self.samples.push(Sample {
+            labels,
+            value: h.count as f64,
+            suffix: "_count",
+        });
     }
 }

@@ -33,6 +33,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "h2load: HTTP/2 clients for the unparsed-connection tests",
     ),
     ("iproute2", "ss/ip for tests"),
+    (
+        "nftables",
+        "kernel_tcp e2e: packet loss on a test namespace's link (this kernel has no netem)",
+    ),
+    ("iptables", "kernel_tcp e2e: the loss rule where nft is unusable"),
     ("prometheus", "promtool and reference Prometheus for tests"),
     ("prometheus-alertmanager", "reference Alertmanager for tests"),
     ("prometheus-nginx-exporter", "reference nginx_* metrics for tests"),

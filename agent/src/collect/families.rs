@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 
 use super::{
     registry::{Collector, PROBE_ERROR, Tracked},
+    tcp_health::TcpFamilies,
     unparsed,
+    worker_health::WorkerFamilies,
 };
 use crate::{
     discover::{DiscoverError, RefusalReason},
@@ -119,6 +121,8 @@ impl Collector {
             "nginx instances found on the node",
             MetricType::Gauge,
         );
+        let mut tcp = TcpFamilies::new(self.hz);
+        let mut worker = WorkerFamilies::new();
         for t in self.instances.values() {
             let labels = self.labels(t);
             if t.stopped_since.is_some() {
@@ -151,6 +155,18 @@ impl Collector {
                 unparsed_conns.push_owned(ul, n as f64);
             }
             workers.push_owned(labels.clone(), t.inst.worker_pids.len() as f64);
+            match (self.probe.tcp_counters(t.slot), self.probe.conn_hists(t.slot)) {
+                (Ok(c), Ok(h)) => tcp.add(t, &labels, &c, &h),
+                _ => {
+                    self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            match self.probe.worker_exits(t.slot) {
+                Ok(e) => worker.add(&labels, &e, &t.workers),
+                Err(_) => {
+                    self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
             for l in &t.inst.listeners {
                 let mut ll = labels.clone();
                 let addr = match l.addr {
@@ -184,6 +200,8 @@ impl Collector {
             listeners,
             info,
         ];
+        out.extend(tcp.into_families());
+        out.extend(worker.into_families());
         out.extend(self.self_families());
         out
     }

@@ -6,7 +6,9 @@ pub mod discovery_loop;
 mod discovery_stats;
 mod families;
 mod registry;
+mod tcp_health;
 mod unparsed;
+mod worker_health;
 
 pub use registry::{Collector, ScanReport};
 

@@ -10,6 +10,7 @@ use agent_common::{ListenKey, MAX_INSTANCES};
 use super::{
     discovery_stats::{DiscoveryStats, ScanNews},
     unparsed,
+    worker_health::{self, WorkerTrack},
 };
 use crate::{
     discover::{self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome},
@@ -35,6 +36,8 @@ pub(super) struct Tracked {
     pub unread_scans: u32,
     /// Unparsed-connection reasons already logged for it (unparsed::REASONS order).
     pub unparsed_logged: [bool; 3],
+    /// Its workers as last seen, and the respawns counted.
+    pub workers: WorkerTrack,
 }
 
 /// Scans an instance is kept unchanged while one of its processes cannot be
@@ -62,6 +65,20 @@ pub struct Collector {
     pub(super) discovery: DiscoveryStats,
     proc_root: PathBuf,
     retention: Duration,
+    /// The kernel's CONFIG_HZ (TCP chrono stats are in jiffies); None if unknown.
+    pub(super) hz: Option<u32>,
+}
+
+/// The kernel's CONFIG_HZ, or a warning that stalled-send time is not exposed.
+fn kernel_hz() -> Option<u32> {
+    let hz = crate::probe::kernel_hz();
+    if hz.is_none() {
+        tracing::warn!(
+            "kernel tick rate unknown (no CONFIG_HZ in /boot/config-RELEASE or /proc/config.gz): \
+             ngxprobe_tcp_send_stalled_seconds_total is not exposed"
+        );
+    }
+    hz
 }
 
 /// Human-readable name of an instance for logs (quoted and escaped).
@@ -81,6 +98,7 @@ impl Collector {
             discovery: DiscoveryStats::default(),
             proc_root,
             retention,
+            hz: kernel_hz(),
         }
     }
 
@@ -152,6 +170,7 @@ impl Collector {
                                 pending_seeds: BTreeSet::new(),
                                 unread_scans: 0,
                                 unparsed_logged: [false; 3],
+                                workers: WorkerTrack::default(),
                             },
                         );
                     }
@@ -198,6 +217,9 @@ impl Collector {
             }
         }
         if let Err(e) = self.install_listeners() {
+            self.error(&mut report, PROBE_ERROR, e.to_string());
+        }
+        if let Err(e) = self.follow_workers() {
             self.error(&mut report, PROBE_ERROR, e.to_string());
         }
         for (key, conns) in open_before {
@@ -276,6 +298,26 @@ impl Collector {
             }
         }
         self.probe.set_listeners(&desired)
+    }
+
+    /// Installs the running masters (whose children's exits the programs
+    /// count) and follows each instance's workers for respawns.
+    fn follow_workers(&mut self) -> Result<(), ProbeError> {
+        let mut masters = BTreeMap::new();
+        for t in self.instances.values_mut() {
+            if t.stopped_since.is_some() {
+                continue;
+            }
+            masters.insert(t.inst.master_pid, t.slot);
+            let abnormal = self
+                .probe
+                .worker_exits(t.slot)
+                .map(|e| worker_health::abnormal(&e))
+                .unwrap_or(0);
+            t.workers.update(&t.inst.worker_pids, abnormal);
+            t.workers.read_fds(&t.inst.worker_pids, &self.proc_root);
+        }
+        self.probe.set_masters(&masters)
     }
 
     /// Hands connections that were open before we watched to the programs.

@@ -30,7 +30,7 @@ mod web_config;
 pub use config::{ListenAddress, WebConfig};
 pub use health::Health;
 pub use negotiate::{Format, negotiate};
-pub use process::process_families;
+pub use process::{max_fds, open_fds, process_families};
 pub use render::{render_openmetrics, render_text};
 pub use server::{ServeError, Server, bind};
 pub use web_config::{WebSecurity, load as load_web_config};

@@ -38,15 +38,13 @@ pub(crate) fn read_process_families(proc_self: &Path, proc_stat: &Path) -> Vec<F
         "process_open_fds",
         "Number of open file descriptors.",
         MetricType::Gauge,
-        std::fs::read_dir(proc_self.join("fd"))
-            .ok()
-            .map(|dir| dir.count() as f64),
+        open_fds(proc_self),
     );
     add(
         "process_max_fds",
         "Maximum number of open file descriptors.",
         MetricType::Gauge,
-        read(proc_self.join("limits")).and_then(|text| parse_max_open_files(&text)),
+        max_fds(proc_self),
     );
     add(
         "process_virtual_memory_bytes",
@@ -68,6 +66,18 @@ pub(crate) fn read_process_families(proc_self: &Path, proc_stat: &Path) -> Vec<F
             .map(|(s, boot)| boot as f64 + s.starttime as f64 / USER_HZ),
     );
     families
+}
+
+/// Open file descriptors of the process at `proc_pid` (a /proc/PID directory).
+pub fn open_fds(proc_pid: &Path) -> Option<f64> {
+    std::fs::read_dir(proc_pid.join("fd"))
+        .ok()
+        .map(|dir| dir.count() as f64)
+}
+
+/// Its open-files soft limit (/proc/PID/limits); None if unlimited or unreadable.
+pub fn max_fds(proc_pid: &Path) -> Option<f64> {
+    read(proc_pid.join("limits")).and_then(|text| parse_max_open_files(&text))
 }
 
 fn read(path: std::path::PathBuf) -> Option<String> {

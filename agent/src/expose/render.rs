@@ -21,6 +21,7 @@ pub fn render_text(families: &[Family]) -> String {
             MetricType::Counter => "counter",
             MetricType::Gauge => "gauge",
             MetricType::Untyped => "untyped",
+            MetricType::Histogram => "histogram",
         };
         let _ = writeln!(out, "# TYPE {} {}", group.name, kind);
         for sample in &group.samples {
@@ -50,6 +51,7 @@ pub fn render_openmetrics(families: &[Family]) -> String {
             },
             MetricType::Gauge => (group.name, "gauge"),
             MetricType::Untyped => (group.name, "unknown"),
+            MetricType::Histogram => (group.name, "histogram"),
         };
         if !group.help.is_empty() {
             let _ = writeln!(out, "# HELP {} {}", family_name, escape_help(group.help, true));
@@ -83,6 +85,17 @@ fn group_families(families: &[Family]) -> Vec<Group<'_>> {
     }
     let mut out: Vec<Group<'_>> = groups.into_values().collect();
     for group in &mut out {
+        if group.kind == MetricType::Histogram {
+            // One histogram's samples stay together in the order pushed
+            // (buckets by bound, _sum, _count): sort by the labels without `le`.
+            group
+                .samples
+                .sort_by(|a, b| histogram_labels(a).cmp(&histogram_labels(b)));
+            group
+                .samples
+                .dedup_by(|later, first| later.labels == first.labels && later.suffix == first.suffix);
+            continue;
+        }
         // Stable sort: among duplicates the first one pushed is kept.
         group.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
         group.samples.dedup_by(|later, first| later.labels == first.labels);
@@ -91,8 +104,14 @@ fn group_families(families: &[Family]) -> Vec<Group<'_>> {
     out
 }
 
+/// A histogram sample's labels without `le` (which tells its buckets apart).
+fn histogram_labels(s: &Sample) -> Vec<&(String, String)> {
+    s.labels.iter().filter(|(k, _)| k != "le").collect()
+}
+
 fn write_sample(out: &mut String, name: &str, sample: &Sample, value: &str) {
     out.push_str(name);
+    out.push_str(sample.suffix);
     if !sample.labels.is_empty() {
         out.push('{');
         for (i, (label, label_value)) in sample.labels.iter().enumerate() {
@@ -272,6 +291,34 @@ mod tests {
             text,
             "# TYPE a_untyped untyped\na_untyped NaN\n# HELP m first help\n# TYPE m gauge\nm{k=\"a\"} 1\nm{k=\"b\"} 2\n"
         );
+    }
+
+    #[test]
+    fn histograms_render_buckets_sum_and_count() {
+        use crate::metrics::HistogramValue;
+        let mut f = Family::new("h_seconds", "A histogram", MetricType::Histogram);
+        let h = HistogramValue {
+            buckets: vec![(0.5, 1), (1.0, 3)],
+            sum: 2.5,
+            count: 4,
+        };
+        f.push_histogram(vec![("x".into(), "b".into())], &h);
+        f.push_histogram(vec![("x".into(), "a".into())], &h);
+        let text = render_text(std::slice::from_ref(&f));
+        let want_b = "h_seconds_bucket{x=\"b\",le=\"0.5\"} 1\nh_seconds_bucket{x=\"b\",le=\"1\"} 3\n\
+                      h_seconds_bucket{x=\"b\",le=\"+Inf\"} 4\nh_seconds_sum{x=\"b\"} 2.5\nh_seconds_count{x=\"b\"} 4\n";
+        assert!(
+            text.starts_with(
+                "# HELP h_seconds A histogram\n# TYPE h_seconds histogram\nh_seconds_bucket{x=\"a\",le=\"0.5\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with(want_b), "{text}");
+        assert_eq!(text.lines().count(), 12);
+        let om = render_openmetrics(&[f]);
+        assert!(om.contains("# TYPE h_seconds histogram\n"), "{om}");
+        assert!(om.contains("h_seconds_count{x=\"a\"} 4.0\n"), "{om}");
+        assert!(om.ends_with("# EOF\n"));
     }
 
     #[test]

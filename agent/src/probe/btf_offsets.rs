@@ -5,7 +5,7 @@
 //! programs as a global.
 use std::path::Path;
 
-use agent_common::KernelOffsets;
+use agent_common::{KernelOffsets, TcpOffsets};
 use btf_rs::{Btf, BtfType, Type};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,32 @@ pub fn kernel_offsets(path: &Path) -> Result<KernelOffsets, OffsetsError> {
         skc_num,
         skc_net,
         net_ns_inum,
+        valid: 1,
+    })
+}
+
+/// Offsets the tcp_health programs need (tcp_sock's RTT, bytes, chrono
+/// stats; the skb's segment count; task_struct's exit code and parent).
+pub fn tcp_offsets(path: &Path) -> Result<TcpOffsets, OffsetsError> {
+    let btf = Btf::from_file(path).map_err(|e| OffsetsError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let tcp = |f: &str| field_offset(&btf, "tcp_sock", f);
+    Ok(TcpOffsets {
+        sk_err: field_offset(&btf, "sock", "sk_err")?,
+        inet_sport: field_offset(&btf, "inet_sock", "inet_sport")?,
+        srtt_us: tcp("srtt_us")?,
+        bytes_sent: tcp("bytes_sent")?,
+        bytes_received: tcp("bytes_received")?,
+        segs_out: tcp("segs_out")?,
+        chrono_type: tcp("chrono_type")?,
+        chrono_start: tcp("chrono_start")?,
+        chrono_stat: tcp("chrono_stat")?,
+        skb_gso_segs: field_offset(&btf, "sk_buff", "cb")? + field_offset(&btf, "tcp_skb_cb", "tcp_gso_segs")?,
+        task_exit_code: field_offset(&btf, "task_struct", "exit_code")?,
+        task_tgid: field_offset(&btf, "task_struct", "tgid")?,
+        task_real_parent: field_offset(&btf, "task_struct", "real_parent")?,
         valid: 1,
     })
 }
@@ -138,6 +164,17 @@ mod tests {
             off.skc_net
         );
         assert!(off.net_ns_inum > 0 && off.net_ns_inum < 4096);
+    }
+
+    /// tcp_sock's fields lie after sock's; the skb's segment count is in cb.
+    #[test]
+    fn tcp_offsets_from_running_kernel() {
+        let t = tcp_offsets(Path::new("/sys/kernel/btf/vmlinux")).expect("offsets");
+        let k = kernel_offsets(Path::new("/sys/kernel/btf/vmlinux")).expect("offsets");
+        assert_eq!(t.valid, 1);
+        assert!(t.srtt_us > k.sk_sndbuf && t.bytes_sent > k.sk_sndbuf, "{t:?}");
+        assert_eq!(t.chrono_stat % 4, 0);
+        assert!(t.skb_gso_segs > 0 && t.task_real_parent > t.task_exit_code, "{t:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod btf_offsets;
 mod config;
 mod load_error;
+mod tcp_health;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -16,26 +17,39 @@ use aya::{
 
 pub use config::EbpfConfig;
 pub use load_error::ProbeError;
+pub use tcp_health::kernel_hz;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ngxprobe"));
 
 /// Program name in the object → kernel tracepoint it attaches to.
-const PROGRAMS: [(&str, &str); 4] = [
+const PROGRAMS: [(&str, &str); 10] = [
     ("ngx_set_state", "inet_sock_set_state"),
     ("ngx_destroy_sock", "tcp_destroy_sock"),
     ("ngx_recv", "sock_recv_length"),
     ("ngx_send", "sock_send_length"),
+    ("ngx_tcp_retransmit", "tcp_retransmit_skb"),
+    ("ngx_tcp_retransmit_synack", "tcp_retransmit_synack"),
+    ("ngx_tcp_send_reset", "tcp_send_reset"),
+    ("ngx_tcp_receive_reset", "tcp_receive_reset"),
+    ("ngx_process_exit", "sched_process_exit"),
+    ("ngx_oom_victim", "mark_victim"),
 ];
 
 /// Empty programs on the same tracepoints, attached instead of PROGRAMS when
 /// FLOOR_ENV is "1": `cargo xtask bench overhead --floor` measures with them
 /// what merely being attached costs (the floor under the real programs).
-const FLOOR_PROGRAMS: [(&str, &str); 4] = [
+const FLOOR_PROGRAMS: [(&str, &str); 10] = [
     ("floor_set_state", "inet_sock_set_state"),
     ("floor_destroy_sock", "tcp_destroy_sock"),
     ("floor_recv", "sock_recv_length"),
     ("floor_send", "sock_send_length"),
+    ("floor_tcp_retransmit", "tcp_retransmit_skb"),
+    ("floor_tcp_retransmit_synack", "tcp_retransmit_synack"),
+    ("floor_tcp_send_reset", "tcp_send_reset"),
+    ("floor_tcp_receive_reset", "tcp_receive_reset"),
+    ("floor_process_exit", "sched_process_exit"),
+    ("floor_oom_victim", "mark_victim"),
 ];
 pub const FLOOR_ENV: &str = "NGXPROBE_EBPF_FLOOR";
 
@@ -63,6 +77,7 @@ pub struct Probe {
     seeds: HashMap<MapData, u64, u32>,
     control: Array<MapData, u32>,
     stats: PerCpuArray<MapData, SlotStats>,
+    tcp: tcp_health::TcpMaps,
     installed: BTreeMap<ListenKey, u32>,
     ncpus: usize,
     max_seeds: u32,
@@ -79,10 +94,13 @@ impl Probe {
         }
         let offsets =
             btf_offsets::kernel_offsets(Path::new(BTF_PATH)).map_err(|e| ProbeError::Offsets(e.to_string()))?;
+        let tcp_offsets =
+            btf_offsets::tcp_offsets(Path::new(BTF_PATH)).map_err(|e| ProbeError::Offsets(e.to_string()))?;
         let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("KERNEL_OFFSETS", &offsets, true)
+            .override_global("TCP_OFFSETS", &tcp_offsets, true)
             .map_max_entries("SEEDS", max_seeds.max(16))
             .load(EBPF_OBJECT)
             .map_err(load_error::from_ebpf_error)?;
@@ -113,6 +131,7 @@ impl Probe {
             Array::try_from(take_map(&mut ebpf, "CONTROL")?).map_err(|e| ProbeError::Map("CONTROL", e.to_string()))?;
         let stats = PerCpuArray::try_from(take_map(&mut ebpf, "STATS")?)
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
+        let tcp = tcp_health::TcpMaps::take(&mut ebpf)?;
         let ncpus = nr_cpus().map_err(|(what, e)| ProbeError::Map("STATS", format!("{what}: {e}")))?;
         Ok(Probe {
             ebpf,
@@ -120,6 +139,7 @@ impl Probe {
             seeds,
             control,
             stats,
+            tcp,
             installed: BTreeMap::new(),
             ncpus,
             max_seeds: max_seeds.max(16),
@@ -188,7 +208,8 @@ impl Probe {
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
         self.stats
             .set(slot, zero, 0)
-            .map_err(|e| ProbeError::Map("STATS", e.to_string()))
+            .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
+        self.reset_tcp_slot(slot)
     }
 
     /// Hands a connection found open at start (not seen accepted) to the

@@ -476,9 +476,11 @@ groups:
         let store = Arc::new(MemStore::new());
         let sink = Arc::new(Sink::default());
         let m = RuleManager::new(store.clone(), store.clone(), sink.clone(), RulesConfig::default());
-        assert_eq!(m.load(&[]).unwrap(), 2);
+        assert_eq!(m.load(&[]).unwrap(), 4);
         let names: Vec<String> = m.groups()[0].rules.iter().map(|r| r.def.name.clone()).collect();
         assert_eq!(names, ["NginxDown", "NginxHighActiveConnections"]);
+        let names: Vec<String> = m.groups()[1].rules.iter().map(|r| r.def.name.clone()).collect();
+        assert_eq!(names, ["NginxWorkerCrashed", "NginxTCPRetransmitRatioHigh"]);
         let off = RuleManager::new(
             store.clone(),
             store.clone(),
@@ -542,8 +544,13 @@ tests:
         );
         assert!(!shown.contains(['<', '>', '&']));
         let test_file = write_tmp("slack-markup.test.yml", &test);
+        passes_ours_and_promtool(&test_file);
+    }
+
+    /// A promtool rule test file passes in our runner and in Debian's promtool.
+    fn passes_ours_and_promtool(test_file: &std::path::Path) {
         let mut warnings = Vec::new();
-        let ours = promtool::run_test_file(&test_file, &mut warnings);
+        let ours = promtool::run_test_file(test_file, &mut warnings);
         assert!(
             ours.is_ok(),
             "ngxprobe: {:?}",
@@ -555,7 +562,7 @@ tests:
         };
         let out = std::process::Command::new(promtool_bin)
             .args(["test", "rules"])
-            .arg(&test_file)
+            .arg(test_file)
             .output()
             .expect("run promtool");
         assert!(
@@ -564,6 +571,83 @@ tests:
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The TCP/worker group: a worker killed by SIGSEGV alerts, workers
+    /// replaced at a reload (cause="exit") do not; a listener retransmitting
+    /// 10% of its segments alerts after 10m, one at 1% does not. Our promtool
+    /// and Debian's agree.
+    #[test]
+    fn rules_default_worker_crash_and_retransmit_ratio() {
+        let rules = write_tmp("nginx-tcp.rules.yml", crate::rules::manager::DEFAULT_RULES_YAML);
+        let test = format!(
+            r#"rule_files: [{rules}]
+evaluation_interval: 15s
+tests:
+  - interval: 15s
+    input_series:
+      - series: 'ngxprobe_nginx_worker_exits_total{{conf_path="/c",cause="signal",signal="SIGSEGV"}}'
+        values: '0x4 1x20'
+      - series: 'ngxprobe_nginx_worker_exits_total{{conf_path="/c",cause="signal",signal="SIGKILL"}}'
+        values: '0x24'
+      - series: 'ngxprobe_nginx_worker_exits_total{{conf_path="/c",cause="exit",signal=""}}'
+        values: '0x2 4x22'
+      - series: 'ngxprobe_tcp_retransmitted_segments_total{{conf_path="/c",listen_address="0.0.0.0:80"}}'
+        values: '0+10x80'
+      - series: 'ngxprobe_tcp_segments_sent_total{{conf_path="/c",listen_address="0.0.0.0:80"}}'
+        values: '0+100x80'
+      - series: 'ngxprobe_tcp_retransmitted_segments_total{{conf_path="/c",listen_address="0.0.0.0:443"}}'
+        values: '0+1x80'
+      - series: 'ngxprobe_tcp_segments_sent_total{{conf_path="/c",listen_address="0.0.0.0:443"}}'
+        values: '0+100x80'
+    alert_rule_test:
+      - eval_time: 30s
+        alertname: NginxWorkerCrashed
+        exp_alerts: []
+      - eval_time: 2m
+        alertname: NginxWorkerCrashed
+        exp_alerts:
+          - exp_labels: {{ severity: critical, conf_path: /c, cause: signal, signal: SIGSEGV }}
+            exp_annotations:
+              summary: "nginx (/c) lost a worker (signal SIGSEGV)"
+              description: "A worker process of the nginx instance using /c was killed (signal SIGSEGV) in the last 5 minutes; the master respawns it, but its connections were dropped."
+              runbook: '{runbook_crash}'
+      - eval_time: 8m
+        alertname: NginxWorkerCrashed
+        exp_alerts: []
+      - eval_time: 9m
+        alertname: NginxTCPRetransmitRatioHigh
+        exp_alerts: []
+      - eval_time: 16m
+        alertname: NginxTCPRetransmitRatioHigh
+        exp_alerts:
+          - exp_labels: {{ severity: warning, conf_path: /c, listen_address: "0.0.0.0:80" }}
+            exp_annotations:
+              summary: "nginx (/c) retransmits 10% of its segments on 0.0.0.0:80"
+              description: "More than 5% of the TCP segments sent on client connections of listener 0.0.0.0:80 of the nginx instance using /c were retransmissions for 10 minutes: packet loss or congestion between nginx and its clients."
+              runbook: '{runbook_retrans}'
+"#,
+            rules = rules.display(),
+            runbook_crash = default_annotation("NginxWorkerCrashed", "runbook"),
+            runbook_retrans = default_annotation("NginxTCPRetransmitRatioHigh", "runbook"),
+        );
+        let test_file = write_tmp("tcp-workers.test.yml", &test);
+        passes_ours_and_promtool(&test_file);
+    }
+
+    /// An annotation of a default rule, verbatim (no template in it).
+    fn default_annotation(alert: &str, key: &str) -> String {
+        let v: serde_json::Value = serde_saphyr::from_str(crate::rules::manager::DEFAULT_RULES_YAML).unwrap();
+        let rule = v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().iter())
+            .find(|r| r["alert"] == alert)
+            .unwrap();
+        let text = rule["annotations"][key].as_str().unwrap().to_string();
+        assert!(!text.contains("{{") && !text.contains('\''), "{text}");
+        text
     }
 
     #[test]

@@ -790,3 +790,35 @@ fn series_and_labels_come_from_the_index_without_decoding() {
     );
     assert!(decoded(&s) > before);
 }
+
+/// A histogram's samples are series of their own names (`_bucket` per `le`,
+/// `_sum`, `_count`), kept apart although _sum and _count share labels.
+#[test]
+fn ingest_histogram_stores_bucket_sum_and_count() {
+    let d = TempDir::new("histogram");
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let mut f = Family::new("rtt_seconds", "RTT", MetricType::Histogram);
+    let h = crate::metrics::HistogramValue {
+        buckets: vec![(0.5, 1), (1.0, 2)],
+        sum: 1.5,
+        count: 3,
+    };
+    f.push_histogram(vec![("conf_path".into(), "/c".into())], &h);
+    let r = s.ingest(std::slice::from_ref(&f), 1000);
+    assert_eq!((r.appended, r.new_series), (5, 5));
+    let one = |name: &str, extra: &[(&str, &str)]| {
+        let mut ms = vec![m(MatchOp::Equal, "__name__", name)];
+        ms.extend(extra.iter().map(|(k, v)| m(MatchOp::Equal, k, v)));
+        let got = s
+            .select(&Selection::new(&ms, 0, 10_000, &ReadBudget::unlimited()))
+            .unwrap();
+        assert_eq!(got.len(), 1, "{name} {extra:?}");
+        got[0].samples[0].1
+    };
+    assert_eq!(one("rtt_seconds_sum", &[]), 1.5);
+    assert_eq!(one("rtt_seconds_count", &[]), 3.0);
+    assert_eq!(one("rtt_seconds_bucket", &[("le", "1")]), 2.0);
+    assert_eq!(one("rtt_seconds_bucket", &[("le", "+Inf")]), 3.0);
+    // The same scrape again a second later: no new series.
+    assert_eq!(s.ingest(&[f], 2000).new_series, 0);
+}
