@@ -288,3 +288,46 @@ pub fn validate(list: &[RemoteWriteConfig]) -> Result<(), (String, String)> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn err(yaml: &str) -> String {
+        match crate::config::parse(Path::new("c.yml"), yaml) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn prometheus_config_parses_and_bad_fields_are_named() {
+        let good = "remote_write:\n  - url: http://u:pw@127.0.0.1:9090/api/v1/write\n    basic_auth: {username: a, password_file: /x}\n    headers: {X-Scope-OrgID: t}\n    write_relabel_configs:\n      - {source_labels: [__name__], regex: 'nginx_.*', action: keep}\n    queue_config: {max_samples_per_send: 100, retry_on_http_429: true}\n    metadata_config: {send: false}\n";
+        let cfg = crate::config::parse(Path::new("c.yml"), good).unwrap();
+        assert_eq!(cfg.remote_write[0].queue_config.max_samples_per_send, 100);
+        assert_eq!(cfg.remote_write[0].queue_config.max_backoff.as_duration().as_secs(), 5);
+        // Credentials in the url never reach show-config.
+        let shown = crate::config::redacted_yaml(&cfg);
+        assert!(!shown.contains("pw@") && shown.contains("<secret>@127.0.0.1"), "{shown}");
+
+        let e = err("remote_write:\n  - url: http://h/w\n    queue_config:\n      min_backoff: 2s\n      max_backoff: 1s\n");
+        assert!(
+            e.starts_with("c.yml:5:") && e.contains("remote_write[0].queue_config.max_backoff: must be >= min_backoff"),
+            "{e}"
+        );
+        let e = err("remote_write:\n  - url: http://h/w\n  - url: ftp://h/w\n");
+        assert!(e.starts_with("c.yml:3:") && e.contains("remote_write[1].url:"), "{e}");
+        let e = err("remote_write:\n  - url: http://h/w\n    sigv4: {region: x}\n");
+        assert!(e.contains("remote_write[0].sigv4: not supported"), "{e}");
+        let e = err("remote_write:\n  - url: http://h/w\n    send_exemplars: true\n");
+        assert!(e.contains("remote_write[0].send_exemplars"), "{e}");
+        let e = err("remote_write:\n  - url: http://h/w\n    write_relabel_configs:\n      - {action: hashmod, target_label: s}\n");
+        assert!(e.contains("remote_write[0].write_relabel_configs[0]: ") && e.contains("modulus"), "{e}");
+        let e = err("remote_write:\n  - url: http://h/w\n  - url: http://h/w\n");
+        assert!(e.contains("remote_write[1].name: duplicate"), "{e}");
+        let e = err("remote_write:\n  - url: http://h/w\n    headers: {Authorization: x}\n");
+        assert!(e.contains("remote_write[0].headers.Authorization: is a reserved header"), "{e}");
+        let e = err("remote_write:\n  - url: http://h/w\n    queue_config: {max_samples_per_sned: 1}\n");
+        assert!(e.contains("remote_write[0].queue_config.max_samples_per_sned"), "{e}");
+    }
+}
