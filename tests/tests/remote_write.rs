@@ -113,43 +113,64 @@ fn prometheus_receives_the_same_samples_through_outage_and_sigkill() {
     let sel = format!("{{__name__=~\"nginx_.*\",conf_path=\"{conf}\"}}");
 
     // Delivered while the receiver is up.
-    poll("samples in Prometheus", Duration::from_secs(20), Duration::from_millis(200), || {
-        let r = raw_samples(prom_addr, &sel, 60, now_ms())?;
-        Ok(match r.values().map(Vec::len).sum::<usize>() {
-            n if n >= 50 => Poll::Ready(()),
-            n => Poll::Pending(format!("{n} samples")),
-        })
-    })
+    poll(
+        "samples in Prometheus",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let r = raw_samples(prom_addr, &sel, 60, now_ms())?;
+            Ok(match r.values().map(Vec::len).sum::<usize>() {
+                n if n >= 50 => Poll::Ready(()),
+                n => Poll::Pending(format!("{n} samples")),
+            })
+        },
+    )
     .unwrap();
     // Receiver outage: SIGKILL by PID (drop), the agent retries meanwhile.
     drop(prom.take());
     let outage = Instant::now();
-    poll("retries during the outage", Duration::from_secs(20), Duration::from_millis(200), || {
-        Ok(match metric(&agent, "ngxprobe_remote_storage_samples_retried_total", "prom") {
-            n if n > 0.0 => Poll::Ready(()),
-            n => Poll::Pending(format!("retried {n}")),
-        })
-    })
+    poll(
+        "retries during the outage",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            Ok(
+                match metric(&agent, "ngxprobe_remote_storage_samples_retried_total", "prom") {
+                    n if n > 0.0 => Poll::Ready(()),
+                    n => Poll::Pending(format!("retried {n}")),
+                },
+            )
+        },
+    )
     .unwrap();
     std::thread::sleep(Duration::from_secs(3).saturating_sub(outage.elapsed()));
     // Agent SIGKILL during the outage, restarted on the same store.
     agent.kill();
     drop(agent);
-    let mut agent = Agent::start_opts(&opts).expect("restart agent");
+    let agent = Agent::start_opts(&opts).expect("restart agent");
     prom = Some(Prometheus::start(&prom_opts).expect("restart prometheus"));
     let wrk = load.wait().expect("wrk");
     assert!(wrk.requests > 0);
     // Quiescence: everything up to t_end was delivered (sample times are
     // whole seconds: t_end and the window's start sit between samples).
     let t_end = (now_ms() / 1000) * 1000 + 500;
-    poll("queue caught up", Duration::from_secs(30), Duration::from_millis(200), || {
-        let sent = metric(&agent, "ngxprobe_remote_storage_queue_highest_sent_timestamp_seconds", "prom");
-        Ok(if sent * 1000.0 >= (t_end + 1000) as f64 {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("highest sent {sent}"))
-        })
-    })
+    poll(
+        "queue caught up",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let sent = metric(
+                &agent,
+                "ngxprobe_remote_storage_queue_highest_sent_timestamp_seconds",
+                "prom",
+            );
+            Ok(if sent * 1000.0 >= (t_end + 1000) as f64 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("highest sent {sent}"))
+            })
+        },
+    )
     .unwrap();
     let range = (t_end - t_start) / 1000 + 60;
     let ours = raw_samples(agent.addr(), &sel, range, t_end).unwrap();
@@ -162,7 +183,11 @@ fn prometheus_receives_the_same_samples_through_outage_and_sigkill() {
         metric(&agent, "ngxprobe_remote_storage_samples_total", "prom"),
     );
     // The eight stub_status families over ~15 s of 1 s samples.
-    assert!(ours.len() >= 8 && n >= 8 * 10, "too little data: {} series, {n} samples", ours.len());
+    assert!(
+        ours.len() >= 8 && n >= 8 * 10,
+        "too little data: {} series, {n} samples",
+        ours.len()
+    );
     assert_eq!(
         ours.keys().collect::<Vec<_>>(),
         theirs.keys().collect::<Vec<_>>(),
@@ -173,10 +198,18 @@ fn prometheus_receives_the_same_samples_through_outage_and_sigkill() {
     }
     // The counter grew under load and survived both kills, the same on both sides.
     let q = format!("count_over_time(nginx_http_requests_total{{conf_path=\"{conf}\"}}[{range}s])");
-    let a = api_get(agent.addr(), "/api/v1/query", &[("query", q.clone()), ("time", secs(t_end))]).unwrap();
+    let a = api_get(
+        agent.addr(),
+        "/api/v1/query",
+        &[("query", q.clone()), ("time", secs(t_end))],
+    )
+    .unwrap();
     let b = api_get(prom_addr, "/api/v1/query", &[("query", q), ("time", secs(t_end))]).unwrap();
     assert_eq!(a["data"]["result"], b["data"]["result"]);
-    assert_eq!(metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "prom"), 0.0);
+    assert_eq!(
+        metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "prom"),
+        0.0
+    );
     drop(prom);
 }
 
@@ -308,18 +341,26 @@ fn receivers_answering_400_and_429_fail_or_retry_as_prometheus_does() {
         ..Default::default()
     })
     .expect("start agent");
-    poll("both receivers served", Duration::from_secs(20), Duration::from_millis(100), || {
-        let failed = metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "bad");
-        let sent = metric(&agent, "ngxprobe_remote_storage_samples_total", "busy");
-        Ok(if failed > 0.0 && sent > 0.0 && bad.seen.lock().unwrap().len() >= 2 {
-            Poll::Ready(())
-        } else {
-            Poll::Pending(format!("bad failed {failed}, busy sent {sent}"))
-        })
-    })
+    poll(
+        "both receivers served",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let failed = metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "bad");
+            let sent = metric(&agent, "ngxprobe_remote_storage_samples_total", "busy");
+            Ok(if failed > 0.0 && sent > 0.0 && bad.seen.lock().unwrap().len() >= 2 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("bad failed {failed}, busy sent {sent}"))
+            })
+        },
+    )
     .unwrap();
     // 400: failed for good, never retried, nothing delivered.
-    assert_eq!(metric(&agent, "ngxprobe_remote_storage_samples_retried_total", "bad"), 0.0);
+    assert_eq!(
+        metric(&agent, "ngxprobe_remote_storage_samples_retried_total", "bad"),
+        0.0
+    );
     assert_eq!(metric(&agent, "ngxprobe_remote_storage_samples_total", "bad"), 0.0);
     // 429 + Retry-After: 1 → retried twice, each after at least the second it asked
     // for (the backoff alone would be 30–100 ms), then delivered.
@@ -344,5 +385,10 @@ fn receivers_answering_400_and_429_fail_or_retry_as_prometheus_does() {
         }
         assert!(s.body_len > 0);
     }
-    assert!(bad.seen.lock().unwrap()[0].head.to_ascii_lowercase().contains("x-scope-orgid: tenant-1"));
+    assert!(
+        bad.seen.lock().unwrap()[0]
+            .head
+            .to_ascii_lowercase()
+            .contains("x-scope-orgid: tenant-1")
+    );
 }

@@ -308,9 +308,14 @@ mod tests {
         assert_eq!(cfg.remote_write[0].queue_config.max_backoff.as_duration().as_secs(), 5);
         // Credentials in the url never reach show-config.
         let shown = crate::config::redacted_yaml(&cfg);
-        assert!(!shown.contains("pw@") && shown.contains("<secret>@127.0.0.1"), "{shown}");
+        assert!(
+            !shown.contains("pw@") && shown.contains("<secret>@127.0.0.1"),
+            "{shown}"
+        );
 
-        let e = err("remote_write:\n  - url: http://h/w\n    queue_config:\n      min_backoff: 2s\n      max_backoff: 1s\n");
+        let e = err(
+            "remote_write:\n  - url: http://h/w\n    queue_config:\n      min_backoff: 2s\n      max_backoff: 1s\n",
+        );
         assert!(
             e.starts_with("c.yml:5:") && e.contains("remote_write[0].queue_config.max_backoff: must be >= min_backoff"),
             "{e}"
@@ -321,12 +326,20 @@ mod tests {
         assert!(e.contains("remote_write[0].sigv4: not supported"), "{e}");
         let e = err("remote_write:\n  - url: http://h/w\n    send_exemplars: true\n");
         assert!(e.contains("remote_write[0].send_exemplars"), "{e}");
-        let e = err("remote_write:\n  - url: http://h/w\n    write_relabel_configs:\n      - {action: hashmod, target_label: s}\n");
-        assert!(e.contains("remote_write[0].write_relabel_configs[0]: ") && e.contains("modulus"), "{e}");
+        let e = err(
+            "remote_write:\n  - url: http://h/w\n    write_relabel_configs:\n      - {action: hashmod, target_label: s}\n",
+        );
+        assert!(
+            e.contains("remote_write[0].write_relabel_configs[0]: ") && e.contains("modulus"),
+            "{e}"
+        );
         let e = err("remote_write:\n  - url: http://h/w\n  - url: http://h/w\n");
         assert!(e.contains("remote_write[1].name: duplicate"), "{e}");
         let e = err("remote_write:\n  - url: http://h/w\n    headers: {Authorization: x}\n");
-        assert!(e.contains("remote_write[0].headers.Authorization: is a reserved header"), "{e}");
+        assert!(
+            e.contains("remote_write[0].headers.Authorization: is a reserved header"),
+            "{e}"
+        );
         let e = err("remote_write:\n  - url: http://h/w\n    queue_config: {max_samples_per_sned: 1}\n");
         assert!(e.contains("remote_write[0].queue_config.max_samples_per_sned"), "{e}");
     }
