@@ -80,6 +80,20 @@ impl Default for RemoteWriteConfig {
     }
 }
 
+/// A secret written as `"${VAR}"` (the whole value) comes from the
+/// environment, like the notifier's; an unset or empty variable is an error
+/// naming `field`, never the value.
+fn env_secret(s: &Option<Secret>, field: &str) -> Result<Option<Secret>, (String, String)> {
+    let Some(s) = s else { return Ok(None) };
+    match s.expose().strip_prefix("${").and_then(|r| r.strip_suffix('}')) {
+        Some(name) => match std::env::var(name) {
+            Ok(v) if !v.trim().is_empty() => Ok(Some(Secret::new(v.trim()))),
+            _ => Err((field.to_string(), format!("environment variable {name} is not set"))),
+        },
+        None => Ok(Some(s.clone())),
+    }
+}
+
 fn redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::secret::redact_url(url))
 }
@@ -147,19 +161,28 @@ impl RemoteWriteConfig {
         d.as_ref()[..3].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The HTTP client settings, in the shape the notifier's client takes.
-    pub fn http(&self) -> HttpConfig {
-        HttpConfig {
+    /// The HTTP client settings, in the shape the notifier's client takes,
+    /// with `"${VAR}"` secrets taken from the environment.
+    pub fn http(&self) -> Result<HttpConfig, (String, String)> {
+        let mut basic_auth = self.basic_auth.clone();
+        if let Some(b) = basic_auth.as_mut() {
+            b.password = env_secret(&b.password, "basic_auth.password")?;
+        }
+        let mut authorization = self.authorization.clone();
+        if let Some(a) = authorization.as_mut() {
+            a.credentials = env_secret(&a.credentials, "authorization.credentials")?;
+        }
+        Ok(HttpConfig {
             follow_redirects: self.follow_redirects,
             enable_http2: self.enable_http2,
             proxy_url: self.proxy_url.clone(),
             tls_config: self.tls_config.clone(),
-            basic_auth: self.basic_auth.clone(),
-            authorization: self.authorization.clone(),
-            bearer_token: self.bearer_token.clone(),
+            basic_auth,
+            authorization,
+            bearer_token: env_secret(&self.bearer_token, "bearer_token")?,
             bearer_token_file: self.bearer_token_file.clone(),
             timeout: Some(self.remote_timeout),
-        }
+        })
     }
 
     /// `Err((field, message))`, field relative to this entry.
@@ -248,6 +271,7 @@ impl RemoteWriteConfig {
                 return Err((format!("headers.{k}"), "is not a valid header value".into()));
             }
         }
+        self.http()?;
         if self.remote_timeout.is_zero() {
             return e("remote_timeout", "must be > 0");
         }
@@ -338,6 +362,11 @@ mod tests {
         let e = err("remote_write:\n  - url: http://h/w\n    headers: {Authorization: x}\n");
         assert!(
             e.contains("remote_write[0].headers.Authorization: is a reserved header"),
+            "{e}"
+        );
+        let e = err("remote_write:\n  - url: http://h/w\n    bearer_token: ${NGXPROBE_TEST_UNSET_RW_TOKEN}\n");
+        assert!(
+            e.contains("remote_write[0].bearer_token: environment variable NGXPROBE_TEST_UNSET_RW_TOKEN is not set"),
             "{e}"
         );
         let e = err("remote_write:\n  - url: http://h/w\n    queue_config: {max_samples_per_sned: 1}\n");

@@ -80,7 +80,7 @@ enum Outcome {
 
 impl Endpoint {
     pub fn new(cfg: RemoteWriteConfig) -> Result<Endpoint, String> {
-        let http = cfg.http();
+        let http = cfg.http().map_err(|(f, m)| format!("{f}: {m}"))?;
         let client = crate::notify::deliver::build_client(&http)?;
         Ok(Endpoint {
             name: cfg.queue_name(),
