@@ -112,3 +112,25 @@ fn wal_kept_for_a_lagging_reader_is_capped() {
         assert_eq!(got.last().map(|x| x.0), Some(5 * 360 * step));
     }
 }
+
+#[test]
+fn a_reader_that_never_delivered_still_holds_the_wal_across_restarts() {
+    let d = TempDir::new("walnever");
+    let step = 10_000;
+    let n = 4 * 360; // past one block: persisted, head samples dropped, checkpointed
+    {
+        let s = Store::open(&cfg(&d.0)).unwrap();
+        drop(s.wal_cursor("never").unwrap());
+        for k in 1..=n {
+            s.ingest(&tick(3, k * step), k * step);
+        }
+        s.close().unwrap();
+    }
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let mut c = s.wal_cursor("never").unwrap();
+    let mut seen = Seen::new();
+    drain(&s, &mut c, 1000, &mut seen);
+    check_all(&seen, 3, 1..=n, step);
+    s.retain_wal_cursors(&["other".to_string()]);
+    assert!(!d.0.join(WAL_DIR).join("readers").join("never").exists());
+}

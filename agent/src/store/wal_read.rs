@@ -375,6 +375,11 @@ impl Store {
                     offset: 0,
                     skip: 0,
                 };
+                // Saved at once: a reader that never delivers still holds the
+                // WAL across a restart.
+                if !self.read_only {
+                    persist(&readers_dir(&dir), &key, p)?;
+                }
                 w.wal_holds.insert(key.clone(), p);
                 p
             }
