@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
 const READERS_DIR: &str = "readers";
-/// Read buffer per batch read.
-const READ_BUF: usize = 1 << 20;
+/// Read buffer per batch read (allocated per read: the queue polls when idle).
+const READ_BUF: usize = 64 << 10;
 
 /// Where a cursor is: the frame at `offset` of `segment`, of which the first
 /// `skip` samples were handed out already.
