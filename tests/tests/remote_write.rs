@@ -15,6 +15,7 @@ use ngxprobe_e2e::clients::WrkRun;
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, secs};
 use ngxprobe_e2e::util::{Poll, TempDir, free_port, poll};
 use ngxprobe_e2e::{Agent, Nginx, NginxOptions, guard};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -145,6 +146,12 @@ fn prometheus_receives_the_same_samples_through_outage_and_sigkill() {
     .unwrap();
     std::thread::sleep(Duration::from_secs(3).saturating_sub(outage.elapsed()));
     // Agent SIGKILL during the outage, restarted on the same store.
+    eprintln!(
+        "[e2e] remote_write: outage of {:?}: retried {} samples, {} pending at SIGKILL",
+        outage.elapsed(),
+        metric(&agent, "ngxprobe_remote_storage_samples_retried_total", "prom"),
+        metric(&agent, "ngxprobe_remote_storage_samples_pending", "prom"),
+    );
     agent.kill();
     drop(agent);
     let agent = Agent::start_opts(&opts).expect("restart agent");
@@ -177,7 +184,7 @@ fn prometheus_receives_the_same_samples_through_outage_and_sigkill() {
     let theirs = raw_samples(prom_addr, &sel, range, t_end).unwrap();
     let n: usize = ours.values().map(Vec::len).sum();
     eprintln!(
-        "[e2e] remote_write: {} series, {n} samples compared; retried {}, sent {}",
+        "[e2e] remote_write: {} series, {n} samples compared; after restart: retried {}, sent {}",
         ours.len(),
         metric(&agent, "ngxprobe_remote_storage_samples_retried_total", "prom"),
         metric(&agent, "ngxprobe_remote_storage_samples_total", "prom"),
@@ -210,6 +217,23 @@ fn prometheus_receives_the_same_samples_through_outage_and_sigkill() {
         metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "prom"),
         0.0
     );
+    // write_relabel_configs: only what `keep` matched reached Prometheus; the
+    // rest was counted as dropped.
+    let names = api_get(prom_addr, "/api/v1/label/__name__/values", &[]).unwrap();
+    let names: Vec<&str> = names["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(names.contains(&"ngxprobe_build_info"), "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("nginx_") || *n == "ngxprobe_build_info"),
+        "{names:?}"
+    );
+    assert!(metric(&agent, "ngxprobe_remote_storage_samples_dropped_total", "prom") > 0.0);
     drop(prom);
 }
 
