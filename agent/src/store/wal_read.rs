@@ -213,6 +213,9 @@ impl WalCursor {
         let max_samples = max_samples.max(1);
         let mut batch = WalBatch::default();
         let mut index: HashMap<u32, usize> = HashMap::new();
+        // Newest timestamps handed out by this batch: applied only if the
+        // read succeeds (an I/O error must not make a retry skip them).
+        let mut fresh: HashMap<u32, i64> = HashMap::new();
         let mut pos = self.pos;
         loop {
             let segs = wal::segments(&self.dir)?;
@@ -253,14 +256,15 @@ impl WalCursor {
                                 break;
                             }
                             taken += 1;
-                            if self.newest.get(&id).is_some_and(|&n| t <= n) {
+                            let newest = fresh.get(&id).or_else(|| self.newest.get(&id));
+                            if newest.is_some_and(|&n| t <= n) {
                                 continue;
                             }
                             let Some(labels) = self.labels_of(store, id) else {
                                 batch.unknown_series += 1;
                                 continue;
                             };
-                            self.newest.insert(id, t);
+                            fresh.insert(id, t);
                             let i = *index.entry(id).or_insert_with(|| {
                                 batch.series.push((labels, Vec::new()));
                                 batch.series.len() - 1
@@ -311,6 +315,7 @@ impl WalCursor {
         }
         batch.end = pos;
         self.pos = pos;
+        self.newest.extend(fresh);
         Ok(batch)
     }
 
