@@ -23,6 +23,7 @@ pub mod private_files;
 pub mod privilege;
 pub mod probe;
 pub mod query;
+pub mod remote_write;
 pub mod rules;
 pub mod secret;
 pub mod series;

@@ -218,6 +218,9 @@ pub struct PrometheusOptions {
     pub data: Option<PathBuf>,
     /// More arguments, after the others.
     pub extra_args: Vec<String>,
+    /// Port on 127.0.0.1 (default: a free one): a restarted server keeps
+    /// the address its clients were given.
+    pub port: Option<u16>,
 }
 
 /// A Prometheus server on 127.0.0.1 with its config and log in a temp dir;
@@ -251,7 +254,11 @@ impl Prometheus {
         let data = opts.data.clone().unwrap_or_else(|| dir.path().join("data"));
         let mut last_err = None;
         for attempt in 0..3 {
-            let addr = SocketAddr::from(([127, 0, 0, 1], util::free_port()?));
+            let port = match opts.port {
+                Some(p) => p,
+                None => util::free_port()?,
+            };
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let log = dir.path().join(format!("prometheus-{attempt}.log"));
             let logf = std::fs::File::create(&log)?;
             let mut cmd = Command::new(&bin);

@@ -20,6 +20,7 @@ use crate::live::LiveReader;
 use crate::metrics::MetricsSource;
 use crate::notify::{FanoutSink, ForwardingSink, Notifier};
 use crate::probe::Probe;
+use crate::remote_write::RemoteWrite;
 use crate::rules::{self, RuleManager};
 use crate::series::{SeriesReader, SeriesWriter};
 use crate::store::{self, Store};
@@ -200,9 +201,28 @@ fn start_and_serve(
         }
     };
 
+    // remote_write reads what the store logs; without a store there is nothing to send.
+    let remote_write = match &store {
+        Some(store) => {
+            let (rw, loops) = RemoteWrite::start(&cfg.remote_write, store, runtime.handle())
+                .map_err(|e| RunError::start("remote_write", e))?;
+            for w in loops {
+                workers.push(w);
+            }
+            (!cfg.remote_write.is_empty()).then(|| Arc::new(rw))
+        }
+        None => {
+            if !cfg.remote_write.is_empty() {
+                warn!("storage is disabled: remote_write sends nothing (it reads the store's WAL)");
+            }
+            None
+        }
+    };
+
     let source: Arc<dyn MetricsSource> = Arc::new(Pipeline {
         collect,
         store: store.clone(),
+        remote_write,
         queries,
         rules,
         notifier,

@@ -6,6 +6,7 @@ use crate::expose;
 use crate::metrics::{Family, MetricsSource};
 use crate::notify::{ForwardingSink, Notifier};
 use crate::query::Admission;
+use crate::remote_write::RemoteWrite;
 use crate::rules::RuleManager;
 use crate::store::Store;
 
@@ -13,6 +14,7 @@ use crate::store::Store;
 pub struct Pipeline {
     pub collect: Arc<dyn MetricsSource>,
     pub store: Option<Arc<Store>>,
+    pub remote_write: Option<Arc<RemoteWrite>>,
     /// The query API's admission control (ngxprobe_query_*).
     pub queries: Option<Arc<Admission>>,
     pub rules: Option<Arc<RuleManager>>,
@@ -26,6 +28,9 @@ impl MetricsSource for Pipeline {
         f.extend(crate::privilege::families());
         if let Some(s) = &self.store {
             f.extend(s.self_families());
+        }
+        if let Some(rw) = &self.remote_write {
+            f.extend(rw.self_families());
         }
         if let Some(q) = &self.queries {
             f.extend(q.families());

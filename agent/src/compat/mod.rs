@@ -9,6 +9,7 @@
 pub mod duration;
 pub mod float;
 pub mod quote;
+pub mod relabel;
 pub mod time;
 pub mod yaml;
 mod yaml_locate;

@@ -59,6 +59,9 @@ pub struct Config {
     pub alertmanager_config_file: Option<PathBuf>,
     /// Also forward alerts to external Alertmanagers (Prometheus `alerting:` syntax).
     pub alerting: crate::notify::AlertingConfig,
+    /// Send everything stored to Prometheus-compatible receivers
+    /// (Prometheus `remote_write:` syntax; remote_write stage).
+    pub remote_write: Vec<crate::remote_write::RemoteWriteConfig>,
 }
 
 /// Reads a config file's text (the caller parses it with [`parse`]).
@@ -93,11 +96,42 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         ConfigError::Invalid(Box::new(invalid))
     })?;
+    crate::remote_write::validate(&config.remote_write).map_err(|(field, message)| {
+        let steps = yaml_steps(&field);
+        ConfigError::Invalid(Box::new(crate::compat::InvalidField {
+            file: path.to_path_buf(),
+            position: crate::compat::yaml::locate_nearest(text, &steps, false),
+            field,
+            message,
+        }))
+    })?;
     config.validate().map_err(|message| ConfigError::Semantic {
         path: path.to_path_buf(),
         message,
     })?;
     Ok(config)
+}
+
+/// `a[0].b.c` as path steps (for locating a field found by validation).
+fn yaml_steps(dotted: &str) -> Vec<crate::compat::Step> {
+    use crate::compat::Step;
+    let mut steps = Vec::new();
+    for part in dotted.split('.') {
+        let mut rest = part;
+        if let Some(i) = rest.find('[') {
+            steps.push(Step::Key(rest[..i].to_string()));
+            rest = &rest[i..];
+            while let Some(end) = rest.find(']') {
+                if let Ok(n) = rest[1..end].parse() {
+                    steps.push(Step::Index(n));
+                }
+                rest = &rest[end + 1..];
+            }
+        } else {
+            steps.push(Step::Key(rest.to_string()));
+        }
+    }
+    steps
 }
 
 impl Config {

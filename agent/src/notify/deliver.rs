@@ -127,7 +127,9 @@ pub fn build_client(http: &HttpConfig) -> Result<reqwest::Client, String> {
     b.build().map_err(|e| e.to_string())
 }
 
-fn auth_header(http: &HttpConfig) -> Result<Option<String>, String> {
+/// The `Authorization` header `http` asks for; `*_file` secrets are read
+/// on every call, so rotated files take effect without a restart.
+pub fn auth_header(http: &HttpConfig) -> Result<Option<String>, String> {
     let read = |p: &std::path::Path| {
         crate::secret::load_secret_file(p)
             .map(|s| s.expose().to_string())
@@ -234,7 +236,7 @@ pub async fn attempt(
 
 /// `Retry-After` in seconds or as an HTTP date; absurd values (past u64,
 /// centuries) mean "not within this flush", capped so no sum overflows.
-fn parse_retry_after(v: &str) -> Option<Duration> {
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
     let v = v.trim();
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         let secs = v.parse::<u64>().unwrap_or(u64::MAX);

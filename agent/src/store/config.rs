@@ -41,6 +41,10 @@ pub struct StorageConfig {
     pub retention_size: ByteSize,
     pub wal_fsync: WalFsync,
     pub wal_fsync_interval: PromDuration,
+    /// WAL kept for readers that are behind (remote_write during a receiver
+    /// outage): past this size the oldest unsent segments are deleted
+    /// (ngxprobe_store_wal_reader_segments_dropped_total). 0 = unlimited.
+    pub wal_reader_max_size: ByteSize,
 }
 
 impl Default for StorageConfig {
@@ -53,6 +57,7 @@ impl Default for StorageConfig {
             retention_size: ByteSize(0),
             wal_fsync: WalFsync::Interval,
             wal_fsync_interval: PromDuration::from_secs(1),
+            wal_reader_max_size: ByteSize(1 << 30),
         }
     }
 }

@@ -72,7 +72,10 @@ impl Store {
 
     pub(super) fn checkpoint(&self, w: &mut Writer) -> Result<(), String> {
         let content = self.checkpoint_bytes();
-        w.wal.checkpoint(&content).map_err(|e| format!("WAL checkpoint: {e}"))?;
+        let keep_from = self.wal_keep_from(&w.wal_holds, w.wal.segment() + 1);
+        w.wal
+            .checkpoint(&content, keep_from)
+            .map_err(|e| format!("WAL checkpoint: {e}"))?;
         w.meta_logged = read(&self.meta).clone().into_iter().collect();
         Ok(())
     }

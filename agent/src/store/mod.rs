@@ -43,10 +43,14 @@ mod self_metrics;
 mod tests;
 #[cfg(test)]
 mod tests_files;
+#[cfg(test)]
+mod tests_wal_read;
 mod wal;
+mod wal_read;
 
 pub use config::{ByteSize, StorageConfig, WalFsync};
 pub use disk::BLOCK_MS;
+pub use wal_read::{WalBatch, WalCursor, WalPosition};
 
 use crate::series::{Labels, MetricMeta};
 use head::MemSeries;
@@ -105,6 +109,8 @@ struct Stats {
     blocks_persisted: AtomicU64,
     blocks_deleted: AtomicU64,
     stored_bytes: AtomicU64,
+    /// WAL segments deleted before every WAL reader had read them (size cap).
+    wal_reader_segments_dropped: AtomicU64,
     writable: AtomicBool,
 }
 
@@ -140,6 +146,9 @@ struct Writer {
     /// series without building and sorting a `Labels` (the hot path). Cleared
     /// when retention removes series.
     ingest_cache: IngestCache,
+    /// Committed positions of WAL readers (remote_write): checkpoints keep
+    /// the segments they have not read.
+    wal_holds: BTreeMap<String, WalPosition>,
 }
 
 pub struct Store {

@@ -9,7 +9,7 @@
 //! data without writing, creating, truncating or deleting anything there.
 use super::head::MemSeries;
 use super::{
-    DB_FILE, Registry, Stats, StorageConfig, Store, StoreError, WAL_DIR, Writer, disk, lock, read, wal, write,
+    DB_FILE, Registry, Stats, StorageConfig, Store, StoreError, WAL_DIR, Writer, disk, lock, read, wal, wal_read, write,
 };
 use crate::private_files;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -177,6 +177,7 @@ impl Store {
                 persisted_before: i64::MIN,
                 meta_logged: HashMap::new(),
                 ingest_cache: HashMap::new(),
+                wal_holds: wal_read::load_holds(&wal_dir),
             }),
             db: RwLock::new(None),
             stats: Stats::default(),

@@ -83,6 +83,12 @@ impl Store {
             st.wal_corruptions.load(Relaxed) as f64,
         );
         one(
+            "ngxprobe_store_wal_reader_segments_dropped_total",
+            "WAL segments deleted before remote_write had sent them, because the WAL kept for it exceeded storage.wal_reader_max_size.",
+            MetricType::Counter,
+            st.wal_reader_segments_dropped.load(Relaxed) as f64,
+        );
+        one(
             "ngxprobe_store_write_errors_total",
             "Failed writes to the WAL or block file (disk full, read-only...).",
             MetricType::Counter,

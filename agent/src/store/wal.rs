@@ -17,7 +17,7 @@ const REC_SAMPLES: u8 = 2;
 const REC_SAMPLES_AT: u8 = 3;
 const REC_META: u8 = 4;
 /// Larger frames can only come from corruption; refusing them bounds memory.
-const MAX_RECORD: u32 = 64 << 20;
+pub(super) const MAX_RECORD: u32 = 64 << 20;
 
 #[derive(Debug, PartialEq)]
 pub enum Record {
@@ -139,7 +139,7 @@ fn finish_frame(buf: &mut [u8], start: usize) {
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn decode_payload(d: &[u8]) -> Option<Record> {
+pub(super) fn decode_payload(d: &[u8]) -> Option<Record> {
     let mut p = 1;
     let rec = match *d.first()? {
         REC_SERIES => {
@@ -306,8 +306,9 @@ impl WalWriter {
     }
 
     /// Starts segment `seg + 1` holding `content` (the whole head), fsyncs it,
-    /// then removes all older segments.
-    pub fn checkpoint(&mut self, content: &[u8]) -> io::Result<()> {
+    /// then removes older segments, except those from `keep_from` on (WAL
+    /// readers such as remote_write have not read them yet).
+    pub fn checkpoint(&mut self, content: &[u8], keep_from: u64) -> io::Result<()> {
         let next = self.seg + 1;
         let path = segment_path(&self.dir, next);
         let res = (|| {
@@ -329,7 +330,7 @@ impl WalWriter {
             }
         };
         for n in segments(&self.dir)? {
-            if n < next {
+            if n < next.min(keep_from) {
                 fs::remove_file(segment_path(&self.dir, n))?;
             }
         }
@@ -337,6 +338,11 @@ impl WalWriter {
         self.seg = next;
         self.buf.clear();
         Ok(())
+    }
+
+    /// The segment being written.
+    pub fn segment(&self) -> u64 {
+        self.seg
     }
 
     pub fn sync(&mut self) -> io::Result<()> {
