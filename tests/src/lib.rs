@@ -1,6 +1,7 @@
 //! ngxprobe end-to-end harness: real nginx, real agent, real clients.
 //!
 //! * [`nginx`]: a private nginx instance on loopback (child process, killed by PID).
+//! * [`netns`]: network namespaces the test creates, their TCP counters as an oracle.
 //! * [`oracle`]: nginx's own stub_status, the reference numbers.
 //! * [`agent`]: the ngxprobe binary (`$NGXPROBE_BIN`), its /readyz and /metrics.
 //! * [`clients`]: raw HTTP/1.x clients and wrk.
@@ -23,6 +24,7 @@ pub mod browser;
 pub mod clients;
 pub mod measure;
 pub mod metrics_text;
+pub mod netns;
 pub mod nginx;
 pub mod oracle;
 pub mod prometheus;

@@ -18,6 +18,7 @@
 //! * oracle server on `127.0.0.1:<oracle_port>`: `location = /stub { stub_status; }`.
 //!   It belongs to the same instance, so its connections and requests are
 //!   counted by nginx and by ngxprobe alike.
+use crate::netns::NetnsRef;
 use crate::oracle::{self, StubStatus};
 use crate::util::{
     self, ChildGuard, Poll, TCP_LISTEN, TempDir, children_of, cmdline, poll, socket_inodes, tcp_sockets,
@@ -54,6 +55,13 @@ pub struct NginxOptions {
     /// Add two servers behind the PROXY protocol (`listen ... proxy_protocol`):
     /// one with TLS, one plain.
     pub proxy_protocol: bool,
+    /// Run nginx in this network namespace (a test's [`crate::netns::Netns`]):
+    /// its readiness checks and [`Nginx::oracle`] then connect from inside
+    /// it; clients of the test use [`Nginx::in_netns`].
+    pub netns: Option<NetnsRef>,
+    /// `backlog=N` on the main server's listen lines (nginx's default is
+    /// 511, capped by net.core.somaxconn).
+    pub backlog: Option<u32>,
 }
 
 impl Default for NginxOptions {
@@ -68,6 +76,8 @@ impl Default for NginxOptions {
             tls: false,
             h2c: false,
             proxy_protocol: false,
+            netns: None,
+            backlog: None,
         }
     }
 }
@@ -159,7 +169,10 @@ impl Nginx {
         }
         let conf = d.join("nginx.conf");
         std::fs::write(&conf, config_with(d, opts, main_port, oracle_port, &extra))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match &opts.netns {
+            Some(ns) => ns.command(bin)?,
+            None => Command::new(bin),
+        };
         cmd.arg("-p")
             .arg(d)
             .arg("-c")
@@ -207,16 +220,23 @@ impl Nginx {
                 if let Some(st) = self.master.try_wait()? {
                     bail!("nginx exited with {st}");
                 }
-                for &a in &addrs {
-                    if let Err(e) = TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
-                        return Ok(Poll::Pending(format!("connect {a}: {e}")));
+                let oracle_addr = self.oracle_addr();
+                let reached = self.in_netns(|| -> Result<Option<String>> {
+                    for &a in &addrs {
+                        if let Err(e) = TcpStream::connect_timeout(&a, Duration::from_secs(1)) {
+                            return Ok(Some(format!("connect {a}: {e}")));
+                        }
                     }
+                    Ok(None)
+                })??;
+                if let Some(pending) = reached {
+                    return Ok(Poll::Pending(pending));
                 }
                 let w = self.worker_pids();
                 if w.len() != want {
                     return Ok(Poll::Pending(format!("{} workers, want {want}", w.len())));
                 }
-                oracle::fetch(self.oracle_addr())?;
+                self.in_netns(|| oracle::fetch(oracle_addr))??;
                 Ok(Poll::Ready(()))
             },
         );
@@ -304,15 +324,30 @@ impl Nginx {
         children_of(self.master_pid())
     }
 
-    /// Reads stub_status once.
+    /// Reads stub_status once (from inside the instance's network namespace).
     pub fn oracle(&self) -> Result<StubStatus> {
-        oracle::fetch(self.oracle_addr())
+        let a = self.oracle_addr();
+        self.in_netns(|| oracle::fetch(a))?
+    }
+
+    /// The network namespace nginx runs in ([`NginxOptions::netns`]).
+    pub fn netns(&self) -> Option<&NetnsRef> {
+        self.opts.netns.as_ref()
+    }
+
+    /// Runs `f` where nginx's addresses are reachable: on a thread inside
+    /// its network namespace ([`NginxOptions::netns`]), else right here.
+    pub fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        match &self.opts.netns {
+            Some(ns) => ns.run(f),
+            None => Ok(f()),
+        }
     }
 
     /// Ground truth from the kernel: TCP connections (not listeners) that
     /// nginx processes hold open right now, from /proc/PID/fd and /proc/net/tcp{,6}.
     pub fn open_connections(&self) -> usize {
-        let socks = tcp_sockets();
+        let socks = self.in_netns(tcp_sockets).unwrap_or_default();
         let mut inodes = HashSet::new();
         let mut pids = self.all_children();
         pids.push(self.master_pid());
@@ -510,6 +545,7 @@ fn server_block(d: &Path, port: u16, params: &str, name: &str) -> String {
 fn config_with(d: &Path, opts: &NginxOptions, main_port: u16, oracle_port: u16, extra: &str) -> String {
     let d = d.display();
     let workers = opts.worker_processes;
+    let backlog = opts.backlog.map(|b| format!(" backlog={b}")).unwrap_or_default();
     let keepalive_requests = opts.keepalive_requests;
     format!(
         r#"# ngxprobe e2e instance (generated)
@@ -540,8 +576,8 @@ http {{
     scgi_temp_path {d}/tmp/scgi;
 
     server {{
-        listen 127.0.0.1:{main_port};
-        listen [::1]:{main_port};
+        listen 127.0.0.1:{main_port}{backlog};
+        listen [::1]:{main_port}{backlog};
         server_name main;
         root {d}/html;
         index index.html;

@@ -292,10 +292,12 @@ pub fn socket_inodes(pid: i32) -> Vec<u64> {
     out
 }
 
-/// TCP sockets of this network namespace: inode → (local port, state hex).
+/// TCP sockets of the calling thread's network namespace: inode → (local
+/// port, state hex). (thread-self, not self: a thread moved into a test's
+/// namespace sees that namespace's table.)
 pub fn tcp_sockets() -> HashMap<u64, (u16, u8)> {
     let mut out = HashMap::new();
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    for f in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
         let Ok(s) = std::fs::read_to_string(f) else {
             continue;
         };
