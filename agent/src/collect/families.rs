@@ -68,7 +68,7 @@ pub fn stub_status(t: &SlotTotals, seeded_active: i64) -> StubStatus {
 }
 
 impl Collector {
-    fn labels(&self, t: &Tracked) -> Vec<(String, String)> {
+    pub(super) fn labels(&self, t: &Tracked) -> Vec<(String, String)> {
         let mut l = vec![("conf_path".to_string(), t.inst.key.conf_path.clone())];
         if let Some(id) = &t.inst.key.container_id {
             l.push(("container_id".to_string(), id.clone()));
@@ -153,11 +153,7 @@ impl Collector {
             workers.push_owned(labels.clone(), t.inst.worker_pids.len() as f64);
             for l in &t.inst.listeners {
                 let mut ll = labels.clone();
-                let addr = match l.addr {
-                    std::net::IpAddr::V4(a) => format!("{a}:{}", l.port),
-                    std::net::IpAddr::V6(a) => format!("[{a}]:{}", l.port),
-                };
-                ll.push(("address".into(), addr));
+                ll.push(("address".into(), super::listen::listen_address(l)));
                 listeners.push_owned(ll, 1.0);
             }
             let mut il = labels.clone();
@@ -184,6 +180,7 @@ impl Collector {
             listeners,
             info,
         ];
+        out.extend(self.listen_families());
         out.extend(self.self_families());
         out
     }

@@ -5,9 +5,11 @@
 pub mod discovery_loop;
 mod discovery_stats;
 mod families;
+mod listen;
 mod registry;
 mod unparsed;
 
+pub use listen::ListenTargets;
 pub use registry::{Collector, ScanReport};
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -35,6 +35,8 @@ pub(super) struct Tracked {
     pub unread_scans: u32,
     /// Unparsed-connection reasons already logged for it (unparsed::REASONS order).
     pub unparsed_logged: [bool; 3],
+    /// Its listeners as the kernel saw them at the last poll (collect::listen).
+    pub listen: super::listen::ListenState,
 }
 
 /// Scans an instance is kept unchanged while one of its processes cannot be
@@ -82,6 +84,10 @@ impl Collector {
             proc_root,
             retention,
         }
+    }
+
+    pub(super) fn proc_root(&self) -> &std::path::Path {
+        &self.proc_root
     }
 
     pub fn instance_count(&self) -> usize {
@@ -152,6 +158,7 @@ impl Collector {
                                 pending_seeds: BTreeSet::new(),
                                 unread_scans: 0,
                                 unparsed_logged: [false; 3],
+                                listen: Default::default(),
                             },
                         );
                     }
