@@ -189,7 +189,7 @@ pub fn findings(o: &Observed, since: &str) -> Vec<String> {
             None => "accept queue unknown".into(),
         };
         out.push(format!(
-            "{} dropped {n} connections in the last {since}: {q}",
+            "{} dropped {n} connection attempts in the last {since}: {q}",
             listener(k)
         ));
     }
@@ -258,7 +258,7 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                "listener 0.0.0.0:80 of nginx /etc/nginx/nginx.conf dropped 312 connections in the last 5m: accept queue 512/511 (full) at its peak",
+                "listener 0.0.0.0:80 of nginx /etc/nginx/nginx.conf dropped 312 connection attempts in the last 5m: accept queue 512/511 (full) at its peak",
                 "listener 0.0.0.0:443 of nginx /etc/nginx/nginx.conf accept queue reached 460/511 (over 80% of its limit) in the last 5m: nginx accepts too slowly",
                 "alert NginxListenerDroppingConnections firing: s",
             ]
@@ -277,7 +277,9 @@ mod tests {
         };
         assert_eq!(
             findings(&o, "10m"),
-            vec!["listener [::]:80 of nginx /c dropped about 9 connections in the last 10m: accept queue unknown"]
+            vec![
+                "listener [::]:80 of nginx /c dropped about 9 connection attempts in the last 10m: accept queue unknown"
+            ]
         );
     }
 }

@@ -11,7 +11,9 @@
 //!   listeners) == the namespace's TcpExt ListenDrops: both are incremented
 //!   by the same tcp_listendrop() call, so once the drops stop they are equal
 //!   exactly; ListenOverflows counts only the overflow cases among them (<=),
-//!   and `ngxprobe_netns_listen_overflows_total` == ListenOverflows;
+//!   and `ngxprobe_netns_listen_overflows_total` == ListenOverflows,
+//!   `ngxprobe_netns_syncookies_sent_total` == SyncookiesSent (with a backlog
+//!   of 4 the SYN queue, whose limit is the backlog too, fills as well);
 //! * the default alert NginxListenerDroppingConnections fires;
 //! * after SIGCONT the queue drains to 0 in both views;
 //! * `ngxprobe diagnose` names the listener, its drops and its full queue.
@@ -210,13 +212,21 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
             let overflows = c1.delta(&base, "TcpExt.ListenOverflows")?;
             let ours = instance_sum(&s, "ngxprobe_listen_drops_total", &conf);
             let netns_ov = s.value("ngxprobe_netns_listen_overflows_total", &conf)?;
-            let stable = c0.get("TcpExt.ListenDrops")? == c1.get("TcpExt.ListenDrops")?;
+            let cookies = s.value("ngxprobe_netns_syncookies_sent_total", &conf)?;
+            let stable = c0 == c1;
             Ok(
-                if stable && drops > 0 && ours == drops as f64 && netns_ov == Some(c1.get("TcpExt.ListenOverflows")? as f64) {
+                if stable
+                    && drops > 0
+                    && ours == drops as f64
+                    && netns_ov == Some(c1.get("TcpExt.ListenOverflows")? as f64)
+                    && cookies == Some(c1.get("TcpExt.SyncookiesSent")? as f64)
+                {
                     Poll::Ready((ours, drops, overflows, netns_ov))
                 } else {
                     Poll::Pending(format!(
-                        "agent {ours}, ListenDrops +{drops}, ListenOverflows +{overflows}, agent netns overflows {netns_ov:?}"
+                        "agent {ours}, ListenDrops +{drops}, ListenOverflows +{overflows}, agent netns overflows \
+                         {netns_ov:?}, SYN cookies: agent {cookies:?}, netns {:?}",
+                        c1.get("TcpExt.SyncookiesSent")
                     ))
                 },
             )
@@ -236,7 +246,7 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
     // `ngxprobe diagnose` names the listener, its exact drops and the full
     // queue (from the store: polled until the last sample is in).
     let want = format!(
-        "PROBLEM: listener {v4} of nginx {conf} dropped {ours} connections in the last 5m: accept queue {queued}/{max} (full) at its peak"
+        "PROBLEM: listener {v4} of nginx {conf} dropped {ours} connection attempts in the last 5m: accept queue {queued}/{max} (full) at its peak"
     );
     let report = poll(
         "ngxprobe diagnose to name the drops",

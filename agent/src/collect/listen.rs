@@ -116,12 +116,21 @@ pub struct ListenTargets {
 }
 
 impl ListenTargets {
-    /// Polls every instance (sock_diag in its namespace).
+    /// Polls every instance: one sock_diag dump per network namespace,
+    /// shared by the instances running there.
     pub fn poll(self) -> Vec<(InstanceKey, Result<ListenDiag, DiscoverError>)> {
+        let mut dumps: BTreeMap<u64, crate::discover::NetnsDump> = BTreeMap::new();
         self.instances
             .into_iter()
             .map(|inst| {
-                let r = crate::discover::listen_queues(&inst, &self.proc_root);
+                let r = match dumps.get(&inst.key.netns) {
+                    Some(d) => Ok(d.for_instance(&inst)),
+                    None => crate::discover::dump_netns_of(&inst, &self.proc_root).map(|d| {
+                        let diag = d.for_instance(&inst);
+                        dumps.insert(inst.key.netns, d);
+                        diag
+                    }),
+                };
                 (inst.key, r)
             })
             .collect()

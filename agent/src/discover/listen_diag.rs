@@ -1,7 +1,9 @@
-//! `listen_queues`: the kernel's view of an instance's listening sockets —
+//! The kernel's view of an instance's listening sockets —
 //! accept queue, backlog, drops, handshakes in progress — from one
 //! sock_diag dump (LISTEN + SYN-RECV) in the instance's network namespace,
-//! plus the namespace-wide listen counters of /proc/net/netstat.
+//! plus the namespace-wide listen counters of /proc/net/netstat
+//! ([`dump_netns_of`], then [`NetnsDump::for_instance`] for each instance
+//! running in that namespace).
 //!
 //! Cheap enough for every collect cycle: two netlink dumps (IPv4, IPv6) of
 //! the namespace's listening and half-open sockets, no per-packet hook.
@@ -44,7 +46,7 @@ pub struct NetnsListenCounters {
     pub syncookies_sent: u64,
 }
 
-/// Everything [`listen_queues`] found for one instance.
+/// Everything [`NetnsDump::for_instance`] found for one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListenDiag {
     pub queues: Vec<ListenQueue>,
@@ -52,17 +54,37 @@ pub struct ListenDiag {
     pub netns: Option<NetnsListenCounters>,
 }
 
-/// The instance's listeners as the kernel sees them now.
-pub fn listen_queues(inst: &Instance, proc_root: &Path) -> Result<ListenDiag, DiscoverError> {
+/// One namespace's listening and SYN-RECV sockets and its netstat, as
+/// dumped once for every instance that runs there.
+#[derive(Clone, Debug)]
+pub struct NetnsDump {
+    sockets: Vec<DiagSocket>,
+    netstat: Option<NetnsListenCounters>,
+}
+
+impl NetnsDump {
+    /// The instance's listeners in this dump (`inst` must run in the
+    /// namespace the dump was taken in).
+    pub fn for_instance(&self, inst: &Instance) -> ListenDiag {
+        ListenDiag {
+            queues: queues_of(&inst.listeners, &self.sockets),
+            netns: self.netstat,
+        }
+    }
+}
+
+/// Dumps the network namespace `inst` runs in (sock_diag there, and its
+/// /proc/net/netstat).
+pub fn dump_netns_of(inst: &Instance, proc_root: &Path) -> Result<NetnsDump, DiscoverError> {
     let (sockets, netstat) = in_instance_netns(inst, proc_root, || {
         let sockets = sock_diag::dump_listen_and_syn_recv()?;
         // thread-self: this thread's namespace (it may have setns()ed).
         let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat").ok();
         Ok((sockets, netstat))
     })?;
-    Ok(ListenDiag {
-        queues: queues_of(&inst.listeners, &sockets),
-        netns: netstat.as_deref().and_then(parse_netstat),
+    Ok(NetnsDump {
+        sockets,
+        netstat: netstat.as_deref().and_then(parse_netstat),
     })
 }
 

@@ -110,6 +110,19 @@ tests:
     )
 }
 
+/// `promtool test rules FILE` by Debian's promtool (the oracle); `None`
+/// (skip, or a failure under CI) when it is not installed.
+fn debian_promtool_test_rules(file: &std::path::Path) -> Option<std::process::Output> {
+    let bin = ngxprobe_e2e::util::require_tool("promtool", "apt-get install prometheus")?;
+    Some(
+        std::process::Command::new(bin)
+            .args(["test", "rules"])
+            .arg(file)
+            .output()
+            .expect("run promtool"),
+    )
+}
+
 #[test]
 fn kernel_default_rules_pass_their_unit_tests_here_and_in_promtool() {
     let rules = write_tmp("default.rules.yml", DEFAULT_RULES_YAML);
@@ -122,14 +135,9 @@ fn kernel_default_rules_pass_their_unit_tests_here_and_in_promtool() {
         ours.err()
             .map(|e| e.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
     );
-    let Some(promtool_bin) = ngxprobe_e2e::util::require_tool("promtool", "apt-get install prometheus") else {
+    let Some(out) = debian_promtool_test_rules(&test) else {
         return;
     };
-    let out = std::process::Command::new(promtool_bin)
-        .args(["test", "rules"])
-        .arg(&test)
-        .output()
-        .expect("run promtool");
     assert!(
         out.status.success(),
         "promtool disagrees:\n{}{}",
@@ -146,14 +154,9 @@ fn kernel_default_rules_unit_test_catches_a_wrong_expectation() {
     let test = write_tmp("kernel-wrong.test.yml", &text);
     let mut warnings = Vec::new();
     assert!(promtool::run_test_file(&test, &mut warnings).is_err());
-    let Some(promtool_bin) = ngxprobe_e2e::util::require_tool("promtool", "apt-get install prometheus") else {
+    let Some(out) = debian_promtool_test_rules(&test) else {
         return;
     };
-    let out = std::process::Command::new(promtool_bin)
-        .args(["test", "rules"])
-        .arg(&test)
-        .output()
-        .expect("run promtool");
     assert!(!out.status.success(), "promtool accepted a wrong expectation");
 }
 
