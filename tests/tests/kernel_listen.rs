@@ -200,7 +200,7 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
     // Drops: once they stop, the agent's sum over the instance's listeners
     // equals the namespace's ListenDrops exactly (nginx is all that listens
     // in the namespace).
-    let (ours, drops, overflows, netns_overflows) = poll(
+    let (ours, drops, overflows, netns_overflows, cookies) = poll(
         "agent's drops == netns ListenDrops",
         Duration::from_secs(15),
         Duration::from_millis(200),
@@ -221,7 +221,7 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
                     && netns_ov == Some(c1.get("TcpExt.ListenOverflows")? as f64)
                     && cookies == Some(c1.get("TcpExt.SyncookiesSent")? as f64)
                 {
-                    Poll::Ready((ours, drops, overflows, netns_ov))
+                    Poll::Ready((ours, drops, overflows, netns_ov, cookies))
                 } else {
                     Poll::Pending(format!(
                         "agent {ours}, ListenDrops +{drops}, ListenOverflows +{overflows}, agent netns overflows \
@@ -235,7 +235,7 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
     .unwrap();
     assert!(overflows <= drops, "ListenOverflows {overflows} > ListenDrops {drops}");
     eprintln!(
-        "drops: agent {ours}, netns ListenDrops +{drops}, ListenOverflows +{overflows} (agent's netns-wide {netns_overflows:?}); \
+        "drops: agent {ours}, netns ListenDrops +{drops}, ListenOverflows +{overflows} (agent's netns-wide {netns_overflows:?}), SYN cookies (agent == netns) {cookies:?}; \
          test took {:?}",
         t0.elapsed()
     );
