@@ -16,12 +16,15 @@
 //!   of 4 the SYN queue, whose limit is the backlog too, fills as well);
 //! * the default alert NginxListenerDroppingConnections fires;
 //! * after SIGCONT the queue drains to 0 in both views;
-//! * `ngxprobe diagnose` names the listener, its drops and its full queue.
+//! * `ngxprobe diagnose` names the listener, its drops and its full queue;
+//! * nginx restarted (new listening sockets, sk_drops from 0): the counter
+//!   does not go back, and after a second overflow still equals ListenDrops.
 use ngxprobe_e2e::metrics_text::Scrape;
-use ngxprobe_e2e::netns::Netns;
-use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
-use ngxprobe_e2e::util::{self, Poll, poll};
+use ngxprobe_e2e::netns::{NetCounters, Netns};
+use ngxprobe_e2e::nginx::{Nginx, NginxOptions, nginx_bin};
+use ngxprobe_e2e::util::{self, ChildGuard, Poll, poll};
 use ngxprobe_e2e::{Agent, guard};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const BACKLOG: u64 = 4;
@@ -200,39 +203,7 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
     // Drops: once they stop, the agent's sum over the instance's listeners
     // equals the namespace's ListenDrops exactly (nginx is all that listens
     // in the namespace).
-    let (ours, drops, overflows, netns_overflows, cookies) = poll(
-        "agent's drops == netns ListenDrops",
-        Duration::from_secs(15),
-        Duration::from_millis(200),
-        || {
-            let c0 = ns.counters()?;
-            let s = agent.scrape()?;
-            let c1 = ns.counters()?;
-            let drops = c1.delta(&base, "TcpExt.ListenDrops")?;
-            let overflows = c1.delta(&base, "TcpExt.ListenOverflows")?;
-            let ours = instance_sum(&s, "ngxprobe_listen_drops_total", &conf);
-            let netns_ov = s.value("ngxprobe_netns_listen_overflows_total", &conf)?;
-            let cookies = s.value("ngxprobe_netns_syncookies_sent_total", &conf)?;
-            let stable = c0 == c1;
-            Ok(
-                if stable
-                    && drops > 0
-                    && ours == drops as f64
-                    && netns_ov == Some(c1.get("TcpExt.ListenOverflows")? as f64)
-                    && cookies == Some(c1.get("TcpExt.SyncookiesSent")? as f64)
-                {
-                    Poll::Ready((ours, drops, overflows, netns_ov, cookies))
-                } else {
-                    Poll::Pending(format!(
-                        "agent {ours}, ListenDrops +{drops}, ListenOverflows +{overflows}, agent netns overflows \
-                         {netns_ov:?}, SYN cookies: agent {cookies:?}, netns {:?}",
-                        c1.get("TcpExt.SyncookiesSent")
-                    ))
-                },
-            )
-        },
-    )
-    .unwrap();
+    let (ours, drops, overflows, netns_overflows, cookies) = drops_match(&agent, &ns, &base, &conf);
     assert!(overflows <= drops, "ListenOverflows {overflows} > ListenDrops {drops}");
     eprintln!(
         "drops: agent {ours}, netns ListenDrops +{drops}, ListenOverflows +{overflows} (agent's netns-wide {netns_overflows:?}), SYN cookies (agent == netns) {cookies:?}; \
@@ -280,4 +251,177 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
         report.contains("alert NginxListenerDroppingConnections firing"),
         "{report}"
     );
+
+    // nginx restarted (stopped, started again with the same config): new
+    // listening sockets whose sk_drops start at 0. The agent's counter keeps
+    // what the old sockets dropped and adds the new ones': after a second
+    // overflow it still equals the namespace's ListenDrops, which counts
+    // across sockets too.
+    let old_inodes = listen_inodes(&ns, port).unwrap();
+    // SAFETY: kill(2) of our nginx master: SIGQUIT, graceful shutdown.
+    unsafe { libc::kill(n.master_pid(), libc::SIGQUIT) };
+    poll(
+        "nginx gone from the namespace",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let left = ns.pids()?;
+            Ok(if left.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{left:?}"))
+            })
+        },
+    )
+    .unwrap();
+    let mut cmd = ns.command(nginx_bin()).unwrap();
+    cmd.arg("-p")
+        .arg(n.dir())
+        .arg("-c")
+        .arg(n.conf_path())
+        .arg("-e")
+        .arg(n.dir().join("error.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let master2 = ChildGuard::spawn(&mut cmd, "nginx (restarted)").unwrap();
+    let worker2 = poll(
+        "restarted nginx listening",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let inodes = listen_inodes(&ns, port)?;
+            let workers: Vec<i32> = util::children_of(master2.pid())
+                .into_iter()
+                .filter(|p| util::cmdline(*p).contains("worker process"))
+                .collect();
+            Ok(match workers.first() {
+                Some(w) if !inodes.is_empty() && inodes.iter().all(|i| !old_inodes.contains(i)) => Poll::Ready(*w),
+                _ => Poll::Pending(format!(
+                    "listeners {inodes:?} (old {old_inodes:?}), workers {workers:?}"
+                )),
+            })
+        },
+    )
+    .unwrap();
+    // Two full discovery cycles after the new sockets exist: the agent has
+    // read them.
+    let scans = |s: &Scrape| s.sum("ngxprobe_discovery_scans_total");
+    let from = scans(&agent.scrape().unwrap());
+    poll(
+        "two discovery cycles",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let s = agent.scrape()?;
+            Ok(if scans(&s) >= from + 2.0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{} scans", scans(&s)))
+            })
+        },
+    )
+    .unwrap();
+    let s = agent.scrape().unwrap();
+    assert_eq!(
+        listen_value(&s, "ngxprobe_listen_drops_total", &conf, &v4),
+        Some(ours),
+        "the counter does not go back when the socket is recreated"
+    );
+    overflow_once(&ns, n.main_addr(), worker2);
+    let (ours2, drops2, ..) = drops_match(&agent, &ns, &base, &conf);
+    assert!(ours2 > ours, "new drops counted on top: {ours2} after {ours}");
+    eprintln!(
+        "after restart and a second overflow: agent {ours2}, netns ListenDrops +{drops2}; test took {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Polls until the namespace's counters are still and the agent's drops
+/// (summed over the instance's listeners) equal ListenDrops since `base`,
+/// its netns-wide overflows equal ListenOverflows and its SYN cookies
+/// SyncookiesSent. Returns (agent drops, ListenDrops, ListenOverflows,
+/// agent's netns overflows, agent's SYN cookies).
+fn drops_match(agent: &Agent, ns: &Netns, base: &NetCounters, conf: &str) -> (f64, i64, i64, Option<f64>, Option<f64>) {
+    poll(
+        "agent's drops == netns ListenDrops",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let c0 = ns.counters()?;
+            let s = agent.scrape()?;
+            let c1 = ns.counters()?;
+            let drops = c1.delta(base, "TcpExt.ListenDrops")?;
+            let overflows = c1.delta(base, "TcpExt.ListenOverflows")?;
+            let ours = instance_sum(&s, "ngxprobe_listen_drops_total", conf);
+            let netns_ov = s.value("ngxprobe_netns_listen_overflows_total", conf)?;
+            let cookies = s.value("ngxprobe_netns_syncookies_sent_total", conf)?;
+            let stable = c0 == c1;
+            Ok(
+                if stable
+                    && drops > 0
+                    && ours == drops as f64
+                    && netns_ov == Some(c1.get("TcpExt.ListenOverflows")? as f64)
+                    && cookies == Some(c1.get("TcpExt.SyncookiesSent")? as f64)
+                {
+                    Poll::Ready((ours, drops, overflows, netns_ov, cookies))
+                } else {
+                    Poll::Pending(format!(
+                        "agent {ours}, ListenDrops +{drops}, ListenOverflows +{overflows}, agent netns overflows \
+                         {netns_ov:?}, SYN cookies: agent {cookies:?}, netns {:?}",
+                        c1.get("TcpExt.SyncookiesSent")
+                    ))
+                },
+            )
+        },
+    )
+    .unwrap()
+}
+
+/// Socket inodes of the listeners on `port` (`ss -e`'s `ino:`).
+fn listen_inodes(ns: &Netns, port: u16) -> anyhow::Result<Vec<String>> {
+    let out = ns.output("ss", &["-ltnHe", &format!("sport = :{port}")], Duration::from_secs(5))?;
+    Ok(out
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("ino:"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Stops `worker`, overflows the accept queue of `addr` with a burst from
+/// inside the namespace, resumes the worker and waits for the queue to drain.
+fn overflow_once(ns: &Netns, addr: std::net::SocketAddr, worker: i32) {
+    // SAFETY: kill(2) of our own nginx worker.
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    let resume = Resume(worker);
+    let burst = ns.connect_burst(addr, BURST).expect("connect burst");
+    poll(
+        "accept queue full",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let l = ns.ss_listeners(addr.port())?;
+            Ok(match l.iter().find(|l| l.local == addr.to_string()) {
+                Some(l) if l.recv_q == BACKLOG + 1 => Poll::Ready(()),
+                other => Poll::Pending(format!("{other:?}")),
+            })
+        },
+    )
+    .unwrap();
+    drop(resume);
+    poll(
+        "queue drained",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || {
+            let l = ns.ss_listeners(addr.port())?;
+            Ok(if l.iter().all(|l| l.recv_q == 0) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{l:?}"))
+            })
+        },
+    )
+    .unwrap();
+    drop(burst);
 }
