@@ -476,7 +476,8 @@ groups:
         let store = Arc::new(MemStore::new());
         let sink = Arc::new(Sink::default());
         let m = RuleManager::new(store.clone(), store.clone(), sink.clone(), RulesConfig::default());
-        assert_eq!(m.load(&[]).unwrap(), 2);
+        // ngxprobe-nginx's two and ngxprobe-kernel's two (kernel_rules_tests).
+        assert_eq!(m.load(&[]).unwrap(), 4);
         let names: Vec<String> = m.groups()[0].rules.iter().map(|r| r.def.name.clone()).collect();
         assert_eq!(names, ["NginxDown", "NginxHighActiveConnections"]);
         let off = RuleManager::new(
