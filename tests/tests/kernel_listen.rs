@@ -103,102 +103,98 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
     )
     .unwrap();
 
+    // Worker stopped, burst: while the queue is full, agent, ss and the
+    // default rule are checked; then the worker resumes and the queue drains.
     let worker = n.worker_pids()[0];
-    // SAFETY: kill(2) of our own nginx worker.
-    unsafe { libc::kill(worker, libc::SIGSTOP) };
-    let resume = Resume(worker);
-    let burst = ns.connect_burst(n.main_addr(), BURST).expect("connect burst");
+    let (queued, max) = overflow_once(&ns, n.main_addr(), worker, || {
+        // Full queue: agent and ss agree (ss read before and after the scrape
+        // must agree too, so the three are one moment).
+        let (queued, max) = poll(
+            "agent's queue == ss Recv-Q, full",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let before = ns.ss_listeners(port)?;
+                let s = agent.scrape()?;
+                let after = ns.ss_listeners(port)?;
+                let row = |v: &[ngxprobe_e2e::netns::SsListener]| v.iter().find(|l| l.local == v4).cloned();
+                let (Some(b), Some(a)) = (row(&before), row(&after)) else {
+                    return Ok(Poll::Pending(format!("no {v4} in ss: {after:?}")));
+                };
+                let len = listen_value(&s, "ngxprobe_listen_queue_length", &conf, &v4);
+                let max = listen_value(&s, "ngxprobe_listen_queue_max", &conf, &v4);
+                Ok(
+                    if b == a && a.recv_q == BACKLOG + 1 && len == Some(a.recv_q as f64) && max == Some(a.send_q as f64)
+                    {
+                        Poll::Ready((a.recv_q, a.send_q))
+                    } else {
+                        Poll::Pending(format!("ss {b:?} / {a:?}, agent length {len:?} max {max:?}"))
+                    },
+                )
+            },
+        )
+        .unwrap();
+        assert_eq!(max, BACKLOG);
+        eprintln!("accept queue {queued}/{max} (agent == ss)");
 
-    // Full queue: agent and ss agree (ss read before and after the scrape
-    // must agree too, so the three are one moment).
-    let (queued, max) = poll(
-        "agent's queue == ss Recv-Q, full",
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        || {
-            let before = ns.ss_listeners(port)?;
-            let s = agent.scrape()?;
-            let after = ns.ss_listeners(port)?;
-            let row = |v: &[ngxprobe_e2e::netns::SsListener]| v.iter().find(|l| l.local == v4).cloned();
-            let (Some(b), Some(a)) = (row(&before), row(&after)) else {
-                return Ok(Poll::Pending(format!("no {v4} in ss: {after:?}")));
-            };
-            let len = listen_value(&s, "ngxprobe_listen_queue_length", &conf, &v4);
-            let max = listen_value(&s, "ngxprobe_listen_queue_max", &conf, &v4);
-            Ok(
-                if b == a && a.recv_q == BACKLOG + 1 && len == Some(a.recv_q as f64) && max == Some(a.send_q as f64) {
-                    Poll::Ready((a.recv_q, a.send_q))
+        // Half-open handshakes: the agent's count == ss's SYN-RECV rows.
+        let syn = poll(
+            "agent's SYN-RECV == ss state syn-recv",
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || {
+                let filter = format!("sport = :{port}");
+                let count = |out: String| out.lines().filter(|l| l.contains(&format!("127.0.0.1:{port}"))).count();
+                let before = count(ns.output("ss", &["-tnH", "state", "syn-recv", &filter], Duration::from_secs(5))?);
+                let s = agent.scrape()?;
+                let after = count(ns.output("ss", &["-tnH", "state", "syn-recv", &filter], Duration::from_secs(5))?);
+                let ours = listen_value(&s, "ngxprobe_listen_syn_recv", &conf, &v4);
+                Ok(if before == after && ours == Some(after as f64) {
+                    Poll::Ready(after)
                 } else {
-                    Poll::Pending(format!("ss {b:?} / {a:?}, agent length {len:?} max {max:?}"))
-                },
-            )
-        },
-    )
-    .unwrap();
-    assert_eq!(max, BACKLOG);
-    eprintln!("accept queue {queued}/{max} (agent == ss)");
+                    Poll::Pending(format!("ss {before}/{after}, agent {ours:?}"))
+                })
+            },
+        )
+        .unwrap();
+        eprintln!("SYN-RECV on {v4}: {syn} (agent == ss)");
 
-    // Half-open handshakes: the agent's count == ss's SYN-RECV rows.
-    let syn = poll(
-        "agent's SYN-RECV == ss state syn-recv",
+        // The default rule sees the drops.
+        poll(
+            "NginxListenerDroppingConnections firing",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || {
+                let v = agent.get_json("/api/v1/alerts")?;
+                let found = v["data"]["alerts"].as_array().into_iter().flatten().find(|a| {
+                    a["labels"]["alertname"] == "NginxListenerDroppingConnections"
+                        && a["labels"]["conf_path"] == conf.as_str()
+                        && a["labels"]["listen_address"] == v4.as_str()
+                });
+                Ok(match found {
+                    Some(a) if a["state"] == "firing" => Poll::Ready(()),
+                    other => Poll::Pending(format!("{other:?}")),
+                })
+            },
+        )
+        .unwrap();
+        (queued, max)
+    });
+    poll(
+        "agent's queue drained",
         Duration::from_secs(10),
         Duration::from_millis(100),
         || {
-            let filter = format!("sport = :{port}");
-            let count = |out: String| out.lines().filter(|l| l.contains(&format!("127.0.0.1:{port}"))).count();
-            let before = count(ns.output("ss", &["-tnH", "state", "syn-recv", &filter], Duration::from_secs(5))?);
-            let s = agent.scrape()?;
-            let after = count(ns.output("ss", &["-tnH", "state", "syn-recv", &filter], Duration::from_secs(5))?);
-            let ours = listen_value(&s, "ngxprobe_listen_syn_recv", &conf, &v4);
-            Ok(if before == after && ours == Some(after as f64) {
-                Poll::Ready(after)
-            } else {
-                Poll::Pending(format!("ss {before}/{after}, agent {ours:?}"))
-            })
-        },
-    )
-    .unwrap();
-    eprintln!("SYN-RECV on {v4}: {syn} (agent == ss)");
-
-    // The default rule sees the drops.
-    poll(
-        "NginxListenerDroppingConnections firing",
-        Duration::from_secs(15),
-        Duration::from_millis(200),
-        || {
-            let v = agent.get_json("/api/v1/alerts")?;
-            let found = v["data"]["alerts"].as_array().into_iter().flatten().find(|a| {
-                a["labels"]["alertname"] == "NginxListenerDroppingConnections"
-                    && a["labels"]["conf_path"] == conf.as_str()
-                    && a["labels"]["listen_address"] == v4.as_str()
-            });
-            Ok(match found {
-                Some(a) if a["state"] == "firing" => Poll::Ready(()),
-                other => Poll::Pending(format!("{other:?}")),
-            })
-        },
-    )
-    .unwrap();
-
-    // Resume: the queue drains; clients still retrying get in.
-    drop(resume);
-    poll(
-        "queue drained",
-        Duration::from_secs(15),
-        Duration::from_millis(100),
-        || {
-            let ss = ns.ss_listeners(port)?;
             let s = agent.scrape()?;
             let len = listen_value(&s, "ngxprobe_listen_queue_length", &conf, &v4);
-            Ok(if ss.iter().all(|l| l.recv_q == 0) && len == Some(0.0) {
+            Ok(if len == Some(0.0) {
                 Poll::Ready(())
             } else {
-                Poll::Pending(format!("ss {ss:?}, agent {len:?}"))
+                Poll::Pending(format!("agent {len:?}"))
             })
         },
     )
     .unwrap();
-    drop(burst);
 
     // Drops: once they stop, the agent's sum over the instance's listeners
     // equals the namespace's ListenDrops exactly (nginx is all that listens
@@ -328,7 +324,7 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
         Some(ours),
         "the counter does not go back when the socket is recreated"
     );
-    overflow_once(&ns, n.main_addr(), worker2);
+    overflow_once(&ns, n.main_addr(), worker2, || ());
     let (ours2, drops2, ..) = drops_match(&agent, &ns, &base, &conf);
     assert!(ours2 > ours, "new drops counted on top: {ours2} after {ours}");
     eprintln!(
@@ -389,8 +385,9 @@ fn listen_inodes(ns: &Netns, port: u16) -> anyhow::Result<Vec<String>> {
 }
 
 /// Stops `worker`, overflows the accept queue of `addr` with a burst from
-/// inside the namespace, resumes the worker and waits for the queue to drain.
-fn overflow_once(ns: &Netns, addr: std::net::SocketAddr, worker: i32) {
+/// inside the namespace, runs `while_full`, resumes the worker (also if
+/// `while_full` panics) and waits for the queue to drain.
+fn overflow_once<T>(ns: &Netns, addr: std::net::SocketAddr, worker: i32, while_full: impl FnOnce() -> T) -> T {
     // SAFETY: kill(2) of our own nginx worker.
     unsafe { libc::kill(worker, libc::SIGSTOP) };
     let resume = Resume(worker);
@@ -408,6 +405,7 @@ fn overflow_once(ns: &Netns, addr: std::net::SocketAddr, worker: i32) {
         },
     )
     .unwrap();
+    let r = while_full();
     drop(resume);
     poll(
         "queue drained",
@@ -424,4 +422,5 @@ fn overflow_once(ns: &Netns, addr: std::net::SocketAddr, worker: i32) {
     )
     .unwrap();
     drop(burst);
+    r
 }
