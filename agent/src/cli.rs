@@ -77,6 +77,18 @@ pub enum Command {
         #[arg(long = "data-dir")]
         data_dir: Option<PathBuf>,
     },
+    /// Report what looks wrong over the last N minutes (listeners dropping
+    /// connections, accept queues nearly full, instances down, alerts firing),
+    /// from a running agent's API. Exit status 0: nothing found, 1: problems
+    /// reported, 2: the agent could not be asked.
+    Diagnose {
+        /// How far back to look (a Prometheus duration: 5m, 1h).
+        #[arg(long, default_value = "5m")]
+        since: String,
+        /// The agent's URL, e.g. http://127.0.0.1:9113 (default: from the config).
+        #[arg(long)]
+        url: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -12,6 +12,7 @@ pub mod alerts;
 pub mod collect;
 pub mod compat;
 pub mod config;
+pub mod diagnose;
 pub mod discover;
 pub mod expose;
 pub mod live;

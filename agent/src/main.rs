@@ -60,6 +60,26 @@ fn main() -> ExitCode {
                 ExitCode::from(e.exit_code())
             }
         },
+        Some(cli::Command::Diagnose { since, url }) => {
+            let url = match url {
+                Some(u) => u,
+                None => match agent::effective_config(&cli.run.to_agent()) {
+                    Ok(c) => format!("http://{}", c.web.local_address()),
+                    Err(e) => {
+                        eprintln!("ngxprobe diagnose: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            match ngxprobe::diagnose::run(&url, &since, &mut std::io::stdout()) {
+                Ok(false) => ExitCode::SUCCESS,
+                Ok(true) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("ngxprobe diagnose: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         None => match agent::run(cli.run.to_agent()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

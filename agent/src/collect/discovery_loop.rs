@@ -61,6 +61,12 @@ fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, aft
                 }
             }
         }
+        // Listener diagnostics: sock_diag in each instance's namespace,
+        // outside the lock (readers are not held up by the netlink dumps).
+        let polled = collector.lock().listen_targets().poll();
+        for line in collector.lock().apply_listen(polled) {
+            warn!("{line}");
+        }
         after_scan();
         if stop.wait_timeout(interval) {
             return;

@@ -70,7 +70,7 @@ pub fn stub_status(t: &SlotTotals, seeded_active: i64) -> StubStatus {
 }
 
 impl Collector {
-    fn labels(&self, t: &Tracked) -> Vec<(String, String)> {
+    pub(super) fn labels(&self, t: &Tracked) -> Vec<(String, String)> {
         let mut l = vec![("conf_path".to_string(), t.inst.key.conf_path.clone())];
         if let Some(id) = &t.inst.key.container_id {
             l.push(("container_id".to_string(), id.clone()));
@@ -169,11 +169,7 @@ impl Collector {
             }
             for l in &t.inst.listeners {
                 let mut ll = labels.clone();
-                let addr = match l.addr {
-                    std::net::IpAddr::V4(a) => format!("{a}:{}", l.port),
-                    std::net::IpAddr::V6(a) => format!("[{a}]:{}", l.port),
-                };
-                ll.push(("address".into(), addr));
+                ll.push(("address".into(), super::listen::listen_address(l)));
                 listeners.push_owned(ll, 1.0);
             }
             let mut il = labels.clone();
@@ -202,6 +198,7 @@ impl Collector {
         ];
         out.extend(tcp.into_families());
         out.extend(worker.into_families());
+        out.extend(self.listen_families());
         out.extend(self.self_families());
         out
     }

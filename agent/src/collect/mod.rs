@@ -5,11 +5,13 @@
 pub mod discovery_loop;
 mod discovery_stats;
 mod families;
+mod listen;
 mod registry;
 mod tcp_health;
 mod unparsed;
 mod worker_health;
 
+pub use listen::ListenTargets;
 pub use registry::{Collector, ScanReport};
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -38,6 +38,8 @@ pub(super) struct Tracked {
     pub unparsed_logged: [bool; 3],
     /// Its workers as last seen, and the respawns counted.
     pub workers: WorkerTrack,
+    /// Its listeners as the kernel saw them at the last poll (collect::listen).
+    pub listen: super::listen::ListenState,
 }
 
 /// Scans an instance is kept unchanged while one of its processes cannot be
@@ -100,6 +102,10 @@ impl Collector {
             retention,
             hz: kernel_hz(),
         }
+    }
+
+    pub(super) fn proc_root(&self) -> &std::path::Path {
+        &self.proc_root
     }
 
     pub fn instance_count(&self) -> usize {
@@ -171,6 +177,7 @@ impl Collector {
                                 unread_scans: 0,
                                 unparsed_logged: [false; 3],
                                 workers: WorkerTrack::default(),
+                                listen: Default::default(),
                             },
                         );
                     }

@@ -21,13 +21,24 @@ pub fn existing_conns(inst: &Instance, proc_root: &Path) -> Result<Vec<ExistingC
     if ports.is_empty() {
         return Ok(Vec::new());
     }
-    let sockets = if own_netns()? == inst.key.netns {
-        sock_diag::dump_established()?
+    let sockets = in_instance_netns(inst, proc_root, sock_diag::dump_established)?;
+    Ok(conns_on_ports(sockets, &ports))
+}
+
+/// Runs `f` in the instance's network namespace: directly when the calling
+/// thread is already in it, else on a short-lived thread that setns()es
+/// into it (needs CAP_SYS_ADMIN), so no other agent thread moves.
+pub(super) fn in_instance_netns<T: Send + 'static>(
+    inst: &Instance,
+    proc_root: &Path,
+    f: fn() -> Result<T, DiscoverError>,
+) -> Result<T, DiscoverError> {
+    if own_netns()? == inst.key.netns {
+        f()
     } else {
         let (pid, ns_file) = open_instance_netns(inst, proc_root)?;
-        dump_in_netns(pid, inst.key.netns, ns_file)?
-    };
-    Ok(conns_on_ports(sockets, &ports))
+        run_in_netns(pid, inst.key.netns, ns_file, f)
+    }
 }
 
 fn conns_on_ports(sockets: Vec<DiagSocket>, ports: &BTreeSet<u16>) -> Vec<ExistingConn> {
@@ -83,9 +94,14 @@ fn open_instance_netns(inst: &Instance, proc_root: &Path) -> Result<(u32, File),
     })
 }
 
-/// Runs the dump on a dedicated thread moved into the namespace; the thread
-/// ends with the dump, taking the namespace switch with it.
-fn dump_in_netns(pid: u32, netns: u64, ns_file: File) -> Result<Vec<DiagSocket>, DiscoverError> {
+/// Runs `f` on a dedicated thread moved into the namespace; the thread
+/// ends with it, taking the namespace switch with it.
+fn run_in_netns<T: Send + 'static>(
+    pid: u32,
+    netns: u64,
+    ns_file: File,
+    f: fn() -> Result<T, DiscoverError>,
+) -> Result<T, DiscoverError> {
     let worker = std::thread::Builder::new()
         .name("ngxprobe-netns".into())
         .spawn(move || {
@@ -95,7 +111,7 @@ fn dump_in_netns(pid: u32, netns: u64, ns_file: File) -> Result<Vec<DiagSocket>,
                 let source = io::Error::last_os_error();
                 return Err(DiscoverError::EnterNetns { pid, netns, source });
             }
-            sock_diag::dump_established()
+            f()
         })
         .map_err(|e| DiscoverError::EnterNetns { pid, netns, source: e })?;
     worker.join().unwrap_or_else(|_| {

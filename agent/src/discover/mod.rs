@@ -19,6 +19,7 @@ mod exe;
 #[cfg(test)]
 mod fake_proc_tests;
 mod labels;
+mod listen_diag;
 mod proc;
 mod scan;
 mod sock_diag;
@@ -30,6 +31,7 @@ pub use config::DiscoveryConfig;
 pub use conns::existing_conns;
 pub use exe::UNKNOWN_VERSION;
 pub use labels::{MAX_LABEL_BYTES, log_excerpt};
+pub use listen_diag::{ListenDiag, ListenQueue, ListenSocket, NetnsDump, NetnsListenCounters, dump_netns_of};
 pub use scan::Scanner;
 
 use std::io;

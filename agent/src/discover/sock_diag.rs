@@ -1,11 +1,14 @@
-//! Dump of established TCP sockets with their cookies via NETLINK_SOCK_DIAG,
-//! in the network namespace of the calling thread.
+//! Dumps of TCP sockets via NETLINK_SOCK_DIAG, in the network namespace of
+//! the calling thread: established ones with their cookies (connections open
+//! at start), listening ones with their accept queue and drop count, and
+//! SYN-RECV request sockets (handshakes waiting on a listener).
 //!
 //! Hand-rolled on libc: requests are built and replies parsed as byte slices
 //! with explicit offsets (layouts from linux/netlink.h and linux/inet_diag.h),
 //! and every length that comes from the kernel is checked before use.
 use super::DiscoverError;
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
@@ -16,7 +19,16 @@ const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP: u16 = 0x300; // NLM_F_ROOT | NLM_F_MATCH
 
 const TCP_ESTABLISHED: u32 = 1;
+const TCP_SYN_RECV: u32 = 3;
 const TCP_CLOSE_WAIT: u32 = 8;
+const TCP_LISTEN: u32 = 10;
+
+/// Attribute type and request extension bit of the socket memory info
+/// (`enum inet_diag_attr`: INET_DIAG_SKMEMINFO = 7; ext bit = 1 << (7 - 1)).
+const INET_DIAG_SKMEMINFO: u16 = 7;
+const EXT_SKMEMINFO: u8 = 1 << (INET_DIAG_SKMEMINFO - 1);
+/// Index of SK_MEMINFO_DROPS (sk->sk_drops) in the SKMEMINFO u32 array.
+const SK_MEMINFO_DROPS: usize = 8;
 
 /// sizeof(struct nlmsghdr).
 const NLMSG_HDR_LEN: usize = 16;
@@ -25,8 +37,14 @@ const REQ_V2_LEN: usize = 56;
 /// sizeof(struct inet_diag_msg): family, state, timer, retrans, sockid (48), 5 × u32.
 const DIAG_MSG_LEN: usize = 72;
 /// Offsets inside struct inet_diag_msg.
+const MSG_FAMILY: usize = 0;
+const MSG_STATE: usize = 1;
 const MSG_SPORT: usize = 4; // __be16 idiag_sport (first field of the sockid)
+const MSG_SRC: usize = 8; // __be32 idiag_src[4] (IPv4 in the first word)
 const MSG_COOKIE: usize = 4 + 40; // sockid: sport 2, dport 2, src 16, dst 16, if 4, then cookie[2]
+const MSG_RQUEUE: usize = 56;
+const MSG_WQUEUE: usize = 60;
+const MSG_INODE: usize = 68;
 
 /// Buffer for one netlink datagram: the kernel caps dump skbs at 32 KiB
 /// (netlink max_recvmsg_len), so 64 KiB never truncates.
@@ -37,6 +55,23 @@ const RECV_BUF_LEN: usize = 64 * 1024;
 pub(super) struct DiagSocket {
     pub cookie: u64,
     pub local_port: u16,
+    pub local_addr: IpAddr,
+    /// TCP state as the kernel reports it (request sockets: SYN_RECV).
+    pub state: u8,
+    /// idiag_rqueue: for a listener the current accept queue (sk_ack_backlog).
+    pub rqueue: u32,
+    /// idiag_wqueue: for a listener its backlog (sk_max_ack_backlog).
+    pub wqueue: u32,
+    /// 0 for request sockets (they have no file).
+    pub inode: u32,
+    /// sk_drops, when the SKMEMINFO extension was asked for and sent.
+    pub drops: Option<u32>,
+}
+
+impl DiagSocket {
+    pub fn is_listen(&self) -> bool {
+        u32::from(self.state) == TCP_LISTEN
+    }
 }
 
 fn diag_err(what: &'static str, source: io::Error) -> DiscoverError {
@@ -46,10 +81,20 @@ fn diag_err(what: &'static str, source: io::Error) -> DiscoverError {
 /// ESTABLISHED and CLOSE_WAIT TCP sockets (IPv4 and IPv6) of the calling
 /// thread's network namespace.
 pub(super) fn dump_established() -> Result<Vec<DiagSocket>, DiscoverError> {
+    dump((1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT), 0)
+}
+
+/// LISTEN sockets with their sk_drops, and SYN-RECV request sockets (IPv4
+/// and IPv6) of the calling thread's network namespace.
+pub(super) fn dump_listen_and_syn_recv() -> Result<Vec<DiagSocket>, DiscoverError> {
+    dump((1 << TCP_LISTEN) | (1 << TCP_SYN_RECV), EXT_SKMEMINFO)
+}
+
+fn dump(states: u32, ext: u8) -> Result<Vec<DiagSocket>, DiscoverError> {
     let sock = open_socket()?;
     let mut out = Vec::new();
     for (seq, family) in [(1u32, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
-        send_request(&sock, seq, family)?;
+        send_request(&sock, &build_request(seq, family, states, ext))?;
         receive_dump(&sock, seq, &mut out)?;
     }
     Ok(out)
@@ -74,8 +119,9 @@ fn open_socket() -> Result<OwnedFd, DiscoverError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// nlmsghdr + inet_diag_req_v2 asking for a dump of one family's TCP sockets.
-pub(super) fn build_request(seq: u32, family: u8) -> [u8; NLMSG_HDR_LEN + REQ_V2_LEN] {
+/// nlmsghdr + inet_diag_req_v2 asking for a dump of one family's TCP
+/// sockets in `states` (bit per TCP state), with the `ext` attributes.
+pub(super) fn build_request(seq: u32, family: u8, states: u32, ext: u8) -> [u8; NLMSG_HDR_LEN + REQ_V2_LEN] {
     let mut req = [0u8; NLMSG_HDR_LEN + REQ_V2_LEN];
     req[0..4].copy_from_slice(&((NLMSG_HDR_LEN + REQ_V2_LEN) as u32).to_ne_bytes());
     req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -85,13 +131,12 @@ pub(super) fn build_request(seq: u32, family: u8) -> [u8; NLMSG_HDR_LEN + REQ_V2
     let body = &mut req[NLMSG_HDR_LEN..];
     body[0] = family;
     body[1] = libc::IPPROTO_TCP as u8;
-    let states: u32 = (1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT);
+    body[2] = ext;
     body[4..8].copy_from_slice(&states.to_ne_bytes());
     req
 }
 
-fn send_request(sock: &OwnedFd, seq: u32, family: u8) -> Result<(), DiscoverError> {
-    let req = build_request(seq, family);
+fn send_request(sock: &OwnedFd, req: &[u8]) -> Result<(), DiscoverError> {
     // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
     let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
@@ -207,19 +252,54 @@ pub(super) fn parse_datagram(buf: &[u8], seq: u32, out: &mut Vec<DiagSocket>) ->
 }
 
 fn parse_diag_msg(payload: &[u8]) -> Result<DiagSocket, DiscoverError> {
+    let short = || malformed("short inet_diag_msg");
     if payload.len() < DIAG_MSG_LEN {
-        return Err(malformed("short inet_diag_msg"));
+        return Err(short());
     }
-    let sport = payload
-        .get(MSG_SPORT..MSG_SPORT + 2)
-        .ok_or_else(|| malformed("short inet_diag_msg"))?;
-    let cookie_lo = u32_at(payload, MSG_COOKIE).ok_or_else(|| malformed("short inet_diag_msg"))?;
-    let cookie_hi = u32_at(payload, MSG_COOKIE + 4).ok_or_else(|| malformed("short inet_diag_msg"))?;
+    let sport = payload.get(MSG_SPORT..MSG_SPORT + 2).ok_or_else(short)?;
+    let src = payload.get(MSG_SRC..MSG_SRC + 16).ok_or_else(short)?;
+    let local_addr = match i32::from(payload[MSG_FAMILY]) {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3])),
+        libc::AF_INET6 => {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(src);
+            IpAddr::V6(Ipv6Addr::from(b))
+        }
+        _ => return Err(malformed("inet_diag_msg of an unknown address family")),
+    };
+    let cookie_lo = u32_at(payload, MSG_COOKIE).ok_or_else(short)?;
+    let cookie_hi = u32_at(payload, MSG_COOKIE + 4).ok_or_else(short)?;
     Ok(DiagSocket {
         cookie: u64::from(cookie_lo) | (u64::from(cookie_hi) << 32),
         // idiag_sport is in network byte order.
         local_port: u16::from_be_bytes([sport[0], sport[1]]),
+        local_addr,
+        state: payload[MSG_STATE],
+        rqueue: u32_at(payload, MSG_RQUEUE).ok_or_else(short)?,
+        wqueue: u32_at(payload, MSG_WQUEUE).ok_or_else(short)?,
+        inode: u32_at(payload, MSG_INODE).ok_or_else(short)?,
+        drops: skmeminfo_drops(&payload[DIAG_MSG_LEN..])?,
     })
+}
+
+/// SK_MEMINFO_DROPS from the INET_DIAG_SKMEMINFO attribute among the
+/// rtattrs that follow the inet_diag_msg, if present.
+fn skmeminfo_drops(mut attrs: &[u8]) -> Result<Option<u32>, DiscoverError> {
+    // struct rtattr { u16 rta_len; u16 rta_type; } then the data, 4-aligned.
+    while attrs.len() >= 4 {
+        let len = usize::from(u16_at(attrs, 0).unwrap_or(0));
+        let ty = u16_at(attrs, 2).unwrap_or(0);
+        if len < 4 || len > attrs.len() {
+            return Err(malformed("inet_diag attribute length out of bounds"));
+        }
+        if ty == INET_DIAG_SKMEMINFO {
+            let off = 4 + SK_MEMINFO_DROPS * 4;
+            // Older kernels send fewer fields: no drops then, not garbage.
+            return Ok(if len >= off + 4 { u32_at(attrs, off) } else { None });
+        }
+        attrs = &attrs[len.next_multiple_of(4).min(attrs.len())..];
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -237,15 +317,70 @@ mod tests {
     }
 
     fn diag_msg(seq: u32, port: u16, cookie: u64) -> Vec<u8> {
-        let mut m = header((NLMSG_HDR_LEN + DIAG_MSG_LEN) as u32, SOCK_DIAG_BY_FAMILY, seq);
+        diag_msg_with(seq, port, cookie, TCP_ESTABLISHED as u8, &[])
+    }
+
+    fn diag_msg_with(seq: u32, port: u16, cookie: u64, state: u8, attrs: &[u8]) -> Vec<u8> {
+        let mut m = header(
+            (NLMSG_HDR_LEN + DIAG_MSG_LEN + attrs.len()) as u32,
+            SOCK_DIAG_BY_FAMILY,
+            seq,
+        );
         let mut body = vec![0u8; DIAG_MSG_LEN];
         body[0] = libc::AF_INET as u8;
-        body[1] = TCP_ESTABLISHED as u8;
+        body[1] = state;
         body[MSG_SPORT..MSG_SPORT + 2].copy_from_slice(&port.to_be_bytes());
+        body[MSG_SRC..MSG_SRC + 4].copy_from_slice(&[127, 0, 0, 1]);
         body[MSG_COOKIE..MSG_COOKIE + 4].copy_from_slice(&(cookie as u32).to_ne_bytes());
         body[MSG_COOKIE + 4..MSG_COOKIE + 8].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+        body[MSG_RQUEUE..MSG_RQUEUE + 4].copy_from_slice(&5u32.to_ne_bytes());
+        body[MSG_WQUEUE..MSG_WQUEUE + 4].copy_from_slice(&4u32.to_ne_bytes());
+        body[MSG_INODE..MSG_INODE + 4].copy_from_slice(&4242u32.to_ne_bytes());
         m.extend(body);
+        m.extend_from_slice(attrs);
         m
+    }
+
+    fn rtattr(ty: u16, data: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+        a.extend_from_slice(&ty.to_ne_bytes());
+        a.extend_from_slice(data);
+        while a.len() % 4 != 0 {
+            a.push(0);
+        }
+        a
+    }
+
+    #[test]
+    fn parses_listen_socket_with_skmeminfo() {
+        let mut mem = Vec::new();
+        for i in 0..9u32 {
+            mem.extend_from_slice(&(if i as usize == SK_MEMINFO_DROPS { 77 } else { i }).to_ne_bytes());
+        }
+        // An unrelated attribute with an odd length (padded) comes first.
+        let mut attrs = rtattr(5, &[1]);
+        attrs.extend(rtattr(INET_DIAG_SKMEMINFO, &mem));
+        let dgram = diag_msg_with(1, 80, 9, TCP_LISTEN as u8, &attrs);
+        let mut out = Vec::new();
+        parse_datagram(&dgram, 1, &mut out).unwrap();
+        let s = out[0];
+        assert!(s.is_listen());
+        assert_eq!(s.local_addr, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            (s.local_port, s.rqueue, s.wqueue, s.inode, s.drops),
+            (80, 5, 4, 4242, Some(77))
+        );
+        // A short SKMEMINFO (older kernel): no drop count, no error.
+        let dgram = diag_msg_with(1, 80, 9, TCP_LISTEN as u8, &rtattr(INET_DIAG_SKMEMINFO, &mem[..16]));
+        out.clear();
+        parse_datagram(&dgram, 1, &mut out).unwrap();
+        assert_eq!(out[0].drops, None);
+        // An attribute claiming more bytes than there are.
+        let mut bad = rtattr(INET_DIAG_SKMEMINFO, &mem);
+        bad[0] = 200;
+        let dgram = diag_msg_with(1, 80, 9, TCP_LISTEN as u8, &bad);
+        assert!(parse_datagram(&dgram, 1, &mut out).is_err());
     }
 
     /// The C layouts, to check the hand-written offsets against the compiler's.
@@ -294,19 +429,26 @@ mod tests {
             offset_of!(InetDiagMsg, id) + offset_of!(InetDiagSockId, cookie),
             MSG_COOKIE
         );
+        assert_eq!(offset_of!(InetDiagMsg, id) + offset_of!(InetDiagSockId, src), MSG_SRC);
+        assert_eq!(offset_of!(InetDiagMsg, family), MSG_FAMILY);
+        assert_eq!(offset_of!(InetDiagMsg, state), MSG_STATE);
+        assert_eq!(offset_of!(InetDiagMsg, rqueue), MSG_RQUEUE);
+        assert_eq!(offset_of!(InetDiagMsg, wqueue), MSG_WQUEUE);
+        assert_eq!(offset_of!(InetDiagMsg, inode), MSG_INODE);
         assert_eq!(offset_of!(InetDiagReqV2, states), 4);
         assert_eq!(size_of::<libc::nlmsghdr>(), NLMSG_HDR_LEN);
     }
 
     #[test]
     fn request_layout() {
-        let r = build_request(7, libc::AF_INET6 as u8);
+        let r = build_request(7, libc::AF_INET6 as u8, (1 << 1) | (1 << 8), EXT_SKMEMINFO);
         assert_eq!(u32_at(&r, 0), Some(72));
         assert_eq!(u16_at(&r, 4), Some(SOCK_DIAG_BY_FAMILY));
         assert_eq!(u16_at(&r, 6), Some(NLM_F_REQUEST | NLM_F_DUMP));
         assert_eq!(u32_at(&r, 8), Some(7));
         assert_eq!(r[16], libc::AF_INET6 as u8);
         assert_eq!(r[17], libc::IPPROTO_TCP as u8);
+        assert_eq!(r[18], 0x40, "SKMEMINFO extension bit");
         assert_eq!(u32_at(&r, 20), Some((1 << 1) | (1 << 8)));
     }
 
@@ -317,19 +459,11 @@ mod tests {
         dgram.extend(diag_msg(3, 443, 5));
         let mut out = Vec::new();
         assert_eq!(parse_datagram(&dgram, 3, &mut out).unwrap(), Parsed::More);
-        assert_eq!(
-            out,
-            vec![
-                DiagSocket {
-                    cookie: 0x1_0000_0002,
-                    local_port: 8080
-                },
-                DiagSocket {
-                    cookie: 5,
-                    local_port: 443
-                }
-            ]
-        );
+        let got: Vec<(u64, u16, bool, Option<u32>)> = out
+            .iter()
+            .map(|s| (s.cookie, s.local_port, s.is_listen(), s.drops))
+            .collect();
+        assert_eq!(got, vec![(0x1_0000_0002, 8080, false, None), (5, 443, false, None)]);
         let mut done = header(20, NLMSG_DONE, 3);
         done.extend_from_slice(&0i32.to_ne_bytes());
         assert_eq!(parse_datagram(&done, 3, &mut out).unwrap(), Parsed::Done);

@@ -23,4 +23,6 @@ pub use promtool::{check_rules_cli, test_rules_cli};
 #[cfg(test)]
 mod conformance;
 #[cfg(test)]
+mod kernel_rules_tests;
+#[cfg(test)]
 mod tests;

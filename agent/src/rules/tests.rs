@@ -476,11 +476,15 @@ groups:
         let store = Arc::new(MemStore::new());
         let sink = Arc::new(Sink::default());
         let m = RuleManager::new(store.clone(), store.clone(), sink.clone(), RulesConfig::default());
-        assert_eq!(m.load(&[]).unwrap(), 4);
+        // ngxprobe-nginx's two, ngxprobe-nginx-tcp-workers' two and
+        // ngxprobe-kernel's two (kernel_rules_tests).
+        assert_eq!(m.load(&[]).unwrap(), 6);
         let names: Vec<String> = m.groups()[0].rules.iter().map(|r| r.def.name.clone()).collect();
         assert_eq!(names, ["NginxDown", "NginxHighActiveConnections"]);
         let names: Vec<String> = m.groups()[1].rules.iter().map(|r| r.def.name.clone()).collect();
         assert_eq!(names, ["NginxWorkerCrashed", "NginxTCPRetransmitRatioHigh"]);
+        let names: Vec<String> = m.groups()[2].rules.iter().map(|r| r.def.name.clone()).collect();
+        assert_eq!(names, ["NginxListenerDroppingConnections", "NginxListenQueueNearlyFull"]);
         let off = RuleManager::new(
             store.clone(),
             store.clone(),

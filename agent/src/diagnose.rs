@@ -1,0 +1,285 @@
+//! `ngxprobe diagnose`: a one-shot report over the last N minutes from a
+//! running agent's PromQL API, naming what looks wrong (for support
+//! tickets): listeners that dropped connections, accept queues that ran
+//! nearly full, SYN cookies, instances down, alerts firing.
+//!
+//! A client of the HTTP API only (`/api/v1/query`, `/api/v1/alerts`): it
+//! works against any agent it can reach, and never reads the store itself.
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde_json::Value as J;
+
+use crate::compat::duration::parse_ms;
+use crate::query::cli::http_get;
+
+/// One series of an instant-query result: its labels and value.
+type Row = (BTreeMap<String, String>, f64);
+
+/// What the report is built from, as the API answered.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// Exact drops in the window per listener (max − min of the counter,
+    /// which never goes back within an agent's life).
+    pub drops: Vec<Row>,
+    /// Listeners whose drop counter went back in the window (agent
+    /// restarted): for them `increase()` is used, marked "about".
+    pub drops_reset: Vec<Row>,
+    pub drops_increase: Vec<Row>,
+    pub queue_peak: Vec<Row>,
+    pub queue_max: Vec<Row>,
+    pub syncookies: Vec<Row>,
+    pub down: Vec<Row>,
+    /// Firing alerts: (alertname, summary).
+    pub firing: Vec<(String, String)>,
+    /// Listeners known at all (for the "nothing wrong" line).
+    pub listeners: usize,
+}
+
+/// `host:port` from `http://host:port[/]` (or a bare `host:port`).
+pub fn addr_from_url(url: &str) -> Result<String, String> {
+    if url.starts_with("https://") {
+        return Err(format!("--url {url}: only http:// is supported"));
+    }
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or("");
+    if hostport.is_empty() || !hostport.contains(':') {
+        return Err(format!("--url {url}: expected http://HOST:PORT"));
+    }
+    Ok(hostport.to_string())
+}
+
+/// Runs the report against the agent at `url` over the last `since`
+/// (a Prometheus duration, e.g. `5m`). Returns whether anything looks wrong.
+pub fn run(url: &str, since: &str, out: &mut dyn Write) -> Result<bool, String> {
+    if parse_ms(since).is_none_or(|ms| ms <= 0) {
+        return Err(format!("--since {since:?}: not a positive duration (e.g. 5m, 1h)"));
+    }
+    let addr = addr_from_url(url)?;
+    let obs = observe(&addr, since)?;
+    let found = findings(&obs, since);
+    let w = |out: &mut dyn Write, s: String| writeln!(out, "{s}").map_err(|e| e.to_string());
+    w(out, format!("ngxprobe diagnose: last {since}, agent {url}"))?;
+    if found.is_empty() {
+        w(
+            out,
+            format!(
+                "nothing looks wrong in the last {since} ({} listeners checked)",
+                obs.listeners
+            ),
+        )?;
+    }
+    for f in &found {
+        w(out, format!("PROBLEM: {f}"))?;
+    }
+    Ok(!found.is_empty())
+}
+
+fn observe(addr: &str, since: &str) -> Result<Observed, String> {
+    let q = |expr: String| query(addr, &expr);
+    let d = "ngxprobe_listen_drops_total";
+    let alerts = alerts(addr)?;
+    Ok(Observed {
+        drops: q(format!("max_over_time({d}[{since}]) - min_over_time({d}[{since}]) > 0"))?,
+        drops_reset: q(format!("resets({d}[{since}]) > 0"))?,
+        drops_increase: q(format!("increase({d}[{since}]) > 0"))?,
+        queue_peak: q(format!("max_over_time(ngxprobe_listen_queue_length[{since}])"))?,
+        queue_max: q(format!("max_over_time(ngxprobe_listen_queue_max[{since}])"))?,
+        syncookies: q(format!("increase(ngxprobe_netns_syncookies_sent_total[{since}]) > 0"))?,
+        down: q("nginx_up == 0".to_string())?,
+        firing: alerts,
+        listeners: q("ngxprobe_listen_queue_max".to_string())?.len(),
+    })
+}
+
+fn query(addr: &str, expr: &str) -> Result<Vec<Row>, String> {
+    let qs = serde_urlencoded::to_string([("query", expr)]).map_err(|e| e.to_string())?;
+    let body = http_get(addr, &format!("/api/v1/query?{qs}"))?;
+    let v: J = serde_json::from_str(&body).map_err(|e| format!("{expr}: bad response from {addr}: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!("{expr}: {}", v["error"].as_str().unwrap_or("query failed")));
+    }
+    Ok(v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let labels = s["metric"]
+                .as_object()?
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect();
+            let value = s["value"][1].as_str()?.parse::<f64>().ok()?;
+            Some((labels, value))
+        })
+        .collect())
+}
+
+fn alerts(addr: &str) -> Result<Vec<(String, String)>, String> {
+    let body = http_get(addr, "/api/v1/alerts")?;
+    let v: J = serde_json::from_str(&body).map_err(|e| format!("/api/v1/alerts: bad response from {addr}: {e}"))?;
+    Ok(v["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["state"] == "firing")
+        .map(|a| {
+            (
+                a["labels"]["alertname"].as_str().unwrap_or("").to_string(),
+                a["annotations"]["summary"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect())
+}
+
+/// Identity of a series without the metric name: instance labels + listener.
+fn key(l: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut k = l.clone();
+    k.remove("__name__");
+    k
+}
+
+fn instance(l: &BTreeMap<String, String>) -> String {
+    let conf = l.get("conf_path").map_or("?", String::as_str);
+    match l.get("container_id") {
+        Some(c) => format!("nginx {conf} (container {})", &c[..c.len().min(12)]),
+        None => format!("nginx {conf}"),
+    }
+}
+
+fn listener(l: &BTreeMap<String, String>) -> String {
+    format!(
+        "listener {} of {}",
+        l.get("listen_address").map_or("?", String::as_str),
+        instance(l)
+    )
+}
+
+/// The report's lines, most severe first: instances down, drops, nearly
+/// full queues, SYN cookies, then every firing alert.
+pub fn findings(o: &Observed, since: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for (l, _) in &o.down {
+        out.push(format!("{} is down (nginx_up 0)", instance(l)));
+    }
+    let find = |rows: &[Row], k: &BTreeMap<String, String>| rows.iter().find(|(l, _)| key(l) == *k).map(|r| r.1);
+    let queue = |k: &BTreeMap<String, String>| match (find(&o.queue_peak, k), find(&o.queue_max, k)) {
+        (Some(len), Some(max)) => Some((len, max)),
+        _ => None,
+    };
+    let mut dropping = Vec::new();
+    let reset: Vec<_> = o.drops_reset.iter().map(|(l, _)| key(l)).collect();
+    for (l, n) in &o.drops {
+        let k = key(l);
+        if reset.contains(&k) {
+            continue;
+        }
+        dropping.push((k, format!("{}", n.round() as u64)));
+    }
+    for (l, n) in &o.drops_increase {
+        let k = key(l);
+        if reset.contains(&k) {
+            dropping.push((k, format!("about {}", n.round() as u64)));
+        }
+    }
+    for (k, n) in &dropping {
+        let q = match queue(k) {
+            Some((len, max)) if len > max => format!("accept queue {len}/{max} (full) at its peak"),
+            Some((len, max)) => format!("accept queue peaked at {len}/{max}"),
+            None => "accept queue unknown".into(),
+        };
+        out.push(format!(
+            "{} dropped {n} connection attempts in the last {since}: {q}",
+            listener(k)
+        ));
+    }
+    for (l, len) in &o.queue_peak {
+        let k = key(l);
+        if dropping.iter().any(|(d, _)| *d == k) {
+            continue;
+        }
+        if let Some(max) = find(&o.queue_max, &k)
+            && *len > 0.8 * max
+        {
+            out.push(format!(
+                "{} accept queue reached {len}/{max} (over 80% of its limit) in the last {since}: nginx accepts too slowly",
+                listener(&k)
+            ));
+        }
+    }
+    for (l, n) in &o.syncookies {
+        out.push(format!(
+            "the network namespace of {} sent about {} SYN cookies in the last {since} (a SYN queue was full: SYN flood or slow handshakes)",
+            instance(l),
+            n.round() as u64
+        ));
+    }
+    for (name, summary) in &o.firing {
+        out.push(format!("alert {name} firing: {summary}"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(pairs: &[(&str, &str)], v: f64) -> Row {
+        (pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), v)
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(addr_from_url("http://127.0.0.1:9113").unwrap(), "127.0.0.1:9113");
+        assert_eq!(addr_from_url("http://[::1]:9113/").unwrap(), "[::1]:9113");
+        assert_eq!(addr_from_url("127.0.0.1:9113").unwrap(), "127.0.0.1:9113");
+        assert!(addr_from_url("https://x:1").is_err());
+        assert!(addr_from_url("http://nohost").is_err());
+    }
+
+    #[test]
+    fn names_dropping_listeners_with_their_queue() {
+        let l = [("conf_path", "/etc/nginx/nginx.conf"), ("listen_address", "0.0.0.0:80")];
+        let other = [
+            ("conf_path", "/etc/nginx/nginx.conf"),
+            ("listen_address", "0.0.0.0:443"),
+        ];
+        let mut named = vec![("__name__", "ngxprobe_listen_queue_length")];
+        named.extend(l);
+        let o = Observed {
+            drops: vec![row(&l, 312.0)],
+            queue_peak: vec![row(&named, 512.0), row(&other, 460.0)],
+            queue_max: vec![row(&l, 511.0), row(&other, 511.0)],
+            firing: vec![("NginxListenerDroppingConnections".into(), "s".into())],
+            listeners: 2,
+            ..Default::default()
+        };
+        let f = findings(&o, "5m");
+        assert_eq!(
+            f,
+            vec![
+                "listener 0.0.0.0:80 of nginx /etc/nginx/nginx.conf dropped 312 connection attempts in the last 5m: accept queue 512/511 (full) at its peak",
+                "listener 0.0.0.0:443 of nginx /etc/nginx/nginx.conf accept queue reached 460/511 (over 80% of its limit) in the last 5m: nginx accepts too slowly",
+                "alert NginxListenerDroppingConnections firing: s",
+            ]
+        );
+        assert!(findings(&Observed::default(), "5m").is_empty());
+    }
+
+    #[test]
+    fn a_counter_reset_in_the_window_is_said_to_be_approximate() {
+        let l = [("conf_path", "/c"), ("listen_address", "[::]:80")];
+        let o = Observed {
+            drops: vec![row(&l, 3.0)],
+            drops_reset: vec![row(&l, 1.0)],
+            drops_increase: vec![row(&l, 9.4)],
+            ..Default::default()
+        };
+        assert_eq!(
+            findings(&o, "10m"),
+            vec![
+                "listener [::]:80 of nginx /c dropped about 9 connection attempts in the last 10m: accept queue unknown"
+            ]
+        );
+    }
+}
