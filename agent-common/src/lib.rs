@@ -5,8 +5,13 @@
 #![cfg_attr(not(test), no_std)]
 
 mod first_bytes;
+mod nginx_offsets;
 
 pub use first_bytes::{FIRST_BYTES, PROXY_HEADER, classify_first_bytes};
+pub use nginx_offsets::{
+    MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_SSL, RequestProbeStats,
+    RequestRecord,
+};
 
 /// Instance slots: one per nginx instance (master + workers) on the node.
 /// Slot `GLOBAL_SLOT` holds node-wide self-metrics of the eBPF side.

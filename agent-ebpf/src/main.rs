@@ -31,6 +31,7 @@
 #![feature(core_intrinsics)]
 
 mod payload;
+mod request_uprobe;
 
 use core::{
     ffi::c_void,

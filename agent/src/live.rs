@@ -54,7 +54,7 @@ impl LiveReader {
             .flat_map(|f| {
                 f.samples
                     .iter()
-                    .map(move |s| (Labels::of_sample(&f.name, &s.labels), s.value))
+                    .map(move |s| (Labels::of_sample(&format!("{}{}", f.name, s.suffix), &s.labels), s.value))
             })
             .collect();
         let v = Arc::new(samples);

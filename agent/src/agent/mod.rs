@@ -81,12 +81,14 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.clone()))
         .collect();
-    let collector = SharedCollector::new(Collector::new(
+    let mut collector = Collector::new(
         probe,
         cfg.discovery.proc_path.clone(),
         cfg.discovery.stopped_instance_retention.as_duration(),
         labels,
-    ));
+    );
+    let request_feed = collector.enable_per_request(cfg.per_request.clone());
+    let collector = SharedCollector::new(collector);
     let store = match cfg.storage.enabled {
         true => Some(Arc::new(
             Store::open(&cfg.storage).map_err(|e| RunError::start("store", e))?,
@@ -102,6 +104,9 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 
     // Workers in pipeline order; stopped in reverse.
     let mut workers = Workers::default();
+    if let Some((ring, agg)) = request_feed {
+        workers.push(collect::requests::spawn_consumer(ring, agg).map_err(|e| RunError::start("requests", e))?);
+    }
     let result = start_and_serve(&cfg, collector, store.clone(), &runtime, &mut workers);
     workers.stop_all();
     if let Some(store) = store {

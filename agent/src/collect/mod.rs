@@ -6,6 +6,7 @@ pub mod discovery_loop;
 mod discovery_stats;
 mod families;
 mod registry;
+pub mod requests;
 mod unparsed;
 
 pub use registry::{Collector, ScanReport};

@@ -9,6 +9,7 @@ use agent_common::{ListenKey, MAX_INSTANCES};
 
 use super::{
     discovery_stats::{DiscoveryStats, ScanNews},
+    requests::{AttachNews, PerRequest, PerRequestConfig, SharedAggregator},
     unparsed,
 };
 use crate::{
@@ -53,6 +54,8 @@ pub struct ScanReport {
     pub errors: Vec<String>,
     /// Refusals and unreadable processes new since the previous scan.
     pub news: ScanNews,
+    /// Per-request uprobe attachments and refusals made by this scan.
+    pub per_request: AttachNews,
 }
 
 pub struct Collector {
@@ -62,6 +65,8 @@ pub struct Collector {
     pub(super) discovery: DiscoveryStats,
     proc_root: PathBuf,
     retention: Duration,
+    /// Per-request metrics, when enabled and the probe has its ring buffer.
+    pub(super) per_request: Option<PerRequest>,
 }
 
 /// Human-readable name of an instance for logs (quoted and escaped).
@@ -81,6 +86,52 @@ impl Collector {
             discovery: DiscoveryStats::default(),
             proc_root,
             retention,
+            per_request: None,
+        }
+    }
+
+    /// Turns per-request metrics on: returns the ring buffer of request
+    /// records and the aggregator its consumer feeds (None when disabled).
+    pub fn enable_per_request(
+        &mut self,
+        cfg: PerRequestConfig,
+    ) -> Option<(aya::maps::RingBuf<aya::maps::MapData>, SharedAggregator)> {
+        if !cfg.enabled {
+            return None;
+        }
+        let ring = self.probe.take_request_ring()?;
+        let pr = PerRequest::new(cfg, self.proc_root.clone());
+        let agg = pr.agg.clone();
+        self.per_request = Some(pr);
+        Some((ring, agg))
+    }
+
+    /// Attaches the request uprobe to the executables of running instances
+    /// (detaching from those no longer run) and tells the aggregator which
+    /// processes belong to which instance.
+    fn reconcile_per_request(&mut self, report: &mut ScanReport, forgotten: &[InstanceKey]) {
+        let Some(pr) = self.per_request.as_mut() else {
+            return;
+        };
+        let mut running = Vec::new();
+        let mut pids = std::collections::HashMap::new();
+        for (key, t) in &self.instances {
+            if t.stopped_since.is_some() {
+                continue;
+            }
+            running.push((t.inst.master_pid, t.inst.exe.clone()));
+            pids.insert(t.inst.master_pid, key.clone());
+            for w in &t.inst.worker_pids {
+                pids.insert(*w, key.clone());
+            }
+        }
+        pr.attached = pr
+            .attachments
+            .reconcile(&mut self.probe, &self.proc_root, &running, &mut report.per_request);
+        let mut agg = pr.agg.lock();
+        agg.set_pids(pids);
+        for k in forgotten {
+            agg.forget(k);
         }
     }
 
@@ -166,6 +217,7 @@ impl Collector {
             }
         }
         let retention = self.retention;
+        let mut forgotten_keys = Vec::new();
         self.instances.retain(|key, t| {
             if seen.contains(key) {
                 return true;
@@ -178,6 +230,7 @@ impl Collector {
                 }
                 Some(since) if now.duration_since(since) > retention => {
                     report.forgotten.push(describe(key));
+                    forgotten_keys.push(key.clone());
                     false
                 }
                 Some(_) => true,
@@ -209,6 +262,7 @@ impl Collector {
         if let Err((kind, e)) = self.reconcile_seeds() {
             self.error(&mut report, kind, format!("following connections open at start: {e}"));
         }
+        self.reconcile_per_request(&mut report, &forgotten_keys);
         report
     }
 

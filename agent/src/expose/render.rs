@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::compat::float::{format_openmetrics_value, format_text_value};
-use crate::metrics::{Family, MetricType, Sample};
+use crate::metrics::{Family, MetricType, Sample, sample_order};
 
 /// `text/plain; version=0.0.4` exposition, as client_golang writes it.
 pub fn render_text(families: &[Family]) -> String {
@@ -21,6 +21,7 @@ pub fn render_text(families: &[Family]) -> String {
             MetricType::Counter => "counter",
             MetricType::Gauge => "gauge",
             MetricType::Untyped => "untyped",
+            MetricType::Histogram => "histogram",
         };
         let _ = writeln!(out, "# TYPE {} {}", group.name, kind);
         for sample in &group.samples {
@@ -50,6 +51,7 @@ pub fn render_openmetrics(families: &[Family]) -> String {
             },
             MetricType::Gauge => (group.name, "gauge"),
             MetricType::Untyped => (group.name, "unknown"),
+            MetricType::Histogram => (group.name, "histogram"),
         };
         if !group.help.is_empty() {
             let _ = writeln!(out, "# HELP {} {}", family_name, escape_help(group.help, true));
@@ -84,8 +86,14 @@ fn group_families(families: &[Family]) -> Vec<Group<'_>> {
     let mut out: Vec<Group<'_>> = groups.into_values().collect();
     for group in &mut out {
         // Stable sort: among duplicates the first one pushed is kept.
-        group.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
-        group.samples.dedup_by(|later, first| later.labels == first.labels);
+        if group.kind == MetricType::Histogram {
+            group.samples.sort_by(|a, b| sample_order(a, b));
+        } else {
+            group.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
+        }
+        group
+            .samples
+            .dedup_by(|later, first| later.labels == first.labels && later.suffix == first.suffix);
     }
     out.retain(|g| !g.samples.is_empty());
     out
@@ -93,6 +101,7 @@ fn group_families(families: &[Family]) -> Vec<Group<'_>> {
 
 fn write_sample(out: &mut String, name: &str, sample: &Sample, value: &str) {
     out.push_str(name);
+    out.push_str(sample.suffix);
     if !sample.labels.is_empty() {
         out.push('{');
         for (i, (label, label_value)) in sample.labels.iter().enumerate() {

@@ -23,6 +23,7 @@ fn meta_of(f: &Family) -> MetricMeta {
             MetricType::Counter => MetricKind::Counter,
             MetricType::Gauge => MetricKind::Gauge,
             MetricType::Untyped => MetricKind::Unknown,
+            MetricType::Histogram => MetricKind::Histogram,
         },
         help: f.help.clone(),
         unit: String::new(),
@@ -111,17 +112,23 @@ impl Store {
         for f in families {
             self.note_meta(&mut w, &f.name, meta_of(f));
             for s in &f.samples {
-                let cached = w.ingest_cache.get(&f.name).and_then(|c| c.get(&s.labels)).cloned();
+                // A histogram's samples are series `<name>_bucket`, `_sum`, `_count`.
+                let name: std::borrow::Cow<'_, str> = if s.suffix.is_empty() {
+                    f.name.as_str().into()
+                } else {
+                    format!("{}{}", f.name, s.suffix).into()
+                };
+                let cached = w.ingest_cache.get(name.as_ref()).and_then(|c| c.get(&s.labels)).cloned();
                 let series = match cached {
                     Some(series) => series,
                     None => {
                         let labels = Labels::new(
-                            std::iter::once(("__name__".to_string(), f.name.clone()))
+                            std::iter::once(("__name__".to_string(), name.to_string()))
                                 .chain(s.labels.iter().filter(|(k, _)| k != "__name__").cloned()),
                         );
                         let series = self.series_for(&mut w, &labels, &mut rep.new_series);
                         w.ingest_cache
-                            .entry(f.name.clone())
+                            .entry(name.to_string())
                             .or_default()
                             .insert(s.labels.clone(), series.clone());
                         series
