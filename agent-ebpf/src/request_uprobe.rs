@@ -128,7 +128,8 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
         read::<u64>(r, off.req_stream),
         read::<u64>(c, off.conn_ssl),
         read::<u64>(r, off.req_header_size),
-    ) else {
+    )
+    else {
         return Outcome::ReadError;
     };
     // ngx_cached_time, found from the probed instruction's address.

@@ -116,7 +116,13 @@ pub fn sample_order(a: &Sample, b: &Sample) -> std::cmp::Ordering {
         s.labels
             .iter()
             .find(|(k, _)| k == "le")
-            .and_then(|(_, v)| if v == "+Inf" { Some(f64::INFINITY) } else { v.parse().ok() })
+            .and_then(|(_, v)| {
+                if v == "+Inf" {
+                    Some(f64::INFINITY)
+                } else {
+                    v.parse().ok()
+                }
+            })
             .unwrap_or(f64::NEG_INFINITY)
     }
     let base = |s: &Sample| s.labels.iter().filter(|(k, _)| k != "le").cloned().collect::<Vec<_>>();

@@ -64,8 +64,7 @@ pub struct NginxOptions {
 
 /// Fields of the access log written with `access_log: true`, space-separated
 /// in this order.
-pub const ACCESS_LOG_FORMAT: &str =
-    "$status $request_method $server_protocol $request_time $request_length $bytes_sent $body_bytes_sent $scheme $server_port";
+pub const ACCESS_LOG_FORMAT: &str = "$status $request_method $server_protocol $request_time $request_length $bytes_sent $body_bytes_sent $scheme $server_port";
 
 impl Default for NginxOptions {
     fn default() -> Self {

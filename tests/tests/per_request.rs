@@ -40,13 +40,23 @@ struct Sums {
     body_bytes: u64,
 }
 
-const KNOWN_METHODS: [&str; 9] = ["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE"];
+const KNOWN_METHODS: [&str; 9] = [
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+];
 
-/// The access log (nginx::ACCESS_LOG_FORMAT) summed per label set.
-fn oracle_sums(n: &Nginx) -> BTreeMap<Key, Sums> {
+fn log_lines(n: &Nginx) -> usize {
+    std::fs::read_to_string(n.access_log_path())
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// The access log (nginx::ACCESS_LOG_FORMAT) after its first `skip` lines
+/// (requests before the uprobe was attached), summed per label set.
+fn oracle_sums(n: &Nginx, skip: usize) -> BTreeMap<Key, Sums> {
     let text = std::fs::read_to_string(n.access_log_path()).unwrap_or_default();
     let mut out: BTreeMap<Key, Sums> = BTreeMap::new();
-    for line in text.lines() {
+    for line in text.lines().skip(skip) {
         let f: Vec<&str> = line.split(' ').collect();
         assert_eq!(f.len(), 9, "access log line {line:?}");
         let status = f[0].parse::<u16>().expect("status").to_string();
@@ -107,16 +117,17 @@ fn total(m: &BTreeMap<Key, Sums>) -> u64 {
     m.values().map(|s| s.count).sum()
 }
 
-/// Waits until the agent has as many requests as the access log has lines
-/// (and the log stopped growing), then returns both views.
-fn quiesce(agent: &Agent, n: &Nginx) -> (BTreeMap<Key, Sums>, BTreeMap<Key, Sums>) {
+/// Waits (bounded) until the agent has as many requests as the access log
+/// has lines, then returns both views (on timeout the last ones: the
+/// caller's per-label-set comparison says what differs).
+fn quiesce(agent: &Agent, n: &Nginx, skip: usize) -> (BTreeMap<Key, Sums>, BTreeMap<Key, Sums>) {
     let conf = n.conf_label();
-    poll(
+    let res = poll(
         "the agent's request histograms to reach the access log's count",
         Duration::from_secs(20),
         Duration::from_millis(100),
         || {
-            let log = oracle_sums(n);
+            let log = oracle_sums(n, skip);
             let ours = agent_sums(&agent.scrape()?, &conf);
             Ok(if total(&ours) == total(&log) && total(&log) > 0 {
                 Poll::Ready((log, ours))
@@ -124,8 +135,17 @@ fn quiesce(agent: &Agent, n: &Nginx) -> (BTreeMap<Key, Sums>, BTreeMap<Key, Sums
                 Poll::Pending(format!("agent {} requests, access log {}", total(&ours), total(&log)))
             })
         },
-    )
-    .expect("quiescence")
+    );
+    match res {
+        Ok(views) => views,
+        Err(e) => {
+            eprintln!("[e2e] {e:#}\n{}", agent.log_tail(10));
+            (
+                oracle_sums(n, skip),
+                agent_sums(&agent.scrape().expect("scrape"), &conf),
+            )
+        }
+    }
 }
 
 fn wait_attached(agent: &Agent, conf: &str, want: f64) {
@@ -162,7 +182,8 @@ fn red_metrics_match_the_access_log() {
     let nginx = Nginx::start(NginxOptions {
         tls: true,
         access_log: true,
-        main_locations: statuses_locations([201, 302, 404, 500, 503].into_iter()),
+        main_locations: statuses_locations([201, 302, 404, 500, 503].into_iter())
+            + "        location /slow/ { limit_rate 200k; rewrite ^/slow/(.*)$ /$1 break; }\n",
         ..Default::default()
     })
     .expect("nginx");
@@ -170,23 +191,45 @@ fn red_metrics_match_the_access_log() {
     let conf = nginx.conf_label();
     agent.wait_instance_up(&conf).expect("instance up");
     wait_attached(&agent, &conf, 1.0);
+    // nginx's own readiness check (a stub_status fetch) came before the uprobe.
+    let skip = log_lines(&nginx);
+    let a0 = agent
+        .scrape()
+        .expect("scrape")
+        .value(REQUESTS, &conf)
+        .expect("one")
+        .unwrap_or(0.0) as i64;
     let o0 = oracle::fetch(nginx.oracle_addr()).expect("stub_status");
-    let a0 = agent.scrape().expect("scrape").value(REQUESTS, &conf).expect("one").unwrap_or(0.0) as i64;
 
     let plain = nginx.main_addr();
     let tls = nginx.tls_addr().expect("TLS listener");
     let base = format!("http://{plain}");
     // Plaintext HTTP/1.1 keep-alive: 2xx, 3xx, 4xx, 5xx, a missing file.
-    let urls: Vec<String> = ["/", "/s/201", "/s/302", "/s/404", "/s/500", "/s/503", "/missing", "/index.html"]
-        .iter()
-        .map(|p| format!("{base}{p}"))
-        .collect();
+    let urls: Vec<String> = [
+        "/",
+        "/s/201",
+        "/s/302",
+        "/s/404",
+        "/s/500",
+        "/s/503",
+        "/missing",
+        "/index.html",
+    ]
+    .iter()
+    .map(|p| format!("{base}{p}"))
+    .collect();
     curl(&[], &urls).expect("curl http/1.1");
     // HTTP/1.0, HEAD, POST with a body (to a static file: 405), PUT.
     curl(&["--http1.0"], &urls[..3]).expect("curl http/1.0");
     curl(&["-I"], &urls[..2]).expect("curl HEAD");
-    curl(&["-d", &"x".repeat(3000)], &[format!("{base}/"), format!("{base}/s/201")]).expect("curl POST");
+    curl(
+        &["-d", &"x".repeat(3000)],
+        &[format!("{base}/"), format!("{base}/s/201")],
+    )
+    .expect("curl POST");
     curl(&["-X", "PUT", "-d", "abc"], &[format!("{base}/s/404")]).expect("curl PUT");
+    // A slow response (limit_rate: one second at full speed, then 200 kB/s): ~0.5 s, 206.
+    curl(&["-r", "0-299999"], &[format!("{base}/slow/big.bin")]).expect("curl slow");
     // HTTPS/1.1 and HTTP/2 over TLS.
     let https: Vec<String> = ["/", "/index.html", "/missing"]
         .iter()
@@ -203,21 +246,42 @@ fn red_metrics_match_the_access_log() {
         assert!(w.requests > 0, "wrk made no requests");
     }
 
-    let (log, ours) = quiesce(&agent, &nginx);
+    let (log, ours) = quiesce(&agent, &nginx, skip);
     eprintln!("[e2e] access log: {} requests in {} label sets", total(&log), log.len());
-    for (k, l) in &log {
+    for k in log.keys().chain(ours.keys().filter(|k| !log.contains_key(*k))) {
+        let l = log.get(k).copied().unwrap_or_default();
         let o = ours.get(k).copied().unwrap_or_default();
         eprintln!("[e2e]   {k:?}: log {l:?} / agent {o:?}");
     }
+    let lost = agent
+        .scrape()
+        .expect("scrape")
+        .sum_by("ngxprobe_per_request_records_lost_total", "reason");
+    eprintln!("[e2e] records lost: {lost:?}");
     let counts = |m: &BTreeMap<Key, Sums>| m.iter().map(|(k, s)| (k.clone(), s.count)).collect::<BTreeMap<_, _>>();
-    assert_eq!(counts(&ours), counts(&log), "requests per label set: agent vs access log");
+    assert_eq!(
+        counts(&ours),
+        counts(&log),
+        "requests per label set: agent vs access log"
+    );
     for (k, l) in &log {
         let o = ours[k];
-        assert_eq!(o.request_bytes, l.request_bytes, "{k:?}: request bytes ($request_length)");
-        assert_eq!(o.body_bytes, l.body_bytes, "{k:?}: response body bytes ($body_bytes_sent)");
+        assert_eq!(
+            o.request_bytes, l.request_bytes,
+            "{k:?}: request bytes ($request_length)"
+        );
+        assert_eq!(
+            o.body_bytes, l.body_bytes,
+            "{k:?}: response body bytes ($body_bytes_sent)"
+        );
         // Same clock and fields as $request_time: equal to the millisecond.
         assert_eq!(o.duration_ms, l.duration_ms, "{k:?}: duration sum (ms)");
     }
+    let slow = log.iter().find(|(k, _)| k.1 == "206").map(|(_, s)| s.duration_ms);
+    assert!(
+        slow.is_some_and(|ms| ms >= 200),
+        "limit_rate responses took {slow:?} ms"
+    );
     for scheme_version in [("https", "2"), ("https", "1.1"), ("http", "1.0"), ("http", "1.1")] {
         assert!(
             log.keys().any(|k| (k.3.as_str(), k.2.as_str()) == scheme_version),
@@ -274,7 +338,10 @@ fn patched_nginx(dir: &TempDir) -> std::path::PathBuf {
 fn signature_flags_at(data: &[u8]) -> Option<usize> {
     (0..data.len().saturating_sub(32)).find_map(|p| {
         let head = &data[p..p + 7];
-        let sizes = head[0] == 0 && [1, 3, 5].iter().all(|&i| head[i].is_ascii_digit() && head[i + 1] == b',');
+        let sizes = head[0] == 0
+            && [1, 3, 5]
+                .iter()
+                .all(|&i| head[i].is_ascii_digit() && head[i + 1] == b',');
         if !sizes {
             return None;
         }
@@ -316,7 +383,10 @@ fn unknown_build_is_refused_and_plaintext_still_counted() {
     )
     .expect("refusal logged");
     eprintln!("[e2e] {line}");
-    assert!(line.contains("nginx/1.22.1") && line.contains("module signature"), "{line}");
+    assert!(
+        line.contains("nginx/1.22.1") && line.contains("module signature"),
+        "{line}"
+    );
     let scrape = agent.scrape().expect("scrape");
     assert!(
         scrape.sum_where(REFUSED, "reason", "unknown_build") >= 1.0,
@@ -365,14 +435,13 @@ fn label_sets_beyond_the_cap_are_folded() {
     let conf = nginx.conf_label();
     agent.wait_instance_up(&conf).expect("instance up");
     wait_attached(&agent, &conf, 1.0);
-    let log_before = std::fs::read_to_string(nginx.access_log_path())
-        .unwrap_or_default()
-        .lines()
-        .count();
-    assert_eq!(log_before, 0, "requests before the test's own");
-    let urls: Vec<String> = codes.clone().map(|c| format!("http://{}/s/{c}", nginx.main_addr())).collect();
+    let skip = log_lines(&nginx);
+    let urls: Vec<String> = codes
+        .clone()
+        .map(|c| format!("http://{}/s/{c}", nginx.main_addr()))
+        .collect();
     curl(&[], &urls).expect("curl");
-    let (log, ours) = quiesce(&agent, &nginx);
+    let (log, ours) = quiesce(&agent, &nginx, skip);
     assert_eq!(total(&log), urls.len() as u64);
     let scrape = agent.scrape().expect("scrape");
     let folded = scrape.value(FOLDED, &conf).expect("one").unwrap_or(-1.0);

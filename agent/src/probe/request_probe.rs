@@ -56,7 +56,10 @@ impl Probe {
     pub fn attach_request_probe(&mut self, exe: &Path, offsets: &NginxOffsets) -> Result<u32, ProbeError> {
         let idx = (0..MAX_NGINX_BINARIES)
             .find(|i| !self.requests.links.contains_key(i))
-            .ok_or(ProbeError::Map("REQ_OFFSETS", "every nginx executable slot is in use".into()))?;
+            .ok_or(ProbeError::Map(
+                "REQ_OFFSETS",
+                "every nginx executable slot is in use".into(),
+            ))?;
         let zero = aya::maps::PerCpuValues::try_from(vec![RequestProbeStats::default(); self.ncpus])
             .map_err(|e| ProbeError::Map("REQ_STATS", e.to_string()))?;
         self.requests
@@ -81,9 +84,9 @@ impl Probe {
             location: UProbeAttachLocation::Symbol(PROBED_FUNCTION),
             cookie: Some(u64::from(idx)),
         };
-        let link = program
-            .attach(point, exe, UProbeScope::AllProcesses)
-            .map_err(|e| load_error::uprobe_attach_error(PROGRAM, &format!("{}:{PROBED_FUNCTION}", exe.display()), e))?;
+        let link = program.attach(point, exe, UProbeScope::AllProcesses).map_err(|e| {
+            load_error::uprobe_attach_error(PROGRAM, &format!("{}:{PROBED_FUNCTION}", exe.display()), e)
+        })?;
         self.requests.links.insert(idx, link);
         Ok(idx)
     }

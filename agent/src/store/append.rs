@@ -118,7 +118,11 @@ impl Store {
                 } else {
                     format!("{}{}", f.name, s.suffix).into()
                 };
-                let cached = w.ingest_cache.get(name.as_ref()).and_then(|c| c.get(&s.labels)).cloned();
+                let cached = w
+                    .ingest_cache
+                    .get(name.as_ref())
+                    .and_then(|c| c.get(&s.labels))
+                    .cloned();
                 let series = match cached {
                     Some(series) => series,
                     None => {

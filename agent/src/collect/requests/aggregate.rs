@@ -189,9 +189,15 @@ impl Aggregator {
             self.unattributed += 1;
             return;
         };
+        // nginx logs an HTTP/0.9 request without a status as 009.
+        let status = if rec.status == 0 && rec.http_version == 9 {
+            9
+        } else {
+            rec.status
+        };
         let mut key = SeriesKey {
             method: method_name(rec.method),
-            status: u16::try_from(rec.status).ok().filter(|s| *s < 1000),
+            status: u16::try_from(status).ok().filter(|s| *s < 1000),
             version: version_name(rec.http_version),
             scheme: if rec.flags & REQ_FLAG_SSL != 0 { "https" } else { "http" },
             port: rec.port,

@@ -47,7 +47,9 @@ fn buckets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
         )));
     }
     if v.iter().any(|b| !b.is_finite() || *b < 0.0) {
-        return Err(D::Error::custom("bucket bounds must be finite and not negative (+Inf is implicit)"));
+        return Err(D::Error::custom(
+            "bucket bounds must be finite and not negative (+Inf is implicit)",
+        ));
     }
     if v.windows(2).any(|w| w[0] >= w[1]) {
         return Err(D::Error::custom("bucket bounds must be strictly increasing"));
@@ -70,10 +72,16 @@ mod tests {
         assert_eq!(ok.per_request.duration_buckets, vec![0.001, 0.1]);
         assert_eq!(ok.per_request.max_series_per_instance, 5);
         for bad in ["[0.1, 0.01]", "[]", "[-1]", "[0.1, 0.1]"] {
-            let err = config::parse(Path::new("c.yml"), &format!("per_request:\n  duration_buckets: {bad}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("c.yml") && err.contains("duration_buckets"), "{bad}: {err}");
+            let err = config::parse(
+                Path::new("c.yml"),
+                &format!("per_request:\n  duration_buckets: {bad}\n"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("c.yml") && err.contains("duration_buckets"),
+                "{bad}: {err}"
+            );
         }
     }
 }

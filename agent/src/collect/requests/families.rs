@@ -60,7 +60,8 @@ impl RequestFamilies {
         labels: &[(String, String)],
     ) -> u64 {
         let attached = pr.attached.get(&master_pid).copied().unwrap_or(false);
-        self.attached.push_owned(labels.to_vec(), if attached { 1.0 } else { 0.0 });
+        self.attached
+            .push_owned(labels.to_vec(), if attached { 1.0 } else { 0.0 });
         let agg = pr.agg.lock();
         let Some(inst) = agg.instance(key) else {
             if attached {
@@ -97,8 +98,7 @@ impl RequestFamilies {
             let n = pr.attachments.refused.get(r).copied().unwrap_or(0);
             refused.push(&[("reason", r)], n as f64);
         }
-        let (mut ring_full, mut read_errors) =
-            (pr.attachments.retired_ring_full, pr.attachments.retired_read_errors);
+        let (mut ring_full, mut read_errors) = (pr.attachments.retired_ring_full, pr.attachments.retired_read_errors);
         for idx in pr.attachments.attached() {
             if let Ok(st) = probe.request_probe_stats(idx) {
                 ring_full += st.ring_full;
