@@ -228,6 +228,30 @@ mod tests {
     }
 
     #[test]
+    fn histograms_render_buckets_in_order_with_sum_and_count() {
+        let mut f = Family::new("req_seconds", "Request time", MetricType::Histogram);
+        let l = |v: &str| vec![("code".to_string(), v.to_string())];
+        f.push_histogram(l("500"), &[0.1, 1.0], &[1, 0, 1], 2.5);
+        f.push_histogram(l("200"), &[0.1, 1.0], &[3, 1, 0], 0.75);
+        let text = render_text(&[f.clone()]);
+        let want = "# HELP req_seconds Request time\n# TYPE req_seconds histogram\n\
+req_seconds_bucket{code=\"200\",le=\"0.1\"} 3\n\
+req_seconds_bucket{code=\"200\",le=\"1\"} 4\n\
+req_seconds_bucket{code=\"200\",le=\"+Inf\"} 4\n\
+req_seconds_sum{code=\"200\"} 0.75\n\
+req_seconds_count{code=\"200\"} 4\n\
+req_seconds_bucket{code=\"500\",le=\"0.1\"} 1\n\
+req_seconds_bucket{code=\"500\",le=\"1\"} 1\n\
+req_seconds_bucket{code=\"500\",le=\"+Inf\"} 2\n\
+req_seconds_sum{code=\"500\"} 2.5\n\
+req_seconds_count{code=\"500\"} 2\n";
+        assert_eq!(text, want);
+        let om = render_openmetrics(&[f]);
+        assert!(om.contains("# TYPE req_seconds histogram\n") && om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("req_seconds_count{code=\"500\"} 2.0\n"), "{om}");
+    }
+
+    #[test]
     fn text_matches_reference_byte_for_byte() {
         let reference = include_str!("testdata/nginx-prometheus-exporter-0.11.metrics.txt");
         assert_eq!(render_text(&reference_families()), reference);
