@@ -15,6 +15,7 @@
 use ngxprobe_e2e::agent::Agent;
 use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
+use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, find_tool};
 use ngxprobe_e2e::protocol_clients::{curl, h2load};
 use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool};
 use ngxprobe_e2e::{clients, guard, oracle};
@@ -309,6 +310,46 @@ fn red_metrics_match_the_access_log() {
     );
     eprintln!("[e2e] requests: stub_status Δ{nginx_delta} (+1 for O0), agent {agent_delta:?}");
     assert_eq!(agent_delta.expect("requests match"), nginx_delta + 1);
+    // The histograms flow through the store and PromQL like any family, and
+    // Debian's Prometheus scrapes and queries them the same.
+    let q = format!("sum({DURATION}_count{{conf_path=\"{conf}\"}})");
+    let prom = find_tool("prometheus").map(|_| {
+        Prometheus::start(&PrometheusOptions {
+            config: Some(format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ngxprobe\n    static_configs:\n      - targets: ['{}']\n",
+                agent.addr()
+            )),
+            ..Default::default()
+        })
+        .expect("prometheus")
+    });
+    let mut apis = vec![("ngxprobe", agent.addr())];
+    apis.extend(prom.as_ref().map(|p| ("prometheus", p.addr())));
+    for (who, addr) in apis {
+        let n = poll(
+            &format!("{who}'s PromQL to count every logged request"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let want = (log_lines(&nginx) - skip) as f64;
+                let v = api_get(addr, "/api/v1/query", &[("query", q.clone())])?;
+                let got = v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|s| s.parse::<f64>().ok());
+                Ok(if got == Some(want) {
+                    Poll::Ready(want)
+                } else {
+                    Poll::Pending(format!("{q} = {got:?}, access log {want}"))
+                })
+            },
+        )
+        .expect("PromQL count");
+        eprintln!("[e2e] {who}: {q} = {n}");
+    }
+    let p99 = format!("histogram_quantile(0.99, sum by (le) ({DURATION}_bucket{{conf_path=\"{conf}\"}}))");
+    let v = agent.query(&p99).expect("histogram_quantile");
+    let p99v = v["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok());
+    assert!(p99v.is_some_and(|x| x > 0.0 && x <= 0.0005), "{p99} = {v}");
     let scrape = agent.scrape().expect("scrape");
     assert!(
         scrape.raw.contains(&format!("# TYPE {DURATION} histogram")),

@@ -247,7 +247,10 @@ req_seconds_sum{code=\"500\"} 2.5\n\
 req_seconds_count{code=\"500\"} 2\n";
         assert_eq!(text, want);
         let om = render_openmetrics(&[f]);
-        assert!(om.contains("# TYPE req_seconds histogram\n") && om.ends_with("# EOF\n"), "{om}");
+        assert!(
+            om.contains("# TYPE req_seconds histogram\n") && om.ends_with("# EOF\n"),
+            "{om}"
+        );
         assert!(om.contains("req_seconds_count{code=\"500\"} 2.0\n"), "{om}");
     }
 
