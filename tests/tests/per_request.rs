@@ -493,3 +493,57 @@ fn label_sets_beyond_the_cap_are_folded() {
     assert_eq!(folded as u64, urls.len() as u64 - cap as u64, "folded = the excess");
     assert_eq!(other, folded as u64);
 }
+
+/// Workers nginx starts after a reload or a worker crash fire the same
+/// uprobe (it is per executable, not per pid) and their requests are
+/// attributed to the instance before discovery lists them (by their parent).
+#[test]
+fn new_workers_after_reload_and_crash_are_counted() {
+    let _g = guard("new_workers_after_reload_and_crash_are_counted");
+    let nginx = Nginx::start(NginxOptions {
+        worker_processes: 2,
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("nginx");
+    let agent = Agent::start().expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    wait_attached(&agent, &conf, 1.0);
+    let skip = log_lines(&nginx);
+    let paths: Vec<String> = (0..20).map(|_| "/".to_string()).collect();
+    clients::keepalive_sequence(nginx.main_addr(), &paths).expect("before");
+    nginx.reload().expect("reload");
+    clients::keepalive_sequence(nginx.main_addr(), &paths).expect("after reload");
+    nginx.kill_worker().expect("kill a worker");
+    poll(
+        "nginx to replace the killed worker",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            Ok(if nginx.worker_pids().len() == 2 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("workers {:?}", nginx.worker_pids()))
+            })
+        },
+    )
+    .expect("respawned worker");
+    for _ in 0..4 {
+        clients::keepalive_sequence(nginx.main_addr(), &paths[..5]).expect("after crash");
+    }
+    let (log, ours) = quiesce(&agent, &nginx, skip);
+    let counts = |m: &BTreeMap<Key, Sums>| m.iter().map(|(k, s)| (k.clone(), s.count)).collect::<BTreeMap<_, _>>();
+    eprintln!(
+        "[e2e] reload + crash: access log {} requests, agent {}",
+        total(&log),
+        total(&ours)
+    );
+    assert_eq!(counts(&ours), counts(&log));
+    let unattributed =
+        agent
+            .scrape()
+            .expect("scrape")
+            .sum_where("ngxprobe_per_request_records_lost_total", "reason", "unattributed");
+    assert_eq!(unattributed, 0.0, "records of new workers not attributed");
+}

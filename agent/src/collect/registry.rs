@@ -283,7 +283,11 @@ impl Collector {
                     .iter()
                     .position(|r| *r == reason)
                     .map_or(0, |i| counts[i]);
-                out.push(unparsed::message(&describe(key), reason, n));
+                let uprobe = self
+                    .per_request
+                    .as_ref()
+                    .is_some_and(|pr| pr.attached.get(&t.inst.master_pid) == Some(&true));
+                out.push(unparsed::message(&describe(key), reason, n, uprobe));
             }
         }
         out
