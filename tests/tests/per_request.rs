@@ -166,6 +166,27 @@ fn wait_attached(agent: &Agent, conf: &str, want: f64) {
     .expect("uprobe state");
 }
 
+/// nginx (started first) and the agent (with `config`), once the agent has
+/// the uprobe attached to the instance; also the access log lines written
+/// before (nginx's readiness check), which the agent cannot have seen.
+fn start_attached(opts: NginxOptions, config: Option<&str>) -> (Nginx, Agent, String, usize) {
+    let nginx = Nginx::start(opts).expect("nginx");
+    let agent = match config {
+        Some(yaml) => Agent::start_with_config(yaml),
+        None => Agent::start(),
+    }
+    .expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    wait_attached(&agent, &conf, 1.0);
+    let skip = log_lines(&nginx);
+    (nginx, agent, conf, skip)
+}
+
+fn counts(m: &BTreeMap<Key, Sums>) -> BTreeMap<Key, u64> {
+    m.iter().map(|(k, s)| (k.clone(), s.count)).collect()
+}
+
 fn statuses_locations(codes: impl Iterator<Item = u16>) -> String {
     codes
         .map(|c| format!("        location = /s/{c} {{ return {c}; }}\n"))
@@ -180,20 +201,16 @@ fn red_metrics_match_the_access_log() {
         }
     }
     let _g = guard("red_metrics_match_the_access_log");
-    let nginx = Nginx::start(NginxOptions {
-        tls: true,
-        access_log: true,
-        main_locations: statuses_locations([201, 302, 404, 500, 503].into_iter())
-            + "        location /slow/ { limit_rate 200k; rewrite ^/slow/(.*)$ /$1 break; }\n",
-        ..Default::default()
-    })
-    .expect("nginx");
-    let agent = Agent::start().expect("agent");
-    let conf = nginx.conf_label();
-    agent.wait_instance_up(&conf).expect("instance up");
-    wait_attached(&agent, &conf, 1.0);
-    // nginx's own readiness check (a stub_status fetch) came before the uprobe.
-    let skip = log_lines(&nginx);
+    let (nginx, agent, conf, skip) = start_attached(
+        NginxOptions {
+            tls: true,
+            access_log: true,
+            main_locations: statuses_locations([201, 302, 404, 500, 503].into_iter())
+                + "        location /slow/ { limit_rate 200k; rewrite ^/slow/(.*)$ /$1 break; }\n",
+            ..Default::default()
+        },
+        None,
+    );
     let a0 = agent
         .scrape()
         .expect("scrape")
@@ -259,7 +276,6 @@ fn red_metrics_match_the_access_log() {
         .expect("scrape")
         .sum_by("ngxprobe_per_request_records_lost_total", "reason");
     eprintln!("[e2e] records lost: {lost:?}");
-    let counts = |m: &BTreeMap<Key, Sums>| m.iter().map(|(k, s)| (k.clone(), s.count)).collect::<BTreeMap<_, _>>();
     assert_eq!(
         counts(&ours),
         counts(&log),
@@ -465,18 +481,15 @@ fn unknown_build_is_refused_and_plaintext_still_counted() {
 fn label_sets_beyond_the_cap_are_folded() {
     let _g = guard("label_sets_beyond_the_cap_are_folded");
     let codes = 201..=212u16;
-    let nginx = Nginx::start(NginxOptions {
-        access_log: true,
-        main_locations: statuses_locations(codes.clone()),
-        ..Default::default()
-    })
-    .expect("nginx");
     let cap = 3;
-    let agent = Agent::start_with_config(&format!("per_request:\n  max_series_per_instance: {cap}\n")).expect("agent");
-    let conf = nginx.conf_label();
-    agent.wait_instance_up(&conf).expect("instance up");
-    wait_attached(&agent, &conf, 1.0);
-    let skip = log_lines(&nginx);
+    let (nginx, agent, conf, skip) = start_attached(
+        NginxOptions {
+            access_log: true,
+            main_locations: statuses_locations(codes.clone()),
+            ..Default::default()
+        },
+        Some(&format!("per_request:\n  max_series_per_instance: {cap}\n")),
+    );
     let urls: Vec<String> = codes
         .clone()
         .map(|c| format!("http://{}/s/{c}", nginx.main_addr()))
@@ -500,17 +513,14 @@ fn label_sets_beyond_the_cap_are_folded() {
 #[test]
 fn new_workers_after_reload_and_crash_are_counted() {
     let _g = guard("new_workers_after_reload_and_crash_are_counted");
-    let nginx = Nginx::start(NginxOptions {
-        worker_processes: 2,
-        access_log: true,
-        ..Default::default()
-    })
-    .expect("nginx");
-    let agent = Agent::start().expect("agent");
-    let conf = nginx.conf_label();
-    agent.wait_instance_up(&conf).expect("instance up");
-    wait_attached(&agent, &conf, 1.0);
-    let skip = log_lines(&nginx);
+    let (nginx, agent, _conf, skip) = start_attached(
+        NginxOptions {
+            worker_processes: 2,
+            access_log: true,
+            ..Default::default()
+        },
+        None,
+    );
     let paths: Vec<String> = (0..20).map(|_| "/".to_string()).collect();
     clients::keepalive_sequence(nginx.main_addr(), &paths).expect("before");
     nginx.reload().expect("reload");
@@ -533,7 +543,6 @@ fn new_workers_after_reload_and_crash_are_counted() {
         clients::keepalive_sequence(nginx.main_addr(), &paths[..5]).expect("after crash");
     }
     let (log, ours) = quiesce(&agent, &nginx, skip);
-    let counts = |m: &BTreeMap<Key, Sums>| m.iter().map(|(k, s)| (k.clone(), s.count)).collect::<BTreeMap<_, _>>();
     eprintln!(
         "[e2e] reload + crash: access log {} requests, agent {}",
         total(&log),
