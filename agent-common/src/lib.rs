@@ -10,7 +10,7 @@ mod nginx_offsets;
 pub use first_bytes::{FIRST_BYTES, PROXY_HEADER, classify_first_bytes};
 pub use nginx_offsets::{
     MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_SSL, RequestProbeStats,
-    RequestRecord,
+    RequestRecord, SERVER_NAME_MAX,
 };
 
 /// Instance slots: one per nginx instance (master + workers) on the node.

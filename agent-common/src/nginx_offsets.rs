@@ -13,6 +13,9 @@ pub const MAX_NGINX_BINARIES: u32 = 16;
 /// the first field of every `ngx_http_request_t`.
 pub const NGX_HTTP_REQUEST_SIGNATURE: u32 = 0x5054_5448;
 
+/// Bytes of the answering server block's first `server_name` kept in a record.
+pub const SERVER_NAME_MAX: usize = 48;
+
 /// `RequestRecord::flags`: the request came over TLS (`r->connection->ssl`).
 pub const REQ_FLAG_SSL: u32 = 1;
 /// `RequestRecord::flags`: the request is an HTTP/2 stream (`r->stream`).
@@ -28,6 +31,9 @@ pub const REQ_FLAG_HTTP2: u32 = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NginxOffsets {
     pub cached_time_from_fn: i64,
+    /// Distance from `ngx_http_free_request` to the exported module
+    /// `ngx_http_core_module` (its first field, `ctx_index`, indexes srv_conf).
+    pub core_module_from_fn: i64,
     /// ngx_http_request_t
     pub req_connection: u32,
     pub req_pool: u32,
@@ -53,13 +59,18 @@ pub struct NginxOffsets {
     pub time_msec: u32,
     /// Non-zero once user space filled the entry in.
     pub valid: u32,
-    pub _pad: u32,
+    /// `r->srv_conf` (void **), and `server_name` (ngx_str_t) in
+    /// ngx_http_core_srv_conf_t.
+    pub req_srv_conf: u32,
+    pub cscf_server_name: u32,
+    /// Non-zero: copy the server block's name into each record.
+    pub want_server_name: u32,
 }
 
 /// One request nginx finished, as the uprobe saw it at `ngx_http_free_request`
 /// (after the status is final, just before nginx writes its access log line).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RequestRecord {
     /// Process (tgid) of the nginx worker that served it.
     pub tgid: u32,
@@ -82,6 +93,32 @@ pub struct RequestRecord {
     pub bytes_sent: u64,
     /// `$body_bytes_sent`: `bytes_sent` minus the response header.
     pub body_bytes_sent: u64,
+    /// Length of the server block's first `server_name` (0: not read); the
+    /// first SERVER_NAME_MAX bytes are in `server_name`.
+    pub server_name_len: u32,
+    pub _pad2: u32,
+    pub server_name: [u8; SERVER_NAME_MAX],
+}
+
+impl Default for RequestRecord {
+    fn default() -> Self {
+        RequestRecord {
+            tgid: 0,
+            status: 0,
+            method: 0,
+            http_version: 0,
+            flags: 0,
+            port: 0,
+            _pad: 0,
+            duration_ms: 0,
+            request_length: 0,
+            bytes_sent: 0,
+            body_bytes_sent: 0,
+            server_name_len: 0,
+            _pad2: 0,
+            server_name: [0; SERVER_NAME_MAX],
+        }
+    }
 }
 
 /// Per-CPU counters of one attached binary (REQ_STATS, indexed like REQ_OFFSETS).
@@ -110,6 +147,6 @@ mod user {
     unsafe impl aya::Pod for super::RequestProbeStats {}
 }
 
-const _: () = assert!(core::mem::size_of::<NginxOffsets>() == 88);
-const _: () = assert!(core::mem::size_of::<RequestRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<NginxOffsets>() == 104);
+const _: () = assert!(core::mem::size_of::<RequestRecord>() == 112);
 const _: () = assert!(core::mem::size_of::<RequestProbeStats>() == 40);

@@ -17,7 +17,9 @@ use agent_common::{
 };
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user, generated::bpf_get_attach_cookie},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_get_attach_cookie,
+    },
     macros::{map, uprobe},
     maps::{Array, PerCpuArray, RingBuf},
     programs::ProbeContext,
@@ -153,6 +155,10 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
     {
         port = u16::from_be(p);
     }
+    let mut rec = RequestRecord::default();
+    if off.want_server_name != 0 {
+        server_name(&mut rec, off, ip, r);
+    }
     let mut flags = 0;
     if ssl != 0 {
         flags |= REQ_FLAG_SSL;
@@ -160,18 +166,46 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
     if stream != 0 {
         flags |= REQ_FLAG_HTTP2;
     }
-    Outcome::Record(RequestRecord {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        status: status as u32,
-        method: method as u32,
-        http_version: version as u32,
-        flags,
-        port,
-        _pad: 0,
-        duration_ms: ms.max(0) as u64,
-        request_length: req_len.max(0) as u64,
-        bytes_sent: sent.max(0) as u64,
-        // As ngx_http_variable_body_bytes_sent computes it.
-        body_bytes_sent: (sent - header_size as i64).max(0) as u64,
-    })
+    rec.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    rec.status = status as u32;
+    rec.method = method as u32;
+    rec.http_version = version as u32;
+    rec.flags = flags;
+    rec.port = port;
+    rec.duration_ms = ms.max(0) as u64;
+    rec.request_length = req_len.max(0) as u64;
+    rec.bytes_sent = sent.max(0) as u64;
+    // As ngx_http_variable_body_bytes_sent computes it.
+    rec.body_bytes_sent = (sent - header_size as i64).max(0) as u64;
+    Outcome::Record(rec)
+}
+
+/// The answering server block's first `server_name`:
+/// r->srv_conf[ngx_http_core_module.ctx_index]->server_name. Left empty
+/// (length 0) if anything cannot be read.
+#[inline(always)]
+fn server_name(rec: &mut RequestRecord, off: &NginxOffsets, ip: u64, r: u64) {
+    let module = (ip as i64).wrapping_add(off.core_module_from_fn) as u64;
+    let (Some(ctx_index), Some(srv_conf)) = (read::<u64>(module, 0), read::<u64>(r, off.req_srv_conf)) else {
+        return;
+    };
+    if ctx_index >= 256 || srv_conf == 0 {
+        return;
+    }
+    let Some(cscf) = read::<u64>(srv_conf + ctx_index * 8, 0) else {
+        return;
+    };
+    let (Some(len), Some(data)) = (
+        read::<u64>(cscf, off.cscf_server_name),
+        read::<u64>(cscf, off.cscf_server_name + 8),
+    ) else {
+        return;
+    };
+    if len == 0 || data == 0 {
+        return;
+    }
+    // SAFETY: the helper checks the address; a failed read leaves len 0.
+    if unsafe { bpf_probe_read_user_buf(data as *const u8, &mut rec.server_name) }.is_ok() {
+        rec.server_name_len = len.min(u64::from(u32::MAX)) as u32;
+    }
 }

@@ -11,7 +11,8 @@
 //!   for TLS and HTTP/2 traffic too.
 //! - A build the agent has no offsets for is refused, with a log line and a
 //!   metric; plaintext counting keeps working.
-//! - Label sets beyond the per-instance cap fold into `_OTHER`, counted.
+//! - Label sets beyond the per-instance cap fold into `_OTHER`, counted;
+//!   `server_name_label` names the server block that answered.
 use ngxprobe_e2e::agent::Agent;
 use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
@@ -488,7 +489,9 @@ fn label_sets_beyond_the_cap_are_folded() {
             main_locations: statuses_locations(codes.clone()),
             ..Default::default()
         },
-        Some(&format!("per_request:\n  max_series_per_instance: {cap}\n")),
+        Some(&format!(
+            "per_request:\n  max_series_per_instance: {cap}\n  server_name_label: true\n"
+        )),
     );
     let urls: Vec<String> = codes
         .clone()
@@ -505,6 +508,14 @@ fn label_sets_beyond_the_cap_are_folded() {
     assert_eq!(kept, cap);
     assert_eq!(folded as u64, urls.len() as u64 - cap as u64, "folded = the excess");
     assert_eq!(other, folded as u64);
+    // server_name_label: the main server block answered every request.
+    let names: std::collections::BTreeSet<&str> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == format!("{DURATION}_count") && s.label("conf_path") == Some(conf.as_str()))
+        .map(|s| s.label("server_name").unwrap_or("(none)"))
+        .collect();
+    assert_eq!(names, std::collections::BTreeSet::from(["main"]), "server_name labels");
 }
 
 /// Workers nginx starts after a reload or a worker crash fire the same

@@ -125,9 +125,13 @@ impl Collector {
                 pids.insert(*w, key.clone());
             }
         }
-        pr.attached = pr
-            .attachments
-            .reconcile(&mut self.probe, &self.proc_root, &running, &mut report.per_request);
+        pr.attached = pr.attachments.reconcile(
+            &mut self.probe,
+            &self.proc_root,
+            &running,
+            pr.cfg.server_name_label,
+            &mut report.per_request,
+        );
         let mut agg = pr.agg.lock();
         agg.set_pids(pids);
         for k in forgotten {

@@ -20,6 +20,7 @@ use object::{
 /// The function probed, and the global clock it reads.
 pub const PROBED_FUNCTION: &str = "ngx_http_free_request";
 const CACHED_TIME: &str = "ngx_cached_time";
+const CORE_MODULE: &str = "ngx_http_core_module";
 
 /// nginx executables are a few MB (OpenResty with LuaJIT ~30 MB).
 const MAX_EXE_BYTES: u64 = 256 << 20;
@@ -75,6 +76,7 @@ const DEBIAN_1_22_1_X86_64: (&str, &str, &str, NginxOffsets) = (
     "8,4,8,0011111111010111001111111111111111",
     NginxOffsets {
         cached_time_from_fn: 0,
+        core_module_from_fn: 0,
         req_connection: 8,
         req_pool: 88,
         req_status: 648,
@@ -94,7 +96,9 @@ const DEBIAN_1_22_1_X86_64: (&str, &str, &str, NginxOffsets) = (
         time_sec: 0,
         time_msec: 8,
         valid: 1,
-        _pad: 0,
+        req_srv_conf: 32,
+        cscf_server_name: 64,
+        want_server_name: 0,
     },
 );
 
@@ -134,6 +138,7 @@ fn identify_bytes(path: &str, data: &[u8]) -> Result<KnownBuild, BuildError> {
     };
     let function = symbol(PROBED_FUNCTION)?;
     let cached_time = symbol(CACHED_TIME)?;
+    let core_module = symbol(CORE_MODULE)?;
     let id = BuildId {
         version: version_of(data).unwrap_or_else(|| "unknown".into()),
         arch: "x86_64",
@@ -150,6 +155,7 @@ fn identify_bytes(path: &str, data: &[u8]) -> Result<KnownBuild, BuildError> {
     };
     let mut offsets = *table;
     offsets.cached_time_from_fn = cached_time as i64 - function as i64;
+    offsets.core_module_from_fn = core_module as i64 - function as i64;
     Ok(KnownBuild { id, offsets })
 }
 
@@ -197,6 +203,7 @@ mod tests {
         let b = identify(Path::new(DEBIAN_NGINX)).expect("Debian's nginx 1.22.1 is in the table");
         assert_eq!(b.id.version, "nginx/1.22.1");
         assert_ne!(b.offsets.cached_time_from_fn, 0);
+        assert_ne!(b.offsets.core_module_from_fn, 0);
     }
 
     #[test]

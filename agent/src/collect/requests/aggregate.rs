@@ -22,12 +22,14 @@ pub struct SeriesKey {
     pub version: &'static str,
     pub scheme: &'static str,
     pub port: u16,
+    /// The answering server block's name; None when the label is off.
+    pub server_name: Option<String>,
 }
 
 impl SeriesKey {
     /// The labels, OpenTelemetry's names as Prometheus exports them.
-    pub fn labels(&self) -> [(&'static str, String); 5] {
-        [
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut l = vec![
             ("http_request_method", self.method.to_string()),
             (
                 "http_response_status_code",
@@ -36,7 +38,11 @@ impl SeriesKey {
             ("network_protocol_version", self.version.to_string()),
             ("url_scheme", self.scheme.to_string()),
             ("server_port", self.port.to_string()),
-        ]
+        ];
+        if let Some(name) = &self.server_name {
+            l.push(("server_name", name.clone()));
+        }
+        l
     }
 }
 
@@ -121,6 +127,7 @@ pub struct Aggregator {
     duration_bounds_ms: Vec<f64>,
     size_bounds: Vec<f64>,
     max_series: usize,
+    server_name_label: bool,
     proc_root: PathBuf,
     instances: HashMap<InstanceKey, InstanceRequests>,
     /// nginx processes (masters and workers) → their instance.
@@ -137,6 +144,7 @@ impl Aggregator {
             duration_bounds_ms: cfg.duration_buckets.iter().map(|s| s * 1000.0).collect(),
             size_bounds: cfg.size_buckets.clone(),
             max_series: cfg.max_series_per_instance as usize,
+            server_name_label: cfg.server_name_label,
             proc_root,
             instances: HashMap::new(),
             pids: HashMap::new(),
@@ -201,6 +209,7 @@ impl Aggregator {
             version: version_name(rec.http_version),
             scheme: if rec.flags & REQ_FLAG_SSL != 0 { "https" } else { "http" },
             port: rec.port,
+            server_name: self.server_name_label.then(|| server_name_of(rec)),
         };
         let n_durations = self.duration_bounds_ms.len();
         let n_sizes = self.size_bounds.len();
@@ -225,6 +234,19 @@ impl Aggregator {
         s.response_size
             .observe(&self.size_bounds, rec.body_bytes_sent as f64, rec.body_bytes_sent);
     }
+}
+
+/// The record's server name as a label value: nginx lowercases names at
+/// config time; bytes that are not UTF-8 are replaced, a name longer than
+/// the record holds ends in "...", an unreadable one is "".
+fn server_name_of(rec: &RequestRecord) -> String {
+    let len = rec.server_name_len as usize;
+    let kept = len.min(rec.server_name.len());
+    let mut s = String::from_utf8_lossy(&rec.server_name[..kept]).into_owned();
+    if len > kept {
+        s.push_str("...");
+    }
+    s
 }
 
 /// Field 4 of /proc/PID/stat (after the parenthesised command, which may
@@ -300,6 +322,7 @@ mod tests {
         assert_eq!(i.folded, 7);
         assert_eq!(i.series.len(), 4);
         let other = i.series.iter().find(|(k, _)| k.status.is_none()).unwrap();
+        assert!(other.0.labels().iter().all(|(n, _)| *n != "server_name"));
         assert_eq!((other.0.method, other.1.duration.count()), (OTHER, 7));
         // A kept label set still gets its own series.
         a.record(&rec(10, 200, 1));
@@ -322,6 +345,31 @@ mod tests {
         assert_eq!(i.unparsed_conn_requests, 2);
         let versions: Vec<_> = i.series.keys().map(|k| (k.version, k.scheme)).collect();
         assert!(versions.contains(&("2", "http")) && versions.contains(&("1.1", "https")));
+    }
+
+    #[test]
+    fn server_name_label_comes_from_the_record() {
+        let cfg = PerRequestConfig {
+            server_name_label: true,
+            ..Default::default()
+        };
+        let mut a = Aggregator::new(&cfg, PathBuf::from("/nonexistent-proc"));
+        a.set_pids(HashMap::from([(10, key("/a"))]));
+        let mut r = rec(10, 200, 1);
+        r.server_name[..4].copy_from_slice(b"main");
+        r.server_name_len = 4;
+        a.record(&r);
+        r.server_name_len = 100;
+        r.server_name = [b'x'; agent_common::SERVER_NAME_MAX];
+        a.record(&r);
+        let names: Vec<String> = a
+            .instance(&key("/a"))
+            .unwrap()
+            .series
+            .keys()
+            .filter_map(|k| k.server_name.clone())
+            .collect();
+        assert_eq!(names, vec!["main".to_string(), format!("{}...", "x".repeat(48))]);
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl Attachments {
         probe: &mut Probe,
         proc_root: &std::path::Path,
         running: &[(u32, String)],
+        want_server_name: bool,
         news: &mut AttachNews,
     ) -> HashMap<u32, bool> {
         let mut used = HashMap::new();
@@ -67,20 +68,23 @@ impl Attachments {
             let b = self.files.entry(id).or_insert_with(|| {
                 let shown = format!("{exe:?} (pid {pid})");
                 let state = match identify_nginx_build(&path) {
-                    Ok(build) => match probe.attach_request_probe(&path, &build.offsets) {
-                        Ok(idx) => {
-                            news.attached.push(format!(
-                                "per-request metrics: uprobe on ngx_http_free_request attached to {shown}, {}",
-                                build.id
-                            ));
-                            State::Attached { idx }
+                    Ok(mut build) => {
+                        build.offsets.want_server_name = u32::from(want_server_name);
+                        match probe.attach_request_probe(&path, &build.offsets) {
+                            Ok(idx) => {
+                                news.attached.push(format!(
+                                    "per-request metrics: uprobe on ngx_http_free_request attached to {shown}, {}",
+                                    build.id
+                                ));
+                                State::Attached { idx }
+                            }
+                            Err(e) => {
+                                *self.refused.entry("attach_failed").or_default() += 1;
+                                news.refused.push(format!("per-request metrics off for {shown}: {e}"));
+                                State::Refused
+                            }
                         }
-                        Err(e) => {
-                            *self.refused.entry("attach_failed").or_default() += 1;
-                            news.refused.push(format!("per-request metrics off for {shown}: {e}"));
-                            State::Refused
-                        }
-                    },
+                    }
                     Err(e) => {
                         *self.refused.entry("unknown_build").or_default() += 1;
                         let why = match e {

@@ -8,6 +8,9 @@ pub struct PerRequestConfig {
     /// Attach the uprobe to known nginx builds and export the
     /// http_server_* histograms.
     pub enabled: bool,
+    /// Add label `server_name`: the first `server_name` of the server block
+    /// that answered (each distinct name is more series).
+    pub server_name_label: bool,
     /// Distinct (method, status, protocol version, scheme, port) label sets
     /// per instance; requests beyond fold into status and method `_OTHER`.
     pub max_series_per_instance: u32,
@@ -23,6 +26,7 @@ impl Default for PerRequestConfig {
     fn default() -> Self {
         PerRequestConfig {
             enabled: true,
+            server_name_label: false,
             max_series_per_instance: 2000,
             duration_buckets: vec![
                 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
