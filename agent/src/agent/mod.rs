@@ -104,10 +104,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 
     // Workers in pipeline order; stopped in reverse.
     let mut workers = Workers::default();
-    if let Some((ring, agg)) = request_feed {
-        workers.push(collect::requests::spawn_consumer(ring, agg).map_err(|e| RunError::start("requests", e))?);
-    }
-    let result = start_and_serve(&cfg, collector, store.clone(), &runtime, &mut workers);
+    let result = start_and_serve(&cfg, collector, request_feed, store.clone(), &runtime, &mut workers);
     workers.stop_all();
     if let Some(store) = store {
         close_store(store);
@@ -122,6 +119,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 fn start_and_serve(
     cfg: &Config,
     collector: SharedCollector,
+    request_feed: Option<collect::requests::RequestFeed>,
     store: Option<Arc<Store>>,
     runtime: &tokio::runtime::Runtime,
     workers: &mut Workers,
@@ -135,6 +133,9 @@ fn start_and_serve(
     );
     // Only discovery keeps capabilities; every thread started from here on inherits none.
     privilege::drop_all_for_this_thread();
+    if let Some((ring, agg)) = request_feed {
+        workers.push(collect::requests::spawn_consumer(ring, agg).map_err(|e| RunError::start("requests", e))?);
+    }
     let collect: Arc<dyn MetricsSource> = Arc::new(collector);
 
     // notify: the built-in notifier and/or forwarding to external Alertmanagers.

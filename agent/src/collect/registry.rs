@@ -9,7 +9,7 @@ use agent_common::{ListenKey, MAX_INSTANCES};
 
 use super::{
     discovery_stats::{DiscoveryStats, ScanNews},
-    requests::{AttachNews, PerRequest, PerRequestConfig, SharedAggregator},
+    requests::{AttachNews, PerRequest, PerRequestConfig, RequestFeed},
     unparsed,
 };
 use crate::{
@@ -92,10 +92,7 @@ impl Collector {
 
     /// Turns per-request metrics on: returns the ring buffer of request
     /// records and the aggregator its consumer feeds (None when disabled).
-    pub fn enable_per_request(
-        &mut self,
-        cfg: PerRequestConfig,
-    ) -> Option<(aya::maps::RingBuf<aya::maps::MapData>, SharedAggregator)> {
+    pub fn enable_per_request(&mut self, cfg: PerRequestConfig) -> Option<RequestFeed> {
         if !cfg.enabled {
             return None;
         }

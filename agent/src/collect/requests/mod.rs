@@ -32,6 +32,9 @@ impl SharedAggregator {
     }
 }
 
+/// What the consumer thread needs: the ring buffer and the aggregator.
+pub type RequestFeed = (RingBuf<MapData>, SharedAggregator);
+
 /// The collector's per-request state (present when enabled).
 pub struct PerRequest {
     pub cfg: PerRequestConfig,
