@@ -5,9 +5,14 @@
 #![cfg_attr(not(test), no_std)]
 
 mod first_bytes;
+mod nginx_offsets;
 mod tcp_health;
 
 pub use first_bytes::{FIRST_BYTES, PROXY_HEADER, classify_first_bytes};
+pub use nginx_offsets::{
+    MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_SSL, RequestProbeStats,
+    RequestRecord, SERVER_NAME_MAX,
+};
 pub use tcp_health::{
     CLOSE_CAUSES, CLOSE_NORMAL, CLOSE_RESET, CLOSE_TIMEOUT, ConnHists, HIST_BUCKETS, Hist, TcpCounters, TcpKey,
     TcpOffsets, WorkerExits, hist_bucket,

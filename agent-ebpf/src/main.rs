@@ -32,6 +32,7 @@
 
 mod payload;
 mod tcp_health;
+mod request_uprobe;
 
 use core::{
     ffi::c_void,

@@ -52,9 +52,12 @@ impl LiveReader {
             .families()
             .iter()
             .flat_map(|f| {
-                f.samples
-                    .iter()
-                    .map(move |s| (Labels::of_sample(&f.name, &s.labels), s.value))
+                f.samples.iter().map(move |s| {
+                    (
+                        Labels::of_sample(&format!("{}{}", f.name, s.suffix), &s.labels),
+                        s.value,
+                    )
+                })
             })
             .collect();
         let v = Arc::new(samples);

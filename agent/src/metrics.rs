@@ -52,6 +52,23 @@ pub struct HistogramValue {
     pub count: u64,
 }
 
+impl HistogramValue {
+    /// From per-bucket (not cumulative) counts: `counts[i]` observations fell
+    /// in bucket i (upper bound `bounds[i]`); `counts` may carry one more
+    /// entry than `bounds`, the observations above the last bound (+Inf).
+    pub fn from_bucket_counts(bounds: &[f64], counts: &[u64], sum: f64) -> Self {
+        let mut cumulative = 0u64;
+        let mut buckets = Vec::with_capacity(bounds.len());
+        for (i, n) in counts.iter().enumerate() {
+            cumulative += n;
+            if let Some(&b) = bounds.get(i) {
+                buckets.push((b, cumulative));
+            }
+        }
+        HistogramValue { buckets, sum, count: cumulative }
+    }
+}
+
 /// A metric family: name, HELP, TYPE and its samples.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Family {

@@ -57,11 +57,20 @@ pub struct Session {
 
 impl Session {
     pub fn start(name: &str, opts: NginxOptions) -> Session {
+        Self::start_with_config(name, opts, None)
+    }
+
+    /// [`Session::start`] with the agent running `config` (YAML) if given.
+    pub fn start_with_config(name: &str, opts: NginxOptions, config: Option<&str>) -> Session {
         let serial = util::serial();
         let wd = util::watchdog(name, TEST_LIMIT);
         eprintln!("[e2e] ---- {name} ----");
         let nginx = Nginx::start(opts).expect("start nginx");
-        let agent = Agent::start().expect("start ngxprobe");
+        let agent = match config {
+            Some(yaml) => Agent::start_with_config(yaml),
+            None => Agent::start(),
+        }
+        .expect("start ngxprobe");
         agent
             .wait_instance_up(&nginx.conf_label())
             .expect("agent reports the nginx instance up");

@@ -64,7 +64,17 @@ pub struct NginxOptions {
     pub backlog: Option<u32>,
     /// Raw config appended inside `http { }` (extra servers of a test).
     pub extra_http: String,
+    /// Write an access log (`access.log` in the instance's directory, format
+    /// [`ACCESS_LOG_FORMAT`]) instead of `access_log off`: the oracle of
+    /// per-request metrics.
+    pub access_log: bool,
+    /// Extra `location` blocks (raw nginx config) in the main server.
+    pub main_locations: String,
 }
+
+/// Fields of the access log written with `access_log: true`, space-separated
+/// in this order.
+pub const ACCESS_LOG_FORMAT: &str = "$status $request_method $server_protocol $request_time $request_length $bytes_sent $body_bytes_sent $scheme $server_port";
 
 impl Default for NginxOptions {
     fn default() -> Self {
@@ -81,6 +91,8 @@ impl Default for NginxOptions {
             netns: None,
             backlog: None,
             extra_http: String::new(),
+            access_log: false,
+            main_locations: String::new(),
         }
     }
 }
@@ -259,6 +271,10 @@ impl Nginx {
     /// Absolute path of the `-c` config: the `conf_path` label ngxprobe uses.
     pub fn conf_path(&self) -> &Path {
         &self.conf
+    }
+    /// The access log (with [`NginxOptions::access_log`]).
+    pub fn access_log_path(&self) -> PathBuf {
+        self.dir.path().join("access.log")
     }
     pub fn conf_label(&self) -> String {
         self.conf.to_string_lossy().into_owned()
@@ -551,6 +567,12 @@ fn config_with(d: &Path, opts: &NginxOptions, main_port: u16, oracle_port: u16, 
     let workers = opts.worker_processes;
     let backlog = opts.backlog.map(|b| format!(" backlog={b}")).unwrap_or_default();
     let keepalive_requests = opts.keepalive_requests;
+    let access_log = if opts.access_log {
+        format!("log_format ngxprobe_red '{ACCESS_LOG_FORMAT}';\n    access_log {d}/access.log ngxprobe_red;")
+    } else {
+        "access_log off;".to_string()
+    };
+    let main_locations = &opts.main_locations;
     format!(
         r#"# ngxprobe e2e instance (generated)
 daemon off;
@@ -569,7 +591,7 @@ http {{
         application/octet-stream bin;
     }}
     default_type application/octet-stream;
-    access_log off;
+    {access_log}
     keepalive_timeout 65;
     keepalive_requests {keepalive_requests};
     sendfile on;
@@ -595,6 +617,7 @@ http {{
         location = /echo {{
             return 200 "ok\n";
         }}
+{main_locations}
     }}
 
     server {{

@@ -8,6 +8,10 @@
 //! expected lower by exactly the requests the clients report having made
 //! there, and never above nginx's. Each unparsed connection must show in
 //! `ngxprobe_unparsed_connections_total` under its reason, once.
+//!
+//! The agent runs with `per_request.enabled: false`: this is what it does
+//! without the nginx uprobe (unknown builds, or switched off). With it, the
+//! requests on those connections are counted (tests/tests/per_request.rs).
 use ngxprobe_e2e::Session;
 use ngxprobe_e2e::clients;
 use ngxprobe_e2e::measure::{self, Monitor, MonitorResult, Report, Target, assert_all};
@@ -18,6 +22,8 @@ use std::time::Duration;
 
 const UNPARSED: &str = "ngxprobe_unparsed_connections_total";
 const REASONS: [&str; 3] = ["tls", "http2", "other"];
+/// The agent without the per-request uprobe.
+const NO_UPROBE: Option<&str> = Some("per_request:\n  enabled: false\n");
 
 /// What a scenario did on connections ngxprobe is not meant to parse.
 #[derive(Clone, Copy, Debug, Default)]
@@ -94,12 +100,13 @@ fn tls_connections_are_not_parsed() {
             return;
         }
     }
-    let s = Session::start(
+    let s = Session::start_with_config(
         "tls_connections_are_not_parsed",
         NginxOptions {
             tls: true,
             ..Default::default()
         },
+        NO_UPROBE,
     );
     let tls = s.nginx.tls_addr().expect("TLS listener");
     let plain = s.nginx.main_addr();
@@ -198,12 +205,13 @@ fn h2c_and_non_http_connections_are_not_parsed() {
     if require_tool("h2load", "apt-get install nghttp2-client").is_none() {
         return;
     }
-    let s = Session::start(
+    let s = Session::start_with_config(
         "h2c_and_non_http_connections_are_not_parsed",
         NginxOptions {
             h2c: true,
             ..Default::default()
         },
+        NO_UPROBE,
     );
     let h2c = s.nginx.h2c_addr().expect("h2c listener");
     let (rep, mon, made, delta) = measure_unparsed(&s, "h2c prior knowledge: h2load (3 conns, 300 streams)", || {
@@ -247,12 +255,13 @@ fn proxy_protocol_then_tls_or_http() {
             return;
         }
     }
-    let s = Session::start(
+    let s = Session::start_with_config(
         "proxy_protocol_then_tls_or_http",
         NginxOptions {
             proxy_protocol: true,
             ..Default::default()
         },
+        NO_UPROBE,
     );
     let (tls, plain) = s.nginx.proxy_addrs().expect("PROXY protocol listeners");
     let (rep, mon, made, delta) = measure_unparsed(

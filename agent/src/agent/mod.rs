@@ -83,12 +83,14 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.clone()))
         .collect();
-    let collector = SharedCollector::new(Collector::new(
+    let mut collector = Collector::new(
         probe,
         cfg.discovery.proc_path.clone(),
         cfg.discovery.stopped_instance_retention.as_duration(),
         labels,
-    ));
+    );
+    let request_feed = collector.enable_per_request(cfg.per_request.clone());
+    let collector = SharedCollector::new(collector);
     let store = match cfg.storage.enabled {
         true => Some(Arc::new(
             Store::open(&cfg.storage).map_err(|e| RunError::start("store", e))?,
@@ -104,7 +106,7 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 
     // Workers in pipeline order; stopped in reverse.
     let mut workers = Workers::default();
-    let result = start_and_serve(&cfg, security, collector, store.clone(), &runtime, &mut workers);
+    let result = start_and_serve(&cfg, security, collector, request_feed, store.clone(), &runtime, &mut workers);
     workers.stop_all();
     if let Some(store) = store {
         close_store(store);
@@ -120,6 +122,7 @@ fn start_and_serve(
     cfg: &Config,
     security: Option<Arc<expose::WebSecurity>>,
     collector: SharedCollector,
+    request_feed: Option<collect::requests::RequestFeed>,
     store: Option<Arc<Store>>,
     runtime: &tokio::runtime::Runtime,
     workers: &mut Workers,
@@ -133,6 +136,9 @@ fn start_and_serve(
     );
     // Only discovery keeps capabilities; every thread started from here on inherits none.
     privilege::drop_all_for_this_thread();
+    if let Some((ring, agg)) = request_feed {
+        workers.push(collect::requests::spawn_consumer(ring, agg).map_err(|e| RunError::start("requests", e))?);
+    }
     let collect: Arc<dyn MetricsSource> = Arc::new(collector);
 
     // notify: the built-in notifier and/or forwarding to external Alertmanagers.

@@ -92,6 +92,12 @@ fn log_report(report: &ScanReport) {
     for e in &report.errors {
         warn!("{e}");
     }
+    for a in &report.per_request.attached {
+        info!("{a}");
+    }
+    for r in &report.per_request.refused {
+        warn!("{r}");
+    }
     let news = &report.news;
     for r in &news.refused {
         warn!(reason = r.reason.as_str(), "not tracked: {}: {}", r.subject, r.detail);

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::{
     registry::{Collector, PROBE_ERROR, Tracked},
     tcp_health::TcpFamilies,
+    requests::families::RequestFamilies,
     unparsed,
     worker_health::WorkerFamilies,
 };
@@ -123,7 +124,8 @@ impl Collector {
         );
         let mut tcp = TcpFamilies::new(self.hz);
         let mut worker = WorkerFamilies::new();
-        for t in self.instances.values() {
+        let mut per_request = self.per_request.as_ref().map(|_| RequestFamilies::new());
+        for (key, t) in &self.instances {
             let labels = self.labels(t);
             if t.stopped_since.is_some() {
                 up.push_owned(labels, 0.0);
@@ -138,9 +140,15 @@ impl Collector {
                 }
             };
             let s = stub_status(&totals, t.seeded_active);
+            // Requests on TLS and HTTP/2 connections, which the socket
+            // probes leave out, come from the uprobe when it is attached.
+            let uprobe_requests = match (&mut per_request, &self.per_request) {
+                (Some(f), Some(pr)) => f.add_instance(pr, key, t.inst.master_pid, &labels),
+                _ => 0,
+            };
             accepted.push_owned(labels.clone(), s.accepted as f64);
             handled.push_owned(labels.clone(), s.handled as f64);
-            requests.push_owned(labels.clone(), s.requests as f64);
+            requests.push_owned(labels.clone(), (s.requests + uprobe_requests) as f64);
             active.push_owned(labels.clone(), s.active as f64);
             reading.push_owned(labels.clone(), s.reading as f64);
             writing.push_owned(labels.clone(), s.writing as f64);
@@ -199,6 +207,9 @@ impl Collector {
         out.extend(tcp.into_families());
         out.extend(worker.into_families());
         out.extend(self.listen_families());
+        if let (Some(f), Some(pr)) = (per_request, &self.per_request) {
+            out.extend(f.finish(pr, &self.probe));
+        }
         out.extend(self.self_families());
         out
     }

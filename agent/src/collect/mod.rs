@@ -8,6 +8,7 @@ mod families;
 mod listen;
 mod registry;
 mod tcp_health;
+pub mod requests;
 mod unparsed;
 mod worker_health;
 

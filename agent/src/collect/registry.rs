@@ -9,6 +9,7 @@ use agent_common::{ListenKey, MAX_INSTANCES};
 
 use super::{
     discovery_stats::{DiscoveryStats, ScanNews},
+    requests::{AttachNews, PerRequest, PerRequestConfig, RequestFeed},
     unparsed,
     worker_health::{self, WorkerTrack},
 };
@@ -58,6 +59,8 @@ pub struct ScanReport {
     pub errors: Vec<String>,
     /// Refusals and unreadable processes new since the previous scan.
     pub news: ScanNews,
+    /// Per-request uprobe attachments and refusals made by this scan.
+    pub per_request: AttachNews,
 }
 
 pub struct Collector {
@@ -67,6 +70,8 @@ pub struct Collector {
     pub(super) discovery: DiscoveryStats,
     proc_root: PathBuf,
     retention: Duration,
+    /// Per-request metrics, when enabled and the probe has its ring buffer.
+    pub(super) per_request: Option<PerRequest>,
     /// The kernel's CONFIG_HZ (TCP chrono stats are in jiffies); None if unknown.
     pub(super) hz: Option<u32>,
 }
@@ -101,6 +106,53 @@ impl Collector {
             proc_root,
             retention,
             hz: kernel_hz(),
+            per_request: None,
+        }
+    }
+
+    /// Turns per-request metrics on: returns the ring buffer of request
+    /// records and the aggregator its consumer feeds (None when disabled).
+    pub fn enable_per_request(&mut self, cfg: PerRequestConfig) -> Option<RequestFeed> {
+        if !cfg.enabled {
+            return None;
+        }
+        let ring = self.probe.take_request_ring()?;
+        let pr = PerRequest::new(cfg, self.proc_root.clone());
+        let agg = pr.agg.clone();
+        self.per_request = Some(pr);
+        Some((ring, agg))
+    }
+
+    /// Attaches the request uprobe to the executables of running instances
+    /// (detaching from those no longer run) and tells the aggregator which
+    /// processes belong to which instance.
+    fn reconcile_per_request(&mut self, report: &mut ScanReport, forgotten: &[InstanceKey]) {
+        let Some(pr) = self.per_request.as_mut() else {
+            return;
+        };
+        let mut running = Vec::new();
+        let mut pids = std::collections::HashMap::new();
+        for (key, t) in &self.instances {
+            if t.stopped_since.is_some() {
+                continue;
+            }
+            running.push((t.inst.master_pid, t.inst.exe.clone()));
+            pids.insert(t.inst.master_pid, key.clone());
+            for w in &t.inst.worker_pids {
+                pids.insert(*w, key.clone());
+            }
+        }
+        pr.attached = pr.attachments.reconcile(
+            &mut self.probe,
+            &self.proc_root,
+            &running,
+            pr.cfg.server_name_label,
+            &mut report.per_request,
+        );
+        let mut agg = pr.agg.lock();
+        agg.set_pids(pids);
+        for k in forgotten {
+            agg.forget(k);
         }
     }
 
@@ -192,6 +244,7 @@ impl Collector {
             }
         }
         let retention = self.retention;
+        let mut forgotten_keys = Vec::new();
         self.instances.retain(|key, t| {
             if seen.contains(key) {
                 return true;
@@ -204,6 +257,7 @@ impl Collector {
                 }
                 Some(since) if now.duration_since(since) > retention => {
                     report.forgotten.push(describe(key));
+                    forgotten_keys.push(key.clone());
                     false
                 }
                 Some(_) => true,
@@ -238,6 +292,7 @@ impl Collector {
         if let Err((kind, e)) = self.reconcile_seeds() {
             self.error(&mut report, kind, format!("following connections open at start: {e}"));
         }
+        self.reconcile_per_request(&mut report, &forgotten_keys);
         report
     }
 
@@ -258,7 +313,11 @@ impl Collector {
                     .iter()
                     .position(|r| *r == reason)
                     .map_or(0, |i| counts[i]);
-                out.push(unparsed::message(&describe(key), reason, n));
+                let uprobe = self
+                    .per_request
+                    .as_ref()
+                    .is_some_and(|pr| pr.attached.get(&t.inst.master_pid) == Some(&true));
+                out.push(unparsed::message(&describe(key), reason, n, uprobe));
             }
         }
         out

@@ -14,7 +14,8 @@ pub const FAMILY: (&str, &str) = (
     "ngxprobe_unparsed_connections_total",
     "Client connections whose bytes ngxprobe cannot parse as HTTP/1.x, by reason (tls: a TLS record, \
      http2: the HTTP/2 preface, other: not an HTTP/1.x request line); they count in nginx_connections_accepted, \
-     _handled and _active and as waiting, but their requests are not in nginx_http_requests_total",
+     _handled and _active and as waiting; their requests are in nginx_http_requests_total only for tls and http2 \
+     and only while the per-request uprobe is attached to the instance",
 );
 
 /// The slot's unparsed connections, in [`REASONS`] order.
@@ -35,17 +36,23 @@ pub fn first_seen(seen: &mut [bool; 3], counts: [u64; 3]) -> Vec<&'static str> {
     out
 }
 
-/// The log line for an instance that shows unparsed connections of `reason`.
-pub fn message(instance: &str, reason: &str, count: u64) -> String {
+/// The log line for an instance that shows unparsed connections of
+/// `reason`; `uprobe` says whether the per-request uprobe counts their
+/// requests (TLS and HTTP/2 only).
+pub fn message(instance: &str, reason: &str, count: u64, uprobe: bool) -> String {
     let what = match reason {
         "tls" => "TLS connection(s)",
         "http2" => "HTTP/2 (h2c) connection(s)",
         _ => "connection(s) whose bytes are not HTTP/1.x",
     };
+    let requests = if uprobe && reason != "other" {
+        "their requests are counted from the uprobe in nginx"
+    } else {
+        "their requests are not counted in nginx_http_requests_total"
+    };
     format!(
-        "nginx instance {instance}: {count} {what} so far; ngxprobe does not parse them: their requests are \
-         not counted in nginx_http_requests_total and they show as waiting \
-         (ngxprobe_unparsed_connections_total{{reason=\"{reason}\"}} counts them)"
+        "nginx instance {instance}: {count} {what} so far; ngxprobe does not parse them: {requests} and they \
+         show as waiting (ngxprobe_unparsed_connections_total{{reason=\"{reason}\"}} counts them)"
     )
 }
 
@@ -72,6 +79,8 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(by_reason(&t), [1, 2, 3]);
-        assert!(message("\"/etc/nginx/nginx.conf\"", "tls", 1).contains("reason=\"tls\""));
+        assert!(message("\"/etc/nginx/nginx.conf\"", "tls", 1, false).contains("reason=\"tls\""));
+        assert!(message("x", "tls", 1, true).contains("counted from the uprobe"));
+        assert!(message("x", "other", 1, true).contains("not counted"));
     }
 }

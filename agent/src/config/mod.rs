@@ -43,6 +43,8 @@ pub struct Config {
     pub log: LogConfig,
     pub discovery: DiscoveryConfig,
     pub ebpf: EbpfConfig,
+    /// Per-request RED metrics from the uprobe on nginx (collect stage).
+    pub per_request: crate::collect::requests::PerRequestConfig,
     /// Extra constant labels added to every nginx_* sample.
     pub labels: BTreeMap<LabelName, String>,
     /// The embedded time-series store (store stage).

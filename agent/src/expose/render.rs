@@ -98,7 +98,9 @@ fn group_families(families: &[Family]) -> Vec<Group<'_>> {
         }
         // Stable sort: among duplicates the first one pushed is kept.
         group.samples.sort_by(|a, b| a.labels.cmp(&b.labels));
-        group.samples.dedup_by(|later, first| later.labels == first.labels);
+        group
+            .samples
+            .dedup_by(|later, first| later.labels == first.labels && later.suffix == first.suffix);
     }
     out.retain(|g| !g.samples.is_empty());
     out
@@ -235,6 +237,33 @@ mod tests {
         );
         families.insert(3, build);
         families
+    }
+
+    #[test]
+    fn histograms_render_buckets_in_order_with_sum_and_count() {
+        let mut f = Family::new("req_seconds", "Request time", MetricType::Histogram);
+        let l = |v: &str| vec![("code".to_string(), v.to_string())];
+        f.push_histogram(l("500"), &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[1, 0, 1], 2.5));
+        f.push_histogram(l("200"), &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[3, 1, 0], 0.75));
+        let text = render_text(&[f.clone()]);
+        let want = "# HELP req_seconds Request time\n# TYPE req_seconds histogram\n\
+req_seconds_bucket{code=\"200\",le=\"0.1\"} 3\n\
+req_seconds_bucket{code=\"200\",le=\"1\"} 4\n\
+req_seconds_bucket{code=\"200\",le=\"+Inf\"} 4\n\
+req_seconds_sum{code=\"200\"} 0.75\n\
+req_seconds_count{code=\"200\"} 4\n\
+req_seconds_bucket{code=\"500\",le=\"0.1\"} 1\n\
+req_seconds_bucket{code=\"500\",le=\"1\"} 1\n\
+req_seconds_bucket{code=\"500\",le=\"+Inf\"} 2\n\
+req_seconds_sum{code=\"500\"} 2.5\n\
+req_seconds_count{code=\"500\"} 2\n";
+        assert_eq!(text, want);
+        let om = render_openmetrics(&[f]);
+        assert!(
+            om.contains("# TYPE req_seconds histogram\n") && om.ends_with("# EOF\n"),
+            "{om}"
+        );
+        assert!(om.contains("req_seconds_count{code=\"500\"} 2.0\n"), "{om}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub enum ProbeError {
         kernel: String,
         reason: String,
     },
-    #[error("attaching eBPF program {program} to tracepoint {tracepoint} on kernel {kernel}: {reason}")]
+    #[error("attaching eBPF program {program} to {tracepoint} on kernel {kernel}: {reason}")]
     Attach {
         program: String,
         tracepoint: String,
@@ -73,7 +73,17 @@ pub fn from_program_error(program: &str, e: ProgramError) -> ProbeError {
 pub fn attach_error(program: &str, tracepoint: &str, e: ProgramError) -> ProbeError {
     ProbeError::Attach {
         program: program.to_string(),
-        tracepoint: tracepoint.to_string(),
+        tracepoint: format!("tracepoint {tracepoint}"),
+        kernel: kernel_release(),
+        reason: e.to_string(),
+    }
+}
+
+/// A uprobe that could not be attached to `target` (an executable and symbol).
+pub fn uprobe_attach_error(program: &str, target: &str, e: ProgramError) -> ProbeError {
+    ProbeError::Attach {
+        program: program.to_string(),
+        tracepoint: format!("uprobe {target}"),
         kernel: kernel_release(),
         reason: e.to_string(),
     }

@@ -4,6 +4,8 @@ mod btf_offsets;
 mod config;
 mod load_error;
 mod tcp_health;
+mod nginx_build;
+mod request_probe;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -18,6 +20,7 @@ use aya::{
 pub use config::EbpfConfig;
 pub use load_error::ProbeError;
 pub use tcp_health::kernel_hz;
+pub use nginx_build::{BuildError, BuildId, KnownBuild, identify as identify_nginx_build};
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ngxprobe"));
@@ -84,6 +87,8 @@ pub struct Probe {
     pub offsets: KernelOffsets,
     /// The attached programs: PROGRAMS, or FLOOR_PROGRAMS in floor mode.
     programs: &'static [(&'static str, &'static str)],
+    /// The per-request uprobe's maps and links (request_probe.rs).
+    requests: request_probe::RequestMaps,
 }
 
 impl Probe {
@@ -133,6 +138,7 @@ impl Probe {
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
         let tcp = tcp_health::TcpMaps::take(&mut ebpf)?;
         let ncpus = nr_cpus().map_err(|(what, e)| ProbeError::Map("STATS", format!("{what}: {e}")))?;
+        let requests = request_probe::RequestMaps::take(&mut ebpf)?;
         Ok(Probe {
             ebpf,
             listeners,
@@ -145,6 +151,7 @@ impl Probe {
             max_seeds: max_seeds.max(16),
             offsets,
             programs,
+            requests,
         })
     }
 

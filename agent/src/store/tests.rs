@@ -822,3 +822,17 @@ fn ingest_histogram_stores_bucket_sum_and_count() {
     // The same scrape again a second later: no new series.
     assert_eq!(s.ingest(&[f], 2000).new_series, 0);
 }
+
+#[test]
+fn histograms_are_stored_as_bucket_sum_and_count_series() {
+    let d = TempDir::new("histogram");
+    let s = Store::open(&cfg(&d.0)).unwrap();
+    let mut f = Family::new("req_seconds", "Request time", MetricType::Histogram);
+    f.push_histogram(vec![("code".into(), "200".into())], &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[3, 1, 0], 0.75));
+    let r = s.ingest(&[f], 1000);
+    assert_eq!((r.appended, r.new_series), (5, 5));
+    assert_eq!(all(&s, "req_seconds_bucket").len(), 3);
+    assert_eq!(all(&s, "req_seconds_sum")[0].samples, vec![(1000, 0.75)]);
+    assert_eq!(all(&s, "req_seconds_count")[0].samples, vec![(1000, 4.0)]);
+    assert_eq!(s.metadata(Some("req_seconds"))[0].1.kind, MetricKind::Histogram);
+}

@@ -1,0 +1,152 @@
+//! Types shared by the per-request uprobe on nginx's `ngx_http_free_request`
+//! (agent-ebpf/src/request_uprobe.rs) and the agent.
+//!
+//! nginx's structs have no stable ABI: the offsets below are selected in user
+//! space per binary (nginx version, architecture, NGX_MODULE_SIGNATURE) and
+//! handed to the program through the REQ_OFFSETS map, indexed by the uprobe's
+//! attach cookie (one entry per distinct nginx executable).
+
+/// Distinct nginx executables with an attached uprobe.
+pub const MAX_NGINX_BINARIES: u32 = 16;
+
+/// nginx's `NGX_HTTP_REQUEST_SIGNATURE` ("HTTP" as a little-endian u32),
+/// the first field of every `ngx_http_request_t`.
+pub const NGX_HTTP_REQUEST_SIGNATURE: u32 = 0x5054_5448;
+
+/// Bytes of the answering server block's first `server_name` kept in a record.
+pub const SERVER_NAME_MAX: usize = 48;
+
+/// `RequestRecord::flags`: the request came over TLS (`r->connection->ssl`).
+pub const REQ_FLAG_SSL: u32 = 1;
+/// `RequestRecord::flags`: the request is an HTTP/2 stream (`r->stream`).
+pub const REQ_FLAG_HTTP2: u32 = 2;
+
+/// Byte offsets into nginx's structs for one nginx build. All are offsets
+/// from the start of the named struct; `cached_time_from_fn` is the distance
+/// from `ngx_http_free_request` to the exported global `ngx_cached_time`
+/// (a `ngx_time_t *`) in the executable's virtual addresses, so the program
+/// finds the global from the probed instruction's address without knowing
+/// where the process was loaded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NginxOffsets {
+    pub cached_time_from_fn: i64,
+    /// Distance from `ngx_http_free_request` to the exported module
+    /// `ngx_http_core_module` (its first field, `ctx_index`, indexes srv_conf).
+    pub core_module_from_fn: i64,
+    /// ngx_http_request_t
+    pub req_connection: u32,
+    pub req_pool: u32,
+    pub req_status: u32,
+    pub req_err_status: u32,
+    pub req_method: u32,
+    pub req_http_version: u32,
+    pub req_request_length: u32,
+    pub req_start_sec: u32,
+    pub req_start_msec: u32,
+    pub req_stream: u32,
+    /// `header_size`: bytes of the response header nginx sent.
+    pub req_header_size: u32,
+    /// Byte holding the `logged` bit, and the bit's mask in it.
+    pub req_logged_byte: u32,
+    pub req_logged_mask: u32,
+    /// ngx_connection_t
+    pub conn_sent: u32,
+    pub conn_ssl: u32,
+    pub conn_local_sockaddr: u32,
+    /// ngx_time_t
+    pub time_sec: u32,
+    pub time_msec: u32,
+    /// Non-zero once user space filled the entry in.
+    pub valid: u32,
+    /// `r->srv_conf` (void **), and `server_name` (ngx_str_t) in
+    /// ngx_http_core_srv_conf_t.
+    pub req_srv_conf: u32,
+    pub cscf_server_name: u32,
+    /// Non-zero: copy the server block's name into each record.
+    pub want_server_name: u32,
+}
+
+/// One request nginx finished, as the uprobe saw it at `ngx_http_free_request`
+/// (after the status is final, just before nginx writes its access log line).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// Process (tgid) of the nginx worker that served it.
+    pub tgid: u32,
+    /// The status nginx logs as `$status` (err_status, else headers_out.status).
+    pub status: u32,
+    /// nginx's method bit (`NGX_HTTP_GET` = 2, ...; 1 = unknown method).
+    pub method: u32,
+    /// nginx's `http_version`: 9 (HTTP/0.9), 1000, 1001, 2000.
+    pub http_version: u32,
+    /// REQ_FLAG_* bits.
+    pub flags: u32,
+    /// Local port of the connection, host order (0 if not an inet socket).
+    pub port: u16,
+    pub _pad: u16,
+    /// `$request_time` in milliseconds (nginx's cached clock minus the start).
+    pub duration_ms: u64,
+    /// `$request_length`: request line, headers and body bytes received.
+    pub request_length: u64,
+    /// `$bytes_sent`: bytes sent to the client (headers and body).
+    pub bytes_sent: u64,
+    /// `$body_bytes_sent`: `bytes_sent` minus the response header.
+    pub body_bytes_sent: u64,
+    /// Length of the server block's first `server_name` (0: not read); the
+    /// first SERVER_NAME_MAX bytes are in `server_name`.
+    pub server_name_len: u32,
+    pub _pad2: u32,
+    pub server_name: [u8; SERVER_NAME_MAX],
+}
+
+impl Default for RequestRecord {
+    fn default() -> Self {
+        RequestRecord {
+            tgid: 0,
+            status: 0,
+            method: 0,
+            http_version: 0,
+            flags: 0,
+            port: 0,
+            _pad: 0,
+            duration_ms: 0,
+            request_length: 0,
+            bytes_sent: 0,
+            body_bytes_sent: 0,
+            server_name_len: 0,
+            _pad2: 0,
+            server_name: [0; SERVER_NAME_MAX],
+        }
+    }
+}
+
+/// Per-CPU counters of one attached binary (REQ_STATS, indexed like REQ_OFFSETS).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestProbeStats {
+    /// Records written to the ring buffer.
+    pub records: u64,
+    /// Requests lost because the ring buffer was full.
+    pub ring_full: u64,
+    /// Calls whose request did not carry nginx's "HTTP" signature at the
+    /// configured offset: the offsets do not fit this binary.
+    pub signature_mismatch: u64,
+    /// Calls for a request nginx does not log here (already logged or a
+    /// fake request nginx makes internally, e.g. for ssl_certificate).
+    pub not_logged: u64,
+    /// Calls whose nginx memory could not be read.
+    pub read_errors: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all types are #[repr(C)], Copy, with explicit padding and no pointers.
+    unsafe impl aya::Pod for super::NginxOffsets {}
+    unsafe impl aya::Pod for super::RequestRecord {}
+    unsafe impl aya::Pod for super::RequestProbeStats {}
+}
+
+const _: () = assert!(core::mem::size_of::<NginxOffsets>() == 104);
+const _: () = assert!(core::mem::size_of::<RequestRecord>() == 112);
+const _: () = assert!(core::mem::size_of::<RequestProbeStats>() == 40);

@@ -1,0 +1,211 @@
+//! Per-request records from an entry uprobe on nginx's
+//! `ngx_http_free_request(ngx_http_request_t *r, ngx_int_t rc)`.
+//!
+//! nginx calls it once per request (HTTP/1.x, TLS, HTTP/2 streams) when the
+//! status is final, right before it writes the access log line. The program
+//! reads what `$status $request_method $server_protocol $request_time
+//! $request_length $bytes_sent $scheme $server_port` would show and emits one
+//! fixed-size record into the REQUESTS ring buffer; user space aggregates.
+//!
+//! Offsets come from REQ_OFFSETS, indexed by the attach cookie (one entry per
+//! nginx executable, chosen in user space for that build). A request whose
+//! first field is not nginx's "HTTP" signature is counted and dropped: the
+//! offsets do not fit and user space detaches.
+use agent_common::{
+    MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_SSL, RequestProbeStats,
+    RequestRecord,
+};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_get_attach_cookie,
+    },
+    macros::{map, uprobe},
+    maps::{Array, PerCpuArray, RingBuf},
+    programs::ProbeContext,
+};
+
+/// 4 MiB: ~87,000 records between two drains by user space.
+#[map]
+static REQUESTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+#[map]
+static REQ_OFFSETS: Array<NginxOffsets> = Array::with_max_entries(MAX_NGINX_BINARIES, 0);
+
+#[map]
+static REQ_STATS: PerCpuArray<RequestProbeStats> = PerCpuArray::with_max_entries(MAX_NGINX_BINARIES, 0);
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[inline(always)]
+fn read<T>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_user checks the address; a bad one is an error.
+    unsafe { bpf_probe_read_user((base + u64::from(off)) as *const T) }.ok()
+}
+
+#[uprobe]
+pub fn ngx_free_request(ctx: ProbeContext) -> u32 {
+    // SAFETY: the helper only reads the link's cookie.
+    let idx = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let Some(st) = REQ_STATS.get_ptr_mut(idx) else {
+        return 0;
+    };
+    let Some(off) = REQ_OFFSETS.get(idx).copied() else {
+        return 0;
+    };
+    if off.valid == 0 {
+        return 0;
+    }
+    let r: u64 = ctx.arg(0).unwrap_or(0);
+    let rc: i64 = ctx.arg(1).unwrap_or(0);
+    // SAFETY: `st` points into this CPU's map value; uprobes do not nest on a CPU.
+    let st = unsafe { &mut *st };
+    match fill(&ctx, &off, r, rc) {
+        Outcome::Record(rec) => match REQUESTS.output::<RequestRecord>(&rec, 0) {
+            Ok(()) => st.records += 1,
+            Err(_) => st.ring_full += 1,
+        },
+        Outcome::Mismatch => st.signature_mismatch += 1,
+        Outcome::NotLogged => st.not_logged += 1,
+        Outcome::ReadError => st.read_errors += 1,
+    }
+    0
+}
+
+enum Outcome {
+    Record(RequestRecord),
+    Mismatch,
+    NotLogged,
+    ReadError,
+}
+
+#[inline(always)]
+fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
+    let Some(sig) = read::<u32>(r, 0) else {
+        return Outcome::ReadError;
+    };
+    if sig != NGX_HTTP_REQUEST_SIGNATURE {
+        return Outcome::Mismatch;
+    }
+    let (Some(logged), Some(pool)) = (read::<u8>(r, off.req_logged_byte), read::<u64>(r, off.req_pool)) else {
+        return Outcome::ReadError;
+    };
+    // Already logged (nginx skips its log line), a fake request, or freed twice.
+    if u32::from(logged) & off.req_logged_mask != 0 || pool == 0 {
+        return Outcome::NotLogged;
+    }
+    let Some(c) = read::<u64>(r, off.req_connection) else {
+        return Outcome::ReadError;
+    };
+    let (Some(mut status), Some(err_status), Some(sent)) = (
+        read::<u64>(r, off.req_status),
+        read::<u64>(r, off.req_err_status),
+        read::<i64>(c, off.conn_sent),
+    ) else {
+        return Outcome::ReadError;
+    };
+    // What ngx_http_free_request does next, before logging.
+    if rc > 0 && (status == 0 || sent == 0) {
+        status = rc as u64;
+    }
+    if err_status != 0 {
+        status = err_status;
+    }
+    let (
+        Some(method),
+        Some(version),
+        Some(req_len),
+        Some(start_sec),
+        Some(start_msec),
+        Some(stream),
+        Some(ssl),
+        Some(header_size),
+    ) = (
+        read::<u64>(r, off.req_method),
+        read::<u64>(r, off.req_http_version),
+        read::<i64>(r, off.req_request_length),
+        read::<i64>(r, off.req_start_sec),
+        read::<u64>(r, off.req_start_msec),
+        read::<u64>(r, off.req_stream),
+        read::<u64>(c, off.conn_ssl),
+        read::<u64>(r, off.req_header_size),
+    )
+    else {
+        return Outcome::ReadError;
+    };
+    // ngx_cached_time, found from the probed instruction's address.
+    // SAFETY: the context is the uprobe's pt_regs.
+    let ip = unsafe { (*ctx.regs).rip };
+    let cached_ptr = (ip as i64).wrapping_add(off.cached_time_from_fn) as u64;
+    let Some(tp) = read::<u64>(cached_ptr, 0) else {
+        return Outcome::ReadError;
+    };
+    let (Some(now_sec), Some(now_msec)) = (read::<i64>(tp, off.time_sec), read::<u64>(tp, off.time_msec)) else {
+        return Outcome::ReadError;
+    };
+    // As ngx_http_log_request_time computes $request_time.
+    let ms = (now_sec - start_sec) * 1000 + (now_msec as i64 - start_msec as i64);
+    let mut port = 0u16;
+    if let Some(sa) = read::<u64>(c, off.conn_local_sockaddr)
+        && sa != 0
+        && let Some(family) = read::<u16>(sa, 0)
+        && (family == AF_INET || family == AF_INET6)
+        && let Some(p) = read::<u16>(sa, 2)
+    {
+        port = u16::from_be(p);
+    }
+    let mut rec = RequestRecord::default();
+    if off.want_server_name != 0 {
+        server_name(&mut rec, off, ip, r);
+    }
+    let mut flags = 0;
+    if ssl != 0 {
+        flags |= REQ_FLAG_SSL;
+    }
+    if stream != 0 {
+        flags |= REQ_FLAG_HTTP2;
+    }
+    rec.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    rec.status = status as u32;
+    rec.method = method as u32;
+    rec.http_version = version as u32;
+    rec.flags = flags;
+    rec.port = port;
+    rec.duration_ms = ms.max(0) as u64;
+    rec.request_length = req_len.max(0) as u64;
+    rec.bytes_sent = sent.max(0) as u64;
+    // As ngx_http_variable_body_bytes_sent computes it.
+    rec.body_bytes_sent = (sent - header_size as i64).max(0) as u64;
+    Outcome::Record(rec)
+}
+
+/// The answering server block's first `server_name`:
+/// r->srv_conf[ngx_http_core_module.ctx_index]->server_name. Left empty
+/// (length 0) if anything cannot be read.
+#[inline(always)]
+fn server_name(rec: &mut RequestRecord, off: &NginxOffsets, ip: u64, r: u64) {
+    let module = (ip as i64).wrapping_add(off.core_module_from_fn) as u64;
+    let (Some(ctx_index), Some(srv_conf)) = (read::<u64>(module, 0), read::<u64>(r, off.req_srv_conf)) else {
+        return;
+    };
+    if ctx_index >= 256 || srv_conf == 0 {
+        return;
+    }
+    let Some(cscf) = read::<u64>(srv_conf + ctx_index * 8, 0) else {
+        return;
+    };
+    let (Some(len), Some(data)) = (
+        read::<u64>(cscf, off.cscf_server_name),
+        read::<u64>(cscf, off.cscf_server_name + 8),
+    ) else {
+        return;
+    };
+    if len == 0 || data == 0 {
+        return;
+    }
+    // SAFETY: the helper checks the address; a failed read leaves len 0.
+    if unsafe { bpf_probe_read_user_buf(data as *const u8, &mut rec.server_name) }.is_ok() {
+        rec.server_name_len = len.min(u64::from(u32::MAX)) as u32;
+    }
+}

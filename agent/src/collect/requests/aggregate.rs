@@ -1,0 +1,381 @@
+//! Aggregates request records into per-instance histograms, with a bounded
+//! number of label sets per instance.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    path::PathBuf,
+};
+
+use agent_common::{REQ_FLAG_HTTP2, REQ_FLAG_SSL, RequestRecord};
+
+use super::config::PerRequestConfig;
+use crate::discover::InstanceKey;
+
+/// Label value for a method or status not kept as its own value.
+pub const OTHER: &str = "_OTHER";
+
+/// One label set of the http_server_* families (instance labels aside).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    pub method: &'static str,
+    /// None: folded (`_OTHER`).
+    pub status: Option<u16>,
+    pub version: &'static str,
+    pub scheme: &'static str,
+    pub port: u16,
+    /// The answering server block's name; None when the label is off.
+    pub server_name: Option<String>,
+}
+
+impl SeriesKey {
+    /// The labels, OpenTelemetry's names as Prometheus exports them.
+    pub fn labels(&self) -> Vec<(&'static str, String)> {
+        let mut l = vec![
+            ("http_request_method", self.method.to_string()),
+            (
+                "http_response_status_code",
+                self.status.map_or_else(|| OTHER.to_string(), |s| s.to_string()),
+            ),
+            ("network_protocol_version", self.version.to_string()),
+            ("url_scheme", self.scheme.to_string()),
+            ("server_port", self.port.to_string()),
+        ];
+        if let Some(name) = &self.server_name {
+            l.push(("server_name", name.clone()));
+        }
+        l
+    }
+}
+
+/// Observations per bucket (the last one is +Inf) and their sum, in the
+/// record's integer unit (ms or bytes) so sums do not drift.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Hist {
+    pub counts: Vec<u64>,
+    pub sum: u64,
+}
+
+impl Hist {
+    fn new(bounds: usize) -> Self {
+        Hist {
+            counts: vec![0; bounds + 1],
+            sum: 0,
+        }
+    }
+
+    /// `value` in the bounds' unit goes in the first bucket whose bound is >= it.
+    fn observe(&mut self, bounds: &[f64], value: f64, raw: u64) {
+        let i = bounds.partition_point(|b| *b < value);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum = self.sum.saturating_add(raw);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesStats {
+    /// Milliseconds (nginx's resolution).
+    pub duration: Hist,
+    pub request_size: Hist,
+    pub response_size: Hist,
+}
+
+/// One instance's requests since the agent started watching it.
+#[derive(Clone, Debug, Default)]
+pub struct InstanceRequests {
+    pub series: BTreeMap<SeriesKey, SeriesStats>,
+    /// Requests whose label set was beyond the cap, counted under `_OTHER`.
+    pub folded: u64,
+    /// Requests over TLS or HTTP/2: the socket probes do not parse those
+    /// connections, so these are the requests they leave out.
+    pub unparsed_conn_requests: u64,
+}
+
+/// nginx's method bits (ngx_http_request.h) → OpenTelemetry's known methods.
+fn method_name(bit: u32) -> &'static str {
+    match bit {
+        0x2 => "GET",
+        0x4 => "HEAD",
+        0x8 => "POST",
+        0x10 => "PUT",
+        0x20 => "DELETE",
+        0x200 => "OPTIONS",
+        0x4000 => "PATCH",
+        0x8000 => "TRACE",
+        0x1_0000 => "CONNECT",
+        _ => OTHER,
+    }
+}
+
+/// nginx's http_version → network.protocol.version.
+fn version_name(v: u32) -> &'static str {
+    match v {
+        9 => "0.9",
+        1000 => "1.0",
+        1001 => "1.1",
+        2000 => "2",
+        3000 => "3",
+        _ => OTHER,
+    }
+}
+
+pub struct Aggregator {
+    duration_bounds_ms: Vec<f64>,
+    size_bounds: Vec<f64>,
+    max_series: usize,
+    server_name_label: bool,
+    proc_root: PathBuf,
+    instances: HashMap<InstanceKey, InstanceRequests>,
+    /// nginx processes (masters and workers) → their instance.
+    pids: HashMap<u32, InstanceKey>,
+    /// Processes looked up in /proc and found to be no tracked instance's.
+    strangers: HashSet<u32>,
+    /// Records from processes of no tracked instance.
+    pub unattributed: u64,
+}
+
+impl Aggregator {
+    pub fn new(cfg: &PerRequestConfig, proc_root: PathBuf) -> Self {
+        Aggregator {
+            duration_bounds_ms: cfg.duration_buckets.iter().map(|s| s * 1000.0).collect(),
+            size_bounds: cfg.size_buckets.clone(),
+            max_series: cfg.max_series_per_instance as usize,
+            server_name_label: cfg.server_name_label,
+            proc_root,
+            instances: HashMap::new(),
+            pids: HashMap::new(),
+            strangers: HashSet::new(),
+            unattributed: 0,
+        }
+    }
+
+    /// The processes of tracked instances, after each discovery scan.
+    pub fn set_pids(&mut self, pids: HashMap<u32, InstanceKey>) {
+        self.pids = pids;
+        self.strangers.clear();
+    }
+
+    /// Drops a forgotten instance's series.
+    pub fn forget(&mut self, key: &InstanceKey) {
+        self.instances.remove(key);
+    }
+
+    pub fn instance(&self, key: &InstanceKey) -> Option<&InstanceRequests> {
+        self.instances.get(key)
+    }
+
+    /// The instance of process `tgid`: known from the last scan, or a worker
+    /// started since (after a reload) whose parent is a known master.
+    fn owner(&mut self, tgid: u32) -> Option<InstanceKey> {
+        if let Some(k) = self.pids.get(&tgid) {
+            return Some(k.clone());
+        }
+        if self.strangers.contains(&tgid) {
+            return None;
+        }
+        let parent = std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("stat"))
+            .ok()
+            .and_then(|s| parent_pid(&s));
+        match parent.and_then(|p| self.pids.get(&p)).cloned() {
+            Some(k) => {
+                self.pids.insert(tgid, k.clone());
+                Some(k)
+            }
+            None => {
+                self.strangers.insert(tgid);
+                None
+            }
+        }
+    }
+
+    pub fn record(&mut self, rec: &RequestRecord) {
+        let Some(inst) = self.owner(rec.tgid) else {
+            self.unattributed += 1;
+            return;
+        };
+        // nginx logs an HTTP/0.9 request without a status as 009.
+        let status = if rec.status == 0 && rec.http_version == 9 {
+            9
+        } else {
+            rec.status
+        };
+        let mut key = SeriesKey {
+            method: method_name(rec.method),
+            status: u16::try_from(status).ok().filter(|s| *s < 1000),
+            version: version_name(rec.http_version),
+            scheme: if rec.flags & REQ_FLAG_SSL != 0 { "https" } else { "http" },
+            port: rec.port,
+            server_name: self.server_name_label.then(|| server_name_of(rec)),
+        };
+        let n_durations = self.duration_bounds_ms.len();
+        let n_sizes = self.size_bounds.len();
+        let entry = self.instances.entry(inst).or_default();
+        if rec.flags & (REQ_FLAG_SSL | REQ_FLAG_HTTP2) != 0 {
+            entry.unparsed_conn_requests += 1;
+        }
+        if !entry.series.contains_key(&key) && entry.series.len() >= self.max_series {
+            entry.folded += 1;
+            key.method = OTHER;
+            key.status = None;
+        }
+        let s = entry.series.entry(key).or_insert_with(|| SeriesStats {
+            duration: Hist::new(n_durations),
+            request_size: Hist::new(n_sizes),
+            response_size: Hist::new(n_sizes),
+        });
+        s.duration
+            .observe(&self.duration_bounds_ms, rec.duration_ms as f64, rec.duration_ms);
+        s.request_size
+            .observe(&self.size_bounds, rec.request_length as f64, rec.request_length);
+        s.response_size
+            .observe(&self.size_bounds, rec.body_bytes_sent as f64, rec.body_bytes_sent);
+    }
+}
+
+/// The record's server name as a label value: nginx lowercases names at
+/// config time; bytes that are not UTF-8 are replaced, a name longer than
+/// the record holds ends in "...", an unreadable one is "".
+fn server_name_of(rec: &RequestRecord) -> String {
+    let len = rec.server_name_len as usize;
+    let kept = len.min(rec.server_name.len());
+    let mut s = String::from_utf8_lossy(&rec.server_name[..kept]).into_owned();
+    if len > kept {
+        s.push_str("...");
+    }
+    s
+}
+
+/// Field 4 of /proc/PID/stat (after the parenthesised command, which may
+/// itself contain spaces and parentheses).
+fn parent_pid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(conf: &str) -> InstanceKey {
+        InstanceKey {
+            netns: 1,
+            conf_path: conf.into(),
+            container_id: None,
+        }
+    }
+
+    fn rec(tgid: u32, status: u32, ms: u64) -> RequestRecord {
+        RequestRecord {
+            tgid,
+            status,
+            method: 2,
+            http_version: 1001,
+            flags: 0,
+            port: 8080,
+            duration_ms: ms,
+            request_length: 100,
+            bytes_sent: 300,
+            body_bytes_sent: 200,
+            ..Default::default()
+        }
+    }
+
+    fn agg(cap: u32) -> Aggregator {
+        let cfg = PerRequestConfig {
+            max_series_per_instance: cap,
+            ..Default::default()
+        };
+        let mut a = Aggregator::new(&cfg, PathBuf::from("/nonexistent-proc"));
+        a.set_pids(HashMap::from([(10, key("/a")), (11, key("/a"))]));
+        a
+    }
+
+    #[test]
+    fn buckets_are_upper_inclusive_in_ms() {
+        let mut a = agg(10);
+        for ms in [0, 1, 2, 1000, 99_999] {
+            a.record(&rec(10, 200, ms));
+        }
+        let i = a.instance(&key("/a")).unwrap();
+        let s = i.series.values().next().unwrap();
+        // bounds 0.5ms, 1ms, 2.5ms, ... 10s, +Inf
+        assert_eq!(s.duration.counts[0], 1);
+        assert_eq!(s.duration.counts[1], 1);
+        assert_eq!(s.duration.counts[2], 1);
+        assert_eq!(s.duration.counts[10], 1);
+        assert_eq!(s.duration.counts[14], 1);
+        assert_eq!(s.duration.sum, 101_002);
+        assert_eq!(s.response_size.sum, 1000);
+    }
+
+    #[test]
+    fn label_sets_beyond_the_cap_fold_and_are_counted() {
+        let mut a = agg(3);
+        for status in 200..210 {
+            a.record(&rec(11, status, 1));
+        }
+        let i = a.instance(&key("/a")).unwrap();
+        assert_eq!(i.folded, 7);
+        assert_eq!(i.series.len(), 4);
+        let other = i.series.iter().find(|(k, _)| k.status.is_none()).unwrap();
+        assert!(other.0.labels().iter().all(|(n, _)| *n != "server_name"));
+        assert_eq!((other.0.method, other.1.duration.count()), (OTHER, 7));
+        // A kept label set still gets its own series.
+        a.record(&rec(10, 200, 1));
+        assert_eq!(a.instance(&key("/a")).unwrap().folded, 7);
+    }
+
+    #[test]
+    fn unknown_processes_are_not_attributed_and_tls_h2_counted() {
+        let mut a = agg(10);
+        a.record(&rec(99, 200, 1));
+        assert_eq!(a.unattributed, 1);
+        let mut r = rec(10, 200, 1);
+        r.flags = REQ_FLAG_SSL;
+        a.record(&r);
+        r.flags = REQ_FLAG_HTTP2;
+        r.http_version = 2000;
+        a.record(&r);
+        a.record(&rec(10, 200, 1));
+        let i = a.instance(&key("/a")).unwrap();
+        assert_eq!(i.unparsed_conn_requests, 2);
+        let versions: Vec<_> = i.series.keys().map(|k| (k.version, k.scheme)).collect();
+        assert!(versions.contains(&("2", "http")) && versions.contains(&("1.1", "https")));
+    }
+
+    #[test]
+    fn server_name_label_comes_from_the_record() {
+        let cfg = PerRequestConfig {
+            server_name_label: true,
+            ..Default::default()
+        };
+        let mut a = Aggregator::new(&cfg, PathBuf::from("/nonexistent-proc"));
+        a.set_pids(HashMap::from([(10, key("/a"))]));
+        let mut r = rec(10, 200, 1);
+        r.server_name[..4].copy_from_slice(b"main");
+        r.server_name_len = 4;
+        a.record(&r);
+        r.server_name_len = 100;
+        r.server_name = [b'x'; agent_common::SERVER_NAME_MAX];
+        a.record(&r);
+        let names: Vec<String> = a
+            .instance(&key("/a"))
+            .unwrap()
+            .series
+            .keys()
+            .filter_map(|k| k.server_name.clone())
+            .collect();
+        assert_eq!(names, vec!["main".to_string(), format!("{}...", "x".repeat(48))]);
+    }
+
+    #[test]
+    fn parent_pid_survives_odd_command_names() {
+        assert_eq!(parent_pid("123 (nginx: worker) S 42 123 123 0"), Some(42));
+        assert_eq!(parent_pid("1 (a) b) c) S 7 1"), Some(7));
+        assert_eq!(parent_pid("garbage"), None);
+    }
+}

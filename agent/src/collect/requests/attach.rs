@@ -1,0 +1,146 @@
+//! Which nginx executables carry the request uprobe: one attachment per
+//! file (every process running it fires it), only for files a tracked
+//! instance runs, only for builds whose offsets are known, and detached when
+//! the first requests show the offsets do not fit or no instance runs the
+//! file any more.
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+};
+
+use crate::probe::{BuildError, Probe, identify_nginx_build};
+
+/// Values of `reason` on ngxprobe_uprobe_attach_refused_total.
+pub const REFUSAL_REASONS: [&str; 3] = ["unknown_build", "signature_mismatch", "attach_failed"];
+
+enum State {
+    Attached { idx: u32 },
+    Refused,
+}
+
+struct Binary {
+    state: State,
+    shown: String,
+}
+
+/// What one reconcile did, for the log.
+#[derive(Debug, Default)]
+pub struct AttachNews {
+    pub attached: Vec<String>,
+    pub refused: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct Attachments {
+    /// (device, inode) of an executable → its attachment.
+    files: HashMap<(u64, u64), Binary>,
+    /// Executables refused, by reason.
+    pub refused: BTreeMap<&'static str, u64>,
+    /// Counters of attachments already detached (ring_full, read_errors).
+    pub retired_ring_full: u64,
+    pub retired_read_errors: u64,
+}
+
+impl Attachments {
+    /// Makes the attachments follow `running`: (master pid, executable as
+    /// /proc shows it) of each running instance. Returns, per master pid,
+    /// whether its instance's executable carries the uprobe.
+    pub fn reconcile(
+        &mut self,
+        probe: &mut Probe,
+        proc_root: &std::path::Path,
+        running: &[(u32, String)],
+        want_server_name: bool,
+        news: &mut AttachNews,
+    ) -> HashMap<u32, bool> {
+        let mut used = HashMap::new();
+        let mut out = HashMap::new();
+        for (pid, exe) in running {
+            // /proc/PID/exe opens the file the process runs, in its own mount
+            // namespace (containers) and after it was replaced on disk.
+            let path: PathBuf = proc_root.join(pid.to_string()).join("exe");
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            used.insert(id, ());
+            let b = self.files.entry(id).or_insert_with(|| {
+                let shown = format!("{exe:?} (pid {pid})");
+                let state = match identify_nginx_build(&path) {
+                    Ok(mut build) => {
+                        build.offsets.want_server_name = u32::from(want_server_name);
+                        match probe.attach_request_probe(&path, &build.offsets) {
+                            Ok(idx) => {
+                                news.attached.push(format!(
+                                    "per-request metrics: uprobe on ngx_http_free_request attached to {shown}, {}",
+                                    build.id
+                                ));
+                                State::Attached { idx }
+                            }
+                            Err(e) => {
+                                *self.refused.entry("attach_failed").or_default() += 1;
+                                news.refused.push(format!("per-request metrics off for {shown}: {e}"));
+                                State::Refused
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        *self.refused.entry("unknown_build").or_default() += 1;
+                        let why = match e {
+                            BuildError::Unknown { id, .. } => format!(
+                                "unknown nginx build ({id}): its struct offsets are not known, so no uprobe \
+                                 (requests on its TLS/HTTP/2 connections stay uncounted)"
+                            ),
+                            other => other.to_string(),
+                        };
+                        news.refused.push(format!("per-request metrics off for {shown}: {why}"));
+                        State::Refused
+                    }
+                };
+                Binary { state, shown }
+            });
+            // The program drops requests without nginx's signature at the
+            // offset it was given: the table does not fit this binary.
+            if let State::Attached { idx } = b.state
+                && let Ok(st) = probe.request_probe_stats(idx)
+                && st.signature_mismatch > 0
+            {
+                self.retired_ring_full += st.ring_full;
+                self.retired_read_errors += st.read_errors;
+                probe.detach_request_probe(idx);
+                b.state = State::Refused;
+                *self.refused.entry("signature_mismatch").or_default() += 1;
+                news.refused.push(format!(
+                    "per-request metrics off for {}: {} request(s) did not carry nginx's \"HTTP\" signature at \
+                     the expected offset; uprobe detached",
+                    b.shown, st.signature_mismatch
+                ));
+            }
+            out.insert(*pid, matches!(b.state, State::Attached { .. }));
+        }
+        let gone: Vec<(u64, u64)> = self.files.keys().filter(|k| !used.contains_key(*k)).copied().collect();
+        for id in gone {
+            if let Some(Binary {
+                state: State::Attached { idx },
+                ..
+            }) = self.files.remove(&id)
+            {
+                if let Ok(st) = probe.request_probe_stats(idx) {
+                    self.retired_ring_full += st.ring_full;
+                    self.retired_read_errors += st.read_errors;
+                }
+                probe.detach_request_probe(idx);
+            }
+        }
+        out
+    }
+
+    /// Attachment indexes in use.
+    pub fn attached(&self) -> impl Iterator<Item = u32> + '_ {
+        self.files.values().filter_map(|b| match b.state {
+            State::Attached { idx } => Some(idx),
+            State::Refused => None,
+        })
+    }
+}

@@ -1,0 +1,128 @@
+//! The per-request families: OpenTelemetry HTTP server semantic conventions
+//! as Prometheus exports them, plus ngxprobe's own accounting of the uprobe.
+use super::{PerRequest, attach::REFUSAL_REASONS};
+use crate::{
+    discover::InstanceKey,
+    metrics::{Family, HistogramValue, MetricType},
+    probe::Probe,
+};
+
+pub const DURATION: (&str, &str) = (
+    "http_server_request_duration_seconds",
+    "Duration of HTTP server requests, as nginx measures $request_time (millisecond resolution)",
+);
+pub const REQUEST_SIZE: (&str, &str) = (
+    "http_server_request_body_size_bytes",
+    "Size of HTTP server requests as nginx's $request_length: request line, headers and body",
+);
+pub const RESPONSE_SIZE: (&str, &str) = (
+    "http_server_response_body_size_bytes",
+    "Size of HTTP server response bodies, as nginx's $body_bytes_sent",
+);
+
+/// Families of one scrape, filled instance by instance.
+pub struct RequestFamilies {
+    duration: Family,
+    request_size: Family,
+    response_size: Family,
+    folded: Family,
+    attached: Family,
+}
+
+impl RequestFamilies {
+    pub fn new() -> Self {
+        RequestFamilies {
+            duration: Family::new(DURATION.0, DURATION.1, MetricType::Histogram),
+            request_size: Family::new(REQUEST_SIZE.0, REQUEST_SIZE.1, MetricType::Histogram),
+            response_size: Family::new(RESPONSE_SIZE.0, RESPONSE_SIZE.1, MetricType::Histogram),
+            folded: Family::new(
+                "ngxprobe_per_request_folded_total",
+                "Requests counted under http_request_method and http_response_status_code \"_OTHER\" because the \
+                 instance already had per_request.max_series_per_instance label sets",
+                MetricType::Counter,
+            ),
+            attached: Family::new(
+                "ngxprobe_per_request_probe_attached",
+                "1 if the uprobe on ngx_http_free_request is attached to the instance's nginx executable \
+                 (per-request metrics and TLS/HTTP/2 request counts), else 0",
+                MetricType::Gauge,
+            ),
+        }
+    }
+
+    /// Adds one running instance; returns the requests on TLS and HTTP/2
+    /// connections the uprobe counted (0 when not attached).
+    pub fn add_instance(
+        &mut self,
+        pr: &PerRequest,
+        key: &InstanceKey,
+        master_pid: u32,
+        labels: &[(String, String)],
+    ) -> u64 {
+        let attached = pr.attached.get(&master_pid).copied().unwrap_or(false);
+        self.attached
+            .push_owned(labels.to_vec(), if attached { 1.0 } else { 0.0 });
+        let agg = pr.agg.lock();
+        let Some(inst) = agg.instance(key) else {
+            if attached {
+                self.folded.push_owned(labels.to_vec(), 0.0);
+            }
+            return 0;
+        };
+        self.folded.push_owned(labels.to_vec(), inst.folded as f64);
+        let ms = pr.cfg.duration_buckets.as_slice();
+        let sizes = pr.cfg.size_buckets.as_slice();
+        for (k, s) in &inst.series {
+            let mut l = labels.to_vec();
+            l.extend(k.labels().into_iter().map(|(n, v)| (n.to_string(), v)));
+            self.duration
+                .push_histogram(l.clone(), &HistogramValue::from_bucket_counts(ms, &s.duration.counts, s.duration.sum as f64 / 1000.0));
+            self.request_size
+                .push_histogram(l.clone(), &HistogramValue::from_bucket_counts(sizes, &s.request_size.counts, s.request_size.sum as f64));
+            self.response_size
+                .push_histogram(l, &HistogramValue::from_bucket_counts(sizes, &s.response_size.counts, s.response_size.sum as f64));
+        }
+        if attached { inst.unparsed_conn_requests } else { 0 }
+    }
+
+    /// The families, with the node-wide uprobe accounting.
+    pub fn finish(self, pr: &PerRequest, probe: &Probe) -> Vec<Family> {
+        let mut refused = Family::new(
+            "ngxprobe_uprobe_attach_refused_total",
+            "nginx executables the per-request uprobe was not attached to or was detached from, by reason \
+             (unknown_build: no known struct offsets for its version and module signature; signature_mismatch: \
+             requests did not carry nginx's signature at the expected offset; attach_failed: the kernel refused)",
+            MetricType::Counter,
+        );
+        for r in REFUSAL_REASONS {
+            let n = pr.attachments.refused.get(r).copied().unwrap_or(0);
+            refused.push(&[("reason", r)], n as f64);
+        }
+        let (mut ring_full, mut read_errors) = (pr.attachments.retired_ring_full, pr.attachments.retired_read_errors);
+        for idx in pr.attachments.attached() {
+            if let Ok(st) = probe.request_probe_stats(idx) {
+                ring_full += st.ring_full;
+                read_errors += st.read_errors;
+            }
+        }
+        let mut lost = Family::new(
+            "ngxprobe_per_request_records_lost_total",
+            "Requests seen by the uprobe but missing from the http_server_* families, by reason (ring_full: the \
+             ring buffer to the agent was full; read_error: nginx's memory could not be read; unattributed: the \
+             process belongs to no tracked instance)",
+            MetricType::Counter,
+        );
+        lost.push(&[("reason", "ring_full")], ring_full as f64);
+        lost.push(&[("reason", "read_error")], read_errors as f64);
+        lost.push(&[("reason", "unattributed")], pr.agg.lock().unattributed as f64);
+        vec![
+            self.duration,
+            self.request_size,
+            self.response_size,
+            self.folded,
+            self.attached,
+            refused,
+            lost,
+        ]
+    }
+}

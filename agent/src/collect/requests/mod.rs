@@ -1,0 +1,92 @@
+//! Per-request RED metrics: records from the uprobe on nginx's
+//! ngx_http_free_request (probe stage) become OpenTelemetry-named histograms
+//! per instance. This module owns the `per_request:` config section, the
+//! ring buffer's consumer thread and the uprobe's attachments.
+mod aggregate;
+mod attach;
+mod config;
+pub(super) mod families;
+
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use agent_common::RequestRecord;
+use aya::maps::{MapData, RingBuf};
+
+pub use aggregate::Aggregator;
+pub use attach::{AttachNews, Attachments};
+pub use config::PerRequestConfig;
+
+use crate::worker::Worker;
+
+/// The aggregator shared by the consumer thread (writer) and the collector.
+#[derive(Clone)]
+pub struct SharedAggregator(Arc<Mutex<Aggregator>>);
+
+impl SharedAggregator {
+    pub fn lock(&self) -> MutexGuard<'_, Aggregator> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the consumer thread needs: the ring buffer and the aggregator.
+pub type RequestFeed = (RingBuf<MapData>, SharedAggregator);
+
+/// The collector's per-request state (present when enabled).
+pub struct PerRequest {
+    pub cfg: PerRequestConfig,
+    pub agg: SharedAggregator,
+    pub attachments: Attachments,
+    /// Master pid → whether its executable carries the uprobe (last scan).
+    pub attached: HashMap<u32, bool>,
+}
+
+impl PerRequest {
+    pub fn new(cfg: PerRequestConfig, proc_root: std::path::PathBuf) -> Self {
+        let agg = SharedAggregator(Arc::new(Mutex::new(Aggregator::new(&cfg, proc_root))));
+        PerRequest {
+            cfg,
+            agg,
+            attachments: Attachments::default(),
+            attached: HashMap::new(),
+        }
+    }
+}
+
+/// Longest wait for records before checking for shutdown.
+const POLL_MS: i32 = 200;
+
+/// Starts the thread that drains the ring buffer into the aggregator.
+pub fn spawn_consumer(mut ring: RingBuf<MapData>, agg: SharedAggregator) -> std::io::Result<Worker> {
+    Worker::spawn_thread("requests", move |stop| {
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one pollfd we own; a failure (EINTR) just loops.
+            unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+            drain(&mut ring, &agg);
+            if stop.is_triggered() {
+                return;
+            }
+        }
+    })
+}
+
+fn drain(ring: &mut RingBuf<MapData>, agg: &SharedAggregator) {
+    let mut a = agg.lock();
+    while let Some(item) = ring.next() {
+        if item.len() < std::mem::size_of::<RequestRecord>() {
+            continue;
+        }
+        // SAFETY: the program writes whole RequestRecords (repr(C), Pod);
+        // read_unaligned copes with the ring's 8-byte alignment.
+        let rec = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RequestRecord>()) };
+        a.record(&rec);
+    }
+}

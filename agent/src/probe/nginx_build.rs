@@ -1,0 +1,230 @@
+//! Which nginx build an executable is, and the struct offsets the request
+//! uprobe needs for it.
+//!
+//! nginx's structs change with its version, the architecture and configure
+//! flags. `--with-compat` (Debian, Ubuntu, nginx.org packages) pins most
+//! optional fields; NGX_MODULE_SIGNATURE (a string in every binary, which
+//! nginx compares when loading dynamic modules) encodes the flags that still
+//! move fields. So (version, arch, signature) selects a table below. A build
+//! not in the table gets no uprobe: guessed offsets would report garbage.
+use std::{fs::File, io::Read, path::Path};
+
+use agent_common::NginxOffsets;
+use object::{
+    Endianness,
+    elf::{EM_X86_64, FileHeader64},
+    read::elf::{ElfFile, FileHeader},
+    read::{Object, ObjectSymbol},
+};
+
+/// The function probed, and the global clock it reads.
+pub const PROBED_FUNCTION: &str = "ngx_http_free_request";
+const CACHED_TIME: &str = "ngx_cached_time";
+const CORE_MODULE: &str = "ngx_http_core_module";
+
+/// nginx executables are a few MB (OpenResty with LuaJIT ~30 MB).
+const MAX_EXE_BYTES: u64 = 256 << 20;
+
+/// What identifies an nginx build for offset selection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildId {
+    /// As `nginx -v` prints it after "nginx version: ", e.g. "nginx/1.22.1".
+    pub version: String,
+    pub arch: &'static str,
+    /// NGX_MODULE_SIGNATURE, e.g. "8,4,8,0011111111010111001111111111111111".
+    pub signature: String,
+}
+
+impl std::fmt::Display for BuildId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "version {:?}, arch {}, module signature {:?}",
+            self.version, self.arch, self.signature
+        )
+    }
+}
+
+/// A build the uprobe can attach to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnownBuild {
+    pub id: BuildId,
+    pub offsets: NginxOffsets,
+}
+
+/// Why an executable gets no request uprobe.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path} is not an x86_64 ELF executable nginx's offsets are known for ({why})")]
+    NotElf { path: String, why: String },
+    #[error("{path}: symbol {symbol} is not exported")]
+    MissingSymbol { path: String, symbol: &'static str },
+    #[error("{path}: unknown nginx build ({id}); per-request metrics need a known struct layout")]
+    Unknown { path: String, id: BuildId },
+}
+
+/// Debian 12's nginx 1.22.1 (1.22.1-9+deb12u*, amd64). Offsets from nginx
+/// 1.22.1's headers configured with Debian's flags (offsetof on the structs),
+/// checked against the binary's own code: ngx_http_free_request reads
+/// r->connection at 0x8, r->pool at 0x58, headers_out.status at 0x288, the
+/// `logged` bit as 0x40 of byte 0x51b, c->sent at 0x48.
+const DEBIAN_1_22_1_X86_64: (&str, &str, &str, NginxOffsets) = (
+    "nginx/1.22.1",
+    "x86_64",
+    "8,4,8,0011111111010111001111111111111111",
+    NginxOffsets {
+        cached_time_from_fn: 0,
+        core_module_from_fn: 0,
+        req_connection: 8,
+        req_pool: 88,
+        req_status: 648,
+        req_err_status: 1256,
+        req_method: 976,
+        req_http_version: 984,
+        req_request_length: 1248,
+        req_start_sec: 960,
+        req_start_msec: 968,
+        req_stream: 1272,
+        req_header_size: 1240,
+        req_logged_byte: 1307,
+        req_logged_mask: 0x40,
+        conn_sent: 72,
+        conn_ssl: 144,
+        conn_local_sockaddr: 160,
+        time_sec: 0,
+        time_msec: 8,
+        valid: 1,
+        req_srv_conf: 32,
+        cscf_server_name: 64,
+        want_server_name: 0,
+    },
+);
+
+const KNOWN: [(&str, &str, &str, NginxOffsets); 1] = [DEBIAN_1_22_1_X86_64];
+
+/// Reads the executable at `path` and selects its offsets.
+pub fn identify(path: &Path) -> Result<KnownBuild, BuildError> {
+    let shown = path.display().to_string();
+    let read_err = |error| BuildError::Read {
+        path: shown.clone(),
+        error,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let mut data = Vec::new();
+    file.take(MAX_EXE_BYTES).read_to_end(&mut data).map_err(read_err)?;
+    identify_bytes(&shown, &data)
+}
+
+fn identify_bytes(path: &str, data: &[u8]) -> Result<KnownBuild, BuildError> {
+    let not_elf = |why: String| BuildError::NotElf {
+        path: path.to_string(),
+        why,
+    };
+    let elf = ElfFile::<FileHeader64<Endianness>>::parse(data).map_err(|e| not_elf(e.to_string()))?;
+    let machine = elf.elf_header().e_machine(elf.endian());
+    if machine != EM_X86_64 {
+        return Err(not_elf(format!("ELF machine {machine}")));
+    }
+    let symbol = |name: &'static str| {
+        elf.dynamic_symbols()
+            .find(|s| s.name() == Ok(name) && !s.is_undefined())
+            .map(|s| s.address())
+            .ok_or(BuildError::MissingSymbol {
+                path: path.to_string(),
+                symbol: name,
+            })
+    };
+    let function = symbol(PROBED_FUNCTION)?;
+    let cached_time = symbol(CACHED_TIME)?;
+    let core_module = symbol(CORE_MODULE)?;
+    let id = BuildId {
+        version: version_of(data).unwrap_or_else(|| "unknown".into()),
+        arch: "x86_64",
+        signature: signature_of(data).unwrap_or_else(|| "unknown".into()),
+    };
+    let Some((_, _, _, table)) = KNOWN
+        .iter()
+        .find(|(v, a, s, _)| *v == id.version && *a == id.arch && *s == id.signature)
+    else {
+        return Err(BuildError::Unknown {
+            path: path.to_string(),
+            id,
+        });
+    };
+    let mut offsets = *table;
+    offsets.cached_time_from_fn = cached_time as i64 - function as i64;
+    offsets.core_module_from_fn = core_module as i64 - function as i64;
+    Ok(KnownBuild { id, offsets })
+}
+
+/// "nginx/1.22.1" from "nginx version: nginx/1.22.1".
+fn version_of(data: &[u8]) -> Option<String> {
+    let marker = b"nginx version: ";
+    let at = memchr::memmem::find(data, marker)? + marker.len();
+    let rest = &data[at..data.len().min(at + 64)];
+    let end = rest.iter().position(|b| !(b.is_ascii_graphic()))?;
+    String::from_utf8(rest[..end].to_vec()).ok()
+}
+
+/// NGX_MODULE_SIGNATURE: "<ptr size>,<sig_atomic_t size>,<time_t size>,"
+/// then one 0/1 digit per build flag, NUL-terminated in .rodata.
+fn signature_of(data: &[u8]) -> Option<String> {
+    let re = regex::bytes::Regex::new(r"(?-u)\x00([0-9],[0-9],[0-9],[01]{20,80})\x00").ok()?;
+    let m = re.captures(data)?.get(1)?;
+    String::from_utf8(m.as_bytes().to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEBIAN_NGINX: &str = "/usr/sbin/nginx";
+
+    #[test]
+    fn signature_and_version_are_found_between_nuls() {
+        let data = b"junk\x00nginx version: nginx/1.22.1\x00x\x008,4,8,0011111111010111001111111111111111\x00";
+        assert_eq!(version_of(data).as_deref(), Some("nginx/1.22.1"));
+        assert_eq!(
+            signature_of(data).as_deref(),
+            Some("8,4,8,0011111111010111001111111111111111")
+        );
+        assert_eq!(signature_of(b"\x008,4,8,0012\x00"), None);
+    }
+
+    #[test]
+    fn debians_nginx_is_known() {
+        // The build machine's nginx is the one the table was made for.
+        if !Path::new(DEBIAN_NGINX).exists() {
+            eprintln!("{DEBIAN_NGINX} absent: skipped");
+            return;
+        }
+        let b = identify(Path::new(DEBIAN_NGINX)).expect("Debian's nginx 1.22.1 is in the table");
+        assert_eq!(b.id.version, "nginx/1.22.1");
+        assert_ne!(b.offsets.cached_time_from_fn, 0);
+        assert_ne!(b.offsets.core_module_from_fn, 0);
+    }
+
+    #[test]
+    fn altered_signature_is_unknown() {
+        let Ok(mut data) = std::fs::read(DEBIAN_NGINX) else {
+            return;
+        };
+        let sig = b"8,4,8,0011111111010111001111111111111111";
+        let at = memchr::memmem::find(&data, sig).expect("signature in the binary");
+        data[at + 6] = b'1';
+        match identify_bytes("copy", &data) {
+            Err(BuildError::Unknown { id, .. }) => assert!(id.signature.starts_with("8,4,8,1")),
+            other => panic!("expected Unknown, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_elf_is_refused() {
+        assert!(matches!(
+            identify_bytes("x", b"#!/bin/sh\n"),
+            Err(BuildError::NotElf { .. })
+        ));
+    }
+}

@@ -1,0 +1,569 @@
+//! Per-request RED metrics from the uprobe on nginx's ngx_http_free_request,
+//! against nginx's own access log (the oracle): plaintext HTTP/1.0 and 1.1,
+//! HTTPS/1.1 and HTTP/2 over TLS from real clients (curl, wrk, h2load).
+//!
+//! - Counts per (method, status, protocol version, scheme, port) from the
+//!   duration histogram's `_count` equal the access log's exactly at
+//!   quiescence; duration, request-size and body-size sums equal the log's
+//!   `$request_time`, `$request_length`, `$body_bytes_sent` sums (same clock,
+//!   same fields: nginx computes them in the same call).
+//! - With the uprobe attached, nginx_http_requests_total equals stub_status
+//!   for TLS and HTTP/2 traffic too.
+//! - A build the agent has no offsets for is refused, with a log line and a
+//!   metric; plaintext counting keeps working.
+//! - Label sets beyond the per-instance cap fold into `_OTHER`, counted;
+//!   `server_name_label` names the server block that answered.
+use ngxprobe_e2e::agent::Agent;
+use ngxprobe_e2e::metrics_text::Scrape;
+use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
+use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, find_tool};
+use ngxprobe_e2e::protocol_clients::{curl, h2load};
+use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool};
+use ngxprobe_e2e::{clients, guard, oracle};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const DURATION: &str = "http_server_request_duration_seconds";
+const REQ_SIZE: &str = "http_server_request_body_size_bytes";
+const RESP_SIZE: &str = "http_server_response_body_size_bytes";
+const FOLDED: &str = "ngxprobe_per_request_folded_total";
+const ATTACHED: &str = "ngxprobe_per_request_probe_attached";
+const REFUSED: &str = "ngxprobe_uprobe_attach_refused_total";
+const REQUESTS: &str = "nginx_http_requests_total";
+
+/// (method, status, protocol version, scheme, port)
+type Key = (String, String, String, String, String);
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Sums {
+    count: u64,
+    duration_ms: u64,
+    request_bytes: u64,
+    body_bytes: u64,
+}
+
+const KNOWN_METHODS: [&str; 9] = [
+    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
+];
+
+fn log_lines(n: &Nginx) -> usize {
+    std::fs::read_to_string(n.access_log_path())
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// The access log (nginx::ACCESS_LOG_FORMAT) after its first `skip` lines
+/// (requests before the uprobe was attached), summed per label set.
+fn oracle_sums(n: &Nginx, skip: usize) -> BTreeMap<Key, Sums> {
+    let text = std::fs::read_to_string(n.access_log_path()).unwrap_or_default();
+    let mut out: BTreeMap<Key, Sums> = BTreeMap::new();
+    for line in text.lines().skip(skip) {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 9, "access log line {line:?}");
+        let status = f[0].parse::<u16>().expect("status").to_string();
+        let method = if KNOWN_METHODS.contains(&f[1]) { f[1] } else { "_OTHER" };
+        let version = match f[2] {
+            "HTTP/1.0" => "1.0",
+            "HTTP/1.1" => "1.1",
+            "HTTP/2.0" => "2",
+            other => panic!("protocol {other:?} in {line:?}"),
+        };
+        let ms = (f[3].parse::<f64>().expect("request_time") * 1000.0).round() as u64;
+        let e = out
+            .entry((
+                method.into(),
+                status,
+                version.into(),
+                f[7].to_string(),
+                f[8].to_string(),
+            ))
+            .or_default();
+        e.count += 1;
+        e.duration_ms += ms;
+        e.request_bytes += f[4].parse::<u64>().expect("request_length");
+        e.body_bytes += f[6].parse::<u64>().expect("body_bytes_sent");
+    }
+    out
+}
+
+/// The agent's histograms for `conf` summed per label set.
+fn agent_sums(scrape: &Scrape, conf: &str) -> BTreeMap<Key, Sums> {
+    let mut out: BTreeMap<Key, Sums> = BTreeMap::new();
+    for s in scrape.samples.iter().filter(|s| s.label("conf_path") == Some(conf)) {
+        let key = || -> Key {
+            let l = |n: &str| s.label(n).unwrap_or("?").to_string();
+            (
+                l("http_request_method"),
+                l("http_response_status_code"),
+                l("network_protocol_version"),
+                l("url_scheme"),
+                l("server_port"),
+            )
+        };
+        let name = s.name.as_str();
+        if name == format!("{DURATION}_count") {
+            out.entry(key()).or_default().count += s.value as u64;
+        } else if name == format!("{DURATION}_sum") {
+            out.entry(key()).or_default().duration_ms += (s.value * 1000.0).round() as u64;
+        } else if name == format!("{REQ_SIZE}_sum") {
+            out.entry(key()).or_default().request_bytes += s.value as u64;
+        } else if name == format!("{RESP_SIZE}_sum") {
+            out.entry(key()).or_default().body_bytes += s.value as u64;
+        }
+    }
+    out
+}
+
+fn total(m: &BTreeMap<Key, Sums>) -> u64 {
+    m.values().map(|s| s.count).sum()
+}
+
+/// Waits (bounded) until the agent has as many requests as the access log
+/// has lines, then returns both views (on timeout the last ones: the
+/// caller's per-label-set comparison says what differs).
+fn quiesce(agent: &Agent, n: &Nginx, skip: usize) -> (BTreeMap<Key, Sums>, BTreeMap<Key, Sums>) {
+    let conf = n.conf_label();
+    let res = poll(
+        "the agent's request histograms to reach the access log's count",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let log = oracle_sums(n, skip);
+            let ours = agent_sums(&agent.scrape()?, &conf);
+            Ok(if total(&ours) == total(&log) && total(&log) > 0 {
+                Poll::Ready((log, ours))
+            } else {
+                Poll::Pending(format!("agent {} requests, access log {}", total(&ours), total(&log)))
+            })
+        },
+    );
+    match res {
+        Ok(views) => views,
+        Err(e) => {
+            eprintln!("[e2e] {e:#}\n{}", agent.log_tail(10));
+            (
+                oracle_sums(n, skip),
+                agent_sums(&agent.scrape().expect("scrape"), &conf),
+            )
+        }
+    }
+}
+
+fn wait_attached(agent: &Agent, conf: &str, want: f64) {
+    poll(
+        "the per-request uprobe state of the instance",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let v = agent.scrape()?.value(ATTACHED, conf)?;
+            Ok(if v == Some(want) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{ATTACHED} = {v:?}"))
+            })
+        },
+    )
+    .expect("uprobe state");
+}
+
+/// nginx (started first) and the agent (with `config`), once the agent has
+/// the uprobe attached to the instance; also the access log lines written
+/// before (nginx's readiness check), which the agent cannot have seen.
+fn start_attached(opts: NginxOptions, config: Option<&str>) -> (Nginx, Agent, String, usize) {
+    let nginx = Nginx::start(opts).expect("nginx");
+    let agent = match config {
+        Some(yaml) => Agent::start_with_config(yaml),
+        None => Agent::start(),
+    }
+    .expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    wait_attached(&agent, &conf, 1.0);
+    let skip = log_lines(&nginx);
+    (nginx, agent, conf, skip)
+}
+
+fn counts(m: &BTreeMap<Key, Sums>) -> BTreeMap<Key, u64> {
+    m.iter().map(|(k, s)| (k.clone(), s.count)).collect()
+}
+
+fn statuses_locations(codes: impl Iterator<Item = u16>) -> String {
+    codes
+        .map(|c| format!("        location = /s/{c} {{ return {c}; }}\n"))
+        .collect()
+}
+
+#[test]
+fn red_metrics_match_the_access_log() {
+    for tool in ["curl", "h2load"] {
+        if require_tool(tool, "cargo xtask setup installs it").is_none() {
+            return;
+        }
+    }
+    let _g = guard("red_metrics_match_the_access_log");
+    let (nginx, agent, conf, skip) = start_attached(
+        NginxOptions {
+            tls: true,
+            access_log: true,
+            main_locations: statuses_locations([201, 302, 404, 500, 503].into_iter())
+                + "        location /slow/ { limit_rate 200k; rewrite ^/slow/(.*)$ /$1 break; }\n",
+            ..Default::default()
+        },
+        None,
+    );
+    let a0 = agent
+        .scrape()
+        .expect("scrape")
+        .value(REQUESTS, &conf)
+        .expect("one")
+        .unwrap_or(0.0) as i64;
+    let o0 = oracle::fetch(nginx.oracle_addr()).expect("stub_status");
+
+    let plain = nginx.main_addr();
+    let tls = nginx.tls_addr().expect("TLS listener");
+    let base = format!("http://{plain}");
+    // Plaintext HTTP/1.1 keep-alive: 2xx, 3xx, 4xx, 5xx, a missing file.
+    let urls: Vec<String> = [
+        "/",
+        "/s/201",
+        "/s/302",
+        "/s/404",
+        "/s/500",
+        "/s/503",
+        "/missing",
+        "/index.html",
+    ]
+    .iter()
+    .map(|p| format!("{base}{p}"))
+    .collect();
+    curl(&[], &urls).expect("curl http/1.1");
+    // HTTP/1.0, HEAD, POST with a body (to a static file: 405), PUT.
+    curl(&["--http1.0"], &urls[..3]).expect("curl http/1.0");
+    curl(&["-I"], &urls[..2]).expect("curl HEAD");
+    curl(
+        &["-d", &"x".repeat(3000)],
+        &[format!("{base}/"), format!("{base}/s/201")],
+    )
+    .expect("curl POST");
+    curl(&["-X", "PUT", "-d", "abc"], &[format!("{base}/s/404")]).expect("curl PUT");
+    // A slow response (limit_rate: one second at full speed, then 200 kB/s): ~0.5 s, 206.
+    curl(&["-r", "0-299999"], &[format!("{base}/slow/big.bin")]).expect("curl slow");
+    // HTTPS/1.1 and HTTP/2 over TLS.
+    let https: Vec<String> = ["/", "/index.html", "/missing"]
+        .iter()
+        .map(|p| format!("https://{tls}{p}"))
+        .collect();
+    for _ in 0..3 {
+        curl(&[], &https).expect("curl https");
+    }
+    let h = h2load(&format!("https://{tls}/"), 2, 300).expect("h2load");
+    assert_eq!(h.protocol, "h2");
+    // wrk: plaintext keep-alive load, many requests.
+    if require_tool("wrk", "cargo xtask setup installs it").is_some() {
+        let w = clients::wrk(&["-t1", "-c4", "-d1s", &format!("{base}/")], Duration::from_secs(1)).expect("wrk");
+        assert!(w.requests > 0, "wrk made no requests");
+    }
+
+    let (log, ours) = quiesce(&agent, &nginx, skip);
+    eprintln!("[e2e] access log: {} requests in {} label sets", total(&log), log.len());
+    for k in log.keys().chain(ours.keys().filter(|k| !log.contains_key(*k))) {
+        let l = log.get(k).copied().unwrap_or_default();
+        let o = ours.get(k).copied().unwrap_or_default();
+        eprintln!("[e2e]   {k:?}: log {l:?} / agent {o:?}");
+    }
+    let lost = agent
+        .scrape()
+        .expect("scrape")
+        .sum_by("ngxprobe_per_request_records_lost_total", "reason");
+    eprintln!("[e2e] records lost: {lost:?}");
+    assert_eq!(
+        counts(&ours),
+        counts(&log),
+        "requests per label set: agent vs access log"
+    );
+    for (k, l) in &log {
+        let o = ours[k];
+        assert_eq!(
+            o.request_bytes, l.request_bytes,
+            "{k:?}: request bytes ($request_length)"
+        );
+        assert_eq!(
+            o.body_bytes, l.body_bytes,
+            "{k:?}: response body bytes ($body_bytes_sent)"
+        );
+        // Same clock and fields as $request_time: equal to the millisecond.
+        assert_eq!(o.duration_ms, l.duration_ms, "{k:?}: duration sum (ms)");
+    }
+    let slow = log.iter().find(|(k, _)| k.1 == "206").map(|(_, s)| s.duration_ms);
+    assert!(
+        slow.is_some_and(|ms| ms >= 200),
+        "limit_rate responses took {slow:?} ms"
+    );
+    for scheme_version in [("https", "2"), ("https", "1.1"), ("http", "1.0"), ("http", "1.1")] {
+        assert!(
+            log.keys().any(|k| (k.3.as_str(), k.2.as_str()) == scheme_version),
+            "no {scheme_version:?} traffic in the log"
+        );
+    }
+
+    // nginx_http_requests_total now includes TLS and HTTP/2 requests: it
+    // equals stub_status (whose O1 fetch counts itself; our O0 fetch is a
+    // plaintext request the agent counts).
+    let o1 = oracle::fetch(nginx.oracle_addr()).expect("stub_status");
+    let nginx_delta = o1.requests - o0.requests;
+    let agent_delta = poll(
+        "nginx_http_requests_total to match stub_status",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let a1 = agent.scrape()?.value(REQUESTS, &conf)?.unwrap_or(0.0) as i64;
+            Ok(if a1 - a0 == nginx_delta + 1 {
+                Poll::Ready(a1 - a0)
+            } else {
+                Poll::Pending(format!("agent Δ{} vs stub_status Δ{nginx_delta} + 1", a1 - a0))
+            })
+        },
+    );
+    eprintln!("[e2e] requests: stub_status Δ{nginx_delta} (+1 for O0), agent {agent_delta:?}");
+    assert_eq!(agent_delta.expect("requests match"), nginx_delta + 1);
+    // The histograms flow through the store and PromQL like any family, and
+    // Debian's Prometheus scrapes and queries them the same.
+    let q = format!("sum({DURATION}_count{{conf_path=\"{conf}\"}})");
+    let prom = find_tool("prometheus").map(|_| {
+        Prometheus::start(&PrometheusOptions {
+            config: Some(format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ngxprobe\n    static_configs:\n      - targets: ['{}']\n",
+                agent.addr()
+            )),
+            ..Default::default()
+        })
+        .expect("prometheus")
+    });
+    let mut apis = vec![("ngxprobe", agent.addr())];
+    apis.extend(prom.as_ref().map(|p| ("prometheus", p.addr())));
+    for (who, addr) in apis {
+        let n = poll(
+            &format!("{who}'s PromQL to count every logged request"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let want = (log_lines(&nginx) - skip) as f64;
+                let v = api_get(addr, "/api/v1/query", &[("query", q.clone())])?;
+                let got = v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|s| s.parse::<f64>().ok());
+                Ok(if got == Some(want) {
+                    Poll::Ready(want)
+                } else {
+                    Poll::Pending(format!("{q} = {got:?}, access log {want}"))
+                })
+            },
+        )
+        .expect("PromQL count");
+        eprintln!("[e2e] {who}: {q} = {n}");
+    }
+    let p99 = format!("histogram_quantile(0.99, sum by (le) ({DURATION}_bucket{{conf_path=\"{conf}\"}}))");
+    let v = agent.query(&p99).expect("histogram_quantile");
+    let p99v = v["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok());
+    assert!(p99v.is_some_and(|x| x > 0.0 && x <= 0.0005), "{p99} = {v}");
+    let scrape = agent.scrape().expect("scrape");
+    assert!(
+        scrape.raw.contains(&format!("# TYPE {DURATION} histogram")),
+        "histogram TYPE line missing"
+    );
+    assert!(
+        scrape.raw.contains(&format!("{DURATION}_bucket{{")) && scrape.raw.contains("le=\"+Inf\""),
+        "bucket samples missing"
+    );
+}
+
+/// A copy of Debian's nginx with one flag of its NGX_MODULE_SIGNATURE
+/// flipped: the same code, but a build the offset table does not list.
+fn patched_nginx(dir: &TempDir) -> std::path::PathBuf {
+    let mut data = std::fs::read(ngxprobe_e2e::nginx::nginx_bin()).expect("read nginx");
+    let at = signature_flags_at(&data).expect("module signature in the binary");
+    data[at] = if data[at] == b'0' { b'1' } else { b'0' };
+    let path = dir.path().join("nginx");
+    std::fs::write(&path, &data).expect("write nginx copy");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Offset of the first flag digit of NGX_MODULE_SIGNATURE: NUL, three
+/// "d," size fields, then 20 or more 0/1 digits and a NUL.
+fn signature_flags_at(data: &[u8]) -> Option<usize> {
+    (0..data.len().saturating_sub(32)).find_map(|p| {
+        let head = &data[p..p + 7];
+        let sizes = head[0] == 0
+            && [1, 3, 5]
+                .iter()
+                .all(|&i| head[i].is_ascii_digit() && head[i + 1] == b',');
+        if !sizes {
+            return None;
+        }
+        let flags = data[p + 7..].iter().take_while(|b| **b == b'0' || **b == b'1').count();
+        (flags >= 20 && data.get(p + 7 + flags) == Some(&0)).then_some(p + 7)
+    })
+}
+
+#[test]
+fn unknown_build_is_refused_and_plaintext_still_counted() {
+    let _g = guard("unknown_build_is_refused_and_plaintext_still_counted");
+    let bin_dir = TempDir::new("nginx-bin").expect("tempdir");
+    let bin = patched_nginx(&bin_dir);
+    let nginx = Nginx::start(NginxOptions {
+        bin: Some(bin.clone()),
+        ..Default::default()
+    })
+    .expect("patched nginx runs");
+    let agent = Agent::start().expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    wait_attached(&agent, &conf, 0.0);
+    let line = poll(
+        "the agent to log the refusal",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+            Ok(
+                match log
+                    .lines()
+                    .find(|l| l.contains("unknown nginx build") && l.contains(&format!("pid {}", nginx.master_pid())))
+                {
+                    Some(l) => Poll::Ready(l.to_string()),
+                    None => Poll::Pending("not logged".into()),
+                },
+            )
+        },
+    )
+    .expect("refusal logged");
+    eprintln!("[e2e] {line}");
+    assert!(
+        line.contains("nginx/1.22.1") && line.contains("module signature"),
+        "{line}"
+    );
+    let scrape = agent.scrape().expect("scrape");
+    assert!(
+        scrape.sum_where(REFUSED, "reason", "unknown_build") >= 1.0,
+        "{REFUSED}{{reason=\"unknown_build\"}} not counted"
+    );
+    // Plaintext requests are still counted by the socket probes, exactly.
+    let a0 = scrape.value(REQUESTS, &conf).expect("one").unwrap_or(0.0) as i64;
+    let paths: Vec<String> = (0..7).map(|_| "/".to_string()).collect();
+    clients::keepalive_sequence(nginx.main_addr(), &paths).expect("requests");
+    poll(
+        "7 more requests counted",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let a1 = agent.scrape()?.value(REQUESTS, &conf)?.unwrap_or(0.0) as i64;
+            Ok(if a1 - a0 == 7 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("Δ{}", a1 - a0))
+            })
+        },
+    )
+    .expect("plaintext requests counted");
+    let scrape = agent.scrape().expect("scrape");
+    assert!(
+        !scrape
+            .samples
+            .iter()
+            .any(|s| s.name.starts_with(DURATION) && s.label("conf_path") == Some(conf.as_str())),
+        "per-request series for a refused build"
+    );
+}
+
+#[test]
+fn label_sets_beyond_the_cap_are_folded() {
+    let _g = guard("label_sets_beyond_the_cap_are_folded");
+    let codes = 201..=212u16;
+    let cap = 3;
+    let (nginx, agent, conf, skip) = start_attached(
+        NginxOptions {
+            access_log: true,
+            main_locations: statuses_locations(codes.clone()),
+            ..Default::default()
+        },
+        Some(&format!(
+            "per_request:\n  max_series_per_instance: {cap}\n  server_name_label: true\n"
+        )),
+    );
+    let urls: Vec<String> = codes
+        .clone()
+        .map(|c| format!("http://{}/s/{c}", nginx.main_addr()))
+        .collect();
+    curl(&[], &urls).expect("curl");
+    let (log, ours) = quiesce(&agent, &nginx, skip);
+    assert_eq!(total(&log), urls.len() as u64);
+    let scrape = agent.scrape().expect("scrape");
+    let folded = scrape.value(FOLDED, &conf).expect("one").unwrap_or(-1.0);
+    let other: u64 = ours.iter().filter(|(k, _)| k.1 == "_OTHER").map(|(_, s)| s.count).sum();
+    let kept = ours.keys().filter(|k| k.1 != "_OTHER").count();
+    eprintln!("[e2e] cap {cap}: {kept} label sets kept, {other} requests under _OTHER, {FOLDED} = {folded}");
+    assert_eq!(kept, cap);
+    assert_eq!(folded as u64, urls.len() as u64 - cap as u64, "folded = the excess");
+    assert_eq!(other, folded as u64);
+    // server_name_label: the main server block answered every request.
+    let names: std::collections::BTreeSet<&str> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.name == format!("{DURATION}_count") && s.label("conf_path") == Some(conf.as_str()))
+        .map(|s| s.label("server_name").unwrap_or("(none)"))
+        .collect();
+    assert_eq!(names, std::collections::BTreeSet::from(["main"]), "server_name labels");
+}
+
+/// Workers nginx starts after a reload or a worker crash fire the same
+/// uprobe (it is per executable, not per pid) and their requests are
+/// attributed to the instance before discovery lists them (by their parent).
+#[test]
+fn new_workers_after_reload_and_crash_are_counted() {
+    let _g = guard("new_workers_after_reload_and_crash_are_counted");
+    let (nginx, agent, _conf, skip) = start_attached(
+        NginxOptions {
+            worker_processes: 2,
+            access_log: true,
+            ..Default::default()
+        },
+        None,
+    );
+    let paths: Vec<String> = (0..20).map(|_| "/".to_string()).collect();
+    clients::keepalive_sequence(nginx.main_addr(), &paths).expect("before");
+    nginx.reload().expect("reload");
+    clients::keepalive_sequence(nginx.main_addr(), &paths).expect("after reload");
+    nginx.kill_worker().expect("kill a worker");
+    poll(
+        "nginx to replace the killed worker",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        || {
+            Ok(if nginx.worker_pids().len() == 2 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("workers {:?}", nginx.worker_pids()))
+            })
+        },
+    )
+    .expect("respawned worker");
+    for _ in 0..4 {
+        clients::keepalive_sequence(nginx.main_addr(), &paths[..5]).expect("after crash");
+    }
+    let (log, ours) = quiesce(&agent, &nginx, skip);
+    eprintln!(
+        "[e2e] reload + crash: access log {} requests, agent {}",
+        total(&log),
+        total(&ours)
+    );
+    assert_eq!(counts(&ours), counts(&log));
+    let unattributed =
+        agent
+            .scrape()
+            .expect("scrape")
+            .sum_where("ngxprobe_per_request_records_lost_total", "reason", "unattributed");
+    assert_eq!(unattributed, 0.0, "records of new workers not attributed");
+}
