@@ -24,7 +24,7 @@ use crate::rules::{self, RuleManager};
 use crate::series::{SeriesReader, SeriesWriter};
 use crate::store::{self, Store};
 use crate::worker::Worker;
-use crate::{expose, logging, preflight, privilege, query, web};
+use crate::{expose, kubernetes, logging, preflight, privilege, query, web};
 use pipeline::{Pipeline, Sampled};
 
 /// Why the agent did not start or stopped with an error.
@@ -121,6 +121,12 @@ fn start_and_serve(
     runtime: &tokio::runtime::Runtime,
     workers: &mut Workers,
 ) -> Result<(), RunError> {
+    // Kubernetes metadata first, so the first scan's instances are labelled
+    // as soon as the pod list arrives; nothing happens outside Kubernetes.
+    let kubernetes = start_kubernetes(cfg, runtime, workers)?;
+    if let Some(cache) = &kubernetes {
+        collector.lock().set_metadata(cache.clone());
+    }
     let health = Arc::new(expose::Health::default());
     health.set_not_ready("first discovery scan has not finished");
     let ready = health.clone();
@@ -205,6 +211,7 @@ fn start_and_serve(
         rules,
         notifier,
         forwarder,
+        kubernetes,
     });
     if let Some(store) = &store {
         let sampled: Arc<dyn MetricsSource> = Arc::new(Sampled(source.clone()));
@@ -216,6 +223,35 @@ fn start_and_serve(
     let server = expose::Server::new(&cfg.web, source, health).api(api);
     runtime.block_on(server.serve(shutdown_signal()))?;
     Ok(())
+}
+
+/// The Kubernetes metadata loop, when the agent runs in a pod (or is told to).
+fn start_kubernetes(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    workers: &mut Workers,
+) -> Result<Option<kubernetes::MetadataCache>, RunError> {
+    let k = &cfg.kubernetes;
+    // Constant labels may not take the names the metadata adds.
+    let added: Vec<String> = kubernetes::RESERVED_LABELS[2..]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(k.pod_labels.iter().map(|p| p.label_name()))
+        .collect();
+    let env = |name: &str| std::env::var(name).ok();
+    let started = kubernetes::spawn(k, env, runtime.handle()).map_err(|e| RunError::start("kubernetes", e))?;
+    let Some((worker, cache)) = started else {
+        return Ok(None);
+    };
+    if let Some(clash) = cfg.labels.keys().find(|l| added.iter().any(|a| a == l.as_str())) {
+        worker.stop();
+        return Err(RunError::start(
+            "kubernetes",
+            format!("labels.{clash} is also a label Kubernetes metadata adds: rename it or set kubernetes.metadata: off"),
+        ));
+    }
+    workers.push(worker);
+    Ok(Some(cache))
 }
 
 /// The loops the supervisor started, in start order.

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::{
     discover::{self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome},
+    kubernetes::MetadataCache,
     probe::{Probe, ProbeError},
 };
 
@@ -59,6 +60,8 @@ pub struct Collector {
     pub(super) probe: Probe,
     pub(super) instances: BTreeMap<InstanceKey, Tracked>,
     pub(super) extra_labels: Vec<(String, String)>,
+    /// Pod metadata (kubernetes stage), when the agent runs in Kubernetes.
+    pub(super) metadata: Option<MetadataCache>,
     pub(super) discovery: DiscoveryStats,
     proc_root: PathBuf,
     retention: Duration,
@@ -78,10 +81,16 @@ impl Collector {
             probe,
             instances: BTreeMap::new(),
             extra_labels,
+            metadata: None,
             discovery: DiscoveryStats::default(),
             proc_root,
             retention,
         }
+    }
+
+    /// Labels instances in pods with their namespace, pod and container.
+    pub fn set_metadata(&mut self, metadata: MetadataCache) {
+        self.metadata = Some(metadata);
     }
 
     pub fn instance_count(&self) -> usize {
