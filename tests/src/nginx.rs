@@ -54,6 +54,9 @@ pub struct NginxOptions {
     /// Add two servers behind the PROXY protocol (`listen ... proxy_protocol`):
     /// one with TLS, one plain.
     pub proxy_protocol: bool,
+    /// Start the master inside this cgroup directory (its pid is written to
+    /// `cgroup.procs` before it execs nginx, so the workers are born there).
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Default for NginxOptions {
@@ -68,6 +71,7 @@ impl Default for NginxOptions {
             tls: false,
             h2c: false,
             proxy_protocol: false,
+            cgroup: None,
         }
     }
 }
@@ -159,7 +163,18 @@ impl Nginx {
         }
         let conf = d.join("nginx.conf");
         std::fs::write(&conf, config_with(d, opts, main_port, oracle_port, &extra))?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match &opts.cgroup {
+            // exec keeps the pid: the master is the process that joined.
+            Some(cg) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                    .arg(cg)
+                    .arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("-p")
             .arg(d)
             .arg("-c")
