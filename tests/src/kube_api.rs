@@ -108,7 +108,20 @@ pub fn make_ca_and_cert(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     run(&a)?;
     let (c, e) = (p(&cert), p(&ext));
     run(&[
-        "x509", "-req", "-in", &r, "-CA", &cc, "-CAkey", &ck, "-CAcreateserial", "-days", "2", "-extfile", &e, "-out",
+        "x509",
+        "-req",
+        "-in",
+        &r,
+        "-CA",
+        &cc,
+        "-CAkey",
+        &ck,
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &e,
+        "-out",
         &c,
     ])?;
     Ok((ca, cert, key))
@@ -217,7 +230,8 @@ impl FakeKubeApi {
         if let Some(mut pod) = s.pods.remove(uid) {
             pod["metadata"]["resourceVersion"] = json!(s.rv.to_string());
             let rv = s.rv;
-            s.events.push((rv, json!({"type": "DELETED", "object": pod}).to_string()));
+            s.events
+                .push((rv, json!({"type": "DELETED", "object": pod}).to_string()));
         }
     }
 
@@ -226,8 +240,7 @@ impl FakeKubeApi {
         let mut s = self.state();
         s.rv += 1;
         let rv = s.rv.to_string();
-        let line =
-            json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv}}});
+        let line = json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv}}});
         let n = s.rv;
         s.events.push((n, line.to_string()));
         rv
@@ -301,7 +314,11 @@ fn serve_conn(tcp: TcpStream, tls: Arc<rustls::ServerConfig>, shared: &Shared) -
         req.answer = "not_found";
         st.requests.push(req);
         drop(st);
-        return respond(&mut s, "404 Not Found", &status_json(404, "NotFound", "the server could not find the requested resource"));
+        return respond(
+            &mut s,
+            "404 Not Found",
+            &status_json(404, "NotFound", "the server could not find the requested resource"),
+        );
     }
     if !req.is_watch() {
         st.requests.push(req);
@@ -316,10 +333,16 @@ fn serve_conn(tcp: TcpStream, tls: Arc<rustls::ServerConfig>, shared: &Shared) -
     st.requests.push(req);
     let expire = std::mem::take(&mut st.expire_next_watch);
     let from: u64 = req_rv.parse().unwrap_or(u64::MAX);
-    let mut sent = st.events.iter().position(|(rv, _)| *rv > from).unwrap_or(st.events.len());
+    let mut sent = st
+        .events
+        .iter()
+        .position(|(rv, _)| *rv > from)
+        .unwrap_or(st.events.len());
     drop(st);
     let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
-    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")?;
+    s.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    )?;
     s.flush()?;
     if expire {
         let line = json!({"type": "ERROR", "object": serde_json::from_str::<Value>(&status_json(410, "Expired", "too old resource version"))?}).to_string();
@@ -417,7 +440,16 @@ fn finish(s: &mut Tls) -> Result<()> {
 
 /// A pod as the API server returns it, running one container with
 /// `container_id` (64 hex) under `runtime` ("containerd", "cri-o", "docker").
-pub fn pod_json(namespace: &str, name: &str, uid: &str, node: &str, container: &str, runtime: &str, container_id: &str, labels: Value) -> Value {
+pub fn pod_json(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    node: &str,
+    container: &str,
+    runtime: &str,
+    container_id: &str,
+    labels: Value,
+) -> Value {
     json!({
         "kind": "Pod", "apiVersion": "v1",
         "metadata": {

@@ -136,7 +136,11 @@ fn wait_counter(agent: &Agent, name: &str, pairs: &[(&str, &str)], at_least: f64
         || {
             let s = agent.scrape()?;
             let v = counter(&s, name, pairs);
-            Ok(if v >= at_least { Poll::Ready(s) } else { Poll::Pending(format!("{v}")) })
+            Ok(if v >= at_least {
+                Poll::Ready(s)
+            } else {
+                Poll::Pending(format!("{v}"))
+            })
         },
     )
     .unwrap()
@@ -204,7 +208,16 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
         json!({}),
     ));
     // Another pod on the node, without nginx.
-    api.put_pod(pod_json("kube-system", "coredns-1", &uuid(), NODE, "coredns", "containerd", &container_id(), json!({})));
+    api.put_pod(pod_json(
+        "kube-system",
+        "coredns-1",
+        &uuid(),
+        NODE,
+        "coredns",
+        "containerd",
+        &container_id(),
+        json!({}),
+    ));
 
     let start = |tag: &str, cg: &Cgroup| {
         Nginx::start(NginxOptions {
@@ -240,12 +253,22 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
         let samples = instance_samples(&s, conf);
         assert!(samples.len() >= 8, "{conf}: only {} samples", samples.len());
         for x in samples {
-            let want = [("namespace", Some(ns)), ("pod", Some(pod)), ("container", Some(container)), ("container_id", Some(id.as_str()))];
+            let want = [
+                ("namespace", Some(ns)),
+                ("pod", Some(pod)),
+                ("container", Some(container)),
+                ("container_id", Some(id.as_str())),
+            ];
             for (k, v) in want {
                 assert_eq!(x.label(k), v, "{} {:?}", x.name, x.labels);
             }
             assert_eq!(x.label("app_kubernetes_io_name"), app, "{} {:?}", x.name, x.labels);
-            assert_eq!(x.label("pod_template_hash"), None, "unselected pod label exported: {:?}", x.labels);
+            assert_eq!(
+                x.label("pod_template_hash"),
+                None,
+                "unselected pod label exported: {:?}",
+                x.labels
+            );
         }
     }
     assert_eq!(counter(&s, "ngxprobe_kubernetes_cached_pods", &[]), 3.0);
@@ -262,7 +285,12 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
     //    ends the watch. The agent resumes from the bookmark with the new
     //    token, is told 410 Gone, and lists again.
     let bookmark_rv = api.bookmark();
-    wait_counter(&agent, "ngxprobe_kubernetes_watch_events_total", &[("type", "BOOKMARK")], 1.0);
+    wait_counter(
+        &agent,
+        "ngxprobe_kubernetes_watch_events_total",
+        &[("type", "BOOKMARK")],
+        1.0,
+    );
     std::fs::write(dir.path().join("token"), "token-2\n").unwrap();
     api.rotate_token("token-2");
     api.end_watches(true);
@@ -272,22 +300,39 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
         &[("request", "list"), ("outcome", "ok")],
         2.0,
     );
-    assert!(counter(&s, "ngxprobe_kubernetes_api_requests_total", &[("request", "watch"), ("outcome", "expired")]) >= 1.0);
+    assert!(
+        counter(
+            &s,
+            "ngxprobe_kubernetes_api_requests_total",
+            &[("request", "watch"), ("outcome", "expired")]
+        ) >= 1.0
+    );
     let reqs = api.requests();
     let resumed = reqs
         .iter()
         .filter(|r| r.is_watch() && r.answer == "watch")
         .nth(1)
         .expect("a resumed watch");
-    assert_eq!(resumed.query.get("resourceVersion"), Some(&bookmark_rv), "resume from the bookmark: {resumed:?}");
+    assert_eq!(
+        resumed.query.get("resourceVersion"),
+        Some(&bookmark_rv),
+        "resume from the bookmark: {resumed:?}"
+    );
     assert_api_request(resumed, "token-2");
     let relist = reqs.iter().filter(|r| !r.is_watch()).nth(1).expect("a second list");
     assert_api_request(relist, "token-2");
-    assert!(reqs.iter().all(|r| r.answer != "unauthorized"), "a request with a stale token: {reqs:?}");
+    assert!(
+        reqs.iter().all(|r| r.answer != "unauthorized"),
+        "a request with a stale token: {reqs:?}"
+    );
     assert_eq!(up_sample(&s, &conf_a).and_then(|x| x.label("pod")), Some("web-0"));
 
     // 3. Outage: the API server goes away. The labels stay; one log line.
-    let before = counter(&s, "ngxprobe_kubernetes_api_requests_total", &[("outcome", "unreachable")]);
+    let before = counter(
+        &s,
+        "ngxprobe_kubernetes_api_requests_total",
+        &[("outcome", "unreachable")],
+    );
     api.down();
     let s = wait_counter(
         &agent,
@@ -303,7 +348,12 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
     }
     let log = std::fs::read_to_string(agent.log_path()).unwrap();
     let outage_lines = log.lines().filter(|l| l.contains("keeping the metadata")).count();
-    assert_eq!(outage_lines, 1, "one line per outage, not per retry:\n{}", agent.log_tail(30));
+    assert_eq!(
+        outage_lines,
+        1,
+        "one line per outage, not per retry:\n{}",
+        agent.log_tail(30)
+    );
 
     // 4. While it was down, pod B was deleted. Back up, the agent resumes
     //    its watch, sees the DELETED event, and drops B's labels only.
@@ -312,13 +362,21 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
     let s = wait_label(&agent, &conf_b, "namespace", None);
     let b = up_sample(&s, &conf_b).unwrap();
     assert_eq!(b.label("pod"), None, "{:?}", b.labels);
-    assert_eq!(b.label("container_id"), Some(id_b.as_str()), "the container id stays: {:?}", b.labels);
+    assert_eq!(
+        b.label("container_id"),
+        Some(id_b.as_str()),
+        "the container id stays: {:?}",
+        b.labels
+    );
     assert_eq!(up_sample(&s, &conf_a).and_then(|x| x.label("pod")), Some("web-0"));
     assert_eq!(counter(&s, "ngxprobe_kubernetes_cached_pods", &[]), 2.0);
     assert!(counter(&s, "ngxprobe_kubernetes_watch_events_total", &[("type", "DELETED")]) >= 1.0);
     let log = std::fs::read_to_string(agent.log_path()).unwrap();
     assert!(log.contains("reachable again"), "{}", agent.log_tail(30));
-    assert!(!log.contains("token-2") && !log.contains("token-1"), "the token reached the log");
+    assert!(
+        !log.contains("token-2") && !log.contains("token-1"),
+        "the token reached the log"
+    );
     drop(agent);
     drop((nginx_a, nginx_b));
 }
@@ -333,9 +391,21 @@ fn outside_kubernetes_the_api_is_never_contacted() {
     let (uid, id) = (uuid(), container_id());
     let cg = Cgroup::create(
         &cg2,
-        &format!("kubepods.slice/kubepods-pod{}.slice/cri-containerd-{id}.scope", uid.replace('-', "_")),
+        &format!(
+            "kubepods.slice/kubepods-pod{}.slice/cri-containerd-{id}.scope",
+            uid.replace('-', "_")
+        ),
     );
-    api.put_pod(pod_json("shop", "web-0", &uid, NODE, "nginx", "containerd", &id, json!({})));
+    api.put_pod(pod_json(
+        "shop",
+        "web-0",
+        &uid,
+        NODE,
+        "nginx",
+        "containerd",
+        &id,
+        json!({}),
+    ));
     let nginx = Nginx::start(NginxOptions {
         tag: "k8s-off".into(),
         big_file: false,
@@ -363,7 +433,12 @@ fn outside_kubernetes_the_api_is_never_contacted() {
         !s.samples.iter().any(|x| x.name.starts_with("ngxprobe_kubernetes_")),
         "the resolver runs outside Kubernetes"
     );
-    assert_eq!(api.connections(), 0, "the API server was contacted: {:?}", api.requests());
+    assert_eq!(
+        api.connections(),
+        0,
+        "the API server was contacted: {:?}",
+        api.requests()
+    );
     drop(agent);
     drop(nginx);
 }

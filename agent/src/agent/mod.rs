@@ -247,7 +247,9 @@ fn start_kubernetes(
         worker.stop();
         return Err(RunError::start(
             "kubernetes",
-            format!("labels.{clash} is also a label Kubernetes metadata adds: rename it or set kubernetes.metadata: off"),
+            format!(
+                "labels.{clash} is also a label Kubernetes metadata adds: rename it or set kubernetes.metadata: off"
+            ),
         ));
     }
     workers.push(worker);

@@ -148,13 +148,21 @@ mod tests {
                 format!("0::/../../kubepods-besteffort-pod{UID_}.slice/cri-containerd-{ID}.scope\n"),
                 Some(UID),
             ),
-            ("Docker, systemd, v2", format!("0::/system.slice/docker-{ID}.scope\n"), None),
+            (
+                "Docker, systemd, v2",
+                format!("0::/system.slice/docker-{ID}.scope\n"),
+                None,
+            ),
             (
                 "Docker, cgroupfs, v1",
                 format!("12:memory:/docker/{ID}\n11:cpu:/docker/{ID}\n"),
                 None,
             ),
-            ("Podman", format!("0::/machine.slice/libpod-{ID}.scope/container\n"), None),
+            (
+                "Podman",
+                format!("0::/machine.slice/libpod-{ID}.scope/container\n"),
+                None,
+            ),
         ]
     }
 
@@ -193,8 +201,10 @@ mod tests {
         );
         // The pod slice without a container (the pause/sandbox accounting) still names the pod.
         assert_eq!(
-            pod_uid(&format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice\n"))
-                .as_deref(),
+            pod_uid(&format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice\n"
+            ))
+            .as_deref(),
             Some(UID)
         );
     }

@@ -216,7 +216,10 @@ impl Stats {
     }
 
     pub(super) fn event(&self, kind: &str) {
-        let i = EVENT_TYPES.iter().position(|t| *t == kind).unwrap_or(EVENT_TYPES.len() - 1);
+        let i = EVENT_TYPES
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(EVENT_TYPES.len() - 1);
         self.events[i].fetch_add(1, Ordering::Relaxed);
     }
 }

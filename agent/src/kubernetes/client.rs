@@ -49,7 +49,10 @@ impl ApiClient {
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("kubernetes.ca_file {}: {e}", ca_file.display()))?;
         if certs.is_empty() {
-            return Err(format!("kubernetes.ca_file {}: no PEM certificate in it", ca_file.display()));
+            return Err(format!(
+                "kubernetes.ca_file {}: no PEM certificate in it",
+                ca_file.display()
+            ));
         }
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))

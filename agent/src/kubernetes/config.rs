@@ -74,9 +74,7 @@ impl KubernetesConfig {
                 ));
             }
             if !seen.insert(name.clone()) {
-                return Err(format!(
-                    "kubernetes.pod_labels: two keys are both exported as {name:?}"
-                ));
+                return Err(format!("kubernetes.pod_labels: two keys are both exported as {name:?}"));
             }
         }
         if !self.api_server.is_empty() && !self.api_server.starts_with("https://") {
@@ -159,7 +157,9 @@ impl FromStr for PodLabelKey {
             && name.len() <= 63
             && name.starts_with(|c: char| c.is_ascii_alphanumeric())
             && name.ends_with(|c: char| c.is_ascii_alphanumeric())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         let prefix_ok = prefix.is_none_or(|p| {
             !p.is_empty()
                 && p.len() <= 253
@@ -167,7 +167,9 @@ impl FromStr for PodLabelKey {
                     !part.is_empty()
                         && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
                         && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                        && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                        && part
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 })
         });
         if !(name_ok && prefix_ok) {
@@ -177,7 +179,9 @@ impl FromStr for PodLabelKey {
         }
         let name = sanitize_label_name(s);
         if name.starts_with("__") || name.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(format!("pod label key {s:?} cannot be a Prometheus label name ({name:?})"));
+            return Err(format!(
+                "pod label key {s:?} cannot be a Prometheus label name ({name:?})"
+            ));
         }
         Ok(PodLabelKey(s.to_string()))
     }
@@ -242,8 +246,16 @@ mod tests {
             metadata: Mode::On,
             ..Default::default()
         };
-        assert!(on.target(env(&[("NODE_NAME", "n")])).unwrap_err().contains("KUBERNETES_SERVICE_HOST"));
-        assert!(on.target(env(&[("KUBERNETES_SERVICE_HOST", "h")])).unwrap_err().contains("NODE_NAME"));
+        assert!(
+            on.target(env(&[("NODE_NAME", "n")]))
+                .unwrap_err()
+                .contains("KUBERNETES_SERVICE_HOST")
+        );
+        assert!(
+            on.target(env(&[("KUBERNETES_SERVICE_HOST", "h")]))
+                .unwrap_err()
+                .contains("NODE_NAME")
+        );
         assert!(on.target(&full).unwrap().is_some());
     }
 
@@ -263,7 +275,10 @@ mod tests {
         let err = config::parse(Path::new("c.yml"), "kubernetes:\n  pod_labels: [a, 'Bad Key']\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("c.yml:2:") && err.contains("invalid pod label key"), "{err}");
+        assert!(
+            err.contains("c.yml:2:") && err.contains("invalid pod label key"),
+            "{err}"
+        );
         let err = config::parse(Path::new("c.yml"), "kubernetes:\n  api_server: http://x\n")
             .unwrap_err()
             .to_string();

@@ -37,7 +37,12 @@ pub fn spawn(
     let Some(target) = cfg.target(env)? else {
         return Ok(None);
     };
-    let client = client::ApiClient::new(&target.api_server, &target.node_name, &cfg.ca_file, cfg.token_file.clone())?;
+    let client = client::ApiClient::new(
+        &target.api_server,
+        &target.node_name,
+        &cfg.ca_file,
+        cfg.token_file.clone(),
+    )?;
     let cache = MetadataCache::default();
     let c = cache.clone();
     let labels = cfg.pod_labels.clone();

@@ -110,7 +110,11 @@ pub struct PodMeta {
 /// uid/name/namespace is not one the API server sends; skipped, not guessed).
 pub fn pod_meta(pod: &Pod, pod_labels: &[PodLabelKey]) -> Result<PodMeta, String> {
     let m = &pod.metadata;
-    for (what, v) in [("metadata.uid", &m.uid), ("metadata.name", &m.name), ("metadata.namespace", &m.namespace)] {
+    for (what, v) in [
+        ("metadata.uid", &m.uid),
+        ("metadata.name", &m.name),
+        ("metadata.namespace", &m.namespace),
+    ] {
         if !is_name(v) {
             return Err(format!("pod {:?}/{:?}: bad or missing {what}", m.namespace, m.name));
         }
@@ -204,7 +208,10 @@ mod tests {
         // A container without an id yet is left out; sidecars are in.
         assert_eq!(
             m.containers,
-            [(ID.to_string(), "nginx".to_string()), (SIDECAR.to_string(), "log-shipper".to_string())]
+            [
+                (ID.to_string(), "nginx".to_string()),
+                (SIDECAR.to_string(), "log-shipper".to_string())
+            ]
         );
     }
 
@@ -215,7 +222,10 @@ mod tests {
         }
         assert_eq!(runtime_container_id(ID), None);
         assert_eq!(runtime_container_id("containerd://abc"), None);
-        assert_eq!(runtime_container_id(&format!("containerd://{}", ID.to_uppercase())), None);
+        assert_eq!(
+            runtime_container_id(&format!("containerd://{}", ID.to_uppercase())),
+            None
+        );
     }
 
     #[test]
@@ -243,6 +253,9 @@ mod tests {
             r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"99","continue":"tok"},"items":[]}"#,
         )
         .unwrap();
-        assert_eq!((l.metadata.resource_version.as_str(), l.metadata.continue_token.as_str()), ("99", "tok"));
+        assert_eq!(
+            (l.metadata.resource_version.as_str(), l.metadata.continue_token.as_str()),
+            ("99", "tok")
+        );
     }
 }

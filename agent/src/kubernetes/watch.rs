@@ -116,7 +116,10 @@ impl Watcher {
         match pod_meta(pod, &self.pod_labels) {
             Ok(m) => Some(m),
             Err(why) => {
-                self.cache.stats().skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.cache
+                    .stats()
+                    .skipped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!("Kubernetes pod skipped: {why}");
                 None
             }
@@ -144,7 +147,10 @@ impl Watcher {
             }
             if buf.len() > MAX_EVENT_BYTES {
                 self.cache.stats().event("invalid");
-                return StreamEnd::Relist(Outcome::Invalid, format!("a watch event longer than {MAX_EVENT_BYTES} bytes"));
+                return StreamEnd::Relist(
+                    Outcome::Invalid,
+                    format!("a watch event longer than {MAX_EVENT_BYTES} bytes"),
+                );
             }
             // A successful event is proof enough that the API is back.
             self.backoff = BACKOFF_MIN;
@@ -157,7 +163,10 @@ impl Watcher {
             Ok(e) => e,
             Err(e) => {
                 self.cache.stats().event("invalid");
-                return Some(StreamEnd::Relist(Outcome::Invalid, format!("watch event is not JSON: {e}")));
+                return Some(StreamEnd::Relist(
+                    Outcome::Invalid,
+                    format!("watch event is not JSON: {e}"),
+                ));
             }
         };
         self.cache.stats().event(&event.kind);
@@ -172,7 +181,12 @@ impl Watcher {
         }
         let pod: Pod = match serde_json::from_value(event.object) {
             Ok(p) => p,
-            Err(e) => return Some(StreamEnd::Relist(Outcome::Invalid, format!("{} event: {e}", event.kind))),
+            Err(e) => {
+                return Some(StreamEnd::Relist(
+                    Outcome::Invalid,
+                    format!("{} event: {e}", event.kind),
+                ));
+            }
         };
         if !pod.metadata.resource_version.is_empty() {
             rv.clone_from(&pod.metadata.resource_version);
@@ -208,7 +222,11 @@ impl Watcher {
             let (pods, _) = self.cache.sizes();
             warn!(
                 "Kubernetes API server: {} failed: {}; keeping the metadata of the {pods} pods known, retrying with backoff (logged once per outage)",
-                if request == LIST { "listing this node's pods" } else { "watching this node's pods" },
+                if request == LIST {
+                    "listing this node's pods"
+                } else {
+                    "watching this node's pods"
+                },
                 e.message
             );
             self.outage = Some(Instant::now());
