@@ -438,18 +438,32 @@ fn finish(s: &mut Tls) -> Result<()> {
     Ok(())
 }
 
-/// A pod as the API server returns it, running one container with
-/// `container_id` (64 hex) under `runtime` ("containerd", "cri-o", "docker").
-pub fn pod_json(
-    namespace: &str,
-    name: &str,
-    uid: &str,
-    node: &str,
-    container: &str,
-    runtime: &str,
-    container_id: &str,
-    labels: Value,
-) -> Value {
+/// A pod on `node`, as the API server returns it.
+pub struct PodSpec<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub node: &'a str,
+    /// Its one container: name, runtime ("containerd", "cri-o", "docker")
+    /// and id (64 hex).
+    pub container: &'a str,
+    pub runtime: &'a str,
+    pub container_id: &'a str,
+    pub labels: Value,
+}
+
+/// The Pod object of `p`, with the fields a running pod has.
+pub fn pod_json(p: PodSpec<'_>) -> Value {
+    let PodSpec {
+        namespace,
+        name,
+        uid,
+        node,
+        container,
+        runtime,
+        container_id,
+        labels,
+    } = p;
     json!({
         "kind": "Pod", "apiVersion": "v1",
         "metadata": {

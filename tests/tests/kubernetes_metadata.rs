@@ -7,7 +7,7 @@
 //! keep them through an API outage, drop a pod deleted by a watch event, and
 //! outside Kubernetes the API is never contacted.
 use ngxprobe_e2e::agent::AgentOptions;
-use ngxprobe_e2e::kube_api::{ApiRequest, FakeKubeApi, pod_json};
+use ngxprobe_e2e::kube_api::{ApiRequest, FakeKubeApi, PodSpec, pod_json};
 use ngxprobe_e2e::metrics_text::{Sample, Scrape};
 use ngxprobe_e2e::util::{Poll, TempDir, poll};
 use ngxprobe_e2e::{Agent, Nginx, NginxOptions, guard};
@@ -187,37 +187,38 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
     let pids_v1 = cgroup_mount("cgroup", Some("pids")).expect("a cgroup v1 pids hierarchy is mounted");
     let cg_b = Cgroup::create(&pids_v1, &format!("kubepods/burstable/pod{uid_b}/crio-{id_b}"));
 
-    api.put_pod(pod_json(
-        "shop",
-        "web-0",
-        &uid_a,
-        NODE,
-        "nginx",
-        "containerd",
-        &id_a,
-        json!({"app.kubernetes.io/name": "web", "pod-template-hash": "5d9c7b6f4"}),
-    ));
-    api.put_pod(pod_json(
-        "edge",
-        "ingress-7f8d9",
-        &uid_b,
-        NODE,
-        "controller",
-        "cri-o",
-        &id_b,
-        json!({}),
-    ));
+    api.put_pod(pod_json(PodSpec {
+        namespace: "shop",
+        name: "web-0",
+        uid: &uid_a,
+        node: NODE,
+        container: "nginx",
+        runtime: "containerd",
+        container_id: &id_a,
+        labels: json!({"app.kubernetes.io/name": "web", "pod-template-hash": "5d9c7b6f4"}),
+    }));
+    api.put_pod(pod_json(PodSpec {
+        namespace: "edge",
+        name: "ingress-7f8d9",
+        uid: &uid_b,
+        node: NODE,
+        container: "controller",
+        runtime: "cri-o",
+        container_id: &id_b,
+        labels: json!({}),
+    }));
     // Another pod on the node, without nginx.
-    api.put_pod(pod_json(
-        "kube-system",
-        "coredns-1",
-        &uuid(),
-        NODE,
-        "coredns",
-        "containerd",
-        &container_id(),
-        json!({}),
-    ));
+    let (uid_c, id_c) = (uuid(), container_id());
+    api.put_pod(pod_json(PodSpec {
+        namespace: "kube-system",
+        name: "coredns-1",
+        uid: &uid_c,
+        node: NODE,
+        container: "coredns",
+        runtime: "containerd",
+        container_id: &id_c,
+        labels: json!({}),
+    }));
 
     let start = |tag: &str, cg: &Cgroup| {
         Nginx::start(NginxOptions {
@@ -396,16 +397,16 @@ fn outside_kubernetes_the_api_is_never_contacted() {
             uid.replace('-', "_")
         ),
     );
-    api.put_pod(pod_json(
-        "shop",
-        "web-0",
-        &uid,
-        NODE,
-        "nginx",
-        "containerd",
-        &id,
-        json!({}),
-    ));
+    api.put_pod(pod_json(PodSpec {
+        namespace: "shop",
+        name: "web-0",
+        uid: &uid,
+        node: NODE,
+        container: "nginx",
+        runtime: "containerd",
+        container_id: &id,
+        labels: json!({}),
+    }));
     let nginx = Nginx::start(NginxOptions {
         tag: "k8s-off".into(),
         big_file: false,

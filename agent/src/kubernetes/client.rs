@@ -134,7 +134,7 @@ async fn send(req: reqwest::RequestBuilder) -> Result<reqwest::Response, ApiErro
     let resp = req
         .send()
         .await
-        .map_err(|e| ApiError::new(Outcome::Unreachable, format!("{}", without_url(&e))))?;
+        .map_err(|e| ApiError::new(Outcome::Unreachable, without_url(&e)))?;
     let code = resp.status();
     if code.is_success() {
         return Ok(resp);
