@@ -56,9 +56,10 @@ impl ApiClient {
         }
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            // A watch is silent while nothing changes, but the server sends a
-            // BOOKMARK about every minute; a connection quiet for longer is dead.
-            .read_timeout(Duration::from_secs(90))
+            // No read timeout: a watch may be quiet for its whole
+            // timeoutSeconds (a node whose pods do not change), and each
+            // request has a total timeout. Keepalive finds a peer that vanished.
+            .tcp_keepalive(Duration::from_secs(30))
             .user_agent(concat!("ngxprobe/", env!("CARGO_PKG_VERSION")))
             .https_only(true)
             .tls_certs_only(certs)
