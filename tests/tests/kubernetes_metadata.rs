@@ -348,19 +348,22 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
         assert_eq!(x.label("pod"), Some(pod), "{:?}", x.labels);
     }
     let log = std::fs::read_to_string(agent.log_path()).unwrap();
-    let outage_lines = log.lines().filter(|l| l.contains("keeping the metadata")).count();
+    let outage_lines: Vec<&str> = log.lines().filter(|l| l.contains("keeping the metadata")).collect();
     assert_eq!(
-        outage_lines,
+        outage_lines.len(),
         1,
         "one line per outage, not per retry:\n{}",
         agent.log_tail(30)
     );
+    eprintln!("[e2e] outage logged once: {}", outage_lines[0]);
 
     // 4. While it was down, pod B was deleted. Back up, the agent resumes
     //    its watch, sees the DELETED event, and drops B's labels only.
     api.delete_pod(&uid_b);
     api.up().unwrap();
+    let t0 = std::time::Instant::now();
     let s = wait_label(&agent, &conf_b, "namespace", None);
+    eprintln!("[e2e] API back: deleted pod's labels gone after {:?}", t0.elapsed());
     let b = up_sample(&s, &conf_b).unwrap();
     assert_eq!(b.label("pod"), None, "{:?}", b.labels);
     assert_eq!(

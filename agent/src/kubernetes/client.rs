@@ -162,9 +162,9 @@ fn body_outcome(e: &reqwest::Error) -> Outcome {
     }
 }
 
-/// reqwest errors name the URL; ours carries only the field selector, but
-/// keep messages short and uniform.
-fn without_url(e: &reqwest::Error) -> String {
+/// A reqwest error with its causes (e.g. "connection reset"), without the
+/// URL (it carries only the field selector, but keep messages uniform).
+pub(super) fn without_url(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     if let Some(url) = e.url() {
         msg = msg.replace(&format!(" ({url})"), "").replace(url.as_str(), "");

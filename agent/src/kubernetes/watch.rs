@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::cache::{MetadataCache, Outcome};
-use super::client::{ApiClient, ApiError};
+use super::client::{ApiClient, ApiError, without_url};
 use super::config::PodLabelKey;
 use super::pods::{Pod, Status, WatchEvent, pod_meta};
 use crate::worker::Shutdown;
@@ -133,7 +133,7 @@ impl Watcher {
             let chunk = match resp.chunk().await {
                 Ok(Some(c)) => c,
                 Ok(None) => return StreamEnd::Closed,
-                Err(e) => return StreamEnd::Broken(format!("watch stream: {e}")),
+                Err(e) => return StreamEnd::Broken(format!("watch stream: {}", without_url(&e))),
             };
             buf.extend_from_slice(&chunk);
             while let Some(nl) = memchr::memchr(b'\n', &buf) {
