@@ -244,7 +244,26 @@ fn pod_metadata_labels_survive_outages_and_follow_deletes() {
     })
     .unwrap();
 
-    // 1. Labels from the list, on every family of each instance.
+    // 1. Labels from the list, on every family of each instance, from the
+    //    first scrape that shows the instance (discovery waits for the list:
+    //    no series first without the pod labels, then with them).
+    let first = poll(
+        "nginx A in /metrics",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let s = agent.scrape()?;
+            Ok(match up_sample(&s, &conf_a) {
+                Some(x) => Poll::Ready(x.labels.clone()),
+                None => Poll::Pending("absent".into()),
+            })
+        },
+    )
+    .unwrap();
+    assert!(
+        first.iter().any(|(k, v)| k == "pod" && v == "web-0"),
+        "first seen without its pod: {first:?}"
+    );
     wait_label(&agent, &conf_a, "pod", Some("web-0"));
     let s = wait_label(&agent, &conf_b, "pod", Some("ingress-7f8d9"));
     for (conf, ns, pod, container, id, app) in [

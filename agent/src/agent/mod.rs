@@ -126,6 +126,14 @@ fn start_and_serve(
     let kubernetes = start_kubernetes(cfg, runtime, workers)?;
     if let Some(cache) = &kubernetes {
         collector.lock().set_metadata(cache.clone());
+        // Bounded: an API server that does not answer delays nothing for long.
+        let wait = std::time::Duration::from_secs(5);
+        if runtime
+            .block_on(tokio::time::timeout(wait, cache.first_list()))
+            .is_err()
+        {
+            info!("no answer from the Kubernetes API server within {wait:?}: discovering nginx now, pod labels follow");
+        }
     }
     let health = Arc::new(expose::Health::default());
     health.set_not_ready("first discovery scan has not finished");

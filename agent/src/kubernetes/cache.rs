@@ -18,6 +18,9 @@ pub struct MetadataCache(Arc<Shared>);
 struct Shared {
     state: RwLock<State>,
     pub(super) stats: Stats,
+    /// The first list has been answered (or has failed).
+    answered: std::sync::atomic::AtomicBool,
+    answered_notify: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -89,6 +92,25 @@ impl MetadataCache {
 
     pub(super) fn delete(&self, uid: &str) {
         self.0.state.write().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+
+    /// Resolves once the first list of pods has succeeded or failed, so
+    /// discovery can wait (bounded) for it and not export an instance's
+    /// series first without its pod labels, then again with them.
+    pub async fn first_list(&self) {
+        let notified = self.0.answered_notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.0.answered.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
+    }
+
+    pub(super) fn mark_answered(&self) {
+        if !self.0.answered.swap(true, Ordering::SeqCst) {
+            self.0.answered_notify.notify_waiters();
+        }
     }
 
     pub(super) fn stats(&self) -> &Stats {
@@ -278,6 +300,30 @@ mod tests {
         c.replace(vec![pod("u4", "web-4", &[("c4", "nginx")])]);
         assert_eq!(c.sizes(), (1, 1));
         assert!(c.labels(Some("c3"), None).is_empty());
+    }
+
+    #[test]
+    fn first_list_resolves_once_answered() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = MetadataCache::default();
+        let pending =
+            rt.block_on(async { tokio::time::timeout(std::time::Duration::from_millis(20), c.first_list()).await });
+        assert!(pending.is_err(), "resolved before any answer");
+        let c2 = c.clone();
+        rt.block_on(async {
+            let waiter = tokio::spawn(async move { c2.first_list().await });
+            tokio::task::yield_now().await;
+            c.mark_answered();
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+                .await
+                .expect("woken")
+                .unwrap();
+        });
+        // Already answered: resolves at once.
+        rt.block_on(c.first_list());
     }
 
     #[test]

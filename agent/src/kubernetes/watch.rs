@@ -63,9 +63,12 @@ impl Watcher {
                     self.reachable();
                     let pods = list.items.iter().filter_map(|p| self.meta(p)).collect();
                     self.cache.replace(pods);
+                    self.cache.mark_answered();
                     rv
                 }
                 Err(e) => {
+                    // Discovery waits for the first answer; a failure is one.
+                    self.cache.mark_answered();
                     self.failed(LIST, &e).await;
                     continue;
                 }
