@@ -128,10 +128,9 @@ fn start_and_serve(
         collector.lock().set_metadata(cache.clone());
         // Bounded: an API server that does not answer delays nothing for long.
         let wait = std::time::Duration::from_secs(5);
-        if runtime
-            .block_on(tokio::time::timeout(wait, cache.first_list()))
-            .is_err()
-        {
+        // The timer must be made inside the runtime.
+        let answered = runtime.block_on(async { tokio::time::timeout(wait, cache.first_list()).await });
+        if answered.is_err() {
             info!("no answer from the Kubernetes API server within {wait:?}: discovering nginx now, pod labels follow");
         }
     }
