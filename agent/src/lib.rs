@@ -3,7 +3,7 @@
 //! The `ngxprobe` binary (main.rs) is a thin command line over this crate;
 //! benchmarks and the end-to-end tests use the same public API.
 //!
-//! Pipeline (data flows one way): discover/probe → collect → expose (/metrics)
+//! Pipeline (data flows one way): discover/probe (+ kubernetes metadata) → collect → expose (/metrics)
 //! → store → query → rules → notify. The stages talk through small typed
 //! interfaces ([`metrics`], [`series`], [`alerts`], [`live`]); [`agent`] starts
 //! them, owns their lifetimes and stops them in order.
@@ -15,6 +15,7 @@ pub mod config;
 pub mod diagnose;
 pub mod discover;
 pub mod expose;
+pub mod kubernetes;
 pub mod live;
 pub mod logging;
 pub mod metrics;

@@ -9,6 +9,7 @@
 //! * [`pki`]: a test CA and the certificates it signs (openssl).
 //! * [`metrics_text`]: Prometheus text parsing, per-`conf_path` views.
 //! * [`measure`]: the exact measurement protocol and the invariant monitor.
+//! * [`kube_api`]: a local HTTPS stand-in for the Kubernetes API's pods endpoint.
 //! * [`slack_receiver`]: a local HTTP server standing in for Slack's webhook.
 //! * [`seed`]: the seed's Slack receiver and alerting rule.
 //! * [`browser`]: headless Chromium over the DevTools protocol (the page's tests).
@@ -23,6 +24,7 @@
 pub mod agent;
 pub mod browser;
 pub mod clients;
+pub mod kube_api;
 pub mod measure;
 pub mod metrics_text;
 pub mod netns;

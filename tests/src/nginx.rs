@@ -70,6 +70,9 @@ pub struct NginxOptions {
     pub access_log: bool,
     /// Extra `location` blocks (raw nginx config) in the main server.
     pub main_locations: String,
+    /// Start the master inside this cgroup directory (its pid is written to
+    /// `cgroup.procs` before it execs nginx, so the workers are born there).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Fields of the access log written with `access_log: true`, space-separated
@@ -93,6 +96,7 @@ impl Default for NginxOptions {
             extra_http: String::new(),
             access_log: false,
             main_locations: String::new(),
+            cgroup: None,
         }
     }
 }
@@ -185,9 +189,18 @@ impl Nginx {
         let conf = d.join("nginx.conf");
         let extra = format!("{extra}{}", opts.extra_http);
         std::fs::write(&conf, config_with(d, opts, main_port, oracle_port, &extra))?;
-        let mut cmd = match &opts.netns {
-            Some(ns) => ns.command(bin)?,
-            None => Command::new(bin),
+        let mut cmd = match (&opts.netns, &opts.cgroup) {
+            (Some(ns), _) => ns.command(bin)?,
+            // exec keeps the pid: the master is the process that joined.
+            (None, Some(cg)) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                    .arg(cg)
+                    .arg(bin);
+                c
+            }
+            (None, None) => Command::new(bin),
         };
         cmd.arg("-p")
             .arg(d)

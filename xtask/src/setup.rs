@@ -27,7 +27,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "tests and benchmarks run their own nginx"),
     ("wrk", "load generator for tests and benchmarks"),
     ("curl", "used by tests (also over https)"),
-    ("openssl", "TLS tests: self-signed certificate, s_client handshakes"),
+    (
+        "openssl",
+        "TLS tests: self-signed certificate, s_client handshakes, the Kubernetes API stand-in's CA",
+    ),
     (
         "nghttp2-client",
         "h2load: HTTP/2 clients for the unparsed-connection tests",

@@ -25,7 +25,7 @@ use crate::rules::{self, RuleManager};
 use crate::series::{SeriesReader, SeriesWriter};
 use crate::store::{self, Store};
 use crate::worker::Worker;
-use crate::{expose, logging, preflight, privilege, query, web};
+use crate::{expose, kubernetes, logging, preflight, privilege, query, web};
 use pipeline::{Pipeline, Sampled};
 
 /// Why the agent did not start or stopped with an error.
@@ -127,6 +127,19 @@ fn start_and_serve(
     runtime: &tokio::runtime::Runtime,
     workers: &mut Workers,
 ) -> Result<(), RunError> {
+    // Kubernetes metadata first, so the first scan's instances are labelled
+    // as soon as the pod list arrives; nothing happens outside Kubernetes.
+    let kubernetes = start_kubernetes(cfg, runtime, workers)?;
+    if let Some(cache) = &kubernetes {
+        collector.lock().set_metadata(cache.clone());
+        // Bounded: an API server that does not answer delays nothing for long.
+        let wait = std::time::Duration::from_secs(5);
+        // The timer must be made inside the runtime.
+        let answered = runtime.block_on(async { tokio::time::timeout(wait, cache.first_list()).await });
+        if answered.is_err() {
+            info!("no answer from the Kubernetes API server within {wait:?}: discovering nginx now, pod labels follow");
+        }
+    }
     let health = Arc::new(expose::Health::default());
     health.set_not_ready("first discovery scan has not finished");
     let ready = health.clone();
@@ -233,6 +246,7 @@ fn start_and_serve(
         rules,
         notifier,
         forwarder,
+        kubernetes,
     });
     if let Some(store) = &store {
         let sampled: Arc<dyn MetricsSource> = Arc::new(Sampled(source.clone()));
@@ -246,6 +260,37 @@ fn start_and_serve(
         .security(security);
     runtime.block_on(server.serve(shutdown_signal()))?;
     Ok(())
+}
+
+/// The Kubernetes metadata loop, when the agent runs in a pod (or is told to).
+fn start_kubernetes(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    workers: &mut Workers,
+) -> Result<Option<kubernetes::MetadataCache>, RunError> {
+    let k = &cfg.kubernetes;
+    // Constant labels may not take the names the metadata adds.
+    let added: Vec<String> = kubernetes::RESERVED_LABELS[2..]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(k.pod_labels.iter().map(|p| p.label_name()))
+        .collect();
+    let env = |name: &str| std::env::var(name).ok();
+    let started = kubernetes::spawn(k, env, runtime.handle()).map_err(|e| RunError::start("kubernetes", e))?;
+    let Some((worker, cache)) = started else {
+        return Ok(None);
+    };
+    if let Some(clash) = cfg.labels.keys().find(|l| added.iter().any(|a| a == l.as_str())) {
+        worker.stop();
+        return Err(RunError::start(
+            "kubernetes",
+            format!(
+                "labels.{clash} is also a label Kubernetes metadata adds: rename it or set kubernetes.metadata: off"
+            ),
+        ));
+    }
+    workers.push(worker);
+    Ok(Some(cache))
 }
 
 /// The loops the supervisor started, in start order.

@@ -20,6 +20,8 @@ pub struct Pipeline {
     pub rules: Option<Arc<RuleManager>>,
     pub notifier: Option<Notifier>,
     pub forwarder: Option<Arc<ForwardingSink>>,
+    /// The Kubernetes metadata resolver (ngxprobe_kubernetes_*), when it runs.
+    pub kubernetes: Option<crate::kubernetes::MetadataCache>,
 }
 
 impl MetricsSource for Pipeline {
@@ -43,6 +45,9 @@ impl MetricsSource for Pipeline {
         }
         if let Some(fw) = &self.forwarder {
             f.extend(fw.self_families());
+        }
+        if let Some(k) = &self.kubernetes {
+            f.extend(k.families());
         }
         f
     }

@@ -73,8 +73,12 @@ pub fn stub_status(t: &SlotTotals, seeded_active: i64) -> StubStatus {
 impl Collector {
     pub(super) fn labels(&self, t: &Tracked) -> Vec<(String, String)> {
         let mut l = vec![("conf_path".to_string(), t.inst.key.conf_path.clone())];
-        if let Some(id) = &t.inst.key.container_id {
+        let key = &t.inst.key;
+        if let Some(id) = &key.container_id {
             l.push(("container_id".to_string(), id.clone()));
+        }
+        if let Some(m) = &self.metadata {
+            l.extend(m.labels(key.container_id.as_deref(), key.pod_uid.as_deref()));
         }
         l.extend(self.extra_labels.iter().cloned());
         l

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::{
     discover::{self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome},
+    kubernetes::MetadataCache,
     probe::{Probe, ProbeError},
 };
 
@@ -67,6 +68,8 @@ pub struct Collector {
     pub(super) probe: Probe,
     pub(super) instances: BTreeMap<InstanceKey, Tracked>,
     pub(super) extra_labels: Vec<(String, String)>,
+    /// Pod metadata (kubernetes stage), when the agent runs in Kubernetes.
+    pub(super) metadata: Option<MetadataCache>,
     pub(super) discovery: DiscoveryStats,
     proc_root: PathBuf,
     retention: Duration,
@@ -102,6 +105,7 @@ impl Collector {
             probe,
             instances: BTreeMap::new(),
             extra_labels,
+            metadata: None,
             discovery: DiscoveryStats::default(),
             proc_root,
             retention,
@@ -158,6 +162,11 @@ impl Collector {
 
     pub(super) fn proc_root(&self) -> &std::path::Path {
         &self.proc_root
+    }
+
+    /// Labels instances in pods with their namespace, pod and container.
+    pub fn set_metadata(&mut self, metadata: MetadataCache) {
+        self.metadata = Some(metadata);
     }
 
     pub fn instance_count(&self) -> usize {

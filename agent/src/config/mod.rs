@@ -45,6 +45,8 @@ pub struct Config {
     pub ebpf: EbpfConfig,
     /// Per-request RED metrics from the uprobe on nginx (collect stage).
     pub per_request: crate::collect::requests::PerRequestConfig,
+    /// namespace/pod/container labels for nginx in pods (kubernetes stage).
+    pub kubernetes: crate::kubernetes::KubernetesConfig,
     /// Extra constant labels added to every nginx_* sample.
     pub labels: BTreeMap<LabelName, String>,
     /// The embedded time-series store (store stage).
@@ -142,6 +144,7 @@ impl Config {
         self.web.validate()?;
         self.storage.validate()?;
         self.query.validate()?;
+        self.kubernetes.validate()?;
         if self.alertmanager.is_some() && self.alertmanager_config_file.is_some() {
             return Err("set either alertmanager (inline) or alertmanager_config_file, not both".into());
         }

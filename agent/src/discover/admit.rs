@@ -106,6 +106,7 @@ mod tests {
                 key: InstanceKey {
                     conf_path: conf.into(),
                     container_id: None,
+                    pod_uid: None,
                     netns,
                 },
                 master_pid: start_ticks as u32 + 100,

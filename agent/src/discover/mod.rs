@@ -46,6 +46,9 @@ pub struct InstanceKey {
     pub conf_path: String,
     /// Container id (64 hex, from /proc/PID/cgroup) when nginx runs in a container.
     pub container_id: Option<String>,
+    /// UID of the Kubernetes pod (from the kubelet's cgroup names) when nginx
+    /// runs in one; determined by the container, so it never splits an instance.
+    pub pod_uid: Option<String>,
     /// Inode of the network namespace (`/proc/PID/ns/net`).
     pub netns: u64,
 }

@@ -5,7 +5,7 @@
 //! reported, never fatal to the scan; instances are admitted within the
 //! configured caps ([`super::admit`]).
 use super::admit::{self, Candidate, Limits};
-use super::cgroup::container_id;
+use super::cgroup::{container_id, pod_uid};
 use super::cmdline::{NginxArgs, Title, classify_cmdline, is_nginx_binary_name, parse_nginx_args, resolve_conf_path};
 use super::exe::{ExeCache, Verdict};
 use super::labels::{check_label, is_container_id, log_excerpt};
@@ -377,6 +377,7 @@ fn master_key(proc_root: &Path, pid: u32, p: &NginxProc, found: &mut Findings) -
     Some(InstanceKey {
         conf_path,
         container_id,
+        pod_uid: pod_uid(&cgroup),
         netns,
     })
 }
