@@ -31,8 +31,8 @@
 #![feature(core_intrinsics)]
 
 mod payload;
-mod tcp_health;
 mod request_uprobe;
+mod tcp_health;
 
 use core::{
     ffi::c_void,

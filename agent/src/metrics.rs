@@ -65,7 +65,11 @@ impl HistogramValue {
                 buckets.push((b, cumulative));
             }
         }
-        HistogramValue { buckets, sum, count: cumulative }
+        HistogramValue {
+            buckets,
+            sum,
+            count: cumulative,
+        }
     }
 }
 

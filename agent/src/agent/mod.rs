@@ -106,7 +106,15 @@ pub fn run(args: RunArgs) -> Result<(), RunError> {
 
     // Workers in pipeline order; stopped in reverse.
     let mut workers = Workers::default();
-    let result = start_and_serve(&cfg, security, collector, request_feed, store.clone(), &runtime, &mut workers);
+    let result = start_and_serve(
+        &cfg,
+        security,
+        collector,
+        request_feed,
+        store.clone(),
+        &runtime,
+        &mut workers,
+    );
     workers.stop_all();
     if let Some(store) = store {
         close_store(store);

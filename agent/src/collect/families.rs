@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 
 use super::{
     registry::{Collector, PROBE_ERROR, Tracked},
-    tcp_health::TcpFamilies,
     requests::families::RequestFamilies,
+    tcp_health::TcpFamilies,
     unparsed,
     worker_health::WorkerFamilies,
 };

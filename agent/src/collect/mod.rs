@@ -7,8 +7,8 @@ mod discovery_stats;
 mod families;
 mod listen;
 mod registry;
-mod tcp_health;
 pub mod requests;
+mod tcp_health;
 mod unparsed;
 mod worker_health;
 

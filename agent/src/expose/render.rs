@@ -243,8 +243,14 @@ mod tests {
     fn histograms_render_buckets_in_order_with_sum_and_count() {
         let mut f = Family::new("req_seconds", "Request time", MetricType::Histogram);
         let l = |v: &str| vec![("code".to_string(), v.to_string())];
-        f.push_histogram(l("500"), &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[1, 0, 1], 2.5));
-        f.push_histogram(l("200"), &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[3, 1, 0], 0.75));
+        f.push_histogram(
+            l("500"),
+            &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[1, 0, 1], 2.5),
+        );
+        f.push_histogram(
+            l("200"),
+            &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[3, 1, 0], 0.75),
+        );
         let text = render_text(&[f.clone()]);
         let want = "# HELP req_seconds Request time\n# TYPE req_seconds histogram\n\
 req_seconds_bucket{code=\"200\",le=\"0.1\"} 3\n\

@@ -3,9 +3,9 @@
 mod btf_offsets;
 mod config;
 mod load_error;
-mod tcp_health;
 mod nginx_build;
 mod request_probe;
+mod tcp_health;
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -19,8 +19,8 @@ use aya::{
 
 pub use config::EbpfConfig;
 pub use load_error::ProbeError;
-pub use tcp_health::kernel_hz;
 pub use nginx_build::{BuildError, BuildId, KnownBuild, identify as identify_nginx_build};
+pub use tcp_health::kernel_hz;
 
 /// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ngxprobe"));

@@ -484,7 +484,10 @@ groups:
         let names: Vec<String> = m.groups()[1].rules.iter().map(|r| r.def.name.clone()).collect();
         assert_eq!(names, ["NginxWorkerCrashed", "NginxTCPRetransmitRatioHigh"]);
         let names: Vec<String> = m.groups()[2].rules.iter().map(|r| r.def.name.clone()).collect();
-        assert_eq!(names, ["NginxListenerDroppingConnections", "NginxListenQueueNearlyFull"]);
+        assert_eq!(
+            names,
+            ["NginxListenerDroppingConnections", "NginxListenQueueNearlyFull"]
+        );
         let off = RuleManager::new(
             store.clone(),
             store.clone(),

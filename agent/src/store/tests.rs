@@ -828,7 +828,10 @@ fn histograms_are_stored_as_bucket_sum_and_count_series() {
     let d = TempDir::new("histogram");
     let s = Store::open(&cfg(&d.0)).unwrap();
     let mut f = Family::new("req_seconds", "Request time", MetricType::Histogram);
-    f.push_histogram(vec![("code".into(), "200".into())], &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[3, 1, 0], 0.75));
+    f.push_histogram(
+        vec![("code".into(), "200".into())],
+        &crate::metrics::HistogramValue::from_bucket_counts(&[0.1, 1.0], &[3, 1, 0], 0.75),
+    );
     let r = s.ingest(&[f], 1000);
     assert_eq!((r.appended, r.new_series), (5, 5));
     assert_eq!(all(&s, "req_seconds_bucket").len(), 3);

@@ -265,6 +265,7 @@ mod tests {
             netns: 1,
             conf_path: conf.into(),
             container_id: None,
+            pod_uid: None,
         }
     }
 

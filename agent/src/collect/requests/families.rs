@@ -75,12 +75,18 @@ impl RequestFamilies {
         for (k, s) in &inst.series {
             let mut l = labels.to_vec();
             l.extend(k.labels().into_iter().map(|(n, v)| (n.to_string(), v)));
-            self.duration
-                .push_histogram(l.clone(), &HistogramValue::from_bucket_counts(ms, &s.duration.counts, s.duration.sum as f64 / 1000.0));
-            self.request_size
-                .push_histogram(l.clone(), &HistogramValue::from_bucket_counts(sizes, &s.request_size.counts, s.request_size.sum as f64));
-            self.response_size
-                .push_histogram(l, &HistogramValue::from_bucket_counts(sizes, &s.response_size.counts, s.response_size.sum as f64));
+            self.duration.push_histogram(
+                l.clone(),
+                &HistogramValue::from_bucket_counts(ms, &s.duration.counts, s.duration.sum as f64 / 1000.0),
+            );
+            self.request_size.push_histogram(
+                l.clone(),
+                &HistogramValue::from_bucket_counts(sizes, &s.request_size.counts, s.request_size.sum as f64),
+            );
+            self.response_size.push_histogram(
+                l,
+                &HistogramValue::from_bucket_counts(sizes, &s.response_size.counts, s.response_size.sum as f64),
+            );
         }
         if attached { inst.unparsed_conn_requests } else { 0 }
     }
