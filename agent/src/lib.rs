@@ -4,7 +4,7 @@
 //! benchmarks and the end-to-end tests use the same public API.
 //!
 //! Pipeline (data flows one way): discover/probe (+ kubernetes metadata) → collect → expose (/metrics)
-//! → store → query → rules → notify. The stages talk through small typed
+//! → store → query → rules → notify (+ remote_write). The stages talk through small typed
 //! interfaces ([`metrics`], [`series`], [`alerts`], [`live`]); [`agent`] starts
 //! them, owns their lifetimes and stops them in order.
 pub mod agent;
@@ -15,6 +15,7 @@ pub mod config;
 pub mod diagnose;
 pub mod discover;
 pub mod expose;
+pub mod http_client;
 pub mod kubernetes;
 pub mod live;
 pub mod logging;

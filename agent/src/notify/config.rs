@@ -15,6 +15,8 @@ use crate::compat::PromDuration;
 use crate::compat::yaml::{self, InvalidField, dotted, locate_nearest};
 pub(crate) use crate::compat::yaml::{Step, key};
 use crate::secret::Secret;
+// The receivers' `http_config` (shared with remote_write).
+pub use crate::http_client::{Authorization, BasicAuth, HttpConfig, TlsConfig};
 
 /// Alertmanager's top-level configuration keys.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -105,62 +107,6 @@ impl Default for GlobalConfig {
             http_config: None,
         }
     }
-}
-
-/// The subset of Prometheus' `http_config` that applies to webhooks, plus
-/// `timeout` (per request; ngxprobe extension, default 10s).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub follow_redirects: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub enable_http2: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub proxy_url: Option<Secret>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_config: Option<TlsConfig>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub basic_auth: Option<BasicAuth>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub authorization: Option<Authorization>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bearer_token: Option<Secret>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bearer_token_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<PromDuration>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    pub insecure_skip_verify: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BasicAuth {
-    pub username: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<Secret>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Authorization {
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<Secret>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credentials_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -1,13 +1,14 @@
 //! Message bodies (Slack, webhook) and HTTP delivery with retries.
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value as Json, json};
 
-use super::clock::{NEVER, instant_after};
+use super::clock::instant_after;
 use super::compile::{SlackTemplates, UrlSource};
-use super::config::HttpConfig;
 use super::template::TemplateData;
 use crate::compat::time::{GO_ZERO_TIME, rfc3339};
+use crate::http_client::{HttpConfig, auth_header};
+pub use crate::http_client::{build_client, parse_retry_after};
 
 /// The Slack webhook body, field for field as Alertmanager 0.25 builds it
 /// (empty optional fields omitted, `text`/`fallback`/`callback_id`/`footer`
@@ -101,82 +102,6 @@ pub struct AttemptError {
     pub message: String,
 }
 
-pub fn build_client(http: &HttpConfig) -> Result<reqwest::Client, String> {
-    super::install_crypto_provider();
-    let mut b = reqwest::Client::builder()
-        .timeout(http.timeout.map(|d| d.as_duration()).unwrap_or(Duration::from_secs(10)))
-        .connect_timeout(Duration::from_secs(5))
-        .user_agent(concat!("ngxprobe/", env!("CARGO_PKG_VERSION")))
-        .no_proxy();
-    if http.follow_redirects == Some(false) {
-        b = b.redirect(reqwest::redirect::Policy::none());
-    }
-    if let Some(p) = &http.proxy_url {
-        b = b.proxy(reqwest::Proxy::all(p.expose()).map_err(|_| "invalid proxy_url".to_string())?);
-    }
-    if let Some(tls) = &http.tls_config {
-        if tls.insecure_skip_verify {
-            b = b.tls_danger_accept_invalid_certs(true);
-        }
-        if let Some(ca) = &tls.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| format!("{}: {e}", ca.display()))?;
-            b = b.add_root_certificate(cert);
-        }
-    }
-    b.build().map_err(|e| e.to_string())
-}
-
-/// The `Authorization` header `http` asks for; `*_file` secrets are read
-/// on every call, so rotated files take effect without a restart.
-pub fn auth_header(http: &HttpConfig) -> Result<Option<String>, String> {
-    let read = |p: &std::path::Path| {
-        crate::secret::load_secret_file(p)
-            .map(|s| s.expose().to_string())
-            .map_err(|e| e.to_string())
-    };
-    if let Some(b) = &http.basic_auth {
-        let pw = match (&b.password, &b.password_file) {
-            (Some(p), _) => p.expose().to_string(),
-            (None, Some(f)) => read(f)?,
-            _ => String::new(),
-        };
-        return Ok(Some(format!("Basic {}", base64(&format!("{}:{pw}", b.username)))));
-    }
-    if let Some(a) = &http.authorization {
-        let cred = match (&a.credentials, &a.credentials_file) {
-            (Some(c), _) => c.expose().to_string(),
-            (None, Some(f)) => read(f)?,
-            _ => String::new(),
-        };
-        return Ok(Some(format!("{} {cred}", a.kind.as_deref().unwrap_or("Bearer"))));
-    }
-    match (&http.bearer_token, &http.bearer_token_file) {
-        (Some(t), _) => Ok(Some(format!("Bearer {}", t.expose()))),
-        (None, Some(f)) => Ok(Some(format!("Bearer {}", read(f)?))),
-        _ => Ok(None),
-    }
-}
-
-fn base64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for chunk in b.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// One POST. Never puts the URL in an error (it is a secret).
 pub async fn attempt(
     client: &reqwest::Client,
@@ -232,36 +157,6 @@ pub async fn attempt(
         retry_after,
         message: format!("unexpected status code {}: {snippet}", status.as_u16()),
     })
-}
-
-/// `Retry-After` in seconds or as an HTTP date; absurd values (past u64,
-/// centuries) mean "not within this flush", capped so no sum overflows.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        let secs = v.parse::<u64>().unwrap_or(u64::MAX);
-        return Some(Duration::from_secs(secs).min(NEVER));
-    }
-    let when = humantime::parse_rfc3339_weak(v).ok().or_else(|| httpdate(v))?;
-    Some(
-        when.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-            .min(NEVER),
-    )
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn httpdate(v: &str) -> Option<SystemTime> {
-    let parts: Vec<&str> = v.split_whitespace().collect();
-    if parts.len() != 6 {
-        return None;
-    }
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = months.iter().position(|x| *x == parts[2])? + 1;
-    let s = format!("{}-{:02}-{:0>2}T{}Z", parts[3], m, parts[1], parts[4]);
-    humantime::parse_rfc3339(&s).ok()
 }
 
 /// How much of a receiver's answer is read: enough for an error message
@@ -348,11 +243,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn helpers() {
-        assert_eq!(base64("user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(base64("a"), "YQ==");
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert!(httpdate("Sun, 06 Nov 1994 08:49:37 GMT").is_some());
+    fn backoff_doubles_from_500ms_to_30s() {
         assert_eq!(backoff(0), Duration::from_millis(500));
         assert_eq!(backoff(20), Duration::from_secs(30));
     }

@@ -63,11 +63,6 @@ pub enum NotifyError {
     Other(String),
 }
 
-pub(crate) fn install_crypto_provider() {
-    // Process-wide; a second install (or one by another stage) is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Persisted state: the notification log and the alerts still pending.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct PersistedState {

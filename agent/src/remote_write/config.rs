@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::compat::PromDuration;
 use crate::compat::relabel::RelabelConfig;
-use crate::notify::config::{Authorization, BasicAuth, HttpConfig, TlsConfig};
+use crate::http_client::{Authorization, BasicAuth, HttpConfig, TlsConfig};
 use crate::secret::Secret;
 
 /// One `remote_write:` entry.

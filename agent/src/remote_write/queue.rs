@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use super::config::RemoteWriteConfig;
 use super::wire;
 use crate::compat::relabel;
-use crate::notify::config::HttpConfig;
+use crate::http_client::HttpConfig;
 use crate::series::Labels;
 use crate::store::{Store, WalBatch, WalCursor, WalPosition};
 use crate::worker::Shutdown;
@@ -81,7 +81,7 @@ enum Outcome {
 impl Endpoint {
     pub fn new(cfg: RemoteWriteConfig) -> Result<Endpoint, String> {
         let http = cfg.http().map_err(|(f, m)| format!("{f}: {m}"))?;
-        let client = crate::notify::deliver::build_client(&http)?;
+        let client = crate::http_client::build_client(&http)?;
         Ok(Endpoint {
             name: cfg.queue_name(),
             url_label: crate::secret::redact_url(&cfg.url),
@@ -289,7 +289,7 @@ impl Endpoint {
         for (k, v) in &self.cfg.headers {
             req = req.header(k, v);
         }
-        match crate::notify::deliver::auth_header(&self.http) {
+        match crate::http_client::auth_header(&self.http) {
             Ok(Some(h)) => req = req.header("Authorization", h),
             Ok(None) => {}
             // A secret file that cannot be read now may be readable later (mount).
@@ -307,7 +307,7 @@ impl Endpoint {
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
-            .and_then(crate::notify::deliver::parse_retry_after);
+            .and_then(crate::http_client::parse_retry_after);
         let text = resp.text().await.unwrap_or_default();
         // The receiver's words go into a log line: escaped, bounded.
         let snippet: String = text.chars().take(MAX_ERROR_BODY).flat_map(char::escape_debug).collect();

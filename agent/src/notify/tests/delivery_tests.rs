@@ -43,7 +43,7 @@ fn titles(rec: &Recorder) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receiver_down_then_up_loses_nothing() {
-    crate::notify::install_crypto_provider();
+    crate::http_client::install_crypto_provider();
     let port = free_port();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let rec = Arc::new(Recorder::default());
@@ -116,7 +116,7 @@ async fn receiver_down_then_up_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_neither_resends_nor_forgets_resolved() {
-    crate::notify::install_crypto_provider();
+    crate::http_client::install_crypto_provider();
     let rec = Arc::new(Recorder::default());
     let server = Receiver::start(rec.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let url = format!("http://{}/hook", server.addr);
@@ -166,7 +166,7 @@ async fn restart_neither_resends_nor_forgets_resolved() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_posts_prometheus_shaped_alerts() {
-    crate::notify::install_crypto_provider();
+    crate::http_client::install_crypto_provider();
     let rec = Arc::new(Recorder::default());
     let server = Receiver::start(rec.clone(), "127.0.0.1:0".parse().unwrap()).await;
     let cfg: crate::notify::AlertingConfig = serde_saphyr::from_str(&format!(

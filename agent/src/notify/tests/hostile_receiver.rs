@@ -14,7 +14,7 @@ use crate::notify::deliver::{self, Delivered};
 use crate::secret::Secret;
 
 async fn deliver_once(url: &str, deadline: Duration) -> (Delivered, Duration) {
-    crate::notify::install_crypto_provider();
+    crate::http_client::install_crypto_provider();
     let http = HttpConfig::default();
     let client = deliver::build_client(&http).expect("client");
     let url = UrlSource::Inline(Secret::new(url));
@@ -131,7 +131,7 @@ async fn forwarder_credentials_never_reach_labels_logs_or_config_dumps() {
         .with_max_level(tracing::Level::DEBUG)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    crate::notify::install_crypto_provider();
+    crate::http_client::install_crypto_provider();
 
     let rec = Arc::new(Recorder::default());
     rec.set_mode(Mode::Status500);

@@ -243,7 +243,7 @@ impl AlertmanagerProcess {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start prometheus-alertmanager");
-        super::super::install_crypto_provider();
+        crate::http_client::install_crypto_provider();
         let am = AlertmanagerProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
