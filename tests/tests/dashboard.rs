@@ -95,7 +95,10 @@ fn substitute(expr: &str, conf_value: &str) -> String {
             out = next;
         }
     }
-    assert!(!out.contains('$') && !out.contains("[["), "unknown Grafana variable in {expr:?} → {out:?}");
+    assert!(
+        !out.contains('$') && !out.contains("[["),
+        "unknown Grafana variable in {expr:?} → {out:?}"
+    );
     out
 }
 
@@ -125,18 +128,36 @@ fn every_dashboard_query_parses_and_returns_data_under_load() {
     let load = WrkRun::spawn(&["-t1", "-c4", "-d12s", &url], Duration::from_secs(12)).expect("wrk");
     let addr = agent.addr();
 
-    // The conf_path variable's own query, as Grafana sends label_values(m, l).
-    let values = api_get(
-        addr,
-        "/api/v1/label/conf_path/values",
-        &[("match[]", "nginx_up".to_string()), ("start", secs(now_ms() - 3_600_000)), ("end", secs(now_ms()))],
+    // The conf_path variable's own query, as Grafana sends label_values(m, l)
+    // (the store has our instance from its first sample on: poll, bounded).
+    poll(
+        "label_values(nginx_up, conf_path)",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let values = api_get(
+                addr,
+                "/api/v1/label/conf_path/values",
+                &[
+                    ("match[]", "nginx_up".to_string()),
+                    ("start", secs(now_ms() - 3_600_000)),
+                    ("end", secs(now_ms())),
+                ],
+            )?;
+            anyhow::ensure!(values["status"] == "success", "{values}");
+            let found = values["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|v| v == conf.as_str());
+            Ok(if found {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{values}"))
+            })
+        },
     )
     .unwrap();
-    assert_eq!(values["status"], "success", "{values}");
-    assert!(
-        values["data"].as_array().into_iter().flatten().any(|v| v == conf.as_str()),
-        "label_values(nginx_up, conf_path) lacks {conf}: {values}"
-    );
 
     // Our instance chosen, and "All".
     let ours = grafana_regex_escape(&conf);
@@ -157,7 +178,11 @@ fn every_dashboard_query_parses_and_returns_data_under_load() {
                         .iter()
                         .filter(|s| s["metric"]["conf_path"] == conf.as_str())
                         .count();
-                    Ok(if mine > 0 { Poll::Ready(series.len()) } else { Poll::Pending(format!("{v}")) })
+                    Ok(if mine > 0 {
+                        Poll::Ready(series.len())
+                    } else {
+                        Poll::Pending(format!("{v}"))
+                    })
                 },
             )
             .unwrap();
@@ -183,7 +208,8 @@ fn every_dashboard_query_parses_and_returns_data_under_load() {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .any(|s| s["metric"]["conf_path"] == conf.as_str() && s["values"].as_array().is_some_and(|v| !v.is_empty())),
+                    .any(|s| s["metric"]["conf_path"] == conf.as_str()
+                        && s["values"].as_array().is_some_and(|v| !v.is_empty())),
                 "range {q}: no points for {conf}: {r}"
             );
             results.push((title.clone(), choice.to_string(), n));
@@ -192,22 +218,41 @@ fn every_dashboard_query_parses_and_returns_data_under_load() {
 
     // Under load the request rate panel shows traffic, and nginx is up.
     let rate = substitute(
-        &targets.iter().find(|(t, _)| t == "Request rate").expect("Request rate panel").1,
+        &targets
+            .iter()
+            .find(|(t, _)| t == "Request rate")
+            .expect("Request rate panel")
+            .1,
         &ours,
     );
-    let v = api_get(addr, "/api/v1/query", &[("query", rate.clone()), ("time", secs(now_ms()))]).unwrap();
-    let value: f64 = v["data"]["result"][0]["value"][1].as_str().unwrap_or("nan").parse().unwrap_or(f64::NAN);
+    let v = api_get(
+        addr,
+        "/api/v1/query",
+        &[("query", rate.clone()), ("time", secs(now_ms()))],
+    )
+    .unwrap();
+    let value: f64 = v["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap_or("nan")
+        .parse()
+        .unwrap_or(f64::NAN);
     let wrk = load.wait().expect("wrk");
     assert!(wrk.requests > 0);
     assert!(value > 0.0, "Request rate during wrk load: {rate} = {v}");
-    eprintln!("dashboard: {} queries × 2 choices checked; request rate under load {value:.1}/s; {results:?}", targets.len());
+    eprintln!(
+        "dashboard: {} queries × 2 choices checked; request rate under load {value:.1}/s; {results:?}",
+        targets.len()
+    );
 }
 
 #[test]
 fn substitution_is_grafanas() {
     assert_eq!(grafana_regex_escape("/tmp/a.conf"), "/tmp/a\\\\.conf");
     assert_eq!(
-        substitute("rate(x{conf_path=~\"$conf_path\"}[$__rate_interval]) [[conf_path]] ${conf_path}", "v"),
+        substitute(
+            "rate(x{conf_path=~\"$conf_path\"}[$__rate_interval]) [[conf_path]] ${conf_path}",
+            "v"
+        ),
         "rate(x{conf_path=~\"v\"}[1m]) v v"
     );
     assert_eq!(substitute("$__range_s $__range", "v"), "300 5m");

