@@ -224,7 +224,7 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
         ),
     )
     .unwrap();
-    let (ok, out) = t.core(&[ds.clone()]);
+    let (ok, out) = t.core(std::slice::from_ref(&ds));
     assert!(!ok, "a DaemonSet with an unknown container field passed:\n{out}");
     assert!(
         out.contains(&format!(
@@ -245,7 +245,7 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
     let svc = copy.join("service.yaml");
     let text = std::fs::read_to_string(&svc).unwrap();
     std::fs::write(&svc, text.replace("port: 9113", "port: nine-one-one-three")).unwrap();
-    let (ok, out) = t.core(&[svc.clone()]);
+    let (ok, out) = t.core(std::slice::from_ref(&svc));
     assert!(!ok, "a Service with port: nine-one-one-three passed:\n{out}");
     assert!(
         out.contains(&format!("{}: Service/ngxprobe: spec.ports.0.port:", svc.display())),
@@ -257,7 +257,7 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
     let sm = copy.join("servicemonitor.yaml");
     let text = std::fs::read_to_string(&sm).unwrap();
     std::fs::write(&sm, text.replace("interval: 15s", "interval: 15 seconds")).unwrap();
-    let (ok, out) = t.crds(&[sm.clone()]);
+    let (ok, out) = t.crds(std::slice::from_ref(&sm));
     assert!(!ok, "a ServiceMonitor with interval: 15 seconds passed:\n{out}");
     assert!(
         out.contains(&format!(
@@ -269,7 +269,7 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
     let pr = copy.join("prometheusrule.yaml");
     let text = std::fs::read_to_string(&pr).unwrap();
     std::fs::write(&pr, text.replacen("for: 1m", "for: [1m]", 1)).unwrap();
-    let (ok, out) = t.crds(&[pr.clone()]);
+    let (ok, out) = t.crds(std::slice::from_ref(&pr));
     assert!(!ok, "a PrometheusRule with for: [1m] passed:\n{out}");
     assert!(
         out.contains(&format!(
