@@ -444,6 +444,6 @@ fn deploy_tools() -> Result<()> {
         std::fs::copy(src.join(f), npm_dir.join(f)).with_context(|| format!("copying tests/deploy/{f}"))?;
     }
     run(Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
+        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"])
         .current_dir(&npm_dir))
 }
