@@ -107,10 +107,12 @@ impl Tools {
     /// `kubectl kustomize` of a kustomization in `work` with deploy/ (at
     /// `deploy`) as resource and `components`, written to `work/<name>.yaml`.
     fn render(&self, work: &Path, deploy: &Path, components: &[&str], name: &str) -> PathBuf {
-        // kustomize wants relative paths to other kustomizations.
+        // kustomize wants relative paths to other kustomizations (computed
+        // between real paths: a symlinked checkout would break `..`).
+        let deploy = deploy.canonicalize().unwrap();
         let dir = work.join(format!("k-{name}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let rel = relative(&dir, deploy);
+        let rel = relative(&dir, &deploy);
         let comps: Vec<String> = components.iter().map(|c| format!("{rel}/overlays/{c}")).collect();
         std::fs::write(
             dir.join("kustomization.yaml"),
