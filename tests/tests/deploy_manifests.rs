@@ -1,0 +1,360 @@
+//! deploy/ validated offline, as CI runs it (issue: "deploy/ validated in CI").
+//!
+//! * Every Kubernetes manifest, as a file and as kustomize renders deploy/
+//!   alone and with its Components (overlays/secured, overlays/remote-write),
+//!   against the Kubernetes API's schemas (kubernetes-validate, strict:
+//!   unknown fields are errors), and the ServiceMonitor / PrometheusRule
+//!   against the Prometheus Operator's (its generated validators). The render
+//!   is `kubectl kustomize` from the kubectl wheel. Tools: target/deploy-tools,
+//!   made by `cargo xtask setup` (tests/deploy/).
+//! * A mutated copy of deploy/ is rejected, naming file, resource and field.
+//! * The PrometheusRule's groups pass `promtool check rules` and
+//!   `ngxprobe check rules`. (That its ngxprobe.kernel group equals the
+//!   built-in ngxprobe-kernel rules is agent/src/rules/kernel_rules_tests.rs.)
+//! * overlays/remote-write's config is config.kubernetes.yml plus its
+//!   remote_write section, and `ngxprobe check config` accepts it.
+use ngxprobe_e2e::util::{self, TempDir};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The Kubernetes version whose API schemas the manifests must satisfy.
+const KUBE_VERSION: &str = "1.34";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn deploy_dir() -> PathBuf {
+    repo().join("deploy")
+}
+
+struct Tools {
+    python: PathBuf,
+    kubectl: PathBuf,
+    node: PathBuf,
+    npm_dir: PathBuf,
+}
+
+/// target/deploy-tools ($NGXPROBE_DEPLOY_TOOLS overrides), or skip (fail in CI).
+fn tools() -> Option<Tools> {
+    let dir = std::env::var_os("NGXPROBE_DEPLOY_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(t) if !t.is_empty() => repo().join(t).join("deploy-tools"),
+            _ => repo().join("target/deploy-tools"),
+        });
+    let t = Tools {
+        python: dir.join("venv/bin/python"),
+        kubectl: dir.join("venv/bin/kubectl"),
+        node: util::find_executable("node")?,
+        npm_dir: dir.join("npm"),
+    };
+    if !t.python.is_file() || !t.kubectl.is_file() || !t.npm_dir.join("node_modules").is_dir() {
+        util::skip_or_fail(&format!(
+            "deploy validators not found in {} (run `cargo xtask setup`)",
+            dir.display()
+        ));
+        return None;
+    }
+    Some(t)
+}
+
+/// (exit ok, stdout + stderr) of `cmd`.
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The number after "checked " in a validator's last line.
+fn checked(text: &str) -> usize {
+    text.lines()
+        .find_map(|l| l.strip_prefix("checked "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `checked N` line in:\n{text}"))
+}
+
+impl Tools {
+    /// Core kinds: (ok, output).
+    fn core(&self, files: &[PathBuf]) -> (bool, String) {
+        run(Command::new(&self.python)
+            .arg(repo().join("tests/deploy/check_manifests.py"))
+            .args(["core", KUBE_VERSION])
+            .args(files))
+    }
+    /// ServiceMonitor / PrometheusRule: (ok, output).
+    fn crds(&self, files: &[PathBuf]) -> (bool, String) {
+        run(Command::new(&self.node)
+            .arg(repo().join("tests/deploy/check_crds.mjs"))
+            .args(files)
+            .env("NGXPROBE_DEPLOY_NPM", &self.npm_dir))
+    }
+    /// Both must pass; returns (core documents, custom resources) checked.
+    fn validate(&self, files: &[PathBuf]) -> (usize, usize) {
+        let (ok, core) = self.core(files);
+        assert!(ok, "Kubernetes API schema check failed:\n{core}");
+        let (ok, crds) = self.crds(files);
+        assert!(ok, "Prometheus Operator schema check failed:\n{crds}");
+        (checked(&core), checked(&crds))
+    }
+    /// `kubectl kustomize` of a kustomization in `work` with deploy/ (at
+    /// `deploy`) as resource and `components`, written to `work/<name>.yaml`.
+    fn render(&self, work: &Path, deploy: &Path, components: &[&str], name: &str) -> PathBuf {
+        // kustomize wants relative paths to other kustomizations (computed
+        // between real paths: a symlinked checkout would break `..`).
+        let deploy = deploy.canonicalize().unwrap();
+        let dir = work.join(format!("k-{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rel = relative(&dir, &deploy);
+        let comps: Vec<String> = components.iter().map(|c| format!("{rel}/overlays/{c}")).collect();
+        std::fs::write(
+            dir.join("kustomization.yaml"),
+            format!("resources: [{rel}]\ncomponents: [{}]\n", comps.join(", ")),
+        )
+        .unwrap();
+        let (ok, text) = run(Command::new(&self.kubectl).arg("kustomize").arg(&dir));
+        assert!(ok, "kubectl kustomize ({name}) failed:\n{text}");
+        let out = work.join(format!("{name}.yaml"));
+        std::fs::write(&out, text).unwrap();
+        out
+    }
+}
+
+/// `to` relative to `from` (both absolute, no symlinks needed).
+fn relative(from: &Path, to: &Path) -> String {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = vec!["..".into(); from.len() - common];
+    parts.extend(
+        to[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    parts.join("/")
+}
+
+/// Every Kubernetes manifest in deploy/ itself (not kustomize's own files,
+/// not the JSON-6902 patches).
+fn manifest_files(deploy: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_tree(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_manifest_and_render_passes_the_api_schemas() {
+    let Some(t) = tools() else { return };
+    let work = TempDir::new("deploy-manifests").unwrap();
+    let deploy = deploy_dir();
+
+    // The files as they are (networkpolicy.yaml is not in kustomization.yaml's
+    // resources, so only this checks it).
+    let files = manifest_files(&deploy);
+    let (core, crs) = t.validate(&files);
+    // namespace, 3 in rbac, daemonset, service, networkpolicy; 2 custom resources.
+    assert_eq!((core, crs), (7, 2), "documents checked in {files:?}");
+
+    // kustomize renders: base, each Component, both together.
+    for (name, components, secrets) in [
+        ("base", &[][..], 0),
+        ("secured", &["secured"][..], 1),
+        ("remote-write", &["remote-write"][..], 0),
+        ("secured-remote-write", &["secured", "remote-write"][..], 1),
+    ] {
+        let rendered = t.render(work.path(), &deploy, components, name);
+        let (core, crs) = t.validate(std::slice::from_ref(&rendered));
+        // namespace, 3 rbac, ConfigMap, Service, DaemonSet (+ web-config Secret).
+        assert_eq!((core, crs), (7 + secrets, 2), "documents checked in the {name} render");
+        let text = std::fs::read_to_string(&rendered).unwrap();
+        if components.contains(&"remote-write") {
+            assert!(
+                text.contains("password_file: /etc/ngxprobe/remote-write/password")
+                    && text.contains("secretName: ngxprobe-remote-write"),
+                "the remote-write Component's config and Secret volume are in the render:\n{text}"
+            );
+        }
+        if components.contains(&"secured") {
+            assert!(
+                text.contains("--web.config.file="),
+                "the secured Component's flag is in the render"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_wrong_manifest_is_rejected_naming_file_and_field() {
+    let Some(t) = tools() else { return };
+    let work = TempDir::new("deploy-mutants").unwrap();
+    let copy = work.path().join("deploy");
+    copy_tree(&deploy_dir(), &copy);
+
+    // A misspelt field in the DaemonSet (strict: unknown fields are errors).
+    let ds = copy.join("daemonset.yaml");
+    let text = std::fs::read_to_string(&ds).unwrap();
+    assert!(text.contains("          imagePullPolicy: IfNotPresent\n          args:"));
+    std::fs::write(
+        &ds,
+        text.replace(
+            "          imagePullPolicy: IfNotPresent\n          args:",
+            "          imagePullPolicy: IfNotPresent\n          readOnlyRootFilesytem: true\n          args:",
+        ),
+    )
+    .unwrap();
+    let (ok, out) = t.core(std::slice::from_ref(&ds));
+    assert!(!ok, "a DaemonSet with an unknown container field passed:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: DaemonSet/ngxprobe: spec.template.spec.containers.0:",
+            ds.display()
+        )) && out.contains("readOnlyRootFilesytem"),
+        "the error names file, resource, field path and the field:\n{out}"
+    );
+    // The same mistake is caught in the kustomize render.
+    let rendered = t.render(work.path(), &copy, &[], "mutant");
+    let (ok, out) = t.core(&[rendered]);
+    assert!(
+        !ok && out.contains("readOnlyRootFilesytem"),
+        "the render with the mutant passed:\n{out}"
+    );
+
+    // A wrong type: a port number as a word.
+    let svc = copy.join("service.yaml");
+    let text = std::fs::read_to_string(&svc).unwrap();
+    std::fs::write(&svc, text.replace("port: 9113", "port: nine-one-one-three")).unwrap();
+    let (ok, out) = t.core(std::slice::from_ref(&svc));
+    assert!(!ok, "a Service with port: nine-one-one-three passed:\n{out}");
+    assert!(
+        out.contains(&format!("{}: Service/ngxprobe: spec.ports.0.port:", svc.display())),
+        "{out}"
+    );
+
+    // The operator's schema: a scrape interval Prometheus cannot parse, and a
+    // rule's `for` that is not a duration string.
+    let sm = copy.join("servicemonitor.yaml");
+    let text = std::fs::read_to_string(&sm).unwrap();
+    std::fs::write(&sm, text.replace("interval: 15s", "interval: 15 seconds")).unwrap();
+    let (ok, out) = t.crds(std::slice::from_ref(&sm));
+    assert!(!ok, "a ServiceMonitor with interval: 15 seconds passed:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: ServiceMonitor/ngxprobe: spec.endpoints.0.interval:",
+            sm.display()
+        )),
+        "{out}"
+    );
+    let pr = copy.join("prometheusrule.yaml");
+    let text = std::fs::read_to_string(&pr).unwrap();
+    std::fs::write(&pr, text.replacen("for: 1m", "for: [1m]", 1)).unwrap();
+    let (ok, out) = t.crds(std::slice::from_ref(&pr));
+    assert!(!ok, "a PrometheusRule with for: [1m] passed:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: PrometheusRule/ngxprobe: spec.groups.0.rules.0.for:",
+            pr.display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn prometheusrule_groups_pass_promtool_and_ngxprobe_check_rules() {
+    let Some(t) = tools() else { return };
+    let Some(promtool) = util::require_tool("/usr/bin/promtool", "apt-get install prometheus (cargo xtask setup)")
+    else {
+        return;
+    };
+    let bin = ngxprobe_e2e::agent::binary_path();
+    if !bin.is_file() {
+        util::skip_or_fail(&format!("{} not found (cargo xtask build)", bin.display()));
+        return;
+    }
+    let work = TempDir::new("deploy-rules").unwrap();
+    let rules = work.path().join("prometheusrule-groups.yml");
+    let (ok, out) = run(Command::new(&t.python)
+        .arg(repo().join("tests/deploy/check_manifests.py"))
+        .arg("rules")
+        .arg(deploy_dir().join("prometheusrule.yaml"))
+        .arg(&rules));
+    assert!(ok, "{out}");
+    assert_eq!(checked(&out), 4, "rule groups in deploy/prometheusrule.yaml");
+
+    let (ok, out) = run(Command::new(&promtool).args(["check", "rules"]).arg(&rules));
+    assert!(ok && out.contains("SUCCESS"), "promtool check rules:\n{out}");
+    let (ok, out) = run(Command::new(&bin).args(["check", "rules"]).arg(&rules));
+    assert!(ok, "ngxprobe check rules:\n{out}");
+    // The PrometheusRule manifest itself is a rule file for ngxprobe too.
+    let (ok, out) = run(Command::new(&bin)
+        .args(["check", "rules"])
+        .arg(deploy_dir().join("prometheusrule.yaml")));
+    assert!(ok, "ngxprobe check rules deploy/prometheusrule.yaml:\n{out}");
+
+    // Both oracles can fail: a broken expression is refused by each.
+    let broken = work.path().join("broken.yml");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    assert!(text.contains("expr: nginx_up == 0"));
+    std::fs::write(&broken, text.replace("expr: nginx_up == 0", "expr: nginx_up == == 0")).unwrap();
+    let (ok, out) = run(Command::new(&promtool).args(["check", "rules"]).arg(&broken));
+    assert!(!ok, "promtool accepted a broken expression:\n{out}");
+    let (ok, out) = run(Command::new(&bin).args(["check", "rules"]).arg(&broken));
+    assert!(!ok, "ngxprobe accepted a broken expression:\n{out}");
+}
+
+#[test]
+fn remote_write_component_config_is_the_kubernetes_config_plus_remote_write() {
+    let Some(t) = tools() else { return };
+    let base = deploy_dir().join("config.kubernetes.yml");
+    let overlay = deploy_dir().join("overlays/remote-write/config.yml");
+    let (ok, out) = run(Command::new(&t.python)
+        .arg(repo().join("tests/deploy/check_manifests.py"))
+        .arg("config-overlay")
+        .arg(&base)
+        .arg(&overlay));
+    assert!(ok, "{out}");
+
+    // The check can fail: a setting changed only in the overlay's copy.
+    let work = TempDir::new("deploy-rw-config").unwrap();
+    let drifted = work.path().join("config.yml");
+    let text = std::fs::read_to_string(&overlay).unwrap();
+    assert!(text.contains("level: info"));
+    std::fs::write(&drifted, text.replace("level: info", "level: debug")).unwrap();
+    let (ok, out) = run(Command::new(&t.python)
+        .arg(repo().join("tests/deploy/check_manifests.py"))
+        .arg("config-overlay")
+        .arg(&base)
+        .arg(&drifted));
+    assert!(!ok && out.contains("log: differs"), "a drifted copy passed:\n{out}");
+
+    let bin = ngxprobe_e2e::agent::binary_path();
+    if !bin.is_file() {
+        util::skip_or_fail(&format!("{} not found (cargo xtask build)", bin.display()));
+        return;
+    }
+    let (ok, out) = run(Command::new(&bin).args(["check", "config", "--config"]).arg(&overlay));
+    assert!(ok, "ngxprobe check config {}:\n{out}", overlay.display());
+}
