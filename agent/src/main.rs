@@ -80,6 +80,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some(cli::Command::Top { url, interval, window }) => {
+            let url = match url {
+                Some(u) => u,
+                None => match agent::effective_config(&cli.run.to_agent()) {
+                    Ok(c) => format!("http://{}", c.web.local_address()),
+                    Err(e) => {
+                        eprintln!("ngxprobe top: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            match ngxprobe::top::run(&ngxprobe::top::Options { url, interval, window }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ngxprobe top: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         None => match agent::run(cli.run.to_agent()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
