@@ -29,7 +29,17 @@ impl Tmux {
         let (w, h) = (width.to_string(), height.to_string());
         let conf = conf.to_string_lossy().to_string();
         t.run(&[
-            "-f", &conf, "new-session", "-d", "-s", SESSION, "-x", &w, "-y", &h, command,
+            "-f",
+            &conf,
+            "new-session",
+            "-d",
+            "-s",
+            SESSION,
+            "-x",
+            &w,
+            "-y",
+            &h,
+            command,
         ])?;
         t.server_pid = t.format("#{pid}")?.trim().parse().ok();
         Ok(t)
@@ -51,7 +61,10 @@ impl Tmux {
 
     /// A tmux format (`#{pane_dead}`, ...) of the pane.
     pub fn format(&self, fmt: &str) -> Result<String> {
-        Ok(self.run(&["display-message", "-p", "-t", SESSION, fmt])?.trim().to_string())
+        Ok(self
+            .run(&["display-message", "-p", "-t", SESSION, fmt])?
+            .trim()
+            .to_string())
     }
 
     /// The pane's screen as text, one line per row.

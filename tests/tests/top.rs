@@ -43,7 +43,9 @@ struct Screen {
 
 fn parse(text: &str) -> Option<Screen> {
     let lines: Vec<Vec<char>> = text.lines().map(|l| l.chars().collect()).collect();
-    let h = lines.iter().position(|l| l.starts_with(&['L', 'I', 'S', 'T', 'E', 'N', 'E', 'R']))?;
+    let h = lines
+        .iter()
+        .position(|l| l.starts_with(&['L', 'I', 'S', 'T', 'E', 'N', 'E', 'R']))?;
     let header = &lines[h];
     let mut cols = Vec::new(); // (start, name)
     let mut i = 0;
@@ -134,12 +136,17 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
     };
 
     // The table is up (keys sent before the terminal is in raw mode could be lost).
-    poll("top draws its table", Duration::from_secs(10), Duration::from_millis(50), || {
-        Ok(match screen() {
-            Ok(_) => Poll::Ready(()),
-            Err(e) => Poll::Pending(e.to_string()),
-        })
-    })
+    poll(
+        "top draws its table",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            Ok(match screen() {
+                Ok(_) => Poll::Ready(()),
+                Err(e) => Poll::Pending(e.to_string()),
+            })
+        },
+    )
     .unwrap();
     // Sorted by name: the instance's listeners, [::1] after 127.0.0.1.
     tmux.keys("n").unwrap();
@@ -150,13 +157,11 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
         || {
             let s = screen()?;
             let order = our_order(&s, &conf);
-            Ok(
-                if s.sorted.as_deref() == Some("INSTANCE") && order.len() == 3 {
-                    Poll::Ready(order)
-                } else {
-                    Poll::Pending(format!("sorted by {:?}, our rows {order:?}", s.sorted))
-                },
-            )
+            Ok(if s.sorted.as_deref() == Some("INSTANCE") && order.len() == 3 {
+                Poll::Ready(order)
+            } else {
+                Poll::Pending(format!("sorted by {:?}, our rows {order:?}", s.sorted))
+            })
         },
     )
     .unwrap();
@@ -243,7 +248,11 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
     )
     .unwrap();
     assert_eq!(status, 0, "exit status of ngxprobe top");
-    assert_eq!(tmux.format("#{alternate_on}").unwrap(), "0", "left the alternate screen");
+    assert_eq!(
+        tmux.format("#{alternate_on}").unwrap(),
+        "0",
+        "left the alternate screen"
+    );
     assert!(
         !tmux.screen().unwrap().contains("LISTENER"),
         "the table is gone with the alternate screen"

@@ -47,7 +47,10 @@ pub fn run(opts: &Options) -> Result<(), String> {
     let interval = duration(&opts.interval, "--interval")?;
     let window_ms = parse_ms(&opts.window).filter(|ms| *ms > 0);
     if window_ms.is_none() {
-        return Err(format!("--window {:?}: not a positive duration (e.g. 10s)", opts.window));
+        return Err(format!(
+            "--window {:?}: not a positive duration (e.g. 10s)",
+            opts.window
+        ));
     }
     let addr = crate::diagnose::addr_from_url(&opts.url)?;
     let rx = spawn_fetcher(addr, rows::queries(&opts.window), interval)?;
@@ -184,7 +187,10 @@ fn draw(f: &mut Frame, st: &State, opts: &Options) {
         title,
     );
     if let Some(p) = &st.problem {
-        f.render_widget(Paragraph::new(p.as_str()).style(Style::new().add_modifier(Modifier::REVERSED)), problem);
+        f.render_widget(
+            Paragraph::new(p.as_str()).style(Style::new().add_modifier(Modifier::REVERSED)),
+            problem,
+        );
     }
 
     let body: Vec<Vec<String>> = st.rows.iter().map(rows::cells).collect();
@@ -192,7 +198,13 @@ fn draw(f: &mut Frame, st: &State, opts: &Options) {
     let header: Vec<String> = rows::HEADER
         .iter()
         .enumerate()
-        .map(|(i, h)| if Some(i) == sorted_col { format!("{h}*") } else { h.to_string() })
+        .map(|(i, h)| {
+            if Some(i) == sorted_col {
+                format!("{h}*")
+            } else {
+                h.to_string()
+            }
+        })
         .collect();
     let last = header.len() - 1;
     let widths: Vec<Constraint> = (0..header.len())

@@ -48,7 +48,9 @@ pub fn queries(window: &str) -> Vec<(Field, String)> {
     };
     let all = without("");
     let quantile = |q: &str| {
-        format!("histogram_quantile({q}, sum without ({all}) (rate(http_server_request_duration_seconds_bucket[{window}])))")
+        format!(
+            "histogram_quantile({q}, sum without ({all}) (rate(http_server_request_duration_seconds_bucket[{window}])))"
+        )
     };
     vec![
         (Field::RequestRate, format!("rate(nginx_http_requests_total[{window}])")),
@@ -185,7 +187,10 @@ pub fn build(answers: &[(Field, Vec<VectorRow>)]) -> Vec<Row> {
                 classes[i] += v;
             }
         }
-        let total: f64 = of_inst(Field::StatusRate).map(|(_, v)| *v).filter(|v| v.is_finite()).sum();
+        let total: f64 = of_inst(Field::StatusRate)
+            .map(|(_, v)| *v)
+            .filter(|v| v.is_finite())
+            .sum();
         let base = Row {
             instance: inst.clone(),
             requests_per_s: one(Field::RequestRate),
@@ -321,10 +326,7 @@ pub const HEADER: &[&str] = &[
 /// The cells of a row, as written on screen (blank when unknown).
 pub fn cells(r: &Row) -> Vec<String> {
     let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{}", v.round() as i64));
-    let mut c = vec![
-        r.listener.clone(),
-        r.requests_per_s.map_or(String::new(), rate),
-    ];
+    let mut c = vec![r.listener.clone(), r.requests_per_s.map_or(String::new(), rate)];
     match r.status_share {
         Some(s) => c.extend(s.map(|x| format!("{:.0}%", x * 100.0))),
         None => c.extend(std::iter::repeat_n(String::new(), 4)),
@@ -421,7 +423,10 @@ mod tests {
     #[test]
     fn one_row_per_listener_with_the_instance_columns_on_each() {
         let rows = build(&answers());
-        let names: Vec<_> = rows.iter().map(|r| (instance_name(&r.instance), r.listener.clone())).collect();
+        let names: Vec<_> = rows
+            .iter()
+            .map(|r| (instance_name(&r.instance), r.listener.clone()))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -436,7 +441,10 @@ mod tests {
         assert_eq!(r80.status_share, Some([0.75, 0.05, 0.1, 0.1]));
         assert_eq!((r80.p50_s, r80.p99_s), (Some(0.0042), Some(0.25)));
         assert_eq!(r80.connections, [Some(7.0), None, None, Some(3.0)]);
-        assert_eq!((r80.queue_length, r80.queue_max, r80.drops), (Some(5.0), Some(4.0), Some(7.4)));
+        assert_eq!(
+            (r80.queue_length, r80.queue_max, r80.drops),
+            (Some(5.0), Some(4.0), Some(7.4))
+        );
         // The combined TCP label lands on both of its addresses.
         assert_eq!(r80.retransmits, Some(3.0));
         assert_eq!(rows[2].retransmits, Some(3.0));
@@ -507,9 +515,14 @@ mod tests {
         assert_eq!(q.len(), 10);
         let status = &q.iter().find(|(f, _)| *f == Field::StatusRate).unwrap().1;
         assert!(!status.contains("http_response_status_code"), "{status}");
-        assert!(status.contains("server_port") && status.ends_with("[10s]))"), "{status}");
+        assert!(
+            status.contains("server_port") && status.ends_with("[10s]))"),
+            "{status}"
+        );
         let p99 = &q.iter().find(|(f, _)| *f == Field::P99).unwrap().1;
-        assert!(p99.starts_with("histogram_quantile(0.99, sum without (http_request_method, http_response_status_code,"));
+        assert!(
+            p99.starts_with("histogram_quantile(0.99, sum without (http_request_method, http_response_status_code,")
+        );
         for (_, e) in &q {
             promql_parser::parser::parse(e).unwrap_or_else(|err| panic!("{e}: {err}"));
         }
