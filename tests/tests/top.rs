@@ -3,19 +3,22 @@
 //! nginx runs in a network namespace the test creates with `backlog=4` (as in
 //! kernel_listen.rs); `ngxprobe top` runs in a tmux pane and its screen is read
 //! with `capture-pane`:
-//! * its three listeners show up as rows of the instance;
+//! * its three listeners show up as rows of the instance, with the request
+//!   rate under load and (uprobe attached) the status mix and p50/p99;
 //! * sorted by name (`n`) the `[::1]` listener is below the `127.0.0.1` ones;
 //!   sorted by drops (`d`) and after an accept-queue overflow on `[::1]`
 //!   (worker stopped, a burst of connects) it is above them, with its drops
 //!   and the full queue (5/4): the screen shows the drops at most one
 //!   refresh + 2 s after the agent's /metrics does;
+//! * the agent stopped, the screen says it cannot reach it and top keeps running;
 //! * `q` ends it with status 0 and the terminal has left the alternate screen.
 use ngxprobe_e2e::agent::binary_path;
+use ngxprobe_e2e::clients;
 use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::netns::Netns;
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
 use ngxprobe_e2e::tmux::Tmux;
-use ngxprobe_e2e::util::{self, Poll, poll};
+use ngxprobe_e2e::util::{self, Poll, ResumeOnDrop, poll};
 use ngxprobe_e2e::{Agent, guard};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -23,15 +26,6 @@ use std::time::{Duration, Instant};
 const BACKLOG: u32 = 4;
 const BURST: usize = 12;
 const REFRESH: Duration = Duration::from_secs(1);
-
-/// Resumes the stopped worker however the test ends.
-struct Resume(i32);
-impl Drop for Resume {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own nginx worker.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
 
 /// The table on screen: the header's column names (without the sort mark
 /// `*`), which one is sorted, and each row's cells by column name. Cells are
@@ -148,6 +142,46 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
         },
     )
     .unwrap();
+    // Requests (3 × 200 /echo, 1 × 404) while the screen is read: the rate,
+    // and with the per-request uprobe attached to this nginx build the status
+    // mix and latencies, appear on the instance's rows.
+    let attached = agent.scrape().unwrap().samples.iter().any(|x| {
+        x.name == "ngxprobe_per_request_probe_attached" && x.label("conf_path") == Some(&conf) && x.value == 1.0
+    });
+    let paths: Vec<String> = ["/echo", "/echo", "/echo", "/no-such-file"].map(String::from).into();
+    let main = n.main_addr();
+    let busy = poll(
+        "top shows the requests",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let got = n.in_netns(|| clients::keepalive_sequence(main, &paths))??;
+            let statuses: Vec<u16> = got.iter().map(|r| r.0).collect();
+            assert_eq!(statuses, [200, 200, 200, 404], "nginx answers");
+            let s = screen()?;
+            let Some(r) = s.rows.iter().find(|r| r.get("INSTANCE") == Some(&conf)).cloned() else {
+                return Ok(Poll::Pending("no row yet".into()));
+            };
+            let rate = r["REQ/S"].parse::<f64>().unwrap_or(0.0);
+            let mix_shown =
+                !r["2XX"].is_empty() && !r["4XX"].is_empty() && !r["P50"].is_empty() && !r["P99"].is_empty();
+            Ok(if rate > 0.0 && mix_shown == attached {
+                Poll::Ready(r)
+            } else {
+                Poll::Pending(format!("uprobe attached {attached}, row {r:?}"))
+            })
+        },
+    )
+    .unwrap();
+    eprintln!("with requests (uprobe attached: {attached}): {busy:?}");
+    if attached {
+        // 3 of 4 requests are 2xx, 1 is 4xx: shares as rates over the window.
+        let share = |c: &str| busy[c].trim_end_matches('%').parse::<f64>().unwrap();
+        assert!((60.0..=90.0).contains(&share("2XX")), "2xx share {busy:?}");
+        assert!((10.0..=40.0).contains(&share("4XX")), "4xx share {busy:?}");
+        assert_eq!((busy["3XX"].as_str(), busy["5XX"].as_str()), ("0%", "0%"));
+    }
+
     // Sorted by name: the instance's listeners, [::1] after 127.0.0.1.
     tmux.keys("n").unwrap();
     let by_name = poll(
@@ -190,7 +224,7 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
     let worker = n.worker_pids()[0];
     // SAFETY: kill(2) of our own nginx worker.
     unsafe { libc::kill(worker, libc::SIGSTOP) };
-    let resume = Resume(worker);
+    let resume = ResumeOnDrop(worker);
     let burst = ns.connect_burst(n.main_addr_v6(), BURST).expect("connect burst");
     let mut metric_at: Option<Instant> = None;
     let (screen_at, row, order) = poll(
@@ -232,6 +266,25 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
     assert_ne!(order, by_name, "the sort changed the order");
     drop(resume);
     drop(burst);
+
+    // The agent gone: the screen says so and top keeps running (retrying).
+    agent.stop();
+    let said = poll(
+        "top says the agent cannot be reached",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let text = tmux.screen()?;
+            Ok(match text.lines().find(|l| l.contains("cannot reach the agent at")) {
+                Some(l) => Poll::Ready(l.trim().to_string()),
+                None => Poll::Pending(text),
+            })
+        },
+    )
+    .unwrap();
+    eprintln!("{said}");
+    assert!(said.contains("retrying every 1s"), "{said}");
+    assert_eq!(tmux.exited().unwrap(), None, "top keeps running without its agent");
 
     // q: exits 0, the terminal back on the normal screen.
     tmux.keys("q").unwrap();
