@@ -31,6 +31,5 @@ pub mod rules;
 pub mod secret;
 pub mod series;
 pub mod store;
-pub mod top;
 pub mod web;
 pub mod worker;
