@@ -127,23 +127,7 @@ fn debian_promtool_test_rules(file: &std::path::Path) -> Option<std::process::Ou
 fn kernel_default_rules_pass_their_unit_tests_here_and_in_promtool() {
     let rules = write_tmp("default.rules.yml", DEFAULT_RULES_YAML);
     let test = write_tmp("kernel.test.yml", &unit_test_yaml(&rules));
-    let mut warnings = Vec::new();
-    let ours = promtool::run_test_file(&test, &mut warnings);
-    assert!(
-        ours.is_ok(),
-        "ngxprobe: {:?}",
-        ours.err()
-            .map(|e| e.iter().map(|e| e.message.clone()).collect::<Vec<_>>())
-    );
-    let Some(out) = debian_promtool_test_rules(&test) else {
-        return;
-    };
-    assert!(
-        out.status.success(),
-        "promtool disagrees:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::rules::tests::manager_tests::passes_ours_and_promtool(&test);
 }
 
 /// The unit test can fail: a wrong expectation is reported by both.

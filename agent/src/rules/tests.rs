@@ -163,7 +163,7 @@ fn rules_cli_from_env() {
     println!("{}exit {code}", String::from_utf8_lossy(&out));
 }
 
-mod manager_tests {
+pub(super) mod manager_tests {
     use std::{
         path::PathBuf,
         sync::{Arc, Mutex},
@@ -555,7 +555,7 @@ tests:
     }
 
     /// A promtool rule test file passes in our runner and in Debian's promtool.
-    fn passes_ours_and_promtool(test_file: &std::path::Path) {
+    pub(in crate::rules) fn passes_ours_and_promtool(test_file: &std::path::Path) {
         let mut warnings = Vec::new();
         let ours = promtool::run_test_file(test_file, &mut warnings);
         assert!(
