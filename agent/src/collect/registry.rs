@@ -9,7 +9,7 @@ use agent_common::{ListenKey, MAX_INSTANCES};
 
 use super::{
     discovery_stats::{DiscoveryStats, ScanNews},
-    requests::{AttachNews, PerRequest, PerRequestConfig, RequestFeed},
+    requests::{AttachNews, PerRequest, PerRequestConfig, RequestFeed, UprobeMode},
     unparsed,
     worker_health::{self, WorkerTrack},
 };
@@ -140,7 +140,9 @@ impl Collector {
             if t.stopped_since.is_some() {
                 continue;
             }
-            running.push((t.inst.master_pid, t.inst.exe.clone()));
+            if pr.cfg.uprobe != UprobeMode::Never {
+                running.push((t.inst.master_pid, t.inst.exe.clone()));
+            }
             pids.insert(t.inst.master_pid, key.clone());
             for w in &t.inst.worker_pids {
                 pids.insert(*w, key.clone());

@@ -20,6 +20,24 @@ pub struct PerRequestConfig {
     /// Upper bounds (bytes) of the request and response body size histograms.
     #[serde(deserialize_with = "buckets")]
     pub size_buckets: Vec<f64>,
+    /// Which nginx executables get the request uprobe (see [`UprobeMode`]).
+    pub uprobe: UprobeMode,
+}
+
+/// Where the request uprobe is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UprobeMode {
+    /// To the executables of instances that need it (TLS or HTTP/2
+    /// listeners); plaintext-only instances are measured from the socket
+    /// probes, which cost less per request.
+    #[default]
+    Auto,
+    /// To every known nginx build (every request traps once).
+    Always,
+    /// Nowhere: TLS and HTTP/2 requests are not counted (their connections
+    /// are reported as unparsed).
+    Never,
 }
 
 impl Default for PerRequestConfig {
@@ -35,6 +53,7 @@ impl Default for PerRequestConfig {
                 0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
                 67108864.0,
             ],
+            uprobe: UprobeMode::Auto,
         }
     }
 }

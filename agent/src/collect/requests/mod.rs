@@ -18,7 +18,7 @@ use aya::maps::{MapData, RingBuf};
 
 pub use aggregate::Aggregator;
 pub use attach::{AttachNews, Attachments};
-pub use config::PerRequestConfig;
+pub use config::{PerRequestConfig, UprobeMode};
 
 use crate::worker::Worker;
 
