@@ -565,6 +565,12 @@ fn eval_range_fn(ctx: &Ctx, name: &str, args: &[&Expr], mi: usize, g: Grid) -> R
         let mut any = false;
         let (mut lo, mut hi) = (0usize, 0usize);
         for (i, slot) in vals.iter_mut().enumerate() {
+            // A long grid over a wide window (a year-long subquery of a
+            // week-long `_over_time`) can take seconds for one series: the
+            // deadline is checked within the series too, not only between.
+            if i % 1024 == 1023 {
+                ctx.check_deadline()?;
+            }
             let r = ra.reference(&g, i);
             let start = r - ra.range;
             while hi < s.samples.len() && s.samples[hi].0 <= r {
