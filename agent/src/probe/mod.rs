@@ -262,11 +262,16 @@ impl Probe {
         self.installed.len()
     }
 
-    /// Per-program run time and count (kernel.bpf_stats_enabled=1 fills them).
+    /// Per-program run time and count (kernel.bpf_stats_enabled=1 fills them):
+    /// the tracepoint programs, plus the request uprobe once it is loaded (its
+    /// cost per request is what `bench overhead` compares with RED on and off).
     pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let uprobe = self.request_program_loaded().then_some(request_probe::PROGRAM);
         self.programs
             .iter()
-            .filter_map(|(name, _)| {
+            .map(|(name, _)| *name)
+            .chain(uprobe)
+            .filter_map(|name| {
                 let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgramStats {
                     name,

@@ -15,7 +15,7 @@ use aya::{
 
 use super::{Probe, ProbeError, load_error, nginx_build::PROBED_FUNCTION};
 
-const PROGRAM: &str = "ngx_free_request";
+pub(super) const PROGRAM: &str = "ngx_free_request";
 
 /// Handles on the request program's maps, taken from the object at load.
 pub(super) struct RequestMaps {
@@ -123,6 +123,11 @@ impl Probe {
             t.read_errors += s.read_errors;
         }
         Ok(t)
+    }
+
+    /// True once the request program is in the kernel (loaded at the first attach).
+    pub(super) fn request_program_loaded(&self) -> bool {
+        self.requests.loaded
     }
 
     /// Attached request uprobes.
