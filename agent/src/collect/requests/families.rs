@@ -51,7 +51,7 @@ impl RequestFamilies {
     }
 
     /// Adds one running instance; returns the requests on TLS and HTTP/2
-    /// connections the uprobe counted (0 when not attached).
+    /// connections the uprobe counted while it was attached (0 if never).
     pub fn add_instance(
         &mut self,
         pr: &PerRequest,
@@ -88,7 +88,9 @@ impl RequestFamilies {
                 &HistogramValue::from_bucket_counts(sizes, &s.response_size.counts, s.response_size.sum as f64),
             );
         }
-        if attached { inst.unparsed_conn_requests } else { 0 }
+        // What the uprobe counted stays in the total after a detach: the
+        // requests counter must never go down.
+        inst.unparsed_conn_requests
     }
 
     /// The families, with the node-wide uprobe accounting.
