@@ -6,14 +6,17 @@
 //! worker stopped (SIGSTOP) a bounded burst of connects from inside the
 //! namespace fills the accept queue and overflows it:
 //! * `ngxprobe_listen_queue_length` == `ss`'s Recv-Q, `ngxprobe_listen_queue_max`
-//!   == Send-Q == 4, `ngxprobe_listen_syn_recv` == `ss state syn-recv` rows;
+//!   == Send-Q == 4, `ngxprobe_listen_syn_recv` == `ss state syn-recv` rows
+//!   (0 during the burst; > 0 at the end, when the listener's SYN-ACKs are
+//!   dropped by nftables so handshakes stay half-open);
 //! * `ngxprobe_listen_drops_total` (sk_drops, summed over the instance's
 //!   listeners) == the namespace's TcpExt ListenDrops: both are incremented
 //!   by the same tcp_listendrop() call, so once the drops stop they are equal
 //!   exactly; ListenOverflows counts only the overflow cases among them (<=),
 //!   and `ngxprobe_netns_listen_overflows_total` == ListenOverflows,
 //!   `ngxprobe_netns_syncookies_sent_total` == SyncookiesSent (with a backlog
-//!   of 4 the SYN queue, whose limit is the backlog too, fills as well);
+//!   of 4 the SYN queue, whose limit is the backlog too, fills with the
+//!   half-open handshakes and the kernel answers with cookies: > 0);
 //! * the default alert NginxListenerDroppingConnections fires;
 //! * after SIGCONT the queue drains to 0 in both views;
 //! * `ngxprobe diagnose` names the listener, its drops and its full queue;
@@ -331,6 +334,83 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
         "after restart and a second overflow: agent {ours2}, netns ListenDrops +{drops2}; test took {:?}",
         t0.elapsed()
     );
+
+    // Half-open handshakes: the listener's SYN-ACKs dropped on the way out
+    // (nftables in the namespace), so connects stay in SYN-RECV; once the
+    // SYN queue holds `backlog` of them the kernel answers with SYN cookies.
+    // Both counts are > 0 here and the agent equals ss and SyncookiesSent.
+    let nft = |args: &[&str]| ns.output("nft", args, Duration::from_secs(5));
+    let p = port.to_string();
+    if let Err(e) = nft(&["add", "table", "inet", "ngxprobe_e2e"])
+        .and_then(|_| {
+            nft(&[
+                "add",
+                "chain",
+                "inet",
+                "ngxprobe_e2e",
+                "out",
+                "{ type filter hook output priority 0; }",
+            ])
+        })
+        .and_then(|_| {
+            nft(&[
+                "add",
+                "rule",
+                "inet",
+                "ngxprobe_e2e",
+                "out",
+                "tcp",
+                "sport",
+                &p,
+                "tcp",
+                "flags",
+                "&",
+                "(syn|ack)",
+                "==",
+                "(syn|ack)",
+                "drop",
+            ])
+        })
+    {
+        util::skip_or_fail(&format!("half-open case: no nftables in the namespace: {e:#}"));
+        return;
+    }
+    let half_open = ns.connect_burst(n.main_addr(), 2 * BACKLOG as usize).expect("connects");
+    let (syn, cookies) = poll(
+        "agent's SYN-RECV == ss and SYN cookies == SyncookiesSent, both > 0",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let filter = format!("sport = :{port}");
+            let count = |out: String| out.lines().filter(|l| l.contains(&v4)).count();
+            let c0 = ns.counters()?;
+            let ss0 = count(ns.output("ss", &["-tnH", "state", "syn-recv", &filter], Duration::from_secs(5))?);
+            let s = agent.scrape()?;
+            let ss1 = count(ns.output("ss", &["-tnH", "state", "syn-recv", &filter], Duration::from_secs(5))?);
+            let c1 = ns.counters()?;
+            let ours = listen_value(&s, "ngxprobe_listen_syn_recv", &conf, &v4);
+            let cookies = s.value("ngxprobe_netns_syncookies_sent_total", &conf)?;
+            let netns_cookies = c1.get("TcpExt.SyncookiesSent")?;
+            Ok(
+                if ss0 == ss1
+                    && ss1 > 0
+                    && ours == Some(ss1 as f64)
+                    && c0 == c1
+                    && netns_cookies > 0
+                    && cookies == Some(netns_cookies as f64)
+                {
+                    Poll::Ready((ss1, netns_cookies))
+                } else {
+                    Poll::Pending(format!(
+                        "ss SYN-RECV {ss0}/{ss1}, agent {ours:?}; SYN cookies agent {cookies:?}, netns {netns_cookies}"
+                    ))
+                },
+            )
+        },
+    )
+    .unwrap();
+    drop(half_open);
+    eprintln!("half-open: SYN-RECV {syn} (agent == ss), SYN cookies {cookies} (agent == netns)");
 }
 
 /// Polls until the namespace's counters are still and the agent's drops

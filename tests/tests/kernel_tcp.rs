@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::netns::{NetCounters, Netns};
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
-use ngxprobe_e2e::util::{Poll, poll};
+use ngxprobe_e2e::util::{Poll, poll, skip_or_fail};
 use ngxprobe_e2e::{Agent, Session, guard};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -322,7 +322,9 @@ fn kernel_tcp_retransmits_match_the_namespace_counters() {
     let loss = match add_loss(&net.client, &net.veth, percent) {
         Ok(rule) => rule,
         Err(why) => {
-            eprintln!("[e2e] SKIPPED retransmit case: no packet-loss facility here (no netem in this kernel): {why}");
+            skip_or_fail(&format!(
+                "retransmit case: no packet-loss facility here (no netem in this kernel): {why}"
+            ));
             return;
         }
     };
@@ -501,8 +503,86 @@ fn kernel_tcp_resets_sent_and_received_match_the_namespace_counters() {
     assert_eq!(sent as i64, after.delta(&before, "Tcp.OutRsts").unwrap());
     assert_eq!(sent as i64, n as i64);
     assert_eq!(closes, n as f64);
-    let s = net.agent.scrape().unwrap();
+
+    // Normal closes: three pipelined requests per connection, the last with
+    // `Connection: close`, read to the end: nginx closes with a FIN, no RST
+    // either way. Each connection is one observation of the duration and
+    // requests-per-connection histograms, with 3 requests.
+    let conf = net.conf();
     let l = net.addr.to_string();
+    let on_listener = |s: &Scrape, name: &str, extra: &[(&str, &str)]| {
+        let mut labels = vec![("listen_address", l.as_str())];
+        labels.extend_from_slice(extra);
+        metric(s, name, &conf, &labels)
+    };
+    let per_instance = |s: &Scrape, name: &str, extra: &[(&str, &str)]| metric(s, name, &conf, extra);
+    let before = net.counters();
+    let s0 = net.agent.scrape().unwrap();
+    let started = std::time::Instant::now();
+    net.client
+        .run(move || -> Result<()> {
+            for _ in 0..n {
+                let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
+                c.set_read_timeout(Some(Duration::from_secs(20)))?;
+                let ka = "Connection: keep-alive";
+                write!(
+                    c,
+                    "GET /{MID_FILE} HTTP/1.1\r\nHost: t\r\n{ka}\r\n\r\n\
+                     GET /{MID_FILE} HTTP/1.1\r\nHost: t\r\n{ka}\r\n\r\n\
+                     GET /{MID_FILE} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut got = Vec::new();
+                c.read_to_end(&mut got)?;
+                if got.len() < 3 * MID_SIZE {
+                    bail!("three responses expected, got {} bytes", got.len());
+                }
+            }
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+    let client_secs = started.elapsed().as_secs_f64();
+    let closed_normal = |s: &Scrape| on_listener(s, "ngxprobe_tcp_connections_closed_total", &[("cause", "normal")]);
+    let s1 = net.wait_for("normal closes", |s| {
+        Ok(closed_normal(s) - closed_normal(&s0) >= n as f64)
+    });
+    let after = net.counters();
+    let d = |name: &str, extra: &[(&str, &str)]| per_instance(&s1, name, extra) - per_instance(&s0, name, extra);
+    eprintln!(
+        "[e2e] normal closes: OutRsts +{}, EstabResets +{}; ngxprobe normal +{}, requests per connection count +{} sum +{}, \
+         duration count +{} sum +{:.4} s (clients took {client_secs:.3} s)",
+        after.delta(&before, "Tcp.OutRsts").unwrap(),
+        after.delta(&before, "Tcp.EstabResets").unwrap(),
+        closed_normal(&s1) - closed_normal(&s0),
+        d("ngxprobe_tcp_connection_requests_count", &[]),
+        d("ngxprobe_tcp_connection_requests_sum", &[]),
+        d("ngxprobe_tcp_connection_duration_seconds_count", &[]),
+        d("ngxprobe_tcp_connection_duration_seconds_sum", &[]),
+    );
+    assert_eq!(closed_normal(&s1) - closed_normal(&s0), n as f64);
+    assert_eq!(
+        after.delta(&before, "Tcp.OutRsts").unwrap(),
+        0,
+        "no RST on a normal close"
+    );
+    assert_eq!(
+        after.delta(&before, "Tcp.EstabResets").unwrap(),
+        0,
+        "no RST on a normal close"
+    );
+    assert_eq!(d("ngxprobe_tcp_connection_requests_count", &[]), n as f64);
+    assert_eq!(d("ngxprobe_tcp_connection_requests_sum", &[]), 3.0 * n as f64);
+    // Power-of-two buckets: 3 requests are above le="2", within le="4".
+    assert_eq!(d("ngxprobe_tcp_connection_requests_bucket", &[("le", "2")]), 0.0);
+    assert_eq!(d("ngxprobe_tcp_connection_requests_bucket", &[("le", "4")]), n as f64);
+    assert_eq!(d("ngxprobe_tcp_connection_duration_seconds_count", &[]), n as f64);
+    let dur = d("ngxprobe_tcp_connection_duration_seconds_sum", &[]);
+    assert!(
+        dur > 0.0 && dur <= client_secs,
+        "connections' summed lifetime {dur} s within the clients' {client_secs} s"
+    );
+
+    let s = net.agent.scrape().unwrap();
     let timeouts = [("listen_address", l.as_str()), ("cause", "timeout")];
     assert_eq!(
         metric(&s, "ngxprobe_tcp_connections_closed_total", &net.conf(), &timeouts),
@@ -720,7 +800,7 @@ fn kernel_tcp_timeouts_and_slow_readers() {
     let black = match drop_data(&net.client, &net.veth) {
         Ok(rule) => rule,
         Err(why) => {
-            eprintln!("[e2e] SKIPPED timeout case: no packet filter usable here: {why}");
+            skip_or_fail(&format!("timeout case: no packet filter usable here: {why}"));
             return;
         }
     };
@@ -779,7 +859,7 @@ fn kernel_worker_oom_kill_is_counted_as_oom() {
         let cg = std::path::Path::new("/sys/fs/cgroup").join(format!("ngxprobe-e2e-oom-{}", std::process::id()));
         (cg.clone(), cg.join("memory.max"), cg.join("cgroup.procs"))
     } else {
-        eprintln!("[e2e] SKIPPED OOM case: no memory cgroup controller here");
+        skip_or_fail("OOM case: no memory cgroup controller here");
         return;
     };
     std::fs::create_dir_all(&cg).expect("create a memory cgroup");
