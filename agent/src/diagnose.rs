@@ -1,7 +1,8 @@
 //! `ngxprobe diagnose`: a one-shot report over the last N minutes from a
 //! running agent's PromQL API, naming what looks wrong (for support
 //! tickets): listeners that dropped connections, accept queues that ran
-//! nearly full, SYN cookies, instances down, alerts firing.
+//! nearly full, SYN cookies, instances down, workers killed, retransmit
+//! ratios, connections ended by timeout or reset, alerts firing.
 //!
 //! A client of the HTTP API only (`/api/v1/query`, `/api/v1/alerts`): it
 //! works against any agent it can reach, and never reads the store itself.
@@ -30,10 +31,51 @@ pub struct Observed {
     pub queue_max: Vec<Row>,
     pub syncookies: Vec<Row>,
     pub down: Vec<Row>,
+    /// Workers that exited by a signal or the OOM killer, per instance,
+    /// cause and signal.
+    pub crashes: Counted,
+    /// Client connections closed by `cause="timeout"` / `cause="reset"`,
+    /// per listener, and all closed connections (the denominator).
+    pub timeouts: Counted,
+    pub reset_closes: Counted,
+    pub closed: Vec<Row>,
+    /// Retransmitted / sent segments per listener, where above 5 %.
+    pub retransmit_ratio: Vec<Row>,
     /// Firing alerts: (alertname, summary).
     pub firing: Vec<(String, String)>,
     /// Listeners known at all (for the "nothing wrong" line).
     pub listeners: usize,
+}
+
+/// How much a counter grew in the window, per series: exactly (max − min,
+/// a counter never goes back within an agent's life) unless it was reset
+/// in the window (agent restarted), where `increase()` is said "about".
+#[derive(Debug, Default)]
+pub struct Counted {
+    pub exact: Vec<Row>,
+    pub reset: Vec<Row>,
+    pub increase: Vec<Row>,
+}
+
+impl Counted {
+    /// (series identity, "N" or "about N") for every series that grew.
+    fn grew(&self) -> Vec<(BTreeMap<String, String>, String)> {
+        let reset: Vec<_> = self.reset.iter().map(|(l, _)| key(l)).collect();
+        let mut out = Vec::new();
+        for (l, n) in &self.exact {
+            let k = key(l);
+            if !reset.contains(&k) {
+                out.push((k, format!("{}", n.round() as u64)));
+            }
+        }
+        for (l, n) in &self.increase {
+            let k = key(l);
+            if reset.contains(&k) && n.round() >= 1.0 {
+                out.push((k, format!("about {}", n.round() as u64)));
+            }
+        }
+        out
+    }
 }
 
 /// `host:port` from `http://host:port[/]` (or a bare `host:port`).
@@ -77,9 +119,27 @@ pub fn run(url: &str, since: &str, out: &mut dyn Write) -> Result<bool, String> 
 
 fn observe(addr: &str, since: &str) -> Result<Observed, String> {
     let q = |expr: String| query(addr, &expr);
+    let counted = |sel: &str| -> Result<Counted, String> {
+        Ok(Counted {
+            exact: q(format!(
+                "max_over_time({sel}[{since}]) - min_over_time({sel}[{since}]) > 0"
+            ))?,
+            reset: q(format!("resets({sel}[{since}]) > 0"))?,
+            increase: q(format!("increase({sel}[{since}]) > 0"))?,
+        })
+    };
     let d = "ngxprobe_listen_drops_total";
+    let closed = "ngxprobe_tcp_connections_closed_total";
     let alerts = alerts(addr)?;
     Ok(Observed {
+        crashes: counted(r#"ngxprobe_nginx_worker_exits_total{cause=~"signal|oom"}"#)?,
+        timeouts: counted(&format!(r#"{closed}{{cause="timeout"}}"#))?,
+        reset_closes: counted(&format!(r#"{closed}{{cause="reset"}}"#))?,
+        closed: q(format!("sum without (cause) (increase({closed}[{since}]))"))?,
+        retransmit_ratio: q(format!(
+            "increase(ngxprobe_tcp_retransmitted_segments_total[{since}]) \
+             / increase(ngxprobe_tcp_segments_sent_total[{since}]) > {RETRANSMIT_RATIO}"
+        ))?,
         drops: q(format!("max_over_time({d}[{since}]) - min_over_time({d}[{since}]) > 0"))?,
         drops_reset: q(format!("resets({d}[{since}]) > 0"))?,
         drops_increase: q(format!("increase({d}[{since}]) > 0"))?,
@@ -155,12 +215,36 @@ fn listener(l: &BTreeMap<String, String>) -> String {
     )
 }
 
-/// The report's lines, most severe first: instances down, drops, nearly
-/// full queues, SYN cookies, then every firing alert.
+/// Retransmitted / sent segments above which a listener is named (the
+/// default alert's threshold).
+const RETRANSMIT_RATIO: f64 = 0.05;
+/// Share of a listener's closed connections ended by an RST above which it
+/// is named (browsers and load balancers reset some as a matter of course).
+const RESET_SHARE: f64 = 0.10;
+
+/// The report's lines, most severe first: instances down, workers killed,
+/// drops, nearly full queues, SYN cookies, connections timed out, resets,
+/// retransmits, then every firing alert.
 pub fn findings(o: &Observed, since: &str) -> Vec<String> {
     let mut out = Vec::new();
     for (l, _) in &o.down {
         out.push(format!("{} is down (nginx_up 0)", instance(l)));
+    }
+    for (k, n) in o.crashes.grew() {
+        let by = match (k.get("cause").map(String::as_str), k.get("signal")) {
+            (Some("oom"), _) => " by the OOM killer".to_string(),
+            (_, Some(sig)) if !sig.is_empty() => format!(" by {sig}"),
+            _ => String::new(),
+        };
+        let who = if n == "1" {
+            "worker process was"
+        } else {
+            "worker processes were"
+        };
+        out.push(format!(
+            "{}: {n} {who} killed{by} in the last {since} (their connections were dropped; see nginx's error_log)",
+            instance(&k)
+        ));
     }
     let find = |rows: &[Row], k: &BTreeMap<String, String>| rows.iter().find(|(l, _)| key(l) == *k).map(|r| r.1);
     let queue = |k: &BTreeMap<String, String>| match (find(&o.queue_peak, k), find(&o.queue_max, k)) {
@@ -214,6 +298,37 @@ pub fn findings(o: &Observed, since: &str) -> Vec<String> {
             n.round() as u64
         ));
     }
+    for (k, n) in o.timeouts.grew() {
+        out.push(format!(
+            "{}: {n} client connections timed out in the last {since} (the kernel gave up retransmitting: clients vanished or the path drops packets)",
+            listener(&k)
+        ));
+    }
+    for (k, n) in o.reset_closes.grew() {
+        let mut any_cause = k.clone();
+        any_cause.remove("cause");
+        let all = find(&o.closed, &any_cause).unwrap_or(0.0);
+        let resets = o
+            .reset_closes
+            .increase
+            .iter()
+            .find(|(l, _)| key(l) == k)
+            .map_or(0.0, |r| r.1);
+        if all > 0.0 && resets / all > RESET_SHARE {
+            out.push(format!(
+                "{}: {n} client connections ended by a reset in the last {since}, {:.0}% of those closed",
+                listener(&k),
+                100.0 * (resets / all).min(1.0)
+            ));
+        }
+    }
+    for (l, ratio) in &o.retransmit_ratio {
+        out.push(format!(
+            "{}: {:.1}% of the segments sent in the last {since} were retransmitted (packet loss or congestion between clients and nginx)",
+            listener(l),
+            100.0 * ratio
+        ));
+    }
     for (name, summary) in &o.firing {
         out.push(format!("alert {name} firing: {summary}"));
     }
@@ -264,6 +379,59 @@ mod tests {
             ]
         );
         assert!(findings(&Observed::default(), "5m").is_empty());
+    }
+
+    #[test]
+    fn names_killed_workers_timeouts_resets_and_retransmits() {
+        let inst = [("conf_path", "/c")];
+        let l = [("conf_path", "/c"), ("listen_address", "0.0.0.0:80")];
+        let with = |base: &[(&'static str, &'static str)], more: &[(&'static str, &'static str)]| {
+            base.iter().chain(more).copied().collect::<Vec<_>>()
+        };
+        let segv = with(&inst, &[("cause", "signal"), ("signal", "SIGSEGV")]);
+        let oom = with(&inst, &[("cause", "oom"), ("signal", "")]);
+        let timeout = with(&l, &[("cause", "timeout")]);
+        let reset = with(&l, &[("cause", "reset")]);
+        let o = Observed {
+            crashes: Counted {
+                exact: vec![row(&segv, 2.0), row(&oom, 1.0)],
+                ..Default::default()
+            },
+            timeouts: Counted {
+                exact: vec![row(&timeout, 3.0)],
+                increase: vec![row(&timeout, 3.4)],
+                ..Default::default()
+            },
+            reset_closes: Counted {
+                exact: vec![row(&reset, 30.0)],
+                increase: vec![row(&reset, 31.0)],
+                ..Default::default()
+            },
+            closed: vec![row(&l, 100.0)],
+            retransmit_ratio: vec![row(&l, 0.073)],
+            ..Default::default()
+        };
+        assert_eq!(
+            findings(&o, "5m"),
+            vec![
+                "nginx /c: 2 worker processes were killed by SIGSEGV in the last 5m (their connections were dropped; see nginx's error_log)",
+                "nginx /c: 1 worker process was killed by the OOM killer in the last 5m (their connections were dropped; see nginx's error_log)",
+                "listener 0.0.0.0:80 of nginx /c: 3 client connections timed out in the last 5m (the kernel gave up retransmitting: clients vanished or the path drops packets)",
+                "listener 0.0.0.0:80 of nginx /c: 30 client connections ended by a reset in the last 5m, 31% of those closed",
+                "listener 0.0.0.0:80 of nginx /c: 7.3% of the segments sent in the last 5m were retransmitted (packet loss or congestion between clients and nginx)",
+            ]
+        );
+        // Resets that are a small share of closes are not a problem.
+        let o = Observed {
+            reset_closes: Counted {
+                exact: vec![row(&reset, 3.0)],
+                increase: vec![row(&reset, 3.0)],
+                ..Default::default()
+            },
+            closed: vec![row(&l, 100.0)],
+            ..Default::default()
+        };
+        assert!(findings(&o, "5m").is_empty());
     }
 
     #[test]

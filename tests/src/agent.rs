@@ -234,6 +234,36 @@ impl Agent {
     pub fn log_tail(&self, n: usize) -> String {
         util::tail(&self.log, n)
     }
+
+    /// Runs `ngxprobe diagnose --since <since>` against this agent until its
+    /// report has every line of `want` (the store samples once a second, so
+    /// a finding appears once the event is in it), bounded; returns the
+    /// report. diagnose exits 1 when it names a problem.
+    pub fn diagnose_until(&self, since: &str, want: &[String]) -> Result<String> {
+        let url = format!("http://{}", self.addr());
+        util::poll(
+            "ngxprobe diagnose to name the problems",
+            Duration::from_secs(15),
+            Duration::from_millis(300),
+            || {
+                let out = std::process::Command::new(binary_path())
+                    .args(["diagnose", "--since", since, "--url", &url])
+                    .output()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                Ok(
+                    if out.status.code() == Some(1) && want.iter().all(|w| text.lines().any(|l| l == w)) {
+                        util::Poll::Ready(text)
+                    } else {
+                        util::Poll::Pending(format!(
+                            "{}: {text}{}",
+                            out.status,
+                            String::from_utf8_lossy(&out.stderr)
+                        ))
+                    },
+                )
+            },
+        )
+    }
 }
 
 impl Drop for Agent {

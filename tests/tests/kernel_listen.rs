@@ -218,33 +218,7 @@ fn accept_queue_overflow_matches_ss_and_netns_counters() {
     let want = format!(
         "PROBLEM: listener {v4} of nginx {conf} dropped {ours} connection attempts in the last 5m: accept queue {queued}/{max} (full) at its peak"
     );
-    let report = poll(
-        "ngxprobe diagnose to name the drops",
-        Duration::from_secs(10),
-        Duration::from_millis(300),
-        || {
-            let out = std::process::Command::new(ngxprobe_e2e::agent::binary_path())
-                .args([
-                    "diagnose",
-                    "--since",
-                    "5m",
-                    "--url",
-                    &format!("http://{}", agent.addr()),
-                ])
-                .output()?;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            Ok(if out.status.code() == Some(1) && text.lines().any(|l| l == want) {
-                Poll::Ready(text)
-            } else {
-                Poll::Pending(format!(
-                    "{}: {text}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            })
-        },
-    )
-    .unwrap();
+    let report = agent.diagnose_until("5m", std::slice::from_ref(&want)).unwrap();
     eprintln!("{report}");
     assert!(
         report.contains("alert NginxListenerDroppingConnections firing"),

@@ -623,6 +623,23 @@ fn kernel_worker_crashes_are_exits_by_signal_and_reload_is_not() {
     assert_eq!(exits(&sc, "signal", "SIGSEGV"), 0.0);
     assert_eq!(metric(&sc, "ngxprobe_nginx_worker_respawns_total", &conf, &[]), 0.0);
 
+    // The store has sampled the exit counters at 0 (diagnose and the alert
+    // read history: a crash before the first sample of a new instance
+    // would be the series' first value, and no increase).
+    let stored = format!("ngxprobe_nginx_worker_exits_total{{conf_path={conf:?},signal=\"SIGSEGV\"}} == 0");
+    poll(
+        "exit counters at 0 in the store",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || {
+            let v = s.agent.query(&stored)?;
+            Ok(match v["result"].as_array() {
+                Some(r) if !r.is_empty() => Poll::Ready(()),
+                _ => Poll::Pending(v.to_string()),
+            })
+        },
+    )
+    .unwrap();
     // SIGSEGV to a worker (nginx has no handler for it: the worker dies).
     let victim = *s.nginx.worker_pids().first().expect("a worker");
     assert_eq!(unsafe { libc::kill(victim, libc::SIGSEGV) }, 0);
@@ -695,6 +712,19 @@ fn kernel_worker_crashes_are_exits_by_signal_and_reload_is_not() {
         let open = metric(&sc, "ngxprobe_nginx_worker_open_fds", &conf, &[("pid", &pid)]);
         assert!(open >= 3.0 && open < soft, "worker {p}: {open} open fds of {soft}");
     }
+    // `ngxprobe diagnose` names both crashes, and not the reload's exits.
+    let killed = |sig: &str| {
+        format!(
+            "PROBLEM: nginx {conf}: 1 worker process was killed by {sig} in the last 5m \
+             (their connections were dropped; see nginx's error_log)"
+        )
+    };
+    let report = s
+        .agent
+        .diagnose_until("5m", &[killed("SIGSEGV"), killed("SIGKILL")])
+        .unwrap();
+    eprintln!("{report}");
+    assert_eq!(report.matches("worker process").count(), 2, "{report}");
 }
 
 /// Connections the kernel gives up on are closed by `timeout` (the
@@ -834,6 +864,14 @@ fn kernel_tcp_timeouts_and_slow_readers() {
     assert_eq!(ours as i64, after.delta(&before, "TcpExt.TCPAbortOnTimeout").unwrap());
     assert_eq!(ours as i64, n);
     assert_eq!(closed(&s3, "reset") - closed(&s2, "reset"), 0.0);
+    // `ngxprobe diagnose` names them on their listener.
+    let want = format!(
+        "PROBLEM: listener {addr} of nginx {}: {n} client connections timed out in the last 5m \
+         (the kernel gave up retransmitting: clients vanished or the path drops packets)",
+        net.conf()
+    );
+    let report = net.agent.diagnose_until("5m", &[want]).unwrap();
+    eprintln!("{report}");
 }
 
 /// A worker the OOM killer chooses is an exit by `oom`, not by signal. The
