@@ -355,6 +355,19 @@ fn remote_write_component_config_is_the_kubernetes_config_plus_remote_write() {
         util::skip_or_fail(&format!("{} not found (cargo xtask build)", bin.display()));
         return;
     }
-    let (ok, out) = run(Command::new(&bin).args(["check", "config", "--config"]).arg(&overlay));
+    // The configs' global.external_labels name the node from NODE_NAME (the
+    // DaemonSet sets it from the downward API); unset, the config is refused.
+    let (ok, out) = run(Command::new(&bin)
+        .args(["check", "config", "--config"])
+        .arg(&overlay)
+        .env_remove("NODE_NAME"));
+    assert!(
+        !ok && out.contains("global.external_labels.node: environment variable NODE_NAME is not set"),
+        "accepted without NODE_NAME:\n{out}"
+    );
+    let (ok, out) = run(Command::new(&bin)
+        .args(["check", "config", "--config"])
+        .arg(&overlay)
+        .env("NODE_NAME", "node-1"));
     assert!(ok, "ngxprobe check config {}:\n{out}", overlay.display());
 }
