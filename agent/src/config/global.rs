@@ -37,9 +37,9 @@ pub fn expand_env(value: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
                 Some(end) => (&braced[..end], end + 2),
                 None => return Err("`${` without a closing `}`".into()),
             }
-        } else if after.starts_with('$') {
+        } else if let Some(after_dollar) = after.strip_prefix('$') {
             out.push('$');
-            rest = &after[1..];
+            rest = after_dollar;
             continue;
         } else {
             let end = after
