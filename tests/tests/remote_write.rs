@@ -6,7 +6,12 @@
 //!    restarted on the same store. Once the queue has caught up, the raw
 //!    samples of every nginx_* series of our instance over the whole window
 //!    are the same, sample by sample, in the agent's store and in Prometheus.
-//! 2. Local receivers speaking plain HTTP: one answers 400 (the batch fails
+//! 2. External labels, through the same real receiver: `global.external_labels`
+//!    (a literal and one from the agent's environment) are on every series
+//!    Prometheus stored and on none in the agent's own store; a series' own
+//!    label of the same name wins; write_relabel_configs see them (drop a
+//!    series by one, drop one, rename one).
+//! 3. Local receivers speaking plain HTTP: one answers 400 (the batch fails
 //!    for good: samples_failed_total, never retried), one answers 429 with
 //!    Retry-After twice before accepting (retried after the time it asked,
 //!    then delivered).
@@ -235,6 +240,145 @@ fn prometheus_receives_the_same_samples_through_outage_and_sigkill() {
     );
     assert!(metric(&agent, "ngxprobe_remote_storage_samples_dropped_total", "prom") > 0.0);
     drop(prom);
+}
+
+/// Label sets of `selector`'s series at `at_ms` through a Prometheus-compatible API.
+fn series_at(
+    addr: SocketAddr,
+    selector: &str,
+    at_ms: i64,
+) -> anyhow::Result<std::collections::BTreeSet<BTreeMap<String, String>>> {
+    Ok(raw_samples(addr, selector, 60, at_ms)?.into_keys().collect())
+}
+
+#[test]
+fn external_labels_reach_prometheus_and_write_relabel_configs_see_them() {
+    let _g = guard("remote_write_external_labels");
+    let nginx = Nginx::start(NginxOptions::default()).expect("start nginx");
+    let conf = nginx.conf_label();
+    let prom = Prometheus::start(&PrometheusOptions {
+        extra_args: vec!["--web.enable-remote-write-receiver".into()],
+        ..Default::default()
+    })
+    .expect("start prometheus");
+    // A value only the agent's environment knows, different on every run.
+    let node = format!("e2e-node-{}-{}", std::process::id(), now_ms());
+    let config = format!(
+        r#"global:
+  external_labels:
+    cluster: e2e-literal
+    node: ${{E2E_NODE_NAME}}
+    conf_path: from-external
+    scratch: to-be-dropped
+    tier: edge
+remote_write:
+  - url: {url}
+    name: prom
+    write_relabel_configs:
+      - source_labels: [__name__]
+        regex: 'nginx_.*|ngxprobe_build_info'
+        action: keep
+      # Matches only if the external label is there before relabelling.
+      - source_labels: [__name__, cluster]
+        regex: 'nginx_connections_waiting;e2e-literal'
+        action: drop
+      - regex: scratch
+        action: labeldrop
+      - source_labels: [tier]
+        target_label: zone
+      - regex: tier
+        action: labeldrop
+    queue_config:
+      batch_send_deadline: 500ms
+      min_backoff: 50ms
+      max_backoff: 500ms
+"#,
+        url = prom.url("/api/v1/write")
+    );
+    let agent = Agent::start_opts(&AgentOptions {
+        config: Some(config),
+        env: vec![("E2E_NODE_NAME".into(), node.clone())],
+        ..Default::default()
+    })
+    .expect("start agent");
+    agent.wait_instance_up(&conf).expect("instance up");
+    let sel = format!("{{__name__=~\"nginx_.*\",conf_path=\"{conf}\"}}");
+
+    // What the agent stores (the eight stub_status families): its own labels only.
+    let ours = poll(
+        "the instance's series in the agent's store",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let ours = series_at(agent.addr(), &sel, now_ms())?;
+            let names: Vec<&str> = ours.iter().map(|l| l["__name__"].as_str()).collect();
+            Ok(if ours.len() >= 8 && names.contains(&"nginx_connections_waiting") {
+                Poll::Ready(ours)
+            } else {
+                Poll::Pending(format!("{names:?}"))
+            })
+        },
+    )
+    .unwrap();
+    for l in &ours {
+        for ext in ["cluster", "node", "scratch", "tier", "zone"] {
+            assert!(!l.contains_key(ext), "external label {ext} in the local store: {l:?}");
+        }
+    }
+    // What Prometheus must hold: each of those series plus the external
+    // labels as relabelled (own conf_path kept, scratch dropped, tier →
+    // zone), except the series dropped by an external label's value.
+    let want: std::collections::BTreeSet<BTreeMap<String, String>> = ours
+        .iter()
+        .filter(|l| l["__name__"] != "nginx_connections_waiting")
+        .map(|l| {
+            let mut l = l.clone();
+            l.insert("cluster".into(), "e2e-literal".into());
+            l.insert("node".into(), node.clone());
+            l.insert("zone".into(), "edge".into());
+            l
+        })
+        .collect();
+    let prom_addr = prom.addr();
+    poll(
+        "the agent's series in Prometheus with the external labels",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let theirs = series_at(prom_addr, &sel, now_ms())?;
+            Ok(if theirs == want {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("Prometheus has {theirs:?}\nwanted {want:?}"))
+            })
+        },
+    )
+    .unwrap();
+    // Nothing reached Prometheus without them, nor with the dropped or
+    // renamed label (other nginx the agent found included).
+    let all = series_at(prom_addr, "{__name__=~\".+\"}", now_ms()).unwrap();
+    assert!(!all.is_empty());
+    for l in &all {
+        assert_eq!(l.get("cluster").map(String::as_str), Some("e2e-literal"), "{l:?}");
+        assert_eq!(l.get("node"), Some(&node), "{l:?}");
+        assert_eq!(l.get("zone").map(String::as_str), Some("edge"), "{l:?}");
+        assert!(!l.contains_key("scratch") && !l.contains_key("tier"), "{l:?}");
+    }
+    // A series without its own conf_path gets the external one.
+    let build = series_at(prom_addr, "ngxprobe_build_info", now_ms()).unwrap();
+    assert_eq!(build.len(), 1, "{build:?}");
+    let build = build.into_iter().next().unwrap();
+    assert_eq!(
+        build.get("conf_path").map(String::as_str),
+        Some("from-external"),
+        "{build:?}"
+    );
+    // The series dropped by its external label was counted as dropped.
+    assert!(metric(&agent, "ngxprobe_remote_storage_samples_dropped_total", "prom") > 0.0);
+    assert_eq!(
+        metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "prom"),
+        0.0
+    );
 }
 
 /// What a local receiver saw: arrival time, request head, body length.
