@@ -4,8 +4,10 @@
 //!   alone and with its Components (overlays/secured, overlays/remote-write),
 //!   against the Kubernetes API's schemas (kubernetes-validate, strict:
 //!   unknown fields are errors), and the ServiceMonitor / PrometheusRule
-//!   against the Prometheus Operator's (its generated validators). The render
-//!   is `kubectl kustomize` from the kubectl wheel. Tools: target/deploy-tools,
+//!   against the Prometheus Operator's CRDs (tests/deploy/crds, vendored;
+//!   their openAPIV3Schema with unknown fields refused, as the API server
+//!   with `kubectl apply --validate=strict`: crd_schema/). The render is
+//!   `kubectl kustomize` from the kubectl wheel. Tools: target/deploy-tools,
 //!   made by `cargo xtask setup` (tests/deploy/).
 //! * A mutated copy of deploy/ is rejected, naming file, resource and field.
 //! * The PrometheusRule's groups pass `promtool check rules` and
@@ -13,6 +15,9 @@
 //!   built-in ngxprobe-kernel rules is agent/src/rules/kernel_rules_tests.rs.)
 //! * overlays/remote-write's config is config.kubernetes.yml plus its
 //!   remote_write section, and `ngxprobe check config` accepts it.
+mod crd_schema;
+
+use crd_schema::CrdSchemas;
 use ngxprobe_e2e::util::{self, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,8 +39,7 @@ fn deploy_dir() -> PathBuf {
 struct Tools {
     python: PathBuf,
     kubectl: PathBuf,
-    node: PathBuf,
-    npm_dir: PathBuf,
+    crds: CrdSchemas,
 }
 
 /// target/deploy-tools ($NGXPROBE_DEPLOY_TOOLS overrides), or skip (fail in CI).
@@ -49,10 +53,9 @@ fn tools() -> Option<Tools> {
     let t = Tools {
         python: dir.join("venv/bin/python"),
         kubectl: dir.join("venv/bin/kubectl"),
-        node: util::find_executable("node")?,
-        npm_dir: dir.join("npm"),
+        crds: CrdSchemas::load(&crd_schema::vendored_crd_files()).unwrap_or_else(|e| panic!("{e}")),
     };
-    if !t.python.is_file() || !t.kubectl.is_file() || !t.npm_dir.join("node_modules").is_dir() {
+    if !t.python.is_file() || !t.kubectl.is_file() {
         util::skip_or_fail(&format!(
             "deploy validators not found in {} (run `cargo xtask setup`)",
             dir.display()
@@ -89,20 +92,22 @@ impl Tools {
             .args(["core", KUBE_VERSION])
             .args(files))
     }
-    /// ServiceMonitor / PrometheusRule: (ok, output).
+    /// ServiceMonitor / PrometheusRule: (ok, errors one a line).
     fn crds(&self, files: &[PathBuf]) -> (bool, String) {
-        run(Command::new(&self.node)
-            .arg(repo().join("tests/deploy/check_crds.mjs"))
-            .args(files)
-            .env("NGXPROBE_DEPLOY_NPM", &self.npm_dir))
+        let c = self.crds.check(files);
+        (c.errors.is_empty(), c.errors.join("\n"))
     }
     /// Both must pass; returns (core documents, custom resources) checked.
     fn validate(&self, files: &[PathBuf]) -> (usize, usize) {
         let (ok, core) = self.core(files);
         assert!(ok, "Kubernetes API schema check failed:\n{core}");
-        let (ok, crds) = self.crds(files);
-        assert!(ok, "Prometheus Operator schema check failed:\n{crds}");
-        (checked(&core), checked(&crds))
+        let crds = self.crds.check(files);
+        assert!(
+            crds.errors.is_empty(),
+            "Prometheus Operator CRD schema check failed:\n{}",
+            crds.errors.join("\n")
+        );
+        (checked(&core), crds.resources)
     }
     /// `kubectl kustomize` of a kustomization in `work` with deploy/ (at
     /// `deploy`) as resource and `components`, written to `work/<name>.yaml`.
@@ -276,6 +281,83 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
     assert!(
         out.contains(&format!(
             "{}: PrometheusRule/ngxprobe: spec.groups.0.rules.0.for:",
+            pr.display()
+        )),
+        "{out}"
+    );
+}
+
+#[test]
+fn unknown_fields_in_the_operators_resources_are_rejected_naming_file_and_field() {
+    let Some(t) = tools() else { return };
+    // The vendored CRDs are the ones loaded (a renamed file cannot drop a kind).
+    let api = "monitoring.coreos.com/v1".to_string();
+    assert_eq!(
+        t.crds.kinds(),
+        vec![(api.clone(), "PrometheusRule".into()), (api, "ServiceMonitor".into())]
+    );
+    let work = TempDir::new("deploy-crd-mutants").unwrap();
+    let copy = work.path().join("deploy");
+    copy_tree(&deploy_dir(), &copy);
+    let edit = |file: &Path, from: &str, to: &str| {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.contains(from), "{from:?} not in {}", file.display());
+        std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+    };
+    let rejected = |file: &Path, resource: &str, fields: &[&str]| {
+        let (ok, out) = t.crds(&[file.to_path_buf()]);
+        assert!(!ok, "{} passed with {fields:?}", file.display());
+        for field in fields {
+            let want = format!("{}: {resource}: {field}: unknown field", file.display());
+            assert!(out.lines().any(|l| l == want), "no {want:?} in:\n{out}");
+        }
+        assert_eq!(out.lines().count(), fields.len(), "{out}");
+    };
+
+    // PrometheusRule: a misspelt key in a rule, one beside `groups`, one in
+    // metadata. The Kubernetes API schema check does not see custom resources.
+    let pr = copy.join("prometheusrule.yaml");
+    edit(&pr, "          annotations:\n", "          anotations:\n");
+    edit(
+        &pr,
+        "spec:\n  groups:\n",
+        "spec:\n  partial_response_strategy: warn\n  groups:\n",
+    );
+    edit(
+        &pr,
+        "  labels:\n    app.kubernetes.io/name",
+        "  lables:\n    app.kubernetes.io/name",
+    );
+    rejected(
+        &pr,
+        "PrometheusRule/ngxprobe",
+        &[
+            "metadata.lables",
+            "spec.partial_response_strategy",
+            "spec.groups.0.rules.0.anotations",
+        ],
+    );
+    // Caught in the kustomize render too (kustomize passes unknown fields on).
+    let rendered = t.render(work.path(), &copy, &[], "mutant");
+    let (ok, out) = t.crds(std::slice::from_ref(&rendered));
+    assert!(
+        !ok && out.contains("PrometheusRule/ngxprobe: spec.groups.0.rules.0.anotations: unknown field"),
+        "the render with the mutant passed:\n{out}"
+    );
+
+    // ServiceMonitor: the Prometheus CR's name for the scrape interval.
+    let sm = copy.join("servicemonitor.yaml");
+    edit(&sm, "      interval: 15s\n", "      scrapeInterval: 15s\n");
+    rejected(&sm, "ServiceMonitor/ngxprobe", &["spec.endpoints.0.scrapeInterval"]);
+
+    // Two groups of one name: the CRD's list-type map (key: name) refuses them.
+    let pr = copy.join("prometheusrule.yaml");
+    std::fs::copy(deploy_dir().join("prometheusrule.yaml"), &pr).unwrap();
+    edit(&pr, "    - name: ngxprobe.kernel\n", "    - name: ngxprobe.nginx\n");
+    let (ok, out) = t.crds(std::slice::from_ref(&pr));
+    assert!(
+        !ok && out.contains(&format!(
+            "{}: PrometheusRule/ngxprobe: spec.groups: duplicate entry name=\"ngxprobe.nginx\"",
             pr.display()
         )),
         "{out}"
