@@ -15,6 +15,9 @@
 //!   built-in ngxprobe-kernel rules is agent/src/rules/kernel_rules_tests.rs.)
 //! * overlays/remote-write's config is config.kubernetes.yml plus its
 //!   remote_write section, and `ngxprobe check config` accepts it.
+//! * rbac.yaml grants exactly get/list/watch on pods to the DaemonSet's
+//!   service account; the Dockerfile's file capabilities and USER match the
+//!   DaemonSet's capabilities.add and runAsUser.
 mod crd_schema;
 
 use crd_schema::CrdSchemas;
@@ -361,6 +364,114 @@ fn unknown_fields_in_the_operators_resources_are_rejected_naming_file_and_field(
             pr.display()
         )),
         "{out}"
+    );
+}
+
+/// The documents of a YAML file, as JSON values.
+fn documents(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// The DaemonSet's pods may read pods and nothing else: exactly get, list
+/// and watch on core pods, bound to the service account the DaemonSet runs
+/// as, in its namespace (kustomize sets it on both).
+#[test]
+fn rbac_grants_exactly_get_list_watch_on_pods_to_the_daemonsets_account() {
+    let deploy = deploy_dir();
+    let rbac = documents(&deploy.join("rbac.yaml"));
+    let ds = documents(&deploy.join("daemonset.yaml"));
+    let ds = find(&ds, "DaemonSet");
+    assert_eq!(ds.len(), 1);
+    let account = ds[0]["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("the DaemonSet names its service account");
+    assert_eq!(find(&rbac, "ServiceAccount")[0]["metadata"]["name"], account);
+    // Only cluster-wide read of pods: no Role, no other ClusterRole.
+    let kinds: Vec<&str> = rbac.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]);
+    let role = find(&rbac, "ClusterRole")[0];
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+        "rbac.yaml's ClusterRole"
+    );
+    assert!(role.get("aggregationRule").is_none());
+    let binding = find(&rbac, "ClusterRoleBinding")[0];
+    assert_eq!(
+        binding["roleRef"],
+        serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]})
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": account, "namespace": "ngxprobe"}])
+    );
+    let kustomization = documents(&deploy.join("kustomization.yaml"));
+    assert_eq!(
+        kustomization[0]["namespace"], "ngxprobe",
+        "the binding's subject namespace"
+    );
+}
+
+/// deploy/Dockerfile and the DaemonSet agree: the image's binary carries as
+/// file capabilities (permitted only) exactly what the container adds (with
+/// no_new_privs a capability missing on either side is not available), and
+/// the image's USER is the pod's runAsUser, not root. (The image itself is
+/// not built here: no container daemon nor base image registry in CI.)
+#[test]
+fn image_and_daemonset_agree_on_user_and_capabilities() {
+    let deploy = deploy_dir();
+    let dockerfile = std::fs::read_to_string(deploy.join("Dockerfile")).unwrap();
+    let setcap = dockerfile
+        .split("setcap ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("Dockerfile: setcap CAPS=p");
+    let (caps, flags) = setcap.split_once('=').expect("setcap CAPS=FLAGS");
+    assert_eq!(
+        flags, "p",
+        "permitted only: exec never fails when the container grants fewer"
+    );
+    let mut image: Vec<String> = caps
+        .split(',')
+        .map(|c| c.trim_start_matches("cap_").to_ascii_uppercase())
+        .collect();
+    image.sort();
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("Dockerfile: USER")
+        .trim();
+
+    let ds = documents(&deploy.join("daemonset.yaml"));
+    let pod = &find(&ds, "DaemonSet")[0]["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["name"], "ngxprobe");
+    let sc = &c["securityContext"];
+    let mut added: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    added.sort();
+    assert_eq!(image, added, "Dockerfile's setcap vs the DaemonSet's capabilities.add");
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    let uid = pod["securityContext"]["runAsUser"].as_u64().unwrap();
+    let gid = pod["securityContext"]["runAsGroup"].as_u64().unwrap();
+    assert_ne!(uid, 0);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        user,
+        format!("{uid}:{gid}"),
+        "Dockerfile USER vs the pod's runAsUser:runAsGroup"
     );
 }
 
