@@ -15,6 +15,9 @@
 //!    for good: samples_failed_total, never retried), one answers 429 with
 //!    Retry-After twice before accepting (retried after the time it asked,
 //!    then delivered).
+//! 4. Credentials from files (basic_auth.password_file,
+//!    authorization.credentials_file, bearer_token_file) on the wire, re-read
+//!    when the files are replaced, never in the agent's log; a 503 retried.
 use ngxprobe_e2e::agent::AgentOptions;
 use ngxprobe_e2e::clients::WrkRun;
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, secs};
@@ -559,4 +562,144 @@ fn receivers_answering_400_and_429_fail_or_retry_as_prometheus_does() {
             .to_ascii_lowercase()
             .contains("x-scope-orgid: tenant-1")
     );
+}
+
+fn unavailable_once(n: usize) -> &'static str {
+    match n {
+        0 => "HTTP/1.1 503 Service Unavailable\r\n",
+        _ => "HTTP/1.1 204 No Content\r\n",
+    }
+}
+
+fn accept(_: usize) -> &'static str {
+    "HTTP/1.1 204 No Content\r\n"
+}
+
+/// Replaces `path` atomically (as a Secret volume's update does: a rename).
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The value of the `authorization` header of each request `r` saw.
+fn authorizations(r: &Receiver) -> Vec<String> {
+    r.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("authorization").then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn credentials_from_files_are_sent_reread_and_never_logged() {
+    use base64::Engine as _;
+    let _g = guard("remote_write_credentials_files");
+    let dir = TempDir::new("rw-credentials").unwrap();
+    let (pw, cred, token) = (
+        dir.path().join("password"),
+        dir.path().join("credentials"),
+        dir.path().join("token"),
+    );
+    // Trailing newlines, as `kubectl create secret --from-file` usually leaves them.
+    replace_file(&pw, "pw-first-7f3a\n");
+    replace_file(&cred, "cred-first-91bc\n");
+    replace_file(&token, "tok-first-55de\n");
+    let (basic, authz, bearer) = (
+        Receiver::start(unavailable_once),
+        Receiver::start(accept),
+        Receiver::start(accept),
+    );
+    let q = "queue_config: { batch_send_deadline: 300ms, min_backoff: 30ms, max_backoff: 100ms }";
+    let config = format!(
+        r#"remote_write:
+  - url: http://{}/api/v1/write
+    name: basic
+    basic_auth: {{ username: ngx, password_file: {} }}
+    {q}
+  - url: http://{}/api/v1/write
+    name: authz
+    authorization: {{ type: Token, credentials_file: {} }}
+    {q}
+  - url: http://{}/api/v1/write
+    name: bearer
+    bearer_token_file: {}
+    {q}
+"#,
+        basic.addr,
+        pw.display(),
+        authz.addr,
+        cred.display(),
+        bearer.addr,
+        token.display()
+    );
+    let agent = Agent::start_opts(&AgentOptions {
+        config: Some(config),
+        ..Default::default()
+    })
+    .expect("start agent");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let expected = |round: &str| {
+        [
+            format!("Basic {}", b64(&format!("ngx:pw-{round}-7f3a"))),
+            format!("Token cred-{round}-91bc"),
+            format!("Bearer tok-{round}-55de"),
+        ]
+    };
+    let receivers = [&basic, &authz, &bearer];
+    // Each receiver got a request carrying the file's value (the 503 retried).
+    let wait_for = |want: [String; 3], after: [usize; 3]| {
+        poll(
+            "requests with the files' credentials",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                let got: Vec<Vec<String>> = receivers.iter().map(|r| authorizations(r)).collect();
+                let done = (0..3).all(|i| got[i].iter().skip(after[i]).any(|a| *a == want[i]));
+                Ok(if done {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!("saw {got:?}"))
+                })
+            },
+        )
+        .unwrap()
+    };
+    wait_for(expected("first"), [1, 0, 0]);
+    assert_eq!(
+        authorizations(&basic)[0],
+        expected("first")[0],
+        "the request answered 503"
+    );
+    assert!(metric(&agent, "ngxprobe_remote_storage_samples_retried_total", "basic") > 0.0);
+    assert_eq!(
+        metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "basic"),
+        0.0
+    );
+    for name in ["basic", "authz", "bearer"] {
+        assert!(
+            metric(&agent, "ngxprobe_remote_storage_samples_total", name) > 0.0,
+            "{name}"
+        );
+    }
+    // Rotated files take effect without a restart (read on every request).
+    let seen: Vec<usize> = receivers.iter().map(|r| r.seen.lock().unwrap().len()).collect();
+    replace_file(&pw, "pw-second-7f3a\n");
+    replace_file(&cred, "cred-second-91bc\n");
+    replace_file(&token, "tok-second-55de\n");
+    wait_for(expected("second"), [seen[0], seen[1], seen[2]]);
+    // Secrets never logged.
+    let log = std::fs::read_to_string(agent.log_path()).unwrap();
+    for secret in ["7f3a", "91bc", "55de", &b64("ngx:pw-first-7f3a")] {
+        assert!(!log.contains(secret), "{secret:?} in the agent's log");
+    }
 }
