@@ -26,10 +26,16 @@
 //! `discovery.stopped_instance_retention` is 1s (default 5m: a stopped
 //! instance's series stay exported for 5 minutes, which would hold (a)'s
 //! alert firing for that long after nginx stops).
+//!
+//! (c) Forwarding (`alerting.alertmanagers`) to Debian's real Alertmanager,
+//! as to a cluster's: the alert arrives with `global.external_labels` (a
+//! literal and one from the environment) added, the rule's own label of the
+//! same name kept, and `$externalLabels` expanded in its annotation.
+use ngxprobe_e2e::AgentOptions;
 use ngxprobe_e2e::clients::WrkRun;
 use ngxprobe_e2e::seed::{self, CHANNEL, SEED_RULE, SUMMARY, TITLE};
 use ngxprobe_e2e::slack_receiver::{Received, SlackReceiver};
-use ngxprobe_e2e::util::{Poll, TempDir, poll};
+use ngxprobe_e2e::util::{ChildGuard, Poll, TempDir, free_port, poll};
 use ngxprobe_e2e::{Agent, Nginx, NginxOptions, guard};
 use std::time::{Duration, Instant};
 
@@ -340,4 +346,140 @@ fn rate_rule_fires_and_resolves() {
         s.rx.wait_for("", res.seq + 1, Duration::from_secs(3), |r| ours(r, &conf));
     assert!(after.is_err(), "POST after the resolved one: {after:?}");
     assert!(s.rx.errors().is_empty(), "{:?}", s.rx.errors());
+}
+
+/// (c) A cluster Alertmanager (Debian's, on 127.0.0.1, clustering off)
+/// receives the agent's alert with the external labels.
+#[test]
+fn forwarded_alerts_reach_alertmanager_with_the_external_labels() {
+    let _g = guard("forwarded_alerts_external_labels");
+    let Some(am_bin) = ngxprobe_e2e::util::require_tool(
+        "/usr/bin/prometheus-alertmanager",
+        "apt-get install prometheus-alertmanager (cargo xtask setup)",
+    ) else {
+        return;
+    };
+    let dir = TempDir::new("am-external-labels").unwrap();
+    std::fs::write(
+        dir.path().join("alertmanager.yml"),
+        "route:\n  receiver: none\nreceivers:\n  - name: none\n",
+    )
+    .unwrap();
+    let port = free_port().unwrap();
+    let am_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let am_log = std::fs::File::create(dir.path().join("alertmanager.log")).unwrap();
+    let _am = ChildGuard::spawn(
+        std::process::Command::new(&am_bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("alertmanager.yml").display()
+            ))
+            .arg(format!("--storage.path={}", dir.path().join("am-data").display()))
+            .arg(format!("--web.listen-address={am_addr}"))
+            .arg("--cluster.listen-address=")
+            .stdin(std::process::Stdio::null())
+            .stdout(am_log.try_clone().unwrap())
+            .stderr(am_log),
+        "prometheus-alertmanager",
+    )
+    .unwrap();
+    poll(
+        "Alertmanager ready",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            Ok(match ngxprobe_e2e::clients::http_get(am_addr, "/-/ready") {
+                Ok((200, _)) => Poll::Ready(()),
+                other => Poll::Pending(format!("{:?}", other.map(|(s, _)| s))),
+            })
+        },
+    )
+    .unwrap();
+
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        r#"groups:
+  - name: e2e-external-labels
+    interval: 1s
+    rules:
+      - alert: E2EExternalLabels
+        expr: vector(1)
+        labels:
+          severity: info
+          node: rule-node
+        annotations:
+          summary: 'from cluster {{ $externalLabels.cluster }} in {{ $externalLabels.region }}'
+"#,
+    )
+    .unwrap();
+    let region = format!("e2e-region-{}", std::process::id());
+    let config = format!(
+        r#"global:
+  external_labels:
+    cluster: e2e-literal
+    region: ${{E2E_REGION}}
+    node: external-node
+rules:
+  rule_files: ["{}"]
+  default_rules: false
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["{am_addr}"]
+"#,
+        rules.display()
+    );
+    let agent = Agent::start_opts(&AgentOptions {
+        config: Some(config),
+        env: vec![("E2E_REGION".into(), region.clone())],
+        ..Default::default()
+    })
+    .expect("start agent");
+    let alert = poll(
+        "the alert in Alertmanager",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let v = ngxprobe_e2e::prometheus::api_get(am_addr, "/api/v2/alerts", &[])?;
+            Ok(
+                match v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|a| a["labels"]["alertname"] == "E2EExternalLabels")
+                {
+                    Some(a) => Poll::Ready(a.clone()),
+                    None => Poll::Pending(format!("{v}")),
+                },
+            )
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        alert["labels"],
+        serde_json::json!({
+            "alertname": "E2EExternalLabels",
+            "severity": "info",
+            "node": "rule-node",
+            "cluster": "e2e-literal",
+            "region": region,
+        }),
+        "{alert}"
+    );
+    assert_eq!(
+        alert["annotations"]["summary"],
+        format!("from cluster e2e-literal in {region}"),
+        "{alert}"
+    );
+    // The agent's own view of the alert has no external labels (as Prometheus's).
+    let own = agent.get_json("/api/v1/alerts").unwrap();
+    let own = own["data"]["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["labels"]["alertname"] == "E2EExternalLabels")
+        .cloned()
+        .unwrap_or_else(|| panic!("no E2EExternalLabels in {own}"));
+    assert!(own["labels"].get("cluster").is_none(), "{own}");
 }

@@ -4,8 +4,10 @@
 //!   alone and with its Components (overlays/secured, overlays/remote-write),
 //!   against the Kubernetes API's schemas (kubernetes-validate, strict:
 //!   unknown fields are errors), and the ServiceMonitor / PrometheusRule
-//!   against the Prometheus Operator's (its generated validators). The render
-//!   is `kubectl kustomize` from the kubectl wheel. Tools: target/deploy-tools,
+//!   against the Prometheus Operator's CRDs (tests/deploy/crds, vendored;
+//!   their openAPIV3Schema with unknown fields refused, as the API server
+//!   with `kubectl apply --validate=strict`: crd_schema/). The render is
+//!   `kubectl kustomize` from the kubectl wheel. Tools: target/deploy-tools,
 //!   made by `cargo xtask setup` (tests/deploy/).
 //! * A mutated copy of deploy/ is rejected, naming file, resource and field.
 //! * The PrometheusRule's groups pass `promtool check rules` and
@@ -13,6 +15,12 @@
 //!   built-in ngxprobe-kernel rules is agent/src/rules/kernel_rules_tests.rs.)
 //! * overlays/remote-write's config is config.kubernetes.yml plus its
 //!   remote_write section, and `ngxprobe check config` accepts it.
+//! * rbac.yaml grants exactly get/list/watch on pods to the DaemonSet's
+//!   service account; the Dockerfile's file capabilities and USER match the
+//!   DaemonSet's capabilities.add and runAsUser.
+mod crd_schema;
+
+use crd_schema::CrdSchemas;
 use ngxprobe_e2e::util::{self, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,8 +42,7 @@ fn deploy_dir() -> PathBuf {
 struct Tools {
     python: PathBuf,
     kubectl: PathBuf,
-    node: PathBuf,
-    npm_dir: PathBuf,
+    crds: CrdSchemas,
 }
 
 /// target/deploy-tools ($NGXPROBE_DEPLOY_TOOLS overrides), or skip (fail in CI).
@@ -49,10 +56,9 @@ fn tools() -> Option<Tools> {
     let t = Tools {
         python: dir.join("venv/bin/python"),
         kubectl: dir.join("venv/bin/kubectl"),
-        node: util::find_executable("node")?,
-        npm_dir: dir.join("npm"),
+        crds: CrdSchemas::load(&crd_schema::vendored_crd_files()).unwrap_or_else(|e| panic!("{e}")),
     };
-    if !t.python.is_file() || !t.kubectl.is_file() || !t.npm_dir.join("node_modules").is_dir() {
+    if !t.python.is_file() || !t.kubectl.is_file() {
         util::skip_or_fail(&format!(
             "deploy validators not found in {} (run `cargo xtask setup`)",
             dir.display()
@@ -89,20 +95,22 @@ impl Tools {
             .args(["core", KUBE_VERSION])
             .args(files))
     }
-    /// ServiceMonitor / PrometheusRule: (ok, output).
+    /// ServiceMonitor / PrometheusRule: (ok, errors one a line).
     fn crds(&self, files: &[PathBuf]) -> (bool, String) {
-        run(Command::new(&self.node)
-            .arg(repo().join("tests/deploy/check_crds.mjs"))
-            .args(files)
-            .env("NGXPROBE_DEPLOY_NPM", &self.npm_dir))
+        let c = self.crds.check(files);
+        (c.errors.is_empty(), c.errors.join("\n"))
     }
     /// Both must pass; returns (core documents, custom resources) checked.
     fn validate(&self, files: &[PathBuf]) -> (usize, usize) {
         let (ok, core) = self.core(files);
         assert!(ok, "Kubernetes API schema check failed:\n{core}");
-        let (ok, crds) = self.crds(files);
-        assert!(ok, "Prometheus Operator schema check failed:\n{crds}");
-        (checked(&core), checked(&crds))
+        let crds = self.crds.check(files);
+        assert!(
+            crds.errors.is_empty(),
+            "Prometheus Operator CRD schema check failed:\n{}",
+            crds.errors.join("\n")
+        );
+        (checked(&core), crds.resources)
     }
     /// `kubectl kustomize` of a kustomization in `work` with deploy/ (at
     /// `deploy`) as resource and `components`, written to `work/<name>.yaml`.
@@ -283,6 +291,191 @@ fn a_wrong_manifest_is_rejected_naming_file_and_field() {
 }
 
 #[test]
+fn unknown_fields_in_the_operators_resources_are_rejected_naming_file_and_field() {
+    let Some(t) = tools() else { return };
+    // The vendored CRDs are the ones loaded (a renamed file cannot drop a kind).
+    let api = "monitoring.coreos.com/v1".to_string();
+    assert_eq!(
+        t.crds.kinds(),
+        vec![(api.clone(), "PrometheusRule".into()), (api, "ServiceMonitor".into())]
+    );
+    let work = TempDir::new("deploy-crd-mutants").unwrap();
+    let copy = work.path().join("deploy");
+    copy_tree(&deploy_dir(), &copy);
+    let edit = |file: &Path, from: &str, to: &str| {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.contains(from), "{from:?} not in {}", file.display());
+        std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+    };
+    let rejected = |file: &Path, resource: &str, fields: &[&str]| {
+        let (ok, out) = t.crds(&[file.to_path_buf()]);
+        assert!(!ok, "{} passed with {fields:?}", file.display());
+        for field in fields {
+            let want = format!("{}: {resource}: {field}: unknown field", file.display());
+            assert!(out.lines().any(|l| l == want), "no {want:?} in:\n{out}");
+        }
+        assert_eq!(out.lines().count(), fields.len(), "{out}");
+    };
+
+    // PrometheusRule: a misspelt key in a rule, one beside `groups`, one in
+    // metadata. The Kubernetes API schema check does not see custom resources.
+    let pr = copy.join("prometheusrule.yaml");
+    edit(&pr, "          annotations:\n", "          anotations:\n");
+    edit(
+        &pr,
+        "spec:\n  groups:\n",
+        "spec:\n  partial_response_strategy: warn\n  groups:\n",
+    );
+    edit(
+        &pr,
+        "  labels:\n    app.kubernetes.io/name",
+        "  lables:\n    app.kubernetes.io/name",
+    );
+    rejected(
+        &pr,
+        "PrometheusRule/ngxprobe",
+        &[
+            "metadata.lables",
+            "spec.partial_response_strategy",
+            "spec.groups.0.rules.0.anotations",
+        ],
+    );
+    // Caught in the kustomize render too (kustomize passes unknown fields on).
+    let rendered = t.render(work.path(), &copy, &[], "mutant");
+    let (ok, out) = t.crds(std::slice::from_ref(&rendered));
+    assert!(
+        !ok && out.contains("PrometheusRule/ngxprobe: spec.groups.0.rules.0.anotations: unknown field"),
+        "the render with the mutant passed:\n{out}"
+    );
+
+    // ServiceMonitor: the Prometheus CR's name for the scrape interval.
+    let sm = copy.join("servicemonitor.yaml");
+    edit(&sm, "      interval: 15s\n", "      scrapeInterval: 15s\n");
+    rejected(&sm, "ServiceMonitor/ngxprobe", &["spec.endpoints.0.scrapeInterval"]);
+
+    // Two groups of one name: the CRD's list-type map (key: name) refuses them.
+    let pr = copy.join("prometheusrule.yaml");
+    std::fs::copy(deploy_dir().join("prometheusrule.yaml"), &pr).unwrap();
+    edit(&pr, "    - name: ngxprobe.kernel\n", "    - name: ngxprobe.nginx\n");
+    let (ok, out) = t.crds(std::slice::from_ref(&pr));
+    assert!(
+        !ok && out.contains(&format!(
+            "{}: PrometheusRule/ngxprobe: spec.groups: duplicate entry name=\"ngxprobe.nginx\"",
+            pr.display()
+        )),
+        "{out}"
+    );
+}
+
+/// The documents of a YAML file, as JSON values.
+fn documents(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// The DaemonSet's pods may read pods and nothing else: exactly get, list
+/// and watch on core pods, bound to the service account the DaemonSet runs
+/// as, in its namespace (kustomize sets it on both).
+#[test]
+fn rbac_grants_exactly_get_list_watch_on_pods_to_the_daemonsets_account() {
+    let deploy = deploy_dir();
+    let rbac = documents(&deploy.join("rbac.yaml"));
+    let ds = documents(&deploy.join("daemonset.yaml"));
+    let ds = find(&ds, "DaemonSet");
+    assert_eq!(ds.len(), 1);
+    let account = ds[0]["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("the DaemonSet names its service account");
+    assert_eq!(find(&rbac, "ServiceAccount")[0]["metadata"]["name"], account);
+    // Only cluster-wide read of pods: no Role, no other ClusterRole.
+    let kinds: Vec<&str> = rbac.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]);
+    let role = find(&rbac, "ClusterRole")[0];
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]),
+        "rbac.yaml's ClusterRole"
+    );
+    assert!(role.get("aggregationRule").is_none());
+    let binding = find(&rbac, "ClusterRoleBinding")[0];
+    assert_eq!(
+        binding["roleRef"],
+        serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]})
+    );
+    assert_eq!(
+        binding["subjects"],
+        serde_json::json!([{"kind": "ServiceAccount", "name": account, "namespace": "ngxprobe"}])
+    );
+    let kustomization = documents(&deploy.join("kustomization.yaml"));
+    assert_eq!(
+        kustomization[0]["namespace"], "ngxprobe",
+        "the binding's subject namespace"
+    );
+}
+
+/// deploy/Dockerfile and the DaemonSet agree: the image's binary carries as
+/// file capabilities (permitted only) exactly what the container adds (with
+/// no_new_privs a capability missing on either side is not available), and
+/// the image's USER is the pod's runAsUser, not root. (The image itself is
+/// not built here: no container daemon nor base image registry in CI.)
+#[test]
+fn image_and_daemonset_agree_on_user_and_capabilities() {
+    let deploy = deploy_dir();
+    let dockerfile = std::fs::read_to_string(deploy.join("Dockerfile")).unwrap();
+    let setcap = dockerfile
+        .split("setcap ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("Dockerfile: setcap CAPS=p");
+    let (caps, flags) = setcap.split_once('=').expect("setcap CAPS=FLAGS");
+    assert_eq!(
+        flags, "p",
+        "permitted only: exec never fails when the container grants fewer"
+    );
+    let mut image: Vec<String> = caps
+        .split(',')
+        .map(|c| c.trim_start_matches("cap_").to_ascii_uppercase())
+        .collect();
+    image.sort();
+    let user = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("Dockerfile: USER")
+        .trim();
+
+    let ds = documents(&deploy.join("daemonset.yaml"));
+    let pod = &find(&ds, "DaemonSet")[0]["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["name"], "ngxprobe");
+    let sc = &c["securityContext"];
+    let mut added: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    added.sort();
+    assert_eq!(image, added, "Dockerfile's setcap vs the DaemonSet's capabilities.add");
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    let uid = pod["securityContext"]["runAsUser"].as_u64().unwrap();
+    let gid = pod["securityContext"]["runAsGroup"].as_u64().unwrap();
+    assert_ne!(uid, 0);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        user,
+        format!("{uid}:{gid}"),
+        "Dockerfile USER vs the pod's runAsUser:runAsGroup"
+    );
+}
+
+#[test]
 fn prometheusrule_groups_pass_promtool_and_ngxprobe_check_rules() {
     let Some(t) = tools() else { return };
     let Some(promtool) = util::require_tool("/usr/bin/promtool", "apt-get install prometheus (cargo xtask setup)")
@@ -355,6 +548,19 @@ fn remote_write_component_config_is_the_kubernetes_config_plus_remote_write() {
         util::skip_or_fail(&format!("{} not found (cargo xtask build)", bin.display()));
         return;
     }
-    let (ok, out) = run(Command::new(&bin).args(["check", "config", "--config"]).arg(&overlay));
+    // The configs' global.external_labels name the node from NODE_NAME (the
+    // DaemonSet sets it from the downward API); unset, the config is refused.
+    let (ok, out) = run(Command::new(&bin)
+        .args(["check", "config", "--config"])
+        .arg(&overlay)
+        .env_remove("NODE_NAME"));
+    assert!(
+        !ok && out.contains("global.external_labels.node: environment variable NODE_NAME is not set"),
+        "accepted without NODE_NAME:\n{out}"
+    );
+    let (ok, out) = run(Command::new(&bin)
+        .args(["check", "config", "--config"])
+        .arg(&overlay)
+        .env("NODE_NAME", "node-1"));
     assert!(ok, "ngxprobe check config {}:\n{out}", overlay.display());
 }

@@ -6,10 +6,18 @@
 //!    restarted on the same store. Once the queue has caught up, the raw
 //!    samples of every nginx_* series of our instance over the whole window
 //!    are the same, sample by sample, in the agent's store and in Prometheus.
-//! 2. Local receivers speaking plain HTTP: one answers 400 (the batch fails
+//! 2. External labels, through the same real receiver: `global.external_labels`
+//!    (a literal and one from the agent's environment) are on every series
+//!    Prometheus stored and on none in the agent's own store; a series' own
+//!    label of the same name wins; write_relabel_configs see them (drop a
+//!    series by one, drop one, rename one).
+//! 3. Local receivers speaking plain HTTP: one answers 400 (the batch fails
 //!    for good: samples_failed_total, never retried), one answers 429 with
 //!    Retry-After twice before accepting (retried after the time it asked,
 //!    then delivered).
+//! 4. Credentials from files (basic_auth.password_file,
+//!    authorization.credentials_file, bearer_token_file) on the wire, re-read
+//!    when the files are replaced, never in the agent's log; a 503 retried.
 use ngxprobe_e2e::agent::AgentOptions;
 use ngxprobe_e2e::clients::WrkRun;
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, secs};
@@ -237,6 +245,145 @@ fn prometheus_receives_the_same_samples_through_outage_and_sigkill() {
     drop(prom);
 }
 
+/// Label sets of `selector`'s series at `at_ms` through a Prometheus-compatible API.
+fn series_at(
+    addr: SocketAddr,
+    selector: &str,
+    at_ms: i64,
+) -> anyhow::Result<std::collections::BTreeSet<BTreeMap<String, String>>> {
+    Ok(raw_samples(addr, selector, 60, at_ms)?.into_keys().collect())
+}
+
+#[test]
+fn external_labels_reach_prometheus_and_write_relabel_configs_see_them() {
+    let _g = guard("remote_write_external_labels");
+    let nginx = Nginx::start(NginxOptions::default()).expect("start nginx");
+    let conf = nginx.conf_label();
+    let prom = Prometheus::start(&PrometheusOptions {
+        extra_args: vec!["--web.enable-remote-write-receiver".into()],
+        ..Default::default()
+    })
+    .expect("start prometheus");
+    // A value only the agent's environment knows, different on every run.
+    let node = format!("e2e-node-{}-{}", std::process::id(), now_ms());
+    let config = format!(
+        r#"global:
+  external_labels:
+    cluster: e2e-literal
+    node: ${{E2E_NODE_NAME}}
+    conf_path: from-external
+    scratch: to-be-dropped
+    tier: edge
+remote_write:
+  - url: {url}
+    name: prom
+    write_relabel_configs:
+      - source_labels: [__name__]
+        regex: 'nginx_.*|ngxprobe_build_info'
+        action: keep
+      # Matches only if the external label is there before relabelling.
+      - source_labels: [__name__, cluster]
+        regex: 'nginx_connections_waiting;e2e-literal'
+        action: drop
+      - regex: scratch
+        action: labeldrop
+      - source_labels: [tier]
+        target_label: zone
+      - regex: tier
+        action: labeldrop
+    queue_config:
+      batch_send_deadline: 500ms
+      min_backoff: 50ms
+      max_backoff: 500ms
+"#,
+        url = prom.url("/api/v1/write")
+    );
+    let agent = Agent::start_opts(&AgentOptions {
+        config: Some(config),
+        env: vec![("E2E_NODE_NAME".into(), node.clone())],
+        ..Default::default()
+    })
+    .expect("start agent");
+    agent.wait_instance_up(&conf).expect("instance up");
+    let sel = format!("{{__name__=~\"nginx_.*\",conf_path=\"{conf}\"}}");
+
+    // What the agent stores (the eight stub_status families): its own labels only.
+    let ours = poll(
+        "the instance's series in the agent's store",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let ours = series_at(agent.addr(), &sel, now_ms())?;
+            let names: Vec<&str> = ours.iter().map(|l| l["__name__"].as_str()).collect();
+            Ok(if ours.len() >= 8 && names.contains(&"nginx_connections_waiting") {
+                Poll::Ready(ours)
+            } else {
+                Poll::Pending(format!("{names:?}"))
+            })
+        },
+    )
+    .unwrap();
+    for l in &ours {
+        for ext in ["cluster", "node", "scratch", "tier", "zone"] {
+            assert!(!l.contains_key(ext), "external label {ext} in the local store: {l:?}");
+        }
+    }
+    // What Prometheus must hold: each of those series plus the external
+    // labels as relabelled (own conf_path kept, scratch dropped, tier →
+    // zone), except the series dropped by an external label's value.
+    let want: std::collections::BTreeSet<BTreeMap<String, String>> = ours
+        .iter()
+        .filter(|l| l["__name__"] != "nginx_connections_waiting")
+        .map(|l| {
+            let mut l = l.clone();
+            l.insert("cluster".into(), "e2e-literal".into());
+            l.insert("node".into(), node.clone());
+            l.insert("zone".into(), "edge".into());
+            l
+        })
+        .collect();
+    let prom_addr = prom.addr();
+    poll(
+        "the agent's series in Prometheus with the external labels",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let theirs = series_at(prom_addr, &sel, now_ms())?;
+            Ok(if theirs == want {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("Prometheus has {theirs:?}\nwanted {want:?}"))
+            })
+        },
+    )
+    .unwrap();
+    // Nothing reached Prometheus without them, nor with the dropped or
+    // renamed label (other nginx the agent found included).
+    let all = series_at(prom_addr, "{__name__=~\".+\"}", now_ms()).unwrap();
+    assert!(!all.is_empty());
+    for l in &all {
+        assert_eq!(l.get("cluster").map(String::as_str), Some("e2e-literal"), "{l:?}");
+        assert_eq!(l.get("node"), Some(&node), "{l:?}");
+        assert_eq!(l.get("zone").map(String::as_str), Some("edge"), "{l:?}");
+        assert!(!l.contains_key("scratch") && !l.contains_key("tier"), "{l:?}");
+    }
+    // A series without its own conf_path gets the external one.
+    let build = series_at(prom_addr, "ngxprobe_build_info", now_ms()).unwrap();
+    assert_eq!(build.len(), 1, "{build:?}");
+    let build = build.into_iter().next().unwrap();
+    assert_eq!(
+        build.get("conf_path").map(String::as_str),
+        Some("from-external"),
+        "{build:?}"
+    );
+    // The series dropped by its external label was counted as dropped.
+    assert!(metric(&agent, "ngxprobe_remote_storage_samples_dropped_total", "prom") > 0.0);
+    assert_eq!(
+        metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "prom"),
+        0.0
+    );
+}
+
 /// What a local receiver saw: arrival time, request head, body length.
 struct Seen {
     at: Instant,
@@ -415,4 +562,144 @@ fn receivers_answering_400_and_429_fail_or_retry_as_prometheus_does() {
             .to_ascii_lowercase()
             .contains("x-scope-orgid: tenant-1")
     );
+}
+
+fn unavailable_once(n: usize) -> &'static str {
+    match n {
+        0 => "HTTP/1.1 503 Service Unavailable\r\n",
+        _ => "HTTP/1.1 204 No Content\r\n",
+    }
+}
+
+fn accept(_: usize) -> &'static str {
+    "HTTP/1.1 204 No Content\r\n"
+}
+
+/// Replaces `path` atomically (as a Secret volume's update does: a rename).
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The value of the `authorization` header of each request `r` saw.
+fn authorizations(r: &Receiver) -> Vec<String> {
+    r.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("authorization").then(|| v.trim().to_string())
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn credentials_from_files_are_sent_reread_and_never_logged() {
+    use base64::Engine as _;
+    let _g = guard("remote_write_credentials_files");
+    let dir = TempDir::new("rw-credentials").unwrap();
+    let (pw, cred, token) = (
+        dir.path().join("password"),
+        dir.path().join("credentials"),
+        dir.path().join("token"),
+    );
+    // Trailing newlines, as `kubectl create secret --from-file` usually leaves them.
+    replace_file(&pw, "pw-first-7f3a\n");
+    replace_file(&cred, "cred-first-91bc\n");
+    replace_file(&token, "tok-first-55de\n");
+    let (basic, authz, bearer) = (
+        Receiver::start(unavailable_once),
+        Receiver::start(accept),
+        Receiver::start(accept),
+    );
+    let q = "queue_config: { batch_send_deadline: 300ms, min_backoff: 30ms, max_backoff: 100ms }";
+    let config = format!(
+        r#"remote_write:
+  - url: http://{}/api/v1/write
+    name: basic
+    basic_auth: {{ username: ngx, password_file: {} }}
+    {q}
+  - url: http://{}/api/v1/write
+    name: authz
+    authorization: {{ type: Token, credentials_file: {} }}
+    {q}
+  - url: http://{}/api/v1/write
+    name: bearer
+    bearer_token_file: {}
+    {q}
+"#,
+        basic.addr,
+        pw.display(),
+        authz.addr,
+        cred.display(),
+        bearer.addr,
+        token.display()
+    );
+    let agent = Agent::start_opts(&AgentOptions {
+        config: Some(config),
+        ..Default::default()
+    })
+    .expect("start agent");
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let expected = |round: &str| {
+        [
+            format!("Basic {}", b64(&format!("ngx:pw-{round}-7f3a"))),
+            format!("Token cred-{round}-91bc"),
+            format!("Bearer tok-{round}-55de"),
+        ]
+    };
+    let receivers = [&basic, &authz, &bearer];
+    // Each receiver got a request carrying the file's value (the 503 retried).
+    let wait_for = |want: [String; 3], after: [usize; 3]| {
+        poll(
+            "requests with the files' credentials",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || {
+                let got: Vec<Vec<String>> = receivers.iter().map(|r| authorizations(r)).collect();
+                let done = (0..3).all(|i| got[i].iter().skip(after[i]).any(|a| *a == want[i]));
+                Ok(if done {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!("saw {got:?}"))
+                })
+            },
+        )
+        .unwrap()
+    };
+    wait_for(expected("first"), [1, 0, 0]);
+    assert_eq!(
+        authorizations(&basic)[0],
+        expected("first")[0],
+        "the request answered 503"
+    );
+    assert!(metric(&agent, "ngxprobe_remote_storage_samples_retried_total", "basic") > 0.0);
+    assert_eq!(
+        metric(&agent, "ngxprobe_remote_storage_samples_failed_total", "basic"),
+        0.0
+    );
+    for name in ["basic", "authz", "bearer"] {
+        assert!(
+            metric(&agent, "ngxprobe_remote_storage_samples_total", name) > 0.0,
+            "{name}"
+        );
+    }
+    // Rotated files take effect without a restart (read on every request).
+    let seen: Vec<usize> = receivers.iter().map(|r| r.seen.lock().unwrap().len()).collect();
+    replace_file(&pw, "pw-second-7f3a\n");
+    replace_file(&cred, "cred-second-91bc\n");
+    replace_file(&token, "tok-second-55de\n");
+    wait_for(expected("second"), [seen[0], seen[1], seen[2]]);
+    // Secrets never logged.
+    let log = std::fs::read_to_string(agent.log_path()).unwrap();
+    for secret in ["7f3a", "91bc", "55de", &b64("ngx:pw-first-7f3a")] {
+        assert!(!log.contains(secret), "{secret:?} in the agent's log");
+    }
 }

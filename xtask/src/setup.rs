@@ -55,10 +55,6 @@ const PACKAGES: &[(&str, &str)] = &[
         "deploy_manifests e2e: the venv with kubernetes-validate and kubectl (kustomize)",
     ),
     (
-        "nodejs",
-        "deploy_manifests e2e: the Prometheus Operator resources' validators",
-    ),
-    (
         "libcap2-bin",
         "setcap/capsh: capability tests (file capabilities, non-root agent)",
     ),
@@ -395,9 +391,9 @@ fn kernel() -> Result<()> {
 
 /// The offline validators of deploy/ (tests/tests/deploy_manifests.rs), in
 /// target/deploy-tools: a venv from tests/deploy/requirements.txt
-/// (kubernetes-validate, kubectl for `kubectl kustomize`) and `npm ci` of
-/// tests/deploy/package-lock.json (the Prometheus Operator resources'
-/// validators). Redone when the pinned files change.
+/// (kubernetes-validate, kubectl for `kubectl kustomize`). Redone when the
+/// pinned file changes. (The Prometheus Operator's resources are checked in
+/// Rust against the CRDs vendored in tests/deploy/crds: nothing to install.)
 fn deploy_tools() -> Result<()> {
     let src = util::workspace_root().join("tests/deploy");
     let dest = util::target_dir().join("deploy-tools");
@@ -419,31 +415,5 @@ fn deploy_tools() -> Result<()> {
             .arg(src.join("requirements.txt")))?;
         std::fs::write(&stamp, &requirements)?;
     }
-    let npm_dir = dest.join("npm");
-    let lock =
-        std::fs::read_to_string(src.join("package-lock.json")).context("reading tests/deploy/package-lock.json")?;
-    if std::fs::read_to_string(npm_dir.join("package-lock.json")).is_ok_and(|s| s == lock)
-        && npm_dir.join("node_modules").is_dir()
-    {
-        println!("ok: deploy validators npm {} (already present)", npm_dir.display());
-        return Ok(());
-    }
-    println!(
-        "installing: deploy validators npm {} (@kubernetes-models/prometheus-operator)",
-        npm_dir.display()
-    );
-    if util::which("npm").is_none() {
-        // Debian's nodejs comes without npm (NodeSource's includes it).
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends", "npm"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    }
-    let _ = std::fs::remove_dir_all(&npm_dir);
-    std::fs::create_dir_all(&npm_dir)?;
-    for f in ["package.json", "package-lock.json"] {
-        std::fs::copy(src.join(f), npm_dir.join(f)).with_context(|| format!("copying tests/deploy/{f}"))?;
-    }
-    run(Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"])
-        .current_dir(&npm_dir))
+    Ok(())
 }

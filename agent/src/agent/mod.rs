@@ -211,7 +211,10 @@ fn start_and_serve(
             let sink: Arc<dyn AlertSink> = Arc::new(FanoutSink(sinks));
             // Rules read history plus the probes' live values (see live.rs).
             let rules_reader: Arc<dyn SeriesReader> = Arc::new(LiveReader::new(reader.clone(), collect.clone()));
-            let m = Arc::new(RuleManager::new(rules_reader, writer, sink, cfg.rules.clone()));
+            // Alerts carry the external labels (as Prometheus sends them to Alertmanager).
+            let mut rules_cfg = cfg.rules.clone();
+            rules_cfg.external_labels = cfg.external_labels().into_iter().collect();
+            let m = Arc::new(RuleManager::new(rules_reader, writer, sink, rules_cfg));
             let n = m.load_configured().map_err(|e| RunError::start("rules", e))?;
             info!(rules = n, "rules loaded");
             workers.push(m.spawn().map_err(|e| RunError::start("rules", e))?);
@@ -231,7 +234,7 @@ fn start_and_serve(
     // remote_write reads what the store logs; without a store there is nothing to send.
     let remote_write = match &store {
         Some(store) => {
-            let (rw, loops) = RemoteWrite::start(&cfg.remote_write, store, runtime.handle())
+            let (rw, loops) = RemoteWrite::start(&cfg.remote_write, &cfg.external_labels(), store, runtime.handle())
                 .map_err(|e| RunError::start("remote_write", e))?;
             for w in loops {
                 workers.push(w);

@@ -13,6 +13,7 @@
 //! block to `default.yml` (the `embedded_defaults_match` test keeps the two in
 //! sync). Secrets use [`crate::secret::Secret`].
 mod error;
+mod global;
 mod overrides;
 mod values;
 
@@ -20,6 +21,7 @@ mod values;
 mod tests;
 
 pub use error::ConfigError;
+pub use global::GlobalConfig;
 pub use overrides::Overrides;
 pub use values::LabelName;
 
@@ -39,6 +41,8 @@ pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yml");
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `external_labels`, as Prometheus's `global:` (remote_write, alerts).
+    pub global: GlobalConfig,
     pub web: WebConfig,
     pub log: LogConfig,
     pub discovery: DiscoveryConfig,
@@ -93,14 +97,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             path: path.to_path_buf(),
         });
     }
-    let config = yaml::from_str::<Config>(text, None).map_err(|err| {
+    let mut config = yaml::from_str::<Config>(text, None).map_err(|err| {
         let mut invalid = err.in_file(path.to_path_buf(), text);
         if let Some((_, rest)) = &err.unknown_field {
             invalid.message = format!("unknown field{rest}");
         }
         ConfigError::Invalid(Box::new(invalid))
     })?;
-    crate::remote_write::validate(&config.remote_write).map_err(|(field, message)| {
+    let located = |(field, message): (String, String)| {
         let steps = yaml_steps(&field);
         ConfigError::Invalid(Box::new(crate::compat::InvalidField {
             file: path.to_path_buf(),
@@ -108,12 +112,44 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
             field,
             message,
         }))
-    })?;
+    };
+    resolve_external_labels(&mut config, &|name| std::env::var(name).ok()).map_err(located)?;
+    crate::remote_write::validate(&config.remote_write).map_err(located)?;
     config.validate().map_err(|message| ConfigError::Semantic {
         path: path.to_path_buf(),
         message,
     })?;
     Ok(config)
+}
+
+/// Expands environment variables in the external labels and moves the
+/// older `rules.external_labels` (alerts only, before `global:` existed) into
+/// `global.external_labels`, where every stage reads them. `Err((field, message))`.
+fn resolve_external_labels(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) -> Result<(), (String, String)> {
+    let mut section = "global.external_labels";
+    if !config.rules.external_labels.is_empty() {
+        section = "rules.external_labels";
+        if !config.global.external_labels.is_empty() {
+            return Err((
+                section.into(),
+                "set global.external_labels only (rules.external_labels is its older name)".into(),
+            ));
+        }
+        for (name, value) in std::mem::take(&mut config.rules.external_labels) {
+            let label = name
+                .parse::<LabelName>()
+                .map_err(|m| (format!("{section}.{name}"), m))?;
+            config.global.external_labels.insert(label, value);
+        }
+    }
+    for (name, value) in config.global.external_labels.iter_mut() {
+        let field = || format!("{section}.{name}");
+        *value = global::expand_env(value, env).map_err(|m| (field(), m))?;
+        if value.is_empty() {
+            return Err((field(), "empty value (an empty external label is no label)".into()));
+        }
+    }
+    Ok(())
 }
 
 /// `a[0].b.c` as path steps (for locating a field found by validation).
@@ -139,6 +175,15 @@ fn yaml_steps(dotted: &str) -> Vec<crate::compat::Step> {
 }
 
 impl Config {
+    /// `global.external_labels` (expanded), sorted by name.
+    pub fn external_labels(&self) -> Vec<(String, String)> {
+        self.global
+            .external_labels
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.clone()))
+            .collect()
+    }
+
     /// Checks across fields that serde cannot express.
     pub fn validate(&self) -> Result<(), String> {
         self.web.validate()?;

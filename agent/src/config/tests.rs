@@ -103,7 +103,7 @@ fn unknown_field_names_file_line_and_path() {
     );
     assert_error_starts(
         "# top\nfoo: 1\n",
-        "config.yml:2:1: foo: unknown field, expected one of web, log",
+        "config.yml:2:1: foo: unknown field, expected one of global, web, log",
     );
 }
 
@@ -350,4 +350,84 @@ fn redacted_yaml_hides_secrets() {
     })
     .unwrap_or_default();
     assert!(yaml.contains("<secret>") && !yaml.contains("hooks.example"), "{yaml}");
+}
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "NODE_NAME" => Some("node-7".into()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    }
+}
+
+/// The config as `parse` leaves it, with `env` as the environment.
+fn resolved(text: &str) -> Result<Config, (String, String)> {
+    let mut cfg: Config = crate::compat::yaml::from_str(text, None).map_err(|e| (e.field(), e.message))?;
+    resolve_external_labels(&mut cfg, &env)?;
+    Ok(cfg)
+}
+
+#[test]
+fn global_external_labels_expand_the_environment() {
+    let cfg =
+        resolved("global:\n  external_labels:\n    node: ${NODE_NAME}\n    region: eu-$NODE_NAME\n    cost: $$1\n")
+            .unwrap();
+    assert_eq!(
+        cfg.external_labels(),
+        vec![
+            ("cost".to_string(), "$1".to_string()),
+            ("node".to_string(), "node-7".to_string()),
+            ("region".to_string(), "eu-node-7".to_string()),
+        ]
+    );
+    // Alerts get the same labels: the supervisor hands them to rules, and the
+    // older rules.external_labels is read as global.external_labels.
+    let cfg = resolved("rules:\n  external_labels: {cluster: prod, node: $NODE_NAME}\n").unwrap();
+    assert!(cfg.rules.external_labels.is_empty());
+    assert_eq!(
+        cfg.external_labels(),
+        vec![
+            ("cluster".to_string(), "prod".to_string()),
+            ("node".to_string(), "node-7".to_string())
+        ]
+    );
+    // None configured: nothing to add anywhere.
+    assert!(resolved("web: {}\n").unwrap().external_labels().is_empty());
+    assert!(Config::default().external_labels().is_empty());
+}
+
+#[test]
+fn bad_external_labels_name_file_line_and_field() {
+    let e = resolved("global:\n  external_labels:\n    node: ${EMPTY}\n").unwrap_err();
+    assert_eq!(
+        e,
+        (
+            "global.external_labels.node".to_string(),
+            "environment variable EMPTY is empty".to_string()
+        )
+    );
+    let e = resolved("global:\n  external_labels: {node: \"\"}\n").unwrap_err();
+    assert!(
+        e.0 == "global.external_labels.node" && e.1.starts_with("empty value"),
+        "{e:?}"
+    );
+    let e = resolved("global: {external_labels: {a: x}}\nrules: {external_labels: {b: y}}\n").unwrap_err();
+    assert_eq!(e.0, "rules.external_labels");
+    let e = resolved("rules: {external_labels: {bad-name: y}}\n").unwrap_err();
+    assert!(
+        e.0 == "rules.external_labels.bad-name" && e.1.contains("invalid label name"),
+        "{e:?}"
+    );
+
+    // Through parse, with the real (unset) variable: file, line and field.
+    assert_error_starts(
+        "log: {level: info}\nglobal:\n  external_labels:\n    cluster: prod\n    node: ${NGXPROBE_TEST_UNSET_NODE}\n",
+        "config.yml:5:11: global.external_labels.node: environment variable NGXPROBE_TEST_UNSET_NODE is not set",
+    );
+    assert_error_starts("global:\n  external_labels:\n    __node: a\n", "config.yml:3:");
+    assert!(error_of("global:\n  external_labels:\n    __node: a\n").contains("reserved"));
+    assert_error_starts(
+        "global:\n  scrape_interval: 15s\n",
+        "config.yml:2:3: global.scrape_interval: unknown field",
+    );
 }

@@ -30,15 +30,18 @@ pub struct RemoteWrite {
 impl RemoteWrite {
     /// Builds the endpoints' HTTP clients and opens their WAL cursors; the
     /// store forgets cursors of endpoints no longer configured.
+    /// `external_labels` (sorted by name) go on every series sent that lacks them.
     pub fn start(
         cfgs: &[RemoteWriteConfig],
+        external_labels: &[(String, String)],
         store: &Arc<Store>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<(RemoteWrite, Vec<Worker>), String> {
         let mut endpoints = Vec::new();
         let mut cursors = Vec::new();
         for (i, c) in cfgs.iter().enumerate() {
-            let e = Endpoint::new(c.clone()).map_err(|e| format!("remote_write[{i}]: {e}"))?;
+            let e =
+                Endpoint::new(c.clone(), external_labels.to_vec()).map_err(|e| format!("remote_write[{i}]: {e}"))?;
             let cursor = store
                 .wal_cursor(&e.name)
                 .map_err(|err| format!("remote_write[{i}]: cannot open the WAL reader: {err}"))?;

@@ -49,6 +49,8 @@ pub struct Stats {
 
 pub struct Endpoint {
     pub cfg: RemoteWriteConfig,
+    /// `global.external_labels`, sorted by name.
+    external_labels: Vec<(String, String)>,
     pub name: String,
     /// The url with user-info redacted: metric label and logs.
     pub url_label: String,
@@ -79,12 +81,13 @@ enum Outcome {
 }
 
 impl Endpoint {
-    pub fn new(cfg: RemoteWriteConfig) -> Result<Endpoint, String> {
+    pub fn new(cfg: RemoteWriteConfig, external_labels: Vec<(String, String)>) -> Result<Endpoint, String> {
         let http = cfg.http().map_err(|(f, m)| format!("{f}: {m}"))?;
         let client = crate::http_client::build_client(&http)?;
         Ok(Endpoint {
             name: cfg.queue_name(),
             url_label: crate::secret::redact_url(&cfg.url),
+            external_labels,
             http,
             client,
             cfg,
@@ -96,7 +99,8 @@ impl Endpoint {
         })
     }
 
-    /// Relabels a batch into `p`; samples of dropped series are counted.
+    /// Adds the external labels, relabels a batch into `p`; samples of
+    /// dropped series are counted.
     fn take(&self, batch: WalBatch, p: &mut Pending) {
         self.stats.dropped.fetch_add(batch.unknown_series, Relaxed);
         self.stats.segments_skipped.fetch_add(batch.segments_skipped, Relaxed);
@@ -104,6 +108,9 @@ impl Endpoint {
             if let Some(&(t, _)) = samples.last() {
                 self.stats.highest_read_ms.fetch_max(t, Relaxed);
             }
+            // Prometheus's order: external labels first, then write_relabel_configs
+            // (which can therefore match, rewrite or drop them).
+            let labels = with_external_labels(labels, &self.external_labels);
             let labels = match self.cfg.write_relabel_configs.is_empty() {
                 true => labels,
                 false => {
@@ -320,7 +327,108 @@ impl Endpoint {
     }
 }
 
+/// `labels` plus each external label it does not have (a series' own label
+/// wins, as in Prometheus; labels never have empty values, so present means
+/// set). Both are sorted by name and so is the result.
+pub fn with_external_labels(labels: Labels, external: &[(String, String)]) -> Labels {
+    if external.is_empty() {
+        return labels;
+    }
+    let mut out = labels.0;
+    for (name, value) in external {
+        if let Err(i) = out.binary_search_by(|(n, _)| n.as_str().cmp(name)) {
+            out.insert(i, (name.clone(), value.clone()));
+        }
+    }
+    Labels(out)
+}
+
 enum Attempt {
     Retry(String, Option<Duration>),
     Fatal(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{WalBatch, WalPosition};
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn external(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// The label sets `take` queues for sending from one WAL batch.
+    fn sent(cfg_yaml: &str, ext: &[(&str, &str)], series: Vec<Labels>) -> (Vec<Labels>, u64) {
+        let cfg = crate::config::parse(std::path::Path::new("c.yml"), cfg_yaml).unwrap();
+        let e = Endpoint::new(cfg.remote_write[0].clone(), external(ext)).unwrap();
+        let batch = WalBatch {
+            samples: series.len(),
+            series: series.into_iter().map(|l| (l, vec![(1000, 1.0)])).collect(),
+            end: WalPosition::default(),
+            segments_skipped: 0,
+            unknown_series: 0,
+        };
+        let mut p = Pending::default();
+        e.take(batch, &mut p);
+        (
+            p.series.into_iter().map(|(l, _)| l).collect(),
+            e.stats.dropped.load(Relaxed),
+        )
+    }
+
+    #[test]
+    fn external_labels_are_added_where_missing_and_own_labels_win() {
+        let ext = external(&[("a_first", "1"), ("node", "node-1"), ("zone", "z")]);
+        let got = with_external_labels(labels(&[("__name__", "up"), ("node", "mine")]), &ext);
+        assert_eq!(
+            got,
+            labels(&[("__name__", "up"), ("a_first", "1"), ("node", "mine"), ("zone", "z")])
+        );
+        // Still sorted (receivers rely on it) and nothing changes without external labels.
+        assert!(got.0.windows(2).all(|w| w[0].0 < w[1].0), "{got:?}");
+        let plain = labels(&[("__name__", "up"), ("job", "x")]);
+        assert_eq!(with_external_labels(plain.clone(), &[]), plain);
+    }
+
+    #[test]
+    fn external_labels_come_before_write_relabel_configs() {
+        let url = "remote_write:\n  - url: http://127.0.0.1:1/w\n";
+        // Relabelling sees the external label: it can drop by it...
+        let drop_node = format!(
+            "{url}    write_relabel_configs:\n      - {{source_labels: [node], regex: node-1, action: drop}}\n"
+        );
+        let (out, dropped) = sent(
+            &drop_node,
+            &[("node", "node-1")],
+            vec![
+                labels(&[("__name__", "a")]),
+                labels(&[("__name__", "b"), ("node", "other")]),
+            ],
+        );
+        assert_eq!(out, vec![labels(&[("__name__", "b"), ("node", "other")])]);
+        assert_eq!(dropped, 1);
+        // ...and remove or rewrite it.
+        let drop_label = format!("{url}    write_relabel_configs:\n      - {{regex: node, action: labeldrop}}\n");
+        let (out, _) = sent(&drop_label, &[("node", "node-1")], vec![labels(&[("__name__", "a")])]);
+        assert_eq!(out, vec![labels(&[("__name__", "a")])]);
+        // Without relabelling every series gets it.
+        let (out, dropped) = sent(
+            url,
+            &[("node", "node-1")],
+            vec![labels(&[("__name__", "a"), ("conf_path", "/etc/nginx/nginx.conf")])],
+        );
+        assert_eq!(
+            out,
+            vec![labels(&[
+                ("__name__", "a"),
+                ("conf_path", "/etc/nginx/nginx.conf"),
+                ("node", "node-1")
+            ])]
+        );
+        assert_eq!(dropped, 0);
+    }
 }
