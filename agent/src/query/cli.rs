@@ -111,6 +111,35 @@ fn rows_from_json(d: &J) -> Vec<(String, String)> {
     }
 }
 
+/// One series of an instant-vector result as the API answered: its labels and value.
+pub type VectorRow = (std::collections::BTreeMap<String, String>, f64);
+
+/// Asks a running agent's `/api/v1/query` for `expr` now; the series of an
+/// instant vector (`diagnose`, `top`). Values the API writes as strings
+/// (`NaN`, `+Inf`) parse as such.
+pub fn instant_vector(addr: &str, expr: &str) -> Result<Vec<VectorRow>, String> {
+    let qs = serde_urlencoded::to_string([("query", expr)]).map_err(|e| e.to_string())?;
+    let body = http_get(addr, &format!("/api/v1/query?{qs}"))?;
+    let v: J = serde_json::from_str(&body).map_err(|e| format!("{expr}: bad response from {addr}: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!("{expr}: {}", v["error"].as_str().unwrap_or("query failed")));
+    }
+    Ok(v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let labels = s["metric"]
+                .as_object()?
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect();
+            let value = s["value"][1].as_str()?.parse::<f64>().ok()?;
+            Some((labels, value))
+        })
+        .collect())
+}
+
 /// Minimal HTTP/1.1 GET (the agent's API speaks plain HTTP on its listen address).
 pub(crate) fn http_get(addr: &str, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
