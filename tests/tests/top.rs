@@ -10,8 +10,10 @@
 //!   (worker stopped, a burst of connects) it is above them, with its drops
 //!   and the full queue (5/4): the screen shows the drops at most one
 //!   refresh + 2 s after the agent's /metrics does;
-//! * the agent stopped, the screen says it cannot reach it and top keeps running;
-//! * `q` ends it with status 0 and the terminal has left the alternate screen.
+//! * the agent hung (SIGSTOP), the screen says it is unreachable within a
+//!   refresh's bound and top keeps running; the agent resumed, the line goes;
+//! * `q` ends it at once (with a refresh hanging on the stopped agent), with
+//!   status 0 and the terminal off the alternate screen.
 use ngxprobe_e2e::agent::binary_path;
 use ngxprobe_e2e::clients;
 use ngxprobe_e2e::metrics_text::Scrape;
@@ -81,6 +83,11 @@ fn our_order(s: &Screen, conf: &str) -> Vec<String> {
         .filter(|r| r.get("INSTANCE").map(String::as_str) == Some(conf))
         .map(|r| r["LISTENER"].clone())
         .collect()
+}
+
+/// A status-class cell (`75%`) as a number.
+fn share(row: &BTreeMap<String, String>, col: &str) -> Option<f64> {
+    row.get(col)?.trim_end_matches('%').parse().ok()
 }
 
 fn metric_drops(s: &Scrape, conf: &str, addr: &str) -> Option<f64> {
@@ -165,7 +172,11 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
             let rate = r["REQ/S"].parse::<f64>().unwrap_or(0.0);
             let mix_shown =
                 !r["2XX"].is_empty() && !r["4XX"].is_empty() && !r["P50"].is_empty() && !r["P99"].is_empty();
-            Ok(if rate > 0.0 && mix_shown == attached {
+            // 3 of 4 requests are 2xx, 1 is 4xx. A refresh can see the 2xx
+            // series a sample before the 4xx one (a rate needs two samples),
+            // so wait for a refresh showing both (asserted below).
+            let both = share(&r, "2XX").is_some_and(|s| s > 0.0) && share(&r, "4XX").is_some_and(|s| s > 0.0);
+            Ok(if rate > 0.0 && mix_shown == attached && (both || !attached) {
                 Poll::Ready(r)
             } else {
                 Poll::Pending(format!("uprobe attached {attached}, row {r:?}"))
@@ -175,8 +186,8 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
     .unwrap();
     eprintln!("with requests (uprobe attached: {attached}): {busy:?}");
     if attached {
-        // 3 of 4 requests are 2xx, 1 is 4xx: shares as rates over the window.
-        let share = |c: &str| busy[c].trim_end_matches('%').parse::<f64>().unwrap();
+        // Shares as rates over the window.
+        let share = |c: &str| share(&busy, c).unwrap();
         assert!((60.0..=90.0).contains(&share("2XX")), "2xx share {busy:?}");
         assert!((10.0..=40.0).contains(&share("4XX")), "4xx share {busy:?}");
         assert_eq!((busy["3XX"].as_str(), busy["5XX"].as_str()), ("0%", "0%"));
@@ -267,31 +278,67 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
     drop(resume);
     drop(burst);
 
-    // The agent gone: the screen says so and top keeps running (retrying).
-    agent.stop();
-    let said = poll(
-        "top says the agent cannot be reached",
+    // The agent hung (SIGSTOP: the kernel still completes connects, nothing
+    // answers): within a refresh's bound the screen says so, over the table
+    // it keeps, and top keeps running (retrying).
+    let agent_url = format!("http://{}", agent.addr());
+    let unreachable = |what: &str, reason: &str| {
+        poll(what, Duration::from_secs(10), Duration::from_millis(50), || {
+            let text = tmux.screen()?;
+            Ok(
+                match text.lines().find(|l| {
+                    l.contains(&format!(
+                        "agent at {agent_url} unreachable: {reason}, retrying every 1s"
+                    ))
+                }) {
+                    Some(l) => Poll::Ready(l.trim().to_string()),
+                    None => Poll::Pending(text),
+                },
+            )
+        })
+        .unwrap()
+    };
+    // SAFETY: kill(2) of the agent this test started.
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    let resume_agent = ResumeOnDrop(agent.pid());
+    let said = unreachable("top says the hung agent is unreachable", "no answer within 3s");
+    eprintln!("{said}");
+    assert!(said.contains("(table from "), "the table shown is the last one: {said}");
+    assert!(parse(&tmux.screen().unwrap()).is_some_and(|s| !our_order(&s, &conf).is_empty()));
+    assert_eq!(tmux.exited().unwrap(), None, "top keeps running while its agent hangs");
+
+    // The agent back: the next refresh clears the line.
+    drop(resume_agent);
+    poll(
+        "top reads the agent again",
         Duration::from_secs(10),
         Duration::from_millis(50),
         || {
             let text = tmux.screen()?;
-            Ok(match text.lines().find(|l| l.contains("cannot reach the agent at")) {
-                Some(l) => Poll::Ready(l.trim().to_string()),
-                None => Poll::Pending(text),
+            Ok(if text.contains("unreachable") {
+                Poll::Pending(text)
+            } else {
+                Poll::Ready(())
             })
         },
     )
     .unwrap();
-    eprintln!("{said}");
-    assert!(said.contains("retrying every 1s"), "{said}");
-    assert_eq!(tmux.exited().unwrap(), None, "top keeps running without its agent");
 
-    // q: exits 0, the terminal back on the normal screen.
+    // Hung again, with a refresh waiting on it: q must not wait for that
+    // refresh (it would take up to 3 s more). The line is shown right when a
+    // refresh gives up, and the next one starts at once (its interval is over).
+    // SAFETY: kill(2) of the agent this test started.
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    let resume_agent = ResumeOnDrop(agent.pid());
+    unreachable("top says the hung agent is unreachable again", "no answer within 3s");
+
+    // q: exits 0 at once, the terminal back on the normal screen.
     tmux.keys("q").unwrap();
+    let q_at = Instant::now();
     let status = poll(
         "top exits on q",
-        Duration::from_secs(5),
-        Duration::from_millis(50),
+        Duration::from_secs(2),
+        Duration::from_millis(20),
         || {
             Ok(match tmux.exited()? {
                 Some(s) => Poll::Ready(s),
@@ -299,7 +346,9 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
             })
         },
     )
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e:#}\nthreads of ngxprobe top:\n{}", tmux.threads()));
+    eprintln!("top ended {} ms after q", q_at.elapsed().as_millis());
+    drop(resume_agent);
     assert_eq!(status, 0, "exit status of ngxprobe top");
     assert_eq!(
         tmux.format("#{alternate_on}").unwrap(),
