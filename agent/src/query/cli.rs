@@ -188,31 +188,28 @@ impl ApiClient {
     }
 
     /// `GET http://{addr}{path}`: the body (whatever the status), or why
-    /// there is none (`connect: Connection refused`, `no answer within 3s`).
+    /// there is none (`connect ADDR: Connection refused (os error 111)`,
+    /// `no answer within 3s`).
     pub async fn get(&self, addr: &str, path: &str) -> Result<String, String> {
         let url = format!("http://{addr}{path}");
-        let resp = self.client.get(&url).send().await.map_err(|e| self.why(e))?;
-        resp.text().await.map_err(|e| self.why(e))
+        let resp = self.client.get(&url).send().await.map_err(|e| self.why(addr, e))?;
+        resp.text().await.map_err(|e| self.why(addr, e))
     }
 
-    /// A transport error without the URL (long, and the caller names the
-    /// agent) and with its causes, which reqwest's message leaves out.
-    fn why(&self, e: reqwest::Error) -> String {
-        if e.is_timeout() {
+    /// A transport error as `connect ADDR: <cause>`: reqwest's own message
+    /// names the whole URL (long) and leaves out the cause, which is the
+    /// innermost error (`Connection refused (os error 111)`).
+    fn why(&self, addr: &str, e: reqwest::Error) -> String {
+        // A connect that timed out is a connect error (5 s, not `timeout`).
+        if e.is_timeout() && !e.is_connect() {
             let t = crate::compat::PromDuration::from_millis(self.timeout.as_millis() as u64);
             return format!("no answer within {t}");
         }
-        let kind = if e.is_connect() { "connect" } else { "request" };
-        let mut msg = kind.to_string();
-        let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-        while let Some(c) = cause {
-            let text = c.to_string();
-            if !msg.ends_with(&text) {
-                msg.push_str(": ");
-                msg.push_str(&text);
-            }
-            cause = c.source();
+        let kind = if e.is_connect() { "connect" } else { "request to" };
+        let mut root: &dyn std::error::Error = &e;
+        while let Some(c) = root.source() {
+            root = c;
         }
-        msg
+        format!("{kind} {addr}: {root}")
     }
 }

@@ -344,7 +344,10 @@ mod tests {
         let got = api.block_on(fetch(&api, &addr, &queries()));
         assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
         match got {
-            Fetched::Unreachable(e) => assert!(e.starts_with("connect") && e.contains("refused"), "{e}"),
+            Fetched::Unreachable(e) => assert!(
+                e.starts_with(&format!("connect {addr}: ")) && e.contains("refused"),
+                "{e}"
+            ),
             other => panic!("{other:?}"),
         }
     }
