@@ -89,6 +89,22 @@ pub enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// A live view of a running agent: one row per nginx instance and
+    /// listener (request rate, status mix, p50/p99, connections, accept
+    /// queue, drops, retransmits, resets), sortable. Keys: r rate, e 5xx,
+    /// l p99, a accept queue, d drops, t retransmits, x resets, n name, q quit.
+    /// Speaks plain HTTP to the agent's API.
+    Top {
+        /// The agent's URL, e.g. http://127.0.0.1:9113 (default: from the config).
+        #[arg(long)]
+        url: Option<String>,
+        /// How often the screen is refreshed (a Prometheus duration).
+        #[arg(long, default_value = "1s")]
+        interval: String,
+        /// Rates, shares, quantiles and increases are taken over this window.
+        #[arg(long, default_value = "10s")]
+        window: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

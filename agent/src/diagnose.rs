@@ -12,10 +12,9 @@ use std::io::Write;
 use serde_json::Value as J;
 
 use crate::compat::duration::parse_ms;
-use crate::query::cli::http_get;
+use crate::query::cli::{http_get, instant_vector};
 
-/// One series of an instant-query result: its labels and value.
-type Row = (BTreeMap<String, String>, f64);
+use crate::query::cli::VectorRow as Row;
 
 /// What the report is built from, as the API answered.
 #[derive(Debug, Default)]
@@ -118,7 +117,7 @@ pub fn run(url: &str, since: &str, out: &mut dyn Write) -> Result<bool, String> 
 }
 
 fn observe(addr: &str, since: &str) -> Result<Observed, String> {
-    let q = |expr: String| query(addr, &expr);
+    let q = |expr: String| instant_vector(addr, &expr);
     let counted = |sel: &str| -> Result<Counted, String> {
         Ok(Counted {
             exact: q(format!(
@@ -150,29 +149,6 @@ fn observe(addr: &str, since: &str) -> Result<Observed, String> {
         firing: alerts,
         listeners: q("ngxprobe_listen_queue_max".to_string())?.len(),
     })
-}
-
-fn query(addr: &str, expr: &str) -> Result<Vec<Row>, String> {
-    let qs = serde_urlencoded::to_string([("query", expr)]).map_err(|e| e.to_string())?;
-    let body = http_get(addr, &format!("/api/v1/query?{qs}"))?;
-    let v: J = serde_json::from_str(&body).map_err(|e| format!("{expr}: bad response from {addr}: {e}"))?;
-    if v["status"] != "success" {
-        return Err(format!("{expr}: {}", v["error"].as_str().unwrap_or("query failed")));
-    }
-    Ok(v["data"]["result"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| {
-            let labels = s["metric"]
-                .as_object()?
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect();
-            let value = s["value"][1].as_str()?.parse::<f64>().ok()?;
-            Some((labels, value))
-        })
-        .collect())
 }
 
 fn alerts(addr: &str) -> Result<Vec<(String, String)>, String> {

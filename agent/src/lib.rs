@@ -31,5 +31,6 @@ pub mod rules;
 pub mod secret;
 pub mod series;
 pub mod store;
+pub mod top;
 pub mod web;
 pub mod worker;

@@ -61,21 +61,26 @@ fn main() -> ExitCode {
             }
         },
         Some(cli::Command::Diagnose { since, url }) => {
-            let url = match url {
-                Some(u) => u,
-                None => match agent::effective_config(&cli.run.to_agent()) {
-                    Ok(c) => format!("http://{}", c.web.local_address()),
-                    Err(e) => {
-                        eprintln!("ngxprobe diagnose: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
+            let Some(url) = agent_url(url, &cli.run, "diagnose") else {
+                return ExitCode::from(2);
             };
             match ngxprobe::diagnose::run(&url, &since, &mut std::io::stdout()) {
                 Ok(false) => ExitCode::SUCCESS,
                 Ok(true) => ExitCode::from(1),
                 Err(e) => {
                     eprintln!("ngxprobe diagnose: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(cli::Command::Top { url, interval, window }) => {
+            let Some(url) = agent_url(url, &cli.run, "top") else {
+                return ExitCode::from(2);
+            };
+            match ngxprobe::top::run(&ngxprobe::top::Options { url, interval, window }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ngxprobe top: {e}");
                     ExitCode::from(2)
                 }
             }
@@ -87,6 +92,21 @@ fn main() -> ExitCode {
                 ExitCode::from(e.exit_code())
             }
         },
+    }
+}
+
+/// `--url` of the API clients, else the agent's own address from the
+/// config; `None` (the error said on stderr) when the config is bad.
+fn agent_url(url: Option<String>, run: &cli::RunArgs, command: &str) -> Option<String> {
+    if url.is_some() {
+        return url;
+    }
+    match agent::effective_config(&run.to_agent()) {
+        Ok(c) => Some(format!("http://{}", c.web.local_address())),
+        Err(e) => {
+            eprintln!("ngxprobe {command}: {e}");
+            None
+        }
     }
 }
 

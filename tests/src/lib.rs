@@ -35,6 +35,7 @@ pub mod prometheus;
 pub mod protocol_clients;
 pub mod seed;
 pub mod slack_receiver;
+pub mod tmux;
 pub mod util;
 
 pub use agent::{Agent, AgentOptions};

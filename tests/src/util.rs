@@ -216,6 +216,17 @@ pub fn proc_stat(pid: i32) -> Option<(i32, char)> {
     Some((ppid, state))
 }
 
+/// Sends SIGCONT to a process the test stopped (SIGSTOP), however the test
+/// ends (drop, also on panic).
+pub struct ResumeOnDrop(pub i32);
+
+impl Drop for ResumeOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of a process of the test's own.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// True if the PID exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
     matches!(proc_stat(pid), Some((_, st)) if st != 'Z' && st != 'X')

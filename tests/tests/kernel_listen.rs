@@ -25,7 +25,7 @@
 use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::netns::{NetCounters, Netns};
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions, nginx_bin};
-use ngxprobe_e2e::util::{self, ChildGuard, Poll, poll};
+use ngxprobe_e2e::util::{self, ChildGuard, Poll, ResumeOnDrop, poll};
 use ngxprobe_e2e::{Agent, guard};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -48,15 +48,6 @@ fn instance_sum(s: &Scrape, name: &str, conf: &str) -> f64 {
         .filter(|x| x.name == name && x.label("conf_path") == Some(conf))
         .map(|x| x.value)
         .sum()
-}
-
-/// Resumes the stopped worker however the test ends.
-struct Resume(i32);
-impl Drop for Resume {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of our own nginx worker.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
 }
 
 #[test]
@@ -444,7 +435,7 @@ fn listen_inodes(ns: &Netns, port: u16) -> anyhow::Result<Vec<String>> {
 fn overflow_once<T>(ns: &Netns, addr: std::net::SocketAddr, worker: i32, while_full: impl FnOnce() -> T) -> T {
     // SAFETY: kill(2) of our own nginx worker.
     unsafe { libc::kill(worker, libc::SIGSTOP) };
-    let resume = Resume(worker);
+    let resume = ResumeOnDrop(worker);
     let burst = ns.connect_burst(addr, BURST).expect("connect burst");
     poll(
         "accept queue full",

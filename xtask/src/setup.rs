@@ -46,6 +46,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("prometheus-nginx-exporter", "reference nginx_* metrics for tests"),
     ("procps", "ps/sysctl/pgrep for tests"),
     (
+        "tmux",
+        "top e2e: runs `ngxprobe top` in a terminal and reads its screen",
+    ),
+    (
         "chromium",
         "headless browser for the page's end-to-end tests (driven over DevTools)",
     ),

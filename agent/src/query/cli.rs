@@ -1,10 +1,6 @@
 //! `ngxprobe query 'EXPR'`: runs a query against a running agent's HTTP API
 //! or directly over a reader (a data dir opened by the store), and prints a table.
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use std::{io::Write, time::Duration};
 
 use serde_json::Value as J;
 
@@ -111,30 +107,109 @@ fn rows_from_json(d: &J) -> Vec<(String, String)> {
     }
 }
 
-/// Minimal HTTP/1.1 GET (the agent's API speaks plain HTTP on its listen address).
-pub(crate) fn http_get(addr: &str, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(150))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Ok(dechunk(body));
-    }
-    Ok(body.to_string())
+/// One series of an instant-vector result as the API answered: its labels and value.
+pub type VectorRow = (std::collections::BTreeMap<String, String>, f64);
+
+/// Asks a running agent's `/api/v1/query` for `expr` now; the series of an
+/// instant vector (`diagnose`). Values the API writes as strings (`NaN`,
+/// `+Inf`) parse as such.
+pub fn instant_vector(addr: &str, expr: &str) -> Result<Vec<VectorRow>, String> {
+    let body = http_get(addr, &instant_query_path(expr)?)?;
+    parse_vector(addr, expr, &body)
 }
 
-fn dechunk(mut b: &str) -> String {
-    let mut out = String::new();
-    while let Some((len, rest)) = b.split_once("\r\n") {
-        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        b = rest[n..].trim_start_matches("\r\n");
+/// The API path of an instant query for `expr` now.
+pub fn instant_query_path(expr: &str) -> Result<String, String> {
+    let qs = serde_urlencoded::to_string([("query", expr)]).map_err(|e| e.to_string())?;
+    Ok(format!("/api/v1/query?{qs}"))
+}
+
+/// The series of an instant-vector answer, or the API's error.
+pub fn parse_vector(addr: &str, expr: &str, body: &str) -> Result<Vec<VectorRow>, String> {
+    let v: J = serde_json::from_str(body).map_err(|e| format!("{expr}: bad response from {addr}: {e}"))?;
+    if v["status"] != "success" {
+        return Err(format!("{expr}: {}", v["error"].as_str().unwrap_or("query failed")));
     }
-    out
+    Ok(v["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| {
+            let labels = s["metric"]
+                .as_object()?
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect();
+            let value = s["value"][1].as_str()?.parse::<f64>().ok()?;
+            Some((labels, value))
+        })
+        .collect())
+}
+
+/// Longest a one-shot command (`query --addr`, `diagnose`) waits for one
+/// answer: the API's longest query (its 2 min timeout) and some margin. The
+/// connect is bounded much tighter by the client (5 s).
+const CLI_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// GET on a running agent's plain-HTTP API (`query --addr`, `diagnose`),
+/// every wait bounded (see [`ApiClient`]). The body is returned whatever the
+/// status: the API's errors are JSON the callers read.
+pub(crate) fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    let api = ApiClient::new(CLI_TIMEOUT)?;
+    api.block_on(api.get(addr, path))
+}
+
+/// The client of the agent's API used by the commands that talk to a
+/// running agent: the outbound client of [`crate::http_client`] (connect
+/// bounded to 5 s, the whole exchange to `timeout`) on a runtime of the
+/// calling thread, so that a dead or hung agent costs at most `timeout`.
+pub struct ApiClient {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    timeout: Duration,
+}
+
+impl ApiClient {
+    pub fn new(timeout: Duration) -> Result<Self, String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start an HTTP client runtime: {e}"))?;
+        let client = crate::http_client::build_client(&crate::http_client::HttpConfig {
+            timeout: Some(crate::compat::PromDuration::from_millis(timeout.as_millis() as u64)),
+            ..Default::default()
+        })?;
+        Ok(ApiClient { rt, client, timeout })
+    }
+
+    /// Runs `f` (e.g. [`ApiClient::get`]) to completion on this client's runtime.
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// `GET http://{addr}{path}`: the body (whatever the status), or why
+    /// there is none (`connect ADDR: Connection refused (os error 111)`,
+    /// `no answer within 3s`).
+    pub async fn get(&self, addr: &str, path: &str) -> Result<String, String> {
+        let url = format!("http://{addr}{path}");
+        let resp = self.client.get(&url).send().await.map_err(|e| self.why(addr, e))?;
+        resp.text().await.map_err(|e| self.why(addr, e))
+    }
+
+    /// A transport error as `connect ADDR: <cause>`: reqwest's own message
+    /// names the whole URL (long) and leaves out the cause, which is the
+    /// innermost error (`Connection refused (os error 111)`).
+    fn why(&self, addr: &str, e: reqwest::Error) -> String {
+        // A connect that timed out is a connect error (5 s, not `timeout`).
+        if e.is_timeout() && !e.is_connect() {
+            let t = crate::compat::PromDuration::from_millis(self.timeout.as_millis() as u64);
+            return format!("no answer within {t}");
+        }
+        let kind = if e.is_connect() { "connect" } else { "request to" };
+        let mut root: &dyn std::error::Error = &e;
+        while let Some(c) = root.source() {
+            root = c;
+        }
+        format!("{kind} {addr}: {root}")
+    }
 }

@@ -157,6 +157,22 @@ mod api_tests {
     }
 
     #[test]
+    fn a_dead_agent_is_an_error_naming_it_not_a_hang() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let t = std::time::Instant::now();
+        let e = http_get(&addr, "/api/v1/query?query=up").unwrap_err();
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "{:?}", t.elapsed());
+        assert!(
+            e.starts_with(&format!("connect {addr}: ")) && e.contains("refused"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn query_api_shapes_and_errors() {
         let a = serve();
         let r: serde_json::Value = serde_json::from_str(
