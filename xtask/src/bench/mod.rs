@@ -411,8 +411,13 @@ fn measure(args: &OverheadArgs, dir: &Path, site: &Site, agent: Option<&Agent>, 
         }
     }
 
-    // CPU run, bpf_stats off.
+    // CPU run, bpf_stats off. The agent first takes in the records of the
+    // run before (the request uprobe wakes its reader only once many wait;
+    // otherwise it drains them every 200 ms), or they would count here.
     site.check_alive()?;
+    if let Some(agent) = agent {
+        agent_requests_quiet(agent, &site.conf)?;
+    }
     let stub0 = site.stub_requests()?;
     let m0 = agent.map(Agent::scrape).transpose()?;
     let agent_pid = agent.map(|a| a.pid() as u32);
@@ -497,6 +502,24 @@ fn agent_requests_settled(agent: &Agent, conf: &str, m0: &Scrape, expected: f64)
         }
         sleep(Duration::from_millis(50))?;
     }
+}
+
+/// Waits (bounded, 2 s) until the agent's request count for `conf` has not
+/// moved for longer than its record reader's poll interval (200 ms).
+fn agent_requests_quiet(agent: &Agent, conf: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut last = agent.scrape()?.sum_where(REQUESTS_METRIC, "conf_path", conf);
+    let mut since = Instant::now();
+    while Instant::now() < deadline {
+        sleep(Duration::from_millis(50))?;
+        let now = agent.scrape()?.sum_where(REQUESTS_METRIC, "conf_path", conf);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() > Duration::from_millis(300) {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Per-hook eBPF ns and runs per request between two scrapes.

@@ -56,7 +56,9 @@ impl PerRequest {
     }
 }
 
-/// Longest wait for records before checking for shutdown.
+/// Longest wait for records before checking for shutdown; also how late a
+/// record may be seen: the uprobe wakes the consumer only once many records
+/// wait (agent-ebpf/src/request_uprobe.rs WAKEUP_BYTES).
 const POLL_MS: i32 = 200;
 
 /// Starts the thread that drains the ring buffer into the aggregator.
