@@ -112,6 +112,28 @@ pub fn tls_handshake_only(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
+/// `openssl s_client -reconnect` over TLS 1.2: one full handshake, then five
+/// more connections resuming its session (nginx's session tickets), no
+/// request on any. Returns (connections, how many s_client says it resumed:
+/// "Reused," lines).
+pub fn tls_resumed_handshakes(addr: SocketAddr) -> Result<(u64, u64)> {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect"]).arg(addr.to_string()).args([
+        "-servername",
+        "localhost",
+        "-tls1_2",
+        "-reconnect",
+    ]);
+    let (out, err) = run(&mut cmd, "openssl s_client -reconnect")?;
+    let new = out.lines().filter(|l| l.starts_with("New,")).count() as u64;
+    let reused = out.lines().filter(|l| l.starts_with("Reused,")).count() as u64;
+    ensure!(
+        new + reused == 6,
+        "s_client -reconnect: {new} new and {reused} reused sessions, want 6 connections:\n{out}\n{err}"
+    );
+    Ok((new + reused, reused))
+}
+
 /// h2load's summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct H2loadResult {
@@ -161,8 +183,21 @@ pub fn parse_h2load(out: &str) -> Result<H2loadResult> {
 /// with ALPN; http:// is h2c with prior knowledge). Fails unless every
 /// request succeeded over HTTP/2.
 pub fn h2load(url: &str, clients: u32, requests: u32) -> Result<H2loadResult> {
+    h2load_streams(url, clients, requests, 10)
+}
+
+/// [`h2load`] with `streams` concurrent streams per connection.
+pub fn h2load_streams(url: &str, clients: u32, requests: u32, streams: u32) -> Result<H2loadResult> {
     let mut cmd = Command::new("h2load");
-    cmd.args(["-n", &requests.to_string(), "-c", &clients.to_string(), "-m", "10", url]);
+    cmd.args([
+        "-n",
+        &requests.to_string(),
+        "-c",
+        &clients.to_string(),
+        "-m",
+        &streams.to_string(),
+        url,
+    ]);
     let (out, err) = run(&mut cmd, "h2load")?;
     let r = parse_h2load(&out).with_context(|| format!("stderr: {err}"))?;
     ensure!(

@@ -2,6 +2,11 @@
 //! against nginx's own access log (the oracle): plaintext HTTP/1.0 and 1.1,
 //! HTTPS/1.1 and HTTP/2 over TLS from real clients (curl, wrk, h2load).
 //!
+//! Traffic: 2xx–5xx (return, a missing file, a failing upstream), HEAD,
+//! POST, PUT, an unknown method, a rate-limited 206, HTTPS keep-alive and
+//! `Connection: close`, curl over HTTP/2, h2load with 100 concurrent
+//! streams, h2c, wrk.
+//!
 //! - Counts per (method, status, protocol version, scheme, port) from the
 //!   duration histogram's `_count` equal the access log's exactly at
 //!   quiescence; duration, request-size and body-size sums equal the log's
@@ -17,7 +22,7 @@ use ngxprobe_e2e::agent::Agent;
 use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, find_tool};
-use ngxprobe_e2e::protocol_clients::{curl, h2load};
+use ngxprobe_e2e::protocol_clients::{curl, h2load, h2load_streams};
 use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool};
 use ngxprobe_e2e::{clients, guard, oracle};
 use std::collections::BTreeMap;
@@ -205,9 +210,12 @@ fn red_metrics_match_the_access_log() {
     let (nginx, agent, conf, skip) = start_attached(
         NginxOptions {
             tls: true,
+            h2c: true,
             access_log: true,
             main_locations: statuses_locations([201, 302, 404, 500, 503].into_iter())
-                + "        location /slow/ { limit_rate 200k; rewrite ^/slow/(.*)$ /$1 break; }\n",
+                + "        location /slow/ { limit_rate 200k; rewrite ^/slow/(.*)$ /$1 break; }\n"
+                // A failing upstream (nothing listens on port 1): 502.
+                + "        location = /upstream-down { proxy_pass http://127.0.0.1:1; }\n",
             ..Default::default()
         },
         None,
@@ -247,6 +255,10 @@ fn red_metrics_match_the_access_log() {
     )
     .expect("curl POST");
     curl(&["-X", "PUT", "-d", "abc"], &[format!("{base}/s/404")]).expect("curl PUT");
+    // A method outside the known set (nginx serves it): `_OTHER`.
+    curl(&["-X", "FOO"], &[format!("{base}/s/201")]).expect("curl FOO");
+    // A failing upstream: 502.
+    curl(&[], &[format!("{base}/upstream-down")]).expect("curl upstream down");
     // A slow response (limit_rate: one second at full speed, then 200 kB/s): ~0.5 s, 206.
     curl(&["-r", "0-299999"], &[format!("{base}/slow/big.bin")]).expect("curl slow");
     // HTTPS/1.1 and HTTP/2 over TLS.
@@ -257,8 +269,18 @@ fn red_metrics_match_the_access_log() {
     for _ in 0..3 {
         curl(&[], &https).expect("curl https");
     }
+    // HTTPS with `Connection: close` (a handshake per request), curl over
+    // HTTP/2 (ALPN), h2load with 100 concurrent streams on one connection,
+    // and h2c (cleartext HTTP/2, prior knowledge).
+    curl(&["-H", "Connection: close"], &https).expect("curl https close");
+    curl(&["--http2"], &https).expect("curl --http2");
     let h = h2load(&format!("https://{tls}/"), 2, 300).expect("h2load");
     assert_eq!(h.protocol, "h2");
+    let h = h2load_streams(&format!("https://{tls}/index.html"), 1, 1000, 100).expect("h2load -m 100");
+    assert_eq!(h.protocol, "h2");
+    let h2c = nginx.h2c_addr().expect("h2c listener");
+    let h = h2load(&format!("http://{h2c}/"), 2, 200).expect("h2load h2c");
+    assert_eq!(h.protocol, "h2c");
     // wrk: plaintext keep-alive load, many requests.
     if require_tool("wrk", "cargo xtask setup installs it").is_some() {
         let w = clients::wrk(&["-t1", "-c4", "-d1s", &format!("{base}/")], Duration::from_secs(1)).expect("wrk");
@@ -300,7 +322,19 @@ fn red_metrics_match_the_access_log() {
         slow.is_some_and(|ms| ms >= 200),
         "limit_rate responses took {slow:?} ms"
     );
-    for scheme_version in [("https", "2"), ("https", "1.1"), ("http", "1.0"), ("http", "1.1")] {
+    for (method, status) in [("_OTHER", "201"), ("GET", "502")] {
+        assert!(
+            log.keys().any(|k| (k.0.as_str(), k.1.as_str()) == (method, status)),
+            "no {method} {status} in the log"
+        );
+    }
+    for scheme_version in [
+        ("https", "2"),
+        ("https", "1.1"),
+        ("http", "1.0"),
+        ("http", "1.1"),
+        ("http", "2"),
+    ] {
         assert!(
             log.keys().any(|k| (k.3.as_str(), k.2.as_str()) == scheme_version),
             "no {scheme_version:?} traffic in the log"

@@ -9,14 +9,19 @@
 //! there, and never above nginx's. Each unparsed connection must show in
 //! `ngxprobe_unparsed_connections_total` under its reason, once.
 //!
-//! The agent runs with `per_request.enabled: false`: this is what it does
-//! without the nginx uprobe (unknown builds, or switched off). With it, the
-//! requests on those connections are counted (tests/tests/per_request.rs).
+//! Most scenarios run the agent with `per_request.enabled: false`: what it
+//! does without the nginx uprobe (unknown builds, or switched off). With it
+//! (the default), the requests on those connections are counted and every
+//! counter equals stub_status: `tls_counters_are_exact_with_the_uprobe`
+//! (HTTPS keep-alive and close, handshakes only, session resumption, 100
+//! HTTP/2 streams) and `hostile_bytes_on_every_port_never_become_requests`.
 use ngxprobe_e2e::Session;
 use ngxprobe_e2e::clients;
 use ngxprobe_e2e::measure::{self, Monitor, MonitorResult, Report, Target, assert_all};
 use ngxprobe_e2e::nginx::NginxOptions;
-use ngxprobe_e2e::protocol_clients::{curl, curl_https, h2load, proxy_v2_get, send_garbage, tls_handshake_only};
+use ngxprobe_e2e::protocol_clients::{
+    curl, curl_https, h2load, h2load_streams, proxy_v2_get, send_garbage, tls_handshake_only, tls_resumed_handshakes,
+};
 use ngxprobe_e2e::util::{Poll, poll, require_tool};
 use std::time::Duration;
 
@@ -47,6 +52,17 @@ fn measure_unparsed(
     name: &str,
     scenario: impl FnOnce() -> anyhow::Result<Unparsed>,
 ) -> (Report, MonitorResult, Unparsed, [i64; 3]) {
+    measure_connections(s, name, true, scenario)
+}
+
+/// [`measure_unparsed`]; with `exclude_requests` false, every request must
+/// be counted (the uprobe counts those on TLS and HTTP/2 connections).
+fn measure_connections(
+    s: &Session,
+    name: &str,
+    exclude_requests: bool,
+    scenario: impl FnOnce() -> anyhow::Result<Unparsed>,
+) -> (Report, MonitorResult, Unparsed, [i64; 3]) {
     let conf = s.nginx.conf_label();
     let u0 = unparsed_counts(s);
     let base = measure::begin_one(&s.agent, &s.nginx, 0).expect("A0/O0");
@@ -58,7 +74,8 @@ fn measure_unparsed(
         nginx: &s.nginx,
         held: 0,
     };
-    let rep = measure::finish_excluding(&s.agent, base, &[target], name, made.requests).expect("O1/A1");
+    let excluded = if exclude_requests { made.requests } else { 0 };
+    let rep = measure::finish_excluding(&s.agent, base, &[target], name, excluded).expect("O1/A1");
     let u1 = unparsed_counts(s);
     let delta = [u1[0] - u0[0], u1[1] - u0[1], u1[2] - u0[2]];
     (rep, mres, made, delta)
@@ -150,6 +167,202 @@ fn tls_connections_are_not_parsed() {
         "TYPE of {UNPARSED} missing"
     );
     assert_logged_once(&s, "reason=\"tls\"", || tls_handshake_only(tls));
+}
+
+/// With the uprobe (the default config), every counter equals stub_status
+/// exactly over TLS: HTTPS keep-alive and `Connection: close`, handshakes
+/// with no request, TLS session resumption, HTTP/2 with 100 concurrent
+/// streams, next to plaintext. The connections are still reported as
+/// unparsed by the socket probes (their requests come from the uprobe).
+#[test]
+fn tls_counters_are_exact_with_the_uprobe() {
+    for tool in ["curl", "openssl", "h2load"] {
+        if require_tool(tool, "cargo xtask setup installs it").is_none() {
+            return;
+        }
+    }
+    let s = Session::start_with_config(
+        "tls_counters_are_exact_with_the_uprobe",
+        NginxOptions {
+            tls: true,
+            ..Default::default()
+        },
+        None,
+    );
+    let conf = s.nginx.conf_label();
+    poll(
+        "the per-request uprobe attached",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let v = s.agent.scrape()?.value("ngxprobe_per_request_probe_attached", &conf)?;
+            Ok(if v == Some(1.0) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{v:?}"))
+            })
+        },
+    )
+    .expect("uprobe attached");
+    let tls = s.nginx.tls_addr().expect("TLS listener");
+    let plain = s.nginx.main_addr();
+    let (rep, mon, made, delta) = measure_connections(
+        &s,
+        "TLS with the uprobe: curl keep-alive ×3 and Connection: close, s_client handshakes, \
+         s_client -reconnect (session resumption), h2load 100 streams, plaintext",
+        false,
+        || {
+            let mut made = Unparsed::default();
+            for _ in 0..3 {
+                let r = curl_https(tls, &["/", "/index.html", "/missing"])?;
+                made.connections[0] += r.connections as i64;
+                made.requests += 3;
+            }
+            let urls: Vec<String> = (0..3).map(|_| format!("https://{tls}/")).collect();
+            let r = curl(&["-H", "Connection: close"], &urls)?;
+            anyhow::ensure!(r.ok == 3 && r.connections == 3, "curl close: {r:?}");
+            made.connections[0] += 3;
+            made.requests += 3;
+            for _ in 0..3 {
+                tls_handshake_only(tls)?;
+                made.connections[0] += 1;
+            }
+            let (conns, reused) = tls_resumed_handshakes(tls)?;
+            anyhow::ensure!(reused >= 1, "no session was resumed");
+            made.connections[0] += conns as i64;
+            let h = h2load_streams(&format!("https://{tls}/"), 1, 1000, 100)?;
+            anyhow::ensure!(h.protocol == "h2", "h2load negotiated {:?}", h.protocol);
+            made.connections[0] += 1;
+            made.requests += h.done as i64;
+            let paths: Vec<String> = (0..10).map(|_| "/".to_string()).collect();
+            let rs = clients::keepalive_sequence(plain, &paths)?;
+            anyhow::ensure!(rs.iter().all(|(st, _)| *st == 200), "plaintext: {rs:?}");
+            Ok(made)
+        },
+    );
+    let i = &rep.instances[0];
+    let (a0, o0) = (i.a0.expect("A0"), i.o0.expect("O0"));
+    eprintln!(
+        "[e2e] {}: TLS connections {}, requests on them {}; ngxprobe requests +{}, stub_status +{} (+1 protocol offset), \
+         unparsed {delta:?}",
+        rep.scenario,
+        made.connections[0],
+        made.requests,
+        i.a1.requests - a0.requests,
+        i.o1.requests - o0.requests + 1
+    );
+    assert_eq!(delta, made.connections, "unparsed connections (tls, http2, other)");
+    assert_all(&rep, &mon);
+}
+
+/// Hostile bytes with the uprobe on (the default config): malformed and
+/// truncated TLS records and plain HTTP on the TLS port, a truncated HTTP/2
+/// frame and garbage on the h2c port, HTTP/0.9, a 20 KiB header and a
+/// truncated request line on the plaintext port. The agent keeps running
+/// and every counter equals stub_status after each: it never makes a
+/// request out of bytes nginx did not count as one.
+#[test]
+fn hostile_bytes_on_every_port_never_become_requests() {
+    let s = hostile_session("hostile_bytes_on_every_port_never_become_requests");
+    let (tls, h2c, plain) = hostile_addrs(&s);
+    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20 * 1024));
+    let mut truncated_record = b"\x16\x03\x01\xff\xff".to_vec();
+    truncated_record.extend([0x01u8; 100]);
+    let cases: Vec<(&str, std::net::SocketAddr, Vec<u8>)> = vec![
+        (
+            "TLS: a record too short for its handshake",
+            tls,
+            b"\x16\x03\x01\x00\x05hello".to_vec(),
+        ),
+        ("TLS: a truncated record", tls, truncated_record),
+        (
+            "TLS port: plain HTTP",
+            tls,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ),
+        (
+            "h2c: preface then a truncated frame",
+            h2c,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00".to_vec(),
+        ),
+        ("h2c: garbage", h2c, b"\x00\x01\x02 garbage\r\n\r\n".to_vec()),
+        ("plain: HTTP/0.9", plain, b"GET /\r\n".to_vec()),
+        ("plain: a 20 KiB header", plain, huge.into_bytes()),
+        ("plain: a truncated request line", plain, b"GET / HT".to_vec()),
+    ];
+    assert_each_exact(&s, &cases);
+    // Plaintext after the hostile bytes is still counted exactly.
+    let (rep, mres, ()) = measure::measure(&s.agent, &s.nginx, 0, 0, "plaintext after the hostile bytes", || {
+        let paths: Vec<String> = (0..10).map(|_| "/".to_string()).collect();
+        let rs = clients::keepalive_sequence(plain, &paths)?;
+        anyhow::ensure!(rs.iter().all(|(st, _)| *st == 200), "plaintext: {rs:?}");
+        Ok(())
+    })
+    .expect("plaintext after");
+    assert_all(&rep, &mres);
+}
+
+/// HTTP/1.1 sent to a listener that speaks only cleartext HTTP/2 (nginx
+/// 1.22 `listen ... http2` without ssl): nginx rejects the preface and
+/// counts no request; the socket probes see an HTTP/1.1 request line on
+/// their first read and count one (nginx writes nothing before it reads, so
+/// they cannot tell yet). Known: fixing it needs the listener's protocol
+/// (from nginx's configuration) or counting a connection's first request
+/// only once nginx answers it.
+#[test]
+#[ignore = "known: HTTP/1.1 bytes on an h2c-only listener are counted as one request nginx does not count"]
+fn http1_on_an_h2c_only_listener_is_not_a_request() {
+    let s = hostile_session("http1_on_an_h2c_only_listener_is_not_a_request");
+    let (_, h2c, _) = hostile_addrs(&s);
+    assert_each_exact(
+        &s,
+        &[("h2c: HTTP/1.1", h2c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec())],
+    );
+}
+
+/// nginx with plaintext, TLS and h2c listeners and the agent with its
+/// default config (the uprobe on).
+fn hostile_session(name: &str) -> Session {
+    Session::start_with_config(
+        name,
+        NginxOptions {
+            tls: true,
+            h2c: true,
+            ..Default::default()
+        },
+        None,
+    )
+}
+
+/// (TLS, h2c, plaintext) listeners of [`hostile_session`]'s nginx.
+fn hostile_addrs(s: &Session) -> (std::net::SocketAddr, std::net::SocketAddr, std::net::SocketAddr) {
+    (
+        s.nginx.tls_addr().expect("TLS listener"),
+        s.nginx.h2c_addr().expect("h2c listener"),
+        s.nginx.main_addr(),
+    )
+}
+
+/// Sends each case's bytes on a new connection, one measurement each (so a
+/// failure names the bytes): every counter must equal stub_status's.
+fn assert_each_exact(s: &Session, cases: &[(&str, std::net::SocketAddr, Vec<u8>)]) {
+    let mut failed = Vec::new();
+    for (what, addr, bytes) in cases {
+        let base = measure::begin_one(&s.agent, &s.nginx, 0).expect("A0/O0");
+        let mon = Monitor::start(s.agent.addr(), vec![s.nginx.conf_label()]);
+        send_garbage(*addr, bytes).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let mres = mon.stop();
+        let target = Target {
+            nginx: &s.nginx,
+            held: 0,
+        };
+        let rep = measure::finish_excluding(&s.agent, base, &[target], what, 0).expect("O1/A1");
+        if !rep.ok() || !mres.violations.is_empty() {
+            eprintln!("[e2e] {what}: FAIL\n{}", rep.table());
+            failed.push(*what);
+        }
+    }
+    assert!(failed.is_empty(), "counters differ from stub_status after: {failed:?}");
 }
 
 /// The agent's warning about unparsed connections of a reason appears once
