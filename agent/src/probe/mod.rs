@@ -200,6 +200,8 @@ impl Probe {
             t.unparsed_tls = t.unparsed_tls.wrapping_add(s.unparsed_tls);
             t.unparsed_http2 = t.unparsed_http2.wrapping_add(s.unparsed_http2);
             t.unparsed_other = t.unparsed_other.wrapping_add(s.unparsed_other);
+            t.red_records = t.red_records.wrapping_add(s.red_records);
+            t.red_ring_full = t.red_ring_full.wrapping_add(s.red_ring_full);
         }
         Ok(t)
     }
