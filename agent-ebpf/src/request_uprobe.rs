@@ -27,7 +27,7 @@ use aya_ebpf::{
 
 /// 4 MiB: ~87,000 records between two drains by user space.
 #[map]
-static REQUESTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub(crate) static REQUESTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
 static REQ_OFFSETS: Array<NginxOffsets> = Array::with_max_entries(MAX_NGINX_BINARIES, 0);
