@@ -11,12 +11,12 @@ mod tcp_health;
 
 pub use first_bytes::{FIRST_BYTES, PROXY_HEADER, classify_first_bytes};
 pub use nginx_offsets::{
-    MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_NO_LINE, REQ_FLAG_NO_VERSION,
-    REQ_FLAG_SOCKET, REQ_FLAG_SSL, RequestProbeStats, RequestRecord, SERVER_NAME_MAX,
+    MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_NO_LINE,
+    REQ_FLAG_NO_VERSION, REQ_FLAG_SOCKET, REQ_FLAG_SSL, RequestProbeStats, RequestRecord, SERVER_NAME_MAX,
 };
 pub use request_line::{
-    LINE_TAIL, METHOD_BYTES, METHOD_UNKNOWN, STATUS_HEAD, VERSION_0_9, VERSION_UNKNOWN, method_bit, status_of_head,
-    version_from_line_end,
+    LINE_BYTES, LINE_TAIL, LINE_WORDS, METHOD_BYTES, METHOD_UNKNOWN, STATUS_HEAD, VERSION_0_9, VERSION_UNKNOWN,
+    line_of_words, method_bit, method_of_words, status_of_head, version_from_line_end,
 };
 pub use tcp_health::{
     CLOSE_CAUSES, CLOSE_NORMAL, CLOSE_RESET, CLOSE_TIMEOUT, ConnHists, HIST_BUCKETS, Hist, TcpCounters, TcpKey,

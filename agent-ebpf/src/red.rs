@@ -38,9 +38,8 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    Conn, LINE_TAIL, METHOD_BYTES, METHOD_UNKNOWN, MAX_INSTANCES, REQ_FLAG_NO_LINE, REQ_FLAG_NO_VERSION,
-    REQ_FLAG_SOCKET, RequestRecord, STATUS_HEAD, SlotStats, VERSION_UNKNOWN, method_bit, status_of_head,
-    version_from_line_end,
+    Conn, LINE_BYTES, LINE_WORDS, MAX_INSTANCES, METHOD_UNKNOWN, REQ_FLAG_NO_LINE, REQ_FLAG_NO_VERSION,
+    REQ_FLAG_SOCKET, RequestRecord, STATUS_HEAD, SlotStats, VERSION_UNKNOWN, line_of_words, status_of_head,
 };
 use aya_ebpf::{
     helpers::{
@@ -59,14 +58,6 @@ use crate::{
 /// Slot → non-zero if the socket probes make per-request records for it.
 #[map]
 static RED_SLOTS: Array<u32> = Array::with_max_entries(MAX_INSTANCES + 1, 0);
-
-/// Bytes of the read buffer searched for the request line's end.
-const CHUNK: usize = 64;
-const LINE_CHUNKS: usize = 8;
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-const NEWLINES: u64 = 0x0a0a_0a0a_0a0a_0a0a;
 
 #[inline(always)]
 fn now() -> u64 {
@@ -219,7 +210,11 @@ fn emit(conn: *mut Conn, st: *mut SlotStats) {
         if !on((*conn).slot) {
             return;
         }
-        let end = if (*conn).red_end_ns != 0 { (*conn).red_end_ns } else { now() };
+        let end = if (*conn).red_end_ns != 0 {
+            (*conn).red_end_ns
+        } else {
+            now()
+        };
         let header = (*conn).red_header;
         let sent = (*conn).red_sent;
         let rec = RequestRecord {
@@ -246,104 +241,26 @@ fn emit(conn: *mut Conn, st: *mut SlotStats) {
 }
 
 /// The method and version of the request line nginx just read (a read or
-/// recvfrom of `ret` bytes into the buffer in the syscall's second argument).
+/// recvfrom of `ret` bytes into the buffer in the syscall's second argument):
+/// one read of LINE_BYTES from nginx's buffer, decoded in registers.
 #[inline(always)]
 fn request_line(a: &SyscallArgs, ret: u32) -> (u32, u32) {
     if a.nr != SYS_READ && a.nr != SYS_RECVFROM {
         return (METHOD_UNKNOWN, VERSION_UNKNOWN);
     }
-    let mut method = METHOD_UNKNOWN;
-    let mut c = 0usize;
-    while c < LINE_CHUNKS {
-        let off = (c * CHUNK) as u32;
-        if off >= ret {
-            break;
-        }
-        let n = if ret - off > CHUNK as u32 { CHUNK as u32 } else { ret - off };
-        let mut chunk = [0u8; CHUNK];
-        // SAFETY: reads at most CHUNK bytes of user memory into `chunk`;
-        // bytes past `n` stay zero (never a '\n').
-        let rc = unsafe {
-            generated::bpf_probe_read_user(
-                chunk.as_mut_ptr() as *mut c_void,
-                n,
-                (a.arg2 + u64::from(off)) as *const c_void,
-            )
-        };
-        if rc != 0 {
-            break;
-        }
-        if c == 0 {
-            let mut head = [0u8; METHOD_BYTES];
-            head.copy_from_slice(&chunk[..METHOD_BYTES]);
-            method = method_bit(&head, n as usize);
-        }
-        if let Some(i) = first_newline(&chunk) {
-            let e = c * CHUNK + i;
-            return (method, version_at(a, &chunk, c, i, e));
-        }
-        c += 1;
+    let mut words = [0u64; LINE_WORDS];
+    // SAFETY: reads LINE_BYTES of user memory into `words` (zeroed on
+    // failure). nginx's buffer may be shorter than that: what lies past it
+    // is never taken for the line (line_of_words stops at `ret`).
+    let rc = unsafe {
+        generated::bpf_probe_read_user(
+            words.as_mut_ptr() as *mut c_void,
+            LINE_BYTES as u32,
+            a.arg2 as *const c_void,
+        )
+    };
+    if rc != 0 {
+        return (METHOD_UNKNOWN, VERSION_UNKNOWN);
     }
-    (method, VERSION_UNKNOWN)
-}
-
-/// Index of the first '\n' in `chunk`, 8 bytes at a time.
-#[inline(always)]
-fn first_newline(chunk: &[u8; CHUNK]) -> Option<usize> {
-    let mut w = 0;
-    while w < CHUNK / 8 {
-        let b = w * 8;
-        let word = u64::from_le_bytes([
-            chunk[b],
-            chunk[b + 1],
-            chunk[b + 2],
-            chunk[b + 3],
-            chunk[b + 4],
-            chunk[b + 5],
-            chunk[b + 6],
-            chunk[b + 7],
-        ]) ^ NEWLINES;
-        // The lowest flagged byte is the first zero byte (borrows only run
-        // upwards from a zero byte).
-        let hits = word.wrapping_sub(ONES) & !word & HIGHS;
-        if hits != 0 {
-            let mut k = 0;
-            while k < 8 {
-                if (hits >> (k * 8)) & 0x80 != 0 {
-                    return Some(b + k);
-                }
-                k += 1;
-            }
-        }
-        w += 1;
-    }
-    None
-}
-
-/// The version from the LINE_TAIL bytes ending at the '\n' at index `i` of
-/// chunk `c` (absolute index `e`): from the chunk itself for the first one,
-/// else read again from nginx's buffer.
-#[inline(always)]
-fn version_at(a: &SyscallArgs, chunk: &[u8; CHUNK], c: usize, i: usize, e: usize) -> u32 {
-    let avail = if e + 1 < LINE_TAIL { e + 1 } else { LINE_TAIL };
-    let mut tail = [0u8; LINE_TAIL];
-    if c == 0 {
-        let mut k = 0;
-        while k < LINE_TAIL {
-            // Index into the chunk of tail[k]: i - (LINE_TAIL - 1) + k.
-            let j = (i + k) as i64 - (LINE_TAIL as i64 - 1);
-            if j >= 0 {
-                tail[k] = chunk[(j as usize) & (CHUNK - 1)];
-            }
-            k += 1;
-        }
-    } else {
-        let from = a.arg2 + (e + 1 - LINE_TAIL) as u64;
-        // SAFETY: user memory is read with bpf_probe_read_user only.
-        match unsafe { bpf_probe_read_user(from as *const [u8; LINE_TAIL]) } {
-            Ok(t) => tail = t,
-            Err(_) => return VERSION_UNKNOWN,
-        }
-    }
-    version_from_line_end(&tail, avail)
+    line_of_words(&words, ret)
 }
