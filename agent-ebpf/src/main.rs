@@ -332,6 +332,10 @@ pub fn ngx_destroy_sock(ctx: BtfTracePointContext) -> u32 {
     if let Some(conn) = conn_of(sk) {
         tcp_health::on_destroy(sk, conn);
         close_conn(conn);
+        // SAFETY: `conn` comes from a storage lookup in this invocation.
+        if let Some(st) = stats(unsafe { (*conn).slot }) {
+            red::destroyed(conn, st);
+        }
     }
     0
 }
@@ -436,8 +440,16 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: `conn` and `st` come from lookups in this invocation.
     unsafe {
         let phase = (*conn).phase;
-        if phase == PHASE_CLOSED || (*conn).unparsed != UNPARSED_NONE {
-            // Closed, or not HTTP/1.x: it stays waiting (see mark_unparsed).
+        if (*conn).unparsed != UNPARSED_NONE {
+            // Not HTTP/1.x: it stays waiting (see mark_unparsed).
+            return 0;
+        }
+        if phase == PHASE_CLOSED {
+            // Reset before nginx answered: the status it tries to send is
+            // the one it logs (red::closing).
+            if (*conn).req_start_ns != 0 {
+                red::response(conn, &syscall_args());
+            }
             return 0;
         }
         let Some(st) = stats((*conn).slot) else {
@@ -469,6 +481,9 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
                 (*conn).resp_started = 1;
             }
             red::sent(conn, ret);
+        } else if (*conn).resp_started == 0 && (phase == PHASE_READING || phase == PHASE_WRITING) {
+            // A failed first write (reset): nginx logs the status it tried.
+            red::response(conn, &a);
         }
         let blocked = is_blocked(sk, &a, ret);
         if blocked {

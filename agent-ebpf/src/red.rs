@@ -136,7 +136,9 @@ fn begin(conn: *mut Conn, method: u32, version: u32) {
     }
 }
 
-/// The response's first final write: its status line and header size.
+/// The response's first final write: its status line and header size. Also
+/// called for writes that failed (the peer reset the connection): nginx logs
+/// the status it tried to send.
 #[inline(always)]
 pub fn response(conn: *mut Conn, a: &SyscallArgs) {
     // SAFETY: as above; user memory is read with bpf_probe_read_user only.
@@ -188,9 +190,25 @@ pub fn completed(conn: *mut Conn) {
     }
 }
 
-/// The connection closes: the pending record, if any, is complete.
+/// The connection closes: the pending record, if any, is complete, unless
+/// no status line was seen yet. Then the peer closed (a reset) before nginx
+/// wrote: nginx still writes (it fails) and logs the status it tried to
+/// send, so the record waits for that write ([`response`] reads the status
+/// of failed writes too) and goes out when the socket is freed
+/// ([`destroyed`]).
 #[inline(always)]
 pub fn closing(conn: *mut Conn, st: *mut SlotStats) {
+    // SAFETY: as above.
+    unsafe {
+        if (*conn).req_start_ns != 0 && (*conn).red_status != 0 {
+            emit(conn, st);
+        }
+    }
+}
+
+/// The socket is freed (nginx closed it): a record still pending goes out.
+#[inline(always)]
+pub fn destroyed(conn: *mut Conn, st: *mut SlotStats) {
     // SAFETY: as above.
     unsafe {
         if (*conn).req_start_ns != 0 {

@@ -218,6 +218,10 @@ impl Probe {
         self.stats
             .set(slot, zero, 0)
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
+        // A reused slot starts without socket per-request records: the
+        // per-request reconcile turns them on once it knows the instance has
+        // no uprobe (never both for one instance).
+        self.set_socket_requests(slot, false)?;
         self.reset_tcp_slot(slot)
     }
 

@@ -16,7 +16,7 @@ use std::{
 use agent_common::RequestRecord;
 use aya::maps::{MapData, RingBuf};
 
-pub use aggregate::Aggregator;
+pub use aggregate::{Aggregator, SOCKET_UNLABELLED};
 pub use attach::{AttachNews, Attachments};
 pub use config::{PerRequestConfig, UprobeMode};
 
