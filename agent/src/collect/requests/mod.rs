@@ -56,7 +56,9 @@ impl PerRequest {
     }
 }
 
-/// Longest wait for records before checking for shutdown.
+/// Longest wait for records before checking for shutdown; also how late
+/// the socket probes' records may be seen (they wake the consumer only when
+/// many wait: agent-ebpf/src/red.rs WAKEUP_BYTES).
 const POLL_MS: i32 = 200;
 
 /// Starts the thread that drains the ring buffer into the aggregator.
