@@ -6,12 +6,17 @@
 
 mod first_bytes;
 mod nginx_offsets;
+mod request_line;
 mod tcp_health;
 
 pub use first_bytes::{FIRST_BYTES, PROXY_HEADER, classify_first_bytes};
 pub use nginx_offsets::{
-    MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_SSL, RequestProbeStats,
-    RequestRecord, SERVER_NAME_MAX,
+    MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_NO_LINE,
+    REQ_FLAG_NO_VERSION, REQ_FLAG_SOCKET, REQ_FLAG_SSL, RequestProbeStats, RequestRecord, SERVER_NAME_MAX,
+};
+pub use request_line::{
+    LINE_BYTES, LINE_TAIL, LINE_WORDS, METHOD_BYTES, METHOD_UNKNOWN, STATUS_HEAD, VERSION_0_9, VERSION_UNKNOWN,
+    line_of_words, method_bit, method_of_words, status_of_head, version_from_line_end,
 };
 pub use tcp_health::{
     CLOSE_CAUSES, CLOSE_NORMAL, CLOSE_RESET, CLOSE_TIMEOUT, ConnHists, HIST_BUCKETS, Hist, TcpCounters, TcpKey,
@@ -58,8 +63,10 @@ pub struct ListenKey {
 
 /// Per-connection state, in the socket's local storage (CONN_STORE).
 ///
-/// Kept small and fixed-size; per-request events (status codes, latency) grow
-/// from `req_start_ns` / `requests` in a later stage without changing the key.
+/// Kept small and fixed-size. The `red_*` fields are the per-request record
+/// under construction (plaintext RED from the socket probes, only on slots
+/// RED_SLOTS turns on): filled at the request's start and response, sent to
+/// the ring buffer when the next request starts or the connection closes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Conn {
@@ -83,13 +90,32 @@ pub struct Conn {
     /// bpf_ktime_get_ns() at accept (the connection's lifetime at close);
     /// 0 for connections found open at start.
     pub accepted_ns: u64,
-    /// Reserved for per-request timing (latency, a later stage); not filled
-    /// yet so the hot path does not pay for a clock read nobody uses.
+    /// bpf_ktime_get_ns() at the read that started the request with a
+    /// pending record (0: none pending).
     pub req_start_ns: u64,
     /// Bytes of the sendfile(2) call in progress not yet seen in a send
     /// event (one call reaches TCP as several sends); 0 between calls.
     pub sendfile_left: u32,
-    pub _pad1: u32,
+    /// Local port (host order), from the accept; 0 until known.
+    pub port: u16,
+    /// REQ_FLAG_* bits of the pending record.
+    pub red_flags: u16,
+    /// Process that read the request (the record's tgid: the record may be
+    /// sent from softirq, where the current task is anyone).
+    pub red_tgid: u32,
+    /// Status of the response's status line (0: none seen yet).
+    pub red_status: u16,
+    pub _pad1: u16,
+    /// nginx's method bit and http_version of the pending request.
+    pub red_method: u32,
+    pub red_version: u32,
+    /// Bytes of the response header (the status line's buffer).
+    pub red_header: u64,
+    /// bpf_ktime_get_ns() at the end of the send that completed the response.
+    pub red_end_ns: u64,
+    /// Bytes received and sent for the pending request.
+    pub red_received: u64,
+    pub red_sent: u64,
 }
 
 /// Per-CPU counters of one instance slot. Counters only grow; the gauges are
@@ -116,6 +142,10 @@ pub struct SlotStats {
     pub unparsed_tls: u64,
     pub unparsed_http2: u64,
     pub unparsed_other: u64,
+    /// Per-request records the socket probes wrote to the ring buffer, and
+    /// those lost because it was full.
+    pub red_records: u64,
+    pub red_ring_full: u64,
 }
 
 /// Kernel structure offsets, read from the running kernel's BTF in userspace at
@@ -149,6 +179,6 @@ mod user {
 
 // Layout guards: a change here must be a deliberate change on both sides.
 const _: () = assert!(core::mem::size_of::<ListenKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Conn>() == 40);
-const _: () = assert!(core::mem::size_of::<SlotStats>() == 104);
+const _: () = assert!(core::mem::size_of::<Conn>() == 88);
+const _: () = assert!(core::mem::size_of::<SlotStats>() == 120);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 24);

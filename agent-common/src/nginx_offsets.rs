@@ -20,6 +20,18 @@ pub const SERVER_NAME_MAX: usize = 48;
 pub const REQ_FLAG_SSL: u32 = 1;
 /// `RequestRecord::flags`: the request is an HTTP/2 stream (`r->stream`).
 pub const REQ_FLAG_HTTP2: u32 = 2;
+/// `RequestRecord::flags`: made by the socket probes (plaintext HTTP/1.x on
+/// an instance without the uprobe), not by the uprobe. `duration_ms` is then
+/// the time from the read that started the request to the end of the last
+/// send of its response, rounded to the millisecond; no server name.
+pub const REQ_FLAG_SOCKET: u32 = 4;
+/// Socket record whose request line's end was not found in the bytes looked
+/// at: `http_version` is VERSION_UNKNOWN (0).
+pub const REQ_FLAG_NO_VERSION: u32 = 8;
+/// Socket record of a pipelined request (made by nginx from bytes read with
+/// the previous one): its request line was not read, method and version are
+/// unknown and its bytes received count in the previous request.
+pub const REQ_FLAG_NO_LINE: u32 = 16;
 
 /// Byte offsets into nginx's structs for one nginx build. All are offsets
 /// from the start of the named struct; `cached_time_from_fn` is the distance

@@ -31,6 +31,7 @@
 #![feature(core_intrinsics)]
 
 mod payload;
+mod red;
 mod request_uprobe;
 mod tcp_health;
 
@@ -272,6 +273,7 @@ fn on_established(sk: *const c_void) {
     let init = Conn {
         slot,
         phase: PHASE_WAITING,
+        port,
         // SAFETY: helper without arguments.
         accepted_ns: unsafe { bpf_ktime_get_ns() },
         ..Conn::default()
@@ -283,6 +285,17 @@ fn on_established(sk: *const c_void) {
         // SAFETY: as above.
         unsafe { add_u(&raw mut (*g).conn_map_full, 1) };
     }
+}
+
+/// The socket's local port (host order), 0 if it cannot be read.
+#[inline(always)]
+fn local_port(sk: *const c_void) -> u16 {
+    let off = offsets();
+    if off.valid == 0 {
+        return 0;
+    }
+    // SAFETY: a kernel read at an offset from this kernel's BTF.
+    unsafe { bpf_probe_read_kernel((sk as *const u8).add(off.skc_num as usize) as *const u16) }.unwrap_or(0)
 }
 
 /// nginx closed the connection (FIN_WAIT1 / LAST_ACK), or it was reset: it
@@ -305,6 +318,7 @@ fn close_conn(conn: *mut Conn) {
         let Some(st) = stats((*conn).slot) else {
             return;
         };
+        red::closing(conn, st);
         set_phase(conn, st, PHASE_WAITING);
         (*conn).phase = PHASE_CLOSED;
         add_i(&raw mut (*st).active, -1);
@@ -318,6 +332,10 @@ pub fn ngx_destroy_sock(ctx: BtfTracePointContext) -> u32 {
     if let Some(conn) = conn_of(sk) {
         tcp_health::on_destroy(sk, conn);
         close_conn(conn);
+        // SAFETY: `conn` comes from a storage lookup in this invocation.
+        if let Some(st) = stats(unsafe { (*conn).slot }) {
+            red::destroyed(conn, st);
+        }
     }
     0
 }
@@ -341,6 +359,7 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
         }
         if (*conn).phase != PHASE_WAITING {
             // Reading the rest of a header, or a request body: same request.
+            red::received(conn, ret);
             return 0;
         }
         let a = syscall_args();
@@ -370,6 +389,7 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
             // lines into the header buffer, whose size the first read showed
             // (a smaller read finishes a pipelined request nginx already made).
             if want != (*conn).first_read_size || reads_into_stack(&a) {
+                red::received(conn, ret);
                 return 0;
             }
         }
@@ -380,6 +400,10 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
         (*conn).requests = (*conn).requests.wrapping_add(1);
         (*conn).resp_started = 0;
         (*conn).sendfile_left = 0;
+        if (*conn).port == 0 {
+            (*conn).port = local_port(sk);
+        }
+        red::start(conn, st, &a, ret);
         set_phase(conn, st, PHASE_READING);
     }
     0
@@ -416,8 +440,16 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: `conn` and `st` come from lookups in this invocation.
     unsafe {
         let phase = (*conn).phase;
-        if phase == PHASE_CLOSED || (*conn).unparsed != UNPARSED_NONE {
-            // Closed, or not HTTP/1.x: it stays waiting (see mark_unparsed).
+        if (*conn).unparsed != UNPARSED_NONE {
+            // Not HTTP/1.x: it stays waiting (see mark_unparsed).
+            return 0;
+        }
+        if phase == PHASE_CLOSED {
+            // Reset before nginx answered: the status it tries to send is
+            // the one it logs (red::closing).
+            if (*conn).req_start_ns != 0 {
+                red::response(conn, &syscall_args());
+            }
             return 0;
         }
         let Some(st) = stats((*conn).slot) else {
@@ -432,6 +464,7 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
                 if !(is_plain_write(&a) && a.arg3 == CONTINUE_LEN && write_head(&a) == Head::Interim) {
                     (*conn).resp_started = 1;
                     inc_local(&raw mut (*st).responses);
+                    red::response(conn, &a);
                 }
             } else if started && phase == PHASE_WAITING && a.nr != SYS_SENDFILE && write_head(&a) == Head::Final {
                 // A new status line after a complete response with no read in
@@ -440,11 +473,17 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
                 inc_local(&raw mut (*st).requests);
                 inc_local(&raw mut (*st).responses);
                 (*conn).requests = (*conn).requests.wrapping_add(1);
+                red::pipelined(conn, st);
+                red::response(conn, &a);
             } else if !started && phase == PHASE_WAITING {
                 // Found open at start, mid-request: nginx counted that request
                 // before we watched; just follow the response.
                 (*conn).resp_started = 1;
             }
+            red::sent(conn, ret);
+        } else if (*conn).resp_started == 0 && (phase == PHASE_READING || phase == PHASE_WRITING) {
+            // A failed first write (reset): nginx logs the status it tried.
+            red::response(conn, &a);
         }
         let blocked = is_blocked(sk, &a, ret);
         if blocked {
@@ -457,6 +496,7 @@ pub fn ngx_send(ctx: BtfTracePointContext) -> u32 {
         let next = if blocked || unfinished || (*conn).resp_started == 0 {
             PHASE_WRITING
         } else {
+            red::completed(conn);
             PHASE_WAITING
         };
         set_phase(conn, st, next);

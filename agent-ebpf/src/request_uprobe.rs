@@ -28,7 +28,7 @@ use aya_ebpf::{
 
 /// 4 MiB: ~87,000 records between two drains by user space.
 #[map]
-static REQUESTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub(crate) static REQUESTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 #[map]
 static REQ_OFFSETS: Array<NginxOffsets> = Array::with_max_entries(MAX_NGINX_BINARIES, 0);
@@ -82,7 +82,7 @@ pub fn ngx_free_request(ctx: ProbeContext) -> u32 {
 const WAKEUP_BYTES: u64 = 512 << 10;
 
 #[inline(always)]
-fn wakeup_flags() -> u64 {
+pub(crate) fn wakeup_flags() -> u64 {
     if REQUESTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {

@@ -18,6 +18,8 @@
 //!   metric; plaintext counting keeps working.
 //! - Label sets beyond the per-instance cap fold into `_OTHER`, counted;
 //!   `server_name_label` names the server block that answered.
+//! - Without the uprobe (`uprobe: never`, or a build it refuses) the socket
+//!   probes make the records of plaintext HTTP/1.x, equal to the log too.
 use ngxprobe_e2e::agent::Agent;
 use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
@@ -502,14 +504,24 @@ fn unknown_build_is_refused_and_plaintext_still_counted() {
         },
     )
     .expect("plaintext requests counted");
+    // Without the uprobe, the instance's per-request metrics come from the
+    // socket probes (plaintext HTTP/1.x): the same 7 requests.
     let scrape = agent.scrape().expect("scrape");
-    assert!(
-        !scrape
-            .samples
-            .iter()
-            .any(|s| s.name.starts_with(DURATION) && s.label("conf_path") == Some(conf.as_str())),
-        "per-request series for a refused build"
+    assert_eq!(scrape.value(SOCKET, &conf).expect("one"), Some(1.0), "{SOCKET}");
+    let n = poll(
+        "7 requests in the per-request histograms",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let n = total(&agent_sums(&agent.scrape()?, &conf));
+            Ok(if n == 7 {
+                Poll::Ready(n)
+            } else {
+                Poll::Pending(format!("{n}"))
+            })
+        },
     );
+    assert_eq!(n.expect("socket-path records"), 7);
 }
 
 #[test]
@@ -600,4 +612,152 @@ fn new_workers_after_reload_and_crash_are_counted() {
             .expect("scrape")
             .sum_where("ngxprobe_per_request_records_lost_total", "reason", "unattributed");
     assert_eq!(unattributed, 0.0, "records of new workers not attributed");
+}
+
+const SOCKET: &str = "ngxprobe_per_request_socket_probes";
+const UNLABELLED: &str = "ngxprobe_per_request_socket_unlabelled_total";
+
+/// Moves `n` requests of `from` to `to` in an oracle view (labels the socket
+/// probes cannot read, by construction of the traffic).
+fn move_count(m: &mut BTreeMap<Key, Sums>, from: &Key, to: Key, n: u64) {
+    let f = m
+        .get_mut(from)
+        .unwrap_or_else(|| panic!("no {from:?} in the access log"));
+    assert!(f.count >= n, "{from:?}: {} < {n}", f.count);
+    f.count -= n;
+    if f.count == 0 {
+        m.remove(from);
+    }
+    m.entry(to).or_default().count += n;
+}
+
+/// With `per_request.uprobe: never` the socket probes make the per-request
+/// records of plaintext HTTP/1.x: counts per (method, status, protocol
+/// version, scheme, port) equal nginx's access log exactly, across methods,
+/// statuses, keep-alive and close, HTTP/1.0, a POST body and pipelining. The
+/// labels they cannot read are `_OTHER` and counted, never guessed:
+/// pipelined requests (their request line was read with the previous one)
+/// and a request line longer than the bytes looked at.
+#[test]
+fn socket_path_red_matches_the_access_log() {
+    if require_tool("curl", "cargo xtask setup installs it").is_none() {
+        return;
+    }
+    let _g = guard("socket_path_red_matches_the_access_log");
+    let nginx = Nginx::start(NginxOptions {
+        access_log: true,
+        main_locations: statuses_locations([201, 503].into_iter()) + "        location = /moved { return 301 /; }\n",
+        ..Default::default()
+    })
+    .expect("nginx");
+    let agent = Agent::start_with_config("per_request:\n  uprobe: never\n").expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    poll(
+        "the socket probes to make the instance's per-request records",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let s = agent.scrape()?;
+            let (sock, att) = (s.value(SOCKET, &conf)?, s.value(ATTACHED, &conf)?);
+            Ok(if sock == Some(1.0) && att == Some(0.0) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{SOCKET} = {sock:?}, {ATTACHED} = {att:?}"))
+            })
+        },
+    )
+    .expect("socket path on");
+    let skip = log_lines(&nginx);
+    let addr = nginx.main_addr();
+    let base = format!("http://{addr}");
+    let url = |p: &str| format!("{base}{p}");
+    // Keep-alive: 200, 404, 301 (return), 201, 503, a static file.
+    let paths = ["/", "/missing", "/moved", "/s/201", "/s/503", "/index.html"];
+    let urls: Vec<String> = paths.iter().map(|p| url(p)).collect();
+    curl(&[], &urls).expect("curl keep-alive");
+    // Connection: close on each, HTTP/1.0 (closes), HEAD.
+    curl(&["-H", "Connection: close"], &urls[..4]).expect("curl close");
+    curl(&["--http1.0"], &urls[..3]).expect("curl http/1.0");
+    curl(&["-I"], &urls[..3]).expect("curl HEAD");
+    // POST with a body: 201 from `return`, 405 from a static file; PUT, DELETE.
+    curl(&["-d", &"x".repeat(3000)], &[url("/s/201"), url("/")]).expect("curl POST");
+    curl(&["-X", "PUT", "-d", "abc"], &[url("/s/201")]).expect("curl PUT");
+    curl(&["-X", "DELETE"], &[url("/s/201")]).expect("curl DELETE");
+    // Pipelined: one write of 5 requests; nginx reads them at once and makes
+    // the last 4 from bytes already read.
+    let piped = 5;
+    let r = clients::pipelined(addr, "/index.html", piped).expect("pipelined");
+    assert!(r.iter().all(|x| x.status == 200), "pipelined statuses");
+    // A request line longer than the probes look at (128 bytes): 404.
+    let long = format!("/{}", "a".repeat(200));
+    curl(&[], &[url(&long)]).expect("curl long line");
+    // wrk: many keep-alive requests.
+    if require_tool("wrk", "cargo xtask setup installs it").is_some() {
+        let w = clients::wrk(&["-t1", "-c4", "-d1s", &url("/")], Duration::from_secs(1)).expect("wrk");
+        assert!(w.requests > 0, "wrk made no requests");
+    }
+
+    let (log, ours) = quiesce(&agent, &nginx, skip);
+    let port = addr.port().to_string();
+    let k = |m: &str, s: &str, v: &str| -> Key { (m.into(), s.into(), v.into(), "http".into(), port.clone()) };
+    let mut want = log.clone();
+    move_count(
+        &mut want,
+        &k("GET", "200", "1.1"),
+        k("_OTHER", "200", "_OTHER"),
+        piped as u64 - 1,
+    );
+    move_count(&mut want, &k("GET", "404", "1.1"), k("GET", "404", "_OTHER"), 1);
+    eprintln!("[e2e] access log: {} requests in {} label sets", total(&log), log.len());
+    for key in want.keys().chain(ours.keys().filter(|x| !want.contains_key(*x))) {
+        let l = want.get(key).copied().unwrap_or_default();
+        let o = ours.get(key).copied().unwrap_or_default();
+        eprintln!("[e2e]   {key:?}: log {l:?} / agent {o:?}");
+    }
+    for (m, s, v) in [
+        ("GET", "301", "1.1"),
+        ("GET", "301", "1.0"),
+        ("HEAD", "200", "1.1"),
+        ("POST", "405", "1.1"),
+        ("POST", "201", "1.1"),
+        ("PUT", "201", "1.1"),
+        ("DELETE", "201", "1.1"),
+        ("GET", "503", "1.1"),
+    ] {
+        assert!(want.contains_key(&k(m, s, v)), "no {m} {s} HTTP/{v} in the access log");
+    }
+    assert_eq!(
+        counts(&ours),
+        counts(&want),
+        "requests per label set: agent vs access log"
+    );
+    // Sizes, where the traffic leaves no doubt which requests a label set
+    // holds (not the ones moved above): the request bytes are nginx's
+    // $request_length for requests without a body (the probes count a body
+    // nginx discards, nginx does not), the response body bytes its
+    // $body_bytes_sent; in total the body bytes are equal too.
+    let moved = [k("GET", "200", "1.1"), k("GET", "404", "1.1")];
+    for (key, l) in &want {
+        if key.0 == "_OTHER" || key.2 == "_OTHER" || moved.contains(key) {
+            continue;
+        }
+        if ["GET", "HEAD", "DELETE"].contains(&key.0.as_str()) {
+            assert_eq!(ours[key].request_bytes, l.request_bytes, "{key:?}: request bytes");
+        }
+        assert_eq!(ours[key].body_bytes, l.body_bytes, "{key:?}: response body bytes");
+    }
+    let body = |m: &BTreeMap<Key, Sums>| m.values().map(|s| s.body_bytes).sum::<u64>();
+    assert_eq!(body(&ours), body(&log), "response body bytes in total");
+    let scrape = agent.scrape().expect("scrape");
+    let unl = |reason: &str| scrape.value_with(UNLABELLED, &conf, "reason", reason);
+    assert_eq!(
+        unl("pipelined"),
+        (piped - 1) as f64,
+        "{UNLABELLED}{{reason=\"pipelined\"}}"
+    );
+    assert_eq!(unl("no_version"), 1.0, "{UNLABELLED}{{reason=\"no_version\"}}");
+    assert_eq!(unl("no_response"), 0.0, "{UNLABELLED}{{reason=\"no_response\"}}");
+    let lost = scrape.sum_by("ngxprobe_per_request_records_lost_total", "reason");
+    assert!(lost.values().all(|v| *v == 0.0), "records lost: {lost:?}");
 }

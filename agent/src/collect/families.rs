@@ -147,7 +147,14 @@ impl Collector {
             // Requests on TLS and HTTP/2 connections, which the socket
             // probes leave out, come from the uprobe when it is attached.
             let uprobe_requests = match (&mut per_request, &self.per_request) {
-                (Some(f), Some(pr)) => f.add_instance(pr, key, t.inst.master_pid, &labels),
+                (Some(f), Some(pr)) => f.add_instance(
+                    pr,
+                    key,
+                    t.inst.master_pid,
+                    &labels,
+                    t.socket_requests,
+                    totals.red_ring_full,
+                ),
                 _ => 0,
             };
             accepted.push_owned(labels.clone(), s.accepted as f64);

@@ -42,6 +42,10 @@ pub(super) struct Tracked {
     pub workers: WorkerTrack,
     /// Its listeners as the kernel saw them at the last poll (collect::listen).
     pub listen: super::listen::ListenState,
+    /// The socket programs make its per-request records (RED_SLOTS is on
+    /// for its slot): per_request is enabled and the uprobe is not attached
+    /// to its executable.
+    pub socket_requests: bool,
 }
 
 /// Scans an instance is kept unchanged while one of its processes cannot be
@@ -155,10 +159,42 @@ impl Collector {
             pr.cfg.server_name_label,
             &mut report.per_request,
         );
-        let mut agg = pr.agg.lock();
-        agg.set_pids(pids);
-        for k in forgotten {
-            agg.forget(k);
+        {
+            let mut agg = pr.agg.lock();
+            agg.set_pids(pids);
+            for k in forgotten {
+                agg.forget(k);
+            }
+        }
+        // Per instance, one source of per-request records: the uprobe where
+        // it is attached to the instance's executable, else the socket
+        // programs (plaintext HTTP/1.x only). An instance whose attachment
+        // state is unknown this scan (its executable could not be examined)
+        // keeps its source. Attaching happened above, before the socket
+        // records are turned off; detaching too, before they are turned on.
+        let never = pr.cfg.uprobe == UprobeMode::Never;
+        let mut errors = Vec::new();
+        for t in self.instances.values_mut() {
+            if t.stopped_since.is_some() {
+                continue;
+            }
+            let want = if never {
+                true
+            } else {
+                match pr.attached.get(&t.inst.master_pid) {
+                    Some(attached) => !attached,
+                    None => continue,
+                }
+            };
+            if want != t.socket_requests {
+                match self.probe.set_socket_requests(t.slot, want) {
+                    Ok(()) => t.socket_requests = want,
+                    Err(e) => errors.push(format!("per-request records from the socket probes: {e}")),
+                }
+            }
+        }
+        for e in errors {
+            self.error(report, PROBE_ERROR, e);
         }
     }
 
@@ -241,6 +277,7 @@ impl Collector {
                                 unparsed_logged: [false; 3],
                                 workers: WorkerTrack::default(),
                                 listen: Default::default(),
+                                socket_requests: false,
                             },
                         );
                     }

@@ -200,6 +200,8 @@ impl Probe {
             t.unparsed_tls = t.unparsed_tls.wrapping_add(s.unparsed_tls);
             t.unparsed_http2 = t.unparsed_http2.wrapping_add(s.unparsed_http2);
             t.unparsed_other = t.unparsed_other.wrapping_add(s.unparsed_other);
+            t.red_records = t.red_records.wrapping_add(s.red_records);
+            t.red_ring_full = t.red_ring_full.wrapping_add(s.red_ring_full);
         }
         Ok(t)
     }
@@ -216,6 +218,10 @@ impl Probe {
         self.stats
             .set(slot, zero, 0)
             .map_err(|e| ProbeError::Map("STATS", e.to_string()))?;
+        // A reused slot starts without socket per-request records: the
+        // per-request reconcile turns them on once it knows the instance has
+        // no uprobe (never both for one instance).
+        self.set_socket_requests(slot, false)?;
         self.reset_tcp_slot(slot)
     }
 

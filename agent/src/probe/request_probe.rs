@@ -22,6 +22,8 @@ pub(super) struct RequestMaps {
     offsets: Array<MapData, NginxOffsets>,
     stats: PerCpuArray<MapData, RequestProbeStats>,
     ring: Option<RingBuf<MapData>>,
+    /// Slot → 1 if the socket programs make per-request records for it.
+    socket_slots: Array<MapData, u32>,
     links: BTreeMap<u32, UProbeLinkId>,
     loaded: bool,
 }
@@ -34,10 +36,13 @@ impl RequestMaps {
             .map_err(|e| ProbeError::Map("REQ_STATS", e.to_string()))?;
         let ring = RingBuf::try_from(super::take_map(ebpf, "REQUESTS")?)
             .map_err(|e| ProbeError::Map("REQUESTS", e.to_string()))?;
+        let socket_slots = Array::try_from(super::take_map(ebpf, "RED_SLOTS")?)
+            .map_err(|e| ProbeError::Map("RED_SLOTS", e.to_string()))?;
         Ok(RequestMaps {
             offsets,
             stats,
             ring: Some(ring),
+            socket_slots,
             links: BTreeMap::new(),
             loaded: false,
         })
@@ -48,6 +53,15 @@ impl Probe {
     /// The ring buffer of request records, for the one consumer (once).
     pub fn take_request_ring(&mut self) -> Option<RingBuf<MapData>> {
         self.requests.ring.take()
+    }
+
+    /// Turns the socket programs' per-request records for instance `slot`
+    /// on or off (plaintext HTTP/1.x only; see agent-ebpf/src/red.rs).
+    pub fn set_socket_requests(&mut self, slot: u32, on: bool) -> Result<(), ProbeError> {
+        self.requests
+            .socket_slots
+            .set(slot, u32::from(on), 0)
+            .map_err(|e| ProbeError::Map("RED_SLOTS", e.to_string()))
     }
 
     /// Attaches the request uprobe to `exe` (every process running that file

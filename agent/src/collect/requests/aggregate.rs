@@ -5,7 +5,9 @@ use std::{
     path::PathBuf,
 };
 
-use agent_common::{REQ_FLAG_HTTP2, REQ_FLAG_SSL, RequestRecord};
+use agent_common::{
+    REQ_FLAG_HTTP2, REQ_FLAG_NO_LINE, REQ_FLAG_NO_VERSION, REQ_FLAG_SOCKET, REQ_FLAG_SSL, RequestRecord,
+};
 
 use super::config::PerRequestConfig;
 use crate::discover::InstanceKey;
@@ -93,7 +95,19 @@ pub struct InstanceRequests {
     /// Requests over TLS or HTTP/2: the socket probes do not parse those
     /// connections, so these are the requests they leave out.
     pub unparsed_conn_requests: u64,
+    /// Socket-probe records with a label the probes could not read, by
+    /// reason (SOCKET_UNLABELLED order): counted under `_OTHER`, not guessed.
+    pub socket_unlabelled: [u64; 3],
 }
+
+/// Reasons a socket-probe record has `_OTHER` labels, in
+/// `InstanceRequests::socket_unlabelled` order: `pipelined` (nginx made the
+/// request from bytes read with the previous one, so its request line was
+/// never read: method and version `_OTHER`, and its bytes count in the
+/// previous request), `no_version` (the request line's end was not in the
+/// first bytes of the read: version `_OTHER`), `no_response` (no status line
+/// was sent, e.g. the client closed first: status `_OTHER`).
+pub const SOCKET_UNLABELLED: [&str; 3] = ["pipelined", "no_version", "no_response"];
 
 /// nginx's method bits (ngx_http_request.h) → OpenTelemetry's known methods.
 fn method_name(bit: u32) -> &'static str {
@@ -203,9 +217,12 @@ impl Aggregator {
         } else {
             rec.status
         };
+        let socket = rec.flags & REQ_FLAG_SOCKET != 0;
         let mut key = SeriesKey {
             method: method_name(rec.method),
-            status: u16::try_from(status).ok().filter(|s| *s < 1000),
+            // The socket probes see no status for a request without a
+            // response (nginx logs 499, 408, 444, ...): `_OTHER`.
+            status: u16::try_from(status).ok().filter(|s| *s < 1000 && !(socket && *s == 0)),
             version: version_name(rec.http_version),
             scheme: if rec.flags & REQ_FLAG_SSL != 0 { "https" } else { "http" },
             port: rec.port,
@@ -216,6 +233,16 @@ impl Aggregator {
         let entry = self.instances.entry(inst).or_default();
         if rec.flags & (REQ_FLAG_SSL | REQ_FLAG_HTTP2) != 0 {
             entry.unparsed_conn_requests += 1;
+        }
+        if socket {
+            if rec.flags & REQ_FLAG_NO_LINE != 0 {
+                entry.socket_unlabelled[0] += 1;
+            } else if rec.flags & REQ_FLAG_NO_VERSION != 0 {
+                entry.socket_unlabelled[1] += 1;
+            }
+            if key.status.is_none() {
+                entry.socket_unlabelled[2] += 1;
+            }
         }
         if !entry.series.contains_key(&key) && entry.series.len() >= self.max_series {
             entry.folded += 1;
@@ -346,6 +373,44 @@ mod tests {
         assert_eq!(i.unparsed_conn_requests, 2);
         let versions: Vec<_> = i.series.keys().map(|k| (k.version, k.scheme)).collect();
         assert!(versions.contains(&("2", "http")) && versions.contains(&("1.1", "https")));
+    }
+
+    #[test]
+    fn socket_records_without_a_label_are_other_and_counted() {
+        let mut a = agg(10);
+        let mut r = rec(10, 200, 1);
+        r.flags = REQ_FLAG_SOCKET;
+        a.record(&r);
+        r.flags = REQ_FLAG_SOCKET | REQ_FLAG_NO_LINE | REQ_FLAG_NO_VERSION;
+        r.method = agent_common::METHOD_UNKNOWN;
+        r.http_version = agent_common::VERSION_UNKNOWN;
+        a.record(&r);
+        r.flags = REQ_FLAG_SOCKET | REQ_FLAG_NO_VERSION;
+        r.method = 8;
+        a.record(&r);
+        r.flags = REQ_FLAG_SOCKET;
+        r.http_version = 1001;
+        r.status = 0;
+        a.record(&r);
+        let i = a.instance(&key("/a")).unwrap();
+        assert_eq!(i.socket_unlabelled, [1, 1, 1]);
+        assert_eq!(i.unparsed_conn_requests, 0);
+        let keys: Vec<_> = i.series.keys().map(|k| (k.method, k.status, k.version)).collect();
+        assert!(keys.contains(&("GET", Some(200), "1.1")), "{keys:?}");
+        assert!(keys.contains(&(OTHER, Some(200), OTHER)), "{keys:?}");
+        assert!(keys.contains(&("POST", Some(200), OTHER)), "{keys:?}");
+        assert!(keys.contains(&("POST", None, "1.1")), "{keys:?}");
+        // The uprobe's HTTP/0.9 request without a status stays 009.
+        let mut u = rec(10, 0, 1);
+        u.http_version = 9;
+        a.record(&u);
+        assert!(
+            a.instance(&key("/a"))
+                .unwrap()
+                .series
+                .keys()
+                .any(|k| k.status == Some(9))
+        );
     }
 
     #[test]

@@ -35,8 +35,9 @@ pub enum UprobeMode {
     Auto,
     /// To every known nginx build (every request traps once).
     Always,
-    /// Nowhere: TLS and HTTP/2 requests are not counted (their connections
-    /// are reported as unparsed).
+    /// Nowhere: per-request records of plaintext HTTP/1.x come from the
+    /// socket probes; TLS and HTTP/2 requests are not counted (their
+    /// connections are reported as unparsed).
     Never,
 }
 

@@ -1,6 +1,6 @@
 //! The per-request families: OpenTelemetry HTTP server semantic conventions
 //! as Prometheus exports them, plus ngxprobe's own accounting of the uprobe.
-use super::{PerRequest, attach::REFUSAL_REASONS};
+use super::{PerRequest, SOCKET_UNLABELLED, attach::REFUSAL_REASONS};
 use crate::{
     discover::InstanceKey,
     metrics::{Family, HistogramValue, MetricType},
@@ -27,6 +27,10 @@ pub struct RequestFamilies {
     response_size: Family,
     folded: Family,
     attached: Family,
+    socket: Family,
+    socket_unlabelled: Family,
+    /// Socket-probe records lost to a full ring buffer, over the instances.
+    socket_ring_full: u64,
 }
 
 impl RequestFamilies {
@@ -47,22 +51,50 @@ impl RequestFamilies {
                  (per-request metrics and TLS/HTTP/2 request counts), else 0",
                 MetricType::Gauge,
             ),
+            socket: Family::new(
+                "ngxprobe_per_request_socket_probes",
+                "1 if the instance's per-request metrics come from the socket probes (plaintext HTTP/1.x only; \
+                 the uprobe is not attached to its executable), else 0",
+                MetricType::Gauge,
+            ),
+            socket_unlabelled: Family::new(
+                "ngxprobe_per_request_socket_unlabelled_total",
+                "Requests measured by the socket probes with labels they could not read, counted under \"_OTHER\", \
+                 by reason (pipelined: request line never read, method and version; no_version: the request line \
+                 ends past the first 128 bytes read, version; no_response: no status line sent, status)",
+                MetricType::Counter,
+            ),
+            socket_ring_full: 0,
         }
     }
 
     /// Adds one running instance; returns the requests on TLS and HTTP/2
     /// connections the uprobe counted while it was attached (0 if never).
+    /// `socket`: the socket probes make its records (`socket_ring_full` of
+    /// them were lost, from its slot's counters).
     pub fn add_instance(
         &mut self,
         pr: &PerRequest,
         key: &InstanceKey,
         master_pid: u32,
         labels: &[(String, String)],
+        socket: bool,
+        socket_ring_full: u64,
     ) -> u64 {
         let attached = pr.attached.get(&master_pid).copied().unwrap_or(false);
         self.attached
             .push_owned(labels.to_vec(), if attached { 1.0 } else { 0.0 });
+        self.socket.push_owned(labels.to_vec(), if socket { 1.0 } else { 0.0 });
+        self.socket_ring_full = self.socket_ring_full.saturating_add(socket_ring_full);
         let agg = pr.agg.lock();
+        let unlabelled = agg.instance(key).map(|i| i.socket_unlabelled).unwrap_or_default();
+        if socket || unlabelled.iter().any(|n| *n > 0) {
+            for (reason, n) in SOCKET_UNLABELLED.iter().zip(unlabelled) {
+                let mut l = labels.to_vec();
+                l.push(("reason".into(), (*reason).into()));
+                self.socket_unlabelled.push_owned(l, n as f64);
+            }
+        }
         let Some(inst) = agg.instance(key) else {
             if attached {
                 self.folded.push_owned(labels.to_vec(), 0.0);
@@ -106,7 +138,10 @@ impl RequestFamilies {
             let n = pr.attachments.refused.get(r).copied().unwrap_or(0);
             refused.push(&[("reason", r)], n as f64);
         }
-        let (mut ring_full, mut read_errors) = (pr.attachments.retired_ring_full, pr.attachments.retired_read_errors);
+        let (mut ring_full, mut read_errors) = (
+            pr.attachments.retired_ring_full + self.socket_ring_full,
+            pr.attachments.retired_read_errors,
+        );
         for idx in pr.attachments.attached() {
             if let Ok(st) = probe.request_probe_stats(idx) {
                 ring_full += st.ring_full;
@@ -115,8 +150,8 @@ impl RequestFamilies {
         }
         let mut lost = Family::new(
             "ngxprobe_per_request_records_lost_total",
-            "Requests seen by the uprobe but missing from the http_server_* families, by reason (ring_full: the \
-             ring buffer to the agent was full; read_error: nginx's memory could not be read; unattributed: the \
+            "Requests seen by the uprobe or the socket probes but missing from the http_server_* families, by \
+             reason (ring_full: the ring buffer to the agent was full; read_error: nginx's memory could not be read; unattributed: the \
              process belongs to no tracked instance)",
             MetricType::Counter,
         );
@@ -129,6 +164,8 @@ impl RequestFamilies {
             self.response_size,
             self.folded,
             self.attached,
+            self.socket,
+            self.socket_unlabelled,
             refused,
             lost,
         ]

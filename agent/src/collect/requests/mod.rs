@@ -16,7 +16,7 @@ use std::{
 use agent_common::RequestRecord;
 use aya::maps::{MapData, RingBuf};
 
-pub use aggregate::Aggregator;
+pub use aggregate::{Aggregator, SOCKET_UNLABELLED};
 pub use attach::{AttachNews, Attachments};
 pub use config::{PerRequestConfig, UprobeMode};
 
@@ -57,8 +57,9 @@ impl PerRequest {
 }
 
 /// Longest wait for records before checking for shutdown; also how late a
-/// record may be seen: the uprobe wakes the consumer only once many records
-/// wait (agent-ebpf/src/request_uprobe.rs WAKEUP_BYTES).
+/// record may be seen: the uprobe and the socket probes wake the consumer
+/// only once many records wait (agent-ebpf/src/request_uprobe.rs
+/// WAKEUP_BYTES).
 const POLL_MS: i32 = 200;
 
 /// Starts the thread that drains the ring buffer into the aggregator.
