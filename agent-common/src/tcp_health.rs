@@ -148,6 +148,9 @@ pub struct TcpOffsets {
     pub task_exit_code: u32,
     pub task_tgid: u32,
     pub task_real_parent: u32,
+    /// struct task_struct: pending.signal.sig[0] (the thread's own pending
+    /// signals, where a fatal signal puts SIGKILL for every thread).
+    pub task_pending_signal: u32,
     /// Non-zero once userspace filled the struct in.
     pub valid: u32,
 }
@@ -166,7 +169,7 @@ const _: () = assert!(core::mem::size_of::<TcpKey>() == 8);
 const _: () = assert!(core::mem::size_of::<TcpCounters>() == 80);
 const _: () = assert!(core::mem::size_of::<ConnHists>() == 5 * 33 * 8);
 const _: () = assert!(core::mem::size_of::<WorkerExits>() == 34 * 8);
-const _: () = assert!(core::mem::size_of::<TcpOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<TcpOffsets>() == 60);
 
 #[cfg(test)]
 mod tests {

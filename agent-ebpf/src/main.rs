@@ -393,6 +393,11 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
                 return 0;
             }
         }
+        if tcp_health::current_is_dying() {
+            // The worker was killed during this read: nginx never sees these
+            // bytes, so it makes no request of them.
+            return 0;
+        }
         let Some(st) = stats((*conn).slot) else {
             return 0;
         };

@@ -27,7 +27,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_storage_get},
+        generated::{bpf_get_current_task, bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_storage_get},
     },
     macros::{btf_map, btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
@@ -52,6 +52,7 @@ static TCP_OFFSETS: TcpOffsets = TcpOffsets {
     task_exit_code: 0,
     task_tgid: 0,
     task_real_parent: 0,
+    task_pending_signal: 0,
     valid: 0,
 };
 
@@ -118,6 +119,22 @@ fn local_port(sk: *const c_void, t: &TcpOffsets) -> u16 {
     u16::from_be(read_at::<u16>(sk, t.inet_sport))
 }
 
+/// True if the current thread is being killed (SIGKILL pending: kill -9,
+/// or a fatal signal to its process). A read that returns now is never
+/// seen by the program: the thread dies on its way back to user space.
+#[inline(always)]
+pub fn current_is_dying() -> bool {
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
+    let t = tcp_offsets();
+    if t.valid == 0 {
+        return false;
+    }
+    // SAFETY: the helper returns the current task; it is only read through
+    // bpf_probe_read_kernel.
+    let task = unsafe { bpf_get_current_task() } as *const c_void;
+    read_at::<u64>(task, t.task_pending_signal) & SIGKILL_BIT != 0
+}
+
 /// The counters of (slot, port), created on first use.
 #[inline(always)]
 fn counters(slot: u32, port: u16) -> Option<*mut TcpCounters> {
@@ -144,9 +161,12 @@ fn nginx_conn(sk: *const c_void) -> Option<(*mut Conn, u16)> {
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn ngx_tcp_retransmit(ctx: BtfTracePointContext) -> u32 {
+    // The tracepoint fires for every attempt. RetransSegs counts those that
+    // reached tcp_transmit_skb, including ones a qdisc or veth then dropped
+    // (err > 0, NET_XMIT_DROP); attempts given up before (err < 0: TSQ
+    // -EAGAIN, -ENOMEM, ...) it does not count, and neither do we.
     let err: i32 = ctx.arg(2);
-    if err != 0 {
-        // A failed attempt: nothing left the host (RetransSegs agrees).
+    if err < 0 {
         return 0;
     }
     let sk: *const c_void = ctx.arg(0);

@@ -65,6 +65,9 @@ pub fn tcp_offsets(path: &Path) -> Result<TcpOffsets, OffsetsError> {
         task_exit_code: field_offset(&btf, "task_struct", "exit_code")?,
         task_tgid: field_offset(&btf, "task_struct", "tgid")?,
         task_real_parent: field_offset(&btf, "task_struct", "real_parent")?,
+        // sigpending.signal is a sigset_t whose sig[0] holds signals 1-64.
+        task_pending_signal: field_offset(&btf, "task_struct", "pending")?
+            + field_offset(&btf, "sigpending", "signal")?,
         valid: 1,
     })
 }
@@ -175,6 +178,7 @@ mod tests {
         assert!(t.srtt_us > k.sk_sndbuf && t.bytes_sent > k.sk_sndbuf, "{t:?}");
         assert_eq!(t.chrono_stat % 4, 0);
         assert!(t.skb_gso_segs > 0 && t.task_real_parent > t.task_exit_code, "{t:?}");
+        assert!(t.task_pending_signal > 0, "{t:?}");
     }
 
     #[test]
