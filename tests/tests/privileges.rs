@@ -13,7 +13,7 @@ use ngxprobe_e2e::clients::wrk;
 use ngxprobe_e2e::measure::{assert_all, measure};
 use ngxprobe_e2e::nginx::{NginxOptions, config_text};
 use ngxprobe_e2e::oracle::{self, StubStatus};
-use ngxprobe_e2e::util::{self, ChildGuard, Poll, TempDir, children_of, poll, require_tool};
+use ngxprobe_e2e::util::{self, ChildGuard, Poll, TempDir, children_of, cmdline, is_alive, poll, require_tool};
 use ngxprobe_e2e::{Agent, AgentOptions, Nginx, guard};
 use std::collections::BTreeMap;
 use std::io;
@@ -552,16 +552,56 @@ fn as_a_non_root_user_with_file_capabilities_in_its_own_pid_namespace_like_the_d
         ..Default::default()
     })
     .expect("start the agent like the DaemonSet");
+    // unshare's child is the agent (pid 1 of its namespace). It is stopped
+    // by its own pid: unshare's --kill-child is a parent-death signal, which
+    // the kernel clears when a binary with file capabilities is executed.
+    let pid = poll(
+        "the agent under unshare",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            Ok(match children_of(agent.pid()).first() {
+                Some(p) if cmdline(*p).contains("ngxprobe") => Poll::Ready(*p),
+                other => Poll::Pending(format!("{other:?}")),
+            })
+        },
+    )
+    .expect("the agent under unshare");
+    let _stop = StopByPid(pid);
     agent.wait_instance_up(&nginx.conf_label()).expect("instance up");
     exercise(&agent, &nginx);
-    // unshare's child is the agent (pid 1 of its namespace).
-    let pid = *children_of(agent.pid()).first().expect("the agent under unshare");
     check_threads(pid, DISCOVERY, AGENT_UID).expect("thread capabilities");
     assert_eq!(
         own_pid_in_namespace(pid).as_deref(),
         Some("1"),
         "the agent runs in its own pid namespace"
     );
+}
+
+/// SIGTERM to a process the test started, then SIGKILL if it is still
+/// there after 5 s (bounded wait on /proc).
+struct StopByPid(i32);
+impl Drop for StopByPid {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the agent this test started, by its pid.
+        unsafe { libc::kill(self.0, libc::SIGTERM) };
+        let gone = poll(
+            "the agent to exit",
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            || {
+                Ok(if is_alive(self.0) {
+                    Poll::Pending("running".into())
+                } else {
+                    Poll::Ready(())
+                })
+            },
+        );
+        if gone.is_err() {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
 }
 
 /// The last NSpid entry of a process: its pid in its own pid namespace.
