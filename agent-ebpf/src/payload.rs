@@ -4,7 +4,7 @@
 //!
 //! Only x86_64 registers are decoded for now; elsewhere reads count as request
 //! starts and writes are classified by the socket alone.
-use agent_common::{FIRST_BYTES, UNPARSED_NONE, classify_first_bytes};
+use agent_common::{FIRST_BYTES, STATUS_HEAD, UNPARSED_NONE, classify_first_bytes, status_of_head};
 use aya_ebpf::helpers::{
     bpf_probe_read_user,
     generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
@@ -155,27 +155,13 @@ pub fn write_head(a: &SyscallArgs) -> Head {
         return Head::Other;
     };
     // SAFETY: as above.
-    let Ok(h) = (unsafe { bpf_probe_read_user(ptr as *const [u8; 12]) }) else {
+    let Ok(h) = (unsafe { bpf_probe_read_user(ptr as *const [u8; STATUS_HEAD]) }) else {
         return Head::Other;
     };
-    let status_line = h[0] == b'H'
-        && h[1] == b'T'
-        && h[2] == b'T'
-        && h[3] == b'P'
-        && h[4] == b'/'
-        && h[5] == b'1'
-        && h[6] == b'.'
-        && h[8] == b' '
-        && h[10].is_ascii_digit()
-        && h[11].is_ascii_digit();
-    if !status_line {
-        Head::Other
-    } else if h[9] == b'1' {
-        Head::Interim
-    } else if h[9] >= b'2' && h[9] <= b'5' {
-        Head::Final
-    } else {
-        Head::Other
+    match status_of_head(&h) {
+        100..=199 => Head::Interim,
+        200..=599 => Head::Final,
+        _ => Head::Other,
     }
 }
 
