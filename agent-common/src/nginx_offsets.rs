@@ -21,9 +21,10 @@ pub const REQ_FLAG_SSL: u32 = 1;
 /// `RequestRecord::flags`: the request is an HTTP/2 stream (`r->stream`).
 pub const REQ_FLAG_HTTP2: u32 = 2;
 /// `RequestRecord::flags`: made by the socket probes (plaintext HTTP/1.x on
-/// an instance without the uprobe), not by the uprobe. `duration_ms` is then
-/// the time from the read that started the request to the end of the last
-/// send of its response, rounded to the millisecond; no server name.
+/// an instance without the uprobe), not by the uprobe. `duration_us` is then
+/// the kernel's time from the read that started the request to the end of
+/// the last send of its response (microseconds: static files take less than
+/// nginx's millisecond clock resolves); no server name.
 pub const REQ_FLAG_SOCKET: u32 = 4;
 /// Socket record whose request line's end was not found in the bytes looked
 /// at: `http_version` is VERSION_UNKNOWN (0).
@@ -97,8 +98,10 @@ pub struct RequestRecord {
     /// Local port of the connection, host order (0 if not an inet socket).
     pub port: u16,
     pub _pad: u16,
-    /// `$request_time` in milliseconds (nginx's cached clock minus the start).
-    pub duration_ms: u64,
+    /// Microseconds: from the uprobe, `$request_time` (nginx's cached clock
+    /// minus the start, whole milliseconds × 1000); from the socket probes,
+    /// see REQ_FLAG_SOCKET.
+    pub duration_us: u64,
     /// `$request_length`: request line, headers and body bytes received.
     pub request_length: u64,
     /// `$bytes_sent`: bytes sent to the client (headers and body).
@@ -122,7 +125,7 @@ impl Default for RequestRecord {
             flags: 0,
             port: 0,
             _pad: 0,
-            duration_ms: 0,
+            duration_us: 0,
             request_length: 0,
             bytes_sent: 0,
             body_bytes_sent: 0,

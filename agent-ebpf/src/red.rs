@@ -32,7 +32,7 @@
 //!
 //! Cost per request with RED on: two clock reads, one 128-byte user read at
 //! the start, one or two small user reads at the response's first write,
-//! one ring buffer output (without waking the consumer: see request_uprobe's
+//! one ring buffer record written in place (without waking the consumer: see request_uprobe's
 //! wakeup_flags).
 //! Connections of instances with RED off pay one array lookup per request
 //! start.
@@ -236,28 +236,33 @@ fn emit(conn: *mut Conn, st: *mut SlotStats) {
         };
         let header = (*conn).red_header;
         let sent = (*conn).red_sent;
-        let rec = RequestRecord {
-            tgid: (*conn).red_tgid,
-            status: u32::from((*conn).red_status),
-            method: (*conn).red_method,
-            http_version: (*conn).red_version,
-            flags: u32::from((*conn).red_flags),
-            port: (*conn).port,
-            duration_ms: end.saturating_sub(start).saturating_add(500_000) / 1_000_000,
-            request_length: (*conn).red_received,
-            bytes_sent: sent,
-            body_bytes_sent: sent.saturating_sub(header),
-            ..RequestRecord::default()
-        };
-        // Process-context counters and softirq (close) may both write here:
-        // the adds are atomic like the gauges'.
+        // Written in place in the ring (no record built on the stack and
+        // copied). server_name_len 0: the bytes after it are not read.
         // Waking the consumer costs more than the rest of a request's work:
         // see wakeup_flags.
-        if REQUESTS.output::<RequestRecord>(&rec, wakeup_flags()).is_ok() {
-            crate::add_u(&raw mut (*st).red_records, 1);
-        } else {
+        let flags = wakeup_flags();
+        let Some(mut entry) = REQUESTS.reserve::<RequestRecord>(0) else {
             crate::add_u(&raw mut (*st).red_ring_full, 1);
-        }
+            return;
+        };
+        let rec = entry.as_mut_ptr();
+        (*rec).tgid = (*conn).red_tgid;
+        (*rec).status = u32::from((*conn).red_status);
+        (*rec).method = (*conn).red_method;
+        (*rec).http_version = (*conn).red_version;
+        (*rec).flags = u32::from((*conn).red_flags);
+        (*rec).port = (*conn).port;
+        (*rec)._pad = 0;
+        (*rec).duration_us = end.saturating_sub(start).saturating_add(500) / 1000;
+        (*rec).request_length = (*conn).red_received;
+        (*rec).bytes_sent = sent;
+        (*rec).body_bytes_sent = sent.saturating_sub(header);
+        (*rec).server_name_len = 0;
+        (*rec)._pad2 = 0;
+        entry.submit(flags);
+        // Process-context counters and softirq (close) may both write here:
+        // the adds are atomic like the gauges'.
+        crate::add_u(&raw mut (*st).red_records, 1);
     }
 }
 

@@ -189,7 +189,7 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
     rec.http_version = version as u32;
     rec.flags = flags;
     rec.port = port;
-    rec.duration_ms = ms.max(0) as u64;
+    rec.duration_us = ms.clamp(0, i64::MAX / 1000) as u64 * 1000;
     rec.request_length = req_len.max(0) as u64;
     rec.bytes_sent = sent.max(0) as u64;
     // As ngx_http_variable_body_bytes_sent computes it.

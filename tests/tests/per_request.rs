@@ -646,7 +646,9 @@ fn socket_path_red_matches_the_access_log() {
     let _g = guard("socket_path_red_matches_the_access_log");
     let nginx = Nginx::start(NginxOptions {
         access_log: true,
-        main_locations: statuses_locations([201, 503].into_iter()) + "        location = /moved { return 301 /; }\n",
+        main_locations: statuses_locations([201, 503].into_iter())
+            + "        location = /moved { return 301 /; }\n"
+            + "        location /slow/ { limit_rate 200k; rewrite ^/slow/(.*)$ /$1 break; }\n",
         ..Default::default()
     })
     .expect("nginx");
@@ -692,6 +694,9 @@ fn socket_path_red_matches_the_access_log() {
     // A request line longer than the probes look at (128 bytes): 404.
     let long = format!("/{}", "a".repeat(200));
     curl(&[], &[url(&long)]).expect("curl long line");
+    // A slow response (limit_rate: one second at full speed, then 200 kB/s):
+    // ~0.5 s, 206, many sends.
+    curl(&["-r", "0-299999"], &[url("/slow/big.bin")]).expect("curl slow");
     // wrk: many keep-alive requests.
     if require_tool("wrk", "cargo xtask setup installs it").is_some() {
         let w = clients::wrk(&["-t1", "-c4", "-d1s", &url("/")], Duration::from_secs(1)).expect("wrk");
@@ -749,6 +754,32 @@ fn socket_path_red_matches_the_access_log() {
     }
     let body = |m: &BTreeMap<Key, Sums>| m.values().map(|s| s.body_bytes).sum::<u64>();
     assert_eq!(body(&ours), body(&log), "response body bytes in total");
+    // Durations: the kernel's time from the request's first read to its
+    // last send (microseconds) against nginx's $request_time (its cached
+    // millisecond clock): per label set within max(1 ms per request, 5 %)
+    // (the label sets requests were moved between above: in total).
+    let within = |what: &str, o: Sums, l: Sums| {
+        let slack = (l.count as f64).max(0.05 * l.duration_ms as f64);
+        assert!(
+            (o.duration_ms as f64 - l.duration_ms as f64).abs() <= slack,
+            "{what}: duration sum {} ms, access log {} ms (± {slack} ms)",
+            o.duration_ms,
+            l.duration_ms
+        );
+    };
+    for (key, l) in &want {
+        if !(key.0 == "_OTHER" || key.2 == "_OTHER" || moved.contains(key)) {
+            within(&format!("{key:?}"), ours[key], *l);
+        }
+    }
+    let sum = |m: &BTreeMap<Key, Sums>| Sums {
+        count: total(m),
+        duration_ms: m.values().map(|s| s.duration_ms).sum(),
+        ..Default::default()
+    };
+    within("all requests", sum(&ours), sum(&log));
+    let slow = ours.get(&k("GET", "206", "1.1")).map(|s| s.duration_ms);
+    assert!(slow.is_some_and(|ms| ms >= 200), "limit_rate response took {slow:?} ms");
     let scrape = agent.scrape().expect("scrape");
     let unl = |reason: &str| scrape.value_with(UNLABELLED, &conf, "reason", reason);
     assert_eq!(

@@ -80,7 +80,8 @@ impl Hist {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SeriesStats {
-    /// Milliseconds (nginx's resolution).
+    /// Sum in microseconds (the uprobe's are whole milliseconds, nginx's
+    /// resolution).
     pub duration: Hist,
     pub request_size: Hist,
     pub response_size: Hist,
@@ -138,7 +139,8 @@ fn version_name(v: u32) -> &'static str {
 }
 
 pub struct Aggregator {
-    duration_bounds_ms: Vec<f64>,
+    /// Seconds.
+    duration_bounds: Vec<f64>,
     size_bounds: Vec<f64>,
     max_series: usize,
     server_name_label: bool,
@@ -155,7 +157,7 @@ pub struct Aggregator {
 impl Aggregator {
     pub fn new(cfg: &PerRequestConfig, proc_root: PathBuf) -> Self {
         Aggregator {
-            duration_bounds_ms: cfg.duration_buckets.iter().map(|s| s * 1000.0).collect(),
+            duration_bounds: cfg.duration_buckets.clone(),
             size_bounds: cfg.size_buckets.clone(),
             max_series: cfg.max_series_per_instance as usize,
             server_name_label: cfg.server_name_label,
@@ -228,7 +230,7 @@ impl Aggregator {
             port: rec.port,
             server_name: self.server_name_label.then(|| server_name_of(rec)),
         };
-        let n_durations = self.duration_bounds_ms.len();
+        let n_durations = self.duration_bounds.len();
         let n_sizes = self.size_bounds.len();
         let entry = self.instances.entry(inst).or_default();
         if rec.flags & (REQ_FLAG_SSL | REQ_FLAG_HTTP2) != 0 {
@@ -254,8 +256,10 @@ impl Aggregator {
             request_size: Hist::new(n_sizes),
             response_size: Hist::new(n_sizes),
         });
+        // Compared in seconds, as the bounds were given: 500 µs / 1e6 is
+        // the same double as a bound written 0.0005 (upper-inclusive holds).
         s.duration
-            .observe(&self.duration_bounds_ms, rec.duration_ms as f64, rec.duration_ms);
+            .observe(&self.duration_bounds, rec.duration_us as f64 / 1e6, rec.duration_us);
         s.request_size
             .observe(&self.size_bounds, rec.request_length as f64, rec.request_length);
         s.response_size
@@ -297,6 +301,10 @@ mod tests {
     }
 
     fn rec(tgid: u32, status: u32, ms: u64) -> RequestRecord {
+        rec_us(tgid, status, ms * 1000)
+    }
+
+    fn rec_us(tgid: u32, status: u32, us: u64) -> RequestRecord {
         RequestRecord {
             tgid,
             status,
@@ -304,7 +312,7 @@ mod tests {
             http_version: 1001,
             flags: 0,
             port: 8080,
-            duration_ms: ms,
+            duration_us: us,
             request_length: 100,
             bytes_sent: 300,
             body_bytes_sent: 200,
@@ -336,8 +344,23 @@ mod tests {
         assert_eq!(s.duration.counts[2], 1);
         assert_eq!(s.duration.counts[10], 1);
         assert_eq!(s.duration.counts[14], 1);
-        assert_eq!(s.duration.sum, 101_002);
+        assert_eq!(s.duration.sum, 101_002_000);
         assert_eq!(s.response_size.sum, 1000);
+    }
+
+    /// Socket-probe durations are microseconds: a static file's 80 µs lands
+    /// at or below 0.5 ms, not in nginx's "0 ms"; exactly 500 µs stays in
+    /// the 0.5 ms bucket (upper-inclusive), 501 µs does not.
+    #[test]
+    fn sub_millisecond_durations_resolve() {
+        let mut a = agg(10);
+        for us in [80, 500, 501, 2_499, 2_501] {
+            a.record(&rec_us(10, 200, us));
+        }
+        let i = a.instance(&key("/a")).unwrap();
+        let s = i.series.values().next().unwrap();
+        assert_eq!(&s.duration.counts[..4], &[2, 1, 1, 1]);
+        assert_eq!(s.duration.sum, 80 + 500 + 501 + 2_499 + 2_501);
     }
 
     #[test]

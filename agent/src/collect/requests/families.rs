@@ -109,7 +109,7 @@ impl RequestFamilies {
             l.extend(k.labels().into_iter().map(|(n, v)| (n.to_string(), v)));
             self.duration.push_histogram(
                 l.clone(),
-                &HistogramValue::from_bucket_counts(ms, &s.duration.counts, s.duration.sum as f64 / 1000.0),
+                &HistogramValue::from_bucket_counts(ms, &s.duration.counts, s.duration.sum as f64 / 1e6),
             );
             self.request_size.push_histogram(
                 l.clone(),
