@@ -1,6 +1,7 @@
 //! ngxprobe end-to-end harness: real nginx, real agent, real clients.
 //!
 //! * [`nginx`]: a private nginx instance on loopback (child process, killed by PID).
+//! * [`nginx_dev`]: nginx's structs as Debian built them (nginx-dev), compiled: offsetof() and DWARF.
 //! * [`netns`]: network namespaces the test creates, their TCP counters as an oracle.
 //! * [`oracle`]: nginx's own stub_status, the reference numbers.
 //! * [`agent`]: the ngxprobe binary (`$NGXPROBE_BIN`), its /readyz and /metrics.
@@ -29,6 +30,7 @@ pub mod measure;
 pub mod metrics_text;
 pub mod netns;
 pub mod nginx;
+pub mod nginx_dev;
 pub mod oracle;
 pub mod pki;
 pub mod prometheus;

@@ -25,7 +25,7 @@ use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, find_tool};
 use ngxprobe_e2e::protocol_clients::{curl, h2load, h2load_streams};
-use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool};
+use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool, skip_or_fail};
 use ngxprobe_e2e::{clients, guard, oracle};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -522,6 +522,77 @@ fn unknown_build_is_refused_and_plaintext_still_counted() {
         },
     );
     assert_eq!(n.expect("socket-path records"), 7);
+}
+
+/// A build the table does not know but that carries DWARF (as nginx built
+/// from source does: its configure compiles with -g): the agent reads the
+/// offsets from the executable's .debug_info, attaches, says so, and the
+/// per-request metrics equal the access log. The DWARF is gcc's for
+/// Debian's headers (nginx-dev), added to the patched copy by objcopy.
+#[test]
+fn dwarf_in_the_executable_maps_an_unknown_build() {
+    let _g = guard("dwarf_in_the_executable_maps_an_unknown_build");
+    let dev = match ngxprobe_e2e::nginx_dev::NginxDev::configure() {
+        Ok(Some(d)) => d,
+        Ok(None) => return skip_or_fail("nginx-dev not installed (cargo xtask setup installs it)"),
+        Err(e) => panic!("{e:#}"),
+    };
+    if require_tool("objcopy", "cargo xtask setup installs binutils").is_none() {
+        return;
+    }
+    let bin_dir = TempDir::new("nginx-bin").expect("tempdir");
+    let bin = patched_nginx(&bin_dir);
+    let debug = dev.debug_object(5).expect("DWARF of Debian's headers");
+    ngxprobe_e2e::nginx_dev::add_debug_sections(&debug, &bin).expect("objcopy");
+    let (nginx, agent, conf, skip) = start_attached(
+        NginxOptions {
+            bin: Some(bin.clone()),
+            access_log: true,
+            main_locations: statuses_locations([201, 404].into_iter()),
+            ..Default::default()
+        },
+        Some("per_request:\n  uprobe: always\n"),
+    );
+    let pid = format!("pid {}", nginx.master_pid());
+    let line = poll(
+        "the agent to log the attachment",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+            Ok(
+                match log
+                    .lines()
+                    .find(|l| l.contains("uprobe on ngx_http_free_request attached") && l.contains(&pid))
+                {
+                    Some(l) => Poll::Ready(l.to_string()),
+                    None => Poll::Pending("not logged".into()),
+                },
+            )
+        },
+    )
+    .expect("attachment logged");
+    eprintln!("[e2e] {line}");
+    assert!(line.contains("offsets from DWARF in the executable"), "{line}");
+    let urls: Vec<String> = ["/", "/s/201", "/s/404", "/missing"]
+        .iter()
+        .map(|p| format!("http://{}{p}", nginx.main_addr()))
+        .collect();
+    curl(&[], &urls).expect("curl");
+    curl(&["-H", "Connection: close"], &urls).expect("curl close");
+    let (log, ours) = quiesce(&agent, &nginx, skip);
+    assert_eq!(total(&log), 2 * urls.len() as u64);
+    assert_eq!(counts(&ours), counts(&log), "requests per label set");
+    for (k, l) in &log {
+        let o = ours[k];
+        assert_eq!(
+            (o.request_bytes, o.body_bytes, o.duration_ms),
+            (l.request_bytes, l.body_bytes, l.duration_ms),
+            "{k:?}"
+        );
+    }
+    let scrape = agent.scrape().expect("scrape");
+    assert_eq!(scrape.value(SOCKET, &conf).expect("one"), Some(0.0), "{SOCKET}");
 }
 
 #[test]

@@ -25,6 +25,12 @@ const PACKAGES: &[(&str, &str)] = &[
         "LLVM 22's Polly libraries, referenced by llvm-config",
     ),
     ("nginx", "tests and benchmarks run their own nginx"),
+    (
+        "nginx-dev",
+        "nginx's sources with Debian's configure flags: offsetof() and DWARF oracles for the uprobe's offsets",
+    ),
+    ("gcc", "compiles nginx-dev's headers (offset oracles)"),
+    ("binutils", "objcopy: an nginx copy carrying DWARF (uprobe offsets e2e)"),
     ("wrk", "load generator for tests and benchmarks"),
     ("curl", "used by tests (also over https)"),
     (

@@ -4,6 +4,7 @@ mod btf_offsets;
 mod config;
 mod load_error;
 mod nginx_build;
+mod nginx_dwarf;
 mod request_probe;
 mod tcp_health;
 

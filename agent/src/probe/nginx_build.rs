@@ -6,10 +6,18 @@
 //! optional fields; NGX_MODULE_SIGNATURE (a string in every binary, which
 //! nginx compares when loading dynamic modules) encodes the flags that still
 //! move fields. So (version, arch, signature) selects a table below. A build
-//! not in the table gets no uprobe: guessed offsets would report garbage.
-use std::{fs::File, io::Read, path::Path};
+//! not in the table gets its offsets from DWARF debug information when it
+//! has some (nginx_dwarf), else no uprobe: guessed offsets would report
+//! garbage.
+use std::{
+    fs::File,
+    io::Read,
+    path::{Path, PathBuf},
+};
 
 use agent_common::NginxOffsets;
+
+use super::nginx_dwarf;
 use object::{
     Endianness,
     elf::{EM_X86_64, FileHeader64},
@@ -50,6 +58,9 @@ impl std::fmt::Display for BuildId {
 pub struct KnownBuild {
     pub id: BuildId,
     pub offsets: NginxOffsets,
+    /// Where the offsets came from: "the offset table", "DWARF in the
+    /// executable", "DWARF in <debug file>".
+    pub source: String,
 }
 
 /// Why an executable gets no request uprobe.
@@ -61,8 +72,8 @@ pub enum BuildError {
     NotElf { path: String, why: String },
     #[error("{path}: symbol {symbol} is not exported")]
     MissingSymbol { path: String, symbol: &'static str },
-    #[error("{path}: unknown nginx build ({id}); per-request metrics need a known struct layout")]
-    Unknown { path: String, id: BuildId },
+    #[error("{path}: unknown nginx build ({id}); per-request metrics need a known struct layout (DWARF: {dwarf})")]
+    Unknown { path: String, id: BuildId, dwarf: String },
 }
 
 /// Debian 12's nginx 1.22.1 (1.22.1-9+deb12u*, amd64). Offsets from nginx
@@ -104,6 +115,12 @@ const DEBIAN_1_22_1_X86_64: (&str, &str, &str, NginxOffsets) = (
 
 const KNOWN: [(&str, &str, &str, NginxOffsets); 1] = [DEBIAN_1_22_1_X86_64];
 
+/// Debian 12's entry (the DWARF tests compare against it).
+#[cfg(test)]
+pub(super) fn debian_1_22_1_table() -> NginxOffsets {
+    DEBIAN_1_22_1_X86_64.3
+}
+
 /// Reads the executable at `path` and selects its offsets.
 pub fn identify(path: &Path) -> Result<KnownBuild, BuildError> {
     let shown = path.display().to_string();
@@ -114,10 +131,24 @@ pub fn identify(path: &Path) -> Result<KnownBuild, BuildError> {
     let file = File::open(path).map_err(read_err)?;
     let mut data = Vec::new();
     file.take(MAX_EXE_BYTES).read_to_end(&mut data).map_err(read_err)?;
-    identify_bytes(&shown, &data)
+    identify_with(&shown, &data, &root_of(path))
 }
 
+/// The root directory of the process whose executable `path` is
+/// (/proc/PID/exe → /proc/PID/root: a container's own filesystem), else /.
+fn root_of(path: &Path) -> PathBuf {
+    match (path.file_name(), path.parent()) {
+        (Some(n), Some(dir)) if n == "exe" => dir.join("root"),
+        _ => PathBuf::from("/"),
+    }
+}
+
+#[cfg(test)]
 fn identify_bytes(path: &str, data: &[u8]) -> Result<KnownBuild, BuildError> {
+    identify_with(path, data, Path::new("/nonexistent-root"))
+}
+
+fn identify_with(path: &str, data: &[u8], root: &Path) -> Result<KnownBuild, BuildError> {
     let not_elf = |why: String| BuildError::NotElf {
         path: path.to_string(),
         why,
@@ -144,19 +175,57 @@ fn identify_bytes(path: &str, data: &[u8]) -> Result<KnownBuild, BuildError> {
         arch: "x86_64",
         signature: signature_of(data).unwrap_or_else(|| "unknown".into()),
     };
-    let Some((_, _, _, table)) = KNOWN
+    let known = KNOWN
         .iter()
-        .find(|(v, a, s, _)| *v == id.version && *a == id.arch && *s == id.signature)
-    else {
-        return Err(BuildError::Unknown {
-            path: path.to_string(),
-            id,
-        });
+        .find(|(v, a, s, _)| *v == id.version && *a == id.arch && *s == id.signature);
+    let (mut offsets, source) = match known {
+        Some((_, _, _, table)) => (*table, "the offset table".to_string()),
+        None => match from_dwarf(data, root) {
+            Ok(found) => found,
+            Err(dwarf) => {
+                return Err(BuildError::Unknown {
+                    path: path.to_string(),
+                    id,
+                    dwarf,
+                });
+            }
+        },
     };
-    let mut offsets = *table;
     offsets.cached_time_from_fn = cached_time as i64 - function as i64;
     offsets.core_module_from_fn = core_module as i64 - function as i64;
-    Ok(KnownBuild { id, offsets })
+    Ok(KnownBuild { id, offsets, source })
+}
+
+/// Offsets from the executable's own DWARF, else from its separate debug
+/// file (by build id, in the process's root); why not, if neither has them.
+fn from_dwarf(data: &[u8], root: &Path) -> Result<(NginxOffsets, String), String> {
+    let file = object::File::parse(data).map_err(|e| e.to_string())?;
+    let own = match nginx_dwarf::offsets(&file) {
+        Ok(o) => return Ok((o, "DWARF in the executable".into())),
+        Err(nginx_dwarf::DwarfError::Absent) => "none in the executable".to_string(),
+        Err(e) => return Err(format!("in the executable: {e}")),
+    };
+    let Some(id) = file.build_id().ok().flatten().filter(|id| id.len() >= 2) else {
+        return Err(format!("{own}, and it has no build id"));
+    };
+    let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let debug = root.join(format!("usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]));
+    let shown = format!("/usr/lib/debug/.build-id/{}/{}.debug", &hex[..2], &hex[2..]);
+    let mut bytes = Vec::new();
+    match File::open(&debug) {
+        Ok(f) => f
+            .take(MAX_EXE_BYTES)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{own}; {shown}: {e}"))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{own} nor in {shown}"));
+        }
+        Err(e) => return Err(format!("{own}; {shown}: {e}")),
+    };
+    let debug_file = object::File::parse(&*bytes).map_err(|e| format!("{own}; {shown}: {e}"))?;
+    nginx_dwarf::offsets(&debug_file)
+        .map(|o| (o, format!("DWARF in {shown}")))
+        .map_err(|e| format!("{own}; {shown}: {e}"))
 }
 
 /// "nginx/1.22.1" from "nginx version: nginx/1.22.1".

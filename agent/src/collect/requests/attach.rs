@@ -73,8 +73,9 @@ impl Attachments {
                         match probe.attach_request_probe(&path, &build.offsets) {
                             Ok(idx) => {
                                 news.attached.push(format!(
-                                    "per-request metrics: uprobe on ngx_http_free_request attached to {shown}, {}",
-                                    build.id
+                                    "per-request metrics: uprobe on ngx_http_free_request attached to {shown}, {} \
+                                     (offsets from {})",
+                                    build.id, build.source
                                 ));
                                 State::Attached { idx }
                             }
@@ -88,9 +89,10 @@ impl Attachments {
                     Err(e) => {
                         *self.refused.entry("unknown_build").or_default() += 1;
                         let why = match e {
-                            BuildError::Unknown { id, .. } => format!(
-                                "unknown nginx build ({id}): its struct offsets are not known, so no uprobe \
-                                 (requests on its TLS/HTTP/2 connections stay uncounted)"
+                            BuildError::Unknown { id, dwarf, .. } => format!(
+                                "unknown nginx build ({id}): its struct offsets are not in the table and \
+                                 not in DWARF ({dwarf}), so no uprobe (requests on its TLS/HTTP/2 \
+                                 connections stay uncounted)"
                             ),
                             other => other.to_string(),
                         };
