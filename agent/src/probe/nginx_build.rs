@@ -289,6 +289,56 @@ mod tests {
         }
     }
 
+    /// A stripped build the table does not know, whose separate debug file
+    /// (by build id) is in the process's root: offsets from there. Without
+    /// it, refused, saying where DWARF was looked for.
+    #[test]
+    fn debug_file_by_build_id_in_the_process_root() {
+        let Ok(mut data) = std::fs::read(DEBIAN_NGINX) else {
+            return;
+        };
+        let dev = match ngxprobe_e2e::nginx_dev::NginxDev::configure() {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return ngxprobe_e2e::util::skip_or_fail("nginx-dev not installed (cargo xtask setup installs it)");
+            }
+            Err(e) => panic!("{e:#}"),
+        };
+        let sig = b"8,4,8,0011111111010111001111111111111111";
+        let at = memchr::memmem::find(&data, sig).expect("signature in the binary");
+        data[at + 6] = b'1';
+        let root = tempfile::tempdir().unwrap();
+        match identify_with("copy", &data, root.path()) {
+            Err(BuildError::Unknown { dwarf, .. }) => {
+                assert!(
+                    dwarf.contains("none in the executable nor in /usr/lib/debug/.build-id/"),
+                    "{dwarf}"
+                )
+            }
+            other => panic!("expected Unknown, got {other:?}"),
+        }
+        let id = object::File::parse(&*data)
+            .unwrap()
+            .build_id()
+            .unwrap()
+            .unwrap()
+            .to_vec();
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = root.path().join("usr/lib/debug/.build-id").join(&hex[..2]);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(dev.debug_object(5).unwrap(), dir.join(format!("{}.debug", &hex[2..]))).unwrap();
+        let b = identify_with("copy", &data, root.path()).expect("offsets from the debug file");
+        assert!(
+            b.source.starts_with("DWARF in /usr/lib/debug/.build-id/"),
+            "{}",
+            b.source
+        );
+        let mut want = DEBIAN_1_22_1_X86_64.3;
+        want.cached_time_from_fn = b.offsets.cached_time_from_fn;
+        want.core_module_from_fn = b.offsets.core_module_from_fn;
+        assert_eq!(b.offsets, want);
+    }
+
     #[test]
     fn non_elf_is_refused() {
         assert!(matches!(
