@@ -126,6 +126,12 @@ impl Collector {
             "nginx instances found on the node",
             MetricType::Gauge,
         );
+        let mut drift = Family::new(
+            "ngxprobe_counter_drift",
+            "ngxprobe's stub_status counter minus nginx's own (read from its shared memory where nginx has \
+             the stub_status module): counters since the first reading, gauges as they are; 0 at rest",
+            MetricType::Gauge,
+        );
         let mut tcp = TcpFamilies::new(self.hz);
         let mut worker = WorkerFamilies::new();
         let mut per_request = self.per_request.as_ref().map(|_| RequestFamilies::new());
@@ -157,6 +163,13 @@ impl Collector {
                 ),
                 _ => 0,
             };
+            if let Some(d) = self.drift.latest(key) {
+                for (name, v) in super::counter_drift::COUNTERS.iter().zip(d) {
+                    let mut dl = labels.clone();
+                    dl.push(("counter".into(), (*name).into()));
+                    drift.push_owned(dl, v as f64);
+                }
+            }
             accepted.push_owned(labels.clone(), s.accepted as f64);
             handled.push_owned(labels.clone(), s.handled as f64);
             requests.push_owned(labels.clone(), (s.requests + uprobe_requests) as f64);
@@ -214,6 +227,7 @@ impl Collector {
             workers,
             listeners,
             info,
+            drift,
         ];
         out.extend(tcp.into_families());
         out.extend(worker.into_families());

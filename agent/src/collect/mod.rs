@@ -2,6 +2,7 @@
 //! each a counter slot in the probe's maps, seeds connections that were open
 //! before the agent, and turns slot counters into metric families. Owns the
 //! discovery loop that feeds the registry.
+mod counter_drift;
 pub mod discovery_loop;
 mod discovery_stats;
 mod families;

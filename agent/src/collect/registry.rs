@@ -81,6 +81,8 @@ pub struct Collector {
     pub(super) per_request: Option<PerRequest>,
     /// The kernel's CONFIG_HZ (TCP chrono stats are in jiffies); None if unknown.
     pub(super) hz: Option<u32>,
+    /// Our counters against nginx's own shared-memory ones.
+    pub(super) drift: super::counter_drift::DriftChecks,
 }
 
 /// The kernel's CONFIG_HZ, or a warning that stalled-send time is not exposed.
@@ -115,6 +117,7 @@ impl Collector {
             retention,
             hz: kernel_hz(),
             per_request: None,
+            drift: Default::default(),
         }
     }
 
@@ -341,7 +344,32 @@ impl Collector {
             self.error(&mut report, kind, format!("following connections open at start: {e}"));
         }
         self.reconcile_per_request(&mut report, &forgotten_keys);
+        self.check_drift();
         report
+    }
+
+    /// Our stub_status view of each running instance against nginx's own
+    /// counters (collect::counter_drift).
+    fn check_drift(&mut self) {
+        let running = |t: &Tracked| t.stopped_since.is_none();
+        let instances = &self.instances;
+        self.drift.retain(|k| instances.get(k).is_some_and(running));
+        for (key, t) in &self.instances {
+            if !running(t) {
+                continue;
+            }
+            let Ok(totals) = self.probe.slot_totals(t.slot) else {
+                continue;
+            };
+            let mut ours = super::families::stub_status(&totals, t.seeded_active);
+            // As families() adds them: requests the uprobe counted.
+            ours.requests += self
+                .per_request
+                .as_ref()
+                .and_then(|pr| pr.agg.lock().instance(key).map(|i| i.unparsed_conn_requests))
+                .unwrap_or(0);
+            self.drift.check(&self.proc_root, key, t.inst.master_pid, &ours);
+        }
     }
 
     /// One line per instance and reason the first time the instance shows
