@@ -1,0 +1,493 @@
+//! Feature crossings under load, against nginx's own oracles: stub_status
+//! for the counters (measurement protocol of `ngxprobe_e2e::measure`, with
+//! the monitor scraping every 100 ms: counters never go back) and the access
+//! log for the per-request (RED) histograms, per (method, status, protocol
+//! version, scheme, port).
+//!
+//! - `reload_under_tls_and_h2_load`: wrk over HTTPS and plaintext keep-alive
+//!   and h2load (TLS, 100 concurrent streams) at once, two `nginx -s reload`
+//!   during the load: counters exact, RED exact.
+//! - `worker_sigkill_under_tls_and_h2_load`: the same TLS load, a worker
+//!   SIGKILLed twice: nothing double counted; requests exact against the
+//!   access log, below stub_status by what nginx counted and never finished.
+//! - `large_and_slow_responses_over_tls_and_h2`: files of several MiB over
+//!   HTTPS/1.1 and HTTP/2 (sendfile on and off, `limit_rate`, a client reading
+//!   slowly, 16 concurrent streams), plaintext with sendfile: RED sizes and
+//!   durations against the log.
+//! - `socket_path_red_with_sendfile`: the socket probes' records
+//!   (`uprobe: never`) for 2 MiB files sent with sendfile over keep-alive
+//!   connections (5 requests each): RED against the log, counters exact.
+use ngxprobe_e2e::clients::{WrkRun, wait_wrk_running};
+use ngxprobe_e2e::measure::{self, Monitor, MonitorResult, Report, assert_all};
+use ngxprobe_e2e::protocol_clients::{H2loadResult, curl, h2load_streams, parse_h2load};
+use ngxprobe_e2e::red::{self, Key, Sums, counts, total};
+use ngxprobe_e2e::util::{ChildGuard, Poll, TempDir, free_port, poll, require_tool};
+use ngxprobe_e2e::{Agent, Nginx, NginxOptions, Session};
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LOAD: Duration = Duration::from_secs(5);
+const MIB: usize = 1024 * 1024;
+
+fn tools(names: &[&str]) -> bool {
+    names
+        .iter()
+        .all(|t| require_tool(t, "cargo xtask setup installs it").is_some())
+}
+
+/// An h2load run in the background for a fixed time (`-D`). Its exit
+/// status is not judged (connections cut by a reload or a killed worker end
+/// a client); the summary says what it did.
+struct H2loadRun {
+    guard: ChildGuard,
+    out: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl H2loadRun {
+    fn spawn(url: &str, clients: u32, streams: u32, duration: Duration) -> H2loadRun {
+        let dir = TempDir::new("h2load").expect("tempdir");
+        let out = dir.path().join("out.txt");
+        let mut cmd = Command::new("h2load");
+        cmd.args([
+            "-D",
+            &duration.as_secs().to_string(),
+            "-c",
+            &clients.to_string(),
+            "-m",
+            &streams.to_string(),
+            url,
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("h2load output"))
+        .stderr(Stdio::null());
+        H2loadRun {
+            guard: ChildGuard::spawn(&mut cmd, "h2load").expect("h2load"),
+            out,
+            _dir: dir,
+        }
+    }
+
+    fn wait(mut self, limit: Duration) -> H2loadResult {
+        self.guard.wait_timeout(limit).expect("h2load to finish");
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        parse_h2load(&text).expect("h2load summary")
+    }
+}
+
+/// Session with the per-request uprobe attached; returns it with the access
+/// log's line count at that point (requests the agent may have missed).
+fn attached_session(name: &str, opts: NginxOptions) -> (Session, String, usize) {
+    let s = Session::start_with_config(name, opts, None);
+    let conf = s.nginx.conf_label();
+    red::wait_attached(&s.agent, &conf, 1.0);
+    let skip = red::log_lines(&s.nginx);
+    (s, conf, skip)
+}
+
+/// Counts per label set equal; sizes and durations equal where the uprobe
+/// made the records (nginx's own fields, same clock).
+fn assert_red_exact(log: &BTreeMap<Key, Sums>, ours: &BTreeMap<Key, Sums>) {
+    red::print_views(log, ours);
+    assert_eq!(counts(ours), counts(log), "requests per label set: agent vs access log");
+    for (k, l) in log {
+        let o = ours[k];
+        assert_eq!(
+            o.request_bytes, l.request_bytes,
+            "{k:?}: request bytes ($request_length)"
+        );
+        assert_eq!(
+            o.body_bytes, l.body_bytes,
+            "{k:?}: response body bytes ($body_bytes_sent)"
+        );
+        assert_eq!(o.duration_ms, l.duration_ms, "{k:?}: duration sum (ms, $request_time)");
+    }
+}
+
+fn assert_nothing_lost(agent: &Agent) {
+    let lost = agent.scrape().expect("scrape").sum_by(red::LOST, "reason");
+    eprintln!("[e2e] records lost: {lost:?}");
+    assert!(lost.values().all(|v| *v == 0.0), "per-request records lost: {lost:?}");
+}
+
+/// Every scheme/version pair in `want` appears in the log.
+fn assert_traffic(log: &BTreeMap<Key, Sums>, want: &[(&str, &str)]) {
+    for (scheme, version) in want {
+        assert!(
+            log.keys().any(|k| (k.3.as_str(), k.2.as_str()) == (*scheme, *version)),
+            "no {scheme} HTTP/{version} traffic in the access log"
+        );
+    }
+}
+
+/// The TLS load of the lifecycle tests: wrk over HTTPS keep-alive and
+/// h2load with 100 concurrent streams (TLS, ALPN h2), for [`LOAD`]; with
+/// `plain`, wrk over plaintext keep-alive too. `during` runs once wrk has
+/// run for a second (and must finish while the load still runs).
+fn tls_load(nginx: &Nginx, plain: bool, during: impl FnOnce()) -> (u64, H2loadResult) {
+    let tls = nginx.tls_addr().expect("TLS listener");
+    let https = format!("https://{tls}/index.html");
+    let d = format!("-d{}s", LOAD.as_secs());
+    let mut w_tls = WrkRun::spawn(&["-t1", "-c8", &d, &https], LOAD).expect("wrk https");
+    let w_plain = plain.then(|| WrkRun::spawn(&["-t1", "-c4", &d, &nginx.url("/")], LOAD).expect("wrk http"));
+    let h2 = H2loadRun::spawn(&format!("https://{tls}/"), 2, 100, LOAD);
+    wait_wrk_running(&mut w_tls, Duration::from_secs(1)).expect("wrk running");
+    let t0 = Instant::now();
+    during();
+    eprintln!("[e2e] lifecycle events took {:.1?} under load", t0.elapsed());
+    assert!(
+        w_tls.is_running(),
+        "the load ended before the lifecycle events did: lengthen LOAD"
+    );
+    let limit = LOAD + Duration::from_secs(20);
+    let wt = w_tls.wait().expect("wrk https");
+    let wp = w_plain.map(|w| w.wait().expect("wrk http"));
+    let h = h2.wait(limit);
+    eprintln!(
+        "[e2e] wrk https {} requests ({} socket errors), wrk http {:?}, h2load: {} done, {} succeeded, protocol {:?}",
+        wt.requests,
+        wt.socket_errors(),
+        wp.as_ref().map(|w| w.requests),
+        h.done,
+        h.succeeded,
+        h.protocol
+    );
+    assert!(wt.requests >= 200, "wrk https: {}", wt.output);
+    if let Some(wp) = &wp {
+        assert!(wp.requests >= 200, "wrk http: {}", wp.output);
+    }
+    assert_eq!(h.protocol, "h2", "h2load did not negotiate h2:\n{}", h.output);
+    assert!(h.succeeded >= 200, "h2load:\n{}", h.output);
+    (wt.requests + wp.map_or(0, |w| w.requests), h)
+}
+
+/// Nginx with plaintext, TLS (HTTP/1.1 and h2) and h2c listeners, two
+/// workers, an access log.
+fn lifecycle_opts() -> NginxOptions {
+    NginxOptions {
+        worker_processes: 2,
+        tls: true,
+        h2c: true,
+        access_log: true,
+        big_file: false,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn reload_under_tls_and_h2_load() {
+    if !tools(&["wrk", "h2load"]) {
+        return;
+    }
+    let name = "reload_under_tls_and_h2_load";
+    let (s, conf, skip) = attached_session(name, lifecycle_opts());
+    let base = measure::begin_one(&s.agent, &s.nginx, 0).expect("A0/O0");
+    let mon = Monitor::start(s.agent.addr(), vec![conf.clone()]);
+    let mut generations = vec![s.nginx.worker_pids()];
+    let (made, _) = tls_load(&s.nginx, true, || {
+        for _ in 0..2 {
+            generations.push(s.nginx.reload().expect("reload under load"));
+        }
+    });
+    let mres = mon.stop();
+    eprintln!("[e2e] worker generations {generations:?}; clients made {made} HTTP/1.1 requests");
+    let rep = measure::finish_one(
+        &s.agent,
+        base,
+        &s.nginx,
+        0,
+        "two reloads under TLS, h2 and plaintext load",
+    )
+    .expect("O1/A1");
+    let (log, ours) = red::quiesce(&s.agent, &s.nginx, skip);
+    assert_all(&rep, &mres);
+    assert!(mres.scrapes >= 20, "monitor scraped {} times", mres.scrapes);
+    assert_traffic(&log, &[("https", "1.1"), ("https", "2"), ("http", "1.1")]);
+    assert_red_exact(&log, &ours);
+    assert_nothing_lost(&s.agent);
+}
+
+/// Checks of a run with a SIGKILLed worker. nginx counts a request in
+/// stub_status when it creates it and logs it when it frees it; the uprobe
+/// fires where nginx frees it. A request in flight on the killed worker was
+/// counted by stub_status and is never freed: nginx does not log it, and
+/// the agent must not count it. With TLS and HTTP/2 only on the workers
+/// during the kill (the oracle's plaintext requests run before and after),
+/// the agent's requests equal the access log's lines exactly, and
+/// stub_status exceeds both by what the killed worker left unfinished.
+/// (Plaintext requests are counted by the socket probes when nginx reads
+/// them, like stub_status: lifecycle.rs's `worker_killed_during_load`.)
+fn assert_killed_run(rep: &Report, mres: &MonitorResult, logged: i64) {
+    let i = &rep.instances[0];
+    let (a0, o0) = (i.a0.expect("A0"), i.o0.expect("O0"));
+    let agent = i.a1.requests - a0.requests;
+    let nginx = i.o1.requests - o0.requests + 1;
+    eprintln!("{}", rep.table());
+    eprintln!(
+        "[e2e] requests: agent Δ{agent}, access log {logged} lines, stub_status Δ{nginx} (+1 protocol offset): \
+         {} counted by nginx and never finished",
+        nginx - logged
+    );
+    let others_ok = i.checks.iter().filter(|c| c.name != "Δrequests").all(|c| c.ok());
+    assert!(others_ok, "counters or gauges differ:\n{}", rep.table());
+    mres.assert_ok();
+    assert_eq!(
+        agent, logged,
+        "agent's requests vs the access log (what nginx finished)"
+    );
+    assert!(agent <= nginx, "the agent counted more requests than stub_status");
+}
+
+#[test]
+fn worker_sigkill_under_tls_and_h2_load() {
+    if !tools(&["wrk", "h2load"]) {
+        return;
+    }
+    let name = "worker_sigkill_under_tls_and_h2_load";
+    let (s, conf, skip) = attached_session(name, lifecycle_opts());
+    let base = measure::begin_one(&s.agent, &s.nginx, 0).expect("A0/O0");
+    // O0's line is in the log; the agent counts O0 too (after A0).
+    let l0 = red::log_lines(&s.nginx) - 1;
+    let mon = Monitor::start(s.agent.addr(), vec![conf.clone()]);
+    let mut killed = Vec::new();
+    tls_load(&s.nginx, false, || {
+        for _ in 0..2 {
+            killed.push(s.nginx.kill_worker().expect("kill a worker under load"));
+        }
+    });
+    let mres = mon.stop();
+    eprintln!("[e2e] killed workers {killed:?}");
+    let rep = measure::finish_kernel_truth(&s.agent, base, &s.nginx, 0, "two worker SIGKILLs under TLS and h2 load")
+        .expect("O1/A1");
+    let logged = (red::log_lines(&s.nginx) - l0) as i64;
+    let (log, ours) = red::quiesce(&s.agent, &s.nginx, skip);
+    assert_killed_run(&rep, &mres, logged);
+    assert_traffic(&log, &[("https", "1.1"), ("https", "2")]);
+    assert_red_exact(&log, &ours);
+    assert_nothing_lost(&s.agent);
+}
+
+/// Writes `name` (`size` bytes, deterministic) into the instance's html/.
+fn write_file(nginx: &Nginx, name: &str, size: usize) {
+    let mut data = Vec::with_capacity(size + 4);
+    let mut x: u32 = 0x9e37_79b9 ^ size as u32;
+    while data.len() < size {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    data.truncate(size);
+    let path = nginx.dir().join("html").join(name);
+    std::fs::write(&path, &data).expect("write file");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}
+
+/// A TLS server (HTTP/1.1 and h2) for large responses: sendfile on at `/`
+/// (nginx does not use it over TLS), off under `/nosendfile/`, and
+/// `limit_rate` under `/slow/` (many writes spaced in time). Paths are
+/// relative to the instance's prefix, where its certificate is.
+fn large_server(port: u16) -> String {
+    format!(
+        r#"
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        server_name large;
+        ssl_certificate tls/cert.pem;
+        ssl_certificate_key tls/key.pem;
+        root html;
+        sendfile on;
+        location /nosendfile/ {{ sendfile off; alias html/; }}
+        location /slow/ {{ limit_rate 4m; limit_rate_after 512k; alias html/; }}
+    }}
+"#
+    )
+}
+
+/// Durations within max(1 ms per request, 5 %) of the log's.
+fn close_enough(ours_ms: u64, log_ms: u64, count: u64) -> bool {
+    let tol = count.max(log_ms / 20);
+    ours_ms.abs_diff(log_ms) <= tol
+}
+
+#[test]
+fn large_and_slow_responses_over_tls_and_h2() {
+    if !tools(&["curl", "h2load"]) {
+        return;
+    }
+    let name = "large_and_slow_responses_over_tls_and_h2";
+    let port = free_port().expect("port");
+    let (s, _conf, skip) = attached_session(
+        name,
+        NginxOptions {
+            tls: true,
+            access_log: true,
+            big_file: false,
+            extra_http: large_server(port),
+            ..Default::default()
+        },
+    );
+    let files = [("f3.bin", 3 * MIB + 7), ("f5.bin", 5 * MIB + 1234)];
+    for (f, size) in files {
+        write_file(&s.nginx, f, size);
+    }
+    let large = format!("https://127.0.0.1:{port}");
+    let urls: Vec<String> = [
+        "/f3.bin",
+        "/f5.bin",
+        "/nosendfile/f3.bin",
+        "/nosendfile/f5.bin",
+        "/slow/f3.bin",
+    ]
+    .iter()
+    .map(|p| format!("{large}{p}"))
+    .collect();
+    let t0 = Instant::now();
+    let (rep, mres, ()) = measure::measure(&s.agent, &s.nginx, 0, 0, name, || {
+        // HTTPS/1.1 keep-alive and HTTP/2 (one connection each).
+        curl(&[], &urls)?;
+        curl(&["--http2"], &urls)?;
+        // A client reading slowly (2 MB/s): nginx's writes wait on the
+        // window (TCP over HTTP/1.1, the stream's and TCP's over HTTP/2).
+        curl(&["--limit-rate", "2M"], &urls[..1])?;
+        curl(&["--http2", "--limit-rate", "2M"], &urls[2..3])?;
+        // 16 concurrent streams of 3 MiB on one connection.
+        let h = h2load_streams(&format!("{large}/f3.bin"), 1, 16, 16)?;
+        anyhow::ensure!(h.protocol == "h2", "h2load: {:?}", h.protocol);
+        // Plaintext with and without sendfile (the uprobe's records too).
+        let plain: Vec<String> = ["/f5.bin", "/nosendfile/f5.bin"]
+            .iter()
+            .map(|p| s.nginx.url(p))
+            .collect();
+        curl(&[], &plain)?;
+        Ok(())
+    })
+    .expect("traffic");
+    eprintln!("[e2e] traffic took {:.1?}", t0.elapsed());
+    let (log, ours) = red::quiesce(&s.agent, &s.nginx, skip);
+    assert_all(&rep, &mres);
+    assert_red_exact(&log, &ours);
+    assert_nothing_lost(&s.agent);
+    // Premises: the large responses are there, in full, and took time.
+    let p = port.to_string();
+    let large_keys: Vec<&Key> = log.keys().filter(|k| k.4 == p && k.1 == "200").collect();
+    let body: u64 = large_keys.iter().map(|k| log[*k].body_bytes).sum();
+    let want = (2 * (3 * (3 * MIB + 7) + 2 * (5 * MIB + 1234)) + 2 * (3 * MIB + 7) + 16 * (3 * MIB + 7)) as u64;
+    assert_eq!(body, want, "body bytes of the large responses in the log");
+    assert_traffic(&log, &[("https", "1.1"), ("https", "2"), ("http", "1.1")]);
+    let ms: u64 = large_keys.iter().map(|k| log[*k].duration_ms).sum();
+    assert!(
+        ms >= 2_000,
+        "the large responses took {ms} ms in all: too fast to span many writes"
+    );
+    // The header/body split: the histogram holds the body; the log's
+    // $bytes_sent adds the status line and headers (under 1 KiB each).
+    for k in &large_keys {
+        let (l, o) = (log[*k], ours[*k]);
+        let headers = l.bytes_sent - l.body_bytes;
+        assert!(
+            o.body_bytes == l.body_bytes && headers > 0 && headers < 1024 * l.count,
+            "{k:?}: body {} (log {}), headers {headers} for {} requests",
+            o.body_bytes,
+            l.body_bytes,
+            l.count
+        );
+    }
+}
+
+#[test]
+fn socket_path_red_with_sendfile() {
+    if !tools(&["curl"]) {
+        return;
+    }
+    let name = "socket_path_red_with_sendfile";
+    let s = Session::start_with_config(
+        name,
+        NginxOptions {
+            access_log: true,
+            big_file: false,
+            ..Default::default()
+        },
+        Some("per_request:\n  uprobe: never\n"),
+    );
+    let conf = s.nginx.conf_label();
+    poll(
+        "the socket probes to make the instance's per-request records",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let m = s.agent.scrape()?;
+            let (sock, att) = (m.value(red::SOCKET, &conf)?, m.value(red::ATTACHED, &conf)?);
+            Ok(if sock == Some(1.0) && att == Some(0.0) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{} = {sock:?}, {} = {att:?}", red::SOCKET, red::ATTACHED))
+            })
+        },
+    )
+    .expect("socket path on");
+    let skip = red::log_lines(&s.nginx);
+    let files = [("a.bin", 2 * MIB), ("b.bin", 2 * MIB + 333), ("c.bin", 2 * MIB - 77)];
+    for (f, size) in files {
+        write_file(&s.nginx, f, size);
+    }
+    // Keep-alive connections of 5 requests each: 4 with sendfile on, one off.
+    let run = |prefix: &str, shift: usize| -> Vec<String> {
+        (0..5)
+            .map(|i| s.nginx.url(&format!("{prefix}{}", files[(i + shift) % files.len()].0)))
+            .collect()
+    };
+    let (rep, mres, made) = measure::measure(&s.agent, &s.nginx, 0, 0, name, || {
+        let mut made = 0;
+        for shift in 0..4 {
+            let r = curl(&[], &run("/", shift))?;
+            anyhow::ensure!(r.connections == 1 && r.ok == 5, "curl: {r:?}");
+            made += r.ok;
+        }
+        let r = curl(&[], &run("/nosendfile/", 0))?;
+        anyhow::ensure!(r.connections == 1 && r.ok == 5, "curl: {r:?}");
+        Ok(made + r.ok)
+    })
+    .expect("traffic");
+    let (log, ours) = red::quiesce(&s.agent, &s.nginx, skip);
+    red::print_views(&log, &ours);
+    assert_all(&rep, &mres);
+    assert_eq!(
+        counts(&ours),
+        counts(&log),
+        "requests per label set: agent vs access log"
+    );
+    let port = s.nginx.main_port().to_string();
+    let k200: Key = ("GET".into(), "200".into(), "1.1".into(), "http".into(), port);
+    assert_eq!(
+        log.get(&k200).map(|l| l.count),
+        Some(made),
+        "the 2 MiB downloads in the log"
+    );
+    let body_want: u64 = (0..4)
+        .chain([0])
+        .flat_map(|shift| (0..5).map(move |i| files[(i + shift) % files.len()].1 as u64))
+        .sum();
+    assert_eq!(log[&k200].body_bytes, body_want, "body bytes in the log");
+    // What the socket probes measure: the request's bytes read (each request
+    // comes in its own reads here: $request_length), the bytes sent after
+    // the header (sendfile's included: $body_bytes_sent), and the kernel's
+    // time from the read to the last send (nginx's $request_time is its
+    // millisecond clock: within 1 ms per request or 5 %).
+    for (k, l) in &log {
+        let o = ours[k];
+        assert_eq!(o.request_bytes, l.request_bytes, "{k:?}: request bytes");
+        assert_eq!(o.body_bytes, l.body_bytes, "{k:?}: response body bytes");
+        assert!(
+            close_enough(o.duration_ms, l.duration_ms, l.count),
+            "{k:?}: duration sum {} ms vs the log's {} ms ({} requests)",
+            o.duration_ms,
+            l.duration_ms,
+            l.count
+        );
+    }
+    assert_eq!(total(&ours), total(&log));
+    assert_nothing_lost(&s.agent);
+}
