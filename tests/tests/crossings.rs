@@ -105,10 +105,12 @@ fn assert_red_exact(log: &BTreeMap<Key, Sums>, ours: &BTreeMap<Key, Sums>) {
     }
 }
 
-fn assert_nothing_lost(agent: &Agent) {
+/// Printed, not asserted: the counter is the node's (every nginx on the
+/// machine, also other tests' processes the agent does not track); the
+/// per-label-set comparison says whether this instance lost any.
+fn print_lost(agent: &Agent) {
     let lost = agent.scrape().expect("scrape").sum_by(red::LOST, "reason");
-    eprintln!("[e2e] records lost: {lost:?}");
-    assert!(lost.values().all(|v| *v == 0.0), "per-request records lost: {lost:?}");
+    eprintln!("[e2e] records lost (node-wide): {lost:?}");
 }
 
 /// Every scheme/version pair in `want` appears in the log.
@@ -205,7 +207,7 @@ fn reload_under_tls_and_h2_load() {
     assert!(mres.scrapes >= 20, "monitor scraped {} times", mres.scrapes);
     assert_traffic(&log, &[("https", "1.1"), ("https", "2"), ("http", "1.1")]);
     assert_red_exact(&log, &ours);
-    assert_nothing_lost(&s.agent);
+    print_lost(&s.agent);
 }
 
 /// Checks of a run with a SIGKILLed worker. nginx counts a request in
@@ -265,7 +267,7 @@ fn worker_sigkill_under_tls_and_h2_load() {
     assert_killed_run(&rep, &mres, logged);
     assert_traffic(&log, &[("https", "1.1"), ("https", "2")]);
     assert_red_exact(&log, &ours);
-    assert_nothing_lost(&s.agent);
+    print_lost(&s.agent);
 }
 
 /// Writes `name` (`size` bytes, deterministic) into the instance's html/.
@@ -349,8 +351,8 @@ fn large_and_slow_responses_over_tls_and_h2() {
         // HTTPS/1.1 keep-alive and HTTP/2 (one connection each).
         curl(&[], &urls)?;
         curl(&["--http2"], &urls)?;
-        // A client reading slowly (2 MB/s): nginx's writes wait on the
-        // window (TCP over HTTP/1.1, the stream's and TCP's over HTTP/2).
+        // A client reading slowly (2 MiB/s): what nginx writes waits in
+        // the socket's buffer and, over HTTP/2, the stream's window.
         curl(&["--limit-rate", "2M"], &urls[..1])?;
         curl(&["--http2", "--limit-rate", "2M"], &urls[2..3])?;
         // 16 concurrent streams of 3 MiB on one connection.
@@ -369,7 +371,7 @@ fn large_and_slow_responses_over_tls_and_h2() {
     let (log, ours) = red::quiesce(&s.agent, &s.nginx, skip);
     assert_all(&rep, &mres);
     assert_red_exact(&log, &ours);
-    assert_nothing_lost(&s.agent);
+    print_lost(&s.agent);
     // Premises: the large responses are there, in full, and took time.
     let p = port.to_string();
     let large_keys: Vec<&Key> = log.keys().filter(|k| k.4 == p && k.1 == "200").collect();
@@ -377,19 +379,23 @@ fn large_and_slow_responses_over_tls_and_h2() {
     let want = (2 * (3 * (3 * MIB + 7) + 2 * (5 * MIB + 1234)) + 2 * (3 * MIB + 7) + 16 * (3 * MIB + 7)) as u64;
     assert_eq!(body, want, "body bytes of the large responses in the log");
     assert_traffic(&log, &[("https", "1.1"), ("https", "2"), ("http", "1.1")]);
+    // limit_rate alone holds the two /slow/ responses 0.6 s each.
     let ms: u64 = large_keys.iter().map(|k| log[*k].duration_ms).sum();
     assert!(
-        ms >= 2_000,
+        ms >= 1_000,
         "the large responses took {ms} ms in all: too fast to span many writes"
     );
     // The header/body split: the histogram holds the body; the log's
-    // $bytes_sent adds the status line and headers (under 1 KiB each).
+    // $bytes_sent adds the status line and headers (under 1 KiB a
+    // response) and, over HTTP/2, 9 bytes of frame header per DATA frame
+    // (nginx's frames carry up to 8 KiB: about 0.1 % of the body).
     for k in &large_keys {
         let (l, o) = (log[*k], ours[*k]);
-        let headers = l.bytes_sent - l.body_bytes;
+        let overhead = l.bytes_sent - l.body_bytes;
+        let framing = if k.2 == "2" { l.body_bytes / 500 } else { 0 };
         assert!(
-            o.body_bytes == l.body_bytes && headers > 0 && headers < 1024 * l.count,
-            "{k:?}: body {} (log {}), headers {headers} for {} requests",
+            o.body_bytes == l.body_bytes && overhead > 0 && overhead < 1024 * l.count + framing,
+            "{k:?}: body {} (log {}), headers and framing {overhead} for {} requests",
             o.body_bytes,
             l.body_bytes,
             l.count
@@ -489,5 +495,5 @@ fn socket_path_red_with_sendfile() {
         );
     }
     assert_eq!(total(&ours), total(&log));
-    assert_nothing_lost(&s.agent);
+    print_lost(&s.agent);
 }
