@@ -236,8 +236,17 @@ fn emit(conn: *mut Conn, st: *mut SlotStats) {
         };
         let header = (*conn).red_header;
         let sent = (*conn).red_sent;
+        let tgid = (*conn).red_tgid;
+        // The parent is only the worker's own when the worker runs this
+        // (not a softirq's close on some other task's time).
+        let ppid = if (bpf_get_current_pid_tgid() >> 32) as u32 == tgid {
+            crate::tcp_health::current_parent_tgid()
+        } else {
+            0
+        };
         let rec = RequestRecord {
-            tgid: (*conn).red_tgid,
+            tgid,
+            ppid,
             status: u32::from((*conn).red_status),
             method: (*conn).red_method,
             http_version: (*conn).red_version,

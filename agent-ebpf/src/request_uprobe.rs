@@ -184,6 +184,7 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
         flags |= REQ_FLAG_HTTP2;
     }
     rec.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    rec.ppid = crate::tcp_health::current_parent_tgid();
     rec.status = status as u32;
     rec.method = method as u32;
     rec.http_version = version as u32;

@@ -410,6 +410,25 @@ fn large_and_slow_responses_over_tls_and_h2() {
     }
 }
 
+/// Waits (bounded) until the socket probes make the instance's records.
+fn wait_socket_path(agent: &Agent, conf: &str) {
+    poll(
+        "the socket probes to make the instance's per-request records",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let m = agent.scrape()?;
+            let (sock, att) = (m.value(red::SOCKET, conf)?, m.value(red::ATTACHED, conf)?);
+            Ok(if sock == Some(1.0) && att == Some(0.0) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{} = {sock:?}, {} = {att:?}", red::SOCKET, red::ATTACHED))
+            })
+        },
+    )
+    .expect("socket path on");
+}
+
 #[test]
 fn socket_path_red_with_sendfile() {
     if !tools(&["curl"]) {
@@ -426,21 +445,7 @@ fn socket_path_red_with_sendfile() {
         Some("per_request:\n  uprobe: never\n"),
     );
     let conf = s.nginx.conf_label();
-    poll(
-        "the socket probes to make the instance's per-request records",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let m = s.agent.scrape()?;
-            let (sock, att) = (m.value(red::SOCKET, &conf)?, m.value(red::ATTACHED, &conf)?);
-            Ok(if sock == Some(1.0) && att == Some(0.0) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(format!("{} = {sock:?}, {} = {att:?}", red::SOCKET, red::ATTACHED))
-            })
-        },
-    )
-    .expect("socket path on");
+    wait_socket_path(&s.agent, &conf);
     let skip = red::log_lines(&s.nginx);
     let files = [("a.bin", 2 * MIB), ("b.bin", 2 * MIB + 333), ("c.bin", 2 * MIB - 77)];
     for (f, size) in files {
@@ -503,4 +508,66 @@ fn socket_path_red_with_sendfile() {
     }
     assert_eq!(total(&ours), total(&log));
     print_lost(&s.agent);
+}
+
+/// Requests on a worker that is killed right after them (each round kills
+/// the worker the master started after the previous round's kill). Their
+/// records reach the agent after the worker is gone (it drains the ring
+/// every 200 ms or at a scrape), often before any scan listed the worker,
+/// or after a scan that no longer lists it: they must still count for the
+/// instance. `tls` adds HTTPS requests (uprobe); without the uprobe the
+/// socket probes make the records of the plaintext ones.
+fn last_requests_of_killed_workers(name: &str, tls: bool, config: Option<&str>) {
+    let opts = NginxOptions {
+        tls,
+        access_log: true,
+        big_file: false,
+        ..Default::default()
+    };
+    let s = Session::start_with_config(name, opts, config);
+    let conf = s.nginx.conf_label();
+    if tls {
+        red::wait_attached(&s.agent, &conf, 1.0);
+    } else {
+        wait_socket_path(&s.agent, &conf);
+    }
+    let skip = red::log_lines(&s.nginx);
+    let plain: Vec<String> = (0..3).map(|_| s.nginx.url("/")).collect();
+    for _ in 0..8 {
+        if let Some(tls) = s.nginx.tls_addr() {
+            let urls: Vec<String> = (0..3).map(|_| format!("https://{tls}/index.html")).collect();
+            curl(&[], &urls).expect("curl https");
+        }
+        curl(&[], &plain).expect("curl http");
+        s.nginx.kill_worker().expect("kill the worker");
+    }
+    let (log, ours) = red::quiesce(&s.agent, &s.nginx, skip);
+    red::print_views(&log, &ours);
+    print_lost(&s.agent);
+    assert!(red::total(&log) >= 24, "the requests are not in the access log");
+    assert_eq!(
+        counts(&ours),
+        counts(&log),
+        "requests per label set: agent vs access log"
+    );
+}
+
+#[test]
+fn last_requests_of_killed_workers_are_counted() {
+    if !tools(&["curl"]) {
+        return;
+    }
+    let name = "last_requests_of_killed_workers_are_counted";
+    let uprobe = format!("{}per_request:\n  uprobe: auto\n", FAST_SCANS.unwrap_or_default());
+    last_requests_of_killed_workers(name, true, Some(&uprobe));
+}
+
+#[test]
+fn last_requests_of_killed_workers_are_counted_by_the_socket_probes() {
+    if !tools(&["curl"]) {
+        return;
+    }
+    let name = "last_requests_of_killed_workers_are_counted_by_the_socket_probes";
+    let never = format!("{}per_request:\n  uprobe: never\n", FAST_SCANS.unwrap_or_default());
+    last_requests_of_killed_workers(name, false, Some(&never));
 }
