@@ -17,6 +17,9 @@
 //! - `socket_path_red_with_sendfile`: the socket probes' records
 //!   (`uprobe: never`) for 2 MiB files sent with sendfile over keep-alive
 //!   connections (5 requests each): RED against the log, counters exact.
+//! - `last_requests_of_killed_workers_are_counted` (uprobe) and
+//!   `..._by_the_socket_probes`: requests on a worker SIGKILLed right after
+//!   them, eight times in a row: every one the log has, the agent has.
 use ngxprobe_e2e::clients::{WrkRun, wait_wrk_running};
 use ngxprobe_e2e::measure::{self, Monitor, MonitorResult, Report, assert_all};
 use ngxprobe_e2e::protocol_clients::{H2loadResult, curl, h2load_streams, parse_h2load};
