@@ -117,6 +117,16 @@ pub fn counts(m: &BTreeMap<Key, Sums>) -> BTreeMap<Key, u64> {
 /// has lines, then returns both views (on timeout the last ones: the
 /// caller's per-label-set comparison says what differs).
 pub fn quiesce(agent: &Agent, n: &Nginx, skip: usize) -> (BTreeMap<Key, Sums>, BTreeMap<Key, Sums>) {
+    quiesce_until(agent, n, skip, |ours, log| ours == log)
+}
+
+/// [`quiesce`] until `done(agent's total, access log's total)`.
+pub fn quiesce_until(
+    agent: &Agent,
+    n: &Nginx,
+    skip: usize,
+    done: impl Fn(u64, u64) -> bool,
+) -> (BTreeMap<Key, Sums>, BTreeMap<Key, Sums>) {
     let conf = n.conf_label();
     let res = poll(
         "the agent's request histograms to reach the access log's count",
@@ -125,7 +135,7 @@ pub fn quiesce(agent: &Agent, n: &Nginx, skip: usize) -> (BTreeMap<Key, Sums>, B
         || {
             let log = oracle_sums(n, skip);
             let ours = agent_sums(&agent.scrape()?, &conf);
-            Ok(if total(&ours) == total(&log) && total(&log) > 0 {
+            Ok(if done(total(&ours), total(&log)) && total(&log) > 0 {
                 Poll::Ready((log, ours))
             } else {
                 Poll::Pending(format!("agent {} requests, access log {}", total(&ours), total(&log)))

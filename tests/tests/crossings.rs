@@ -219,17 +219,22 @@ fn reload_under_tls_and_h2_load() {
     print_lost(&s.agent);
 }
 
-/// Checks of a run with a SIGKILLed worker. nginx counts a request in
-/// stub_status when it creates it and logs it when it frees it; the uprobe
-/// fires where nginx frees it. A request in flight on the killed worker was
-/// counted by stub_status and is never freed: nginx does not log it, and
-/// the agent must not count it. With TLS and HTTP/2 only on the workers
-/// during the kill (the oracle's plaintext requests run before and after),
-/// the agent's requests equal the access log's lines exactly, and
-/// stub_status exceeds both by what the killed worker left unfinished.
+/// Checks of a run with SIGKILLed workers. nginx counts a request in
+/// stub_status when it creates it and logs it at the end of
+/// ngx_http_free_request; the uprobe fires at its start. A request in
+/// flight on a killed worker is in stub_status only: nginx never logs it
+/// and the agent must not count it. A request the worker had begun to free
+/// when the kill came (between the uprobe and the log write: a few
+/// microseconds of log formatting) is counted by the agent and missing from
+/// the log; a worker frees one request at a time, so that is at most one
+/// per kill. (A kill already pending at the uprobe's trap is seen there:
+/// that record is dropped.) With only TLS and HTTP/2 on the workers during
+/// the kills (the oracle's plaintext requests run before and after), the
+/// tightest true statement is:
+///   access log ≤ agent ≤ stub_status, and agent − access log ≤ kills.
 /// (Plaintext requests are counted by the socket probes when nginx reads
 /// them, like stub_status: lifecycle.rs's `worker_killed_during_load`.)
-fn assert_killed_run(rep: &Report, mres: &MonitorResult, logged: i64) {
+fn assert_killed_run(rep: &Report, mres: &MonitorResult, logged: i64, kills: i64) {
     let i = &rep.instances[0];
     let (a0, o0) = (i.a0.expect("A0"), i.o0.expect("O0"));
     let agent = i.a1.requests - a0.requests;
@@ -237,17 +242,44 @@ fn assert_killed_run(rep: &Report, mres: &MonitorResult, logged: i64) {
     eprintln!("{}", rep.table());
     eprintln!(
         "[e2e] requests: agent Δ{agent}, access log {logged} lines, stub_status Δ{nginx} (+1 protocol offset): \
-         {} counted by nginx and never finished",
-        nginx - logged
+         {} counted by nginx and never logged, {} of them counted by the agent",
+        nginx - logged,
+        agent - logged
     );
     let others_ok = i.checks.iter().filter(|c| c.name != "Δrequests").all(|c| c.ok());
     assert!(others_ok, "counters or gauges differ:\n{}", rep.table());
     mres.assert_ok();
-    assert_eq!(
-        agent, logged,
-        "agent's requests vs the access log (what nginx finished)"
+    assert!(
+        logged <= agent && agent - logged <= kills,
+        "agent's requests {agent} vs the access log's {logged}: want log ≤ agent ≤ log + {kills} kills"
     );
     assert!(agent <= nginx, "the agent counted more requests than stub_status");
+}
+
+/// RED after kills: per label set the agent has at least the log's
+/// requests, at most `kills` more in all; sizes equal where counts are.
+fn assert_red_after_kills(log: &BTreeMap<Key, Sums>, ours: &BTreeMap<Key, Sums>, kills: u64) {
+    red::print_views(log, ours);
+    for (k, o) in ours {
+        let l = log.get(k).copied().unwrap_or_default();
+        assert!(o.count >= l.count, "{k:?}: agent {} < access log {}", o.count, l.count);
+        if o.count == l.count {
+            assert_eq!(
+                (o.request_bytes, o.body_bytes),
+                (l.request_bytes, l.body_bytes),
+                "{k:?}: sizes"
+            );
+        }
+    }
+    assert!(
+        log.keys().all(|k| ours.contains_key(k)),
+        "label sets missing from the agent"
+    );
+    let extra = total(ours) - total(log);
+    assert!(
+        extra <= kills,
+        "{extra} requests more than the access log after {kills} kills"
+    );
 }
 
 #[test]
@@ -272,10 +304,11 @@ fn worker_sigkill_under_tls_and_h2_load() {
     let rep = measure::finish_kernel_truth(&s.agent, base, &s.nginx, 0, "two worker SIGKILLs under TLS and h2 load")
         .expect("O1/A1");
     let logged = (red::log_lines(&s.nginx) - l0) as i64;
-    let (log, ours) = red::quiesce(&s.agent, &s.nginx, skip);
-    assert_killed_run(&rep, &mres, logged);
+    let (log, ours) = red::quiesce_until(&s.agent, &s.nginx, skip, |ours, log| ours >= log);
+    let kills = killed.len() as u64;
+    assert_killed_run(&rep, &mres, logged, kills as i64);
     assert_traffic(&log, &[("https", "1.1"), ("https", "2")]);
-    assert_red_exact(&log, &ours);
+    assert_red_after_kills(&log, &ours, kills);
     print_lost(&s.agent);
 }
 
