@@ -111,7 +111,10 @@ pub struct RequestRecord {
     /// Length of the server block's first `server_name` (0: not read); the
     /// first SERVER_NAME_MAX bytes are in `server_name`.
     pub server_name_len: u32,
-    pub _pad2: u32,
+    /// The worker's parent (the master) when the record was made, 0 if not
+    /// read: attributes a worker the agent's scans have not listed (started
+    /// and gone between two scans) or no longer list (exited since).
+    pub ppid: u32,
     pub server_name: [u8; SERVER_NAME_MAX],
 }
 
@@ -130,7 +133,7 @@ impl Default for RequestRecord {
             bytes_sent: 0,
             body_bytes_sent: 0,
             server_name_len: 0,
-            _pad2: 0,
+            ppid: 0,
             server_name: [0; SERVER_NAME_MAX],
         }
     }

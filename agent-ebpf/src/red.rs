@@ -236,6 +236,14 @@ fn emit(conn: *mut Conn, st: *mut SlotStats) {
         };
         let header = (*conn).red_header;
         let sent = (*conn).red_sent;
+        let tgid = (*conn).red_tgid;
+        // The parent is only the worker's own when the worker runs this
+        // (not a softirq's close on some other task's time).
+        let ppid = if (bpf_get_current_pid_tgid() >> 32) as u32 == tgid {
+            crate::tcp_health::current_parent_tgid()
+        } else {
+            0
+        };
         // Written in place in the ring (no record built on the stack and
         // copied). server_name_len 0: the bytes after it are not read.
         // Waking the consumer costs more than the rest of a request's work:
@@ -246,7 +254,8 @@ fn emit(conn: *mut Conn, st: *mut SlotStats) {
             return;
         };
         let rec = entry.as_mut_ptr();
-        (*rec).tgid = (*conn).red_tgid;
+        (*rec).tgid = tgid;
+        (*rec).ppid = ppid;
         (*rec).status = u32::from((*conn).red_status);
         (*rec).method = (*conn).red_method;
         (*rec).http_version = (*conn).red_version;
@@ -258,7 +267,6 @@ fn emit(conn: *mut Conn, st: *mut SlotStats) {
         (*rec).bytes_sent = sent;
         (*rec).body_bytes_sent = sent.saturating_sub(header);
         (*rec).server_name_len = 0;
-        (*rec)._pad2 = 0;
         entry.submit(flags);
         // Process-context counters and softirq (close) may both write here:
         // the adds are atomic like the gauges'.

@@ -112,6 +112,12 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
     if u32::from(logged) & off.req_logged_mask != 0 || pool == 0 {
         return Outcome::NotLogged;
     }
+    // The worker is being killed (SIGKILL pending): it dies on its way back
+    // from this trap, before nginx writes the log line. Like a request in
+    // flight on a killed worker, it is not counted (stub_status has it).
+    if crate::tcp_health::current_is_dying() {
+        return Outcome::NotLogged;
+    }
     let Some(c) = read::<u64>(r, off.req_connection) else {
         return Outcome::ReadError;
     };
@@ -184,6 +190,7 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
         flags |= REQ_FLAG_HTTP2;
     }
     rec.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    rec.ppid = crate::tcp_health::current_parent_tgid();
     rec.status = status as u32;
     rec.method = method as u32;
     rec.http_version = version as u32;

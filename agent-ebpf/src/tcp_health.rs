@@ -387,6 +387,27 @@ fn observe(h: *mut Hist, v: u64) {
     }
 }
 
+/// The tgid of the current task's parent (0 if the offsets are unknown or a
+/// read fails): request records carry it, so that the agent attributes a
+/// worker by its master even when no scan listed the worker.
+#[inline(always)]
+pub(crate) fn current_parent_tgid() -> u32 {
+    let t = tcp_offsets();
+    if t.valid == 0 {
+        return 0;
+    }
+    // SAFETY: the helper takes no argument and returns the current task.
+    let task = unsafe { bpf_get_current_task() } as *const c_void;
+    if task.is_null() {
+        return 0;
+    }
+    let parent: *const c_void = read_at::<u64>(task, t.task_real_parent) as *const c_void;
+    if parent.is_null() {
+        return 0;
+    }
+    read_at(parent, t.task_tgid)
+}
+
 /// The instance slot of `task`'s parent if that is an nginx master, with
 /// `task`'s tgid.
 #[inline(always)]

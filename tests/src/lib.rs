@@ -14,6 +14,7 @@
 //! * [`slack_receiver`]: a local HTTP server standing in for Slack's webhook.
 //! * [`seed`]: the seed's Slack receiver and alerting rule.
 //! * [`browser`]: headless Chromium over the DevTools protocol (the page's tests).
+//! * [`red`]: per-request views: the agent's histograms and nginx's access log, per label set.
 //! * [`prometheus`]: Debian's Prometheus and promtool as processes, the
 //!   reference for comparisons (queries, alert latency).
 //!
@@ -35,6 +36,7 @@ pub mod oracle;
 pub mod pki;
 pub mod prometheus;
 pub mod protocol_clients;
+pub mod red;
 pub mod seed;
 pub mod slack_receiver;
 pub mod tmux;

@@ -21,158 +21,20 @@
 //! - Without the uprobe (`uprobe: never`, or a build it refuses) the socket
 //!   probes make the records of plaintext HTTP/1.x, equal to the log too.
 use ngxprobe_e2e::agent::Agent;
-use ngxprobe_e2e::metrics_text::Scrape;
 use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, find_tool};
 use ngxprobe_e2e::protocol_clients::{curl, h2load, h2load_streams};
+use ngxprobe_e2e::red::{
+    ATTACHED, DURATION, Key, SOCKET, Sums, agent_sums, counts, log_lines, quiesce, total, wait_attached,
+};
 use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool, skip_or_fail};
 use ngxprobe_e2e::{clients, guard, oracle};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const DURATION: &str = "http_server_request_duration_seconds";
-const REQ_SIZE: &str = "http_server_request_body_size_bytes";
-const RESP_SIZE: &str = "http_server_response_body_size_bytes";
 const FOLDED: &str = "ngxprobe_per_request_folded_total";
-const ATTACHED: &str = "ngxprobe_per_request_probe_attached";
 const REFUSED: &str = "ngxprobe_uprobe_attach_refused_total";
 const REQUESTS: &str = "nginx_http_requests_total";
-
-/// (method, status, protocol version, scheme, port)
-type Key = (String, String, String, String, String);
-
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
-struct Sums {
-    count: u64,
-    duration_ms: u64,
-    request_bytes: u64,
-    body_bytes: u64,
-}
-
-const KNOWN_METHODS: [&str; 9] = [
-    "CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "TRACE",
-];
-
-fn log_lines(n: &Nginx) -> usize {
-    std::fs::read_to_string(n.access_log_path())
-        .unwrap_or_default()
-        .lines()
-        .count()
-}
-
-/// The access log (nginx::ACCESS_LOG_FORMAT) after its first `skip` lines
-/// (requests before the uprobe was attached), summed per label set.
-fn oracle_sums(n: &Nginx, skip: usize) -> BTreeMap<Key, Sums> {
-    let text = std::fs::read_to_string(n.access_log_path()).unwrap_or_default();
-    let mut out: BTreeMap<Key, Sums> = BTreeMap::new();
-    for line in text.lines().skip(skip) {
-        let f: Vec<&str> = line.split(' ').collect();
-        assert_eq!(f.len(), 9, "access log line {line:?}");
-        let status = f[0].parse::<u16>().expect("status").to_string();
-        let method = if KNOWN_METHODS.contains(&f[1]) { f[1] } else { "_OTHER" };
-        let version = match f[2] {
-            "HTTP/1.0" => "1.0",
-            "HTTP/1.1" => "1.1",
-            "HTTP/2.0" => "2",
-            other => panic!("protocol {other:?} in {line:?}"),
-        };
-        let ms = (f[3].parse::<f64>().expect("request_time") * 1000.0).round() as u64;
-        let e = out
-            .entry((
-                method.into(),
-                status,
-                version.into(),
-                f[7].to_string(),
-                f[8].to_string(),
-            ))
-            .or_default();
-        e.count += 1;
-        e.duration_ms += ms;
-        e.request_bytes += f[4].parse::<u64>().expect("request_length");
-        e.body_bytes += f[6].parse::<u64>().expect("body_bytes_sent");
-    }
-    out
-}
-
-/// The agent's histograms for `conf` summed per label set.
-fn agent_sums(scrape: &Scrape, conf: &str) -> BTreeMap<Key, Sums> {
-    let mut out: BTreeMap<Key, Sums> = BTreeMap::new();
-    for s in scrape.samples.iter().filter(|s| s.label("conf_path") == Some(conf)) {
-        let key = || -> Key {
-            let l = |n: &str| s.label(n).unwrap_or("?").to_string();
-            (
-                l("http_request_method"),
-                l("http_response_status_code"),
-                l("network_protocol_version"),
-                l("url_scheme"),
-                l("server_port"),
-            )
-        };
-        let name = s.name.as_str();
-        if name == format!("{DURATION}_count") {
-            out.entry(key()).or_default().count += s.value as u64;
-        } else if name == format!("{DURATION}_sum") {
-            out.entry(key()).or_default().duration_ms += (s.value * 1000.0).round() as u64;
-        } else if name == format!("{REQ_SIZE}_sum") {
-            out.entry(key()).or_default().request_bytes += s.value as u64;
-        } else if name == format!("{RESP_SIZE}_sum") {
-            out.entry(key()).or_default().body_bytes += s.value as u64;
-        }
-    }
-    out
-}
-
-fn total(m: &BTreeMap<Key, Sums>) -> u64 {
-    m.values().map(|s| s.count).sum()
-}
-
-/// Waits (bounded) until the agent has as many requests as the access log
-/// has lines, then returns both views (on timeout the last ones: the
-/// caller's per-label-set comparison says what differs).
-fn quiesce(agent: &Agent, n: &Nginx, skip: usize) -> (BTreeMap<Key, Sums>, BTreeMap<Key, Sums>) {
-    let conf = n.conf_label();
-    let res = poll(
-        "the agent's request histograms to reach the access log's count",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || {
-            let log = oracle_sums(n, skip);
-            let ours = agent_sums(&agent.scrape()?, &conf);
-            Ok(if total(&ours) == total(&log) && total(&log) > 0 {
-                Poll::Ready((log, ours))
-            } else {
-                Poll::Pending(format!("agent {} requests, access log {}", total(&ours), total(&log)))
-            })
-        },
-    );
-    match res {
-        Ok(views) => views,
-        Err(e) => {
-            eprintln!("[e2e] {e:#}\n{}", agent.log_tail(10));
-            (
-                oracle_sums(n, skip),
-                agent_sums(&agent.scrape().expect("scrape"), &conf),
-            )
-        }
-    }
-}
-
-fn wait_attached(agent: &Agent, conf: &str, want: f64) {
-    poll(
-        "the per-request uprobe state of the instance",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || {
-            let v = agent.scrape()?.value(ATTACHED, conf)?;
-            Ok(if v == Some(want) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(format!("{ATTACHED} = {v:?}"))
-            })
-        },
-    )
-    .expect("uprobe state");
-}
 
 /// nginx (started first) and the agent (with `config`), once the agent has
 /// the uprobe attached to the instance; also the access log lines written
@@ -189,10 +51,6 @@ fn start_attached(opts: NginxOptions, config: Option<&str>) -> (Nginx, Agent, St
     wait_attached(&agent, &conf, 1.0);
     let skip = log_lines(&nginx);
     (nginx, agent, conf, skip)
-}
-
-fn counts(m: &BTreeMap<Key, Sums>) -> BTreeMap<Key, u64> {
-    m.iter().map(|(k, s)| (k.clone(), s.count)).collect()
 }
 
 fn statuses_locations(codes: impl Iterator<Item = u16>) -> String {
@@ -685,7 +543,6 @@ fn new_workers_after_reload_and_crash_are_counted() {
     assert_eq!(unattributed, 0.0, "records of new workers not attributed");
 }
 
-const SOCKET: &str = "ngxprobe_per_request_socket_probes";
 const UNLABELLED: &str = "ngxprobe_per_request_socket_unlabelled_total";
 
 /// Moves `n` requests of `from` to `to` in an oracle view (labels the socket

@@ -134,6 +134,12 @@ impl Collector {
         );
         let mut tcp = TcpFamilies::new(self.hz);
         let mut worker = WorkerFamilies::new();
+        // Records of requests finished before this collection, not yet
+        // taken in by the consumer thread, count now: TLS and HTTP/2
+        // requests are in nginx_http_requests_total only through them.
+        if let Some(pr) = &self.per_request {
+            pr.drain_now();
+        }
         let mut per_request = self.per_request.as_ref().map(|_| RequestFamilies::new());
         for (key, t) in &self.instances {
             let labels = self.labels(t);

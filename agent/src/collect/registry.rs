@@ -9,7 +9,7 @@ use agent_common::{ListenKey, MAX_INSTANCES};
 
 use super::{
     discovery_stats::{DiscoveryStats, ScanNews},
-    requests::{AttachNews, PerRequest, PerRequestConfig, RequestFeed, UprobeMode},
+    requests::{AttachNews, PerRequest, PerRequestConfig, RequestFeed, SharedRing, UprobeMode},
     unparsed,
     worker_health::{self, WorkerTrack},
 };
@@ -127,8 +127,9 @@ impl Collector {
         if !cfg.enabled {
             return None;
         }
-        let ring = self.probe.take_request_ring()?;
-        let pr = PerRequest::new(cfg, self.proc_root.clone());
+        let ring = SharedRing::new(self.probe.take_request_ring()?);
+        let mut pr = PerRequest::new(cfg, self.proc_root.clone());
+        pr.ring = Some(ring.clone());
         let agg = pr.agg.clone();
         self.per_request = Some(pr);
         Some((ring, agg))

@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use agent_common::{
@@ -11,6 +12,11 @@ use agent_common::{
 
 use super::config::PerRequestConfig;
 use crate::discover::InstanceKey;
+
+/// How long an exited process of an instance still has its records
+/// attributed: well above the consumer's wait for records (200 ms, or a
+/// scrape) plus a discovery scan, so records it sent before it exited count.
+const GONE_GRACE: Duration = Duration::from_secs(5);
 
 /// Label value for a method or status not kept as its own value.
 pub const OTHER: &str = "_OTHER";
@@ -150,6 +156,10 @@ pub struct Aggregator {
     pids: HashMap<u32, InstanceKey>,
     /// Processes looked up in /proc and found to be no tracked instance's.
     strangers: HashSet<u32>,
+    /// Processes of instances that the last scans no longer list (exited:
+    /// a reload, a crash), with when that was seen: their last records may
+    /// still wait in the ring when the scan notices the exit.
+    gone: HashMap<u32, (InstanceKey, Instant)>,
     /// Records from processes of no tracked instance.
     pub unattributed: u64,
 }
@@ -165,19 +175,32 @@ impl Aggregator {
             instances: HashMap::new(),
             pids: HashMap::new(),
             strangers: HashSet::new(),
+            gone: HashMap::new(),
             unattributed: 0,
         }
     }
 
     /// The processes of tracked instances, after each discovery scan.
     pub fn set_pids(&mut self, pids: HashMap<u32, InstanceKey>) {
-        self.pids = pids;
+        self.set_pids_at(pids, Instant::now());
+    }
+
+    fn set_pids_at(&mut self, pids: HashMap<u32, InstanceKey>, now: Instant) {
+        let old = std::mem::replace(&mut self.pids, pids);
+        for (pid, key) in old {
+            if !self.pids.contains_key(&pid) {
+                self.gone.insert(pid, (key, now));
+            }
+        }
+        self.gone
+            .retain(|pid, (_, since)| !self.pids.contains_key(pid) && now.duration_since(*since) < GONE_GRACE);
         self.strangers.clear();
     }
 
     /// Drops a forgotten instance's series.
     pub fn forget(&mut self, key: &InstanceKey) {
         self.instances.remove(key);
+        self.gone.retain(|_, (k, _)| k != key);
     }
 
     pub fn instance(&self, key: &InstanceKey) -> Option<&InstanceRequests> {
@@ -185,10 +208,21 @@ impl Aggregator {
     }
 
     /// The instance of process `tgid`: known from the last scan, or a worker
-    /// started since (after a reload) whose parent is a known master.
-    fn owner(&mut self, tgid: u32) -> Option<InstanceKey> {
+    /// started since (after a reload, a crash) whose parent (`ppid`, from the
+    /// record, else /proc) is a known master, or a
+    /// process that exited within [`GONE_GRACE`] after a scan listed it (a
+    /// live process is always judged by its parent: its pid may be reused).
+    fn owner(&mut self, tgid: u32, ppid: u32) -> Option<InstanceKey> {
         if let Some(k) = self.pids.get(&tgid) {
             return Some(k.clone());
+        }
+        // The parent the kernel gave when the record was made: a worker
+        // started and gone between two scans still has its master.
+        if ppid != 0
+            && let Some(k) = self.pids.get(&ppid).cloned()
+        {
+            self.pids.insert(tgid, k.clone());
+            return Some(k);
         }
         if self.strangers.contains(&tgid) {
             return None;
@@ -196,7 +230,15 @@ impl Aggregator {
         let parent = std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("stat"))
             .ok()
             .and_then(|s| parent_pid(&s));
-        match parent.and_then(|p| self.pids.get(&p)).cloned() {
+        let Some(parent) = parent else {
+            // Exited: a process the scans knew until lately, else a stranger.
+            let k = self.gone.get(&tgid).map(|(k, _)| k.clone());
+            if k.is_none() {
+                self.strangers.insert(tgid);
+            }
+            return k;
+        };
+        match self.pids.get(&parent).cloned() {
             Some(k) => {
                 self.pids.insert(tgid, k.clone());
                 Some(k)
@@ -209,7 +251,7 @@ impl Aggregator {
     }
 
     pub fn record(&mut self, rec: &RequestRecord) {
-        let Some(inst) = self.owner(rec.tgid) else {
+        let Some(inst) = self.owner(rec.tgid, rec.ppid) else {
             self.unattributed += 1;
             return;
         };
@@ -459,6 +501,65 @@ mod tests {
             .filter_map(|k| k.server_name.clone())
             .collect();
         assert_eq!(names, vec!["main".to_string(), format!("{}...", "x".repeat(48))]);
+    }
+
+    #[test]
+    fn a_worker_no_scan_listed_is_attributed_by_its_parent() {
+        let mut a = agg(10);
+        a.set_pids(HashMap::from([(10, key("/a")), (20, key("/b"))]));
+        // Worker 12 (gone, never listed) of master 10; 13 of no known master.
+        let mut r = rec(12, 200, 1);
+        r.ppid = 10;
+        a.record(&r);
+        r.tgid = 13;
+        r.ppid = 1;
+        a.record(&r);
+        assert_eq!(a.unattributed, 1);
+        assert_eq!(
+            a.instance(&key("/a"))
+                .unwrap()
+                .series
+                .values()
+                .next()
+                .unwrap()
+                .duration
+                .count(),
+            1
+        );
+        assert!(a.instance(&key("/b")).is_none());
+    }
+
+    #[test]
+    fn records_of_a_process_that_exited_count_for_a_while() {
+        let mut a = agg(10);
+        let t0 = Instant::now();
+        // A scan no longer lists worker 11 (it exited; /proc has no entry).
+        a.set_pids_at(HashMap::from([(10, key("/a"))]), t0);
+        a.record(&rec(11, 200, 1));
+        assert_eq!(a.unattributed, 0);
+        // More scans within the grace: still its instance's.
+        a.set_pids_at(HashMap::from([(10, key("/a"))]), t0 + Duration::from_secs(1));
+        a.record(&rec(11, 200, 1));
+        assert_eq!(
+            a.instance(&key("/a"))
+                .unwrap()
+                .series
+                .values()
+                .next()
+                .unwrap()
+                .duration
+                .count(),
+            2
+        );
+        // After it, or once the instance is forgotten: not attributed.
+        a.set_pids_at(HashMap::from([(10, key("/a"))]), t0 + GONE_GRACE);
+        a.record(&rec(11, 200, 1));
+        assert_eq!(a.unattributed, 1);
+        a.set_pids_at(HashMap::new(), t0 + GONE_GRACE);
+        a.forget(&key("/a"));
+        a.record(&rec(10, 200, 1));
+        assert_eq!(a.unattributed, 2);
+        assert!(a.instance(&key("/a")).is_none());
     }
 
     #[test]

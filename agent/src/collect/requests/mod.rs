@@ -32,8 +32,27 @@ impl SharedAggregator {
     }
 }
 
+/// The ring buffer of request records, shared by the consumer thread and
+/// the collector, which drains it before it reads the aggregator (so a
+/// scrape sees every request finished before it, not those of up to
+/// [`POLL_MS`] earlier). Lock order: the ring, then the aggregator.
+#[derive(Clone)]
+pub struct SharedRing(Arc<Mutex<RingBuf<MapData>>>);
+
+impl SharedRing {
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        SharedRing(Arc::new(Mutex::new(ring)))
+    }
+
+    /// Moves every record waiting in the ring into the aggregator.
+    pub fn drain_into(&self, agg: &SharedAggregator) {
+        let mut ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        drain(&mut ring, agg);
+    }
+}
+
 /// What the consumer thread needs: the ring buffer and the aggregator.
-pub type RequestFeed = (RingBuf<MapData>, SharedAggregator);
+pub type RequestFeed = (SharedRing, SharedAggregator);
 
 /// The collector's per-request state (present when enabled).
 pub struct PerRequest {
@@ -42,6 +61,8 @@ pub struct PerRequest {
     pub attachments: Attachments,
     /// Master pid → whether its executable carries the uprobe (last scan).
     pub attached: HashMap<u32, bool>,
+    /// The records' ring, drained before the families are read.
+    pub ring: Option<SharedRing>,
 }
 
 impl PerRequest {
@@ -52,6 +73,14 @@ impl PerRequest {
             agg,
             attachments: Attachments::default(),
             attached: HashMap::new(),
+            ring: None,
+        }
+    }
+
+    /// Takes in the records waiting in the ring (before a collection).
+    pub fn drain_now(&self) {
+        if let Some(ring) = &self.ring {
+            ring.drain_into(&self.agg);
         }
     }
 }
@@ -63,17 +92,19 @@ impl PerRequest {
 const POLL_MS: i32 = 200;
 
 /// Starts the thread that drains the ring buffer into the aggregator.
-pub fn spawn_consumer(mut ring: RingBuf<MapData>, agg: SharedAggregator) -> std::io::Result<Worker> {
+pub fn spawn_consumer(ring: SharedRing, agg: SharedAggregator) -> std::io::Result<Worker> {
+    // The fd stays open as long as the ring (the collector holds it too).
+    let fd = ring.0.lock().unwrap_or_else(|p| p.into_inner()).as_raw_fd();
     Worker::spawn_thread("requests", move |stop| {
         let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };
         loop {
             // SAFETY: one pollfd we own; a failure (EINTR) just loops.
             unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
-            drain(&mut ring, &agg);
+            ring.drain_into(&agg);
             if stop.is_triggered() {
                 return;
             }
