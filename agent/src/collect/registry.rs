@@ -14,7 +14,10 @@ use super::{
     worker_health::{self, WorkerTrack},
 };
 use crate::{
-    discover::{self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome},
+    discover::{
+        self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome,
+        nginx_conf::{self, ConfVerdict},
+    },
     kubernetes::MetadataCache,
     probe::{Probe, ProbeError},
 };
@@ -46,6 +49,10 @@ pub(super) struct Tracked {
     /// for its slot): per_request is enabled and the uprobe is not attached
     /// to its executable.
     pub socket_requests: bool,
+    /// What its config says it needs (`uprobe: auto`), and the workers it
+    /// was read with: a reload starts new workers, and the config is read
+    /// again then (not at every scan).
+    pub conf: Option<(Vec<u32>, ConfVerdict)>,
 }
 
 /// Scans an instance is kept unchanged while one of its processes cannot be
@@ -103,6 +110,48 @@ pub fn describe(key: &InstanceKey) -> String {
     }
 }
 
+/// Whether an instance needs the request uprobe (`uprobe: auto`): its
+/// config has TLS, HTTP/2 or HTTP/3 listeners, or cannot be read for
+/// certain (the uprobe is exact where it attaches; the socket probes do not
+/// count TLS and HTTP/2 requests). The config is read at discovery and
+/// again when the workers change (a reload), and what it says is logged
+/// when it changes.
+fn needs_uprobe(
+    proc_root: &std::path::Path,
+    key: &InstanceKey,
+    t: &mut Tracked,
+    unknown: &mut BTreeMap<&'static str, u64>,
+    news: &mut AttachNews,
+) -> bool {
+    let fresh = t.conf.as_ref().is_some_and(|(w, _)| *w == t.inst.worker_pids);
+    if !fresh {
+        let verdict = nginx_conf::read_instance_conf(proc_root, t.inst.master_pid, &key.conf_path);
+        let changed = t.conf.as_ref().is_none_or(|(_, v)| *v != verdict);
+        if changed {
+            let who = describe(key);
+            match &verdict {
+                ConfVerdict::NeedsUprobe { why } => news.config.push(format!(
+                    "nginx instance {who}: TLS, HTTP/2 or HTTP/3 listener ({why}): per-request metrics from the uprobe"
+                )),
+                ConfVerdict::PlaintextOnly => news.config.push(format!(
+                    "nginx instance {who}: plaintext HTTP/1.x listeners only: per-request metrics from the socket \
+                     probes unless its executable carries the uprobe for another instance"
+                )),
+                ConfVerdict::Unknown(u) => {
+                    *unknown.entry(u.reason).or_default() += 1;
+                    news.config_unknown.push(format!(
+                        "nginx instance {who}: config not read for certain ({}: {}): the uprobe is attached as if it \
+                         had TLS or HTTP/2 listeners",
+                        u.reason, u.detail
+                    ));
+                }
+            }
+        }
+        t.conf = Some((t.inst.worker_pids.clone(), verdict));
+    }
+    !matches!(t.conf, Some((_, ConfVerdict::PlaintextOnly)))
+}
+
 impl Collector {
     pub fn new(probe: Probe, proc_root: PathBuf, retention: Duration, extra_labels: Vec<(String, String)>) -> Self {
         Collector {
@@ -140,12 +189,17 @@ impl Collector {
         };
         let mut running = Vec::new();
         let mut pids = std::collections::HashMap::new();
-        for (key, t) in &self.instances {
+        for (key, t) in self.instances.iter_mut() {
             if t.stopped_since.is_some() {
                 continue;
             }
-            if pr.cfg.uprobe != UprobeMode::Never {
-                running.push((t.inst.master_pid, t.inst.exe.clone()));
+            match pr.cfg.uprobe {
+                UprobeMode::Never => {}
+                UprobeMode::Always => running.push((t.inst.master_pid, t.inst.exe.clone(), true)),
+                UprobeMode::Auto => {
+                    let need = needs_uprobe(&self.proc_root, key, t, &mut pr.conf_unknown, &mut report.per_request);
+                    running.push((t.inst.master_pid, t.inst.exe.clone(), need));
+                }
             }
             pids.insert(t.inst.master_pid, key.clone());
             for w in &t.inst.worker_pids {
@@ -278,6 +332,7 @@ impl Collector {
                                 workers: WorkerTrack::default(),
                                 listen: Default::default(),
                                 socket_requests: false,
+                                conf: None,
                             },
                         );
                     }

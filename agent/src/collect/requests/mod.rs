@@ -42,6 +42,9 @@ pub struct PerRequest {
     pub attachments: Attachments,
     /// Master pid → whether its executable carries the uprobe (last scan).
     pub attached: HashMap<u32, bool>,
+    /// Config reads that could not tell what an instance needs, by reason
+    /// (discover::nginx_conf::UNKNOWN_REASONS).
+    pub conf_unknown: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl PerRequest {
@@ -52,6 +55,7 @@ impl PerRequest {
             agg,
             attachments: Attachments::default(),
             attached: HashMap::new(),
+            conf_unknown: Default::default(),
         }
     }
 }
