@@ -174,16 +174,24 @@ fn wait_attached(agent: &Agent, conf: &str, want: f64) {
     .expect("uprobe state");
 }
 
-/// nginx (started first) and the agent (with `config`), once the agent has
-/// the uprobe attached to the instance; also the access log lines written
-/// before (nginx's readiness check), which the agent cannot have seen.
+/// `per_request.uprobe: always` added to an agent config: the uprobe on
+/// plaintext-only instances too (with the default `auto` they are measured
+/// by the socket probes).
+fn always(config: Option<&str>) -> String {
+    match config {
+        Some(yaml) if yaml.contains("per_request:\n") => yaml.replacen("per_request:\n", "per_request:\n  uprobe: always\n", 1),
+        Some(yaml) => format!("{yaml}per_request:\n  uprobe: always\n"),
+        None => "per_request:\n  uprobe: always\n".to_string(),
+    }
+}
+
+/// nginx (started first) and the agent (with `config` and `uprobe:
+/// always`), once the agent has the uprobe attached to the instance; also
+/// the access log lines written before (nginx's readiness check), which the
+/// agent cannot have seen.
 fn start_attached(opts: NginxOptions, config: Option<&str>) -> (Nginx, Agent, String, usize) {
     let nginx = Nginx::start(opts).expect("nginx");
-    let agent = match config {
-        Some(yaml) => Agent::start_with_config(yaml),
-        None => Agent::start(),
-    }
-    .expect("agent");
+    let agent = Agent::start_with_config(&always(config)).expect("agent");
     let conf = nginx.conf_label();
     agent.wait_instance_up(&conf).expect("instance up");
     wait_attached(&agent, &conf, 1.0);
@@ -454,7 +462,7 @@ fn unknown_build_is_refused_and_plaintext_still_counted() {
         ..Default::default()
     })
     .expect("patched nginx runs");
-    let agent = Agent::start().expect("agent");
+    let agent = Agent::start_with_config(&always(None)).expect("agent");
     let conf = nginx.conf_label();
     agent.wait_instance_up(&conf).expect("instance up");
     wait_attached(&agent, &conf, 0.0);
@@ -760,4 +768,171 @@ fn socket_path_red_matches_the_access_log() {
     assert_eq!(unl("no_response"), 0.0, "{UNLABELLED}{{reason=\"no_response\"}}");
     let lost = scrape.sum_by("ngxprobe_per_request_records_lost_total", "reason");
     assert!(lost.values().all(|v| *v == 0.0), "records lost: {lost:?}");
+}
+
+/// Waits (bounded) until the instance's per-request source is the uprobe
+/// (`uprobe` true: probe_attached 1, socket_probes 0) or the socket probes.
+fn wait_source(agent: &Agent, conf: &str, uprobe: bool) {
+    let (att, sock) = if uprobe { (1.0, 0.0) } else { (0.0, 1.0) };
+    poll(
+        "the instance's per-request source",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            let s = agent.scrape()?;
+            let (a, k) = (s.value(ATTACHED, conf)?, s.value(SOCKET, conf)?);
+            Ok(if a == Some(att) && k == Some(sock) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{ATTACHED} = {a:?}, {SOCKET} = {k:?}"))
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_tail(20)));
+}
+
+/// Plaintext traffic (keep-alive, close, HTTP/1.0, HEAD) on `n`'s main port.
+fn plaintext_traffic(n: &Nginx) {
+    let base = format!("http://{}", n.main_addr());
+    let urls: Vec<String> = ["/", "/missing", "/index.html", "/echo"]
+        .iter()
+        .map(|p| format!("{base}{p}"))
+        .collect();
+    curl(&[], &urls).expect("curl keep-alive");
+    curl(&["-H", "Connection: close"], &urls[..2]).expect("curl close");
+    curl(&["--http1.0"], &urls[..2]).expect("curl http/1.0");
+    curl(&["-I"], &urls[..1]).expect("curl HEAD");
+}
+
+/// HTTPS/1.1 and HTTP/2 over TLS on `n`'s TLS port.
+fn tls_traffic(n: &Nginx) {
+    let tls = n.tls_addr().expect("TLS listener");
+    let urls: Vec<String> = ["/", "/missing", "/index.html"]
+        .iter()
+        .map(|p| format!("https://{tls}{p}"))
+        .collect();
+    curl(&[], &urls).expect("curl https");
+    curl(&["--http2"], &urls).expect("curl --http2");
+}
+
+/// The access log's and the agent's counts per label set, equal.
+fn assert_exact(agent: &Agent, n: &Nginx, skip: usize, what: &str) {
+    let (log, ours) = quiesce(agent, n, skip);
+    eprintln!("[e2e] {what}: access log {} requests, agent {}", total(&log), total(&ours));
+    assert_eq!(counts(&ours), counts(&log), "{what}: agent (left) vs access log (right)");
+}
+
+/// `uprobe: auto` (the default) on an instance whose config has only
+/// plaintext listeners: no uprobe (it would cost every request a trap),
+/// per-request records from the socket probes, equal to the access log.
+#[test]
+fn auto_leaves_a_plaintext_only_instance_to_the_socket_probes() {
+    if require_tool("curl", "cargo xtask setup installs it").is_none() {
+        return;
+    }
+    let _g = guard("auto_leaves_a_plaintext_only_instance_to_the_socket_probes");
+    let nginx = Nginx::start(NginxOptions {
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("nginx");
+    let agent = Agent::start().expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    wait_source(&agent, &conf, false);
+    let skip = log_lines(&nginx);
+    plaintext_traffic(&nginx);
+    assert_exact(&agent, &nginx, skip, "plaintext-only, auto");
+    // Still no uprobe on the executable (a trap per request would show as
+    // an attachment): the source did not change during the traffic.
+    wait_source(&agent, &conf, false);
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("plaintext HTTP/1.x listeners only"),
+        "the instance's config verdict is not logged:\n{}",
+        agent.log_tail(20)
+    );
+}
+
+/// `uprobe: auto` on an instance with a TLS (and HTTP/2) listener: the
+/// uprobe is attached and is the only source, exact against the access log
+/// for HTTPS, HTTP/2 and plaintext. A reload to a config without TLS
+/// listeners (read again because the workers change) detaches it and the
+/// socket probes take over, still exact.
+#[test]
+fn auto_attaches_for_tls_and_follows_a_reload() {
+    if require_tool("curl", "cargo xtask setup installs it").is_none() {
+        return;
+    }
+    let _g = guard("auto_attaches_for_tls_and_follows_a_reload");
+    let nginx = Nginx::start(NginxOptions {
+        tls: true,
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("nginx");
+    let agent = Agent::start().expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    wait_source(&agent, &conf, true);
+    let skip = log_lines(&nginx);
+    tls_traffic(&nginx);
+    plaintext_traffic(&nginx);
+    assert_exact(&agent, &nginx, skip, "TLS listener, auto");
+
+    // The TLS server becomes plaintext: no listener needs the uprobe.
+    let text = std::fs::read_to_string(nginx.conf_path()).expect("read nginx.conf");
+    assert!(text.contains(" ssl http2;"), "the harness's TLS listen line changed:\n{text}");
+    std::fs::write(nginx.conf_path(), text.replace(" ssl http2;", ";")).expect("write nginx.conf");
+    nginx.reload().expect("reload");
+    wait_source(&agent, &conf, false);
+    // The histograms are cumulative across the switch: compare with every
+    // line since the first phase began.
+    plaintext_traffic(&nginx);
+    assert_exact(&agent, &nginx, skip, "both phases, after the reload to plaintext only");
+}
+
+/// Two instances running the same executable, one plaintext-only and one
+/// with TLS: the executable carries the uprobe (the TLS instance needs
+/// it), so both instances take their records from it: a plaintext-only
+/// instance that kept the socket probes would count every request twice.
+/// When the TLS instance stops, the uprobe is detached and the plaintext
+/// one goes back to the socket probes. Every phase exact against each
+/// instance's access log.
+#[test]
+fn auto_instances_sharing_an_executable_are_counted_once() {
+    if require_tool("curl", "cargo xtask setup installs it").is_none() {
+        return;
+    }
+    let _g = guard("auto_instances_sharing_an_executable_are_counted_once");
+    let plain = Nginx::start(NginxOptions {
+        tag: "plain".into(),
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("plaintext nginx");
+    let tls = Nginx::start(NginxOptions {
+        tag: "tls".into(),
+        tls: true,
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("TLS nginx");
+    let agent = Agent::start().expect("agent");
+    let (pc, tc) = (plain.conf_label(), tls.conf_label());
+    agent.wait_instance_up(&pc).expect("plaintext instance up");
+    agent.wait_instance_up(&tc).expect("TLS instance up");
+    wait_source(&agent, &tc, true);
+    wait_source(&agent, &pc, true);
+    let (ps, ts) = (log_lines(&plain), log_lines(&tls));
+    plaintext_traffic(&plain);
+    tls_traffic(&tls);
+    plaintext_traffic(&tls);
+    assert_exact(&agent, &plain, ps, "plaintext instance sharing the TLS instance's executable");
+    assert_exact(&agent, &tls, ts, "TLS instance");
+
+    drop(tls);
+    wait_source(&agent, &pc, false);
+    plaintext_traffic(&plain);
+    assert_exact(&agent, &plain, ps, "plaintext instance, both phases (the second alone)");
 }
