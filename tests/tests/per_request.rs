@@ -791,6 +791,16 @@ fn wait_source(agent: &Agent, conf: &str, uprobe: bool) {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_tail(20)));
 }
 
+/// A copy of the nginx executable in `dir`: the uprobe is attached per
+/// file, so instances run from it are not affected by other nginx
+/// instances on the host (another test's TLS nginx running the system
+/// binary would keep the uprobe on it).
+fn private_nginx(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("nginx");
+    std::fs::copy(ngxprobe_e2e::nginx::nginx_bin(), &path).expect("copy nginx");
+    path
+}
+
 /// Plaintext traffic (keep-alive, close, HTTP/1.0, HEAD) on `n`'s main port.
 fn plaintext_traffic(n: &Nginx) {
     let base = format!("http://{}", n.main_addr());
@@ -831,7 +841,9 @@ fn auto_leaves_a_plaintext_only_instance_to_the_socket_probes() {
         return;
     }
     let _g = guard("auto_leaves_a_plaintext_only_instance_to_the_socket_probes");
+    let bin_dir = TempDir::new("nginx-bin").expect("tempdir");
     let nginx = Nginx::start(NginxOptions {
+        bin: Some(private_nginx(&bin_dir)),
         access_log: true,
         ..Default::default()
     })
@@ -865,7 +877,9 @@ fn auto_attaches_for_tls_and_follows_a_reload() {
         return;
     }
     let _g = guard("auto_attaches_for_tls_and_follows_a_reload");
+    let bin_dir = TempDir::new("nginx-bin").expect("tempdir");
     let nginx = Nginx::start(NginxOptions {
+        bin: Some(private_nginx(&bin_dir)),
         tls: true,
         access_log: true,
         ..Default::default()
@@ -905,13 +919,17 @@ fn auto_instances_sharing_an_executable_are_counted_once() {
         return;
     }
     let _g = guard("auto_instances_sharing_an_executable_are_counted_once");
+    let bin_dir = TempDir::new("nginx-bin").expect("tempdir");
+    let bin = private_nginx(&bin_dir);
     let plain = Nginx::start(NginxOptions {
+        bin: Some(bin.clone()),
         tag: "plain".into(),
         access_log: true,
         ..Default::default()
     })
     .expect("plaintext nginx");
     let tls = Nginx::start(NginxOptions {
+        bin: Some(bin),
         tag: "tls".into(),
         tls: true,
         access_log: true,
