@@ -179,7 +179,9 @@ fn wait_attached(agent: &Agent, conf: &str, want: f64) {
 /// by the socket probes).
 fn always(config: Option<&str>) -> String {
     match config {
-        Some(yaml) if yaml.contains("per_request:\n") => yaml.replacen("per_request:\n", "per_request:\n  uprobe: always\n", 1),
+        Some(yaml) if yaml.contains("per_request:\n") => {
+            yaml.replacen("per_request:\n", "per_request:\n  uprobe: always\n", 1)
+        }
         Some(yaml) => format!("{yaml}per_request:\n  uprobe: always\n"),
         None => "per_request:\n  uprobe: always\n".to_string(),
     }
@@ -825,11 +827,59 @@ fn tls_traffic(n: &Nginx) {
     curl(&["--http2"], &urls).expect("curl --http2");
 }
 
-/// The access log's and the agent's counts per label set, equal.
-fn assert_exact(agent: &Agent, n: &Nginx, skip: usize, what: &str) {
-    let (log, ours) = quiesce(agent, n, skip);
-    eprintln!("[e2e] {what}: access log {} requests, agent {}", total(&log), total(&ours));
-    assert_eq!(counts(&ours), counts(&log), "{what}: agent (left) vs access log (right)");
+/// Where a phase starts: the access log's lines and the agent's counts per
+/// label set for `n` (requests nginx served before the agent tracked the
+/// instance are in neither the comparison nor the baseline).
+struct Mark {
+    skip: usize,
+    base: BTreeMap<Key, u64>,
+}
+
+fn mark(agent: &Agent, n: &Nginx) -> Mark {
+    Mark {
+        skip: log_lines(n),
+        base: counts(&agent_sums(&agent.scrape().expect("scrape"), &n.conf_label())),
+    }
+}
+
+/// The agent's counts per label set since `m` equal the access log's lines
+/// since `m` (polled with a deadline: records reach the agent within
+/// 200 ms of the request's end, or when its connection closes).
+fn assert_exact(agent: &Agent, n: &Nginx, m: &Mark, what: &str) {
+    let conf = n.conf_label();
+    let views = || -> anyhow::Result<(BTreeMap<Key, u64>, BTreeMap<Key, u64>)> {
+        let log = counts(&oracle_sums(n, m.skip));
+        let mut ours = counts(&agent_sums(&agent.scrape()?, &conf));
+        for (k, b) in &m.base {
+            let e = ours.entry(k.clone()).or_default();
+            *e = e.saturating_sub(*b);
+        }
+        ours.retain(|_, c| *c > 0);
+        Ok((log, ours))
+    };
+    let res = poll(
+        "the agent's counts to equal the access log's",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let (log, ours) = views()?;
+            Ok(if log == ours && !log.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("agent {ours:?}, access log {log:?}"))
+            })
+        },
+    );
+    let (log, ours) = views().expect("scrape");
+    eprintln!(
+        "[e2e] {what}: access log {} requests, agent {}",
+        log.values().sum::<u64>(),
+        ours.values().sum::<u64>()
+    );
+    if let Err(e) = res {
+        eprintln!("[e2e] {e:#}");
+    }
+    assert_eq!(ours, log, "{what}: agent (left) vs access log (right)");
 }
 
 /// `uprobe: auto` (the default) on an instance whose config has only
@@ -852,9 +902,9 @@ fn auto_leaves_a_plaintext_only_instance_to_the_socket_probes() {
     let conf = nginx.conf_label();
     agent.wait_instance_up(&conf).expect("instance up");
     wait_source(&agent, &conf, false);
-    let skip = log_lines(&nginx);
+    let m = mark(&agent, &nginx);
     plaintext_traffic(&nginx);
-    assert_exact(&agent, &nginx, skip, "plaintext-only, auto");
+    assert_exact(&agent, &nginx, &m, "plaintext-only, auto");
     // Still no uprobe on the executable (a trap per request would show as
     // an attachment): the source did not change during the traffic.
     wait_source(&agent, &conf, false);
@@ -889,27 +939,30 @@ fn auto_attaches_for_tls_and_follows_a_reload() {
     let conf = nginx.conf_label();
     agent.wait_instance_up(&conf).expect("instance up");
     wait_source(&agent, &conf, true);
-    let skip = log_lines(&nginx);
+    let m = mark(&agent, &nginx);
     tls_traffic(&nginx);
     plaintext_traffic(&nginx);
-    assert_exact(&agent, &nginx, skip, "TLS listener, auto");
+    assert_exact(&agent, &nginx, &m, "TLS listener, auto");
 
     // The TLS server becomes plaintext: no listener needs the uprobe.
     let text = std::fs::read_to_string(nginx.conf_path()).expect("read nginx.conf");
-    assert!(text.contains(" ssl http2;"), "the harness's TLS listen line changed:\n{text}");
+    assert!(
+        text.contains(" ssl http2;"),
+        "the harness's TLS listen line changed:\n{text}"
+    );
     std::fs::write(nginx.conf_path(), text.replace(" ssl http2;", ";")).expect("write nginx.conf");
     nginx.reload().expect("reload");
     wait_source(&agent, &conf, false);
-    // The histograms are cumulative across the switch: compare with every
-    // line since the first phase began.
+    let m = mark(&agent, &nginx);
     plaintext_traffic(&nginx);
-    assert_exact(&agent, &nginx, skip, "both phases, after the reload to plaintext only");
+    assert_exact(&agent, &nginx, &m, "after the reload to plaintext only");
 }
 
-/// Two instances running the same executable, one plaintext-only and one
-/// with TLS: the executable carries the uprobe (the TLS instance needs
-/// it), so both instances take their records from it: a plaintext-only
-/// instance that kept the socket probes would count every request twice.
+/// Two instances running the same executable, one plaintext-only (started
+/// first: socket probes) and one with TLS: the executable carries the
+/// uprobe (the TLS instance needs it), so both instances take their records
+/// from it: a plaintext-only instance that kept the socket probes would
+/// count every request twice.
 /// When the TLS instance stops, the uprobe is detached and the plaintext
 /// one goes back to the socket probes. Every phase exact against each
 /// instance's access log.
@@ -928,6 +981,11 @@ fn auto_instances_sharing_an_executable_are_counted_once() {
         ..Default::default()
     })
     .expect("plaintext nginx");
+    let agent = Agent::start().expect("agent");
+    let pc = plain.conf_label();
+    agent.wait_instance_up(&pc).expect("plaintext instance up");
+    // Alone, the plaintext instance is measured by the socket probes.
+    wait_source(&agent, &pc, false);
     let tls = Nginx::start(NginxOptions {
         bin: Some(bin),
         tag: "tls".into(),
@@ -936,21 +994,27 @@ fn auto_instances_sharing_an_executable_are_counted_once() {
         ..Default::default()
     })
     .expect("TLS nginx");
-    let agent = Agent::start().expect("agent");
-    let (pc, tc) = (plain.conf_label(), tls.conf_label());
-    agent.wait_instance_up(&pc).expect("plaintext instance up");
+    let tc = tls.conf_label();
     agent.wait_instance_up(&tc).expect("TLS instance up");
+    // The TLS instance brings the uprobe to the shared executable: the
+    // plaintext instance switches to it.
     wait_source(&agent, &tc, true);
     wait_source(&agent, &pc, true);
-    let (ps, ts) = (log_lines(&plain), log_lines(&tls));
+    let (pm, tm) = (mark(&agent, &plain), mark(&agent, &tls));
     plaintext_traffic(&plain);
     tls_traffic(&tls);
     plaintext_traffic(&tls);
-    assert_exact(&agent, &plain, ps, "plaintext instance sharing the TLS instance's executable");
-    assert_exact(&agent, &tls, ts, "TLS instance");
+    assert_exact(
+        &agent,
+        &plain,
+        &pm,
+        "plaintext instance sharing the TLS instance's executable",
+    );
+    assert_exact(&agent, &tls, &tm, "TLS instance");
 
     drop(tls);
     wait_source(&agent, &pc, false);
+    let pm = mark(&agent, &plain);
     plaintext_traffic(&plain);
-    assert_exact(&agent, &plain, ps, "plaintext instance, both phases (the second alone)");
+    assert_exact(&agent, &plain, &pm, "plaintext instance alone again");
 }
