@@ -126,6 +126,9 @@ fn needs_uprobe(
     let fresh = t.conf.as_ref().is_some_and(|(w, _)| *w == t.inst.worker_pids);
     if !fresh {
         let verdict = nginx_conf::read_instance_conf(proc_root, t.inst.master_pid, &key.conf_path);
+        if let ConfVerdict::Unknown(u) = &verdict {
+            *unknown.entry(u.reason).or_default() += 1;
+        }
         let changed = t.conf.as_ref().is_none_or(|(_, v)| *v != verdict);
         if changed {
             let who = describe(key);
@@ -138,7 +141,6 @@ fn needs_uprobe(
                      probes unless its executable carries the uprobe for another instance"
                 )),
                 ConfVerdict::Unknown(u) => {
-                    *unknown.entry(u.reason).or_default() += 1;
                     news.config_unknown.push(format!(
                         "nginx instance {who}: config not read for certain ({}: {}): the uprobe is attached as if it \
                          had TLS or HTTP/2 listeners",
@@ -555,5 +557,76 @@ impl Collector {
                 .map_err(|e| (PROBE_ERROR, e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// The config is read at discovery and when the workers change (a
+    /// reload), not at every scan; what it says is logged once per change
+    /// and an unreadable one counts as needing the uprobe.
+    #[test]
+    fn config_is_read_again_only_when_the_workers_change() {
+        let root = tempfile::tempdir().unwrap();
+        let proc = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(proc.path().join("7")).unwrap();
+        symlink(root.path(), proc.path().join("7/root")).unwrap();
+        let conf = root.path().join("nginx.conf");
+        std::fs::write(&conf, "http { server { listen 80; } }").unwrap();
+        let key = InstanceKey {
+            conf_path: "/nginx.conf".into(),
+            container_id: None,
+            pod_uid: None,
+            netns: 1,
+        };
+        let mut t = Tracked {
+            slot: 0,
+            inst: Instance {
+                key: key.clone(),
+                master_pid: 7,
+                worker_pids: vec![8],
+                exe: "/usr/sbin/nginx".into(),
+                version: "nginx/1.22.1".into(),
+                listeners: vec![],
+            },
+            stopped_since: None,
+            seeded_active: 0,
+            pending_seeds: BTreeSet::new(),
+            unread_scans: 0,
+            unparsed_logged: [false; 3],
+            workers: WorkerTrack::default(),
+            listen: Default::default(),
+            socket_requests: false,
+            conf: None,
+        };
+        let mut unknown = BTreeMap::new();
+        let mut news = AttachNews::default();
+        let mut need = |t: &mut Tracked, news: &mut AttachNews| needs_uprobe(proc.path(), &key, t, &mut unknown, news);
+        assert!(!need(&mut t, &mut news));
+        assert_eq!(news.config.len(), 1, "{news:?}");
+        // A TLS listener appears in the file: not seen until a reload.
+        std::fs::write(&conf, "http { server { listen 443 ssl; } }").unwrap();
+        assert!(!need(&mut t, &mut news));
+        t.inst.worker_pids = vec![9];
+        assert!(need(&mut t, &mut news));
+        assert_eq!(news.config.len(), 2, "{news:?}");
+        // The same verdict after another reload is not logged again.
+        t.inst.worker_pids = vec![10];
+        assert!(need(&mut t, &mut news));
+        assert_eq!(news.config.len(), 2, "{news:?}");
+        // Unreadable: needs the uprobe, logged and counted.
+        std::fs::remove_file(&conf).unwrap();
+        t.inst.worker_pids = vec![11];
+        assert!(need(&mut t, &mut news));
+        assert_eq!(news.config_unknown.len(), 1, "{news:?}");
+        assert!(news.config_unknown[0].contains("/nginx.conf"), "{news:?}");
+        // Counted at every read, logged once.
+        t.inst.worker_pids = vec![12];
+        assert!(need(&mut t, &mut news));
+        assert_eq!(news.config_unknown.len(), 1, "{news:?}");
+        assert_eq!(unknown.get("unreadable"), Some(&2));
     }
 }
