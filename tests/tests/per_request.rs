@@ -25,7 +25,7 @@ use ngxprobe_e2e::nginx::{Nginx, NginxOptions};
 use ngxprobe_e2e::prometheus::{Prometheus, PrometheusOptions, api_get, find_tool};
 use ngxprobe_e2e::protocol_clients::{curl, h2load, h2load_streams};
 use ngxprobe_e2e::red::{
-    ATTACHED, DURATION, Key, SOCKET, Sums, agent_sums, counts, log_lines, quiesce, total, wait_attached,
+    ATTACHED, DURATION, Key, SOCKET, Sums, agent_sums, counts, log_lines, oracle_sums, quiesce, total, wait_attached,
 };
 use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool, skip_or_fail};
 use ngxprobe_e2e::{clients, guard, oracle};
@@ -36,16 +36,26 @@ const FOLDED: &str = "ngxprobe_per_request_folded_total";
 const REFUSED: &str = "ngxprobe_uprobe_attach_refused_total";
 const REQUESTS: &str = "nginx_http_requests_total";
 
-/// nginx (started first) and the agent (with `config`), once the agent has
-/// the uprobe attached to the instance; also the access log lines written
-/// before (nginx's readiness check), which the agent cannot have seen.
+/// `per_request.uprobe: always` added to an agent config: the uprobe on
+/// plaintext-only instances too (with the default `auto` they are measured
+/// by the socket probes).
+fn always(config: Option<&str>) -> String {
+    match config {
+        Some(yaml) if yaml.contains("per_request:\n") => {
+            yaml.replacen("per_request:\n", "per_request:\n  uprobe: always\n", 1)
+        }
+        Some(yaml) => format!("{yaml}per_request:\n  uprobe: always\n"),
+        None => "per_request:\n  uprobe: always\n".to_string(),
+    }
+}
+
+/// nginx (started first) and the agent (with `config` and `uprobe:
+/// always`), once the agent has the uprobe attached to the instance; also
+/// the access log lines written before (nginx's readiness check), which the
+/// agent cannot have seen.
 fn start_attached(opts: NginxOptions, config: Option<&str>) -> (Nginx, Agent, String, usize) {
     let nginx = Nginx::start(opts).expect("nginx");
-    let agent = match config {
-        Some(yaml) => Agent::start_with_config(yaml),
-        None => Agent::start(),
-    }
-    .expect("agent");
+    let agent = Agent::start_with_config(&always(config)).expect("agent");
     let conf = nginx.conf_label();
     agent.wait_instance_up(&conf).expect("instance up");
     wait_attached(&agent, &conf, 1.0);
@@ -312,7 +322,7 @@ fn unknown_build_is_refused_and_plaintext_still_counted() {
         ..Default::default()
     })
     .expect("patched nginx runs");
-    let agent = Agent::start().expect("agent");
+    let agent = Agent::start_with_config(&always(None)).expect("agent");
     let conf = nginx.conf_label();
     agent.wait_instance_up(&conf).expect("instance up");
     wait_attached(&agent, &conf, 0.0);
@@ -409,7 +419,7 @@ fn dwarf_in_the_executable_maps_an_unknown_build() {
             main_locations: statuses_locations([201, 404].into_iter()),
             ..Default::default()
         },
-        Some("per_request:\n  uprobe: always\n"),
+        None,
     );
     let pid = format!("pid {}", nginx.master_pid());
     let line = poll(
@@ -719,4 +729,251 @@ fn socket_path_red_matches_the_access_log() {
     assert_eq!(unl("no_response"), 0.0, "{UNLABELLED}{{reason=\"no_response\"}}");
     let lost = scrape.sum_by("ngxprobe_per_request_records_lost_total", "reason");
     assert!(lost.values().all(|v| *v == 0.0), "records lost: {lost:?}");
+}
+
+/// Waits (bounded) until the instance's per-request source is the uprobe
+/// (`uprobe` true: probe_attached 1, socket_probes 0) or the socket probes.
+fn wait_source(agent: &Agent, conf: &str, uprobe: bool) {
+    let (att, sock) = if uprobe { (1.0, 0.0) } else { (0.0, 1.0) };
+    poll(
+        "the instance's per-request source",
+        Duration::from_secs(15),
+        Duration::from_millis(50),
+        || {
+            let s = agent.scrape()?;
+            let (a, k) = (s.value(ATTACHED, conf)?, s.value(SOCKET, conf)?);
+            Ok(if a == Some(att) && k == Some(sock) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{ATTACHED} = {a:?}, {SOCKET} = {k:?}"))
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_tail(20)));
+}
+
+/// A copy of the nginx executable in `dir`: the uprobe is attached per
+/// file, so instances run from it are not affected by other nginx
+/// instances on the host (another test's TLS nginx running the system
+/// binary would keep the uprobe on it).
+fn private_nginx(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("nginx");
+    std::fs::copy(ngxprobe_e2e::nginx::nginx_bin(), &path).expect("copy nginx");
+    path
+}
+
+/// Plaintext traffic (keep-alive, close, HTTP/1.0, HEAD) on `n`'s main port.
+fn plaintext_traffic(n: &Nginx) {
+    let base = format!("http://{}", n.main_addr());
+    let urls: Vec<String> = ["/", "/missing", "/index.html", "/echo"]
+        .iter()
+        .map(|p| format!("{base}{p}"))
+        .collect();
+    curl(&[], &urls).expect("curl keep-alive");
+    curl(&["-H", "Connection: close"], &urls[..2]).expect("curl close");
+    curl(&["--http1.0"], &urls[..2]).expect("curl http/1.0");
+    curl(&["-I"], &urls[..1]).expect("curl HEAD");
+}
+
+/// HTTPS/1.1 and HTTP/2 over TLS on `n`'s TLS port.
+fn tls_traffic(n: &Nginx) {
+    let tls = n.tls_addr().expect("TLS listener");
+    let urls: Vec<String> = ["/", "/missing", "/index.html"]
+        .iter()
+        .map(|p| format!("https://{tls}{p}"))
+        .collect();
+    curl(&[], &urls).expect("curl https");
+    curl(&["--http2"], &urls).expect("curl --http2");
+}
+
+/// Where a phase starts: the access log's lines and the agent's counts per
+/// label set for `n` (requests nginx served before the agent tracked the
+/// instance are in neither the comparison nor the baseline).
+struct Mark {
+    skip: usize,
+    base: BTreeMap<Key, u64>,
+}
+
+fn mark(agent: &Agent, n: &Nginx) -> Mark {
+    Mark {
+        skip: log_lines(n),
+        base: counts(&agent_sums(&agent.scrape().expect("scrape"), &n.conf_label())),
+    }
+}
+
+/// The agent's counts per label set since `m` equal the access log's lines
+/// since `m` (polled with a deadline: records reach the agent within
+/// 200 ms of the request's end, or when its connection closes).
+fn assert_exact(agent: &Agent, n: &Nginx, m: &Mark, what: &str) {
+    let conf = n.conf_label();
+    let views = || -> anyhow::Result<(BTreeMap<Key, u64>, BTreeMap<Key, u64>)> {
+        let log = counts(&oracle_sums(n, m.skip));
+        let mut ours = counts(&agent_sums(&agent.scrape()?, &conf));
+        for (k, b) in &m.base {
+            let e = ours.entry(k.clone()).or_default();
+            *e = e.saturating_sub(*b);
+        }
+        ours.retain(|_, c| *c > 0);
+        Ok((log, ours))
+    };
+    let res = poll(
+        "the agent's counts to equal the access log's",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let (log, ours) = views()?;
+            Ok(if log == ours && !log.is_empty() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("agent {ours:?}, access log {log:?}"))
+            })
+        },
+    );
+    let (log, ours) = views().expect("scrape");
+    eprintln!(
+        "[e2e] {what}: access log {} requests, agent {}",
+        log.values().sum::<u64>(),
+        ours.values().sum::<u64>()
+    );
+    if let Err(e) = res {
+        eprintln!("[e2e] {e:#}");
+    }
+    assert_eq!(ours, log, "{what}: agent (left) vs access log (right)");
+}
+
+/// `uprobe: auto` (the default) on an instance whose config has only
+/// plaintext listeners: no uprobe (it would cost every request a trap),
+/// per-request records from the socket probes, equal to the access log.
+#[test]
+fn auto_leaves_a_plaintext_only_instance_to_the_socket_probes() {
+    if require_tool("curl", "cargo xtask setup installs it").is_none() {
+        return;
+    }
+    let _g = guard("auto_leaves_a_plaintext_only_instance_to_the_socket_probes");
+    let bin_dir = TempDir::new("nginx-bin").expect("tempdir");
+    let nginx = Nginx::start(NginxOptions {
+        bin: Some(private_nginx(&bin_dir)),
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("nginx");
+    let agent = Agent::start().expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    wait_source(&agent, &conf, false);
+    let m = mark(&agent, &nginx);
+    plaintext_traffic(&nginx);
+    assert_exact(&agent, &nginx, &m, "plaintext-only, auto");
+    // Still no uprobe on the executable (a trap per request would show as
+    // an attachment): the source did not change during the traffic.
+    wait_source(&agent, &conf, false);
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("plaintext HTTP/1.x listeners only"),
+        "the instance's config verdict is not logged:\n{}",
+        agent.log_tail(20)
+    );
+}
+
+/// `uprobe: auto` on an instance with a TLS (and HTTP/2) listener: the
+/// uprobe is attached and is the only source, exact against the access log
+/// for HTTPS, HTTP/2 and plaintext. A reload to a config without TLS
+/// listeners (read again because the workers change) detaches it and the
+/// socket probes take over, still exact.
+#[test]
+fn auto_attaches_for_tls_and_follows_a_reload() {
+    if require_tool("curl", "cargo xtask setup installs it").is_none() {
+        return;
+    }
+    let _g = guard("auto_attaches_for_tls_and_follows_a_reload");
+    let bin_dir = TempDir::new("nginx-bin").expect("tempdir");
+    let nginx = Nginx::start(NginxOptions {
+        bin: Some(private_nginx(&bin_dir)),
+        tls: true,
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("nginx");
+    let agent = Agent::start().expect("agent");
+    let conf = nginx.conf_label();
+    agent.wait_instance_up(&conf).expect("instance up");
+    wait_source(&agent, &conf, true);
+    let m = mark(&agent, &nginx);
+    tls_traffic(&nginx);
+    plaintext_traffic(&nginx);
+    assert_exact(&agent, &nginx, &m, "TLS listener, auto");
+
+    // The TLS server becomes plaintext: no listener needs the uprobe.
+    let text = std::fs::read_to_string(nginx.conf_path()).expect("read nginx.conf");
+    assert!(
+        text.contains(" ssl http2;"),
+        "the harness's TLS listen line changed:\n{text}"
+    );
+    std::fs::write(nginx.conf_path(), text.replace(" ssl http2;", ";")).expect("write nginx.conf");
+    nginx.reload().expect("reload");
+    wait_source(&agent, &conf, false);
+    let m = mark(&agent, &nginx);
+    plaintext_traffic(&nginx);
+    assert_exact(&agent, &nginx, &m, "after the reload to plaintext only");
+}
+
+/// Two instances running the same executable, one plaintext-only (started
+/// first: socket probes) and one with TLS: the executable carries the
+/// uprobe (the TLS instance needs it), so both instances take their records
+/// from it: a plaintext-only instance that kept the socket probes would
+/// count every request twice.
+/// When the TLS instance stops, the uprobe is detached and the plaintext
+/// one goes back to the socket probes. Every phase exact against each
+/// instance's access log.
+#[test]
+fn auto_instances_sharing_an_executable_are_counted_once() {
+    if require_tool("curl", "cargo xtask setup installs it").is_none() {
+        return;
+    }
+    let _g = guard("auto_instances_sharing_an_executable_are_counted_once");
+    let bin_dir = TempDir::new("nginx-bin").expect("tempdir");
+    let bin = private_nginx(&bin_dir);
+    let plain = Nginx::start(NginxOptions {
+        bin: Some(bin.clone()),
+        tag: "plain".into(),
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("plaintext nginx");
+    let agent = Agent::start().expect("agent");
+    let pc = plain.conf_label();
+    agent.wait_instance_up(&pc).expect("plaintext instance up");
+    // Alone, the plaintext instance is measured by the socket probes.
+    wait_source(&agent, &pc, false);
+    let tls = Nginx::start(NginxOptions {
+        bin: Some(bin),
+        tag: "tls".into(),
+        tls: true,
+        access_log: true,
+        ..Default::default()
+    })
+    .expect("TLS nginx");
+    let tc = tls.conf_label();
+    agent.wait_instance_up(&tc).expect("TLS instance up");
+    // The TLS instance brings the uprobe to the shared executable: the
+    // plaintext instance switches to it.
+    wait_source(&agent, &tc, true);
+    wait_source(&agent, &pc, true);
+    let (pm, tm) = (mark(&agent, &plain), mark(&agent, &tls));
+    plaintext_traffic(&plain);
+    tls_traffic(&tls);
+    plaintext_traffic(&tls);
+    assert_exact(
+        &agent,
+        &plain,
+        &pm,
+        "plaintext instance sharing the TLS instance's executable",
+    );
+    assert_exact(&agent, &tls, &tm, "TLS instance");
+
+    drop(tls);
+    wait_source(&agent, &pc, false);
+    let pm = mark(&agent, &plain);
+    plaintext_traffic(&plain);
+    assert_exact(&agent, &plain, &pm, "plaintext instance alone again");
 }

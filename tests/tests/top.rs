@@ -117,7 +117,10 @@ fn top_shows_listeners_sorts_and_shows_induced_drops() {
         ..Default::default()
     })
     .expect("start nginx in the netns");
-    let agent = Agent::start().expect("start ngxprobe");
+    // The uprobe even on this plaintext-only instance (`auto` would measure
+    // it with the socket probes): the status mix and latencies below are
+    // checked when it is attached.
+    let agent = Agent::start_with_config("per_request:\n  uprobe: always\n").expect("start ngxprobe");
     let conf = n.conf_label();
     agent.wait_instance_up(&conf).expect("agent sees the nginx");
     let v6 = n.main_addr_v6().to_string();

@@ -98,6 +98,12 @@ fn log_report(report: &ScanReport) {
     for r in &report.per_request.refused {
         warn!("{r}");
     }
+    for d in report.per_request.detached.iter().chain(&report.per_request.config) {
+        info!("{d}");
+    }
+    for u in &report.per_request.config_unknown {
+        warn!("{u}");
+    }
     let news = &report.news;
     for r in &news.refused {
         warn!(reason = r.reason.as_str(), "not tracked: {}: {}", r.subject, r.detail);

@@ -14,7 +14,10 @@ use super::{
     worker_health::{self, WorkerTrack},
 };
 use crate::{
-    discover::{self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome},
+    discover::{
+        self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome,
+        nginx_conf::{self, ConfVerdict},
+    },
     kubernetes::MetadataCache,
     probe::{Probe, ProbeError},
 };
@@ -46,6 +49,10 @@ pub(super) struct Tracked {
     /// for its slot): per_request is enabled and the uprobe is not attached
     /// to its executable.
     pub socket_requests: bool,
+    /// What its config says it needs (`uprobe: auto`), and the workers it
+    /// was read with: a reload starts new workers, and the config is read
+    /// again then (not at every scan).
+    pub conf: Option<(Vec<u32>, ConfVerdict)>,
 }
 
 /// Scans an instance is kept unchanged while one of its processes cannot be
@@ -105,6 +112,50 @@ pub fn describe(key: &InstanceKey) -> String {
     }
 }
 
+/// Whether an instance needs the request uprobe (`uprobe: auto`): its
+/// config has TLS, HTTP/2 or HTTP/3 listeners, or cannot be read for
+/// certain (the uprobe is exact where it attaches; the socket probes do not
+/// count TLS and HTTP/2 requests). The config is read at discovery and
+/// again when the workers change (a reload), and what it says is logged
+/// when it changes.
+fn needs_uprobe(
+    proc_root: &std::path::Path,
+    key: &InstanceKey,
+    t: &mut Tracked,
+    unknown: &mut BTreeMap<&'static str, u64>,
+    news: &mut AttachNews,
+) -> bool {
+    let fresh = t.conf.as_ref().is_some_and(|(w, _)| *w == t.inst.worker_pids);
+    if !fresh {
+        let verdict = nginx_conf::read_instance_conf(proc_root, t.inst.master_pid, &key.conf_path);
+        if let ConfVerdict::Unknown(u) = &verdict {
+            *unknown.entry(u.reason).or_default() += 1;
+        }
+        let changed = t.conf.as_ref().is_none_or(|(_, v)| *v != verdict);
+        if changed {
+            let who = describe(key);
+            match &verdict {
+                ConfVerdict::NeedsUprobe { why } => news.config.push(format!(
+                    "nginx instance {who}: TLS, HTTP/2 or HTTP/3 listener ({why}): per-request metrics from the uprobe"
+                )),
+                ConfVerdict::PlaintextOnly => news.config.push(format!(
+                    "nginx instance {who}: plaintext HTTP/1.x listeners only: per-request metrics from the socket \
+                     probes unless its executable carries the uprobe for another instance"
+                )),
+                ConfVerdict::Unknown(u) => {
+                    news.config_unknown.push(format!(
+                        "nginx instance {who}: config not read for certain ({}: {}): the uprobe is attached as if it \
+                         had TLS or HTTP/2 listeners",
+                        u.reason, u.detail
+                    ));
+                }
+            }
+        }
+        t.conf = Some((t.inst.worker_pids.clone(), verdict));
+    }
+    !matches!(t.conf, Some((_, ConfVerdict::PlaintextOnly)))
+}
+
 impl Collector {
     pub fn new(probe: Probe, proc_root: PathBuf, retention: Duration, extra_labels: Vec<(String, String)>) -> Self {
         Collector {
@@ -144,12 +195,17 @@ impl Collector {
         };
         let mut running = Vec::new();
         let mut pids = std::collections::HashMap::new();
-        for (key, t) in &self.instances {
+        for (key, t) in self.instances.iter_mut() {
             if t.stopped_since.is_some() {
                 continue;
             }
-            if pr.cfg.uprobe != UprobeMode::Never {
-                running.push((t.inst.master_pid, t.inst.exe.clone()));
+            match pr.cfg.uprobe {
+                UprobeMode::Never => {}
+                UprobeMode::Always => running.push((t.inst.master_pid, t.inst.exe.clone(), true)),
+                UprobeMode::Auto => {
+                    let need = needs_uprobe(&self.proc_root, key, t, &mut pr.conf_unknown, &mut report.per_request);
+                    running.push((t.inst.master_pid, t.inst.exe.clone(), need));
+                }
             }
             pids.insert(t.inst.master_pid, key.clone());
             for w in &t.inst.worker_pids {
@@ -282,6 +338,7 @@ impl Collector {
                                 workers: WorkerTrack::default(),
                                 listen: Default::default(),
                                 socket_requests: false,
+                                conf: None,
                             },
                         );
                     }
@@ -529,5 +586,76 @@ impl Collector {
                 .map_err(|e| (PROBE_ERROR, e.to_string()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// The config is read at discovery and when the workers change (a
+    /// reload), not at every scan; what it says is logged once per change
+    /// and an unreadable one counts as needing the uprobe.
+    #[test]
+    fn config_is_read_again_only_when_the_workers_change() {
+        let root = tempfile::tempdir().unwrap();
+        let proc = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(proc.path().join("7")).unwrap();
+        symlink(root.path(), proc.path().join("7/root")).unwrap();
+        let conf = root.path().join("nginx.conf");
+        std::fs::write(&conf, "http { server { listen 80; } }").unwrap();
+        let key = InstanceKey {
+            conf_path: "/nginx.conf".into(),
+            container_id: None,
+            pod_uid: None,
+            netns: 1,
+        };
+        let mut t = Tracked {
+            slot: 0,
+            inst: Instance {
+                key: key.clone(),
+                master_pid: 7,
+                worker_pids: vec![8],
+                exe: "/usr/sbin/nginx".into(),
+                version: "nginx/1.22.1".into(),
+                listeners: vec![],
+            },
+            stopped_since: None,
+            seeded_active: 0,
+            pending_seeds: BTreeSet::new(),
+            unread_scans: 0,
+            unparsed_logged: [false; 3],
+            workers: WorkerTrack::default(),
+            listen: Default::default(),
+            socket_requests: false,
+            conf: None,
+        };
+        let mut unknown = BTreeMap::new();
+        let mut news = AttachNews::default();
+        let mut need = |t: &mut Tracked, news: &mut AttachNews| needs_uprobe(proc.path(), &key, t, &mut unknown, news);
+        assert!(!need(&mut t, &mut news));
+        assert_eq!(news.config.len(), 1, "{news:?}");
+        // A TLS listener appears in the file: not seen until a reload.
+        std::fs::write(&conf, "http { server { listen 443 ssl; } }").unwrap();
+        assert!(!need(&mut t, &mut news));
+        t.inst.worker_pids = vec![9];
+        assert!(need(&mut t, &mut news));
+        assert_eq!(news.config.len(), 2, "{news:?}");
+        // The same verdict after another reload is not logged again.
+        t.inst.worker_pids = vec![10];
+        assert!(need(&mut t, &mut news));
+        assert_eq!(news.config.len(), 2, "{news:?}");
+        // Unreadable: needs the uprobe, logged and counted.
+        std::fs::remove_file(&conf).unwrap();
+        t.inst.worker_pids = vec![11];
+        assert!(need(&mut t, &mut news));
+        assert_eq!(news.config_unknown.len(), 1, "{news:?}");
+        assert!(news.config_unknown[0].contains("/nginx.conf"), "{news:?}");
+        // Counted at every read, logged once.
+        t.inst.worker_pids = vec![12];
+        assert!(need(&mut t, &mut news));
+        assert_eq!(news.config_unknown.len(), 1, "{news:?}");
+        assert_eq!(unknown.get("unreadable"), Some(&2));
     }
 }

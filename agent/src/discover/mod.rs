@@ -20,6 +20,7 @@ mod exe;
 mod fake_proc_tests;
 mod labels;
 mod listen_diag;
+pub mod nginx_conf;
 mod proc;
 mod scan;
 mod sock_diag;

@@ -1,8 +1,9 @@
 //! Which nginx executables carry the request uprobe: one attachment per
 //! file (every process running it fires it), only for files a tracked
-//! instance runs, only for builds whose offsets are known, and detached when
-//! the first requests show the offsets do not fit or no instance runs the
-//! file any more.
+//! instance that needs it runs (all of them with `uprobe: always`; those
+//! with TLS, HTTP/2 or HTTP/3 listeners with `auto`), only for builds whose
+//! offsets are known, and detached when the first requests show the offsets
+//! do not fit or no instance needing it runs the file any more.
 use std::{
     collections::{BTreeMap, HashMap},
     os::unix::fs::MetadataExt,
@@ -29,6 +30,12 @@ struct Binary {
 pub struct AttachNews {
     pub attached: Vec<String>,
     pub refused: Vec<String>,
+    /// Detached because no instance running the file needs it (info).
+    pub detached: Vec<String>,
+    /// What instances' configs say they need (info).
+    pub config: Vec<String>,
+    /// Configs that could not be read for certain (warn).
+    pub config_unknown: Vec<String>,
 }
 
 #[derive(Default)]
@@ -44,19 +51,24 @@ pub struct Attachments {
 
 impl Attachments {
     /// Makes the attachments follow `running`: (master pid, executable as
-    /// /proc shows it) of each running instance. Returns, per master pid,
-    /// whether its instance's executable carries the uprobe.
+    /// /proc shows it, whether the instance needs the uprobe) of each
+    /// running instance. A file carries the uprobe while any instance
+    /// running it needs it. Returns, per master pid, whether its instance's
+    /// executable carries the uprobe: also for instances that do not need
+    /// it but share a file that does (their requests come from the uprobe
+    /// then, or they would be counted twice).
     pub fn reconcile(
         &mut self,
         probe: &mut Probe,
         proc_root: &std::path::Path,
-        running: &[(u32, String)],
+        running: &[(u32, String, bool)],
         want_server_name: bool,
         news: &mut AttachNews,
     ) -> HashMap<u32, bool> {
-        let mut used = HashMap::new();
-        let mut out = HashMap::new();
-        for (pid, exe) in running {
+        // The file of each instance, and whether one running it needs it.
+        let mut files = Vec::new();
+        let mut wanted: HashMap<(u64, u64), bool> = HashMap::new();
+        for (pid, exe, need) in running {
             // /proc/PID/exe opens the file the process runs, in its own mount
             // namespace (containers) and after it was replaced on disk.
             let path: PathBuf = proc_root.join(pid.to_string()).join("exe");
@@ -64,7 +76,53 @@ impl Attachments {
                 continue;
             };
             let id = (meta.dev(), meta.ino());
-            used.insert(id, ());
+            *wanted.entry(id).or_default() |= *need;
+            files.push((*pid, exe, path, id));
+        }
+        // Detach first (before an instance's socket records are turned back
+        // on): files no instance runs, or none that runs it needs. A refusal
+        // is kept while the file is run, so it is not logged again.
+        let drop: Vec<(u64, u64)> = self
+            .files
+            .iter()
+            .filter(|(id, b)| match wanted.get(*id) {
+                None => true,
+                Some(w) => !w && matches!(b.state, State::Attached { .. }),
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in drop {
+            if let Some(Binary {
+                state: State::Attached { idx },
+                shown,
+            }) = self.files.remove(&id)
+            {
+                if let Ok(st) = probe.request_probe_stats(idx) {
+                    self.retired_ring_full += st.ring_full;
+                    self.retired_read_errors += st.read_errors;
+                }
+                probe.detach_request_probe(idx);
+                if wanted.contains_key(&id) {
+                    news.detached.push(format!(
+                        "per-request metrics: uprobe detached from {shown}: no instance running it has TLS, HTTP/2 or \
+                         HTTP/3 listeners any more (plaintext requests come from the socket probes)"
+                    ));
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        for (pid, exe, path, id) in files {
+            if !wanted.get(&id).copied().unwrap_or(false) {
+                let attached = matches!(
+                    self.files.get(&id),
+                    Some(Binary {
+                        state: State::Attached { .. },
+                        ..
+                    })
+                );
+                out.insert(pid, attached);
+                continue;
+            }
             let b = self.files.entry(id).or_insert_with(|| {
                 let shown = format!("{exe:?} (pid {pid})");
                 let state = match identify_nginx_build(&path) {
@@ -119,21 +177,7 @@ impl Attachments {
                     b.shown, st.signature_mismatch
                 ));
             }
-            out.insert(*pid, matches!(b.state, State::Attached { .. }));
-        }
-        let gone: Vec<(u64, u64)> = self.files.keys().filter(|k| !used.contains_key(*k)).copied().collect();
-        for id in gone {
-            if let Some(Binary {
-                state: State::Attached { idx },
-                ..
-            }) = self.files.remove(&id)
-            {
-                if let Ok(st) = probe.request_probe_stats(idx) {
-                    self.retired_ring_full += st.ring_full;
-                    self.retired_read_errors += st.read_errors;
-                }
-                probe.detach_request_probe(idx);
-            }
+            out.insert(pid, matches!(b.state, State::Attached { .. }));
         }
         out
     }

@@ -28,9 +28,11 @@ pub struct PerRequestConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UprobeMode {
-    /// To the executables of instances that need it (TLS or HTTP/2
-    /// listeners); plaintext-only instances are measured from the socket
-    /// probes, which cost less per request.
+    /// To the executables of instances that need it: their nginx config
+    /// has TLS, HTTP/2 or HTTP/3 listeners, or cannot be read for certain
+    /// (discover::nginx_conf). Plaintext-only instances are measured from
+    /// the socket probes, which cost less per request, unless their
+    /// executable carries the uprobe for another instance.
     #[default]
     Auto,
     /// To every known nginx build (every request traps once).

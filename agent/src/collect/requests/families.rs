@@ -158,6 +158,18 @@ impl RequestFamilies {
         lost.push(&[("reason", "ring_full")], ring_full as f64);
         lost.push(&[("reason", "read_error")], read_errors as f64);
         lost.push(&[("reason", "unattributed")], pr.agg.lock().unattributed as f64);
+        let mut conf_unknown = Family::new(
+            "ngxprobe_per_request_config_unknown_total",
+            "Reads of an instance's nginx config (at discovery and reload, uprobe: auto) that could not tell \
+             whether it has TLS, HTTP/2 or HTTP/3 listeners; the uprobe is then attached as if it had, by reason \
+             (unreadable: a file could not be read; syntax: nginx would refuse it; too_large: more than 256 files, \
+             8 MiB or 16 nested includes; path_unknown: a config path relative to the compiled-in prefix)",
+            MetricType::Counter,
+        );
+        for r in crate::discover::nginx_conf::UNKNOWN_REASONS {
+            let n = pr.conf_unknown.get(r).copied().unwrap_or(0);
+            conf_unknown.push(&[("reason", r)], n as f64);
+        }
         vec![
             self.duration,
             self.request_size,
@@ -168,6 +180,7 @@ impl RequestFamilies {
             self.socket_unlabelled,
             refused,
             lost,
+            conf_unknown,
         ]
     }
 }

@@ -63,6 +63,9 @@ pub struct PerRequest {
     pub attached: HashMap<u32, bool>,
     /// The records' ring, drained before the families are read.
     pub ring: Option<SharedRing>,
+    /// Config reads that could not tell what an instance needs, by reason
+    /// (discover::nginx_conf::UNKNOWN_REASONS).
+    pub conf_unknown: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl PerRequest {
@@ -74,6 +77,7 @@ impl PerRequest {
             attachments: Attachments::default(),
             attached: HashMap::new(),
             ring: None,
+            conf_unknown: Default::default(),
         }
     }
 
