@@ -30,6 +30,7 @@ fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, aft
         let started = Instant::now();
         let scan = scanner.scan();
         let took = started.elapsed();
+        let mut changed = false;
         {
             let mut c = collector.lock();
             match scan {
@@ -37,6 +38,10 @@ fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, aft
                     last_error = None;
                     let report = c.apply_scan(outcome, took, Instant::now());
                     log_report(&report);
+                    changed = !(report.discovered.is_empty()
+                        && report.stopped.is_empty()
+                        && report.restarted.is_empty()
+                        && report.forgotten.is_empty());
                     for line in c.unparsed_news() {
                         warn!("{line}");
                     }
@@ -66,6 +71,9 @@ fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, aft
         let polled = collector.lock().listen_targets().poll();
         for line in collector.lock().apply_listen(polled) {
             warn!("{line}");
+        }
+        if changed {
+            crate::memory::release_free_memory();
         }
         after_scan();
         if stop.wait_timeout(interval) {

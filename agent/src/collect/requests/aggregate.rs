@@ -182,32 +182,39 @@ impl Aggregator {
         self.instances.get(key)
     }
 
-    /// The instance of process `tgid`: known from the last scan, or a worker
-    /// started since (after a reload) whose parent is a known master.
-    fn owner(&mut self, tgid: u32) -> Option<InstanceKey> {
-        if let Some(k) = self.pids.get(&tgid) {
-            return Some(k.clone());
+    /// Whether process `tgid` belongs to an instance (then it is in
+    /// `pids`): known from the last scan, or a worker started since (after
+    /// a reload) whose parent is a known master.
+    fn resolve_owner(&mut self, tgid: u32) -> bool {
+        if self.pids.contains_key(&tgid) {
+            return true;
         }
         if self.strangers.contains(&tgid) {
-            return None;
+            return false;
         }
         let parent = std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("stat"))
             .ok()
             .and_then(|s| parent_pid(&s));
         match parent.and_then(|p| self.pids.get(&p)).cloned() {
             Some(k) => {
-                self.pids.insert(tgid, k.clone());
-                Some(k)
+                self.pids.insert(tgid, k);
+                true
             }
             None => {
                 self.strangers.insert(tgid);
-                None
+                false
             }
         }
     }
 
     pub fn record(&mut self, rec: &RequestRecord) {
-        let Some(inst) = self.owner(rec.tgid) else {
+        // The instance key is borrowed from `pids`, not cloned: this runs
+        // for every request and should not allocate.
+        let inst = match self.resolve_owner(rec.tgid) {
+            true => self.pids.get(&rec.tgid),
+            false => None,
+        };
+        let Some(inst) = inst else {
             self.unattributed += 1;
             return;
         };
@@ -230,7 +237,12 @@ impl Aggregator {
         };
         let n_durations = self.duration_bounds_ms.len();
         let n_sizes = self.size_bounds.len();
-        let entry = self.instances.entry(inst).or_default();
+        if !self.instances.contains_key(inst) {
+            self.instances.insert(inst.clone(), InstanceRequests::default());
+        }
+        let Some(entry) = self.instances.get_mut(inst) else {
+            return;
+        };
         if rec.flags & (REQ_FLAG_SSL | REQ_FLAG_HTTP2) != 0 {
             entry.unparsed_conn_requests += 1;
         }
