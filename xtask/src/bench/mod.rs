@@ -20,7 +20,8 @@
 //!
 //! Per CPU run: nginx worker on-CPU time (/proc/PID/schedstat, ns) per
 //! request nginx served (stub_status delta), the client's own count and
-//! errors, agent CPU % and peak RSS, and the agent's nginx_http_requests_total
+//! errors, agent CPU % (all its threads) and peak RSS (with its anonymous,
+//! file and shmem parts), and the agent's nginx_http_requests_total
 //! delta against stub_status (sanity). Per stats-on run: eBPF ns and runs per
 //! request, per program. Every process started here is stopped by PID
 //! through Drop guards.

@@ -603,6 +603,22 @@ mod tests {
     }
 
     #[test]
+    fn rss_parts_are_medians_of_the_peak_samples() {
+        let at = |anon: u64, file: u64| Run {
+            agent_rss: Some(crate::util::Rss {
+                total: anon + file,
+                anon,
+                file,
+                shmem: 0,
+            }),
+            ..Run::default()
+        };
+        let runs = [at(4096, 20480), at(10240, 24576), at(6144, 22528), Run::default()];
+        assert_eq!(rss_parts(&runs), "6.0 / 22.0 / 0.0");
+        assert_eq!(rss_parts(&[]), format!("{0} / {0} / {0}", fmt(f64::NAN, 1)));
+    }
+
+    #[test]
     fn medians_and_ratios() {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
