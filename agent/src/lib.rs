@@ -19,6 +19,7 @@ pub mod http_client;
 pub mod kubernetes;
 pub mod live;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod preflight;

@@ -167,13 +167,33 @@ pub fn clock_ticks() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// VmRSS of a process in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+/// A process's resident memory (KiB), from /proc/PID/status: VmRSS and
+/// its parts. File pages are the executable's and libraries' mapped pages
+/// (and BPF ring buffers, mapped from the kernel); anonymous pages are the
+/// heap and stacks.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Rss {
+    pub total: u64,
+    pub anon: u64,
+    pub file: u64,
+    pub shmem: u64,
+}
+
+/// See [`Rss`]; `None` when the process is gone.
+pub fn rss(pid: u32) -> Option<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    };
+    Some(Rss {
+        total: field("VmRSS:")?,
+        anon: field("RssAnon:")?,
+        file: field("RssFile:")?,
+        shmem: field("RssShmem:")?,
+    })
 }
 
 /// Median of a non-empty slice (NaN when empty).

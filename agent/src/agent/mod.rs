@@ -25,7 +25,7 @@ use crate::rules::{self, RuleManager};
 use crate::series::{SeriesReader, SeriesWriter};
 use crate::store::{self, Store};
 use crate::worker::Worker;
-use crate::{expose, kubernetes, logging, preflight, privilege, query, web};
+use crate::{expose, kubernetes, logging, memory, preflight, privilege, query, web};
 use pipeline::{Pipeline, Sampled};
 
 /// Why the agent did not start or stopped with an error.
@@ -64,15 +64,18 @@ impl RunError {
 
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub fn run(args: RunArgs) -> Result<(), RunError> {
+    // First: before any thread exists (see memory.rs).
+    let malloc_settings = memory::tune_allocator();
     let cfg = effective_config(&args)?;
     let security = web_security(&cfg)?;
     logging::init(cfg.log.level.as_str(), cfg.log.format).map_err(|e| RunError::start("logging", e))?;
+    debug!(settings = ?malloc_settings, "malloc settings");
     // Capabilities are per thread and inherited: see privilege.rs for the order.
     privilege::restrict_process().map_err(|e| RunError::start("privileges", e))?;
     check_host()?;
     let probe = Probe::load(cfg.ebpf.max_seeded_connections.get()).map_err(|e| RunError::start("probe", e))?;
     privilege::probes_loaded();
-    release_load_time_memory();
+    memory::release_free_memory();
     info!(
         version = env!("CARGO_PKG_VERSION"),
         programs = probe.programs_loaded(),
@@ -367,16 +370,6 @@ fn external_url(cfg: &Config, tls: bool) -> String {
     };
     let scheme = if tls { "https" } else { "http" };
     format!("{scheme}://{host}:{port}")
-}
-
-/// Loading parses the kernel's whole BTF (several MB) twice; the heap keeps
-/// those pages after they are freed. Hand them back so the agent stays small.
-fn release_load_time_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim has no preconditions; it only returns free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 async fn shutdown_signal() {

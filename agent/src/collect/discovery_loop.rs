@@ -22,14 +22,20 @@ pub fn spawn(
     })
 }
 
+/// See `memory::release_free_memory`: a few ms of CPU at most, on this
+/// thread, which sleeps most of the time.
+const RELEASE_EVERY: Duration = Duration::from_secs(10);
+
 fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, after_scan: impl Fn(), stop: Shutdown) {
     let mut saw_none_logged = false;
     let mut last_error: Option<String> = None;
     let mut fd_limit_seen: Option<Instant> = None;
+    let mut last_release = Instant::now();
     loop {
         let started = Instant::now();
         let scan = scanner.scan();
         let took = started.elapsed();
+        let mut changed = false;
         {
             let mut c = collector.lock();
             match scan {
@@ -37,6 +43,10 @@ fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, aft
                     last_error = None;
                     let report = c.apply_scan(outcome, took, Instant::now());
                     log_report(&report);
+                    changed = !(report.discovered.is_empty()
+                        && report.stopped.is_empty()
+                        && report.restarted.is_empty()
+                        && report.forgotten.is_empty());
                     for line in c.unparsed_news() {
                         warn!("{line}");
                     }
@@ -66,6 +76,13 @@ fn run(collector: SharedCollector, interval: Duration, mut scanner: Scanner, aft
         let polled = collector.lock().listen_targets().poll();
         for line in collector.lock().apply_listen(polled) {
             warn!("{line}");
+        }
+        // Free heap pages go back after a change (executables read,
+        // uprobes attached, series dropped) and every RELEASE_EVERY for
+        // what the other loops freed (rule evaluation, store compaction).
+        if changed || last_release.elapsed() >= RELEASE_EVERY {
+            crate::memory::release_free_memory();
+            last_release = Instant::now();
         }
         after_scan();
         if stop.wait_timeout(interval) {

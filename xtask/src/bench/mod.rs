@@ -20,7 +20,8 @@
 //!
 //! Per CPU run: nginx worker on-CPU time (/proc/PID/schedstat, ns) per
 //! request nginx served (stub_status delta), the client's own count and
-//! errors, agent CPU % and peak RSS, and the agent's nginx_http_requests_total
+//! errors, agent CPU % (all its threads) and peak RSS (with its anonymous,
+//! file and shmem parts), and the agent's nginx_http_requests_total
 //! delta against stub_status (sanity). Per stats-on run: eBPF ns and runs per
 //! request, per program. Every process started here is stopped by PID
 //! through Drop guards.
@@ -349,8 +350,16 @@ fn describe_run(r: &Run) -> String {
             e.runs_total()
         );
     }
-    if let (Some(cpu), Some(rss)) = (r.agent_cpu_pct, r.agent_rss_kib) {
-        let _ = write!(line, ", agent {cpu:.2}% CPU {:.1} MiB", rss as f64 / 1024.0);
+    if let (Some(cpu), Some(rss)) = (r.agent_cpu_pct, r.agent_rss) {
+        let mib = |k: u64| k as f64 / 1024.0;
+        let _ = write!(
+            line,
+            ", agent {cpu:.2}% CPU {:.1} MiB (anon {:.1}, file {:.1}, shmem {:.1})",
+            mib(rss.total),
+            mib(rss.anon),
+            mib(rss.file),
+            mib(rss.shmem)
+        );
     }
     if let Some(acc) = r.agent_vs_stub {
         let _ = write!(line, ", agent/stub_status {acc:.4}");
@@ -366,6 +375,25 @@ fn describe_run(r: &Run) -> String {
 
 /// On-CPU time of a process in µs: /proc/PID/schedstat (ns, exact), else
 /// utime+stime from /proc/PID/stat (clock ticks).
+/// On-CPU time of the whole agent: the sum over its threads. The process's
+/// own /proc/PID/schedstat is its main thread's only, and the agent's main
+/// thread sleeps while its loops run on others. (Threads that ended during
+/// the run drop out; the agent's loops live as long as it does.)
+fn agent_on_cpu_us(pid: u32) -> Result<f64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("reading /proc/{pid}/task"))?;
+    let mut ns = 0.0;
+    for t in tasks {
+        let path = t?.path().join("schedstat");
+        // A thread may end between the listing and the read.
+        if let Ok(s) = std::fs::read_to_string(&path)
+            && let Some(v) = s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())
+        {
+            ns += v;
+        }
+    }
+    Ok(ns / 1e3)
+}
+
 fn on_cpu_us(pid: u32) -> Result<f64> {
     if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
         && let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok())
@@ -421,13 +449,13 @@ fn measure(args: &OverheadArgs, dir: &Path, site: &Site, agent: Option<&Agent>, 
     let stub0 = site.stub_requests()?;
     let m0 = agent.map(Agent::scrape).transpose()?;
     let agent_pid = agent.map(|a| a.pid() as u32);
-    let a0 = agent_pid.map(on_cpu_us).transpose()?;
+    let a0 = agent_pid.map(agent_on_cpu_us).transpose()?;
     let w0 = workers_cpu_us(site)?;
     let t0 = Instant::now();
     let c = site.drive(&clients, args.seconds, dir, agent_pid)?;
     let w1 = workers_cpu_us(site)?;
     let wall = t0.elapsed().as_secs_f64();
-    let a1 = agent_pid.map(on_cpu_us).transpose()?;
+    let a1 = agent_pid.map(agent_on_cpu_us).transpose()?;
     let stub1 = site.stub_requests()?;
     site.check_alive()?;
     let requests = stub1 - stub0 - 1.0;
@@ -441,7 +469,8 @@ fn measure(args: &OverheadArgs, dir: &Path, site: &Site, agent: Option<&Agent>, 
     run.worker_us_per_req = (w1 - w0) / requests;
     if let (Some(agent), Some(m0), Some(a0), Some(a1)) = (agent, m0, a0, a1) {
         run.agent_cpu_pct = Some((a1 - a0) / 1e6 / wall * 100.0);
-        run.agent_rss_kib = c.rss_max_kib;
+        run.agent_rss_kib = c.rss_max.map(|r| r.total);
+        run.agent_rss = c.rss_max;
         if mode != Mode::F {
             run.agent_vs_stub = Some(agent_requests_settled(agent, &site.conf, &m0, requests)? / requests);
         }

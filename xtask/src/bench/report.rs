@@ -71,6 +71,9 @@ pub struct Run {
     pub ebpf: Option<EbpfRun>,
     pub agent_cpu_pct: Option<f64>,
     pub agent_rss_kib: Option<u64>,
+    /// The parts of the peak: anonymous (heap, stacks), file (the binary's
+    /// and libraries' pages, the BPF ring buffer's mapping), shmem.
+    pub agent_rss: Option<crate::util::Rss>,
     /// The agent's nginx_http_requests_total delta / stub_status's.
     pub agent_vs_stub: Option<f64>,
     /// R: the agent reports the request uprobe attached to this nginx.
@@ -366,9 +369,9 @@ pub fn report(setup: &Setup, res: &Results) -> String {
     let _ = writeln!(s, "\n### nginx and the agent (bpf_stats off)\n");
     let _ = writeln!(
         s,
-        "| workload | nginx µs/req A | B/A | R/A | F/A | req/s A | agent CPU % B / R | agent RSS MiB B / R | agent/stub_status requests B / R | uprobe attached (R) | client errors A/B/R/F |"
+        "| workload | nginx µs/req A | B/A | R/A | F/A | req/s A | agent CPU % B / R | agent RSS MiB B / R | agent RSS anon / file / shmem MiB R | agent/stub_status requests B / R | uprobe attached (R) | client errors A/B/R/F |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|");
     for &w in &workloads {
         let med = |m, f: &dyn Fn(&Run) -> Option<f64>| median(&res.col(w, m, f));
         let pair =
@@ -383,7 +386,7 @@ pub fn report(setup: &Setup, res: &Results) -> String {
         let errs = |m| res.get(w, m).iter().map(|r| r.errors).sum::<u64>();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{}/{}/{} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{}/{}/{} |",
             w.title(),
             fmt(median(&res.cpu(w, Mode::A)), 2),
             fmt(res.cpu_ratio(w, Mode::B, Mode::A), 3),
@@ -392,6 +395,7 @@ pub fn report(setup: &Setup, res: &Results) -> String {
             fmt(med(Mode::A, &|r| Some(r.rps)), 0),
             pair(&|r| r.agent_cpu_pct, 2),
             pair(&|r| r.agent_rss_kib.map(|k| k as f64 / 1024.0), 1),
+            rss_parts(res.get(w, Mode::R)),
             pair(&|r| r.agent_vs_stub, 4),
             attached,
             errs(Mode::A),
@@ -568,6 +572,19 @@ pub fn utc_timestamp(unix_s: u64) -> String {
     )
 }
 
+/// "anon / file / shmem" MiB, each the median over `runs` of the part at the
+/// peak sample.
+fn rss_parts(runs: &[Run]) -> String {
+    let part = |f: fn(&crate::util::Rss) -> u64| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.agent_rss.as_ref().map(|p| f(p) as f64 / 1024.0))
+            .collect();
+        fmt(median(&v), 1)
+    };
+    format!("{} / {} / {}", part(|p| p.anon), part(|p| p.file), part(|p| p.shmem))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -583,6 +600,22 @@ mod tests {
             agent_rss_kib: Some(20 * 1024),
             ..Run::default()
         }
+    }
+
+    #[test]
+    fn rss_parts_are_medians_of_the_peak_samples() {
+        let at = |anon: u64, file: u64| Run {
+            agent_rss: Some(crate::util::Rss {
+                total: anon + file,
+                anon,
+                file,
+                shmem: 0,
+            }),
+            ..Run::default()
+        };
+        let runs = [at(4096, 20480), at(10240, 24576), at(6144, 22528), Run::default()];
+        assert_eq!(rss_parts(&runs), "6.0 / 22.0 / 0.0");
+        assert_eq!(rss_parts(&[]), format!("{0} / {0} / {0}", fmt(f64::NAN, 1)));
     }
 
     #[test]

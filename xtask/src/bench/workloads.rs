@@ -5,7 +5,7 @@
 //! executable, so a TLS listener in any nginx running the same binary would
 //! make the plaintext workload's nginx trap too. nginx, wrk and h2load come
 //! from the end-to-end harness (`ngxprobe_e2e`).
-use crate::util::{check_interrupted, rss_kib, sleep};
+use crate::util::{Rss, check_interrupted, rss, sleep};
 use anyhow::{Context as _, Result, bail, ensure};
 use ngxprobe_e2e::clients::{parse_wrk, wrk_bin};
 use ngxprobe_e2e::protocol_clients::parse_h2load;
@@ -135,8 +135,9 @@ impl Site {
         Ok(self.nginx.oracle()?.requests as f64)
     }
 
-    /// One client run of `seconds`, with the agent's peak RSS sampled while
-    /// it runs (every 200 ms).
+    /// One client run of `seconds`, with the agent's peak RSS (and its
+    /// anonymous, file and shmem parts at that sample) sampled while it runs
+    /// (every 200 ms).
     pub fn drive(&self, c: &ClientSettings, seconds: u32, dir: &Path, agent_pid: Option<u32>) -> Result<ClientRun> {
         let out_path = dir.join("client.out");
         let out = std::fs::File::create(&out_path).with_context(|| format!("creating {}", out_path.display()))?;
@@ -167,14 +168,16 @@ impl Site {
         let mut child = ChildGuard::spawn(&mut cmd, "load client")?;
         let limit = Duration::from_secs(u64::from(seconds) + 30);
         let deadline = Instant::now() + limit;
-        let mut rss_max: Option<u64> = None;
+        let mut rss_max: Option<Rss> = None;
         let status = loop {
             check_interrupted()?;
             if let Some(st) = child.try_wait()? {
                 break st;
             }
-            if let Some(rss) = agent_pid.and_then(rss_kib) {
-                rss_max = Some(rss_max.map_or(rss, |m| m.max(rss)));
+            if let Some(now) = agent_pid.and_then(rss)
+                && rss_max.is_none_or(|m| now.total > m.total)
+            {
+                rss_max = Some(now);
             }
             if Instant::now() > deadline {
                 bail!("the load client did not finish within {limit:?}");
@@ -190,7 +193,7 @@ impl Site {
                 requests: r.succeeded,
                 rps: r.succeeded as f64 / f64::from(seconds.max(1)),
                 errors: r.failed + r.errored,
-                rss_max_kib: None,
+                rss_max: None,
             }
         } else {
             let r = parse_wrk(&text)?;
@@ -198,11 +201,11 @@ impl Site {
                 requests: r.requests,
                 rps: r.rate(),
                 errors: r.errors(),
-                rss_max_kib: None,
+                rss_max: None,
             }
         };
         ensure!(run.requests > 0, "the load client completed no request:\n{text}");
-        run.rss_max_kib = rss_max;
+        run.rss_max = rss_max;
         Ok(run)
     }
 }
@@ -212,5 +215,6 @@ pub struct ClientRun {
     pub requests: u64,
     pub rps: f64,
     pub errors: u64,
-    pub rss_max_kib: Option<u64>,
+    /// The agent's resident memory at its highest sample.
+    pub rss_max: Option<Rss>,
 }

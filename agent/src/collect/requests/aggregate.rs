@@ -144,6 +144,15 @@ fn version_name(v: u32) -> &'static str {
     }
 }
 
+/// Where [`Aggregator::resolve_owner`] found a process's instance.
+enum Owner {
+    /// In `pids` (listed by the last scan, or added now by its parent).
+    InPids,
+    /// In `gone`: exited lately.
+    Gone,
+    Unknown,
+}
+
 pub struct Aggregator {
     /// Seconds.
     duration_bounds: Vec<f64>,
@@ -207,51 +216,59 @@ impl Aggregator {
         self.instances.get(key)
     }
 
-    /// The instance of process `tgid`: known from the last scan, or a worker
-    /// started since (after a reload, a crash) whose parent (`ppid`, from the
-    /// record, else /proc) is a known master, or a
-    /// process that exited within [`GONE_GRACE`] after a scan listed it (a
-    /// live process is always judged by its parent: its pid may be reused).
-    fn owner(&mut self, tgid: u32, ppid: u32) -> Option<InstanceKey> {
-        if let Some(k) = self.pids.get(&tgid) {
-            return Some(k.clone());
+    /// Whether process `tgid` belongs to an instance, and where its key is:
+    /// known from the last scan, or a worker started since (after a reload,
+    /// a crash) whose parent (`ppid`, from the record, else /proc) is a known
+    /// master, or a process that exited within [`GONE_GRACE`] after a scan
+    /// listed it (a live process is always judged by its parent: its pid may
+    /// be reused).
+    fn resolve_owner(&mut self, tgid: u32, ppid: u32) -> Owner {
+        if self.pids.contains_key(&tgid) {
+            return Owner::InPids;
         }
         // The parent the kernel gave when the record was made: a worker
         // started and gone between two scans still has its master.
         if ppid != 0
             && let Some(k) = self.pids.get(&ppid).cloned()
         {
-            self.pids.insert(tgid, k.clone());
-            return Some(k);
+            self.pids.insert(tgid, k);
+            return Owner::InPids;
         }
         if self.strangers.contains(&tgid) {
-            return None;
+            return Owner::Unknown;
         }
         let parent = std::fs::read_to_string(self.proc_root.join(tgid.to_string()).join("stat"))
             .ok()
             .and_then(|s| parent_pid(&s));
         let Some(parent) = parent else {
             // Exited: a process the scans knew until lately, else a stranger.
-            let k = self.gone.get(&tgid).map(|(k, _)| k.clone());
-            if k.is_none() {
-                self.strangers.insert(tgid);
+            if self.gone.contains_key(&tgid) {
+                return Owner::Gone;
             }
-            return k;
+            self.strangers.insert(tgid);
+            return Owner::Unknown;
         };
         match self.pids.get(&parent).cloned() {
             Some(k) => {
-                self.pids.insert(tgid, k.clone());
-                Some(k)
+                self.pids.insert(tgid, k);
+                Owner::InPids
             }
             None => {
                 self.strangers.insert(tgid);
-                None
+                Owner::Unknown
             }
         }
     }
 
     pub fn record(&mut self, rec: &RequestRecord) {
-        let Some(inst) = self.owner(rec.tgid, rec.ppid) else {
+        // The instance key is borrowed from `pids`, not cloned: this runs
+        // for every request and should not allocate.
+        let inst = match self.resolve_owner(rec.tgid, rec.ppid) {
+            Owner::InPids => self.pids.get(&rec.tgid),
+            Owner::Gone => self.gone.get(&rec.tgid).map(|(k, _)| k),
+            Owner::Unknown => None,
+        };
+        let Some(inst) = inst else {
             self.unattributed += 1;
             return;
         };
@@ -274,7 +291,12 @@ impl Aggregator {
         };
         let n_durations = self.duration_bounds.len();
         let n_sizes = self.size_bounds.len();
-        let entry = self.instances.entry(inst).or_default();
+        if !self.instances.contains_key(inst) {
+            self.instances.insert(inst.clone(), InstanceRequests::default());
+        }
+        let Some(entry) = self.instances.get_mut(inst) else {
+            return;
+        };
         if rec.flags & (REQ_FLAG_SSL | REQ_FLAG_HTTP2) != 0 {
             entry.unparsed_conn_requests += 1;
         }
