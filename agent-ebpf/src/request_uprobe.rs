@@ -26,9 +26,11 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 
-/// 4 MiB: ~87,000 records between two drains by user space.
+/// 2 MiB: ~17,000 records (112 bytes and an 8-byte header each) between
+/// two drains by user space. The kernel maps a ring twice (for wrap-around),
+/// so its size counts double in the agent's resident memory.
 #[map]
-pub(crate) static REQUESTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub(crate) static REQUESTS: RingBuf = RingBuf::with_byte_size(2 << 20, 0);
 
 #[map]
 static REQ_OFFSETS: Array<NginxOffsets> = Array::with_max_entries(MAX_NGINX_BINARIES, 0);
@@ -78,7 +80,7 @@ pub fn ngx_free_request(ctx: ProbeContext) -> u32 {
 /// Below it, records are not signalled and the consumer drains them on its
 /// poll timeout (agent/src/collect/requests: 200 ms): a wake-up per record
 /// is an irq_work self-interrupt, which in a VM costs microseconds per
-/// request. 512 KiB is ~4,700 records, far from the 4 MiB ring's end.
+/// request. 512 KiB is ~4,400 records, a quarter of the ring.
 const WAKEUP_BYTES: u64 = 512 << 10;
 
 #[inline(always)]
