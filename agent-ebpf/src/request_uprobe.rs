@@ -11,15 +11,18 @@
 //! nginx executable, chosen in user space for that build). A request whose
 //! first field is not nginx's "HTTP" signature is counted and dropped: the
 //! offsets do not fit and user space detaches.
+use core::ffi::c_void;
+
 use agent_common::{
-    MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_SSL, RequestProbeStats,
-    RequestRecord,
+    CONN_SPAN_MAX, MAX_NGINX_BINARIES, NGX_HTTP_REQUEST_SIGNATURE, NginxOffsets, REQ_FLAG_HTTP2, REQ_FLAG_SSL,
+    REQ_SPAN_MAX, RequestProbeStats, RequestRecord,
 };
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_get_attach_cookie,
+        bpf_get_current_pid_tgid, bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::{self, bpf_get_attach_cookie},
     },
     macros::{map, uprobe},
     maps::{Array, PerCpuArray, RingBuf},
@@ -37,6 +40,18 @@ static REQ_OFFSETS: Array<NginxOffsets> = Array::with_max_entries(MAX_NGINX_BINA
 
 #[map]
 static REQ_STATS: PerCpuArray<RequestProbeStats> = PerCpuArray::with_max_entries(MAX_NGINX_BINARIES, 0);
+
+/// Copies of the request and connection structs, read in one go each
+/// (NginxOffsets::req_span, conn_span): one user-memory read per struct
+/// instead of one per field. Per CPU: uprobes do not nest on a CPU.
+#[repr(C)]
+pub struct Scratch {
+    req: [u8; REQ_SPAN_MAX as usize],
+    conn: [u8; CONN_SPAN_MAX as usize],
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -62,9 +77,13 @@ pub fn ngx_free_request(ctx: ProbeContext) -> u32 {
     }
     let r: u64 = ctx.arg(0).unwrap_or(0);
     let rc: i64 = ctx.arg(1).unwrap_or(0);
-    // SAFETY: `st` points into this CPU's map value; uprobes do not nest on a CPU.
-    let st = unsafe { &mut *st };
-    match fill(&ctx, &off, r, rc) {
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: `st` and `scratch` point into this CPU's map values; uprobes
+    // do not nest on a CPU.
+    let (st, scratch) = unsafe { (&mut *st, &mut *scratch) };
+    match fill(&ctx, &off, r, rc, scratch) {
         Outcome::Record(rec) => match REQUESTS.output::<RequestRecord>(&rec, wakeup_flags()) {
             Ok(()) => st.records += 1,
             Err(_) => st.ring_full += 1,
@@ -99,15 +118,52 @@ enum Outcome {
     ReadError,
 }
 
+/// `len` bytes (1..N) of user memory at `at` into `buf` (N a power of two).
 #[inline(always)]
-fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
-    let Some(sig) = read::<u32>(r, 0) else {
+fn read_span<const N: usize>(buf: &mut [u8; N], at: u64, len: u32) -> bool {
+    const { assert!(N.is_power_of_two()) };
+    // Bounded by a mask, not a comparison: LLVM rewrites a range check
+    // (len - 1 < N - 1) so that it bounds another register than the one
+    // passed to the helper, and drops a mask that follows it. User space
+    // keeps spans below N (NginxOffsets::with_spans), so the mask changes
+    // nothing for a real table.
+    let len = len & (N as u32 - 1);
+    if len == 0 {
+        return false;
+    }
+    // SAFETY: the helper writes at most `len` <= N bytes into `buf` and
+    // checks the user address.
+    unsafe { generated::bpf_probe_read_user(buf.as_mut_ptr() as *mut c_void, len, at as *const c_void) == 0 }
+}
+
+/// The little-endian u64 at `off` in a struct copy (None past its end).
+#[inline(always)]
+fn u64_at<const N: usize>(buf: &[u8; N], off: u32) -> Option<u64> {
+    let off = off as usize;
+    if off > N - 8 {
+        return None;
+    }
+    let b = &buf[off..off + 8];
+    Some(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+}
+
+#[inline(always)]
+fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut Scratch) -> Outcome {
+    // The request struct up to its furthest field used, in one read.
+    if !read_span(&mut scratch.req, r, off.req_span) {
         return Outcome::ReadError;
-    };
+    }
+    let req = &scratch.req;
+    let sig = u32::from_le_bytes([req[0], req[1], req[2], req[3]]);
     if sig != NGX_HTTP_REQUEST_SIGNATURE {
         return Outcome::Mismatch;
     }
-    let (Some(logged), Some(pool)) = (read::<u8>(r, off.req_logged_byte), read::<u64>(r, off.req_pool)) else {
+    let logged_at = off.req_logged_byte as usize;
+    if logged_at >= req.len() {
+        return Outcome::ReadError;
+    }
+    let logged = req[logged_at];
+    let Some(pool) = u64_at(req, off.req_pool) else {
         return Outcome::ReadError;
     };
     // Already logged (nginx skips its log line), a fake request, or freed twice.
@@ -120,13 +176,18 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
     if crate::tcp_health::current_is_dying() {
         return Outcome::NotLogged;
     }
-    let Some(c) = read::<u64>(r, off.req_connection) else {
+    let Some(c) = u64_at(req, off.req_connection) else {
         return Outcome::ReadError;
     };
+    if !read_span(&mut scratch.conn, c, off.conn_span) {
+        return Outcome::ReadError;
+    }
+    let req = &scratch.req;
+    let conn = &scratch.conn;
     let (Some(mut status), Some(err_status), Some(sent)) = (
-        read::<u64>(r, off.req_status),
-        read::<u64>(r, off.req_err_status),
-        read::<i64>(c, off.conn_sent),
+        u64_at(req, off.req_status),
+        u64_at(req, off.req_err_status),
+        u64_at(conn, off.conn_sent).map(|v| v as i64),
     ) else {
         return Outcome::ReadError;
     };
@@ -147,18 +208,19 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
         Some(ssl),
         Some(header_size),
     ) = (
-        read::<u64>(r, off.req_method),
-        read::<u64>(r, off.req_http_version),
-        read::<i64>(r, off.req_request_length),
-        read::<i64>(r, off.req_start_sec),
-        read::<u64>(r, off.req_start_msec),
-        read::<u64>(r, off.req_stream),
-        read::<u64>(c, off.conn_ssl),
-        read::<u64>(r, off.req_header_size),
+        u64_at(req, off.req_method),
+        u64_at(req, off.req_http_version),
+        u64_at(req, off.req_request_length).map(|v| v as i64),
+        u64_at(req, off.req_start_sec).map(|v| v as i64),
+        u64_at(req, off.req_start_msec),
+        u64_at(req, off.req_stream),
+        u64_at(conn, off.conn_ssl),
+        u64_at(req, off.req_header_size),
     )
     else {
         return Outcome::ReadError;
     };
+    let sa = u64_at(conn, off.conn_local_sockaddr).unwrap_or(0);
     // ngx_cached_time, found from the probed instruction's address.
     // SAFETY: the context is the uprobe's pt_regs.
     let ip = unsafe { (*ctx.regs).rip };
@@ -172,13 +234,14 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64) -> Outcome {
     // As ngx_http_log_request_time computes $request_time.
     let ms = (now_sec - start_sec) * 1000 + (now_msec as i64 - start_msec as i64);
     let mut port = 0u16;
-    if let Some(sa) = read::<u64>(c, off.conn_local_sockaddr)
-        && sa != 0
-        && let Some(family) = read::<u16>(sa, 0)
-        && (family == AF_INET || family == AF_INET6)
-        && let Some(p) = read::<u16>(sa, 2)
+    // sa_family and sin_port / sin6_port: the first four bytes, one read.
+    if sa != 0
+        && let Some(head) = read::<[u8; 4]>(sa, 0)
     {
-        port = u16::from_be(p);
+        let family = u16::from_le_bytes([head[0], head[1]]);
+        if family == AF_INET || family == AF_INET6 {
+            port = u16::from_be_bytes([head[2], head[3]]);
+        }
     }
     let mut rec = RequestRecord::default();
     if off.want_server_name != 0 {

@@ -110,6 +110,8 @@ const DEBIAN_1_22_1_X86_64: (&str, &str, &str, NginxOffsets) = (
         req_srv_conf: 32,
         cscf_server_name: 64,
         want_server_name: 0,
+        req_span: 0,
+        conn_span: 0,
     },
 );
 
@@ -193,6 +195,13 @@ fn identify_with(path: &str, data: &[u8], root: &Path) -> Result<KnownBuild, Bui
     };
     offsets.cached_time_from_fn = cached_time as i64 - function as i64;
     offsets.core_module_from_fn = core_module as i64 - function as i64;
+    let Some(offsets) = offsets.with_spans() else {
+        return Err(BuildError::Unknown {
+            path: path.to_string(),
+            id,
+            dwarf: format!("{source} puts fields beyond the bytes the uprobe reads: not nginx's layout"),
+        });
+    };
     Ok(KnownBuild { id, offsets, source })
 }
 
@@ -336,6 +345,9 @@ mod tests {
         let mut want = DEBIAN_1_22_1_X86_64.3;
         want.cached_time_from_fn = b.offsets.cached_time_from_fn;
         want.core_module_from_fn = b.offsets.core_module_from_fn;
+        // The furthest fields: the `logged` byte (1307) and c->local_sockaddr (160).
+        want.req_span = 1308;
+        want.conn_span = 168;
         assert_eq!(b.offsets, want);
     }
 
