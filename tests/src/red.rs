@@ -182,3 +182,22 @@ pub fn wait_attached(agent: &Agent, conf: &str, want: f64) {
     )
     .expect("uprobe state");
 }
+
+/// Counts per label set equal; sizes and durations equal where the uprobe
+/// made the records (nginx's own fields, same clock).
+pub fn assert_red_exact(log: &BTreeMap<Key, Sums>, ours: &BTreeMap<Key, Sums>) {
+    print_views(log, ours);
+    assert_eq!(counts(ours), counts(log), "requests per label set: agent vs access log");
+    for (k, l) in log {
+        let o = ours[k];
+        assert_eq!(
+            o.request_bytes, l.request_bytes,
+            "{k:?}: request bytes ($request_length)"
+        );
+        assert_eq!(
+            o.body_bytes, l.body_bytes,
+            "{k:?}: response body bytes ($body_bytes_sent)"
+        );
+        assert_eq!(o.duration_ms, l.duration_ms, "{k:?}: duration sum (ms, $request_time)");
+    }
+}

@@ -89,25 +89,6 @@ fn attached_session(name: &str, opts: NginxOptions, config: Option<&str>) -> (Se
     (s, conf, skip)
 }
 
-/// Counts per label set equal; sizes and durations equal where the uprobe
-/// made the records (nginx's own fields, same clock).
-fn assert_red_exact(log: &BTreeMap<Key, Sums>, ours: &BTreeMap<Key, Sums>) {
-    red::print_views(log, ours);
-    assert_eq!(counts(ours), counts(log), "requests per label set: agent vs access log");
-    for (k, l) in log {
-        let o = ours[k];
-        assert_eq!(
-            o.request_bytes, l.request_bytes,
-            "{k:?}: request bytes ($request_length)"
-        );
-        assert_eq!(
-            o.body_bytes, l.body_bytes,
-            "{k:?}: response body bytes ($body_bytes_sent)"
-        );
-        assert_eq!(o.duration_ms, l.duration_ms, "{k:?}: duration sum (ms, $request_time)");
-    }
-}
-
 /// Printed, not asserted: the counter is the node's (every nginx on the
 /// machine, also other tests' processes the agent does not track); the
 /// per-label-set comparison says whether this instance lost any.
@@ -215,7 +196,7 @@ fn reload_under_tls_and_h2_load() {
     assert_all(&rep, &mres);
     assert!(mres.scrapes >= 20, "monitor scraped {} times", mres.scrapes);
     assert_traffic(&log, &[("https", "1.1"), ("https", "2"), ("http", "1.1")]);
-    assert_red_exact(&log, &ours);
+    red::assert_red_exact(&log, &ours);
     print_lost(&s.agent);
 }
 
@@ -413,7 +394,7 @@ fn large_and_slow_responses_over_tls_and_h2() {
     eprintln!("[e2e] traffic took {:.1?}", t0.elapsed());
     let (log, ours) = red::quiesce(&s.agent, &s.nginx, skip);
     assert_all(&rep, &mres);
-    assert_red_exact(&log, &ours);
+    red::assert_red_exact(&log, &ours);
     print_lost(&s.agent);
     // Premises: the large responses are there, in full, and took time.
     let p = port.to_string();

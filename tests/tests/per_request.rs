@@ -158,35 +158,12 @@ fn red_metrics_match_the_access_log() {
     }
 
     let (log, ours) = quiesce(&agent, &nginx, skip);
-    eprintln!("[e2e] access log: {} requests in {} label sets", total(&log), log.len());
-    for k in log.keys().chain(ours.keys().filter(|k| !log.contains_key(*k))) {
-        let l = log.get(k).copied().unwrap_or_default();
-        let o = ours.get(k).copied().unwrap_or_default();
-        eprintln!("[e2e]   {k:?}: log {l:?} / agent {o:?}");
-    }
     let lost = agent
         .scrape()
         .expect("scrape")
         .sum_by("ngxprobe_per_request_records_lost_total", "reason");
     eprintln!("[e2e] records lost: {lost:?}");
-    assert_eq!(
-        counts(&ours),
-        counts(&log),
-        "requests per label set: agent vs access log"
-    );
-    for (k, l) in &log {
-        let o = ours[k];
-        assert_eq!(
-            o.request_bytes, l.request_bytes,
-            "{k:?}: request bytes ($request_length)"
-        );
-        assert_eq!(
-            o.body_bytes, l.body_bytes,
-            "{k:?}: response body bytes ($body_bytes_sent)"
-        );
-        // Same clock and fields as $request_time: equal to the millisecond.
-        assert_eq!(o.duration_ms, l.duration_ms, "{k:?}: duration sum (ms)");
-    }
+    ngxprobe_e2e::red::assert_red_exact(&log, &ours);
     let slow = log.iter().find(|(k, _)| k.1 == "206").map(|(_, s)| s.duration_ms);
     assert!(
         slow.is_some_and(|ms| ms >= 200),

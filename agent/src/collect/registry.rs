@@ -55,6 +55,25 @@ pub(super) struct Tracked {
     pub conf: Option<(Vec<u32>, ConfVerdict)>,
 }
 
+impl Tracked {
+    /// A newly discovered instance in `slot`.
+    pub fn new(slot: u32, inst: Instance) -> Tracked {
+        Tracked {
+            slot,
+            inst,
+            stopped_since: None,
+            seeded_active: 0,
+            pending_seeds: BTreeSet::new(),
+            unread_scans: 0,
+            unparsed_logged: [false; 3],
+            workers: WorkerTrack::default(),
+            listen: Default::default(),
+            socket_requests: false,
+            conf: None,
+        }
+    }
+}
+
 /// Scans an instance is kept unchanged while one of its processes cannot be
 /// read (a transient EMFILE); after that it is taken for stopped, so a pid
 /// reused by an unreadable process cannot keep a dead instance up.
@@ -325,22 +344,7 @@ impl Collector {
                         }
                         report.discovered.push(describe(&inst.key));
                         new_keys.push(inst.key.clone());
-                        self.instances.insert(
-                            inst.key.clone(),
-                            Tracked {
-                                slot,
-                                inst,
-                                stopped_since: None,
-                                seeded_active: 0,
-                                pending_seeds: BTreeSet::new(),
-                                unread_scans: 0,
-                                unparsed_logged: [false; 3],
-                                workers: WorkerTrack::default(),
-                                listen: Default::default(),
-                                socket_requests: false,
-                                conf: None,
-                            },
-                        );
+                        self.instances.insert(inst.key.clone(), Tracked::new(slot, inst));
                     }
                     None => {
                         self.discovery.count_refusal(RefusalReason::TooManyInstances);
@@ -611,9 +615,9 @@ mod tests {
             pod_uid: None,
             netns: 1,
         };
-        let mut t = Tracked {
-            slot: 0,
-            inst: Instance {
+        let mut t = Tracked::new(
+            0,
+            Instance {
                 key: key.clone(),
                 master_pid: 7,
                 worker_pids: vec![8],
@@ -621,16 +625,7 @@ mod tests {
                 version: "nginx/1.22.1".into(),
                 listeners: vec![],
             },
-            stopped_since: None,
-            seeded_active: 0,
-            pending_seeds: BTreeSet::new(),
-            unread_scans: 0,
-            unparsed_logged: [false; 3],
-            workers: WorkerTrack::default(),
-            listen: Default::default(),
-            socket_requests: false,
-            conf: None,
-        };
+        );
         let mut unknown = BTreeMap::new();
         let mut news = AttachNews::default();
         let mut need = |t: &mut Tracked, news: &mut AttachNews| needs_uprobe(proc.path(), &key, t, &mut unknown, news);
