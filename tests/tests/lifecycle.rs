@@ -65,7 +65,37 @@ fn worker_killed_during_load() {
         rep.instances[0].a1.active,
         o1.active - 1
     );
-    assert_all(&rep, &mres);
+    // One race no probe can close: the kill lands after a read returned to
+    // the worker (counted: the bytes reached nginx, and nothing was pending
+    // at the read) and before nginx counts the request it starts from them
+    // (ngx_http_alloc_request, microseconds later). A worker starts one
+    // request at a time, so the agent may count at most one request per
+    // kill that stub_status does not (seen in ~1 of 10 runs); everything
+    // else is exact.
+    let i = &rep.instances[0];
+    let others: Vec<_> = i.checks.iter().filter(|c| c.name != "Δrequests").cloned().collect();
+    let requests = i
+        .checks
+        .iter()
+        .find(|c| c.name == "Δrequests")
+        .expect("Δrequests compared");
+    let exact_but_requests = measure::Report {
+        instances: vec![measure::InstanceReport {
+            checks: others,
+            ..i.clone()
+        }],
+        ..rep.clone()
+    };
+    assert_all(&exact_but_requests, &mres);
+    let extra = requests.agent - requests.expected;
+    assert!(
+        (0..=1).contains(&extra),
+        "Δrequests: agent {} vs stub_status {}: want equal, or one more (a kill between a read and nginx counting \
+         its request)\n{}",
+        requests.agent,
+        requests.expected,
+        rep.table()
+    );
     assert!(still_running, "wrk had finished before the worker was killed");
 }
 
