@@ -193,6 +193,27 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
     Ok((resp.status, resp.body_head))
 }
 
+/// A POST (`Content-Type: application/octet-stream`, `Connection: close`)
+/// whose whole response body is returned, up to [`MAX_GET_BODY`] (an API's
+/// answer can be far larger than the head [`post`] keeps): (status, body).
+pub fn post_whole(addr: SocketAddr, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
+    let mut s = connect(addr)?;
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req)?;
+    let mut r = BufReader::new(s);
+    let resp =
+        read_response_keeping(&mut r, false, MAX_GET_BODY).with_context(|| format!("POST http://{addr}{path}"))?;
+    if resp.body_len as usize > resp.body_head.len() {
+        bail!("POST {path}: body larger than {MAX_GET_BODY} bytes");
+    }
+    Ok((resp.status, resp.body_head))
+}
+
 /// `GET path`, expecting 200 and a JSON body.
 pub fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value> {
     let (status, body) = http_get(addr, path)?;

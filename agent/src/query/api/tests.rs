@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
-use ngxprobe_e2e::clients::{http_get, post};
+use ngxprobe_e2e::clients::{http_get, post_whole};
 use serde_json::Value as J;
 
 use super::api;
@@ -78,9 +78,11 @@ fn get_json(addr: SocketAddr, path: &str) -> (u16, J) {
     (status, json(status, &body))
 }
 
+/// The whole answer: the formatted query of a deeply nested expression is
+/// more than the 64 KiB head `clients::post` keeps.
 fn post_form(addr: SocketAddr, path: &str, body: &str) -> (u16, J) {
-    let r = post(addr, path, body.as_bytes(), false, Duration::ZERO).unwrap();
-    (r.response.status, json(r.response.status, &r.response.body_head))
+    let (status, body) = post_whole(addr, path, body.as_bytes()).unwrap();
+    (status, json(status, &body))
 }
 
 fn enc(s: &str) -> String {
@@ -486,7 +488,15 @@ mod fuzz {
             let (status, v) = if post_it && !ep.starts_with("/api/v1/label/") {
                 post_form(srv.addr(), ep, &form)
             } else {
-                get_json(srv.addr(), &format!("{ep}?{form}"))
+                let uri = format!("{ep}?{form}");
+                let (status, body) = http_get(srv.addr(), &uri).unwrap();
+                if status == 414 {
+                    // hyper refuses a URI over 64 KiB before the API sees it
+                    // (an encoded query of many non-ASCII characters).
+                    prop_assert!(uri.len() > 65_000, "414 for a {} byte URI", uri.len());
+                    return Ok(());
+                }
+                (status, json(status, &body))
             };
             prop_assert!(
                 t.elapsed() < timeout + Duration::from_secs(10),
