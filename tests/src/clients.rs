@@ -182,13 +182,19 @@ pub const MAX_GET_BODY: usize = 1 << 30;
 /// body). Used for the agent's /readyz, /metrics and API, and other
 /// Prometheus-style servers.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    whole_response(addr, &format!("GET http://{addr}{path}"), req.as_bytes())
+}
+
+/// Sends `req` on a new connection and reads the response with its whole
+/// body (up to [`MAX_GET_BODY`]): (status, body).
+fn whole_response(addr: SocketAddr, what: &str, req: &[u8]) -> Result<(u16, Vec<u8>)> {
     let mut s = connect(addr)?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    s.write_all(req)?;
     let mut r = BufReader::new(s);
-    let resp =
-        read_response_keeping(&mut r, false, MAX_GET_BODY).with_context(|| format!("GET http://{addr}{path}"))?;
+    let resp = read_response_keeping(&mut r, false, MAX_GET_BODY).with_context(|| what.to_string())?;
     if resp.body_len as usize > resp.body_head.len() {
-        bail!("GET {path}: body larger than {MAX_GET_BODY} bytes");
+        bail!("{what}: body larger than {MAX_GET_BODY} bytes");
     }
     Ok((resp.status, resp.body_head))
 }
@@ -197,21 +203,13 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, Vec<u8>)> {
 /// whose whole response body is returned, up to [`MAX_GET_BODY`] (an API's
 /// answer can be far larger than the head [`post`] keeps): (status, body).
 pub fn post_whole(addr: SocketAddr, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>)> {
-    let mut s = connect(addr)?;
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
     req.extend_from_slice(body);
-    s.write_all(&req)?;
-    let mut r = BufReader::new(s);
-    let resp =
-        read_response_keeping(&mut r, false, MAX_GET_BODY).with_context(|| format!("POST http://{addr}{path}"))?;
-    if resp.body_len as usize > resp.body_head.len() {
-        bail!("POST {path}: body larger than {MAX_GET_BODY} bytes");
-    }
-    Ok((resp.status, resp.body_head))
+    whole_response(addr, &format!("POST http://{addr}{path}"), &req)
 }
 
 /// `GET path`, expecting 200 and a JSON body.

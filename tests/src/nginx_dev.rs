@@ -72,6 +72,19 @@ impl NginxDev {
         Ok(Some(NginxDev { _dir: dir, src }))
     }
 
+    /// The configured sources for a test: None (skipped, or failed under
+    /// CI) when nginx-dev is not installed; a configure failure panics.
+    pub fn require() -> Option<NginxDev> {
+        match NginxDev::configure() {
+            Ok(Some(d)) => Some(d),
+            Ok(None) => {
+                crate::util::skip_or_fail("nginx-dev not installed (cargo xtask setup installs it)");
+                None
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+
     /// offsetof() of every field in [`FIELDS`].
     pub fn offsetof_table(&self) -> Result<BTreeMap<String, u64>> {
         offsetof_table(&self.src)

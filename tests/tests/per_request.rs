@@ -27,7 +27,7 @@ use ngxprobe_e2e::protocol_clients::{curl, h2load, h2load_streams};
 use ngxprobe_e2e::red::{
     ATTACHED, DURATION, Key, SOCKET, Sums, agent_sums, counts, log_lines, oracle_sums, quiesce, total, wait_attached,
 };
-use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool, skip_or_fail};
+use ngxprobe_e2e::util::{Poll, TempDir, poll, require_tool};
 use ngxprobe_e2e::{clients, guard, oracle};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -377,10 +377,8 @@ fn unknown_build_is_refused_and_plaintext_still_counted() {
 #[test]
 fn dwarf_in_the_executable_maps_an_unknown_build() {
     let _g = guard("dwarf_in_the_executable_maps_an_unknown_build");
-    let dev = match ngxprobe_e2e::nginx_dev::NginxDev::configure() {
-        Ok(Some(d)) => d,
-        Ok(None) => return skip_or_fail("nginx-dev not installed (cargo xtask setup installs it)"),
-        Err(e) => panic!("{e:#}"),
+    let Some(dev) = ngxprobe_e2e::nginx_dev::NginxDev::require() else {
+        return;
     };
     if require_tool("objcopy", "cargo xtask setup installs binutils").is_none() {
         return;

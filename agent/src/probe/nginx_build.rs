@@ -306,12 +306,8 @@ mod tests {
         let Ok(mut data) = std::fs::read(DEBIAN_NGINX) else {
             return;
         };
-        let dev = match ngxprobe_e2e::nginx_dev::NginxDev::configure() {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                return ngxprobe_e2e::util::skip_or_fail("nginx-dev not installed (cargo xtask setup installs it)");
-            }
-            Err(e) => panic!("{e:#}"),
+        let Some(dev) = ngxprobe_e2e::nginx_dev::NginxDev::require() else {
+            return;
         };
         let sig = b"8,4,8,0011111111010111001111111111111111";
         let at = memchr::memmem::find(&data, sig).expect("signature in the binary");

@@ -321,7 +321,7 @@ fn named_types(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ngxprobe_e2e::{nginx_dev::NginxDev, util::skip_or_fail};
+    use ngxprobe_e2e::nginx_dev::NginxDev;
 
     fn parse(path: &std::path::Path) -> Result<NginxOffsets, DwarfError> {
         let data = std::fs::read(path).unwrap();
@@ -338,10 +338,8 @@ mod tests {
     /// 5: the `logged` bit-field is described differently).
     #[test]
     fn dwarf_offsetof_and_the_table_agree_on_debians_build() {
-        let dev = match NginxDev::configure() {
-            Ok(Some(d)) => d,
-            Ok(None) => return skip_or_fail("nginx-dev not installed (cargo xtask setup installs it)"),
-            Err(e) => panic!("{e:#}"),
+        let Some(dev) = NginxDev::require() else {
+            return;
         };
         let table = debian_table();
         let c = dev.offsetof_table().expect("offsetof program");
@@ -382,10 +380,8 @@ mod tests {
     /// which, never offsets.
     #[test]
     fn stripped_and_compressed_debug_info_are_refused() {
-        let dev = match NginxDev::configure() {
-            Ok(Some(d)) => d,
-            Ok(None) => return skip_or_fail("nginx-dev not installed (cargo xtask setup installs it)"),
-            Err(e) => panic!("{e:#}"),
+        let Some(dev) = NginxDev::require() else {
+            return;
         };
         let so = dev.debug_object(5).expect("compile with -g");
         let stripped = so.with_extension("stripped");
