@@ -15,7 +15,7 @@ use std::{
 use crate::{
     compat::time::now_ms,
     metrics::MetricsSource,
-    series::{Labels, MetricMeta, ReadError, Selection, SeriesData, SeriesReader},
+    series::{Labels, MatchOp, Matcher, MetricMeta, ReadError, Selection, SeriesData, SeriesReader},
 };
 
 /// How far from the wall clock a query's end may be and still count as "now".
@@ -24,12 +24,23 @@ const NOW_TOLERANCE_MS: i64 = 2_000;
 /// The probes' values read for one evaluation time.
 type LiveSamples = Arc<Vec<(Labels, f64)>>;
 
+/// Live reads of one evaluation time, by the selection's `__name__`
+/// matchers: the queries of one evaluation that select the same metric
+/// share one read.
+struct LiveCache {
+    t: i64,
+    by_names: HashMap<Vec<(MatchOp, String)>, LiveSamples>,
+}
+
 pub struct LiveReader {
     store: Arc<dyn SeriesReader>,
     live: Arc<dyn MetricsSource>,
-    /// Live samples read for one evaluation time, shared by all its queries.
-    cache: Mutex<Option<(i64, LiveSamples)>>,
+    cache: Mutex<Option<LiveCache>>,
 }
+
+/// The sample names a family of that name may carry (a histogram's
+/// `_bucket`, `_sum` and `_count`).
+const SUFFIXES: [&str; 4] = ["", "_bucket", "_sum", "_count"];
 
 impl LiveReader {
     pub fn new(store: Arc<dyn SeriesReader>, live: Arc<dyn MetricsSource>) -> Self {
@@ -40,28 +51,45 @@ impl LiveReader {
         }
     }
 
-    fn live_at(&self, t: i64) -> Arc<Vec<(Labels, f64)>> {
+    /// The live samples at `t` whose metric name `name_matchers` (the
+    /// selection's `__name__` matchers) accept. Only those families are
+    /// read: a rule selects a few metrics, the probes expose many.
+    fn live_at(&self, t: i64, name_matchers: &[&Matcher]) -> LiveSamples {
+        let key: Vec<(MatchOp, String)> = name_matchers.iter().map(|m| (m.op, m.value.clone())).collect();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((ct, v)) = cache.as_ref()
-            && *ct == t
-        {
+        let entry = match cache.as_mut() {
+            Some(c) if c.t == t => c,
+            _ => cache.insert(LiveCache {
+                t,
+                by_names: HashMap::new(),
+            }),
+        };
+        if let Some(v) = entry.by_names.get(&key) {
             return v.clone();
         }
+        let name_ok = |n: &str| name_matchers.iter().all(|m| m.matches(n));
+        let want = |family: &str| {
+            SUFFIXES.iter().any(|s| {
+                if s.is_empty() {
+                    name_ok(family)
+                } else {
+                    name_ok(&format!("{family}{s}"))
+                }
+            })
+        };
         let samples: Vec<(Labels, f64)> = self
             .live
-            .families()
+            .families_wanted(&want)
             .iter()
             .flat_map(|f| {
-                f.samples.iter().map(move |s| {
-                    (
-                        Labels::of_sample(&format!("{}{}", f.name, s.suffix), &s.labels),
-                        s.value,
-                    )
+                f.samples.iter().filter_map(move |s| {
+                    let name = s.name(&f.name);
+                    name_ok(&name).then(|| (Labels::of_sample(&name, &s.labels), s.value))
                 })
             })
             .collect();
         let v = Arc::new(samples);
-        *cache = Some((t, v.clone()));
+        entry.by_names.insert(key, v.clone());
         v
     }
 }
@@ -73,7 +101,8 @@ impl SeriesReader for LiveReader {
         if (maxt - now_ms()).abs() > NOW_TOLERANCE_MS {
             return Ok(out);
         }
-        let live = self.live_at(maxt);
+        let names: Vec<&Matcher> = sel.matchers.iter().filter(|m| m.name == "__name__").collect();
+        let live = self.live_at(maxt, &names);
         let mut index: HashMap<Labels, usize> = out.iter().enumerate().map(|(i, s)| (s.labels.clone(), i)).collect();
         for (labels, v) in live.iter() {
             if !sel.matchers.iter().all(|m| m.matches_labels(labels)) {
@@ -179,6 +208,61 @@ mod tests {
                 .unwrap()
                 .len(),
             1
+        );
+    }
+
+    /// A source that records which families it was asked to build.
+    struct Recording(Vec<Family>, Mutex<Vec<String>>);
+    impl MetricsSource for Recording {
+        fn families(&self) -> Vec<Family> {
+            self.0.clone()
+        }
+        fn families_wanted(&self, want: &dyn Fn(&str) -> bool) -> Vec<Family> {
+            let f: Vec<Family> = self.0.iter().filter(|f| want(&f.name)).cloned().collect();
+            self.1.lock().unwrap().extend(f.iter().map(|f| f.name.clone()));
+            f
+        }
+    }
+
+    #[test]
+    fn only_the_selected_families_are_read_once_per_evaluation() {
+        let mut req = Family::new("req_total", "h", MetricType::Counter);
+        req.push(&[("i", "a")], 1.0);
+        let mut lat = Family::new("lat_seconds", "h", MetricType::Histogram);
+        lat.push_histogram(
+            vec![("i".into(), "a".into())],
+            &crate::metrics::HistogramValue::from_bucket_counts(&[0.1], &[3, 1], 0.5),
+        );
+        let src = Arc::new(Recording(vec![req, lat], Mutex::new(vec![])));
+        let r = LiveReader::new(Arc::new(History(vec![])), src.clone());
+        let now = now_ms();
+        let sel = |m: &[Matcher]| {
+            r.select(&Selection::new(m, now - 1000, now, &ReadBudget::unlimited()))
+                .unwrap()
+        };
+        let bucket = [Matcher::new(MatchOp::Equal, "__name__", "lat_seconds_bucket").unwrap()];
+        let out = sel(&bucket);
+        // Only the histogram's buckets: not its _sum or _count, not req_total.
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(out.iter().all(|s| s.labels.name() == Some("lat_seconds_bucket")));
+        assert_eq!(*src.1.lock().unwrap(), vec!["lat_seconds".to_string()]);
+        // The same selection at the same time reads nothing again.
+        sel(&bucket);
+        assert_eq!(src.1.lock().unwrap().len(), 1);
+        // Another metric is read once; a regex on the name reads what it matches.
+        let req = [Matcher::new(MatchOp::Equal, "__name__", "req_total").unwrap()];
+        assert_eq!(sel(&req).len(), 1);
+        let re = [Matcher::new(MatchOp::Regex, "__name__", "lat_.*_count|req_total").unwrap()];
+        let out = sel(&re);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(
+            *src.1.lock().unwrap(),
+            vec![
+                "lat_seconds".to_string(),
+                "req_total".into(),
+                "req_total".into(),
+                "lat_seconds".into()
+            ]
         );
     }
 

@@ -7,6 +7,16 @@
 /// non-blocking.
 pub trait MetricsSource: Send + Sync {
     fn families(&self) -> Vec<Family>;
+
+    /// Only the families whose name `want` accepts. The rules stage reads
+    /// the probes' values live several times a second for a few names; a
+    /// source whose families cost something to build (kernel maps read,
+    /// histograms laid out) overrides this to skip the others.
+    fn families_wanted(&self, want: &dyn Fn(&str) -> bool) -> Vec<Family> {
+        let mut f = self.families();
+        f.retain(|f| want(&f.name));
+        f
+    }
 }
 
 /// Prometheus metric type, as written on `# TYPE` lines.

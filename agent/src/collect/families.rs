@@ -70,6 +70,49 @@ pub fn stub_status(t: &SlotTotals, seeded_active: i64) -> StubStatus {
     }
 }
 
+/// Names of the families built only when wanted, taken from the builders
+/// themselves (empty), so they cannot drift from what is built.
+struct GroupNames {
+    tcp: Vec<String>,
+    worker: Vec<String>,
+}
+
+static GROUP_NAMES: std::sync::LazyLock<GroupNames> = std::sync::LazyLock::new(|| {
+    let names = |f: Vec<Family>| f.into_iter().map(|f| f.name).collect();
+    GroupNames {
+        tcp: names(TcpFamilies::new(Some(100)).into_families()),
+        worker: names(WorkerFamilies::new().into_families()),
+    }
+});
+
+/// A family whose samples are only added when it is wanted: an unwanted
+/// one costs no label copies.
+struct Gated {
+    fam: Family,
+    on: bool,
+}
+
+impl Gated {
+    fn new(fam: Family, want: &dyn Fn(&str) -> bool) -> Self {
+        let on = want(&fam.name);
+        Gated { fam, on }
+    }
+
+    fn push(&mut self, labels: &[(String, String)], value: f64) {
+        self.push_with(labels, &[], value);
+    }
+
+    /// `labels` and then `extra`.
+    fn push_with(&mut self, labels: &[(String, String)], extra: &[(&str, String)], value: f64) {
+        if self.on {
+            let mut l = Vec::with_capacity(labels.len() + extra.len());
+            l.extend_from_slice(labels);
+            l.extend(extra.iter().map(|(k, v)| ((*k).to_string(), v.clone())));
+            self.fam.push_owned(l, value);
+        }
+    }
+}
+
 impl Collector {
     pub(super) fn labels(&self, t: &Tracked) -> Vec<(String, String)> {
         let mut l = vec![("conf_path".to_string(), t.inst.key.conf_path.clone())];
@@ -86,72 +129,108 @@ impl Collector {
 
     /// All families the collect stage exposes (process metrics are added by expose).
     pub fn families(&self) -> Vec<Family> {
-        let mut accepted = fam(NGINX_ACCEPTED, MetricType::Counter);
-        let mut active = fam(NGINX_ACTIVE, MetricType::Gauge);
-        let mut handled = fam(NGINX_HANDLED, MetricType::Counter);
-        let mut reading = fam(NGINX_READING, MetricType::Gauge);
-        let mut waiting = fam(NGINX_WAITING, MetricType::Gauge);
-        let mut writing = fam(NGINX_WRITING, MetricType::Gauge);
-        let mut requests = fam(NGINX_REQUESTS, MetricType::Counter);
-        let mut up = fam(NGINX_UP, MetricType::Gauge);
+        self.families_wanted(&|_| true)
+    }
 
-        let mut responses = Family::new(
-            "ngxprobe_nginx_responses_total",
-            "HTTP/1.x responses whose status line ngxprobe saw nginx send",
-            MetricType::Counter,
+    /// The families whose name `want` accepts. Those that cost a kernel map
+    /// read or a histogram per label set to build (TCP health, worker exits,
+    /// per-request histograms, program statistics) are only built when one
+    /// of their names is wanted; the rest are cheap and filtered at the end.
+    pub fn families_wanted(&self, want: &dyn Fn(&str) -> bool) -> Vec<Family> {
+        let any = |names: &[String]| names.iter().any(|n| want(n));
+        let want_tcp = any(&GROUP_NAMES.tcp);
+        let want_worker = any(&GROUP_NAMES.worker);
+        let want_hists = super::requests::families::HISTOGRAMS.iter().any(|n| want(n));
+        let mut accepted = Gated::new(fam(NGINX_ACCEPTED, MetricType::Counter), want);
+        let mut active = Gated::new(fam(NGINX_ACTIVE, MetricType::Gauge), want);
+        let mut handled = Gated::new(fam(NGINX_HANDLED, MetricType::Counter), want);
+        let mut reading = Gated::new(fam(NGINX_READING, MetricType::Gauge), want);
+        let mut waiting = Gated::new(fam(NGINX_WAITING, MetricType::Gauge), want);
+        let mut writing = Gated::new(fam(NGINX_WRITING, MetricType::Gauge), want);
+        let mut requests = Gated::new(fam(NGINX_REQUESTS, MetricType::Counter), want);
+        let mut up = Gated::new(fam(NGINX_UP, MetricType::Gauge), want);
+
+        let mut responses = Gated::new(
+            Family::new(
+                "ngxprobe_nginx_responses_total",
+                "HTTP/1.x responses whose status line ngxprobe saw nginx send",
+                MetricType::Counter,
+            ),
+            want,
         );
-        let mut blocked = Family::new(
-            "ngxprobe_nginx_blocked_writes_total",
-            "Writes by nginx that the socket did not take in full (short write or EAGAIN)",
-            MetricType::Counter,
+        let mut blocked = Gated::new(
+            Family::new(
+                "ngxprobe_nginx_blocked_writes_total",
+                "Writes by nginx that the socket did not take in full (short write or EAGAIN)",
+                MetricType::Counter,
+            ),
+            want,
         );
-        let mut closed = Family::new(
-            "ngxprobe_nginx_connections_closed_total",
-            "Client connections closed",
-            MetricType::Counter,
+        let mut closed = Gated::new(
+            Family::new(
+                "ngxprobe_nginx_connections_closed_total",
+                "Client connections closed",
+                MetricType::Counter,
+            ),
+            want,
         );
-        let mut unparsed_conns = fam(unparsed::FAMILY, MetricType::Counter);
-        let mut workers = Family::new(
-            "ngxprobe_nginx_workers",
-            "Worker processes of the nginx instance",
-            MetricType::Gauge,
+        let mut unparsed_conns = Gated::new(fam(unparsed::FAMILY, MetricType::Counter), want);
+        let mut workers = Gated::new(
+            Family::new(
+                "ngxprobe_nginx_workers",
+                "Worker processes of the nginx instance",
+                MetricType::Gauge,
+            ),
+            want,
         );
-        let mut listeners = Family::new(
-            "ngxprobe_nginx_listener_info",
-            "Listening sockets of the nginx instance, in its own network namespace",
-            MetricType::Gauge,
+        let mut listeners = Gated::new(
+            Family::new(
+                "ngxprobe_nginx_listener_info",
+                "Listening sockets of the nginx instance, in its own network namespace",
+                MetricType::Gauge,
+            ),
+            want,
         );
-        let mut info = Family::new(
-            "ngxprobe_nginx_instance_info",
-            "nginx instances found on the node",
-            MetricType::Gauge,
+        let mut info = Gated::new(
+            Family::new(
+                "ngxprobe_nginx_instance_info",
+                "nginx instances found on the node",
+                MetricType::Gauge,
+            ),
+            want,
         );
-        let mut drift = Family::new(
-            "ngxprobe_counter_drift",
-            "ngxprobe's stub_status counter minus nginx's own (read from its shared memory where nginx has \
+        let mut drift = Gated::new(
+            Family::new(
+                "ngxprobe_counter_drift",
+                "ngxprobe's stub_status counter minus nginx's own (read from its shared memory where nginx has \
              the stub_status module): counters since the first reading, gauges as they are; 0 at rest",
-            MetricType::Gauge,
+                MetricType::Gauge,
+            ),
+            want,
         );
         let mut tcp = TcpFamilies::new(self.hz);
         let mut worker = WorkerFamilies::new();
         // Records of requests finished before this collection, not yet
         // taken in by the consumer thread, count now: TLS and HTTP/2
         // requests are in nginx_http_requests_total only through them.
-        if let Some(pr) = &self.per_request {
+        // A collection without those (the rules stage reads a few families
+        // at a time) leaves the ring to the consumer thread.
+        let from_records = want(NGINX_REQUESTS.0) || super::requests::families::FROM_RECORDS.iter().any(|n| want(n));
+        if let Some(pr) = self.per_request.as_ref().filter(|_| from_records) {
             pr.drain_now();
         }
-        let mut per_request = self.per_request.as_ref().map(|_| RequestFamilies::new());
+        let mut per_request = self.per_request.as_ref().map(|_| RequestFamilies::new(want_hists));
         for (key, t) in &self.instances {
             let labels = self.labels(t);
             if t.stopped_since.is_some() {
-                up.push_owned(labels, 0.0);
+                up.push(&labels, 0.0);
                 continue;
             }
             let totals = match self.probe.slot_totals(t.slot) {
                 Ok(x) => x,
                 Err(_) => {
                     self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
-                    up.push_owned(labels, 0.0);
+                    up.push(&labels, 0.0);
                     continue;
                 }
             };
@@ -169,55 +248,58 @@ impl Collector {
                 ),
                 _ => 0,
             };
-            if let Some(d) = self.drift.latest(key) {
+            if let Some(d) = self.drift.latest(key).filter(|_| drift.on) {
                 for (name, v) in super::counter_drift::COUNTERS.iter().zip(d) {
-                    let mut dl = labels.clone();
-                    dl.push(("counter".into(), (*name).into()));
-                    drift.push_owned(dl, v as f64);
+                    drift.push_with(&labels, &[("counter", (*name).into())], v as f64);
                 }
             }
-            accepted.push_owned(labels.clone(), s.accepted as f64);
-            handled.push_owned(labels.clone(), s.handled as f64);
-            requests.push_owned(labels.clone(), (s.requests + uprobe_requests) as f64);
-            active.push_owned(labels.clone(), s.active as f64);
-            reading.push_owned(labels.clone(), s.reading as f64);
-            writing.push_owned(labels.clone(), s.writing as f64);
-            waiting.push_owned(labels.clone(), s.waiting as f64);
-            up.push_owned(labels.clone(), 1.0);
-            responses.push_owned(labels.clone(), totals.responses as f64);
-            blocked.push_owned(labels.clone(), totals.blocked_sends as f64);
-            closed.push_owned(labels.clone(), totals.closed as f64);
+            accepted.push(&labels, s.accepted as f64);
+            handled.push(&labels, s.handled as f64);
+            requests.push(&labels, (s.requests + uprobe_requests) as f64);
+            active.push(&labels, s.active as f64);
+            reading.push(&labels, s.reading as f64);
+            writing.push(&labels, s.writing as f64);
+            waiting.push(&labels, s.waiting as f64);
+            up.push(&labels, 1.0);
+            responses.push(&labels, totals.responses as f64);
+            blocked.push(&labels, totals.blocked_sends as f64);
+            closed.push(&labels, totals.closed as f64);
             for (reason, n) in unparsed::REASONS.iter().zip(unparsed::by_reason(&totals)) {
-                let mut ul = labels.clone();
-                ul.push(("reason".into(), (*reason).into()));
-                unparsed_conns.push_owned(ul, n as f64);
+                unparsed_conns.push_with(&labels, &[("reason", (*reason).into())], n as f64);
             }
-            workers.push_owned(labels.clone(), t.inst.worker_pids.len() as f64);
-            match (self.probe.tcp_counters(t.slot), self.probe.conn_hists(t.slot)) {
-                (Ok(c), Ok(h)) => tcp.add(t, &labels, &c, &h),
-                _ => {
-                    self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
+            workers.push(&labels, t.inst.worker_pids.len() as f64);
+            if want_tcp {
+                match (self.probe.tcp_counters(t.slot), self.probe.conn_hists(t.slot)) {
+                    (Ok(c), Ok(h)) => tcp.add(t, &labels, &c, &h),
+                    _ => {
+                        self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            match self.probe.worker_exits(t.slot) {
-                Ok(e) => worker.add(&labels, &e, &t.workers),
-                Err(_) => {
-                    self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
+            if want_worker {
+                match self.probe.worker_exits(t.slot) {
+                    Ok(e) => worker.add(&labels, &e, &t.workers),
+                    Err(_) => {
+                        self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            for l in &t.inst.listeners {
-                let mut ll = labels.clone();
-                ll.push(("address".into(), super::listen::listen_address(l)));
-                listeners.push_owned(ll, 1.0);
+            if listeners.on {
+                for l in &t.inst.listeners {
+                    listeners.push_with(&labels, &[("address", super::listen::listen_address(l))], 1.0);
+                }
             }
-            let mut il = labels.clone();
-            il.push(("exe".into(), t.inst.exe.clone()));
-            il.push(("netns".into(), t.inst.key.netns.to_string()));
-            il.push(("version".into(), t.inst.version.clone()));
-            info.push_owned(il, 1.0);
+            if info.on {
+                let extra = [
+                    ("exe", t.inst.exe.clone()),
+                    ("netns", t.inst.key.netns.to_string()),
+                    ("version", t.inst.version.clone()),
+                ];
+                info.push_with(&labels, &extra, 1.0);
+            }
         }
 
-        let mut out = vec![
+        let mut out: Vec<Family> = [
             accepted,
             active,
             handled,
@@ -234,18 +316,22 @@ impl Collector {
             listeners,
             info,
             drift,
-        ];
+        ]
+        .into_iter()
+        .map(|g| g.fam)
+        .collect();
         out.extend(tcp.into_families());
         out.extend(worker.into_families());
         out.extend(self.listen_families());
         if let (Some(f), Some(pr)) = (per_request, &self.per_request) {
             out.extend(f.finish(pr, &self.probe));
         }
-        out.extend(self.self_families());
+        out.extend(self.self_families(want));
+        out.retain(|f| want(&f.name));
         out
     }
 
-    fn self_families(&self) -> Vec<Family> {
+    fn self_families(&self, want: &dyn Fn(&str) -> bool) -> Vec<Family> {
         let mut out = Vec::new();
         let mut build = Family::new(
             "ngxprobe_build_info",
@@ -321,9 +407,12 @@ impl Collector {
             "Runs of each eBPF program (counts only while kernel.bpf_stats_enabled=1)",
             MetricType::Counter,
         );
-        for p in self.probe.program_stats() {
-            run_s.push(&[("program", p.name)], p.run_time_ns as f64 / 1e9);
-            runs.push(&[("program", p.name)], p.run_count as f64);
+        // One bpf(2) call per program: only when asked for.
+        if want(&run_s.name) || want(&runs.name) {
+            for p in self.probe.program_stats() {
+                run_s.push(&[("program", p.name)], p.run_time_ns as f64 / 1e9);
+                runs.push(&[("program", p.name)], p.run_count as f64);
+            }
         }
         out.push(run_s);
         out.push(runs);
@@ -333,9 +422,8 @@ impl Collector {
             "1 if kernel.bpf_stats_enabled is on (program run time is being measured)",
             MetricType::Gauge,
         );
-        let on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .map(|s| s.trim() == "1")
-            .unwrap_or(false);
+        let on = want(&stats_on.name)
+            && std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|s| s.trim() == "1");
         stats_on.push(&[], if on { 1.0 } else { 0.0 });
         out.push(stats_on);
 

@@ -41,4 +41,8 @@ impl MetricsSource for SharedCollector {
     fn families(&self) -> Vec<Family> {
         self.lock().families()
     }
+
+    fn families_wanted(&self, want: &dyn Fn(&str) -> bool) -> Vec<Family> {
+        self.lock().families_wanted(want)
+    }
 }

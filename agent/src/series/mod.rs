@@ -93,7 +93,7 @@ pub fn stale_marker() -> f64 {
     f64::from_bits(STALE_NAN_BITS)
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MatchOp {
     Equal,
     NotEqual,
@@ -114,7 +114,7 @@ pub struct Matcher {
 impl Matcher {
     pub fn new(op: MatchOp, name: &str, value: &str) -> Result<Self, regex::Error> {
         let re = match op {
-            MatchOp::Regex | MatchOp::NotRegex => Some(regex::Regex::new(&format!("^(?s:{value})$"))?),
+            MatchOp::Regex | MatchOp::NotRegex => Some(compiled(value)?),
             _ => None,
         };
         Ok(Matcher {
@@ -138,6 +138,29 @@ impl Matcher {
     pub fn matches_labels(&self, l: &Labels) -> bool {
         self.matches(l.get(&self.name).unwrap_or(""))
     }
+}
+
+/// Regexes compiled lately, by source: a rule's selectors are compiled
+/// again at each evaluation (several times a second), which cost more than
+/// the selection itself. Bounded: emptied when full (queries may send any
+/// number of distinct regexes).
+const REGEX_CACHE_MAX: usize = 512;
+
+static REGEX_CACHE: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, regex::Regex>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// `value` compiled as Prometheus compiles a matcher's regex (`^(?s:re)$`).
+fn compiled(value: &str) -> Result<regex::Regex, regex::Error> {
+    let mut cache = REGEX_CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(re) = cache.get(value) {
+        return Ok(re.clone());
+    }
+    let re = regex::Regex::new(&format!("^(?s:{value})$"))?;
+    if cache.len() >= REGEX_CACHE_MAX {
+        cache.clear();
+    }
+    cache.insert(value.to_string(), re.clone());
+    Ok(re)
 }
 
 /// One series' samples in a time range, oldest first. Stale markers are kept

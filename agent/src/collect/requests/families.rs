@@ -22,6 +22,7 @@ pub const RESPONSE_SIZE: (&str, &str) = (
 
 /// Families of one scrape, filled instance by instance.
 pub struct RequestFamilies {
+    histograms: bool,
     duration: Family,
     request_size: Family,
     response_size: Family,
@@ -33,14 +34,33 @@ pub struct RequestFamilies {
     socket_ring_full: u64,
 }
 
+/// The histogram families, the costly ones to lay out.
+pub const HISTOGRAMS: [&str; 3] = [DURATION.0, REQUEST_SIZE.0, RESPONSE_SIZE.0];
+const FOLDED: &str = "ngxprobe_per_request_folded_total";
+const SOCKET_UNLABELLED_FAMILY: &str = "ngxprobe_per_request_socket_unlabelled_total";
+const LOST: &str = "ngxprobe_per_request_records_lost_total";
+/// The families that count records (besides nginx_http_requests_total):
+/// only a collection of one of them drains the ring first.
+pub const FROM_RECORDS: [&str; 6] = [
+    DURATION.0,
+    REQUEST_SIZE.0,
+    RESPONSE_SIZE.0,
+    FOLDED,
+    SOCKET_UNLABELLED_FAMILY,
+    LOST,
+];
+
 impl RequestFamilies {
-    pub fn new() -> Self {
+    /// `histograms`: lay out the http_server_* histograms (else they stay
+    /// empty; the rest is cheap).
+    pub fn new(histograms: bool) -> Self {
         RequestFamilies {
+            histograms,
             duration: Family::new(DURATION.0, DURATION.1, MetricType::Histogram),
             request_size: Family::new(REQUEST_SIZE.0, REQUEST_SIZE.1, MetricType::Histogram),
             response_size: Family::new(RESPONSE_SIZE.0, RESPONSE_SIZE.1, MetricType::Histogram),
             folded: Family::new(
-                "ngxprobe_per_request_folded_total",
+                FOLDED,
                 "Requests counted under http_request_method and http_response_status_code \"_OTHER\" because the \
                  instance already had per_request.max_series_per_instance label sets",
                 MetricType::Counter,
@@ -58,7 +78,7 @@ impl RequestFamilies {
                 MetricType::Gauge,
             ),
             socket_unlabelled: Family::new(
-                "ngxprobe_per_request_socket_unlabelled_total",
+                SOCKET_UNLABELLED_FAMILY,
                 "Requests measured by the socket probes with labels they could not read, counted under \"_OTHER\", \
                  by reason (pipelined: request line never read, method and version; no_version: the request line \
                  ends past the first 128 bytes read, version; no_response: no status line sent, status)",
@@ -104,7 +124,9 @@ impl RequestFamilies {
         self.folded.push_owned(labels.to_vec(), inst.folded as f64);
         let ms = pr.cfg.duration_buckets.as_slice();
         let sizes = pr.cfg.size_buckets.as_slice();
-        for (k, s) in &inst.series {
+        let mut series: Vec<_> = inst.series.iter().filter(|_| self.histograms).collect();
+        series.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, s) in series {
             let mut l = labels.to_vec();
             l.extend(k.labels().into_iter().map(|(n, v)| (n.to_string(), v)));
             self.duration.push_histogram(
@@ -149,7 +171,7 @@ impl RequestFamilies {
             }
         }
         let mut lost = Family::new(
-            "ngxprobe_per_request_records_lost_total",
+            LOST,
             "Requests seen by the uprobe or the socket probes but missing from the http_server_* families, by \
              reason (ring_full: the ring buffer to the agent was full; read_error: nginx's memory could not be read; unattributed: the \
              process belongs to no tracked instance)",
