@@ -69,6 +69,15 @@ impl LiveReader {
         }
         let name_ok = |n: &str| name_matchers.iter().all(|m| m.matches(n));
         let want = |family: &str| {
+            // The usual selector names one metric: no name to format.
+            if let Some(m) = name_matchers.iter().find(|m| m.op == MatchOp::Equal)
+                && !m
+                    .value
+                    .strip_prefix(family)
+                    .is_some_and(|rest| SUFFIXES.contains(&rest))
+            {
+                return false;
+            }
             SUFFIXES.iter().any(|s| {
                 if s.is_empty() {
                     name_ok(family)

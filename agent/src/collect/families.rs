@@ -74,13 +74,16 @@ pub fn stub_status(t: &SlotTotals, seeded_active: i64) -> StubStatus {
 /// themselves (empty), so they cannot drift from what is built.
 struct GroupNames {
     tcp: Vec<String>,
+    tcp_hists: Vec<String>,
     worker: Vec<String>,
 }
 
 static GROUP_NAMES: std::sync::LazyLock<GroupNames> = std::sync::LazyLock::new(|| {
     let names = |f: Vec<Family>| f.into_iter().map(|f| f.name).collect();
+    let tcp = TcpFamilies::new(Some(100));
     GroupNames {
-        tcp: names(TcpFamilies::new(Some(100)).into_families()),
+        tcp_hists: tcp.histogram_names().map(String::from).to_vec(),
+        tcp: names(tcp.into_families()),
         worker: names(WorkerFamilies::new().into_families()),
     }
 });
@@ -139,6 +142,7 @@ impl Collector {
     pub fn families_wanted(&self, want: &dyn Fn(&str) -> bool) -> Vec<Family> {
         let any = |names: &[String]| names.iter().any(|n| want(n));
         let want_tcp = any(&GROUP_NAMES.tcp);
+        let want_tcp_hists = any(&GROUP_NAMES.tcp_hists);
         let want_worker = any(&GROUP_NAMES.worker);
         let want_hists = super::requests::families::HISTOGRAMS.iter().any(|n| want(n));
         let mut accepted = Gated::new(fam(NGINX_ACCEPTED, MetricType::Counter), want);
@@ -269,8 +273,9 @@ impl Collector {
             }
             workers.push(&labels, t.inst.worker_pids.len() as f64);
             if want_tcp {
-                match (self.probe.tcp_counters(t.slot), self.probe.conn_hists(t.slot)) {
-                    (Ok(c), Ok(h)) => tcp.add(t, &labels, &c, &h),
+                let hists = want_tcp_hists.then(|| self.probe.conn_hists(t.slot));
+                match (self.probe.tcp_counters(t.slot), hists.transpose()) {
+                    (Ok(c), Ok(h)) => tcp.add(t, &labels, &c, h.as_ref()),
                     _ => {
                         self.discovery.slot_read_errors.fetch_add(1, Ordering::Relaxed);
                     }

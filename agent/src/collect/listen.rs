@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use super::registry::{Collector, describe};
+use super::registry::{Collector, Tracked, describe};
 use crate::discover::{DiscoverError, Instance, InstanceKey, ListenDiag, ListenSocket, Listener, NetnsListenCounters};
 use crate::metrics::{Family, MetricType};
 
@@ -39,7 +39,8 @@ pub const DROPS: (&str, &str) = (
 pub const SYN_RECV: (&str, &str) = (
     "ngxprobe_listen_syn_recv",
     "Handshakes in progress on the listener: SYN received and SYN-ACK sent, final ACK not yet received \
-     (request sockets in SYN-RECV, from a sock_diag dump)",
+     (request sockets in SYN-RECV, from a sock_diag dump: counted every 5th discovery interval, and at every one \
+     while there are some)",
 );
 pub const NETNS_OVERFLOWS: (&str, &str) = (
     "ngxprobe_netns_listen_overflows_total",
@@ -106,6 +107,25 @@ pub(super) struct ListenState {
     netns: Option<NetnsListenCounters>,
     drops: BTreeMap<String, DropCounter>,
     last_error: Option<String>,
+    /// Polls since request sockets were last counted.
+    polls_since_syn_recv: u32,
+}
+
+/// Request sockets (half-open handshakes) are counted at least every this
+/// many polls (discovery.interval each), and at every poll while a listener
+/// has some: counting them walks the kernel's whole connection table (see
+/// `discover::sock_diag::dump_listeners`), and a listener under normal load
+/// has none for longer than a round trip.
+const SYN_RECV_EVERY: u32 = 5;
+
+impl ListenState {
+    /// Whether the next poll should count request sockets.
+    fn wants_syn_recv(&self) -> bool {
+        match &self.rows {
+            None => true,
+            Some(rows) => self.polls_since_syn_recv + 1 >= SYN_RECV_EVERY || rows.iter().any(|r| r.syn_recv > 0),
+        }
+    }
 }
 
 /// What the discovery loop needs to poll, taken under the lock and used
@@ -113,6 +133,8 @@ pub(super) struct ListenState {
 pub struct ListenTargets {
     pub proc_root: PathBuf,
     pub instances: Vec<Instance>,
+    /// Network namespaces whose request sockets are counted this poll.
+    pub syn_recv_netns: std::collections::BTreeSet<u64>,
 }
 
 impl ListenTargets {
@@ -125,11 +147,14 @@ impl ListenTargets {
             .map(|inst| {
                 let r = match dumps.get(&inst.key.netns) {
                     Some(d) => Ok(d.for_instance(&inst)),
-                    None => crate::discover::dump_netns_of(&inst, &self.proc_root).map(|d| {
-                        let diag = d.for_instance(&inst);
-                        dumps.insert(inst.key.netns, d);
-                        diag
-                    }),
+                    None => {
+                        let syn_recv = self.syn_recv_netns.contains(&inst.key.netns);
+                        crate::discover::dump_netns_of(&inst, &self.proc_root, syn_recv).map(|d| {
+                            let diag = d.for_instance(&inst);
+                            dumps.insert(inst.key.netns, d);
+                            diag
+                        })
+                    }
                 };
                 (inst.key, r)
             })
@@ -140,14 +165,19 @@ impl ListenTargets {
 impl Collector {
     /// Running instances with listeners, for [`ListenTargets::poll`].
     pub fn listen_targets(&self) -> ListenTargets {
+        let polled: Vec<&Tracked> = self
+            .instances
+            .values()
+            .filter(|t| t.stopped_since.is_none() && !t.inst.listeners.is_empty())
+            .collect();
         ListenTargets {
             proc_root: self.proc_root().to_path_buf(),
-            instances: self
-                .instances
-                .values()
-                .filter(|t| t.stopped_since.is_none() && !t.inst.listeners.is_empty())
-                .map(|t| t.inst.clone())
+            syn_recv_netns: polled
+                .iter()
+                .filter(|t| t.listen.wants_syn_recv())
+                .map(|t| t.inst.key.netns)
                 .collect(),
+            instances: polled.iter().map(|t| t.inst.clone()).collect(),
         }
     }
 
@@ -169,14 +199,29 @@ impl Collector {
                     for q in diag.queues.iter().filter(|q| !q.sockets.is_empty()) {
                         let address = listen_address(&q.listener);
                         let drops_total = st.drops.entry(address.clone()).or_default().update(&q.sockets);
+                        // Not counted this poll: the last count stands.
+                        let syn_recv = if diag.syn_recv_counted {
+                            q.syn_recv
+                        } else {
+                            st.rows
+                                .iter()
+                                .flatten()
+                                .find(|r| r.address == address)
+                                .map_or(0, |r| r.syn_recv)
+                        };
                         rows.push(Row {
                             address,
                             queue_len: q.queue_len,
                             queue_max: q.queue_max,
-                            syn_recv: q.syn_recv,
+                            syn_recv,
                             drops_total,
                         });
                     }
+                    st.polls_since_syn_recv = if diag.syn_recv_counted {
+                        0
+                    } else {
+                        st.polls_since_syn_recv.saturating_add(1)
+                    };
                     st.rows = Some(rows);
                     st.netns = diag.netns;
                 }
@@ -253,6 +298,33 @@ mod tests {
         let mut w = DropCounter::default();
         w.update(&[s(9, u32::MAX - 1)]);
         assert_eq!(w.update(&[s(9, 1)]), Some(u64::from(u32::MAX) - 1 + 3));
+    }
+
+    fn row(syn_recv: u64) -> Row {
+        Row {
+            address: "127.0.0.1:80".into(),
+            queue_len: 0,
+            queue_max: 511,
+            syn_recv,
+            drops_total: Some(0),
+        }
+    }
+
+    #[test]
+    fn request_sockets_are_counted_every_few_polls_and_every_poll_while_there_are_some() {
+        let mut st = ListenState::default();
+        assert!(st.wants_syn_recv(), "never polled");
+        st.rows = Some(vec![row(0)]);
+        let mut counted = Vec::new();
+        for _ in 0..2 * SYN_RECV_EVERY {
+            let walk = st.wants_syn_recv();
+            counted.push(walk);
+            st.polls_since_syn_recv = if walk { 0 } else { st.polls_since_syn_recv + 1 };
+        }
+        assert_eq!(counted.iter().filter(|w| **w).count(), 2, "{counted:?}");
+        st.rows = Some(vec![row(3)]);
+        st.polls_since_syn_recv = 0;
+        assert!(st.wants_syn_recv(), "half-open handshakes seen: count again");
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl TcpFamilies {
         t: &Tracked,
         labels: &[(String, String)],
         counters: &BTreeMap<u16, TcpCounters>,
-        hists: &agent_common::ConnHists,
+        hists: Option<&agent_common::ConnHists>,
     ) {
         // Every listener shows from the start, at 0 until its first event
         // (a series that appears at 1 is invisible to rate() and increase()).
@@ -133,6 +133,9 @@ impl TcpFamilies {
                 }
             }
         }
+        let Some(hists) = hists else {
+            return;
+        };
         let l = labels.to_vec();
         // Bounds: powers of two of the recorded unit, over the range that matters.
         self.rtt
@@ -146,6 +149,17 @@ impl TcpFamilies {
             bl.push(("direction".into(), dir.into()));
             self.bytes.push_histogram(bl, &histogram(h, 6, 30, 1.0));
         }
+    }
+
+    /// The per-connection histograms' families (a map read and a
+    /// histogram each to build).
+    pub fn histogram_names(&self) -> [&str; 4] {
+        [
+            &self.rtt.name,
+            &self.duration.name,
+            &self.requests.name,
+            &self.bytes.name,
+        ]
     }
 
     pub fn into_families(self) -> Vec<Family> {

@@ -52,6 +52,8 @@ pub struct ListenDiag {
     pub queues: Vec<ListenQueue>,
     /// `None` if /proc/net/netstat could not be read or lacks the fields.
     pub netns: Option<NetnsListenCounters>,
+    /// Whether `ListenQueue::syn_recv` was counted in this dump (else 0).
+    pub syn_recv_counted: bool,
 }
 
 /// One namespace's listening and SYN-RECV sockets and its netstat, as
@@ -60,6 +62,8 @@ pub struct ListenDiag {
 pub struct NetnsDump {
     sockets: Vec<DiagSocket>,
     netstat: Option<NetnsListenCounters>,
+    /// Whether request sockets were dumped.
+    syn_recv: bool,
 }
 
 impl NetnsDump {
@@ -69,22 +73,34 @@ impl NetnsDump {
         ListenDiag {
             queues: queues_of(&inst.listeners, &self.sockets),
             netns: self.netstat,
+            syn_recv_counted: self.syn_recv,
         }
     }
 }
 
 /// Dumps the network namespace `inst` runs in (sock_diag there, and its
 /// /proc/net/netstat).
-pub fn dump_netns_of(inst: &Instance, proc_root: &Path) -> Result<NetnsDump, DiscoverError> {
-    let (sockets, netstat) = in_instance_netns(inst, proc_root, || {
-        let sockets = sock_diag::dump_listen_and_syn_recv()?;
+/// Request sockets (SYN-RECV) are counted only if `syn_recv`: see
+/// [`sock_diag::dump_listeners`] for what that costs.
+pub fn dump_netns_of(inst: &Instance, proc_root: &Path, syn_recv: bool) -> Result<NetnsDump, DiscoverError> {
+    type Dumped = (Vec<DiagSocket>, Option<String>);
+    fn with_netstat(syn_recv: bool) -> Result<Dumped, DiscoverError> {
+        let sockets = sock_diag::dump_listeners(syn_recv)?;
         // thread-self: this thread's namespace (it may have setns()ed).
         let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat").ok();
         Ok((sockets, netstat))
-    })?;
+    }
+    // A plain function runs in the namespace: one per choice.
+    let f: fn() -> Result<Dumped, DiscoverError> = if syn_recv {
+        || with_netstat(true)
+    } else {
+        || with_netstat(false)
+    };
+    let (sockets, netstat) = in_instance_netns(inst, proc_root, f)?;
     Ok(NetnsDump {
         sockets,
         netstat: netstat.as_deref().and_then(parse_netstat),
+        syn_recv,
     })
 }
 
@@ -273,7 +289,7 @@ mod tests {
             port,
         };
         let find = || {
-            let dump = sock_diag::dump_listen_and_syn_recv().expect("sock_diag dump");
+            let dump = sock_diag::dump_listeners(true).expect("sock_diag dump");
             queues_of(std::slice::from_ref(&listener), &dump).remove(0)
         };
         let q = find();

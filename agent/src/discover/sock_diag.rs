@@ -10,9 +10,12 @@ use super::DiscoverError;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const NETLINK_SOCK_DIAG: libc::c_int = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The older request type (linux/inet_diag.h); its replies carry it too.
+const TCPDIAG_GETSOCK: u16 = 18;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLM_F_REQUEST: u16 = 0x01;
@@ -34,6 +37,8 @@ const SK_MEMINFO_DROPS: usize = 8;
 const NLMSG_HDR_LEN: usize = 16;
 /// sizeof(struct inet_diag_req_v2): family, protocol, ext, pad, states, inet_diag_sockid (48).
 const REQ_V2_LEN: usize = 56;
+/// sizeof(struct inet_diag_req): family, src_len, dst_len, ext, sockid (48), states, dbs.
+const REQ_V1_LEN: usize = 60;
 /// sizeof(struct inet_diag_msg): family, state, timer, retrans, sockid (48), 5 × u32.
 const DIAG_MSG_LEN: usize = 72;
 /// Offsets inside struct inet_diag_msg.
@@ -84,10 +89,57 @@ pub(super) fn dump_established() -> Result<Vec<DiagSocket>, DiscoverError> {
     dump((1 << TCP_ESTABLISHED) | (1 << TCP_CLOSE_WAIT), 0)
 }
 
-/// LISTEN sockets with their sk_drops, and SYN-RECV request sockets (IPv4
-/// and IPv6) of the calling thread's network namespace.
-pub(super) fn dump_listen_and_syn_recv() -> Result<Vec<DiagSocket>, DiscoverError> {
-    dump((1 << TCP_LISTEN) | (1 << TCP_SYN_RECV), EXT_SKMEMINFO)
+/// LISTEN sockets with their sk_drops and, if `syn_recv`, SYN-RECV request
+/// sockets (IPv4 and IPv6) of the calling thread's network namespace.
+///
+/// Why `syn_recv` is a choice: listening sockets are found in the kernel's
+/// small listener table, request sockets only by walking the whole
+/// established-connections table (262,144 buckets on a 24 GB machine, shared
+/// by all network namespaces). Measured here: 0.1 ms for listeners alone,
+/// 1.2 ms with request sockets, per dump.
+pub(super) fn dump_listeners(syn_recv: bool) -> Result<Vec<DiagSocket>, DiscoverError> {
+    let states = (1 << TCP_LISTEN) | if syn_recv { 1 << TCP_SYN_RECV } else { 0 };
+    // The older TCPDIAG_GETSOCK request dumps both families in one walk of
+    // the tables (its family is AF_UNSPEC), where SOCK_DIAG_BY_FAMILY walks
+    // them once per family: half the cost. A kernel that refuses it gets
+    // the per-family requests from then on.
+    if !COMPAT_REFUSED.load(Ordering::Relaxed) {
+        match dump_compat(states, EXT_SKMEMINFO) {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::debug!("sock_diag: TCPDIAG_GETSOCK refused ({e}); dumping per address family");
+                COMPAT_REFUSED.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+    dump(states, EXT_SKMEMINFO)
+}
+
+/// Set once the kernel refused a TCPDIAG_GETSOCK dump.
+static COMPAT_REFUSED: AtomicBool = AtomicBool::new(false);
+
+fn dump_compat(states: u32, ext: u8) -> Result<Vec<DiagSocket>, DiscoverError> {
+    let sock = open_socket()?;
+    let mut out = Vec::new();
+    send_request(&sock, &build_compat_request(1, states, ext))?;
+    receive_dump(&sock, 1, &mut out)?;
+    Ok(out)
+}
+
+/// nlmsghdr + struct inet_diag_req (the request before inet_diag_req_v2):
+/// family AF_UNSPEC (both), src_len, dst_len, ext, sockid (48, zero: no
+/// filter), states, dbs.
+pub(super) fn build_compat_request(seq: u32, states: u32, ext: u8) -> [u8; NLMSG_HDR_LEN + REQ_V1_LEN] {
+    let mut req = [0u8; NLMSG_HDR_LEN + REQ_V1_LEN];
+    req[0..4].copy_from_slice(&((NLMSG_HDR_LEN + REQ_V1_LEN) as u32).to_ne_bytes());
+    req[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    let body = &mut req[NLMSG_HDR_LEN..];
+    body[0] = libc::AF_UNSPEC as u8;
+    body[3] = ext;
+    body[52..56].copy_from_slice(&states.to_ne_bytes());
+    req
 }
 
 fn dump(states: u32, ext: u8) -> Result<Vec<DiagSocket>, DiscoverError> {
@@ -241,7 +293,7 @@ pub(super) fn parse_datagram(buf: &[u8], seq: u32, out: &mut Vec<DiagSocket>) ->
                         return Err(diag_err("sock_diag request", io::Error::from_raw_os_error(-errno)));
                     }
                 }
-                SOCK_DIAG_BY_FAMILY => out.push(parse_diag_msg(payload)?),
+                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => out.push(parse_diag_msg(payload)?),
                 _ => {}
             }
         }
@@ -437,6 +489,59 @@ mod tests {
         assert_eq!(offset_of!(InetDiagMsg, inode), MSG_INODE);
         assert_eq!(offset_of!(InetDiagReqV2, states), 4);
         assert_eq!(size_of::<libc::nlmsghdr>(), NLMSG_HDR_LEN);
+    }
+
+    #[repr(C)]
+    struct InetDiagReq {
+        family: u8,
+        src_len: u8,
+        dst_len: u8,
+        ext: u8,
+        id: InetDiagSockId,
+        states: u32,
+        dbs: u32,
+    }
+
+    #[test]
+    fn compat_request_layout() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<InetDiagReq>(), REQ_V1_LEN);
+        let r = build_compat_request(9, 1 << TCP_LISTEN, EXT_SKMEMINFO);
+        assert_eq!(u32_at(&r, 0), Some((NLMSG_HDR_LEN + REQ_V1_LEN) as u32));
+        assert_eq!(u16_at(&r, 4), Some(TCPDIAG_GETSOCK));
+        assert_eq!(u32_at(&r, 8), Some(9));
+        assert_eq!(
+            r[NLMSG_HDR_LEN + offset_of!(InetDiagReq, family)],
+            libc::AF_UNSPEC as u8
+        );
+        assert_eq!(r[NLMSG_HDR_LEN + offset_of!(InetDiagReq, ext)], EXT_SKMEMINFO);
+        assert_eq!(
+            u32_at(&r, NLMSG_HDR_LEN + offset_of!(InetDiagReq, states)),
+            Some(1 << TCP_LISTEN)
+        );
+    }
+
+    /// The one-walk request finds exactly what the per-family requests find
+    /// (this kernel's sockets, both families).
+    #[test]
+    fn compat_dump_finds_what_the_per_family_dumps_find() {
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:0");
+        let mut ports = vec![v4.local_addr().unwrap().port()];
+        if let Ok(l) = &v6 {
+            ports.push(l.local_addr().unwrap().port());
+        }
+        let key = |s: &DiagSocket| (s.local_addr, s.local_port, s.state, s.inode);
+        let mine = |v: Vec<DiagSocket>| {
+            let mut k: Vec<_> = v.iter().filter(|s| ports.contains(&s.local_port)).map(key).collect();
+            k.sort();
+            k
+        };
+        let states = 1 << TCP_LISTEN;
+        let compat = mine(dump_compat(states, EXT_SKMEMINFO).expect("TCPDIAG_GETSOCK dump"));
+        let per_family = mine(dump(states, EXT_SKMEMINFO).expect("SOCK_DIAG_BY_FAMILY dump"));
+        assert_eq!(compat.len(), ports.len(), "{compat:?}");
+        assert_eq!(compat, per_family);
     }
 
     #[test]
