@@ -316,6 +316,38 @@ fn http1_on_an_h2c_only_listener_is_not_a_request() {
         &s,
         &[("h2c: HTTP/1.1", h2c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec())],
     );
+    // The agent said which port it took for h2c-only, and why.
+    let log = std::fs::read_to_string(s.agent.log_path()).unwrap_or_default();
+    let port = format!("{{{}}}", h2c.port());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("speak only cleartext HTTP/2") && l.contains(&port) && l.contains("nginx/")),
+        "no h2c-only log line for port {port}:\n{}",
+        s.agent.log_tail(20)
+    );
+}
+
+/// The same on a connection opened before the agent started: it is handed
+/// to the programs (seeded) with its listener's h2c-only flag, so its first
+/// read is not taken for a request either.
+#[test]
+fn http1_on_an_h2c_only_connection_open_before_the_agent_is_not_a_request() {
+    let mut s = hostile_session("http1_on_an_h2c_only_connection_open_before_the_agent_is_not_a_request");
+    let (_, h2c, _) = hostile_addrs(&s);
+    let mut conn = clients::idle_connection(h2c).expect("connect to the h2c port");
+    measure::quiesce(&s.nginx, 1).expect("one connection open");
+    s.agent.restart().expect("agent restart");
+    s.agent.wait_instance_up(&s.nginx.conf_label()).expect("instance up");
+    let what = "h2c: HTTP/1.1 on a connection open before the agent";
+    let base = measure::begin_one(&s.agent, &s.nginx, 1).expect("A0/O0");
+    std::io::Write::write_all(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    clients::close_gracefully(conn).expect("nginx closes it");
+    let target = Target {
+        nginx: &s.nginx,
+        held: 0,
+    };
+    let rep = measure::finish_excluding(&s.agent, base, &[target], what, 0).expect("O1/A1");
+    assert!(rep.ok(), "{what}:\n{}", rep.table());
 }
 
 /// nginx with plaintext, TLS and h2c listeners and the agent with its
