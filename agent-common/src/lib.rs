@@ -51,6 +51,13 @@ pub const UNPARSED_HTTP2: u8 = 2;
 /// The first bytes are neither of those nor the start of an HTTP/1.x request line.
 pub const UNPARSED_OTHER: u8 = 3;
 
+/// Bit of a LISTENERS (and SEEDS) value set when the port's listeners speak
+/// only cleartext HTTP/2 (nginx before 1.25.1, `listen ... http2` without
+/// TLS): nginx makes no HTTP/1.x request of any bytes read there. The rest
+/// of the value is the instance slot ([`LISTEN_SLOT_MASK`]).
+pub const LISTEN_H2C_ONLY: u32 = 1 << 31;
+pub const LISTEN_SLOT_MASK: u32 = !LISTEN_H2C_ONLY;
+
 /// Key of the LISTENERS map: a listening port in one network namespace.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,7 +113,10 @@ pub struct Conn {
     pub red_tgid: u32,
     /// Status of the response's status line (0: none seen yet).
     pub red_status: u16,
-    pub _pad1: u16,
+    /// 1 if the connection came in on an h2c-only port (LISTEN_H2C_ONLY):
+    /// its first read is never an HTTP/1.x request.
+    pub h2c_only: u8,
+    pub _pad1: u8,
     /// nginx's method bit and http_version of the pending request.
     pub red_method: u32,
     pub red_version: u32,

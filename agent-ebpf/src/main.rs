@@ -8,7 +8,9 @@
 //!   request in progress starts a request, as ngx_http_alloc_request counts it.
 //!   A connection's first read is judged by its first bytes: a TLS record, the
 //!   HTTP/2 preface or anything that cannot begin an HTTP/1.x request line sets
-//!   it aside for good (counted by reason; no requests, always waiting).
+//!   it aside for good (counted by reason; no requests, always waiting). So
+//!   does any request line on a port whose listeners speak only cleartext
+//!   HTTP/2 (LISTEN_H2C_ONLY, from the instance's config and version).
 //! - `sock_send_length`: nginx wrote. The first write of a request is its
 //!   response; a status line written after a complete response, with no read in
 //!   between, is a pipelined request; a write the socket did not take in full
@@ -42,8 +44,9 @@ use core::{
 };
 
 use agent_common::{
-    Conn, GLOBAL_SLOT, KernelOffsets, ListenKey, MAX_INSTANCES, MAX_LISTENERS, MAX_SEEDS, PHASE_CLOSED, PHASE_READING,
-    PHASE_WAITING, PHASE_WRITING, PROXY_HEADER, SlotStats, UNPARSED_HTTP2, UNPARSED_NONE, UNPARSED_TLS,
+    Conn, GLOBAL_SLOT, KernelOffsets, LISTEN_H2C_ONLY, LISTEN_SLOT_MASK, ListenKey, MAX_INSTANCES, MAX_LISTENERS,
+    MAX_SEEDS, PHASE_CLOSED, PHASE_READING, PHASE_WAITING, PHASE_WRITING, PROXY_HEADER, SlotStats, UNPARSED_HTTP2,
+    UNPARSED_NONE, UNPARSED_TLS,
 };
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
@@ -65,11 +68,12 @@ use payload::{
 #[btf_map]
 static CONN_STORE: SkStorage<Conn> = SkStorage::new();
 
+/// (netns, port) → instance slot, with LISTEN_H2C_ONLY for h2c-only ports.
 #[map]
 static LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
-/// Connections found open when the agent started (socket cookie → slot),
-/// adopted into CONN_STORE at their first event.
+/// Connections found open when the agent started (socket cookie → slot, with
+/// LISTEN_H2C_ONLY as in LISTENERS), adopted into CONN_STORE at their first event.
 #[map]
 static SEEDS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SEEDS, 0);
 
@@ -121,11 +125,12 @@ fn conn_of(sk: *const c_void) -> Option<*mut Conn> {
     if !p.is_null() {
         return Some(p);
     }
-    let slot = take_seed(sk)?;
+    let v = take_seed(sk)?;
     let init = Conn {
-        slot,
+        slot: v & LISTEN_SLOT_MASK,
         phase: PHASE_WAITING,
         seeded: 1,
+        h2c_only: (v & LISTEN_H2C_ONLY != 0) as u8,
         ..Conn::default()
     };
     create_state(sk, &init)
@@ -147,7 +152,7 @@ fn create_state(sk: *const c_void, init: &Conn) -> Option<*mut Conn> {
     if p.is_null() { None } else { Some(p) }
 }
 
-/// If `sk` was found open at agent start, removes and returns its slot.
+/// If `sk` was found open at agent start, removes and returns its SEEDS value.
 #[inline(always)]
 fn take_seed(sk: *const c_void) -> Option<u32> {
     let pending = CONTROL.get(0).copied().unwrap_or(0);
@@ -260,9 +265,10 @@ fn on_established(sk: *const c_void) {
     };
     let key = ListenKey { netns, port, _pad: 0 };
     // SAFETY: plain value read from our own map.
-    let Some(slot) = (unsafe { LISTENERS.get(key) }).copied() else {
+    let Some(v) = (unsafe { LISTENERS.get(key) }).copied() else {
         return;
     };
+    let slot = v & LISTEN_SLOT_MASK;
     let Some(st) = stats(slot) else {
         return;
     };
@@ -274,6 +280,9 @@ fn on_established(sk: *const c_void) {
         slot,
         phase: PHASE_WAITING,
         port,
+        // The listener's flag rides in the state the accept creates anyway:
+        // no lookup per read.
+        h2c_only: (v & LISTEN_H2C_ONLY != 0) as u8,
         // SAFETY: helper without arguments.
         accepted_ns: unsafe { bpf_ktime_get_ns() },
         ..Conn::default()
@@ -368,7 +377,14 @@ pub fn ngx_recv(ctx: BtfTracePointContext) -> u32 {
             // The connection's first bytes: TLS, HTTP/2 and anything that is
             // not a request line are set aside here, before they are taken
             // for a request.
-            let kind = first_read_kind(&a, ret as u32);
+            let mut kind = first_read_kind(&a, ret as u32);
+            if (*conn).h2c_only != 0 && (kind == UNPARSED_NONE || kind == PROXY_HEADER) {
+                // An h2c-only listener (nginx before 1.25.1, `listen ...
+                // http2` without TLS): nginx takes these bytes for the
+                // HTTP/2 preface (or the PROXY header before it) and makes
+                // no HTTP/1.x request of them, whatever they say.
+                kind = UNPARSED_HTTP2;
+            }
             if kind == PROXY_HEADER {
                 // A load balancer's PROXY protocol header. On a TLS listener
                 // nginx reads it alone into a stack buffer: the next read

@@ -20,8 +20,8 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    CLOSE_NORMAL, CLOSE_RESET, CLOSE_TIMEOUT, Conn, ConnHists, Hist, ListenKey, MAX_INSTANCES, MAX_LISTENERS,
-    TcpCounters, TcpKey, TcpOffsets, UNPARSED_NONE, WorkerExits, hist_bucket,
+    CLOSE_NORMAL, CLOSE_RESET, CLOSE_TIMEOUT, Conn, ConnHists, Hist, LISTEN_SLOT_MASK, ListenKey, MAX_INSTANCES,
+    MAX_LISTENERS, TcpCounters, TcpKey, TcpOffsets, UNPARSED_NONE, WorkerExits, hist_bucket,
 };
 use aya_ebpf::{
     btf_maps::SkStorage,
@@ -199,7 +199,10 @@ pub fn ngx_tcp_retransmit_synack(ctx: BtfTracePointContext) -> u32 {
     }
     let netns: u32 = read_at(net, off.net_ns_inum);
     // SAFETY: plain value read from our own map.
-    let Some(slot) = (unsafe { LISTENERS.get(ListenKey { netns, port, _pad: 0 }) }).copied() else {
+    let Some(slot) = (unsafe { LISTENERS.get(ListenKey { netns, port, _pad: 0 }) })
+        .copied()
+        .map(|v| v & LISTEN_SLOT_MASK)
+    else {
         return 0;
     };
     if let Some(c) = counters(slot, port) {

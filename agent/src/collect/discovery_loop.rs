@@ -121,6 +121,12 @@ fn log_report(report: &ScanReport) {
     for u in &report.per_request.config_unknown {
         warn!("{u}");
     }
+    for h in &report.h2c {
+        info!("{h}");
+    }
+    for h in &report.h2c_unknown {
+        warn!("{h}");
+    }
     let news = &report.news;
     for r in &news.refused {
         warn!(reason = r.reason.as_str(), "not tracked: {}: {}", r.subject, r.detail);

@@ -461,6 +461,23 @@ impl Collector {
         );
         live.push(&[], tracked.max(0) as f64);
         out.push(live);
+        let mut h2c = Family::new(
+            "ngxprobe_h2c_listeners_undecided",
+            "Running nginx instances whose h2c-only listeners (nginx before 1.25.1, listen ... http2 without ssl: \
+             no HTTP/1.x requests there) could not be decided, by reason (config: not read for certain; version: \
+             not a known nginx version; mixed_port: plaintext http2 on some addresses of a port only); HTTP/1.x \
+             bytes sent to those listeners are counted as requests nginx does not count",
+            MetricType::Gauge,
+        );
+        for r in crate::discover::nginx_conf::H2C_UNKNOWN_REASONS {
+            let n = self
+                .instances
+                .values()
+                .filter(|t| t.stopped_since.is_none() && t.h2c.unknown.as_ref().is_some_and(|u| u.0 == r))
+                .count();
+            h2c.push(&[("reason", r)], n as f64);
+        }
+        out.push(h2c);
         if let Ok(g) = self.probe.global_totals() {
             let mut full = Family::new(
                 "ngxprobe_ebpf_untracked_connections_total",

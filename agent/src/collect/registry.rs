@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{ListenKey, MAX_INSTANCES};
+use agent_common::{LISTEN_H2C_ONLY, ListenKey, MAX_INSTANCES};
 
 use super::{
     discovery_stats::{DiscoveryStats, ScanNews},
@@ -16,7 +16,7 @@ use super::{
 use crate::{
     discover::{
         self, DiscoverError, Instance, InstanceKey, RefusalReason, ScanOutcome,
-        nginx_conf::{self, ConfVerdict},
+        nginx_conf::{self, ConfVerdict, H2cPorts, InstanceConf},
     },
     kubernetes::MetadataCache,
     probe::{Probe, ProbeError},
@@ -49,10 +49,17 @@ pub(super) struct Tracked {
     /// for its slot): per_request is enabled and the uprobe is not attached
     /// to its executable.
     pub socket_requests: bool,
-    /// What its config says it needs (`uprobe: auto`), and the workers it
-    /// was read with: a reload starts new workers, and the config is read
-    /// again then (not at every scan).
-    pub conf: Option<(Vec<u32>, ConfVerdict)>,
+    /// What its config says, and the workers it was read with: a reload
+    /// starts new workers, and the config is read again then (not at every
+    /// scan).
+    pub conf: Option<(Vec<u32>, InstanceConf)>,
+    /// The last read's uprobe verdict is not yet counted and logged
+    /// (`uprobe: auto`, needs_uprobe).
+    pub conf_unreported: bool,
+    /// The uprobe verdict last logged.
+    pub conf_logged: Option<ConfVerdict>,
+    /// Its h2c-only ports (LISTEN_H2C_ONLY), from the config and version.
+    pub h2c: H2cPorts,
 }
 
 impl Tracked {
@@ -70,6 +77,9 @@ impl Tracked {
             listen: Default::default(),
             socket_requests: false,
             conf: None,
+            conf_unreported: false,
+            conf_logged: None,
+            h2c: H2cPorts::default(),
         }
     }
 }
@@ -92,6 +102,11 @@ pub struct ScanReport {
     pub news: ScanNews,
     /// Per-request uprobe attachments and refusals made by this scan.
     pub per_request: AttachNews,
+    /// h2c-only ports found (to log as info) and ports left undecided (to
+    /// log as warnings), when an instance's config was read again and they
+    /// changed.
+    pub h2c: Vec<String>,
+    pub h2c_unknown: Vec<String>,
 }
 
 pub struct Collector {
@@ -131,26 +146,69 @@ pub fn describe(key: &InstanceKey) -> String {
     }
 }
 
+/// The LISTENERS (and SEEDS) value of a connection to `port` of `t`: its
+/// slot, with LISTEN_H2C_ONLY if the port speaks only cleartext HTTP/2.
+fn listen_value(t: &Tracked, port: u16) -> u32 {
+    if t.h2c.ports.contains(&port) {
+        t.slot | LISTEN_H2C_ONLY
+    } else {
+        t.slot
+    }
+}
+
+/// Reads an instance's config at discovery and again when its workers
+/// change (a reload), and decides its h2c-only ports from it and the nginx
+/// version; a change of those is logged (into `report`).
+fn refresh_conf(proc_root: &std::path::Path, key: &InstanceKey, t: &mut Tracked, report: &mut ScanReport) {
+    let fresh = t.conf.as_ref().is_some_and(|(w, _)| *w == t.inst.worker_pids);
+    if fresh {
+        return;
+    }
+    let conf = nginx_conf::read_instance_conf(proc_root, t.inst.master_pid, &key.conf_path);
+    let h2c = nginx_conf::h2c_ports(&conf, &t.inst.version);
+    if h2c != t.h2c {
+        let who = describe(key);
+        if !h2c.ports.is_empty() {
+            report.h2c.push(format!(
+                "nginx instance {who}: ports {:?} speak only cleartext HTTP/2 ({}, listen ... http2 without ssl): \
+                 bytes read there are never counted as HTTP/1.x requests",
+                h2c.ports,
+                crate::discover::log_excerpt(&t.inst.version)
+            ));
+        }
+        if let Some((_, why)) = &h2c.unknown {
+            report.h2c_unknown.push(format!(
+                "nginx instance {who}: h2c-only listeners not decided ({why}): HTTP/1.x bytes sent to such a \
+                 listener would be counted as a request nginx does not count"
+            ));
+        }
+        t.h2c = h2c;
+    }
+    t.conf = Some((t.inst.worker_pids.clone(), conf));
+    t.conf_unreported = true;
+}
+
 /// Whether an instance needs the request uprobe (`uprobe: auto`): its
 /// config has TLS, HTTP/2 or HTTP/3 listeners, or cannot be read for
 /// certain (the uprobe is exact where it attaches; the socket probes do not
-/// count TLS and HTTP/2 requests). The config is read at discovery and
-/// again when the workers change (a reload), and what it says is logged
-/// when it changes.
+/// count TLS and HTTP/2 requests). Uses the config as refresh_conf last
+/// read it; what it says is counted at each read and logged when it changes.
 fn needs_uprobe(
-    proc_root: &std::path::Path,
     key: &InstanceKey,
     t: &mut Tracked,
     unknown: &mut BTreeMap<&'static str, u64>,
     news: &mut AttachNews,
 ) -> bool {
-    let fresh = t.conf.as_ref().is_some_and(|(w, _)| *w == t.inst.worker_pids);
-    if !fresh {
-        let verdict = nginx_conf::read_instance_conf(proc_root, t.inst.master_pid, &key.conf_path);
-        if let ConfVerdict::Unknown(u) = &verdict {
+    let Some((_, conf)) = &t.conf else {
+        return true;
+    };
+    if t.conf_unreported {
+        t.conf_unreported = false;
+        let verdict = &conf.verdict;
+        if let ConfVerdict::Unknown(u) = verdict {
             *unknown.entry(u.reason).or_default() += 1;
         }
-        let changed = t.conf.as_ref().is_none_or(|(_, v)| *v != verdict);
+        let changed = t.conf_logged.as_ref() != Some(verdict);
         if changed {
             let who = describe(key);
             match &verdict {
@@ -169,10 +227,10 @@ fn needs_uprobe(
                     ));
                 }
             }
+            t.conf_logged = Some(verdict.clone());
         }
-        t.conf = Some((t.inst.worker_pids.clone(), verdict));
     }
-    !matches!(t.conf, Some((_, ConfVerdict::PlaintextOnly)))
+    !matches!(&t.conf, Some((_, c)) if c.verdict == ConfVerdict::PlaintextOnly)
 }
 
 impl Collector {
@@ -222,7 +280,7 @@ impl Collector {
                 UprobeMode::Never => {}
                 UprobeMode::Always => running.push((t.inst.master_pid, t.inst.exe.clone(), true)),
                 UprobeMode::Auto => {
-                    let need = needs_uprobe(&self.proc_root, key, t, &mut pr.conf_unknown, &mut report.per_request);
+                    let need = needs_uprobe(key, t, &mut pr.conf_unknown, &mut report.per_request);
                     running.push((t.inst.master_pid, t.inst.exe.clone(), need));
                 }
             }
@@ -390,6 +448,13 @@ impl Collector {
                 }
             }
         }
+        // The config decides which ports are h2c-only: read before the
+        // listeners are installed with that flag.
+        for (key, t) in self.instances.iter_mut() {
+            if t.stopped_since.is_none() {
+                refresh_conf(&self.proc_root, key, t, &mut report);
+            }
+        }
         if let Err(e) = self.install_listeners() {
             self.error(&mut report, PROBE_ERROR, e.to_string());
         }
@@ -498,7 +563,7 @@ impl Collector {
                     port: l.port,
                     _pad: 0,
                 };
-                desired.insert(key, t.slot);
+                desired.insert(key, listen_value(t, l.port));
             }
         }
         self.probe.set_listeners(&desired)
@@ -526,12 +591,13 @@ impl Collector {
 
     /// Hands connections that were open before we watched to the programs.
     fn seed(&mut self, key: &InstanceKey, conns: &[discover::ExistingConn]) -> Result<(), String> {
-        let Some(slot) = self.instances.get(key).map(|t| t.slot) else {
+        let Some(t) = self.instances.get(key) else {
             return Ok(());
         };
+        let values: Vec<u32> = conns.iter().map(|c| listen_value(t, c.local_port)).collect();
         let mut seeded = BTreeSet::new();
-        for c in conns {
-            if self.probe.seed_conn(c.cookie, slot).map_err(|e| e.to_string())? {
+        for (c, value) in conns.iter().zip(values) {
+            if self.probe.seed_conn(c.cookie, value).map_err(|e| e.to_string())? {
                 seeded.insert(c.cookie);
             }
         }
@@ -628,7 +694,10 @@ mod tests {
         );
         let mut unknown = BTreeMap::new();
         let mut news = AttachNews::default();
-        let mut need = |t: &mut Tracked, news: &mut AttachNews| needs_uprobe(proc.path(), &key, t, &mut unknown, news);
+        let mut need = |t: &mut Tracked, news: &mut AttachNews| {
+            refresh_conf(proc.path(), &key, t, &mut ScanReport::default());
+            needs_uprobe(&key, t, &mut unknown, news)
+        };
         assert!(!need(&mut t, &mut news));
         assert_eq!(news.config.len(), 1, "{news:?}");
         // A TLS listener appears in the file: not seen until a reload.

@@ -13,7 +13,7 @@ pub const REASONS: [&str; 3] = ["tls", "http2", "other"];
 pub const FAMILY: (&str, &str) = (
     "ngxprobe_unparsed_connections_total",
     "Client connections whose bytes ngxprobe cannot parse as HTTP/1.x, by reason (tls: a TLS record, \
-     http2: the HTTP/2 preface, other: not an HTTP/1.x request line); they count in nginx_connections_accepted, \
+     http2: the HTTP/2 preface, or any request line on an h2c-only listener, other: not an HTTP/1.x request line); they count in nginx_connections_accepted, \
      _handled and _active and as waiting; their requests are in nginx_http_requests_total only for tls and http2 \
      and only while the per-request uprobe is attached to the instance",
 );

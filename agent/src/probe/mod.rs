@@ -156,7 +156,8 @@ impl Probe {
         })
     }
 
-    /// Makes the LISTENERS map equal `desired` ((netns, port) → slot).
+    /// Makes the LISTENERS map equal `desired` ((netns, port) → slot, with
+    /// LISTEN_H2C_ONLY for h2c-only ports).
     pub fn set_listeners(&mut self, desired: &BTreeMap<ListenKey, u32>) -> Result<(), ProbeError> {
         let stale: Vec<ListenKey> = self
             .installed

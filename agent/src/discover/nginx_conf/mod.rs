@@ -9,7 +9,12 @@
 //! Files are read inside the instance's root (/proc/<master>/root). Anything
 //! it cannot read for certain (a missing file, a syntax error, limits) gives
 //! [`ConfVerdict::Unknown`], never a guess.
+//!
+//! It also collects every TCP `listen` of `http {}`, merged per address as
+//! nginx merges them ([`listens`]), for the ports that speak only
+//! cleartext HTTP/2 in the instance's nginx version.
 mod files;
+pub mod listens;
 #[cfg(test)]
 mod tests;
 mod token;
@@ -17,6 +22,8 @@ mod token;
 use std::path::Path;
 
 use files::Root;
+pub use listens::Listens;
+use listens::ServerListens;
 use token::{Item, tokenize};
 
 /// Most files read for one instance (main file and includes).
@@ -41,6 +48,83 @@ pub enum ConfVerdict {
     Unknown(Unknown),
 }
 
+/// What the agent takes from an instance's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConf {
+    pub verdict: ConfVerdict,
+    /// The `http {}` TCP listeners (empty when the verdict is unknown, or a
+    /// `listen` was not understood: see `listens_unknown`).
+    pub listens: Listens,
+    /// Why `listens` is not known for certain (a `listen` not understood,
+    /// file and line); None when the verdict is unknown (its detail says why).
+    pub listens_unknown: Option<String>,
+}
+
+impl InstanceConf {
+    fn unknown(u: Unknown) -> InstanceConf {
+        InstanceConf {
+            verdict: ConfVerdict::Unknown(u),
+            listens: Listens::default(),
+            listens_unknown: None,
+        }
+    }
+}
+
+/// The TCP ports on which an instance's nginx makes no HTTP/1.x request
+/// (`listen ... http2` without TLS, nginx before 1.25.1), from its config
+/// and version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct H2cPorts {
+    pub ports: std::collections::BTreeSet<u16>,
+    /// Why some or all ports could not be decided (safe to log); those are
+    /// left as HTTP/1.x (their HTTP/1.x bytes may be counted as requests
+    /// nginx does not count), with one of [`H2C_UNKNOWN_REASONS`].
+    pub unknown: Option<(&'static str, String)>,
+}
+
+/// Values of the `reason` label of undecided h2c-only ports.
+pub const H2C_UNKNOWN_REASONS: [&str; 3] = ["config", "version", "mixed_port"];
+
+/// Decides [`H2cPorts`] for an instance running nginx `version`.
+pub fn h2c_ports(conf: &InstanceConf, version: &str) -> H2cPorts {
+    if let ConfVerdict::Unknown(u) = &conf.verdict {
+        return H2cPorts {
+            ports: Default::default(),
+            unknown: Some((
+                "config",
+                format!("config not read for certain ({}: {})", u.reason, u.detail),
+            )),
+        };
+    }
+    if let Some(why) = &conf.listens_unknown {
+        return H2cPorts {
+            ports: Default::default(),
+            unknown: Some(("config", why.clone())),
+        };
+    }
+    let plain_h2 = conf.listens.plaintext_http2_ports();
+    if plain_h2.is_empty() {
+        return H2cPorts::default();
+    }
+    match listens::plaintext_http2_is_h2c_only(version) {
+        Ok(false) => H2cPorts::default(),
+        Err(why) => H2cPorts {
+            ports: Default::default(),
+            unknown: Some(("version", format!("{why}: plaintext http2 on ports {plain_h2:?}"))),
+        },
+        Ok(true) => {
+            let (ports, mixed) = conf.listens.h2c_only_ports();
+            let unknown = (!mixed.is_empty()).then(|| {
+                (
+                    "mixed_port",
+                    format!("plaintext http2 on some addresses only of ports {mixed:?}"),
+                )
+            });
+            H2cPorts { ports, unknown }
+        }
+    }
+}
+
 /// Why a config could not be read; `detail` names file and line, safe to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unknown {
@@ -51,11 +135,11 @@ pub struct Unknown {
 
 /// Reads the config of the instance whose master is `master_pid`, as it
 /// runs with `conf_path` (absolute, in the instance's root).
-pub fn read_instance_conf(proc_root: &Path, master_pid: u32, conf_path: &str) -> ConfVerdict {
+pub fn read_instance_conf(proc_root: &Path, master_pid: u32, conf_path: &str) -> InstanceConf {
     if !conf_path.starts_with('/') {
         // A relative -c without -p is relative to the compiled-in prefix,
         // which the agent does not know.
-        return ConfVerdict::Unknown(Unknown {
+        return InstanceConf::unknown(Unknown {
             reason: "path_unknown",
             detail: format!(
                 "config path {} is relative to nginx's compiled-in prefix",
@@ -66,14 +150,14 @@ pub fn read_instance_conf(proc_root: &Path, master_pid: u32, conf_path: &str) ->
     let root_dir = proc_root.join(master_pid.to_string()).join("root");
     match Root::open(&root_dir) {
         Ok(root) => read_conf(&root, conf_path),
-        Err(e) => ConfVerdict::Unknown(Unknown {
+        Err(e) => InstanceConf::unknown(Unknown {
             reason: "unreadable",
             detail: format!("cannot open {}: {e}", root_dir.display()),
         }),
     }
 }
 
-fn read_conf(root: &Root, conf_path: &str) -> ConfVerdict {
+fn read_conf(root: &Root, conf_path: &str) -> InstanceConf {
     // nginx's conf_prefix: the main file's directory, with its slash.
     let prefix = match conf_path.rfind('/') {
         Some(i) => conf_path[..=i].to_owned(),
@@ -86,13 +170,24 @@ fn read_conf(root: &Root, conf_path: &str) -> ConfVerdict {
         bytes: 0,
         stack: Vec::new(),
         needs: None,
+        servers: Vec::new(),
+        http_ssl_on: false,
+        listens_unknown: None,
     };
     match r.file(conf_path, 0, None) {
-        Ok(()) => match r.needs {
-            Some(why) => ConfVerdict::NeedsUprobe { why },
-            None => ConfVerdict::PlaintextOnly,
+        Ok(()) => InstanceConf {
+            verdict: match r.needs {
+                Some(why) => ConfVerdict::NeedsUprobe { why },
+                None => ConfVerdict::PlaintextOnly,
+            },
+            listens: if r.listens_unknown.is_some() {
+                Listens::default()
+            } else {
+                Listens::merge(&r.servers, r.http_ssl_on)
+            },
+            listens_unknown: r.listens_unknown,
         },
-        Err(u) => ConfVerdict::Unknown(u),
+        Err(u) => InstanceConf::unknown(u),
     }
 }
 
@@ -105,6 +200,12 @@ struct Reader<'a> {
     stack: Vec<String>,
     /// The first directive that makes the instance need the uprobe.
     needs: Option<String>,
+    /// The `server {}`s of `http {}`, in order.
+    servers: Vec<ServerListens>,
+    /// `ssl on` in `http {}` (inherited by every server).
+    http_ssl_on: bool,
+    /// The first `listen` not understood (file:line and why).
+    listens_unknown: Option<String>,
 }
 
 fn shown(path: &str) -> String {
@@ -182,6 +283,7 @@ impl Reader<'_> {
                         self.include(target, depth, &here)?;
                         continue;
                     }
+                    self.listen_directive(&words, &here, block);
                     self.directive(&words, &here);
                     if block {
                         self.stack.push(words[0].clone());
@@ -215,6 +317,38 @@ impl Reader<'_> {
             self.file(&p, depth + 1, Some(here))?;
         }
         Ok(())
+    }
+
+    /// Collects `server {}`s, their `listen`s and `ssl on` in `http {}`.
+    fn listen_directive(&mut self, words: &[String], here: &str, block: bool) {
+        if self.stack.first().map(String::as_str) != Some("http") {
+            return;
+        }
+        let in_server = self.stack.len() == 2 && self.stack[1] == "server";
+        let on = words.get(1).is_some_and(|w| w == "on");
+        match words[0].as_str() {
+            "server" if block && self.stack.len() == 1 => self.servers.push(ServerListens::default()),
+            "ssl" if on && self.stack.len() == 1 => self.http_ssl_on = true,
+            "ssl" if on && in_server => {
+                if let Some(s) = self.servers.last_mut() {
+                    s.ssl_on = true;
+                }
+            }
+            "listen" if in_server => match listens::parse_listen(words) {
+                Ok(Some(l)) => {
+                    if let Some(s) = self.servers.last_mut() {
+                        s.listens.push(l);
+                    }
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    if self.listens_unknown.is_none() {
+                        self.listens_unknown = Some(format!("{here}: {why}"));
+                    }
+                }
+            },
+            _ => {}
+        }
     }
 
     /// Notes a directive that needs the uprobe: in `http {}` (not `stream`

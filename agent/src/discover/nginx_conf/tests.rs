@@ -81,6 +81,9 @@ impl Tree {
         fs::write(path, text).unwrap();
     }
     fn verdict(&self, conf: &str) -> ConfVerdict {
+        self.conf(conf).verdict
+    }
+    fn conf(&self, conf: &str) -> InstanceConf {
         read_conf(&Root::open(self.0.path()).unwrap(), conf)
     }
 }
@@ -213,12 +216,7 @@ fn anything_not_read_for_certain_is_unknown_naming_file_and_line() {
     // The main file missing; a relative config path.
     assert_eq!(unknown(Tree::new(&[]).verdict(MAIN)).reason, "unreadable");
     assert_eq!(
-        unknown(read_instance_conf(
-            Path::new("/proc"),
-            std::process::id(),
-            "conf/nginx.conf"
-        ))
-        .reason,
+        unknown(read_instance_conf(Path::new("/proc"), std::process::id(), "conf/nginx.conf").verdict).reason,
         "path_unknown"
     );
 }
@@ -230,7 +228,141 @@ fn reads_through_the_instance_root_in_proc() {
     let conf = dir.path().join("n.conf");
     fs::write(&conf, "http { server { listen 127.0.0.1:80; } }").unwrap();
     assert_eq!(
-        read_instance_conf(Path::new("/proc"), std::process::id(), conf.to_str().unwrap()),
+        read_instance_conf(Path::new("/proc"), std::process::id(), conf.to_str().unwrap()).verdict,
         ConfVerdict::PlaintextOnly
     );
+}
+
+fn ports(p: &[u16]) -> std::collections::BTreeSet<u16> {
+    p.iter().copied().collect()
+}
+
+fn h2c(conf: &str, version: &str) -> H2cPorts {
+    h2c_ports(&Tree::new(&[(MAIN, conf)]).conf(MAIN), version)
+}
+
+#[test]
+fn listen_addresses_parse_as_nginx_writes_them() {
+    use listens::parse_listen;
+    let l = |s: &str| parse_listen(&s.split(' ').map(String::from).collect::<Vec<_>>());
+    let at = |s: &str| l(s).unwrap().map(|l| (l.addr, l.port, l.ssl, l.http2));
+    assert_eq!(at("listen 8080"), Some(("*".into(), 8080, false, false)));
+    assert_eq!(
+        at("listen 127.0.0.1:81 http2"),
+        Some(("127.0.0.1".into(), 81, false, true))
+    );
+    assert_eq!(at("listen 127.0.0.1"), Some(("127.0.0.1".into(), 80, false, false)));
+    assert_eq!(
+        at("listen *:82 default_server reuseport ssl"),
+        Some(("*".into(), 82, true, false))
+    );
+    assert_eq!(at("listen 0.0.0.0:83"), Some(("*".into(), 83, false, false)));
+    assert_eq!(
+        at("listen [::1]:84 http2 ipv6only=on"),
+        Some(("::1".into(), 84, false, true))
+    );
+    assert_eq!(at("listen [::]"), Some(("::".into(), 80, false, false)));
+    assert_eq!(at("listen localhost:85"), Some(("localhost".into(), 85, false, false)));
+    // Not TCP ports.
+    assert_eq!(at("listen unix:/run/nginx.sock http2"), None);
+    assert_eq!(at("listen 443 quic reuseport"), None);
+    for bad in [
+        "listen",
+        "listen 0",
+        "listen 70000",
+        "listen 1.2.3.4:",
+        "listen :80",
+        "listen [::1",
+        "listen [::1]x",
+        "listen [nope]:80",
+        "listen a:8x",
+    ] {
+        assert!(l(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn h2c_only_ports_follow_the_nginx_version() {
+    let conf = "http { server { listen 127.0.0.1:8081 http2; } server { listen 8080; } }";
+    for (version, want) in [
+        ("nginx/1.22.1", vec![8081]),
+        ("nginx/1.9.5", vec![8081]),
+        ("nginx/1.25.0", vec![8081]),
+        ("openresty/1.21.4.3", vec![8081]),
+        // Preface detection with HTTP/1.x fallback since 1.25.1.
+        ("nginx/1.25.1", vec![]),
+        ("nginx/1.27.3", vec![]),
+        ("openresty/1.25.3.2", vec![]),
+    ] {
+        let got = h2c(conf, version);
+        assert_eq!(got.ports, ports(&want), "{version}");
+        assert_eq!(got.unknown, None, "{version}");
+    }
+    // An unknown version or fork: nothing flagged, and said why.
+    for version in ["unknown", "tengine/2.3.3", "nginx/1.x"] {
+        let got = h2c(conf, version);
+        assert!(got.ports.is_empty(), "{version}");
+        assert_eq!(got.unknown.as_ref().map(|u| u.0), Some("version"), "{version}: {got:?}");
+    }
+    // No plaintext http2: nothing to decide, whatever the version.
+    assert_eq!(h2c("http { server { listen 80; } }", "unknown"), H2cPorts::default());
+}
+
+#[test]
+fn h2c_only_ports_merge_addresses_as_nginx_does() {
+    let v = "nginx/1.22.1";
+    for (conf, want, mixed) in [
+        // TLS with ALPN, not h2c.
+        ("http { server { listen 443 ssl http2; } }", vec![], false),
+        // One address in two servers: ssl from one, http2 from the other.
+        (
+            "http { server { listen 127.0.0.1:81 http2; } server { listen 127.0.0.1:81 ssl; } }",
+            vec![],
+            false,
+        ),
+        // http2 from one server, plain from another on the same address: h2c.
+        (
+            "http { server { listen 81 http2 default_server; } server { listen *:81; server_name b; } }",
+            vec![81],
+            false,
+        ),
+        // `ssl on` in the server or in http {}.
+        ("http { server { listen 81 http2; ssl on; } }", vec![], false),
+        ("http { ssl on; server { listen 81 http2; } }", vec![], false),
+        // Two addresses of one port, one of them plain: not h2c-only.
+        (
+            "http { server { listen 127.0.0.1:81 http2; } server { listen 127.0.0.2:81; } }",
+            vec![],
+            true,
+        ),
+        (
+            "http { server { listen [::1]:81 http2; listen 127.0.0.1:81 http2; } server { listen 82; } }",
+            vec![81],
+            false,
+        ),
+        // A server without listen is on *:80 (or *:8000).
+        (
+            "http { server { listen 127.0.0.1:80 http2; } server { } }",
+            vec![],
+            true,
+        ),
+        // stream {} and unix sockets are not HTTP TCP ports.
+        (
+            "http { server { listen 81 http2; listen unix:/s http2; } } stream { server { listen 82; } }",
+            vec![81],
+            false,
+        ),
+    ] {
+        let got = h2c(conf, v);
+        assert_eq!(got.ports, ports(&want), "{conf}");
+        assert_eq!(got.unknown.is_some(), mixed, "{conf}: {got:?}");
+    }
+    // A listen not understood, or a config not read: nothing flagged.
+    let got = h2c("http { server { listen 81 http2; } server {\n listen 1.2.3.4:x; } }", v);
+    assert!(got.ports.is_empty());
+    let (reason, why) = got.unknown.unwrap();
+    assert_eq!(reason, "config");
+    assert!(why.contains("nginx.conf\":2"), "{why}");
+    let got = h2c("http { server { listen 81 http2; }", v);
+    assert_eq!(got.unknown.map(|u| u.0), Some("config"));
 }
