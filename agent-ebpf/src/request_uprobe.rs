@@ -228,7 +228,7 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     let Some(tp) = read::<u64>(cached_ptr, 0) else {
         return Outcome::ReadError;
     };
-    let (Some(now_sec), Some(now_msec)) = (read::<i64>(tp, off.time_sec), read::<u64>(tp, off.time_msec)) else {
+    let Some((now_sec, now_msec)) = cached_time(tp, off) else {
         return Outcome::ReadError;
     };
     // As ngx_http_log_request_time computes $request_time.
@@ -267,6 +267,17 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     // As ngx_http_variable_body_bytes_sent computes it.
     rec.body_bytes_sent = (sent - header_size as i64).max(0) as u64;
     Outcome::Record(rec)
+}
+
+/// `sec` and `msec` of the ngx_time_t at `tp`: one read of both when they
+/// are adjacent (nginx's layout: `sec` then `msec`), else one each.
+#[inline(always)]
+fn cached_time(tp: u64, off: &NginxOffsets) -> Option<(i64, u64)> {
+    if off.time_msec == off.time_sec + 8 {
+        let pair = read::<[u64; 2]>(tp, off.time_sec)?;
+        return Some((pair[0] as i64, pair[1]));
+    }
+    Some((read::<i64>(tp, off.time_sec)?, read::<u64>(tp, off.time_msec)?))
 }
 
 /// The answering server block's first `server_name`:
