@@ -84,10 +84,37 @@ pub fn ngx_free_request(ctx: ProbeContext) -> u32 {
     // do not nest on a CPU.
     let (st, scratch) = unsafe { (&mut *st, &mut *scratch) };
     match fill(&ctx, &off, r, rc, scratch) {
-        Outcome::Record(rec) => match REQUESTS.output::<RequestRecord>(&rec, wakeup_flags()) {
-            Ok(()) => st.records += 1,
-            Err(_) => st.ring_full += 1,
-        },
+        Outcome::Record(f) => {
+            let flags = wakeup_flags();
+            // Written in place in the ring, not built on the stack and copied.
+            let Some(mut entry) = REQUESTS.reserve::<RequestRecord>(0) else {
+                st.ring_full += 1;
+                return 0;
+            };
+            let rec = entry.as_mut_ptr();
+            // SAFETY: `rec` points at the reserved, writable record.
+            unsafe {
+                (*rec).tgid = f.tgid;
+                (*rec).status = f.status;
+                (*rec).method = f.method;
+                (*rec).http_version = f.http_version;
+                (*rec).flags = f.flags;
+                (*rec).port = f.port;
+                (*rec)._pad = 0;
+                (*rec).duration_us = f.duration_us;
+                (*rec).request_length = f.request_length;
+                (*rec).bytes_sent = f.bytes_sent;
+                (*rec).body_bytes_sent = f.body_bytes_sent;
+                (*rec).ppid = f.ppid;
+                // 0 unless read: the name's bytes after it are not looked at.
+                (*rec).server_name_len = 0;
+                if off.want_server_name != 0 {
+                    server_name(&mut *rec, &off, f.ip, r);
+                }
+            }
+            entry.submit(flags);
+            st.records += 1;
+        }
         Outcome::Mismatch => st.signature_mismatch += 1,
         Outcome::NotLogged => st.not_logged += 1,
         Outcome::ReadError => st.read_errors += 1,
@@ -111,8 +138,25 @@ pub(crate) fn wakeup_flags() -> u64 {
     }
 }
 
+/// A record's fields but the server name (read straight into the ring).
+struct Fields {
+    tgid: u32,
+    ppid: u32,
+    status: u32,
+    method: u32,
+    http_version: u32,
+    flags: u32,
+    port: u16,
+    duration_us: u64,
+    request_length: u64,
+    bytes_sent: u64,
+    body_bytes_sent: u64,
+    /// The probed instruction's address (finds ngx_http_core_module).
+    ip: u64,
+}
+
 enum Outcome {
-    Record(RequestRecord),
+    Record(Fields),
     Mismatch,
     NotLogged,
     ReadError,
@@ -243,10 +287,6 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
             port = u16::from_be_bytes([head[2], head[3]]);
         }
     }
-    let mut rec = RequestRecord::default();
-    if off.want_server_name != 0 {
-        server_name(&mut rec, off, ip, r);
-    }
     let mut flags = 0;
     if ssl != 0 {
         flags |= REQ_FLAG_SSL;
@@ -254,19 +294,21 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     if stream != 0 {
         flags |= REQ_FLAG_HTTP2;
     }
-    rec.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    rec.ppid = crate::tcp_health::current_parent_tgid();
-    rec.status = status as u32;
-    rec.method = method as u32;
-    rec.http_version = version as u32;
-    rec.flags = flags;
-    rec.port = port;
-    rec.duration_us = ms.clamp(0, i64::MAX / 1000) as u64 * 1000;
-    rec.request_length = req_len.max(0) as u64;
-    rec.bytes_sent = sent.max(0) as u64;
-    // As ngx_http_variable_body_bytes_sent computes it.
-    rec.body_bytes_sent = (sent - header_size as i64).max(0) as u64;
-    Outcome::Record(rec)
+    Outcome::Record(Fields {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        ppid: crate::tcp_health::current_parent_tgid(),
+        status: status as u32,
+        method: method as u32,
+        http_version: version as u32,
+        flags,
+        port,
+        duration_us: ms.clamp(0, i64::MAX / 1000) as u64 * 1000,
+        request_length: req_len.max(0) as u64,
+        bytes_sent: sent.max(0) as u64,
+        // As ngx_http_variable_body_bytes_sent computes it.
+        body_bytes_sent: (sent - header_size as i64).max(0) as u64,
+        ip,
+    })
 }
 
 /// `sec` and `msec` of the ngx_time_t at `tp`: one read of both when they
