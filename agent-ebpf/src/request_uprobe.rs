@@ -224,7 +224,8 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     // The worker is being killed (SIGKILL pending): it dies on its way back
     // from this trap, before nginx writes the log line. Like a request in
     // flight on a killed worker, it is not counted (stub_status has it).
-    if crate::tcp_health::current_is_dying() {
+    let task = crate::tcp_health::CurrentTask::get();
+    if task.as_ref().is_some_and(|t| t.is_dying()) {
         return Outcome::NotLogged;
     }
     let c = u64_at(req, off.req_connection);
@@ -283,7 +284,7 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     }
     Outcome::Record(Fields {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        ppid: crate::tcp_health::current_parent_tgid(),
+        ppid: task.map_or(0, |t| t.parent_tgid()),
         status: status as u32,
         method: method as u32,
         http_version: version as u32,
