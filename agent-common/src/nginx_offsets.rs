@@ -120,12 +120,9 @@ impl NginxOffsets {
         let req = words
             .iter()
             .map(|o| o.saturating_add(8))
-        .chain([self.req_logged_byte.saturating_add(1), 8])
-        .max()?;
-        let conn = conn_words
-            .iter()
-            .map(|o| o.saturating_add(8))
+            .chain([self.req_logged_byte.saturating_add(1), 8])
             .max()?;
+        let conn = conn_words.iter().map(|o| o.saturating_add(8)).max()?;
         if req >= REQ_SPAN_MAX || conn >= CONN_SPAN_MAX {
             return None;
         }

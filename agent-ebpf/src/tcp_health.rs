@@ -166,7 +166,8 @@ impl CurrentTask {
         const SIGKILL_BIT: u64 = 1 << (9 - 1);
         // SAFETY: a load through a BTF pointer at a field's offset; the
         // verifier checks it against the type.
-        let pending = unsafe { core::ptr::read_volatile(self.task.add(self.t.task_pending_signal as usize) as *const u64) };
+        let pending =
+            unsafe { core::ptr::read_volatile(self.task.add(self.t.task_pending_signal as usize) as *const u64) };
         pending & SIGKILL_BIT != 0
     }
 

@@ -199,7 +199,9 @@ fn identify_with(path: &str, data: &[u8], root: &Path) -> Result<KnownBuild, Bui
         return Err(BuildError::Unknown {
             path: path.to_string(),
             id,
-            dwarf: format!("{source} puts fields beyond the bytes the uprobe reads or 8-byte fields at unaligned offsets: not nginx's layout"),
+            dwarf: format!(
+                "{source} puts fields beyond the bytes the uprobe reads or 8-byte fields at unaligned offsets: not nginx's layout"
+            ),
         });
     };
     Ok(KnownBuild { id, offsets, source })
