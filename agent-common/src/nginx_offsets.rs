@@ -95,9 +95,11 @@ pub const CONN_SPAN_MAX: u32 = 512;
 impl NginxOffsets {
     /// The offsets with `req_span` and `conn_span` covering every field the
     /// uprobe reads (8-byte fields, the one-byte `logged` flags), or None if
-    /// they reach REQ_SPAN_MAX / CONN_SPAN_MAX (not nginx's layout).
+    /// they reach REQ_SPAN_MAX / CONN_SPAN_MAX or an 8-byte field is not
+    /// 8-byte aligned (not nginx's layout on a 64-bit target; the uprobe
+    /// loads each as one aligned word of its copy).
     pub fn with_spans(mut self) -> Option<Self> {
-        let req = [
+        let words = [
             self.req_connection,
             self.req_pool,
             self.req_status,
@@ -110,15 +112,17 @@ impl NginxOffsets {
             self.req_stream,
             self.req_header_size,
             self.req_srv_conf,
-        ]
-        .iter()
-        .map(|o| o.saturating_add(8))
-        .chain([self.req_logged_byte.saturating_add(1), 8])
-        .max()?;
-        let conn = [self.conn_sent, self.conn_ssl, self.conn_local_sockaddr]
+        ];
+        let conn_words = [self.conn_sent, self.conn_ssl, self.conn_local_sockaddr];
+        if words.iter().chain(&conn_words).any(|o| o % 8 != 0) {
+            return None;
+        }
+        let req = words
             .iter()
             .map(|o| o.saturating_add(8))
+            .chain([self.req_logged_byte.saturating_add(1), 8])
             .max()?;
+        let conn = conn_words.iter().map(|o| o.saturating_add(8)).max()?;
         if req >= REQ_SPAN_MAX || conn >= CONN_SPAN_MAX {
             return None;
         }

@@ -43,11 +43,14 @@ static REQ_STATS: PerCpuArray<RequestProbeStats> = PerCpuArray::with_max_entries
 
 /// Copies of the request and connection structs, read in one go each
 /// (NginxOffsets::req_span, conn_span): one user-memory read per struct
-/// instead of one per field. Per CPU: uprobes do not nest on a CPU.
+/// instead of one per field. Per CPU: uprobes do not nest on a CPU. In
+/// 8-byte words: every field the program takes is 8-byte aligned
+/// (NginxOffsets::with_spans checks), so a field is one load, not eight
+/// byte loads shifted together.
 #[repr(C)]
 pub struct Scratch {
-    req: [u8; REQ_SPAN_MAX as usize],
-    conn: [u8; CONN_SPAN_MAX as usize],
+    req: [u64; (REQ_SPAN_MAX / 8) as usize],
+    conn: [u64; (CONN_SPAN_MAX / 8) as usize],
 }
 
 #[map]
@@ -69,7 +72,8 @@ pub fn ngx_free_request(ctx: ProbeContext) -> u32 {
     let Some(st) = REQ_STATS.get_ptr_mut(idx) else {
         return 0;
     };
-    let Some(off) = REQ_OFFSETS.get(idx).copied() else {
+    // A reference, not a copy: the program takes a few of its fields.
+    let Some(off) = REQ_OFFSETS.get(idx) else {
         return 0;
     };
     if off.valid == 0 {
@@ -83,11 +87,38 @@ pub fn ngx_free_request(ctx: ProbeContext) -> u32 {
     // SAFETY: `st` and `scratch` point into this CPU's map values; uprobes
     // do not nest on a CPU.
     let (st, scratch) = unsafe { (&mut *st, &mut *scratch) };
-    match fill(&ctx, &off, r, rc, scratch) {
-        Outcome::Record(rec) => match REQUESTS.output::<RequestRecord>(&rec, wakeup_flags()) {
-            Ok(()) => st.records += 1,
-            Err(_) => st.ring_full += 1,
-        },
+    match fill(&ctx, off, r, rc, scratch) {
+        Outcome::Record(f) => {
+            let flags = wakeup_flags();
+            // Written in place in the ring, not built on the stack and copied.
+            let Some(mut entry) = REQUESTS.reserve::<RequestRecord>(0) else {
+                st.ring_full += 1;
+                return 0;
+            };
+            let rec = entry.as_mut_ptr();
+            // SAFETY: `rec` points at the reserved, writable record.
+            unsafe {
+                (*rec).tgid = f.tgid;
+                (*rec).status = f.status;
+                (*rec).method = f.method;
+                (*rec).http_version = f.http_version;
+                (*rec).flags = f.flags;
+                (*rec).port = f.port;
+                (*rec)._pad = 0;
+                (*rec).duration_us = f.duration_us;
+                (*rec).request_length = f.request_length;
+                (*rec).bytes_sent = f.bytes_sent;
+                (*rec).body_bytes_sent = f.body_bytes_sent;
+                (*rec).ppid = f.ppid;
+                // 0 unless read: the name's bytes after it are not looked at.
+                (*rec).server_name_len = 0;
+                if off.want_server_name != 0 {
+                    server_name(&mut *rec, off, f.ip, r);
+                }
+            }
+            entry.submit(flags);
+            st.records += 1;
+        }
         Outcome::Mismatch => st.signature_mismatch += 1,
         Outcome::NotLogged => st.not_logged += 1,
         Outcome::ReadError => st.read_errors += 1,
@@ -111,40 +142,66 @@ pub(crate) fn wakeup_flags() -> u64 {
     }
 }
 
+/// A record's fields but the server name (read straight into the ring).
+struct Fields {
+    tgid: u32,
+    ppid: u32,
+    status: u32,
+    method: u32,
+    http_version: u32,
+    flags: u32,
+    port: u16,
+    duration_us: u64,
+    request_length: u64,
+    bytes_sent: u64,
+    body_bytes_sent: u64,
+    /// The probed instruction's address (finds ngx_http_core_module).
+    ip: u64,
+}
+
 enum Outcome {
-    Record(RequestRecord),
+    Record(Fields),
     Mismatch,
     NotLogged,
     ReadError,
 }
 
-/// `len` bytes (1..N) of user memory at `at` into `buf` (N a power of two).
+/// `len` bytes (1..8·W) of user memory at `at` into `buf` (W a power of two).
 #[inline(always)]
-fn read_span<const N: usize>(buf: &mut [u8; N], at: u64, len: u32) -> bool {
-    const { assert!(N.is_power_of_two()) };
+fn read_span<const W: usize>(buf: &mut [u64; W], at: u64, len: u32) -> bool {
+    const { assert!(W.is_power_of_two()) };
+    let n = W * 8;
     // Bounded by a mask, not a comparison: LLVM rewrites a range check
     // (len - 1 < N - 1) so that it bounds another register than the one
     // passed to the helper, and drops a mask that follows it. User space
     // keeps spans below N (NginxOffsets::with_spans), so the mask changes
     // nothing for a real table.
-    let len = len & (N as u32 - 1);
+    let len = len & (n as u32 - 1);
     if len == 0 {
         return false;
     }
-    // SAFETY: the helper writes at most `len` <= N bytes into `buf` and
+    // SAFETY: the helper writes at most `len` < 8·W bytes into `buf` and
     // checks the user address.
     unsafe { generated::bpf_probe_read_user(buf.as_mut_ptr() as *mut c_void, len, at as *const c_void) == 0 }
 }
 
-/// The little-endian u64 at `off` in a struct copy (None past its end).
+/// The word holding byte `off` of a struct copy (W a power of two): for
+/// an 8-byte field, the field (user space refuses a table whose 8-byte
+/// fields are not 8-byte aligned or not inside the span:
+/// NginxOffsets::with_spans). Bounded by a mask, not a comparison, for the
+/// verifier (see read_span); no test per field either: per-field branches
+/// made LLVM spill values on some paths only, which this kernel's verifier
+/// rejects ("verifier bug: stack slot ..." in precision tracking).
 #[inline(always)]
-fn u64_at<const N: usize>(buf: &[u8; N], off: u32) -> Option<u64> {
-    let off = off as usize;
-    if off > N - 8 {
-        return None;
-    }
-    let b = &buf[off..off + 8];
-    Some(u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+fn u64_at<const W: usize>(buf: &[u64; W], off: u32) -> u64 {
+    const { assert!(W.is_power_of_two()) };
+    buf[(off >> 3) as usize & (W - 1)]
+}
+
+/// The byte at `off` of a struct copy (little-endian words).
+#[inline(always)]
+fn u8_at<const W: usize>(buf: &[u64; W], off: u32) -> u8 {
+    (u64_at(buf, off) >> ((off & 7) * 8)) as u8
 }
 
 #[inline(always)]
@@ -154,18 +211,12 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
         return Outcome::ReadError;
     }
     let req = &scratch.req;
-    let sig = u32::from_le_bytes([req[0], req[1], req[2], req[3]]);
-    if sig != NGX_HTTP_REQUEST_SIGNATURE {
+    // The first four bytes (little-endian).
+    if req[0] as u32 != NGX_HTTP_REQUEST_SIGNATURE {
         return Outcome::Mismatch;
     }
-    let logged_at = off.req_logged_byte as usize;
-    if logged_at >= req.len() {
-        return Outcome::ReadError;
-    }
-    let logged = req[logged_at];
-    let Some(pool) = u64_at(req, off.req_pool) else {
-        return Outcome::ReadError;
-    };
+    let logged = u8_at(req, off.req_logged_byte);
+    let pool = u64_at(req, off.req_pool);
     // Already logged (nginx skips its log line), a fake request, or freed twice.
     if u32::from(logged) & off.req_logged_mask != 0 || pool == 0 {
         return Outcome::NotLogged;
@@ -173,24 +224,19 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     // The worker is being killed (SIGKILL pending): it dies on its way back
     // from this trap, before nginx writes the log line. Like a request in
     // flight on a killed worker, it is not counted (stub_status has it).
-    if crate::tcp_health::current_is_dying() {
+    let task = crate::tcp_health::CurrentTask::get();
+    if task.as_ref().is_some_and(|t| t.is_dying()) {
         return Outcome::NotLogged;
     }
-    let Some(c) = u64_at(req, off.req_connection) else {
-        return Outcome::ReadError;
-    };
+    let c = u64_at(req, off.req_connection);
     if !read_span(&mut scratch.conn, c, off.conn_span) {
         return Outcome::ReadError;
     }
     let req = &scratch.req;
     let conn = &scratch.conn;
-    let (Some(mut status), Some(err_status), Some(sent)) = (
-        u64_at(req, off.req_status),
-        u64_at(req, off.req_err_status),
-        u64_at(conn, off.conn_sent).map(|v| v as i64),
-    ) else {
-        return Outcome::ReadError;
-    };
+    let mut status = u64_at(req, off.req_status);
+    let err_status = u64_at(req, off.req_err_status);
+    let sent = u64_at(conn, off.conn_sent) as i64;
     // What ngx_http_free_request does next, before logging.
     if rc > 0 && (status == 0 || sent == 0) {
         status = rc as u64;
@@ -198,29 +244,15 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     if err_status != 0 {
         status = err_status;
     }
-    let (
-        Some(method),
-        Some(version),
-        Some(req_len),
-        Some(start_sec),
-        Some(start_msec),
-        Some(stream),
-        Some(ssl),
-        Some(header_size),
-    ) = (
-        u64_at(req, off.req_method),
-        u64_at(req, off.req_http_version),
-        u64_at(req, off.req_request_length).map(|v| v as i64),
-        u64_at(req, off.req_start_sec).map(|v| v as i64),
-        u64_at(req, off.req_start_msec),
-        u64_at(req, off.req_stream),
-        u64_at(conn, off.conn_ssl),
-        u64_at(req, off.req_header_size),
-    )
-    else {
-        return Outcome::ReadError;
-    };
-    let sa = u64_at(conn, off.conn_local_sockaddr).unwrap_or(0);
+    let method = u64_at(req, off.req_method);
+    let version = u64_at(req, off.req_http_version);
+    let req_len = u64_at(req, off.req_request_length) as i64;
+    let start_sec = u64_at(req, off.req_start_sec) as i64;
+    let start_msec = u64_at(req, off.req_start_msec);
+    let stream = u64_at(req, off.req_stream);
+    let ssl = u64_at(conn, off.conn_ssl);
+    let header_size = u64_at(req, off.req_header_size);
+    let sa = u64_at(conn, off.conn_local_sockaddr);
     // ngx_cached_time, found from the probed instruction's address.
     // SAFETY: the context is the uprobe's pt_regs.
     let ip = unsafe { (*ctx.regs).rip };
@@ -228,7 +260,7 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     let Some(tp) = read::<u64>(cached_ptr, 0) else {
         return Outcome::ReadError;
     };
-    let (Some(now_sec), Some(now_msec)) = (read::<i64>(tp, off.time_sec), read::<u64>(tp, off.time_msec)) else {
+    let Some((now_sec, now_msec)) = cached_time(tp, off) else {
         return Outcome::ReadError;
     };
     // As ngx_http_log_request_time computes $request_time.
@@ -243,10 +275,6 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
             port = u16::from_be_bytes([head[2], head[3]]);
         }
     }
-    let mut rec = RequestRecord::default();
-    if off.want_server_name != 0 {
-        server_name(&mut rec, off, ip, r);
-    }
     let mut flags = 0;
     if ssl != 0 {
         flags |= REQ_FLAG_SSL;
@@ -254,19 +282,32 @@ fn fill(ctx: &ProbeContext, off: &NginxOffsets, r: u64, rc: i64, scratch: &mut S
     if stream != 0 {
         flags |= REQ_FLAG_HTTP2;
     }
-    rec.tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    rec.ppid = crate::tcp_health::current_parent_tgid();
-    rec.status = status as u32;
-    rec.method = method as u32;
-    rec.http_version = version as u32;
-    rec.flags = flags;
-    rec.port = port;
-    rec.duration_us = ms.clamp(0, i64::MAX / 1000) as u64 * 1000;
-    rec.request_length = req_len.max(0) as u64;
-    rec.bytes_sent = sent.max(0) as u64;
-    // As ngx_http_variable_body_bytes_sent computes it.
-    rec.body_bytes_sent = (sent - header_size as i64).max(0) as u64;
-    Outcome::Record(rec)
+    Outcome::Record(Fields {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        ppid: task.map_or(0, |t| t.parent_tgid()),
+        status: status as u32,
+        method: method as u32,
+        http_version: version as u32,
+        flags,
+        port,
+        duration_us: ms.clamp(0, i64::MAX / 1000) as u64 * 1000,
+        request_length: req_len.max(0) as u64,
+        bytes_sent: sent.max(0) as u64,
+        // As ngx_http_variable_body_bytes_sent computes it.
+        body_bytes_sent: (sent - header_size as i64).max(0) as u64,
+        ip,
+    })
+}
+
+/// `sec` and `msec` of the ngx_time_t at `tp`: one read of both when they
+/// are adjacent (nginx's layout: `sec` then `msec`), else one each.
+#[inline(always)]
+fn cached_time(tp: u64, off: &NginxOffsets) -> Option<(i64, u64)> {
+    if off.time_msec == off.time_sec + 8 {
+        let pair = read::<[u64; 2]>(tp, off.time_sec)?;
+        return Some((pair[0] as i64, pair[1]));
+    }
+    Some((read::<i64>(tp, off.time_sec)?, read::<u64>(tp, off.time_msec)?))
 }
 
 /// The answering server block's first `server_name`:

@@ -199,7 +199,9 @@ fn identify_with(path: &str, data: &[u8], root: &Path) -> Result<KnownBuild, Bui
         return Err(BuildError::Unknown {
             path: path.to_string(),
             id,
-            dwarf: format!("{source} puts fields beyond the bytes the uprobe reads: not nginx's layout"),
+            dwarf: format!(
+                "{source} puts fields beyond the bytes the uprobe reads or 8-byte fields at unaligned offsets: not nginx's layout"
+            ),
         });
     };
     Ok(KnownBuild { id, offsets, source })
@@ -345,6 +347,23 @@ mod tests {
         want.req_span = 1308;
         want.conn_span = 168;
         assert_eq!(b.offsets, want);
+    }
+
+    #[test]
+    fn spans_cover_debian_and_refuse_unaligned_words() {
+        let t = DEBIAN_1_22_1_X86_64.3.with_spans().expect("Debian's layout fits");
+        assert_eq!((t.req_span, t.conn_span), (1308, 168));
+        // The uprobe loads each 8-byte field as one aligned word of its copy.
+        let mut odd = DEBIAN_1_22_1_X86_64.3;
+        odd.req_status += 4;
+        assert_eq!(odd.with_spans(), None);
+        let mut odd = DEBIAN_1_22_1_X86_64.3;
+        odd.conn_sent += 1;
+        assert_eq!(odd.with_spans(), None);
+        // The one-byte `logged` flags need no alignment.
+        let mut t = DEBIAN_1_22_1_X86_64.3;
+        t.req_logged_byte += 1;
+        assert_eq!(t.with_spans().map(|t| t.req_span), Some(1309));
     }
 
     #[test]

@@ -437,10 +437,11 @@ pub fn report(setup: &Setup, res: &Results) -> String {
         }
     }
 
-    if workloads
-        .iter()
-        .any(|&w| res.get(w, Mode::B).iter().any(|r| r.ebpf.is_some()))
-    {
+    if workloads.iter().any(|&w| {
+        [Mode::B, Mode::R]
+            .iter()
+            .any(|&m| res.get(w, m).iter().any(|r| r.ebpf.is_some()))
+    }) {
         let _ = writeln!(s, "\n### eBPF time per request (bpf_stats on)\n");
         let _ = writeln!(
             s,
