@@ -547,15 +547,18 @@ fn is_blocked(sk: *const c_void, a: &SyscallArgs, ret: i32) -> bool {
     // writev and the rest: a short write leaves the send buffer full
     // (sk_stream_memory_free() false), which is what stopped it.
     let off = offsets();
+    if off.valid == 0 {
+        return false;
+    }
     let base = sk as *const u8;
-    // SAFETY: kernel reads at offsets from this kernel's BTF.
+    // SAFETY: `sk` is the tracepoint's `struct sock *`, a BTF pointer: plain
+    // loads at field offsets the verifier knows (KERNEL_OFFSETS is frozen)
+    // and checks against the type, instead of a bpf_probe_read_kernel call
+    // each (this runs once per keep-alive response).
     unsafe {
-        let queued = bpf_probe_read_kernel(base.add(off.sk_wmem_queued as usize) as *const i32);
-        let sndbuf = bpf_probe_read_kernel(base.add(off.sk_sndbuf as usize) as *const i32);
-        match (queued, sndbuf) {
-            (Ok(q), Ok(b)) => q >= b,
-            _ => false,
-        }
+        let queued = ptr::read_volatile(base.add(off.sk_wmem_queued as usize) as *const i32);
+        let sndbuf = ptr::read_volatile(base.add(off.sk_sndbuf as usize) as *const i32);
+        queued >= sndbuf
     }
 }
 

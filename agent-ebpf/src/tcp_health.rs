@@ -27,9 +27,7 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{
         bpf_probe_read_kernel,
-        generated::{
-            bpf_get_current_task, bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_storage_get,
-        },
+        generated::{bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_storage_get},
     },
     macros::{btf_map, btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
@@ -126,15 +124,7 @@ fn local_port(sk: *const c_void, t: &TcpOffsets) -> u16 {
 /// seen by the program: the thread dies on its way back to user space.
 #[inline(always)]
 pub fn current_is_dying() -> bool {
-    const SIGKILL_BIT: u64 = 1 << (9 - 1);
-    let t = tcp_offsets();
-    if t.valid == 0 {
-        return false;
-    }
-    // SAFETY: the helper returns the current task; it is only read through
-    // bpf_probe_read_kernel.
-    let task = unsafe { bpf_get_current_task() } as *const c_void;
-    read_at::<u64>(task, t.task_pending_signal) & SIGKILL_BIT != 0
+    CurrentTask::get().is_some_and(|t| t.is_dying())
 }
 
 /// The current task through its BTF pointer: its fields are plain loads
@@ -445,20 +435,7 @@ fn observe(h: *mut Hist, v: u64) {
 /// worker by its master even when no scan listed the worker.
 #[inline(always)]
 pub(crate) fn current_parent_tgid() -> u32 {
-    let t = tcp_offsets();
-    if t.valid == 0 {
-        return 0;
-    }
-    // SAFETY: the helper takes no argument and returns the current task.
-    let task = unsafe { bpf_get_current_task() } as *const c_void;
-    if task.is_null() {
-        return 0;
-    }
-    let parent: *const c_void = read_at::<u64>(task, t.task_real_parent) as *const c_void;
-    if parent.is_null() {
-        return 0;
-    }
-    read_at(parent, t.task_tgid)
+    CurrentTask::get().map_or(0, |t| t.parent_tgid())
 }
 
 /// The instance slot of `task`'s parent if that is an nginx master, with
