@@ -51,10 +51,7 @@ use agent_common::{
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
-    helpers::{
-        bpf_probe_read_kernel,
-        generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get},
-    },
+    helpers::generated::{bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_sk_storage_get},
     macros::{btf_map, btf_tracepoint, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::BtfTracePointContext,
@@ -248,21 +245,14 @@ fn on_established(sk: *const c_void) {
     if off.valid == 0 {
         return;
     }
-    let base = sk as *const u8;
-    // SAFETY: reads of kernel memory through bpf_probe_read_kernel at offsets
-    // taken from this kernel's BTF.
-    let (port, netns) = unsafe {
-        let Ok(port) = bpf_probe_read_kernel(base.add(off.skc_num as usize) as *const u16) else {
-            return;
-        };
-        let Ok(net) = bpf_probe_read_kernel(base.add(off.skc_net as usize) as *const *const u8) else {
-            return;
-        };
-        let Ok(inum) = bpf_probe_read_kernel(net.add(off.net_ns_inum as usize) as *const u32) else {
-            return;
-        };
-        (port, inum)
-    };
+    // Plain loads through the socket's BTF pointer and its net pointer
+    // field (tcp_health::load): this runs for every handshake on the node.
+    let port: u16 = tcp_health::load(sk, off.skc_num);
+    let net: *const c_void = tcp_health::load(sk, off.skc_net);
+    if net.is_null() {
+        return;
+    }
+    let netns: u32 = tcp_health::load(net, off.net_ns_inum);
     let key = ListenKey { netns, port, _pad: 0 };
     // SAFETY: plain value read from our own map.
     let Some(v) = (unsafe { LISTENERS.get(key) }).copied() else {
@@ -303,8 +293,7 @@ fn local_port(sk: *const c_void) -> u16 {
     if off.valid == 0 {
         return 0;
     }
-    // SAFETY: a kernel read at an offset from this kernel's BTF.
-    unsafe { bpf_probe_read_kernel((sk as *const u8).add(off.skc_num as usize) as *const u16) }.unwrap_or(0)
+    tcp_health::load(sk, off.skc_num)
 }
 
 /// nginx closed the connection (FIN_WAIT1 / LAST_ACK), or it was reset: it
