@@ -27,7 +27,9 @@ use aya_ebpf::{
     btf_maps::SkStorage,
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+        generated::{
+            bpf_get_current_task_btf, bpf_jiffies64, bpf_ktime_get_ns, bpf_sk_storage_get, bpf_skc_to_tcp_sock,
+        },
     },
     macros::{btf_map, btf_tracepoint, map},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},

@@ -131,10 +131,7 @@ fn dump_compat(states: u32, ext: u8) -> Result<Vec<DiagSocket>, DiscoverError> {
 /// filter), states, dbs.
 pub(super) fn build_compat_request(seq: u32, states: u32, ext: u8) -> [u8; NLMSG_HDR_LEN + REQ_V1_LEN] {
     let mut req = [0u8; NLMSG_HDR_LEN + REQ_V1_LEN];
-    req[0..4].copy_from_slice(&((NLMSG_HDR_LEN + REQ_V1_LEN) as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+    dump_header(&mut req, TCPDIAG_GETSOCK, seq);
     let body = &mut req[NLMSG_HDR_LEN..];
     body[0] = libc::AF_UNSPEC as u8;
     body[3] = ext;
@@ -171,15 +168,22 @@ fn open_socket() -> Result<OwnedFd, DiscoverError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The nlmsghdr of a dump request filling all of `req`; nlmsg_pid 0:
+/// addressed to the kernel.
+fn dump_header(req: &mut [u8], msg_type: u16, seq: u32) {
+    let len = req.len() as u32;
+    req[0..4].copy_from_slice(&len.to_ne_bytes());
+    req[4..6].copy_from_slice(&msg_type.to_ne_bytes());
+    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req[8..12].copy_from_slice(&seq.to_ne_bytes());
+}
+
 /// nlmsghdr + inet_diag_req_v2 asking for a dump of one family's TCP
 /// sockets in `states` (bit per TCP state), with the `ext` attributes.
 pub(super) fn build_request(seq: u32, family: u8, states: u32, ext: u8) -> [u8; NLMSG_HDR_LEN + REQ_V2_LEN] {
     let mut req = [0u8; NLMSG_HDR_LEN + REQ_V2_LEN];
-    req[0..4].copy_from_slice(&((NLMSG_HDR_LEN + REQ_V2_LEN) as u32).to_ne_bytes());
-    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&seq.to_ne_bytes());
-    // nlmsg_pid 0: addressed to the kernel. The sockid stays zero: no filter.
+    dump_header(&mut req, SOCK_DIAG_BY_FAMILY, seq);
+    // The sockid stays zero: no filter.
     let body = &mut req[NLMSG_HDR_LEN..];
     body[0] = family;
     body[1] = libc::IPPROTO_TCP as u8;
