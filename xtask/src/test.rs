@@ -28,8 +28,10 @@ const UNIT_PASS: &str = "unit + integration tests";
 /// +1: PROXY protocol headers. Then per-request metrics, listener and TCP
 /// diagnostics, the secured endpoint, remote_write, Kubernetes metadata and
 /// `top` brought it to about 345 (330); then diagnose's findings, top's
-/// bounded client, socket-path request lines: about 365 (350).
-const MIN_UNIT_TESTS: u64 = 380;
+/// bounded client, socket-path request lines: about 365 (350); then config
+/// reading, DWARF offsets, drift, h2c-only listeners, listener dumps and
+/// live reads: 397 (393).
+const MIN_UNIT_TESTS: u64 = 393;
 
 /// Fewest tests the end-to-end pass of `ngxprobe-e2e` must run (42 executed
 /// when introduced: 28 end-to-end, 14 of the harness itself). +2: the page
@@ -43,7 +45,9 @@ const MIN_UNIT_TESTS: u64 = 380;
 /// 89 executed (85). Then CRD schemas, RBAC and image checks, external
 /// labels to Prometheus and Alertmanager, credential files, socket-path
 /// RED, TLS counters with the uprobe, hostile bytes on every port: 97 (95).
-const MIN_E2E_TESTS: u64 = 105;
+/// Then `auto`, DWARF, self-check, crossings and h2c-only listeners: 111
+/// (109).
+const MIN_E2E_TESTS: u64 = 109;
 
 /// Minimum for a pass: the unit pass, `ngxprobe-e2e`, or (any other package
 /// under tests/) at least one test.
