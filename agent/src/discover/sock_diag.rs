@@ -101,8 +101,9 @@ pub(super) fn dump_listeners(syn_recv: bool) -> Result<Vec<DiagSocket>, Discover
     let states = (1 << TCP_LISTEN) | if syn_recv { 1 << TCP_SYN_RECV } else { 0 };
     // The older TCPDIAG_GETSOCK request dumps both families in one walk of
     // the tables (its family is AF_UNSPEC), where SOCK_DIAG_BY_FAMILY walks
-    // them once per family: half the cost. A kernel that refuses it gets
-    // the per-family requests from then on.
+    // them once per family: half the cost. Any failure of it (a kernel
+    // without it, or anything else) switches to the per-family requests for
+    // good: they are retried at once, and report their own errors.
     if !COMPAT_REFUSED.load(Ordering::Relaxed) {
         match dump_compat(states, EXT_SKMEMINFO) {
             Ok(v) => return Ok(v),

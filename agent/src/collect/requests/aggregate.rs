@@ -300,11 +300,9 @@ impl Aggregator {
         let n_sizes = self.size_bounds.len();
         // One lookup when the instance has records already (every record
         // but its first); the key is cloned only for the first.
-        if !self.instances.contains_key(inst) {
-            self.instances.insert(inst.clone(), InstanceRequests::default());
-        }
-        let Some(entry) = self.instances.get_mut(inst) else {
-            return;
+        let entry = match self.instances.get_mut(inst) {
+            Some(e) => e,
+            None => self.instances.entry(inst.clone()).or_default(),
         };
         if rec.flags & (REQ_FLAG_SSL | REQ_FLAG_HTTP2) != 0 {
             entry.unparsed_conn_requests += 1;
